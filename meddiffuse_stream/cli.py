@@ -1,0 +1,147 @@
+"""The ``meddiffuse-stream`` command: one subcommand per job, each ending with a summary."""
+
+from __future__ import annotations
+
+import argparse
+import re
+import sys
+from collections.abc import Sequence
+
+from .convert import FORMATS, ConversionError, ConvertOptions, convert_dataset
+from .convert.splits import parse_split_spec
+from .demo_data import MODALITIES, DemoSource
+from .storage import parse_storage_options
+
+__all__ = ["build_parser", "main"]
+
+_SIZE = re.compile(r"^(\d+(?:\.\d+)?)\s*([kmgt]?i?b?)?$", re.IGNORECASE)
+_UNITS = {"": 1, "b": 1, "k": 1e3, "m": 1e6, "g": 1e9, "t": 1e12, "ki": 1024, "mi": 1024**2, "gi": 1024**3}
+
+
+def parse_bytes(text: str) -> int:
+    """``"512MB"``, ``"1GiB"``, ``"1000000"`` → bytes."""
+    match = _SIZE.match(text.strip())
+    unit = (match.group(2) or "").lower().removesuffix("b") if match else None
+    if match is None or unit not in _UNITS:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a size such as 256MB or 1GiB")
+    return int(float(match.group(1)) * _UNITS[unit])
+
+
+def _common_shard_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--seed", type=int, default=0, help="seed of the split and the order within shards")
+    parser.add_argument("--workers", type=int, default=1, help="processes encoding shards in parallel")
+    parser.add_argument("--shard-size", type=int, default=1000, help="samples per shard at most")
+    parser.add_argument(
+        "--shard-bytes",
+        type=parse_bytes,
+        default=1 << 30,
+        help="bytes per shard at most, estimated from the inputs' sizes (default 1GiB)",
+    )
+    parser.add_argument("--quiet", action="store_true", help="no progress bar")
+    parser.add_argument(
+        "--storage-option",
+        action="append",
+        metavar="NAME=VALUE",
+        help="fsspec option for SRC and OUT, e.g. endpoint_url=http://127.0.0.1:8333 (repeatable); "
+        "credentials are better left to AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY",
+    )
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="meddiffuse-stream", description=__doc__)
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    shard = commands.add_parser("shard", help="convert a dataset into WebDataset shards")
+    shard.add_argument("format", choices=sorted(FORMATS))
+    shard.add_argument("src", help="source folder (or manifest file for csv); a local path or fsspec URL")
+    shard.add_argument("out", help="output dataset folder; a local path or fsspec URL such as s3://bucket/name")
+    shard.add_argument("--split", help="patient-level split fractions, default train=0.8,val=0.1,test=0.1")
+    shard.add_argument("--resize", type=int, help="resize every image (and ROI) to N x N pixels")
+    shard.add_argument("--name", help="dataset name recorded in dataset.json")
+    shard.add_argument("--no-window", action="store_true", help="DICOM: keep stored values, skip the VOI window")
+    shard.add_argument("--label", default="binary", choices=["binary", "subtype"], help="breakhis: label to use")
+    shard.add_argument("--magnification", help="breakhis: only these magnifications, e.g. 40,100")
+    shard.add_argument("--patient-regex", help="imagefolder: regex whose group 'patient' (or 1) is the patient id")
+    shard.add_argument("--classes", help="csv: class names in label order, e.g. normal,pneumonia")
+    shard.add_argument("--labels-csv", default="stage_2_train_labels.csv", help="rsna: label CSV below SRC")
+    shard.add_argument("--images-dir", default="stage_2_train_images", help="rsna: DICOM folder below SRC")
+    _common_shard_options(shard)
+    shard.set_defaults(handler=_run_shard)
+
+    demo = commands.add_parser("demo-data", help="build the lesion-insertion demo dataset on real anatomy")
+    demo.add_argument("out", help="output dataset folder (local path or fsspec URL)")
+    demo.add_argument("--n", type=int, default=2000, help="number of samples")
+    demo.add_argument("--size", type=int, default=64, help="image side in pixels")
+    demo.add_argument(
+        "--test-modality",
+        choices=sorted(MODALITIES),
+        help="domain-shift split: this modality alone is the test split, the others train and val",
+    )
+    _common_shard_options(demo)
+    demo.set_defaults(handler=_run_demo)
+    return parser
+
+
+def _source_for(args: argparse.Namespace):
+    window = not args.no_window
+    if args.format == "breakhis":
+        mags = tuple(int(m) for m in args.magnification.split(",")) if args.magnification else None
+        return FORMATS["breakhis"](apply_window=window, label=args.label, magnifications=mags)
+    if args.format == "imagefolder":
+        return FORMATS["imagefolder"](apply_window=window, patient_regex=args.patient_regex)
+    if args.format == "csv":
+        classes = tuple(c.strip() for c in args.classes.split(",")) if args.classes else None
+        return FORMATS["csv"](apply_window=window, classes=classes)
+    if args.format == "rsna":
+        return FORMATS["rsna"](apply_window=window, labels_csv=args.labels_csv, images_dir=args.images_dir)
+    if args.format == "pcam":
+        return FORMATS["pcam"]()
+    return FORMATS[args.format](apply_window=window)
+
+
+def _options(args: argparse.Namespace, **extra) -> ConvertOptions:
+    return ConvertOptions(
+        seed=args.seed, workers=args.workers, shard_size=args.shard_size, shard_bytes=args.shard_bytes, **extra
+    )
+
+
+def _run_shard(args: argparse.Namespace) -> int:
+    splits = parse_split_spec(args.split) if args.split else None
+    options = _options(args, splits=splits, resize=args.resize, name=args.name)
+    summary = convert_dataset(
+        _source_for(args),
+        args.src,
+        args.out,
+        options,
+        storage_options=parse_storage_options(args.storage_option),
+        progress=not args.quiet,
+    )
+    print(summary.table())
+    return 0
+
+
+def _run_demo(args: argparse.Namespace) -> int:
+    source = DemoSource(n=args.n, size=args.size, seed=args.seed, test_modality=args.test_modality)
+    summary = convert_dataset(
+        source,
+        None,
+        args.out,
+        _options(args, name="demo"),
+        storage_options=parse_storage_options(args.storage_option),
+        progress=not args.quiet,
+    )
+    print(summary.table())
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return int(args.handler(args))
+    except (ConversionError, ValueError, FileNotFoundError, PermissionError) as error:
+        print(f"meddiffuse-stream {args.command}: error: {error}", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,308 @@
+"""Conversion of a source into shards: plan, build shards in parallel, resume, then write the dataset files.
+
+The plan is a pure function of the discovered inputs and the options, so a re-run builds the same shards with the
+same names. Each finished shard leaves a small record in ``.progress/``; a re-run skips every shard whose record
+matches the plan and whose bytes still hash to the recorded sha256. ``dataset.json`` is written last, so it never
+lists a shard that is not complete.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import hashlib
+import json
+import multiprocessing
+import time
+import zlib
+from collections.abc import Mapping, Sequence
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import numpy as np
+from tqdm.auto import tqdm
+
+from ..format import FORMAT_VERSION, ShardWriter, encode_sample, shard_name
+from ..storage import Location, atomic_write, sha256_of
+from .base import Discovery, Reject, SourceFormat, SourceItem, describe_error
+from .finalize import ConversionSummary, remove_orphans, write_dataset_files
+from .images import resize_square
+from .splits import DEFAULT_SPLITS, assign_splits
+
+__all__ = ["ConversionError", "ConvertOptions", "ShardResult", "convert_dataset"]
+
+PROGRESS_DIR = ".progress"
+
+
+class ConversionError(RuntimeError):
+    """Nothing could be converted, or the source is not the layout its format expects."""
+
+
+@dataclass(frozen=True)
+class ConvertOptions:
+    """How to cut the source into shards; every field is part of the plan's fingerprint."""
+
+    splits: Mapping[str, float] | None = None  # None: the dataset's official splits, else DEFAULT_SPLITS
+    seed: int = 0
+    workers: int = 1
+    shard_size: int = 1000
+    shard_bytes: int = 1 << 30  # planned from the inputs' sizes on disk, an upper-bound estimate
+    resize: int | None = None
+    name: str | None = None
+
+
+@dataclass(frozen=True)
+class ShardTask:
+    split: str
+    index: int
+    items: tuple[SourceItem, ...]
+    fingerprint: str
+
+    @property
+    def name(self) -> str:
+        return shard_name(self.split, self.index)
+
+
+@dataclass
+class ShardResult:
+    """What building one shard produced; stored as its progress record."""
+
+    name: str
+    split: str
+    fingerprint: str
+    samples: int
+    bytes: int
+    sha256: str
+    rows: list[dict[str, Any]] = field(default_factory=list)
+    rejects: list[dict[str, Any]] = field(default_factory=list)
+
+
+def convert_dataset(
+    source: SourceFormat,
+    src_url: str | None,
+    out_url: str,
+    options: ConvertOptions | None = None,
+    *,
+    storage_options: Mapping[str, Any] | None = None,
+    progress: bool = True,
+) -> ConversionSummary:
+    """Convert ``src_url`` (in ``source``'s layout) into a shard dataset at ``out_url``.
+
+    ``src_url`` may be ``None`` for sources that make their own inputs (the demo dataset).
+    """
+    options = options or ConvertOptions()
+    _check_options(options, src_url or "", out_url)
+    started = time.perf_counter()
+    out = Location(out_url, storage_options)
+    src = Location(src_url, storage_options) if src_url is not None else out
+    discovery = source.discover(src)
+    if not discovery.items:
+        reasons = "; ".join(sorted({r.reason for r in discovery.rejects})[:3]) or "no inputs found"
+        raise ConversionError(f"nothing to convert in {src_url} ({discovery.found} inputs found): {reasons}")
+    tasks = plan_shards(source, discovery, options)
+    out.makedirs()
+    results: dict[str, ShardResult] = {}
+    pending = []
+    for task in tasks:
+        record = _load_verified_record(out, task)
+        if record is None:
+            pending.append(task)
+        else:
+            results[task.name] = record
+    if pending:
+        out.remove("dataset.json")  # it may list shards about to be rewritten
+    for result in _build_all(source, src, out, pending, discovery.class_names, options, progress):
+        out.write_bytes(f"{PROGRESS_DIR}/{_record_name(result.name)}", json.dumps(asdict(result)).encode())
+        results[result.name] = result
+    ordered = [results[task.name] for task in tasks]
+    remove_orphans(out, {r.name for r in ordered if r.samples})
+    summary = write_dataset_files(
+        out,
+        source_format=source.name,
+        name=options.name or source.name,
+        discovery=discovery,
+        results=ordered,
+        options=_options_record(options),
+        reused=len(tasks) - len(pending),
+        seconds=time.perf_counter() - started,
+    )
+    if summary.converted == 0:
+        raise ConversionError(
+            f"nothing could be converted from {src_url}: all {summary.found} inputs were rejected "
+            f"(reasons in {out.display('rejects.jsonl')})"
+        )
+    return summary
+
+
+def _check_options(options: ConvertOptions, src_url: str, out_url: str) -> None:
+    if options.shard_size < 1:
+        raise ValueError(f"--shard-size must be at least 1, got {options.shard_size}")
+    if options.shard_bytes < 1:
+        raise ValueError(f"--shard-bytes must be at least 1, got {options.shard_bytes}")
+    if options.resize is not None and options.resize < 8:
+        raise ValueError(f"--resize must be at least 8 pixels, got {options.resize}")
+    if options.workers > 1 and any(u.startswith("memory://") for u in (src_url, out_url)):
+        raise ValueError("memory:// is private to one process: use --workers 1 with it")
+
+
+def plan_shards(source: SourceFormat, discovery: Discovery, options: ConvertOptions) -> list[ShardTask]:
+    """Cut the inputs into shards: by split, in a seeded order, closed by count or by estimated bytes."""
+    if discovery.official_splits:
+        if options.splits is not None:
+            raise ValueError(f"{source.name} has official splits, which are kept: leave --split out")
+        split_of = {item.key: str(item.split) for item in discovery.items}
+        names = sorted({str(item.split) for item in discovery.items}, key=_split_rank)
+    else:
+        fractions = dict(options.splits or DEFAULT_SPLITS)
+        split_of = assign_splits(discovery.items, fractions, options.seed)
+        names = list(fractions)
+    common = json.dumps(
+        [FORMAT_VERSION, repr(source), discovery.class_names, options.resize], sort_keys=True, default=str
+    )
+    tasks: list[ShardTask] = []
+    for split in names:
+        members = sorted((i for i in discovery.items if split_of[i.key] == split), key=lambda i: i.key)
+        if discovery.preshuffle:
+            rng = np.random.default_rng((options.seed, zlib.crc32(split.encode())))
+            members = [members[i] for i in rng.permutation(len(members))]
+        for index, chunk in enumerate(_chunks(members, options.shard_size, options.shard_bytes)):
+            digest = hashlib.sha256(common.encode())
+            for item in chunk:
+                fields = [
+                    item.key,
+                    item.label,
+                    item.source,
+                    item.ref,
+                    item.patient_id,
+                    split,
+                    item.meta,
+                    item.size_hint,
+                ]
+                digest.update(json.dumps(fields, sort_keys=True, default=str).encode())
+            tasks.append(ShardTask(split, index, tuple(chunk), digest.hexdigest()))
+    return tasks
+
+
+def _split_rank(split: str) -> tuple[int, str]:
+    return ({"train": 0, "val": 1, "test": 2}.get(split, 3), split)
+
+
+def _chunks(items: Sequence[SourceItem], max_count: int, max_bytes: int) -> list[list[SourceItem]]:
+    chunks: list[list[SourceItem]] = [[]]
+    size = 0
+    for item in items:
+        if chunks[-1] and (len(chunks[-1]) >= max_count or size + item.size_hint > max_bytes):
+            chunks.append([])
+            size = 0
+        chunks[-1].append(item)
+        size += item.size_hint
+    return [c for c in chunks if c]
+
+
+def _record_name(shard: str) -> str:
+    return shard.split("/")[-1].replace(".tar", ".json")
+
+
+def _load_verified_record(out: Location, task: ShardTask) -> ShardResult | None:
+    """The progress record of a shard that is complete and intact, else ``None`` (the shard is rebuilt)."""
+    path = f"{PROGRESS_DIR}/{_record_name(task.name)}"
+    try:
+        record = ShardResult(**json.loads(out.read_bytes(path)))
+    except (FileNotFoundError, ValueError, TypeError):
+        return None
+    if record.fingerprint != task.fingerprint:
+        return None
+    if record.samples == 0:
+        return record
+    try:
+        if out.size(task.name) != record.bytes or sha256_of(out, task.name) != record.sha256:
+            return None
+    except FileNotFoundError:
+        return None
+    return record
+
+
+def _build_all(
+    source: SourceFormat,
+    src: Location,
+    out: Location,
+    tasks: list[ShardTask],
+    class_names: list[str],
+    options: ConvertOptions,
+    progress: bool,
+):
+    bar = tqdm(total=sum(len(t.items) for t in tasks), unit="img", desc="shard", disable=not progress)
+    try:
+        if options.workers <= 1 or len(tasks) <= 1:
+            for task in tasks:
+                result = build_shard(source, src, out, task, class_names, options.resize)
+                bar.update(len(task.items))
+                yield result
+            return
+        context = multiprocessing.get_context("spawn")  # fork would share fsspec's event loop and sockets
+        with concurrent.futures.ProcessPoolExecutor(min(options.workers, len(tasks)), mp_context=context) as pool:
+            futures = {
+                pool.submit(build_shard, source, src, out, task, class_names, options.resize): task for task in tasks
+            }
+            for future in concurrent.futures.as_completed(futures):
+                bar.update(len(futures[future].items))
+                yield future.result()
+    finally:
+        bar.close()
+
+
+def build_shard(
+    source: SourceFormat,
+    src: Location,
+    out: Location,
+    task: ShardTask,
+    class_names: list[str],
+    resize: int | None,
+) -> ShardResult:
+    """Load, encode and write one shard; every input ends up as a sample row or a reject row."""
+    rows: list[dict[str, Any]] = []
+    rejects: list[dict[str, Any]] = []
+    with atomic_write(out, task.name) as stream:
+        writer = ShardWriter(stream)
+        for item, loaded in zip(task.items, source.load_many(src, task.items), strict=True):
+            if isinstance(loaded, Reject):
+                rejects.append(loaded.as_row())
+                continue
+            try:
+                image, roi = loaded.image, loaded.roi
+                if resize:
+                    image = resize_square(image, resize)
+                    roi = None if roi is None else resize_square(roi, resize, nearest=True)
+                columns = _columns(item, task.split, class_names, image)
+                meta = {**columns, **dict(item.meta), **loaded.meta, "dataset": source.name}
+                offset = writer.add(encode_sample(item.key, image, item.label, meta, roi))
+            except Exception as error:
+                rejects.append(Reject(item.source, describe_error(error), item.key).as_row())
+                continue
+            rows.append({**columns, "shard": task.name, "offset": offset, **dict(item.meta)})
+        size, sha256 = writer.close()
+    if not rows:
+        out.remove(task.name)
+        size, sha256 = 0, ""
+    return ShardResult(task.name, task.split, task.fingerprint, len(rows), size, sha256, rows, rejects)
+
+
+def _columns(item: SourceItem, split: str, class_names: list[str], image: np.ndarray) -> dict[str, Any]:
+    return {
+        "key": item.key,
+        "split": split,
+        "label": item.label,
+        "class_name": class_names[item.label],
+        "patient_id": item.patient_id,
+        "source": item.source,
+        "height": int(image.shape[0]),
+        "width": int(image.shape[1]),
+        "channels": 1 if image.ndim == 2 else int(image.shape[2]),
+        "bit_depth": 16 if image.dtype == np.uint16 else 8,
+    }
+
+
+def _options_record(options: ConvertOptions) -> dict[str, Any]:
+    record = asdict(options)
+    record["splits"] = dict(options.splits) if options.splits else None
+    record.pop("workers")  # how fast it was built is not part of what was built
+    return record

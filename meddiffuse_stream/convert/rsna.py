@@ -1,0 +1,103 @@
+"""RSNA Pneumonia Detection: ``stage_2_train_labels.csv`` plus a folder of DICOMs; boxes become the ROI mask."""
+
+from __future__ import annotations
+
+import csv
+import io
+import math
+import posixpath
+from collections import defaultdict
+from dataclasses import dataclass
+
+import numpy as np
+
+from ..format import make_key
+from ..storage import Location
+from .base import Discovery, LoadedImage, Reject, RejectError, SourceItem
+from .files import FileSource, list_inputs
+
+__all__ = ["RsnaSource", "parse_rsna_labels", "rasterise_boxes"]
+
+CLASS_NAMES = ["no_pneumonia", "pneumonia"]
+Box = tuple[float, float, float, float]
+
+
+def parse_rsna_labels(text: str) -> tuple[dict[str, tuple[int, list[Box]]], list[Reject]]:
+    """``patientId -> (Target, boxes)`` from the label CSV; a patient may have several rows (one per box)."""
+    reader = csv.DictReader(io.StringIO(text))
+    needed = {"patientId", "x", "y", "width", "height", "Target"}
+    if not needed.issubset(reader.fieldnames or []):
+        raise ValueError(f"label CSV header {reader.fieldnames} lacks {sorted(needed - set(reader.fieldnames or []))}")
+    targets: dict[str, set[int]] = defaultdict(set)
+    boxes: dict[str, list[Box]] = defaultdict(list)
+    bad: dict[str, str] = {}
+    for line, row in enumerate(reader, start=2):
+        patient = row["patientId"].strip()
+        try:
+            target = int(row["Target"])
+            if target not in (0, 1):
+                raise ValueError(f"Target {target} is not 0 or 1")
+            targets[patient].add(target)
+            if target == 1:
+                box = tuple(float(row[c]) for c in ("x", "y", "width", "height"))
+                if not all(math.isfinite(v) for v in box) or box[2] <= 0 or box[3] <= 0:
+                    raise ValueError(f"box {box} is not a positive finite rectangle")
+                boxes[patient].append(box)  # type: ignore[arg-type]
+        except ValueError as error:
+            bad.setdefault(patient, f"label CSV line {line}: {error}")
+    labels: dict[str, tuple[int, list[Box]]] = {}
+    rejects: list[Reject] = []
+    for patient, found in targets.items():
+        if patient in bad:
+            continue
+        if len(found) > 1:
+            bad[patient] = "label CSV gives this patient both Target 0 and Target 1"
+        else:
+            labels[patient] = (found.pop(), boxes.get(patient, []))
+    rejects = [Reject(f"{patient}.dcm", reason) for patient, reason in sorted(bad.items())]
+    return labels, rejects
+
+
+def rasterise_boxes(boxes: list[Box], height: int, width: int) -> np.ndarray:
+    """A uint8 mask, 1 inside any box (pixel coordinates, clipped to the image)."""
+    mask = np.zeros((height, width), dtype=np.uint8)
+    for x, y, w, h in boxes:
+        x0, y0 = max(0, math.floor(x)), max(0, math.floor(y))
+        x1, y1 = min(width, math.ceil(x + w)), min(height, math.ceil(y + h))
+        mask[y0:y1, x0:x1] = 1
+    return mask
+
+
+@dataclass(frozen=True)
+class RsnaSource(FileSource):
+    """SRC holds the label CSV and the DICOM folder (``stage_2_train_images`` unless told otherwise)."""
+
+    name = "rsna"
+    labels_csv: str = "stage_2_train_labels.csv"
+    images_dir: str = "stage_2_train_images"
+
+    def discover(self, src: Location) -> Discovery:
+        if not src.exists(self.labels_csv):
+            raise ValueError(f"{src.display(self.labels_csv)} is missing: point SRC at the RSNA folder")
+        labels, rejects = parse_rsna_labels(src.read_bytes(self.labels_csv).decode("utf-8-sig"))
+        images = {posixpath.basename(p): (p, s) for p, s in list_inputs(src, self.images_dir).items()}
+        items: list[SourceItem] = []
+        for patient, (target, boxes) in sorted(labels.items()):
+            name = f"{patient}.dcm"
+            if name not in images:
+                rejects.append(Reject(posixpath.join(self.images_dir, name), "referenced file is missing"))
+                continue
+            path, size = images[name]
+            meta = {"boxes": [list(b) for b in boxes]}
+            key = make_key("rsna", patient)
+            items.append(SourceItem(key, target, path, src.path(path), patient, None, meta, size))
+        unlabelled = sorted(set(images) - {f"{p}.dcm" for p in labels} - {r.source.split("/")[-1] for r in rejects})
+        rejects += [Reject(images[n][0], "no row in the label CSV for this image") for n in unlabelled]
+        return Discovery(CLASS_NAMES, items, rejects, has_roi=True)
+
+    def load_one(self, src: Location, item: SourceItem) -> LoadedImage:
+        loaded = super().load_one(src, item)
+        if loaded.image.ndim != 2:
+            raise RejectError(f"expected a grey radiograph, got shape {loaded.image.shape}")
+        loaded.roi = rasterise_boxes([tuple(b) for b in item.meta["boxes"]], *loaded.image.shape)
+        return loaded

@@ -1,0 +1,184 @@
+"""The shard format: member names, tar layout, PNG encoding and the files beside the shards.
+
+A dataset directory holds ``{split}/{split}-{index:06d}.tar``, ``dataset.json``, ``index.parquet`` and
+``rejects.jsonl``. Tars are plain USTAR with a fixed mtime and no PAX records: smaller and faster to read than
+tars carrying per-member timestamps, and byte-identical when rebuilt from the same input.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any, BinaryIO
+
+import numpy as np
+from PIL import Image
+
+__all__ = [
+    "DATASET_JSON",
+    "FORMAT_VERSION",
+    "INDEX_PARQUET",
+    "REJECTS_JSONL",
+    "SHARD_MTIME",
+    "EncodedSample",
+    "ShardWriter",
+    "decode_png",
+    "encode_png",
+    "encode_sample",
+    "make_key",
+    "shard_name",
+    "ustar_header",
+]
+
+FORMAT_VERSION = 1
+DATASET_JSON = "dataset.json"
+INDEX_PARQUET = "index.parquet"
+REJECTS_JSONL = "rejects.jsonl"
+SHARD_MTIME = 946684800  # 2000-01-01T00:00:00Z: fixed so rebuilt shards are byte-identical
+PNG_COMPRESS_LEVEL = 3  # decode speed is the same at every level; 3 writes ~4x faster than 9 for ~3 % more bytes
+
+_KEY_UNSAFE = re.compile(r"[^A-Za-z0-9_-]+")
+_MAX_KEY_LEN = 90  # USTAR names are at most 100 bytes; the longest suffix is ".roi.png"
+_BLOCK = 512
+
+
+def shard_name(split: str, index: int) -> str:
+    """Relative path of shard ``index`` of ``split``."""
+    return f"{split}/{split}-{index:06d}.tar"
+
+
+def make_key(*parts: str) -> str:
+    """A sample key from ``parts``: WebDataset splits a member name at its first dot, so keys have none.
+
+    Characters outside ``[A-Za-z0-9_-]`` become ``_``; overlong keys keep a hash of the full text so they stay
+    unique.
+    """
+    raw = "_".join(p for p in parts if p)
+    key = _KEY_UNSAFE.sub("_", raw).strip("_")
+    if not key:
+        raise ValueError(f"cannot make a sample key from {parts!r}: nothing left after removing unsafe characters")
+    if len(key) > _MAX_KEY_LEN:
+        digest = hashlib.sha256(raw.encode()).hexdigest()[:12]
+        key = f"{key[: _MAX_KEY_LEN - 13]}_{digest}"
+    return key
+
+
+def encode_png(array: np.ndarray, compress_level: int = PNG_COMPRESS_LEVEL) -> bytes:
+    """PNG bytes for an ``(H, W)`` uint8/uint16 or ``(H, W, 3)`` uint8 array; 16-bit stays 16-bit."""
+    if array.ndim == 2 and array.dtype == np.uint16:
+        image = Image.fromarray(np.ascontiguousarray(array))  # mode I;16, written as a 16-bit grey PNG
+    elif array.dtype == np.uint8 and (array.ndim == 2 or (array.ndim == 3 and array.shape[2] == 3)):
+        image = Image.fromarray(np.ascontiguousarray(array))
+    else:
+        raise ValueError(
+            f"cannot store an image of shape {array.shape} and dtype {array.dtype}: the shard format holds "
+            "8-bit grey or RGB, or 16-bit grey"
+        )
+    buffer = io.BytesIO()
+    image.save(buffer, format="PNG", compress_level=compress_level)
+    return buffer.getvalue()
+
+
+def decode_png(data: bytes) -> np.ndarray:
+    """The array stored by :func:`encode_png` (uint8 or uint16, ``(H, W)`` or ``(H, W, 3)``)."""
+    with Image.open(io.BytesIO(data)) as image:
+        if image.format != "PNG":
+            raise ValueError(f"expected PNG bytes, got {image.format}")
+        if image.mode in ("I;16", "I;16B", "I"):
+            return np.asarray(image, dtype=np.uint16) if image.mode != "I" else np.asarray(image).astype(np.uint16)
+        return np.asarray(image)
+
+
+@dataclass(frozen=True)
+class EncodedSample:
+    """One sample's members, ready for a shard: ``{key}.png``, ``.cls``, ``.json`` and maybe ``.roi.png``."""
+
+    key: str
+    members: tuple[tuple[str, bytes], ...]
+    label: int
+    meta: Mapping[str, Any] = field(default_factory=dict)
+
+
+def encode_sample(
+    key: str,
+    image: np.ndarray,
+    label: int,
+    meta: Mapping[str, Any],
+    roi: np.ndarray | None = None,
+) -> EncodedSample:
+    """Encode one sample; ``meta`` goes into ``{key}.json`` and must be JSON-serialisable."""
+    if not isinstance(label, (int, np.integer)) or isinstance(label, bool):
+        raise ValueError(f"sample {key}: label must be an integer, got {label!r}")
+    members = [
+        (f"{key}.png", encode_png(image)),
+        (f"{key}.cls", str(int(label)).encode("ascii")),
+        (f"{key}.json", json.dumps(dict(meta), sort_keys=True, separators=(",", ":")).encode("utf-8")),
+    ]
+    if roi is not None:
+        if roi.shape[:2] != image.shape[:2]:
+            raise ValueError(f"sample {key}: ROI mask {roi.shape} does not match image {image.shape[:2]}")
+        members.append((f"{key}.roi.png", encode_png((roi > 0).astype(np.uint8) * 255)))
+    return EncodedSample(key=key, members=tuple(members), label=int(label), meta=meta)
+
+
+def ustar_header(name: str, size: int) -> bytes:
+    """A 512-byte USTAR header for a regular file: mode 0444, uid/gid 0, mtime :data:`SHARD_MTIME`.
+
+    Byte-identical to ``tarfile.TarInfo.tobuf(format=USTAR_FORMAT)`` with those fields, at a tenth of the cost.
+    """
+    encoded = name.encode("utf-8")
+    if len(encoded) > 100:
+        raise ValueError(f"member name {name!r} is longer than the 100 bytes a USTAR name holds")
+    if size >= 8**11:
+        raise ValueError(f"member {name!r} of {size} bytes is too large for a USTAR header")
+    header = bytearray(
+        encoded.ljust(100, b"\0")
+        + b"0000444\0" + b"0000000\0" + b"0000000\0"
+        + b"%011o\0" % size + b"%011o\0" % SHARD_MTIME
+        + b" " * 8 + b"0" + b"\0" * 100 + b"ustar\x0000" + b"\0" * 247
+    )  # fmt: skip
+    header[148:155] = b"%06o\0" % sum(header)
+    return bytes(header)
+
+
+class ShardWriter:
+    """Writes USTAR members with fixed metadata into ``stream`` and tracks size, sha256 and member offsets."""
+
+    def __init__(self, stream: BinaryIO) -> None:
+        self._stream = stream
+        self._sha = hashlib.sha256()
+        self._offset = 0
+        self._keys: set[str] = set()
+        self.count = 0
+
+    def _write(self, data: bytes) -> None:
+        self._stream.write(data)
+        self._sha.update(data)
+        self._offset += len(data)
+
+    def add_member(self, name: str, data: bytes) -> None:
+        self._write(ustar_header(name, len(data)))
+        self._write(data)
+        remainder = len(data) % _BLOCK
+        if remainder:
+            self._write(b"\0" * (_BLOCK - remainder))
+
+    def add(self, sample: EncodedSample) -> int:
+        """Append a sample; returns the byte offset of its first header (for random access)."""
+        if sample.key in self._keys:
+            raise ValueError(f"duplicate sample key {sample.key!r} in one shard")
+        self._keys.add(sample.key)
+        offset = self._offset
+        for name, data in sample.members:
+            self.add_member(name, data)
+        self.count += 1
+        return offset
+
+    def close(self) -> tuple[int, str]:
+        """End the archive (two zero blocks); returns ``(bytes, sha256 hex)``."""
+        self._write(b"\0" * (2 * _BLOCK))
+        return self._offset, self._sha.hexdigest()

