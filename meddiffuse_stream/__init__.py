@@ -17,6 +17,21 @@ __all__ = [
     "ConvertOptions",
     "DemoSource",
     "Location",
+    "MedDiffuseLoader",
+    "RetryPolicy",
     "__version__",
     "convert_dataset",
 ]
+
+
+def __getattr__(name: str):
+    """``MedDiffuseLoader`` imports torch: loaded on first use, so conversion tools start fast without it."""
+    if name == "MedDiffuseLoader":
+        from .loader import MedDiffuseLoader
+
+        return MedDiffuseLoader
+    if name == "RetryPolicy":
+        from .retry import RetryPolicy
+
+        return RetryPolicy
+    raise AttributeError(f"module 'meddiffuse_stream' has no attribute {name!r}")

@@ -1,0 +1,169 @@
+"""The epoch plan: which samples each rank and worker yields, in which order — a pure function of its inputs.
+
+Everything the loader does is derived from ``(shard sizes, seed, epoch, rank, world_size, num_workers,
+batch_size, drop_last, shuffle, buffer_size)``; nothing is drawn while streaming. That is what makes an epoch
+reproducible, lets every rank know its batch count in advance (no DDP hang), and lets a restored loader skip
+exactly the batches it already yielded without reading them again.
+
+Layout of one epoch:
+
+1. The split's shards are put in a seeded order (``seed + epoch``) and their samples laid end to end.
+2. Each rank takes an equal, contiguous slice. Without ``drop_last`` the sequence is padded to a multiple of
+   ``world_size`` by repeating its first samples (fewer than ``world_size`` repeats per epoch); with it, the
+   remainder is dropped.
+3. The rank's slice is cut into batches; batch counts per worker differ by at most one, and each worker takes a
+   contiguous run of whole batches (so it reads at most two partial shards), the partial batch last.
+4. Inside its run, a worker's order is a streaming shuffle buffer simulated on sample positions with its own
+   generator (``seed * world_size + rank``, epoch, worker).
+5. The rank yields the workers' batches round-robin; the partial batch, if any, comes last.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+
+__all__ = ["EpochPlan", "SampleRef", "buffer_order"]
+
+SampleRef = tuple[int, int]  # (shard index in the dataset's shard list, sample index inside the shard)
+
+
+def buffer_order(count: int, buffer_size: int, rng: np.random.Generator) -> np.ndarray:
+    """The output order of a streaming shuffle buffer of ``buffer_size`` fed ``0..count-1``.
+
+    Memory while streaming stays within ``buffer_size`` held samples, as with webdataset's shuffle, but the order
+    is known before any byte is read.
+    """
+    if buffer_size <= 1 or count <= 1:
+        return np.arange(count)
+    order = np.empty(count, dtype=np.int64)
+    buffer: list[int] = []
+    draws = rng.random(count)
+    feed = 0
+    for out in range(count):
+        while feed < count and len(buffer) < buffer_size:
+            buffer.append(feed)
+            feed += 1
+        pick = int(draws[out] * len(buffer))
+        buffer[pick], buffer[-1] = buffer[-1], buffer[pick]
+        order[out] = buffer.pop()
+    return order
+
+
+@dataclass(frozen=True)
+class EpochPlan:
+    """One rank's epoch, computed from the shard sizes and the loader's settings."""
+
+    shard_sizes: tuple[int, ...]
+    batch_size: int
+    seed: int = 0
+    epoch: int = 0
+    rank: int = 0
+    world_size: int = 1
+    num_workers: int = 0
+    shuffle: bool = True
+    drop_last: bool = False
+    buffer_size: int = 1000
+
+    def __post_init__(self) -> None:
+        if self.batch_size < 1:
+            raise ValueError(f"batch_size must be at least 1, got {self.batch_size}")
+        if not 0 <= self.rank < self.world_size:
+            raise ValueError(f"rank {self.rank} is outside world_size {self.world_size}")
+        if self.num_workers < 0:
+            raise ValueError(f"num_workers must be 0 or more, got {self.num_workers}")
+
+    @property
+    def total(self) -> int:
+        """Samples in the split."""
+        return sum(self.shard_sizes)
+
+    @property
+    def per_rank(self) -> int:
+        """Samples each rank yields this epoch, padding included."""
+        if self.drop_last:
+            samples = self.total // self.world_size
+            return samples - samples % self.batch_size
+        return math.ceil(self.total / self.world_size)
+
+    @property
+    def num_batches(self) -> int:
+        return math.ceil(self.per_rank / self.batch_size)
+
+    @property
+    def streams(self) -> int:
+        """Parallel producers: the workers, or one when loading in the main process."""
+        return max(1, self.num_workers)
+
+    def shard_order(self) -> np.ndarray:
+        if not self.shuffle:
+            return np.arange(len(self.shard_sizes))
+        return np.random.default_rng((self.seed, self.epoch)).permutation(len(self.shard_sizes))
+
+    def _rank_sequence_bounds(self) -> tuple[int, int]:
+        start = self.rank * self.per_rank
+        return start, start + self.per_rank
+
+    def batch_counts(self) -> list[int]:
+        """Batches each worker produces."""
+        base, extra = divmod(self.num_batches, self.streams)
+        return [base + (1 if w < extra else 0) for w in range(self.streams)]
+
+    def schedule(self) -> list[int]:
+        """The worker of each batch the rank yields, in order (round-robin; the partial batch is last)."""
+        counts = self.batch_counts()
+        order: list[int] = []
+        for round_index in range(max(counts, default=0)):
+            order.extend(w for w in range(self.streams) if counts[w] > round_index)
+        return order
+
+    def _partial_worker(self) -> int | None:
+        if self.per_rank % self.batch_size == 0 or self.num_batches == 0:
+            return None
+        return self.schedule()[-1]
+
+    def worker_span(self, worker: int) -> tuple[int, int]:
+        """``[start, stop)`` of ``worker``'s run inside the rank's slice."""
+        counts = self.batch_counts()
+        partial = self._partial_worker()
+        layout = [w for w in range(self.streams) if w != partial] + ([partial] if partial is not None else [])
+        start = 0
+        for w in layout:
+            size = counts[w] * self.batch_size
+            if w == partial:
+                size = self.per_rank - start
+            if w == worker:
+                return start, start + size
+            start += size
+        raise ValueError(f"worker {worker} is outside num_workers {self.num_workers}")
+
+    def worker_refs(self, worker: int) -> list[SampleRef]:
+        """The samples ``worker`` yields this epoch, in yield order."""
+        order = self.shard_order()
+        offsets = np.concatenate([[0], np.cumsum([self.shard_sizes[i] for i in order])]).astype(np.int64)
+        first, _ = self._rank_sequence_bounds()
+        start, stop = self.worker_span(worker)
+        positions = (first + np.arange(start, stop)) % max(self.total, 1)  # wrap-around = the padding
+        shuffled = positions
+        if self.shuffle:
+            generator = np.random.default_rng((self.seed * self.world_size + self.rank, self.epoch, worker, 1))
+            shuffled = positions[buffer_order(len(positions), self.buffer_size, generator)]
+        slots = np.searchsorted(offsets, shuffled, side="right") - 1
+        return [(int(order[s]), int(p - offsets[s])) for s, p in zip(slots, shuffled, strict=True)]
+
+    def padded_count(self) -> int:
+        """Samples this rank yields twice this epoch (padding to equal rank sizes)."""
+        first, last = self._rank_sequence_bounds()
+        return max(0, last - max(first, self.total))
+
+    def skips(self, batches_done: int) -> list[int]:
+        """Samples each worker has already delivered once the rank has yielded ``batches_done`` batches."""
+        if not 0 <= batches_done <= self.num_batches:
+            raise ValueError(f"batch position {batches_done} is outside this epoch's {self.num_batches} batches")
+        done = [0] * self.streams
+        for worker in self.schedule()[:batches_done]:
+            done[worker] += 1
+        spans = [self.worker_span(w) for w in range(self.streams)]
+        return [min(d * self.batch_size, stop - start) for d, (start, stop) in zip(done, spans, strict=True)]

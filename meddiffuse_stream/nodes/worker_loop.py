@@ -1,0 +1,52 @@
+"""The loop a decode worker (process or thread) runs; torch-free, so a spawned process starts fast."""
+
+from __future__ import annotations
+
+import dataclasses
+import sys
+import traceback
+from typing import Any
+
+from ..counters import Counters
+from .chunks import ChunkBuilder, LoaderDataError, StageConfig
+
+__all__ = ["Box", "worker_loop"]
+
+
+class Box:
+    """What a thread worker reads where a process worker reads a shared ``multiprocessing.Value``."""
+
+    def __init__(self) -> None:
+        self.value = 0
+
+
+def _take(counters: Counters) -> dict[str, int]:
+    delta = dict(counters)
+    counters.clear()
+    return delta
+
+
+def worker_loop(worker: int, config: StageConfig, commands: Any, results: Any, generation: Any) -> None:
+    """Serve commands until ``None``: each one produces this worker's chunks of one epoch from a position."""
+    if "torch" in sys.modules:  # decode work is single-threaded; keep torch from oversubscribing the cores
+        sys.modules["torch"].set_num_threads(1)
+    counters = Counters()
+    while True:
+        command = commands.get()
+        if command is None:
+            return
+        current, epoch, done = command
+        try:
+            builder = ChunkBuilder(dataclasses.replace(config, plan=dataclasses.replace(config.plan, epoch=epoch)),
+                                   worker, counters)  # fmt: skip
+            builder.reset({ChunkBuilder.POSITION_KEY: done})
+            for chunk in builder:
+                if generation.value != current:
+                    break
+                results.put((current, "chunk", chunk, _take(counters)))
+        except BaseException as error:  # reported to the main process, which raises it with the worker named
+            kind = "data" if isinstance(error, LoaderDataError) else "error"
+            detail = f"{type(error).__name__}: {error}"
+            if kind == "error":
+                detail += "\n" + traceback.format_exc(limit=6)
+            results.put((current, kind, detail, _take(counters)))

@@ -1,0 +1,155 @@
+"""Retries for object storage: exponential backoff with seeded jitter, and a reader that resumes where it broke.
+
+Transient failures (connection refused or reset, timeouts, HTTP 5xx, S3 SlowDown) are retried; everything else —
+missing objects, bad credentials, permissions — fails at once, so a wrong key never turns into a retry storm.
+"""
+
+from __future__ import annotations
+
+import errno
+import re
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+__all__ = ["ResumableReader", "RetryPolicy", "ShardReadError", "is_transient"]
+
+_TRANSIENT_TEXT = re.compile(
+    r"slow ?down|throttl|timed? ?out|timeout|connection (reset|refused|aborted|closed)|server disconnected|"
+    r"cannot connect|service unavailable|internal ?error|bad gateway|gateway timeout|\b50[0-4]\b|"
+    r"temporarily|too many requests|\b429\b|broken pipe|reset by peer|endpoint connection|read error|"
+    r"response ended prematurely|payload",
+    re.IGNORECASE,
+)
+_PERMANENT_TEXT = re.compile(
+    r"access ?denied|forbidden|\b403\b|invalidaccesskeyid|signaturedoesnotmatch|no ?such ?(key|bucket)|"
+    r"not ?found|\b404\b|invalid ?bucket|credentials",
+    re.IGNORECASE,
+)
+_TRANSIENT_ERRNO = {errno.ECONNREFUSED, errno.ECONNRESET, errno.ECONNABORTED, errno.ETIMEDOUT, errno.EPIPE,
+                    errno.EHOSTUNREACH, errno.ENETUNREACH, errno.EAGAIN}  # fmt: skip
+
+
+class ShardReadError(OSError):
+    """A shard could not be read after the retry budget; the message names the shard and the last error."""
+
+
+def is_transient(error: BaseException) -> bool:
+    """Whether retrying could help: network trouble and overloaded servers yes, missing or forbidden no."""
+    if isinstance(error, (FileNotFoundError, PermissionError, IsADirectoryError, NotADirectoryError)):
+        return False
+    chain: list[BaseException] = []
+    current: BaseException | None = error
+    while current is not None and len(chain) < 8:
+        chain.append(current)
+        current = current.__cause__ or current.__context__
+    text = " ".join(f"{type(e).__name__}: {e}" for e in chain)
+    if _PERMANENT_TEXT.search(text):
+        return False
+    for item in chain:
+        if isinstance(item, (ConnectionError, TimeoutError)):
+            return True
+        if isinstance(item, OSError) and item.errno in _TRANSIENT_ERRNO:
+            return True
+        if type(item).__module__.split(".")[0] in ("aiohttp", "botocore", "urllib3", "http"):
+            if "Connect" in type(item).__name__ or "Timeout" in type(item).__name__ or "Payload" in type(item).__name__:
+                return True
+    return bool(_TRANSIENT_TEXT.search(text))
+
+
+@dataclass(frozen=True)
+class RetryPolicy:
+    """Backoff ``base * 2**attempt`` capped at ``cap`` seconds, with ±``jitter`` fraction, ``attempts`` tries.
+
+    The defaults wait about 65 s in all before giving up on one shard: an outage of a minute is survived.
+    """
+
+    attempts: int = 10
+    base: float = 0.5
+    cap: float = 10.0
+    jitter: float = 0.25
+
+    def delay(self, attempt: int, rng: np.random.Generator) -> float:
+        nominal = min(self.cap, self.base * 2**attempt)
+        return max(0.0, nominal * (1 + self.jitter * (2 * rng.random() - 1)))
+
+    def call(
+        self,
+        action: Callable[[], Any],
+        *,
+        what: str,
+        rng: np.random.Generator,
+        on_retry: Callable[[BaseException], None] | None = None,
+        sleep: Callable[[float], None] = time.sleep,
+    ) -> Any:
+        """Run ``action``, retrying transient failures; raise :class:`ShardReadError` naming ``what`` at the end."""
+        for attempt in range(self.attempts):
+            try:
+                return action()
+            except Exception as error:
+                if not is_transient(error):
+                    raise
+                if attempt == self.attempts - 1:
+                    raise ShardReadError(
+                        f"{what}: still failing after {self.attempts} attempts ({type(error).__name__}: {error}); "
+                        "check the storage endpoint, or raise RetryPolicy(attempts=...)"
+                    ) from error
+                if on_retry is not None:
+                    on_retry(error)
+                sleep(self.delay(attempt, rng))
+        raise AssertionError("unreachable")
+
+
+class ResumableReader:
+    """A read-only stream over ``open_at(offset)`` that reopens at the current offset after a transient error."""
+
+    def __init__(
+        self,
+        open_at: Callable[[int], Any],
+        *,
+        what: str,
+        policy: RetryPolicy,
+        rng: np.random.Generator,
+        on_retry: Callable[[BaseException], None] | None = None,
+    ) -> None:
+        self._open_at = open_at
+        self._what = what
+        self._policy = policy
+        self._rng = rng
+        self._on_retry = on_retry
+        self._offset = 0
+        self._stream: Any = None
+
+    def _read_once(self, size: int) -> bytes:
+        if self._stream is None:
+            self._stream = self._open_at(self._offset)
+        try:
+            return self._stream.read(size)
+        except Exception:
+            self._close_quietly()
+            raise
+
+    def read(self, size: int = -1) -> bytes:
+        data = self._policy.call(lambda: self._read_once(size), what=self._what, rng=self._rng, on_retry=self._on_retry)
+        self._offset += len(data)
+        return data
+
+    def _close_quietly(self) -> None:
+        stream, self._stream = self._stream, None
+        if stream is not None:
+            try:
+                stream.close()
+            except Exception:  # the connection is already broken; the reopen is what matters
+                return
+
+    def close(self) -> None:
+        self._close_quietly()
+
+    def __enter__(self) -> ResumableReader:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()

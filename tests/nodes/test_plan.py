@@ -1,0 +1,81 @@
+"""The epoch plan as a pure function: coverage, equal batch counts, padding, skips, determinism."""
+
+from collections import Counter
+
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from meddiffuse_stream.nodes.plan import EpochPlan, buffer_order
+
+
+def _rank_batches(plan: EpochPlan) -> list[list[tuple[int, int]]]:
+    """The batches a rank yields, reassembled from the workers' refs and the schedule."""
+    refs = {w: plan.worker_refs(w) for w in range(plan.streams)}
+    taken = dict.fromkeys(refs, 0)
+    batches = []
+    for worker in plan.schedule():
+        size = min(plan.batch_size, len(refs[worker]) - taken[worker])
+        batches.append(refs[worker][taken[worker] : taken[worker] + size])
+        taken[worker] += size
+    assert all(taken[w] == len(refs[w]) for w in refs), "every planned sample is in some batch"
+    return batches
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    sizes=st.lists(st.integers(1, 40), min_size=1, max_size=9),
+    world=st.integers(1, 3),
+    workers=st.integers(0, 2),
+    batch=st.integers(1, 9),
+    drop_last=st.booleans(),
+    shuffle=st.booleans(),
+    epoch=st.integers(0, 3),
+)
+def test_every_sample_once_per_epoch_and_equal_batches_on_every_rank(
+    sizes, world, workers, batch, drop_last, shuffle, epoch
+):
+    seen: Counter = Counter()
+    counts = set()
+    for rank in range(world):
+        plan = EpochPlan(tuple(sizes), batch, seed=5, epoch=epoch, rank=rank, world_size=world,
+                         num_workers=workers, shuffle=shuffle, drop_last=drop_last, buffer_size=7)  # fmt: skip
+        batches = _rank_batches(plan)
+        counts.add(len(batches))
+        assert len(batches) == plan.num_batches
+        assert all(len(b) == batch for b in batches[:-1]) and (not batches or 0 < len(batches[-1]) <= batch)
+        for b in batches:
+            seen.update(b)
+    assert len(counts) == 1, "ranks disagree on the number of batches: DDP would hang"
+    total = sum(sizes)
+    every = {(s, i) for s, size in enumerate(sizes) for i in range(size)}
+    assert set(seen) <= every
+    if drop_last:
+        assert all(v == 1 for v in seen.values()) and total - len(seen) < world * batch + world
+    else:
+        assert set(seen) == every
+        assert (
+            sum(seen.values()) - total
+            == sum(EpochPlan(tuple(sizes), batch, rank=r, world_size=world).padded_count() for r in range(world))
+            < world
+        )
+
+
+def test_same_seed_same_order_other_epoch_other_order():
+    make = lambda **kw: EpochPlan((50, 30, 20), 8, seed=1, num_workers=2, **kw).worker_refs(0)  # noqa: E731
+    assert make(epoch=0) == make(epoch=0)
+    assert make(epoch=0) != make(epoch=1)
+    assert EpochPlan((50, 30, 20), 8, seed=2, num_workers=2).worker_refs(0) != make(epoch=0)
+
+
+def test_skips_follow_the_schedule():
+    plan = EpochPlan((10, 10, 7), 4, num_workers=2)
+    assert plan.schedule() == [0, 1, 0, 1, 0, 1, 0]  # 7 batches, the partial one last
+    assert plan.skips(0) == [0, 0] and plan.skips(3) == [8, 4] and plan.skips(7) == [15, 12]
+
+
+def test_buffer_order_is_a_permutation_local_to_its_buffer():
+    import numpy as np
+
+    order = buffer_order(500, 10, np.random.default_rng(0))
+    assert sorted(order) == list(range(500))
+    assert all(order[t] < t + 10 for t in range(500)), "a streaming buffer can only emit what it has read"

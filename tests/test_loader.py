@@ -1,0 +1,124 @@
+"""MedDiffuseLoader's guarantees on uneven shards, world sizes 1-3 and worker counts 0-2."""
+
+from collections import Counter
+
+import pytest
+import torch
+from loader_helpers import uneven_dataset
+
+from meddiffuse_stream import MedDiffuseLoader
+
+
+@pytest.fixture(scope="module")
+def dataset(tmp_path_factory):
+    return str(uneven_dataset(tmp_path_factory.mktemp("loader"), samples=103, shard_size=10))
+
+
+def _epoch_keys(loader) -> list[list[str]]:
+    return [list(batch["key"]) for batch in loader]
+
+
+@pytest.mark.parametrize("workers", [0, 1, 2])
+@pytest.mark.parametrize("world", [1, 2, 3])
+def test_exactly_once_per_epoch_with_equal_batch_counts(dataset, world, workers):
+    seen = Counter()
+    batch_counts = set()
+    for rank in range(world):
+        with MedDiffuseLoader(dataset, 8, num_workers=workers, rank=rank, world_size=world, as_dict=True,
+                              worker_method="thread" if workers == 1 else "process") as loader:  # fmt: skip
+            batches = _epoch_keys(loader)
+            assert len(batches) == len(loader)
+            batch_counts.add(len(batches))
+            seen.update(k for b in batches for k in b)
+    assert len(batch_counts) == 1
+    assert len(seen) == 103 and sum(seen.values()) - 103 == (-103) % world  # the documented padding
+
+
+def test_drop_last_drops_instead_of_padding(dataset):
+    seen = Counter()
+    for rank in range(2):
+        with MedDiffuseLoader(dataset, 8, rank=rank, world_size=2, drop_last=True, as_dict=True) as loader:
+            batches = _epoch_keys(loader)
+            assert all(len(b) == 8 for b in batches) and len(batches) == 6
+            seen.update(k for b in batches for k in b)
+    assert max(seen.values()) == 1 and len(seen) == 96
+
+
+def test_same_seed_same_batches_other_epoch_other_order(dataset):
+    first = MedDiffuseLoader(dataset, 8, seed=4, as_dict=True, num_workers=2)
+    second = MedDiffuseLoader(dataset, 8, seed=4, as_dict=True, num_workers=2)
+    epoch0 = _epoch_keys(first)
+    assert epoch0 == _epoch_keys(second)
+    epoch1 = _epoch_keys(first)  # iterating again goes on to the next epoch
+    assert first.epoch == 1 and epoch1 != epoch0 and sorted(sum(epoch1, [])) == sorted(sum(epoch0, []))
+    second.set_epoch(1)
+    assert _epoch_keys(second) == epoch1
+    first.close()
+    second.close()
+
+
+@pytest.mark.parametrize(("workers", "method"), [(0, "process"), (2, "thread"), (2, "process")])
+@pytest.mark.parametrize("stop", [1, 6, 13])
+def test_restored_loader_yields_exactly_what_the_uninterrupted_one_yields(dataset, workers, method, stop):
+    world = 2
+    for rank in range(world):
+        kwargs = dict(num_workers=workers, worker_method=method, rank=rank, world_size=world, as_dict=True, seed=9)
+        with MedDiffuseLoader(dataset, 4, **kwargs) as reference:
+            expected = _epoch_keys(reference) + _epoch_keys(reference)  # two epochs
+        with MedDiffuseLoader(dataset, 4, **kwargs) as interrupted:
+            iterator = iter(interrupted)
+            for _ in range(stop):
+                next(iterator)
+            state = interrupted.state_dict()
+        with MedDiffuseLoader(dataset, 4, **kwargs) as restored:
+            restored.load_state_dict(state)
+            rest = _epoch_keys(restored) + _epoch_keys(restored)
+        assert rest == expected[stop:]
+
+
+def test_state_from_other_settings_is_refused(dataset):
+    with MedDiffuseLoader(dataset, 4, num_workers=0) as loader:
+        state = loader.state_dict()
+    with MedDiffuseLoader(dataset, 4, num_workers=2) as other, pytest.raises(ValueError, match="num_workers"):
+        other.load_state_dict(state)
+
+
+def test_tuples_and_dicts_are_float_batches(dataset):
+    with MedDiffuseLoader(dataset, 16, shuffle=False) as loader:
+        images, labels = next(iter(loader))
+    assert images.dtype == torch.float32 and images.shape == (16, 1, 8, 8) and 0 <= images.min() <= images.max() <= 1
+    assert labels.dtype == torch.int64 and set(labels.tolist()) <= {0, 1}
+
+
+def test_transform_hook_sees_tensors(dataset):
+    def flip(sample):
+        return dict(sample, image=sample["image"].flip(-1))
+
+    with (
+        MedDiffuseLoader(dataset, 5, shuffle=False, transform=flip) as flipped,
+        MedDiffuseLoader(dataset, 5, shuffle=False) as plain,
+    ):
+        assert torch.equal(next(iter(flipped))[0], next(iter(plain))[0].flip(-1))
+
+
+def test_rank_and_world_size_default_from_the_environment(dataset, monkeypatch):
+    monkeypatch.setenv("RANK", "1")
+    monkeypatch.setenv("WORLD_SIZE", "3")
+    with MedDiffuseLoader(dataset, 4) as loader:
+        assert (loader.plan.rank, loader.plan.world_size) == (1, 3)
+
+
+def test_augment_is_refused_until_the_device_stage_exists(dataset):
+    with pytest.raises(NotImplementedError, match="augment=None"):
+        MedDiffuseLoader(dataset, 4, augment="meddiffusemix")
+
+
+def test_demo_roi_and_meta_come_with_as_dict(tmp_path):
+    from meddiffuse_stream import ConvertOptions, DemoSource, convert_dataset
+
+    convert_dataset(DemoSource(n=40, size=16), None, str(tmp_path / "d"), ConvertOptions(splits={"train": 1.0}),
+                    progress=False)  # fmt: skip
+    with MedDiffuseLoader(str(tmp_path / "d"), 8, as_dict=True) as loader:
+        batch = next(iter(loader))
+    assert batch["roi"].shape == (8, 1, 16, 16) and set(batch["roi"].unique().tolist()) <= {0.0, 1.0}
+    assert all((m["label"] == 1) == bool(r.any()) for m, r in zip(batch["meta"], batch["roi"], strict=True))
