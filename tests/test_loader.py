@@ -50,7 +50,11 @@ def test_same_seed_same_batches_other_epoch_other_order(dataset):
     epoch0 = _epoch_keys(first)
     assert epoch0 == _epoch_keys(second)
     epoch1 = _epoch_keys(first)  # iterating again goes on to the next epoch
-    assert first.epoch == 1 and epoch1 != epoch0 and sorted(sum(epoch1, [])) == sorted(sum(epoch0, []))
+    assert (
+        first.epoch == 1
+        and epoch1 != epoch0
+        and sorted(k for b in epoch1 for k in b) == sorted(k for b in epoch0 for k in b)
+    )
     second.set_epoch(1)
     assert _epoch_keys(second) == epoch1
     first.close()
