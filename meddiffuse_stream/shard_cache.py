@@ -31,6 +31,7 @@ class ShardCache:
         self.directory = Path(directory)
         self.directory.mkdir(parents=True, exist_ok=True)
         self.max_bytes = max_bytes
+        self.evict()  # a smaller limit than last time applies at once
 
     def entry(self, identity: str) -> Path:
         return self.directory / f"{identity}.tar"

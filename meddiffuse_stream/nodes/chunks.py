@@ -96,13 +96,32 @@ class ChunkBuilder:
     def _generate(self) -> Iterator[dict[str, Any]]:
         size = self.config.plan.batch_size
         pending: list[dict[str, Any] | None] = []
+        waiting: list[list[dict[str, Any] | None]] = []  # all-bad chunks before any good sample was seen
         for item in self._reader:
             pending.append(self._decode(item))
             if len(pending) == size:
-                yield self._fill(pending)
+                yield from self._emit(pending, waiting)
                 pending = []
         if pending:
-            yield self._fill(pending)
+            yield from self._emit(pending, waiting)
+        if waiting:
+            raise LoaderDataError(
+                f"worker {self.worker}: every one of its samples this epoch was skipped, so none can stand in "
+                "(see loader.counters for the reasons)"
+            )
+
+    def _emit(
+        self, pending: list[dict[str, Any] | None], waiting: list[list[dict[str, Any] | None]]
+    ) -> Iterator[dict[str, Any]]:
+        good = [s for s in pending if s is not None]
+        if good:
+            self._last_good = good[-1]
+        if self._last_good is None:
+            waiting.append(pending)
+            return
+        for chunk in [*waiting, pending]:
+            yield self._fill(chunk)
+        waiting.clear()
 
     def _decode(self, item: Any) -> dict[str, Any] | None:
         try:
@@ -133,15 +152,6 @@ class ChunkBuilder:
         return result
 
     def _fill(self, pending: list[dict[str, Any] | None]) -> dict[str, Any]:
-        good = [s for s in pending if s is not None]
-        if good:
-            self._last_good = good[-1]
-        substitute = self._last_good
-        if substitute is None:
-            raise LoaderDataError(
-                f"worker {self.worker}: no readable sample to stand in for skipped ones; every sample so far "
-                "was skipped (see loader.counters)"
-            )
-        filled = [s if s is not None else substitute for s in pending]
-        self.counters["padded"] += len(pending) - len(good)
-        return collate(filled)
+        filled = [s if s is not None else self._last_good for s in pending]
+        self.counters["padded"] += sum(s is None for s in pending)
+        return collate(filled)  # type: ignore[arg-type]

@@ -131,7 +131,11 @@ class PlannedSampleReader:
             if shard.failure is not None:
                 held[ref] = Skip(ref, shard.failure, kind=shard.failure_kind)
                 return
-            item = next(shard.samples, None)
+            try:
+                item = next(shard.samples, None)
+            except Exception as error:  # missing object, spent retry budget: the rest of the shard is lost
+                shard.failure = f"{self.source.describe(shard_index)}: {type(error).__name__}: {error}"
+                continue
             if item is None:
                 expected = self.source.shards[shard_index].samples
                 where = self.source.describe(shard_index)

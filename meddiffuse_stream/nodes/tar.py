@@ -92,8 +92,13 @@ def _members(stream: BinaryIO, max_member_bytes: int) -> Iterator[tuple[str, byt
     offset = 0
     while True:
         header = _read_exact(stream, _BLOCK)
-        if not header or header == b"\0" * _BLOCK:
-            return  # end of archive (or of the stream, after whole members)
+        if header == b"\0" * _BLOCK:
+            return  # the end-of-archive marker
+        if not header:
+            yield TarProblem(
+                f"truncated tar: the stream ends at byte {offset} without an end-of-archive marker", fatal=True
+            )
+            return
         if len(header) < _BLOCK:
             yield TarProblem(f"truncated tar: partial header at byte {offset}", fatal=True)
             return
@@ -152,7 +157,7 @@ def _members(stream: BinaryIO, max_member_bytes: int) -> Iterator[tuple[str, byt
                              split_member_name(name)[0])  # fmt: skip
             continue
         data = _read_exact(stream, padded)
-        if len(data) < size:
+        if len(data) < padded:
             yield TarProblem(f"truncated tar inside member {name!r}", split_member_name(name)[0], fatal=True)
             return
         yield name, data[:size]
@@ -165,8 +170,9 @@ def iter_samples(stream: BinaryIO, max_member_bytes: int = MAX_MEMBER_BYTES) -> 
     for item in _members(stream, max_member_bytes):
         if isinstance(item, TarProblem):
             if item.fatal and current is not None:
-                yield current
-                current = None
+                if item.key is not None and item.key != current.key:
+                    yield current  # the cut is in the next sample: this one is whole
+                current = None  # otherwise it may be cut short: lost with the rest of the shard
             yield item
             continue
         name, data = item
