@@ -6,7 +6,7 @@ PY := $(VENV)/bin/python
 TORCH_PIN ?= torch==2.13.0
 STAMP := $(VENV)/.installed
 
-.PHONY: setup demo test lint bench-shard clean
+.PHONY: setup demo test lint bench-shard bench-loader clean
 
 setup: $(STAMP)
 
@@ -28,6 +28,12 @@ test: lint
 
 bench-shard: setup
 	$(PY) tools/bench_shard.py --out .bench/shard.json
+
+# litdata is a benchmark-only peer: --no-deps keeps its torchvision and boto3 pins out of the environment
+bench-loader: setup
+	$(PY) -m pip install -q --disable-pip-version-check --no-deps litdata==0.2.76 lightning-utilities==0.15.3 \
+		obstore tifffile
+	$(PY) tools/bench_loader.py --out .bench/loader.json
 
 clean:
 	rm -rf $(VENV) .bench .pytest_cache

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import io
 import json
+import struct
 import warnings
 from dataclasses import dataclass
 from typing import Any
@@ -20,6 +21,12 @@ from .tar import RawSample
 __all__ = ["DecodeOptions", "SampleError", "decode_sample"]
 
 _IMAGE_SUFFIXES = ("png", "jpg", "jpeg")
+_PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+
+try:  # optional fast path (the "torch" extra installs it)
+    import pyspng as _spng
+except ImportError:  # pragma: no cover - PIL decodes everything, only slower
+    _spng = None
 
 
 class SampleError(ValueError):
@@ -44,6 +51,15 @@ def _reject_constant(name: str) -> float:
 
 
 def _image(data: bytes, key: str, suffix: str, max_pixels: int) -> np.ndarray:
+    if _spng is not None and _plain_8_bit_png(data):
+        width, height = struct.unpack(">II", data[16:24])
+        if width * height > max_pixels:
+            raise SampleError(f"{key}.{suffix}: {width}x{height} pixels is over {max_pixels}", "too many pixels")
+        try:
+            array = _spng.load(data)
+        except Exception as error:
+            raise SampleError(f"{key}.{suffix}: not a readable image ({error})", "unreadable image") from error
+        return array[None] if array.ndim == 2 else np.ascontiguousarray(array.transpose(2, 0, 1))
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
@@ -68,6 +84,11 @@ def _image(data: bytes, key: str, suffix: str, max_pixels: int) -> np.ndarray:
             f"{key}.{suffix}: not a readable image ({type(error).__name__}: {error})", "unreadable image"
         ) from error
     return array[None] if array.ndim == 2 else np.ascontiguousarray(array.transpose(2, 0, 1))
+
+
+def _plain_8_bit_png(data: bytes) -> bool:
+    """8-bit grey or RGB, not interlaced: what libspng decodes ~2x faster than PIL (everything else goes to PIL)."""
+    return len(data) > 33 and data[:8] == _PNG_SIGNATURE and data[24] == 8 and data[25] in (0, 2) and data[28] == 0
 
 
 def _grey_palette(image: Image.Image) -> bool:

@@ -51,25 +51,40 @@ def _octal(field_bytes: bytes) -> int:
     return int(text, 8) if text else 0
 
 
-def _read_exact(stream: BinaryIO, size: int) -> bytes:
-    chunks = []
-    remaining = size
-    while remaining > 0:
-        chunk = stream.read(remaining)
-        if not chunk:
-            break
-        chunks.append(chunk)
-        remaining -= len(chunk)
-    return b"".join(chunks)
+class _Blocks:
+    """Reads the stream in 1 MiB pieces and serves headers and members from memory: one storage call per MiB,
+    not two per member."""
 
+    def __init__(self, stream: BinaryIO, piece: int = 1 << 20) -> None:
+        self._stream = stream
+        self._piece = piece
+        self._buffer = b""
+        self._position = 0
 
-def _skip(stream: BinaryIO, size: int) -> bool:
-    while size > 0:
-        chunk = stream.read(min(size, 1 << 20))
-        if not chunk:
-            return False
-        size -= len(chunk)
-    return True
+    def read_exact(self, size: int) -> bytes:
+        """Up to ``size`` bytes; fewer only at the end of the stream."""
+        end = self._position + size
+        if end > len(self._buffer):
+            parts = [self._buffer[self._position :]]
+            have = len(parts[0])
+            while have < size:
+                chunk = self._stream.read(max(self._piece, size - have))
+                if not chunk:
+                    break
+                parts.append(chunk)
+                have += len(chunk)
+            self._buffer, self._position, end = b"".join(parts), 0, size
+        data = self._buffer[self._position : end]
+        self._position = min(end, len(self._buffer))
+        return data
+
+    def skip(self, size: int) -> bool:
+        while size > 0:  # in pieces: a huge member must not be held in memory to be passed over
+            piece = len(self.read_exact(min(size, self._piece)))
+            if piece == 0:
+                return False
+            size -= piece
+        return True
 
 
 def _pax_path(data: bytes) -> str | None:
@@ -87,11 +102,12 @@ def _pax_path(data: bytes) -> str | None:
     return None
 
 
-def _members(stream: BinaryIO, max_member_bytes: int) -> Iterator[tuple[str, bytes] | TarProblem]:
+def _members(raw_stream: BinaryIO, max_member_bytes: int) -> Iterator[tuple[str, bytes] | TarProblem]:
+    stream = _Blocks(raw_stream)
     long_name: str | None = None
     offset = 0
     while True:
-        header = _read_exact(stream, _BLOCK)
+        header = stream.read_exact(_BLOCK)
         if header == b"\0" * _BLOCK:
             return  # the end-of-archive marker
         if not header:
@@ -119,7 +135,7 @@ def _members(stream: BinaryIO, max_member_bytes: int) -> Iterator[tuple[str, byt
         if header[257:262] == b"ustar" and header[345:500].strip(b"\0"):
             raw_name = header[345:500].split(b"\0", 1)[0] + b"/" + raw_name
         if kind in (b"L", b"x", b"g"):
-            data = _read_exact(stream, padded)
+            data = stream.read_exact(padded)
             if len(data) < padded:
                 yield TarProblem("truncated tar: extended header cut short", fatal=True)
                 return
@@ -134,7 +150,7 @@ def _members(stream: BinaryIO, max_member_bytes: int) -> Iterator[tuple[str, byt
             name = None
         long_name = None
         if kind not in (b"0", b"\0", b"7"):
-            if not _skip(stream, padded):
+            if not stream.skip(padded):
                 yield TarProblem("truncated tar inside a non-file member", fatal=True)
                 return
             if kind != b"5":  # directories are harmless; links and devices are refused
@@ -142,21 +158,21 @@ def _members(stream: BinaryIO, max_member_bytes: int) -> Iterator[tuple[str, byt
                 yield TarProblem(f"{what} member {name!r} refused", split_member_name(name or "?")[0])
             continue
         if name is None:
-            _skip(stream, padded)
+            stream.skip(padded)
             yield TarProblem(f"member name is not UTF-8: {raw_name!r}")
             continue
         if name.startswith("/") or ".." in name.split("/"):
-            _skip(stream, padded)
+            stream.skip(padded)
             yield TarProblem(f"unsafe member path {name!r} refused", split_member_name(name)[0])
             continue
         if size > max_member_bytes:
-            if not _skip(stream, padded):
+            if not stream.skip(padded):
                 yield TarProblem(f"truncated tar inside member {name!r}", split_member_name(name)[0], fatal=True)
                 return
             yield TarProblem(f"member {name!r} of {size} bytes is over the {max_member_bytes}-byte limit",
                              split_member_name(name)[0])  # fmt: skip
             continue
-        data = _read_exact(stream, padded)
+        data = stream.read_exact(padded)
         if len(data) < padded:
             yield TarProblem(f"truncated tar inside member {name!r}", split_member_name(name)[0], fatal=True)
             return

@@ -1,0 +1,212 @@
+#!/usr/bin/env python3
+"""Benchmark of MedDiffuseLoader against stock webdataset and litdata on the same PNG bytes.
+
+Each run is a fresh subprocess reading the same 64x64 grey images into float32 (B, 1, 64, 64) batches with the
+same worker count and batch size; runs alternate (webdataset, litdata, meddiffuse, ...) so machine drift hits all
+alike, and the median is reported. Also: the same loader from SeaweedFS S3 against local disk, and memory growth
+over 10 epochs. Writes ``.bench/loader.json``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+RUNNERS = {
+    "webdataset": """
+import webdataset as wds, torch, json
+ROOT = Path(S["ROOT"])
+urls = [str(ROOT / s["path"]) for s in json.loads((ROOT / "dataset.json").read_text())["shards"]]
+def to_tensor(sample):
+    return torch.from_numpy(sample[0]).unsqueeze(0), int(sample[1])
+dataset = wds.WebDataset(urls, shardshuffle=False, empty_check=False).decode("l").to_tuple("png", "cls").map(to_tensor)
+loader = torch.utils.data.DataLoader(dataset, batch_size=BATCH, num_workers=WORKERS)
+""",
+    "litdata": """
+import io, numpy as np, torch
+from PIL import Image
+from litdata import StreamingDataset, StreamingDataLoader
+class Decoded(StreamingDataset):
+    def __getitem__(self, index):
+        item = super().__getitem__(index)
+        image = np.asarray(Image.open(io.BytesIO(item["png"])), dtype=np.float32) / 255.0
+        return torch.from_numpy(image).unsqueeze(0), item["label"]
+loader = StreamingDataLoader(Decoded(S["LITDATA"]), batch_size=BATCH, num_workers=WORKERS)
+""",
+    "meddiffuse": """
+from meddiffuse_stream import MedDiffuseLoader
+loader = MedDiffuseLoader(S["SOURCE"], BATCH, num_workers=WORKERS, shuffle=False, storage_options=S["OPTIONS"])
+""",
+}
+
+TIMER = """
+import time, resource
+started = time.perf_counter()
+count = 0
+for epoch in range(EPOCHS):
+    for images, labels in loader:
+        assert images.dtype == torch.float32 and images.shape[1:] == (1, SIZE, SIZE)
+        count += images.shape[0]
+elapsed = time.perf_counter() - started
+print(json.dumps({"samples": count, "seconds": elapsed}))
+"""
+
+
+def run(name: str, settings: dict[str, object]) -> dict[str, float]:
+    header = (
+        "import json, torch\nfrom pathlib import Path\n"
+        f"S = json.loads({json.dumps(settings)!r})\n"
+        "BATCH, WORKERS, EPOCHS, SIZE = S['BATCH'], S['WORKERS'], S['EPOCHS'], S['SIZE']\n"
+    )
+    code = header + RUNNERS[name] + TIMER
+    before = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, timeout=1200)
+    if result.returncode != 0:
+        raise RuntimeError(f"{name} failed:\n{result.stderr[-3000:]}")
+    figures = json.loads(result.stdout.strip().splitlines()[-1])
+    figures["rate"] = figures["samples"] / figures["seconds"]
+    figures["peak_rss_mb"] = max(before, resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss) / 1024
+    return figures
+
+
+def build(scratch: Path, count: int, size: int) -> tuple[Path, Path]:
+    sys.path.insert(0, str(ROOT / "tools"))
+    from bench_shard import make_inputs
+
+    from meddiffuse_stream.convert import ConvertOptions, ImageFolderSource, convert_dataset
+
+    images = make_inputs(scratch / "images", count, size)
+    shards = scratch / "shards"
+    convert_dataset(ImageFolderSource(), str(images), str(shards),
+                    ConvertOptions(splits={"train": 1.0}, shard_size=1000, workers=2), progress=False)  # fmt: skip
+    litdata_dir = scratch / "litdata"
+    code = f"""
+import io, tarfile, json
+from pathlib import Path
+from litdata import optimize
+root = Path({str(shards)!r})
+paths = [str(root / s["path"]) for s in json.loads((root / "dataset.json").read_text())["shards"]]
+def samples(path):
+    with tarfile.open(path) as archive:
+        members = {{m.name: archive.extractfile(m).read() for m in archive.getmembers()}}
+    for name, data in members.items():
+        if name.endswith(".png") and not name.endswith(".roi.png"):
+            key = name[:-4]
+            yield {{"png": data, "label": int(members[key + ".cls"])}}
+if __name__ == "__main__":
+    optimize(fn=samples, inputs=paths, output_dir={str(litdata_dir)!r}, chunk_bytes="64MB", num_workers=2)
+"""
+    script = scratch / "optimize_litdata.py"
+    script.write_text(code)
+    subprocess.run([sys.executable, str(script)], check=True, capture_output=True, cwd=scratch, timeout=1200)
+    return shards, litdata_dir
+
+
+def rss_of_tree(pid: int) -> int:
+    total = 0
+    for entry in [pid, *_children(pid)]:
+        try:
+            for line in Path(f"/proc/{entry}/status").read_text().splitlines():
+                if line.startswith("VmRSS:"):
+                    total += int(line.split()[1])
+        except FileNotFoundError:
+            continue
+    return total
+
+
+def _children(pid: int) -> list[int]:
+    found = []
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        children = (task / "children").read_text().split()
+        for child in map(int, children):
+            found += [child, *_children(child)]
+    return found
+
+
+def rss_growth(source: str, batch: int, workers: int, epochs: int = 10) -> float:
+    from meddiffuse_stream import MedDiffuseLoader
+
+    with MedDiffuseLoader(source, batch, num_workers=workers) as loader:
+        after: dict[int, int] = {}
+        for epoch in range(epochs):
+            for _ in loader:
+                pass
+            after[epoch + 1] = rss_of_tree(os.getpid())
+    return (after[epochs] - after[2]) / after[2]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--out", default=".bench/loader.json")
+    parser.add_argument("--count", type=int, default=20000)
+    parser.add_argument("--size", type=int, default=64)
+    parser.add_argument("--batch", type=int, default=64)
+    parser.add_argument("--workers", type=int, default=2)
+    parser.add_argument("--epochs", type=int, default=2)
+    parser.add_argument("--rounds", type=int, default=3)
+    args = parser.parse_args()
+    with tempfile.TemporaryDirectory() as scratch_name:
+        scratch = Path(scratch_name)
+        shards, litdata_dir = build(scratch, args.count, args.size)
+        common = {"BATCH": args.batch, "WORKERS": args.workers, "EPOCHS": args.epochs, "SIZE": args.size}
+        settings = {
+            "webdataset": {"ROOT": str(shards), **common},
+            "litdata": {"LITDATA": str(litdata_dir), **common},
+            "meddiffuse": {"SOURCE": str(shards), "OPTIONS": None, **common},
+        }
+        rates: dict[str, list[float]] = {name: [] for name in RUNNERS}
+        peaks: dict[str, float] = {}
+        for _ in range(args.rounds):
+            for name in RUNNERS:
+                figures = run(name, settings[name])
+                rates[name].append(figures["rate"])
+                peaks[name] = max(peaks.get(name, 0.0), figures["peak_rss_mb"])
+                print(f"{name:12s} {figures['rate']:8.0f} samples/s")
+        median = {name: statistics.median(values) for name, values in rates.items()}
+        results: dict[str, object] = {
+            "setup": {**common, "count": args.count, "rounds": args.rounds, "cpu_count": os.cpu_count()},
+            "samples_per_s": {k: round(v, 1) for k, v in median.items()},
+            "peak_rss_mb": {k: round(v, 1) for k, v in peaks.items()},
+            "ratio_vs_webdataset": round(median["meddiffuse"] / median["webdataset"], 3),
+            "ratio_vs_litdata": round(median["meddiffuse"] / median["litdata"], 3),
+        }
+        results.update(s3_figures(shards, settings["meddiffuse"], args.rounds))
+        results["rss_growth_10_epochs"] = round(rss_growth(str(shards), args.batch, args.workers), 4)
+    for name in ("ratio_vs_webdataset", "ratio_vs_litdata", "ratio_s3_vs_local", "rss_growth_10_epochs"):
+        print(f"{name:22s} {results[name]}")
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.out).write_text(json.dumps(results, indent=1) + "\n")
+
+
+def s3_figures(shards: Path, settings: dict[str, object], rounds: int) -> dict[str, object]:
+    sys.path.insert(0, str(ROOT / "tests"))
+    import s3fs
+    from seaweed import seaweed_server
+
+    with seaweed_server() as server:
+        fs = s3fs.S3FileSystem(**server.storage_options)
+        fs.mkdir("bench")
+        fs.put(str(shards), "bench/shards", recursive=True)
+        remote = {**settings, "SOURCE": "s3://bench/shards", "OPTIONS": server.storage_options}
+        local_rates, s3_rates = [], []
+        for _ in range(rounds):
+            local_rates.append(run("meddiffuse", settings)["rate"])
+            s3_rates.append(run("meddiffuse", remote)["rate"])
+            time.sleep(0.1)
+    local, s3 = statistics.median(local_rates), statistics.median(s3_rates)
+    print(f"{'meddiffuse s3':12s} {s3:8.0f} samples/s (local {local:.0f})")
+    return {"samples_per_s_s3": round(s3, 1), "ratio_s3_vs_local": round(s3 / local, 3)}
+
+
+if __name__ == "__main__":
+    main()
