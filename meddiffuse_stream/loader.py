@@ -22,6 +22,7 @@ import torch
 
 from .counters import Counters
 from .nodes.chunks import StageConfig
+from .nodes.collate import to_unit_float
 from .nodes.decode import DecodeOptions
 from .nodes.plan import EpochPlan
 from .nodes.source import open_dataset
@@ -182,17 +183,14 @@ class MedDiffuseLoader:
     # --- batches --------------------------------------------------------------------------------------------
     def _to_torch(self, chunk: dict[str, Any]) -> Any:
         image = chunk["image"]
+        # numpy, not torch, converts: torch's intra-op threads would spin on the cores the decode workers need
         if not isinstance(image, np.ndarray):  # a user transform produced tensors
             tensor = image.to(torch.float32)
-        elif image.dtype == np.uint8:
-            tensor = torch.from_numpy(image).to(torch.float32).div_(255.0)
-        elif image.dtype == np.uint16:  # 16-bit PNGs carry their bits high: divide by the full range
-            tensor = torch.from_numpy(image.astype(np.float32)).div_(65535.0)
         else:
-            tensor = torch.from_numpy(image.astype(np.float32, copy=False))
+            tensor = torch.from_numpy(to_unit_float(image))
         batch: dict[str, Any] = {"image": tensor, "label": torch.from_numpy(chunk["label"]), "key": chunk["key"]}
         if "roi" in chunk:
-            batch["roi"] = torch.from_numpy(chunk["roi"]).to(torch.float32)
+            batch["roi"] = torch.from_numpy(chunk["roi"].astype(np.float32))
         if "meta" in chunk:
             batch["meta"] = chunk["meta"]
         if self.device is not None and self.device.type != "cpu":

@@ -43,7 +43,7 @@ def collate(samples: list[dict[str, Any]]) -> dict[str, Any]:
 def to_unit_float(image: np.ndarray) -> np.ndarray:
     """uint8 / uint16 → float32 in [0, 1] by the dtype's full range (16-bit PNGs use the high bits)."""
     if image.dtype == np.uint8:
-        return image.astype(np.float32) / 255.0
+        return np.multiply(image, np.float32(1 / 255), dtype=np.float32)
     if image.dtype == np.uint16:
-        return image.astype(np.float32) / 65535.0
+        return np.multiply(image, np.float32(1 / 65535), dtype=np.float32)
     return image.astype(np.float32)
