@@ -19,6 +19,7 @@ from ..counters import Counters
 from ..retry import RetryPolicy
 from ..shard_cache import ShardCache
 from .plan import SampleRef
+from .prefetch import ShardPrefetcher, read_into_memory
 from .shard_stream import HashingStream, open_shard
 from .source import DatasetSource
 from .tar import MAX_MEMBER_BYTES, RawSample, TarProblem, iter_samples
@@ -67,8 +68,11 @@ class PlannedSampleReader:
         seed: int = 0,
         on_error: str = "raise",
         max_member_bytes: int = MAX_MEMBER_BYTES,
+        prefetch_bytes: int = 256 << 20,
     ) -> None:
         self.on_error = on_error
+        self.prefetch_bytes = prefetch_bytes
+        self._prefetchable: set[int] = set()
         self.source = source
         self.refs = refs
         self.counters = counters
@@ -101,9 +105,21 @@ class PlannedSampleReader:
         for shard in getattr(self, "_open", {}).values():
             shard.stream.close()
         self._open: dict[int, _OpenShard] = {}
+        if getattr(self, "_prefetcher", None) is not None:
+            self._prefetcher.close()
+        self._prefetcher: ShardPrefetcher | None = None
+
+    def _start_prefetch(self, refs: list[SampleRef]) -> None:
+        """Remote shards that fit in memory are fetched one ahead; local files stream directly."""
+        order = list(dict.fromkeys(shard for shard, _ in refs))
+        remote = not self.source.location.is_local and self.cache is None
+        limit = self.prefetch_bytes
+        self._prefetchable = {s for s in order if remote and (self.source.shards[s].bytes or limit + 1) <= limit}
+        self._prefetcher = ShardPrefetcher(self._fetch, order, self._prefetchable)
 
     def _generate(self, start: int) -> Iterator[RawSample | Skip]:
         refs = self.refs[start:]
+        self._start_prefetch(refs)
         remaining = Counter(shard for shard, _ in refs)
         wanted = set(refs)
         reads_to_end = {s for s in remaining if (s, self.source.shards[s].samples - 1) in wanted}
@@ -164,13 +180,17 @@ class PlannedSampleReader:
             held[ref] = Skip(ref, f"{self.source.describe(shard_index)}: sample {sample_index} beyond the shard",
                              kind="shard shorter than listed")  # fmt: skip
 
-    def _open_shard(self, index: int) -> _OpenShard:
+    def _fetch(self, index: int) -> HashingStream:
         rng = np.random.default_rng((self.seed, index, 7))
+        stream = open_shard(self.source, index, policy=self.policy, rng=rng, counters=self.counters, cache=self.cache)
+        if index in self._prefetchable:
+            info = self.source.shards[index]
+            return read_into_memory(stream, info.sha256, self.source.describe(index))
+        return stream
+
+    def _open_shard(self, index: int) -> _OpenShard:
         try:
-            stream = open_shard(
-                self.source, index, policy=self.policy, rng=rng, counters=self.counters, cache=self.cache
-            )
-            shard = _OpenShard(stream, self.max_member_bytes)
+            shard = _OpenShard(self._prefetcher.get(index), self.max_member_bytes)
         except Exception as error:  # missing object, retry budget spent, integrity failure: every sample skips
             failure = f"{self.source.describe(index)}: {type(error).__name__}: {error}"
             shard = _OpenShard(None, self.max_member_bytes, failure)

@@ -27,6 +27,11 @@ class HashingStream:
         self._digest = hashlib.sha256()
         self.bytes_read = 0
 
+    @property
+    def raw(self) -> Any:
+        """The stream below the hashing (for readers that hash elsewhere)."""
+        return self._stream
+
     def read(self, size: int = -1) -> bytes:
         data = self._stream.read(size)
         self._digest.update(data)
