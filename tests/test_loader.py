@@ -126,3 +126,17 @@ def test_demo_roi_and_meta_come_with_as_dict(tmp_path):
         batch = next(iter(loader))
     assert batch["roi"].shape == (8, 1, 16, 16) and set(batch["roi"].unique().tolist()) <= {0.0, 1.0}
     assert all((m["label"] == 1) == bool(r.any()) for m, r in zip(batch["meta"], batch["roi"], strict=True))
+
+
+def test_brace_pattern_reads_the_same_samples_as_the_dataset_folder(dataset):
+    import json
+    from pathlib import Path
+
+    shards = json.loads((Path(dataset) / "dataset.json").read_text())["shards"]
+    pattern = f"{dataset}/train/train-{{000000..{len(shards) - 1:06d}}}.tar"
+    with (
+        MedDiffuseLoader(pattern, 8, shuffle=False, as_dict=True) as by_pattern,
+        MedDiffuseLoader(dataset, 8, shuffle=False, as_dict=True) as by_folder,
+    ):
+        assert len(by_pattern) == len(by_folder)
+        assert _epoch_keys(by_pattern) == _epoch_keys(by_folder)

@@ -131,6 +131,9 @@ def test_cache_hits_on_the_second_epoch_and_stays_bounded(tmp_path):
         list(loader)
         list(loader)
         assert loader.counters["cache_misses"] == 4 and loader.counters["cache_hits"] == 4
+    with MedDiffuseLoader(str(root), 5, cache_dir=str(cache), cache_bytes=sum(sizes)) as restarted:
+        list(restarted)
+        assert restarted.counters["cache_hits"] == 4 and restarted.counters["cache_misses"] == 0  # survives restarts
     with MedDiffuseLoader(str(root), 5, cache_dir=str(cache), cache_bytes=sizes[0] * 2) as loader:
         list(loader)
     assert sum(p.stat().st_size for p in cache.glob("*.tar")) <= sizes[0] * 2

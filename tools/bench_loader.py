@@ -194,7 +194,8 @@ def main() -> None:
         }
         results.update(s3_figures(shards, settings["meddiffuse"], args.rounds))
         results["rss_growth_10_epochs"] = round(rss_growth(str(shards), args.batch, args.workers), 4)
-    for name in ("ratio_vs_webdataset", "ratio_vs_litdata", "ratio_s3_vs_local", "rss_growth_10_epochs"):
+    for name in ("ratio_vs_webdataset", "ratio_vs_litdata", "ratio_s3_vs_local", "s3_server_cpu_share",
+                 "rss_growth_10_epochs"):  # fmt: skip
         print(f"{name:22s} {results[name]}")
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(results, indent=1) + "\n")
@@ -210,14 +211,34 @@ def s3_figures(shards: Path, settings: dict[str, object], rounds: int) -> dict[s
         fs.mkdir("bench")
         fs.put(str(shards), "bench/shards", recursive=True)
         remote = {**settings, "SOURCE": "s3://bench/shards", "OPTIONS": server.storage_options}
-        local_rates, s3_rates = [], []
+        local_rates, s3_rates, server_share = [], [], []
         for _ in range(rounds):
             local_rates.append(run("meddiffuse", settings)["rate"])
-            s3_rates.append(run("meddiffuse", remote)["rate"])
+            before = _cpu_seconds(server.process.pid)
+            figures = run("meddiffuse", remote)
+            s3_rates.append(figures["rate"])
+            # the S3 server shares this machine's cores with the loader: how much of them it took
+            server_share.append((_cpu_seconds(server.process.pid) - before) / (figures["seconds"] * os.cpu_count()))
             time.sleep(0.1)
     local, s3 = statistics.median(local_rates), statistics.median(s3_rates)
     print(f"{'meddiffuse s3':12s} {s3:8.0f} samples/s (local {local:.0f})")
-    return {"samples_per_s_s3": round(s3, 1), "ratio_s3_vs_local": round(s3 / local, 3)}
+    return {
+        "samples_per_s_s3": round(s3, 1),
+        "ratio_s3_vs_local": round(s3 / local, 3),
+        "s3_server_cpu_share": round(statistics.median(server_share), 3),
+    }
+
+
+def _cpu_seconds(pid: int) -> float:
+    """CPU time of a process and its descendants (the SeaweedFS server is one process with threads)."""
+    total = 0.0
+    for entry in [pid, *_children(pid)]:
+        try:
+            fields = Path(f"/proc/{entry}/stat").read_text().rsplit(")", 1)[1].split()
+        except FileNotFoundError:
+            continue
+        total += (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    return total
 
 
 if __name__ == "__main__":
