@@ -74,11 +74,6 @@ class MedDiffuseLoader:
         cache_bytes: int = 50 << 30,
         mp_context: str = "fork",
     ) -> None:
-        if augment is not None:
-            raise NotImplementedError(
-                "augment= needs the MedDiffuseMix device stage, which is not built yet; use augment=None "
-                "(plain loading) for now"
-            )
         self.dataset = open_dataset(source, split, storage_options)
         self.source = source
         self.split = split
@@ -102,6 +97,8 @@ class MedDiffuseLoader:
         )
         self._pool = WorkerPool(config, method=worker_method, prefetch=prefetch, mp_context=mp_context,
                                 counters=self.counters)  # fmt: skip
+        self.augment = self._build_stage(augment, seed)
+        self._augment_state = self.augment.state_dict() if self.augment is not None else None
         self._epoch = 0
         self._batches = 0
         self._epoch_set = False
@@ -130,9 +127,18 @@ class MedDiffuseLoader:
         padded = self.plan.padded_count()
         if self._batches == 0 and padded:
             self.counters["padded_for_ranks"] += padded
-        for chunk in self._pool:
+        if self.augment is None:
+            for chunk in self._pool:
+                self._batches += 1
+                yield self._to_torch(chunk)
+            return
+        from .augment.runner import run_stage
+
+        batches = (self._to_torch(chunk, keep_on_host=True) for chunk in self._pool)
+        for batch, state in run_stage(self.augment, batches):
             self._batches += 1
-            yield self._to_torch(chunk)
+            self._augment_state = state
+            yield batch if self.as_dict else (batch["image"], batch["target"])
 
     def close(self) -> None:
         """Stop worker processes now (they also stop when the loader is garbage-collected)."""
@@ -160,6 +166,7 @@ class MedDiffuseLoader:
             "dataset": self._fingerprint(),
             "settings": {name: getattr(plan, name) for name in _SETTINGS},
             "counters": self.counters.as_dict(),
+            "augment": self._augment_state,
         }
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
@@ -179,9 +186,29 @@ class MedDiffuseLoader:
         self._epoch, self._batches, self._epoch_set = int(state["epoch"]), int(state["batches"]), True
         self.counters.clear()
         self.counters.update(state.get("counters", {}))
+        if self.augment is not None:
+            if state.get("augment") is None:
+                raise ValueError("this loader state was saved without augment=; construct the loader as saved")
+            self.augment.load_state_dict(state["augment"])
+            self._augment_state = state["augment"]
 
     # --- batches --------------------------------------------------------------------------------------------
-    def _to_torch(self, chunk: dict[str, Any]) -> Any:
+    def _build_stage(self, augment: Any, seed: int) -> Any:
+        """``None``, a method name that needs no models, or a configured ``AugmentStage``."""
+        if augment is None:
+            return None
+        from .augment import AugmentStage
+
+        if isinstance(augment, AugmentStage):
+            return augment
+        if not isinstance(augment, str):
+            raise TypeError(f"augment must be None, a method name or an AugmentStage, got {type(augment).__name__}")
+        try:
+            return AugmentStage(augment, len(self.dataset.class_names) or 2, seed=seed, device=self.device)
+        except ValueError as error:
+            raise ValueError(f"{error}; build it with meddiffuse_stream.augment.AugmentStage(...)") from error
+
+    def _to_torch(self, chunk: dict[str, Any], keep_on_host: bool = False) -> Any:
         image = chunk["image"]
         # numpy, not torch, converts: torch's intra-op threads would spin on the cores the decode workers need
         if not isinstance(image, np.ndarray):  # a user transform produced tensors
@@ -193,6 +220,8 @@ class MedDiffuseLoader:
             batch["roi"] = torch.from_numpy(chunk["roi"].astype(np.float32))
         if "meta" in chunk:
             batch["meta"] = chunk["meta"]
+        if keep_on_host:  # the device stage makes the copy, on its own stream
+            return batch
         if self.device is not None and self.device.type != "cpu":
             batch = {k: _to_device(v, self.device) for k, v in batch.items()}
         return batch if self.as_dict else (batch["image"], batch["label"])

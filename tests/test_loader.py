@@ -112,9 +112,12 @@ def test_rank_and_world_size_default_from_the_environment(dataset, monkeypatch):
         assert (loader.plan.rank, loader.plan.world_size) == (1, 3)
 
 
-def test_augment_is_refused_until_the_device_stage_exists(dataset):
-    with pytest.raises(NotImplementedError, match="augment=None"):
+def test_augment_by_name_needs_models_only_where_the_method_does(dataset):
+    with pytest.raises(ValueError, match=r"needs a saliency teacher.*AugmentStage"):
         MedDiffuseLoader(dataset, 4, augment="meddiffusemix")
+    with MedDiffuseLoader(dataset, 4, augment="mixup", seed=1) as loader:
+        _, targets = next(iter(loader))
+    assert targets.shape == (4, 2) and torch.allclose(targets.sum(dim=1), torch.ones(4))
 
 
 def test_demo_roi_and_meta_come_with_as_dict(tmp_path):
@@ -140,3 +143,35 @@ def test_brace_pattern_reads_the_same_samples_as_the_dataset_folder(dataset):
     ):
         assert len(by_pattern) == len(by_folder)
         assert _epoch_keys(by_pattern) == _epoch_keys(by_folder)
+
+
+def test_augment_stage_in_the_loader_resumes_exactly(tmp_path):
+    import sys
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).parent / "augment"))
+    from test_stage import Energy, Nudge
+
+    from meddiffuse_stream import ConvertOptions, DemoSource, convert_dataset
+    from meddiffuse_stream.augment import AugmentStage
+
+    convert_dataset(DemoSource(n=48, size=16), None, str(tmp_path / "d"), ConvertOptions(splits={"train": 1.0}),
+                    progress=False)  # fmt: skip
+
+    def make():
+        stage = AugmentStage("meddiffusemix", 2, teacher=Energy(), saliency_method="gradients", generator=Nudge(),
+                             variant_cache=str(tmp_path / "cache"), seed=5)  # fmt: skip
+        return MedDiffuseLoader(str(tmp_path / "d"), 8, as_dict=True, augment=stage, num_workers=2, seed=1)
+
+    with make() as reference:
+        expected = [b["image"] for b in reference]
+        assert reference.augment.counters["batches"] == len(expected) == 6
+    with make() as interrupted:
+        iterator = iter(interrupted)
+        first = [next(iterator) for _ in range(2)]
+        assert first[0]["mix_weight"].shape == (8, 1, 16, 16) and "saliency" in first[0]
+        state = interrupted.state_dict()
+    with make() as restored:
+        restored.load_state_dict(state)
+        rest = [b["image"] for b in restored]
+    assert all(torch.equal(a, b) for a, b in zip(rest, expected[2:], strict=True))

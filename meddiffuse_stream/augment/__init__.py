@@ -1,0 +1,9 @@
+"""MedDiffuseMix and the paper's baselines as one device stage (imports torch, captum and diffusers lazily)."""
+
+from __future__ import annotations
+
+from .cache import VariantCache
+from .mix import MixConfig
+from .stage import AUGMENTS, LABEL_MIXING, AugmentStage
+
+__all__ = ["AUGMENTS", "LABEL_MIXING", "AugmentStage", "MixConfig", "VariantCache"]

@@ -1,0 +1,159 @@
+"""Label-consistent diffusion variants with diffusers: a small class-conditional UNet used SDEdit-style, or any
+local img2img pipeline. Nothing is downloaded: every model comes from a local folder, and a missing one is an error
+that says so.
+
+SDEdit: noise the image to ``strength`` (default 0.5) of the schedule, then denoise with DDIM conditioned on the
+image's own label, so the variant keeps the class while its texture and background change.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+
+__all__ = ["ClassConditionalGenerator", "PipelineGenerator", "load_generator"]
+
+GENERATOR_FILE = "meddiffuse_generator.json"
+
+
+def _missing(path: Path, what: str) -> FileNotFoundError:
+    return FileNotFoundError(
+        f"{what} not found at {path}: models are never downloaded at run time; train one with "
+        "`meddiffuse-stream train-diffusion DATASET OUT` or point to a local diffusers folder"
+    )
+
+
+class ClassConditionalGenerator:
+    """A ``UNet2DModel`` with ``num_class_embeds`` and a DDIM scheduler."""
+
+    kind = "unet-sdedit"
+
+    def __init__(self, unet: Any, scheduler: Any, *, strength: float = 0.5, steps: int = 10) -> None:
+        if not 0 < strength <= 1:
+            raise ValueError(f"strength must be in (0, 1], got {strength}")
+        self.unet = unet
+        self.scheduler = scheduler
+        self.strength = strength
+        self.steps = steps
+
+    @classmethod
+    def create(cls, image_size: int, channels: int, num_classes: int, *, width: int = 32, **kwargs: Any):
+        """A fresh, untrained generator small enough for CPU training at 32–64 px."""
+        from diffusers import DDIMScheduler, UNet2DModel
+
+        unet = UNet2DModel(
+            sample_size=image_size, in_channels=channels, out_channels=channels, layers_per_block=1,
+            block_out_channels=(width, width * 2), down_block_types=("DownBlock2D", "DownBlock2D"),
+            up_block_types=("UpBlock2D", "UpBlock2D"), num_class_embeds=num_classes, norm_num_groups=8,
+        )  # fmt: skip
+        return cls(unet, DDIMScheduler(num_train_timesteps=1000), **kwargs)
+
+    @property
+    def identity(self) -> str:
+        """Generator id and version: a hash of the configuration and the weights."""
+        config = {k: v for k, v in dict(self.unet.config).items() if not k.startswith("_")}  # not paths or versions
+        digest = hashlib.sha256(json.dumps(config, sort_keys=True, default=str).encode())
+        for tensor in self.unet.state_dict().values():
+            digest.update(tensor.detach().cpu().contiguous().numpy().tobytes())
+        return f"{self.kind}-{digest.hexdigest()[:12]}"
+
+    def save_pretrained(self, directory: str | Path) -> None:
+        directory = Path(directory)
+        self.unet.save_pretrained(directory / "unet")
+        self.scheduler.save_pretrained(directory / "scheduler")
+        info = {"kind": self.kind, "strength": self.strength, "steps": self.steps, "identity": self.identity}
+        (directory / GENERATOR_FILE).write_text(json.dumps(info, indent=1) + "\n")
+
+    @classmethod
+    def from_pretrained(cls, directory: str | Path, **overrides: Any) -> ClassConditionalGenerator:
+        from diffusers import DDIMScheduler, UNet2DModel
+
+        directory = Path(directory)
+        if not (directory / GENERATOR_FILE).exists():
+            raise _missing(directory, "a meddiffuse generator (meddiffuse_generator.json)")
+        info = json.loads((directory / GENERATOR_FILE).read_text())
+        unet = UNet2DModel.from_pretrained(directory / "unet", local_files_only=True)  # safetensors weights
+        scheduler = DDIMScheduler.from_pretrained(directory / "scheduler", local_files_only=True)
+        settings = {"strength": info["strength"], "steps": info["steps"], **overrides}
+        return cls(unet, scheduler, **settings)
+
+    def to(self, device: torch.device | str) -> ClassConditionalGenerator:
+        self.unet.to(device)
+        return self
+
+    @torch.no_grad()
+    def __call__(self, images: torch.Tensor, labels: torch.Tensor, seeds: Sequence[int]) -> torch.Tensor:
+        """Variants of ``images`` in [0, 1]; image i's noise comes from ``seeds[i]`` alone, so a variant does not
+        depend on which batch it was generated in (DDIM with eta 0 draws nothing else)."""
+        self.unet.eval()
+        self.scheduler.set_timesteps(self.steps, device=images.device)
+        start = int(self.strength * self.scheduler.config.num_train_timesteps)
+        timesteps = [t for t in self.scheduler.timesteps if int(t) < start] or [self.scheduler.timesteps[-1]]
+        sample = images * 2 - 1
+        noise = torch.stack([torch.randn(sample.shape[1:], generator=torch.Generator().manual_seed(int(seed)))
+                             for seed in seeds]).to(sample)  # fmt: skip
+        sample = self.scheduler.add_noise(sample, noise, torch.as_tensor([int(timesteps[0])], device=sample.device))
+        for timestep in timesteps:
+            prediction = self.unet(sample, timestep, class_labels=labels).sample
+            sample = self.scheduler.step(prediction, timestep, sample, eta=0.0).prev_sample
+        return ((sample + 1) / 2).clamp(0, 1)
+
+
+class PipelineGenerator:
+    """Any local diffusers img2img pipeline folder: ``StableDiffusionImg2ImgPipeline``, or
+    ``StableDiffusionInstructPix2PixPipeline`` with a list of prompts as DiffuseMix uses. Grey images are
+    repeated to RGB on the way in and averaged back on the way out."""
+
+    kind = "pipeline"
+
+    def __init__(self, directory: str | Path, *, prompts: list[str] | None = None, strength: float = 0.5,
+                 steps: int = 20, instruct: bool = False) -> None:  # fmt: skip
+        directory = Path(directory)
+        if not (directory / "model_index.json").exists():
+            raise _missing(directory, "a diffusers pipeline (model_index.json)")
+        import diffusers
+
+        name = "StableDiffusionInstructPix2PixPipeline" if instruct else "StableDiffusionImg2ImgPipeline"
+        self.pipeline = getattr(diffusers, name).from_pretrained(directory, local_files_only=True)
+        self.prompts = prompts or [""]
+        self.strength = strength
+        self.steps = steps
+        self.instruct = instruct
+        self.directory = directory
+
+    @property
+    def identity(self) -> str:
+        index = (self.directory / "model_index.json").read_bytes()
+        return f"{self.kind}-{hashlib.sha256(index + str(self.prompts).encode()).hexdigest()[:12]}"
+
+    def to(self, device: torch.device | str) -> PipelineGenerator:
+        self.pipeline.to(device)
+        return self
+
+    @torch.no_grad()
+    def __call__(self, images: torch.Tensor, labels: torch.Tensor, seeds: Sequence[int]) -> torch.Tensor:
+        grey = images.shape[1] == 1
+        generator = [torch.Generator().manual_seed(int(seed)) for seed in seeds]
+        rgb = images.repeat(1, 3, 1, 1) if grey else images
+        prompts = [self.prompts[int(seed) % len(self.prompts)] for seed in seeds]
+        settings: dict[str, Any] = {"num_inference_steps": self.steps, "generator": generator, "output_type": "pt"}
+        if not self.instruct:
+            settings["strength"] = self.strength
+        output = self.pipeline(prompt=prompts, image=rgb, **settings).images.to(images)
+        output = torch.nn.functional.interpolate(output, size=images.shape[-2:], mode="bilinear", align_corners=False)
+        return output.mean(dim=1, keepdim=True) if grey else output
+
+
+def load_generator(path: str | Path, **settings: Any) -> ClassConditionalGenerator | PipelineGenerator:
+    """The generator in ``path``: a meddiffuse UNet folder, or a diffusers pipeline folder."""
+    directory = Path(path)
+    if (directory / GENERATOR_FILE).exists():
+        return ClassConditionalGenerator.from_pretrained(directory, **settings)
+    if (directory / "model_index.json").exists():
+        return PipelineGenerator(directory, **settings)
+    raise _missing(directory, "a generator")

@@ -1,0 +1,140 @@
+"""Classifiers written here (no timm, no torchvision): a small CNN, ResNet-18 and ViT-tiny.
+
+Each model names the layer saliency methods attribute to (``saliency_layer``): the last convolutional stage of the
+CNNs, and for the ViT the patch tokens entering its last block, laid out on the patch grid with the CLS token
+dropped — the tokens the CLS token attends to last.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+__all__ = ["MODELS", "ResNet18", "SmallCNN", "TokenGrid", "ViTTiny", "build_model"]
+
+
+class SmallCNN(nn.Module):
+    """Four conv blocks and a linear head: fast enough to train on a laptop CPU at 32–64 px."""
+
+    def __init__(self, in_channels: int = 1, num_classes: int = 2, width: int = 32) -> None:
+        super().__init__()
+        layers: list[nn.Module] = []
+        channels = in_channels
+        for index, out in enumerate((width, width * 2, width * 4, width * 4)):
+            layers += [nn.Conv2d(channels, out, 3, padding=1), nn.BatchNorm2d(out), nn.ReLU(inplace=True)]
+            if index < 3:
+                layers.append(nn.MaxPool2d(2))
+            channels = out
+        self.features = nn.Sequential(*layers)
+        self.head = nn.Linear(channels, num_classes)
+
+    @property
+    def saliency_layer(self) -> nn.Module:
+        return self.features[-1]
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        return self.head(self.features(images).mean(dim=(2, 3)))
+
+
+class _Basic(nn.Module):
+    def __init__(self, channels_in: int, channels_out: int, stride: int) -> None:
+        super().__init__()
+        self.conv1 = nn.Conv2d(channels_in, channels_out, 3, stride, 1, bias=False)
+        self.bn1 = nn.BatchNorm2d(channels_out)
+        self.conv2 = nn.Conv2d(channels_out, channels_out, 3, 1, 1, bias=False)
+        self.bn2 = nn.BatchNorm2d(channels_out)
+        self.shortcut = nn.Sequential()
+        if stride != 1 or channels_in != channels_out:
+            self.shortcut = nn.Sequential(nn.Conv2d(channels_in, channels_out, 1, stride, bias=False),
+                                          nn.BatchNorm2d(channels_out))  # fmt: skip
+        self.relu = nn.ReLU()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = self.relu(self.bn1(self.conv1(x)))
+        return self.relu(self.bn2(self.conv2(out)) + self.shortcut(x))
+
+
+class ResNet18(nn.Module):
+    """ResNet-18 with a 3x3 stem (no max-pool), as usual for small medical images."""
+
+    def __init__(self, in_channels: int = 1, num_classes: int = 2) -> None:
+        super().__init__()
+        self.stem = nn.Sequential(nn.Conv2d(in_channels, 64, 3, 1, 1, bias=False), nn.BatchNorm2d(64), nn.ReLU())
+        stages, channels = [], 64
+        for out, stride in ((64, 1), (128, 2), (256, 2), (512, 2)):
+            stages.append(nn.Sequential(_Basic(channels, out, stride), _Basic(out, out, 1)))
+            channels = out
+        self.stages = nn.Sequential(*stages)
+        self.head = nn.Linear(512, num_classes)
+
+    @property
+    def saliency_layer(self) -> nn.Module:
+        return self.stages[-1]
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        return self.head(self.stages(self.stem(images)).mean(dim=(2, 3)))
+
+
+class TokenGrid(nn.Module):
+    """Patch tokens ``(B, N, D)`` as a map ``(B, D, h, w)``: what saliency layers see for a ViT."""
+
+    def __init__(self, grid: int) -> None:
+        super().__init__()
+        self.grid = grid
+
+    def forward(self, tokens: torch.Tensor) -> torch.Tensor:
+        batch, _count, dim = tokens.shape
+        return tokens.transpose(1, 2).reshape(batch, dim, self.grid, self.grid)
+
+
+class ViTTiny(nn.Module):
+    """A ViT with a CLS token; ``image_size`` must be a multiple of ``patch``."""
+
+    def __init__(
+        self,
+        in_channels: int = 1,
+        num_classes: int = 2,
+        image_size: int = 64,
+        patch: int = 8,
+        dim: int = 96,
+        depth: int = 4,
+        heads: int = 3,
+    ) -> None:
+        super().__init__()
+        if image_size % patch:
+            raise ValueError(f"ViT image_size {image_size} is not a multiple of the patch size {patch}")
+        grid = image_size // patch
+        self.embed = nn.Conv2d(in_channels, dim, patch, patch)
+        self.cls = nn.Parameter(torch.zeros(1, 1, dim))
+        self.position = nn.Parameter(torch.randn(1, grid * grid + 1, dim) * 0.02)
+        make = lambda: nn.TransformerEncoderLayer(dim, heads, dim * 4, 0.0, batch_first=True, norm_first=True)  # noqa: E731
+        self.blocks = nn.ModuleList(make() for _ in range(depth))
+        self.grid = TokenGrid(grid)
+        self.norm = nn.LayerNorm(dim)
+        self.head = nn.Linear(dim, num_classes)
+
+    @property
+    def saliency_layer(self) -> nn.Module:
+        return self.grid
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        patches = self.embed(images).flatten(2).transpose(1, 2)
+        tokens = torch.cat([self.cls.expand(len(images), -1, -1), patches], dim=1) + self.position
+        for block in self.blocks[:-1]:
+            tokens = block(tokens)
+        grid = self.grid(tokens[:, 1:])  # in the forward path, so attributions to it are real
+        tokens = torch.cat([tokens[:, :1], grid.flatten(2).transpose(1, 2)], dim=1)
+        tokens = self.blocks[-1](tokens)
+        return self.head(self.norm(tokens[:, 0]))
+
+
+MODELS = {"cnn": SmallCNN, "resnet18": ResNet18, "vit-tiny": ViTTiny}
+
+
+def build_model(name: str, in_channels: int, num_classes: int, image_size: int) -> nn.Module:
+    """A fresh model by CLI name; the ViT needs the image size for its position table."""
+    if name not in MODELS:
+        raise ValueError(f"--model must be one of {sorted(MODELS)}, got {name!r}")
+    if name == "vit-tiny":
+        return ViTTiny(in_channels, num_classes, image_size)
+    return MODELS[name](in_channels, num_classes)

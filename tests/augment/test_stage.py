@@ -1,0 +1,158 @@
+"""The device stage: cache, preservation check, determinism, state, and every method through one flag."""
+
+import warnings
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from meddiffuse_stream.augment import AUGMENTS, LABEL_MIXING, AugmentStage, MixConfig, VariantCache
+
+
+class Energy(nn.Module):
+    """A teacher whose class-1 evidence is brightness: its gradient saliency follows the bright blob."""
+
+    def forward(self, x):
+        energy = (x**2).mean(dim=(1, 2, 3)) * 40 - 2
+        return torch.stack([-energy, energy], dim=1)
+
+
+class Nudge:
+    """A stand-in generator with the real interface (a slightly changed copy, like a faithful variant)."""
+
+    identity, strength = "nudge-v1", 0.5
+
+    def __init__(self):
+        self.calls = 0
+
+    def to(self, device):
+        return self
+
+    def __call__(self, images, labels, seeds):
+        self.calls += 1
+        return (images * 0.95 + 0.03).clamp(0, 1)
+
+
+def _batch(n=4, size=32, seed=0):
+    generator = torch.Generator().manual_seed(seed)
+    images = torch.rand(n, 1, size, size, generator=generator) * 0.2
+    images[:, :, 8:14, 8:14] = 0.9  # the evidence: a bright blob top-left
+    return {"image": images, "label": torch.ones(n, dtype=torch.long), "key": [f"k{i}" for i in range(n)]}
+
+
+def _stage(method="meddiffusemix", **kwargs):
+    settings = dict(teacher=Energy(), saliency_method="gradients", generator=Nudge(), seed=3)
+    settings.update(kwargs)
+    return AugmentStage(method, 2, **settings)
+
+
+@pytest.mark.parametrize("method", AUGMENTS)
+def test_every_method_behind_one_flag_keeps_shapes_and_targets(method):
+    stage = _stage(method)
+    batch = _batch()
+    out = stage(dict(batch))
+    assert out["image"].shape == batch["image"].shape and out["image"].dtype == torch.float32
+    assert out["mix_weight"].shape == (4, 1, 32, 32)
+    if method in LABEL_MIXING:
+        assert out["target"].shape == (4, 2) and torch.allclose(out["target"].sum(1), torch.ones(4))
+    else:
+        assert torch.equal(out["target"], batch["label"])
+
+
+def test_same_seed_same_batch_and_state_resumes_the_draws():
+    first, second = _stage("cutmix"), _stage("cutmix")
+    assert torch.equal(first(_batch())["image"], second(_batch())["image"])
+    state = first.state_dict()
+    expected = first(_batch(seed=1))["image"]
+    resumed = _stage("cutmix")
+    resumed.load_state_dict(state)
+    assert torch.equal(resumed(_batch(seed=1))["image"], expected)
+
+
+def test_warm_cache_means_no_generator_call(tmp_path):
+    warm = _stage("dafusion", variant_cache=str(tmp_path / "cache"))
+    warm(_batch())
+    assert warm.generator.calls == 1 and warm.counters["cache_written"] == 4
+    again = _stage("dafusion", variant_cache=str(tmp_path / "cache"))
+    out = again(_batch())
+    assert again.generator.calls == 0 and again.counters["cache_hits"] == 4
+    assert torch.allclose(out["variant"], Nudge()(_batch()["image"], None, None), atol=1e-3)  # float16 storage
+
+
+def test_corrupt_entry_is_detected_and_regenerated(tmp_path):
+    _stage("dafusion", variant_cache=str(tmp_path / "cache"))(_batch())
+    entry = next((tmp_path / "cache").rglob("k0-*.bin"))
+    entry.write_bytes(entry.read_bytes()[:-7] + b"garbage")
+    stage = _stage("dafusion", variant_cache=str(tmp_path / "cache"))
+    stage(_batch())
+    assert stage.counters["cache_corrupt"] == 1 and stage.counters["generated"] == 1
+
+
+def test_read_only_location_warns_once_and_generates(tmp_path, monkeypatch):
+    cache = VariantCache(str(tmp_path / "cache"))
+
+    def refuse(*args, **kwargs):
+        raise PermissionError("read-only file system")
+
+    monkeypatch.setattr(cache.location, "write_bytes", refuse)
+    stage = _stage("dafusion", variant_cache=cache)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        stage(_batch())
+        stage(_batch(seed=2))
+    assert sum("not writable" in str(w.message) for w in caught) == 1 and stage.generator.calls == 2
+
+
+class Planted(Nudge):
+    """A variant that erases the evidence and plants a brighter blob elsewhere."""
+
+    identity = "planted-v1"
+
+    def __call__(self, images, labels, seeds):
+        self.calls += 1
+        out = torch.full_like(images, 0.1)
+        out[:, :, 16:32, 16:32] = 1.0  # larger than the top-20 % region: it would take the evidence over
+        return out
+
+
+def test_check_rejects_a_variant_that_moves_the_evidence():
+    stage = _stage(generator=Planted(), mix_config=MixConfig(retries=0, soft_mask=False))
+    batch = _batch()
+    out = stage(dict(batch))
+    assert stage.counters["rejected"] == 4 and stage.counters["accepted"] == 0
+    assert torch.equal(out["image"], batch["image"]) and out["mix_weight"].sum() == 0
+
+
+def test_check_accepts_a_benign_variant_and_leaves_the_evidence():
+    stage = _stage()
+    batch = _batch()
+    out = stage(dict(batch))
+    assert stage.counters["accepted"] == 4
+    evidence = out["saliency"] > torch.quantile(out["saliency"].flatten(1), 0.7, dim=1).view(-1, 1, 1, 1)
+    assert out["mix_weight"].sum() > 0
+    blob = torch.zeros_like(evidence)
+    blob[:, :, 8:14, 8:14] = True
+    assert torch.allclose(out["image"][blob], batch["image"][blob], atol=0.05)
+
+
+def test_attenuation_before_fallback():
+    stage = _stage(generator=Planted(), mix_config=MixConfig(retries=2, soft_mask=False))
+    stage(_batch())
+    assert stage.counters["accepted"] == 0 and stage.counters["attenuated"] + stage.counters["rejected"] == 4
+
+
+def test_methods_that_need_models_say_so():
+    with pytest.raises(ValueError, match="saliency teacher"):
+        AugmentStage("saliencymix", 2)
+    with pytest.raises(ValueError, match="diffusion variants"):
+        AugmentStage("diffusemix", 2)
+    with pytest.raises(ValueError, match="augment must be one of"):
+        AugmentStage("randaugment", 2)
+
+
+def test_ablations_run():
+    for config in (MixConfig(random_mask=True), MixConfig(adaptive_alpha=False), MixConfig(soft_mask=False),
+                   MixConfig(check=False)):  # fmt: skip
+        out = _stage(mix_config=config)(_batch())
+        assert out["image"].shape == (4, 1, 32, 32) and np.isfinite(out["image"].numpy()).all()
