@@ -79,6 +79,36 @@ def build_parser() -> argparse.ArgumentParser:
     )
     _common_shard_options(demo)
     demo.set_defaults(handler=_run_demo)
+
+    train = commands.add_parser("train-diffusion", help="train the built-in class-conditional diffusion generator")
+    train.add_argument("dataset", help="shard dataset folder or URL")
+    train.add_argument("out", help="folder to save the generator in (save_pretrained)")
+    train.add_argument("--epochs", type=int, default=5)
+    train.add_argument("--batch-size", type=int, default=64)
+    train.add_argument("--lr", type=float, default=2e-3)
+    train.add_argument("--width", type=int, default=32, help="UNet base channels")
+    train.add_argument("--strength", type=float, default=0.5, help="SDEdit noise strength used when generating")
+    train.add_argument("--steps", type=int, default=10, help="DDIM steps used when generating")
+    train.add_argument("--seed", type=int, default=0)
+    train.add_argument("--workers", type=int, default=0)
+    train.add_argument("--device", help="cpu or cuda (default: cuda when present)")
+    train.add_argument("--quiet", action="store_true")
+    train.set_defaults(handler=_run_train_diffusion)
+
+    warm = commands.add_parser("warm-cache", help="precompute diffusion variants into the variant cache")
+    warm.add_argument("dataset", help="shard dataset folder or URL")
+    warm.add_argument("--generator", required=True, help="generator folder (train-diffusion output or diffusers)")
+    warm.add_argument("--cache", required=True, help="variant cache folder or URL")
+    warm.add_argument("--variants", type=int, default=1, help="variants per sample (M)")
+    warm.add_argument("--index", type=int, help="this part (default JOB_COMPLETION_INDEX, else RANK, else 0)")
+    warm.add_argument("--count", type=int, help="number of parts (default JOB_COMPLETIONS, else WORLD_SIZE, else 1)")
+    warm.add_argument("--split", default="train")
+    warm.add_argument("--batch-size", type=int, default=64)
+    warm.add_argument("--variant-seed", type=int, default=0, help="must match the AugmentStage's variant_seed")
+    warm.add_argument("--device", help="cpu or cuda (default: cuda when present)")
+    warm.add_argument("--quiet", action="store_true")
+    warm.add_argument("--storage-option", action="append", metavar="NAME=VALUE")
+    warm.set_defaults(handler=_run_warm_cache)
     return parser
 
 
@@ -131,6 +161,31 @@ def _run_demo(args: argparse.Namespace) -> int:
         progress=not args.quiet,
     )
     print(summary.table())
+    return 0
+
+
+def _run_train_diffusion(args: argparse.Namespace) -> int:
+    from .augment.train_generator import train_generator
+
+    result = train_generator(
+        args.dataset, args.out, epochs=args.epochs, batch_size=args.batch_size, learning_rate=args.lr,
+        width=args.width, strength=args.strength, steps=args.steps, seed=args.seed, num_workers=args.workers,
+        device=args.device, progress=not args.quiet,
+    )  # fmt: skip
+    print(f"trained {result['batches']} batches: loss {result['first_loss']:.4f} -> {result['final_loss']:.4f}; "
+          f"saved to {args.out}")  # fmt: skip
+    return 0
+
+
+def _run_warm_cache(args: argparse.Namespace) -> int:
+    from .augment.warm import warm_cache
+
+    totals = warm_cache(
+        args.dataset, args.generator, args.cache, variants=args.variants, index=args.index, count=args.count,
+        split=args.split, batch_size=args.batch_size, variant_seed=args.variant_seed, device=args.device,
+        storage_options=parse_storage_options(args.storage_option), progress=not args.quiet,
+    )  # fmt: skip
+    print(f"samples {totals['samples']}  generated {totals['generated']}  already cached {totals['already_cached']}")
     return 0
 
 

@@ -22,7 +22,7 @@ from .cache import VariantCache, content_hash, entry_name
 from .mix import MixConfig, mix, mix_weight, top_fraction_iou
 from .saliency import SaliencyExtractor
 
-__all__ = ["AUGMENTS", "LABEL_MIXING", "AugmentStage"]
+__all__ = ["AUGMENTS", "LABEL_MIXING", "AugmentStage", "variant_seed_of"]
 
 AUGMENTS = ("none", "standard", "mixup", "cutmix", "saliencymix", "diffusemix", "genmix", "dafusion", "meddiffusemix")
 LABEL_MIXING = ("mixup", "cutmix", "saliencymix")
@@ -30,8 +30,10 @@ _NEEDS_SALIENCY = ("saliencymix", "meddiffusemix")
 _NEEDS_VARIANTS = ("diffusemix", "genmix", "dafusion", "meddiffusemix")
 
 
-def _seed_of(*parts: Any) -> int:
-    return int.from_bytes(hashlib.sha256("|".join(map(str, parts)).encode()).digest()[:8], "little") >> 1
+def variant_seed_of(variant_seed: int, key: str, index: int) -> int:
+    """The noise seed of variant ``index`` of sample ``key``: the same in the stage and in warm-cache."""
+    text = f"{variant_seed}|{key}|{index}"
+    return int.from_bytes(hashlib.sha256(text.encode()).digest()[:8], "little") >> 1
 
 
 class AugmentStage:
@@ -51,6 +53,7 @@ class AugmentStage:
         mix_config: MixConfig | None = None,
         cache_saliency: bool = False,
         seed: int = 0,
+        variant_seed: int = 0,
         device: str | torch.device | None = None,
         storage_options: dict[str, Any] | None = None,
     ) -> None:
@@ -78,6 +81,7 @@ class AugmentStage:
         self.mix_config = mix_config or MixConfig()
         self.cache_saliency = cache_saliency
         self.seed = seed
+        self.variant_seed = variant_seed  # apart from seed: warm-cache must produce the same variants
         self.teacher_version = 0
         self.rng = np.random.default_rng(seed)
 
@@ -142,7 +146,7 @@ class AugmentStage:
         strength = getattr(self.generator, "strength", 0.0)
         names = [entry_name(k, content_hash(img), identity, strength, int(v))
                  for k, img, v in zip(keys, images, choices, strict=True)]  # fmt: skip
-        seeds = [_seed_of(self.seed, k, int(v)) for k, v in zip(keys, choices, strict=True)]
+        seeds = [variant_seed_of(self.variant_seed, k, int(v)) for k, v in zip(keys, choices, strict=True)]
 
         def generate(index: torch.Tensor) -> torch.Tensor:
             if self.generator is None:

@@ -7,24 +7,31 @@ from meddiffuse_stream.augment.saliency import SaliencyExtractor
 from meddiffuse_stream.models import ResNet18, SmallCNN, ViTTiny
 
 
+def _vit():
+    return ViTTiny(1, 2, image_size=32, patch=8, dim=32, depth=2, heads=2)
+
+
 @pytest.mark.parametrize(
-    ("model", "method"),
+    ("make", "method"),
     [
-        (SmallCNN(1, 2, width=8), "gradcam"),
-        (SmallCNN(1, 2, width=8), "gradients"),
-        (SmallCNN(1, 2, width=8), "integrated-gradients"),
-        (ResNet18(1, 3), "gradcam"),
-        (ViTTiny(1, 2, image_size=32, patch=8, dim=32, depth=2, heads=2), "gradcam"),
-        (ViTTiny(1, 2, image_size=32, patch=8, dim=32, depth=2, heads=2), "gradients"),
+        (lambda: SmallCNN(1, 2, width=8), "gradcam"),
+        (lambda: SmallCNN(1, 2, width=8), "gradients"),
+        (lambda: SmallCNN(1, 2, width=8), "integrated-gradients"),
+        (lambda: ResNet18(1, 3), "gradcam"),
+        (_vit, "gradcam"),
+        (_vit, "gradients"),
     ],
 )
-def test_maps_have_the_image_size_and_range(model, method):
-    torch.manual_seed(0)
+def test_maps_have_the_image_size_and_range(make, method):
+    torch.manual_seed(0)  # models are built here, from a known seed: no test depends on the order tests run in
+    model = make()
     images, labels = torch.rand(4, 1, 32, 32), torch.tensor([0, 1, 1, 0])
     maps = SaliencyExtractor(model, method, ig_steps=4)(images, labels)
     assert maps.shape == (4, 1, 32, 32) and maps.min() >= 0 and maps.max() <= 1
     peaks = maps.flatten(1).max(1).values
-    assert ((peaks == 1) | (peaks == 0)).all() and (peaks == 1).any(), "per-image min-max (constant maps are 0)"
+    assert ((peaks == 1) | (peaks == 0)).all(), "per-image min-max (constant maps are 0)"
+    if method != "gradcam":  # an untrained net's GradCAM may be all negative, i.e. zero after the ReLU
+        assert (peaks == 1).all()
     assert model.training, "the model's mode is restored"
 
 
