@@ -111,18 +111,25 @@ class AugmentStage:
         labels = batch["label"].to(self.device, non_blocking=True)
         keys: Sequence[str] = batch["key"]
         targets = F.one_hot(labels, self.num_classes).to(images.dtype)
-        saliency = self._saliency(images, labels, keys) if self.method in _NEEDS_SALIENCY else None
-        variants = self._variants(images, labels, keys) if self.method in _NEEDS_VARIANTS else None
-        if self.method == "none":
-            out, soft, weight = images, targets, torch.zeros_like(images[:, :1])
-        elif self.method == "meddiffusemix":
-            out, soft, weight = self._meddiffusemix(images, labels, targets, saliency, variants)
-        elif self.method in ("standard", "mixup", "cutmix"):
-            out, soft, weight = getattr(baselines, self.method)(images, targets, self.rng)
-        elif self.method == "saliencymix":
-            out, soft, weight = baselines.saliencymix(images, targets, self.rng, saliency)
+        saliency = variants = None
+        if self.method == "meddiffusemix" and self._whole_result_cacheable:
+            out, weight, saliency, variants = self._meddiffusemix_cached(images, labels, keys, targets)
+            soft = targets
         else:
-            out, soft, weight = getattr(baselines, self.method)(images, targets, self.rng, variants)
+            if self.method in _NEEDS_SALIENCY:
+                saliency = self._saliency(images, labels, keys)
+            if self.method in _NEEDS_VARIANTS:
+                variants = self._variants(images, labels, keys, self._draw_choices(len(images)))
+            if self.method == "none":
+                out, soft, weight = images, targets, torch.zeros_like(images[:, :1])
+            elif self.method == "meddiffusemix":
+                out, soft, weight = self._meddiffusemix(images, labels, targets, saliency, variants)
+            elif self.method in ("standard", "mixup", "cutmix"):
+                out, soft, weight = getattr(baselines, self.method)(images, targets, self.rng)
+            elif self.method == "saliencymix":
+                out, soft, weight = baselines.saliencymix(images, targets, self.rng, saliency)
+            else:
+                out, soft, weight = getattr(baselines, self.method)(images, targets, self.rng, variants)
         self.counters["batches"] += 1
         result = dict(batch, image=out, label=labels, mix_weight=weight)
         result["target"] = soft if self.method in LABEL_MIXING else labels
@@ -140,8 +147,41 @@ class AugmentStage:
         names = [entry_name(k, content_hash(i), producer, 0, 0) for k, i in zip(keys, images, strict=True)]
         return self._cached(names, lambda index: self.extractor(images[index], labels[index]), images[:, :1])
 
-    def _variants(self, images: torch.Tensor, labels: torch.Tensor, keys: Sequence[str]) -> torch.Tensor:
-        choices = self.rng.integers(0, self.variants_per_sample, len(images))
+    def _draw_choices(self, count: int) -> np.ndarray:
+        return self.rng.integers(0, self.variants_per_sample, count)
+
+    @property
+    def _whole_result_cacheable(self) -> bool:
+        """With a frozen teacher and no random ablation, a sample's result is a pure function of (sample, variant
+        index, teacher version, configuration): the checked result itself is cached, and a warm epoch makes no
+        model call at all."""
+        return self.cache_saliency and self.cache is not None and not self.mix_config.random_mask
+
+    def _meddiffusemix_cached(self, images, labels, keys, targets):
+        choices = self._draw_choices(len(images))
+        config = hashlib.sha256(repr(self.mix_config).encode()).hexdigest()[:8]
+        identity = self.generator.identity if self.generator is not None else "cached-only"
+        producer = f"meddiffusemix-{identity}-teacher{self.teacher_version}-{config}"
+        channels = images.shape[1]
+        names = [entry_name(k, content_hash(img), producer, getattr(self.generator, "strength", 0.0), int(v))
+                 for k, img, v in zip(keys, images, choices, strict=True)]  # fmt: skip
+
+        def compute(index: torch.Tensor) -> torch.Tensor:
+            rows = index.tolist()
+            subset_keys = [keys[i] for i in rows]
+            saliency = self._saliency(images[index], labels[index], subset_keys)
+            variants = self._variants(images[index], labels[index], subset_keys, choices[rows])
+            out, _, weight = self._meddiffusemix(images[index], labels[index], targets[index], saliency, variants)
+            return torch.cat([out, weight, saliency, variants], dim=1)
+
+        planes = torch.empty(len(images), 2 * channels + 2, *images.shape[-2:], device=images.device)
+        stacked = self._cached(names, compute, planes, counter="result_cache_hits")
+        out, weight = stacked[:, :channels], stacked[:, channels : channels + 1]
+        return out, weight, stacked[:, channels + 1 : channels + 2], stacked[:, channels + 2 :]
+
+    def _variants(
+        self, images: torch.Tensor, labels: torch.Tensor, keys: Sequence[str], choices: np.ndarray
+    ) -> torch.Tensor:
         identity = self.generator.identity if self.generator is not None else "cached-only"
         strength = getattr(self.generator, "strength", 0.0)
         names = [entry_name(k, content_hash(img), identity, strength, int(v))
@@ -157,7 +197,7 @@ class AugmentStage:
 
         return self._cached(names, generate, images)
 
-    def _cached(self, names: list[str], produce: Any, like: torch.Tensor) -> torch.Tensor:
+    def _cached(self, names: list[str], produce: Any, like: torch.Tensor, counter: str = "") -> torch.Tensor:
         """Entries from the cache where present; the rest produced in one batched call and written back."""
         out = torch.empty_like(like)
         missing = []
@@ -167,6 +207,8 @@ class AugmentStage:
                 out[index] = torch.from_numpy(found.astype(np.float32)).to(like)
             else:
                 missing.append(index)
+        if counter:
+            self.counters[counter] += len(names) - len(missing)
         if missing:
             index = torch.as_tensor(missing, device=like.device)
             # rounded to the stored precision whether or not a cache is set: a run gives the same bytes cold or warm

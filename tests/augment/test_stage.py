@@ -156,3 +156,30 @@ def test_ablations_run():
                    MixConfig(check=False)):  # fmt: skip
         out = _stage(mix_config=config)(_batch())
         assert out["image"].shape == (4, 1, 32, 32) and np.isfinite(out["image"].numpy()).all()
+
+
+class CountingTeacher(Energy):
+    calls = 0
+
+    def forward(self, x):
+        CountingTeacher.calls += 1
+        return super().forward(x)
+
+
+def test_frozen_teacher_and_warm_cache_make_no_model_call_and_same_bytes(tmp_path):
+    def make():
+        return _stage(teacher=CountingTeacher(), variant_cache=str(tmp_path / "cache"), cache_saliency=True,
+                      variants_per_sample=2)  # fmt: skip
+
+    cold = make()
+    first = cold(_batch())
+    assert CountingTeacher.calls > 0 and cold.generator.calls == 1
+    CountingTeacher.calls = 0
+    warm = make()
+    second = warm(_batch())
+    assert CountingTeacher.calls == 0 and warm.generator.calls == 0 and warm.counters["result_cache_hits"] == 4
+    for name in ("image", "mix_weight", "saliency", "variant"):
+        assert torch.equal(first[name], second[name]), name
+    warm.update_teacher(warm.teacher.state_dict())  # a refreshed teacher never reuses the old results
+    warm(_batch())
+    assert CountingTeacher.calls > 0
