@@ -6,7 +6,7 @@ PY := $(VENV)/bin/python
 TORCH_PIN ?= torch==2.13.0
 STAMP := $(VENV)/.installed
 
-.PHONY: setup demo test lint bench-shard bench-loader clean
+.PHONY: setup demo test lint bench-shard bench-loader bench-augment clean
 
 setup: $(STAMP)
 
@@ -34,6 +34,9 @@ bench-loader: setup
 	$(PY) -m pip install -q --disable-pip-version-check --no-deps litdata==0.2.76 lightning-utilities==0.15.3 \
 		obstore tifffile
 	$(PY) tools/bench_loader.py --out .bench/loader.json
+
+bench-augment: setup
+	$(PY) tools/bench_augment.py --out .bench/augment.json
 
 clean:
 	rm -rf $(VENV) .bench .pytest_cache

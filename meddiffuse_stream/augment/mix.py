@@ -20,7 +20,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-__all__ = ["MixConfig", "gaussian_blur", "mix", "mix_weight", "random_mask", "top_fraction_iou"]
+__all__ = ["MixConfig", "gaussian_blur", "mix", "mix_weight", "per_image_quantile", "random_mask", "top_fraction_iou"]
 
 
 @dataclass(frozen=True)
@@ -49,6 +49,13 @@ class MixConfig:
     def max_step(self) -> float:
         """Bound on |W(p) - W(neighbour)| with the Gaussian: 2 * alpha_max / (sigma * sqrt(2 pi))."""
         return 2 * self.alpha_max / (self.sigma * math.sqrt(2 * math.pi))
+
+
+def per_image_quantile(maps: torch.Tensor, q: float) -> torch.Tensor:
+    """The ``q`` quantile of each map (nearest rank, via ``kthvalue``: ~5x faster than ``torch.quantile``)."""
+    flat = maps.flatten(1)
+    rank = min(flat.shape[1], max(1, round(q * (flat.shape[1] - 1)) + 1))
+    return flat.kthvalue(rank, dim=1).values.view(-1, 1, 1, 1)
 
 
 def gaussian_blur(maps: torch.Tensor, sigma: float) -> torch.Tensor:
@@ -86,7 +93,7 @@ def mix_weight(
             raise ValueError("the random-mask ablation needs a generator")
         high = random_mask(saliency, config.quantile, rng)
     else:
-        threshold = torch.quantile(saliency.flatten(1), config.quantile, dim=1).view(-1, 1, 1, 1)
+        threshold = per_image_quantile(saliency, config.quantile)
         high = (saliency > threshold).to(saliency.dtype)  # strict: a flat zero background is never "evidence"
     low = 1 - high
     strength = torch.full((len(saliency),), config.alpha_max, device=saliency.device, dtype=saliency.dtype)
@@ -109,8 +116,7 @@ def top_fraction_iou(first: torch.Tensor, second: torch.Tensor, fraction: float)
     """IoU per image of the top ``fraction`` of two saliency maps: did the evidence stay where it was?"""
 
     def top(maps: torch.Tensor) -> torch.Tensor:
-        threshold = torch.quantile(maps.flatten(1), 1 - fraction, dim=1).view(-1, 1, 1, 1)
-        return maps >= threshold
+        return maps >= per_image_quantile(maps, 1 - fraction)
 
     a, b = top(first), top(second)
     intersection = (a & b).flatten(1).sum(dim=1).float()

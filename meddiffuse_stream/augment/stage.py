@@ -18,7 +18,7 @@ import torch.nn.functional as F
 
 from ..counters import Counters
 from . import baselines
-from .cache import VariantCache, content_hash, entry_name
+from .cache import VariantCache, content_hashes, entry_name
 from .mix import MixConfig, mix, mix_weight, top_fraction_iou
 from .saliency import SaliencyExtractor
 
@@ -144,7 +144,7 @@ class AugmentStage:
         if not (self.cache_saliency and self.cache is not None):
             return self.extractor(images, labels)
         producer = f"saliency-{self.extractor.method}-teacher{self.teacher_version}"
-        names = [entry_name(k, content_hash(i), producer, 0, 0) for k, i in zip(keys, images, strict=True)]
+        names = [entry_name(k, c, producer, 0, 0) for k, c in zip(keys, content_hashes(images), strict=True)]
         return self._cached(names, lambda index: self.extractor(images[index], labels[index]), images[:, :1])
 
     def _draw_choices(self, count: int) -> np.ndarray:
@@ -163,8 +163,9 @@ class AugmentStage:
         identity = self.generator.identity if self.generator is not None else "cached-only"
         producer = f"meddiffusemix-{identity}-teacher{self.teacher_version}-{config}"
         channels = images.shape[1]
-        names = [entry_name(k, content_hash(img), producer, getattr(self.generator, "strength", 0.0), int(v))
-                 for k, img, v in zip(keys, images, choices, strict=True)]  # fmt: skip
+        strength = getattr(self.generator, "strength", 0.0)
+        names = [entry_name(k, c, producer, strength, int(v))
+                 for k, c, v in zip(keys, content_hashes(images), choices, strict=True)]  # fmt: skip
 
         def compute(index: torch.Tensor) -> torch.Tensor:
             rows = index.tolist()
@@ -184,8 +185,8 @@ class AugmentStage:
     ) -> torch.Tensor:
         identity = self.generator.identity if self.generator is not None else "cached-only"
         strength = getattr(self.generator, "strength", 0.0)
-        names = [entry_name(k, content_hash(img), identity, strength, int(v))
-                 for k, img, v in zip(keys, images, choices, strict=True)]  # fmt: skip
+        names = [entry_name(k, c, identity, strength, int(v))
+                 for k, c, v in zip(keys, content_hashes(images), choices, strict=True)]  # fmt: skip
         seeds = [variant_seed_of(self.variant_seed, k, int(v)) for k, v in zip(keys, choices, strict=True)]
 
         def generate(index: torch.Tensor) -> torch.Tensor:
@@ -199,14 +200,18 @@ class AugmentStage:
 
     def _cached(self, names: list[str], produce: Any, like: torch.Tensor, counter: str = "") -> torch.Tensor:
         """Entries from the cache where present; the rest produced in one batched call and written back."""
-        out = torch.empty_like(like)
+        found_rows, found = [], []
         missing = []
         for index, name in enumerate(names):
-            found = self.cache.get(name) if self.cache is not None else None
-            if found is not None and tuple(found.shape) == tuple(like.shape[1:]):
-                out[index] = torch.from_numpy(found.astype(np.float32)).to(like)
+            entry = self.cache.get(name) if self.cache is not None else None
+            if entry is not None and entry.shape == tuple(like.shape[1:]):
+                found_rows.append(index)
+                found.append(entry)
             else:
                 missing.append(index)
+        out = torch.empty_like(like)
+        if found:  # one conversion and one copy for all hits
+            out[torch.as_tensor(found_rows, device=like.device)] = torch.from_numpy(np.stack(found)).to(like)
         if counter:
             self.counters[counter] += len(names) - len(missing)
         if missing:

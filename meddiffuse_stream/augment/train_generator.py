@@ -65,6 +65,7 @@ def train_generator(
             bar.set_postfix(loss=f"{losses[-1]:.4f}")
     bar.close()
     loader.close()
+    generator.forget_identity()  # the weights changed since any identity was taken
     generator.save_pretrained(out)
     tail = losses[-max(1, len(losses) // 10) :]
     return {"batches": len(losses), "first_loss": losses[0], "final_loss": sum(tail) / len(tail)}

@@ -13,7 +13,7 @@ from typing import Any
 import torch
 from tqdm.auto import tqdm
 
-from .cache import VariantCache, content_hash, entry_name
+from .cache import VariantCache, content_hashes, entry_name
 from .diffusion import load_generator
 from .stage import variant_seed_of
 
@@ -62,8 +62,8 @@ def warm_cache(
         labels = batch["label"].to(target)
         totals["samples"] += len(images)
         for variant in range(variants):
-            names = [entry_name(k, content_hash(i), identity, strength, variant)
-                     for k, i in zip(batch["key"], batch["image"], strict=True)]  # fmt: skip
+            names = [entry_name(k, c, identity, strength, variant)
+                     for k, c in zip(batch["key"], content_hashes(batch["image"]), strict=True)]  # fmt: skip
             missing = [row for row, name in enumerate(names) if not cache.location.exists(name)]
             totals["already_cached"] += len(names) - len(missing)
             if not missing:
