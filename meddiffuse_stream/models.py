@@ -7,10 +7,12 @@ dropped — the tokens the CLS token attends to last.
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import torch
 from torch import nn
 
-__all__ = ["MODELS", "ResNet18", "SmallCNN", "TokenGrid", "ViTTiny", "build_model"]
+__all__ = ["MODELS", "ResNet18", "SmallCNN", "TokenGrid", "ViTTiny", "build_model", "load_weights"]
 
 
 class SmallCNN(nn.Module):
@@ -139,3 +141,20 @@ def build_model(name: str, in_channels: int, num_classes: int, image_size: int) 
     if name == "vit-tiny":
         return ViTTiny(in_channels, num_classes, image_size)
     return MODELS[name](in_channels, num_classes)
+
+
+def load_weights(model: nn.Module, path: str | Path) -> nn.Module:
+    """Load a checkpoint safely: ``.safetensors``, or a torch file read with ``weights_only=True`` (a dict with a
+    ``"model"`` entry, as training writes, or a bare state dict). Never unpickles arbitrary objects."""
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(f"checkpoint {path} not found: train a classifier first or pass the right path")
+    if path.suffix == ".safetensors":
+        from safetensors.torch import load_file
+
+        state = load_file(str(path))
+    else:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+        state = state.get("model", state) if isinstance(state, dict) else state
+    model.load_state_dict(state)
+    return model

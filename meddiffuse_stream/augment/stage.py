@@ -98,6 +98,13 @@ class AugmentStage:
         self.counters.update(state["counters"])
         self.teacher_version = int(state["teacher_version"])
 
+    def maybe_refresh_teacher(self, model: torch.nn.Module, step: int, every: int) -> bool:
+        """Copy the training model into the teacher every ``every`` steps (0: never); returns whether it did."""
+        if every <= 0 or step == 0 or step % every:
+            return False
+        self.update_teacher({k: v.detach().clone() for k, v in model.state_dict().items()})
+        return True
+
     def update_teacher(self, weights: dict[str, torch.Tensor]) -> None:
         """Refresh the saliency teacher from the training model (cached saliency of the old one is not reused)."""
         if self.teacher is None:

@@ -183,3 +183,24 @@ def test_frozen_teacher_and_warm_cache_make_no_model_call_and_same_bytes(tmp_pat
     warm.update_teacher(warm.teacher.state_dict())  # a refreshed teacher never reuses the old results
     warm(_batch())
     assert CountingTeacher.calls > 0
+
+
+def test_teacher_refresh_every_n_steps_and_safe_checkpoint_loading(tmp_path):
+    from safetensors.torch import save_file
+
+    from meddiffuse_stream.models import SmallCNN, load_weights
+
+    torch.manual_seed(0)
+    teacher, student = SmallCNN(1, 2, width=4), SmallCNN(1, 2, width=4)
+    stage = AugmentStage("saliencymix", 2, teacher=teacher, seed=0)
+    assert not stage.maybe_refresh_teacher(student, 3, every=5)
+    assert stage.maybe_refresh_teacher(student, 5, every=5) and stage.teacher_version == 1
+    same = lambda a, b: all(torch.equal(x, y) for x, y in zip(a.values(), b.values(), strict=True))  # noqa: E731
+    assert same(teacher.state_dict(), student.state_dict())
+    save_file(student.state_dict(), str(tmp_path / "w.safetensors"))
+    torch.save({"model": student.state_dict(), "step": 7}, tmp_path / "w.pt")
+    for name in ("w.safetensors", "w.pt"):
+        loaded = load_weights(SmallCNN(1, 2, width=4), tmp_path / name)
+        assert same(loaded.state_dict(), student.state_dict())
+    with pytest.raises(FileNotFoundError, match="not found"):
+        load_weights(SmallCNN(1, 2, width=4), tmp_path / "missing.pt")
