@@ -18,7 +18,7 @@ $(STAMP): pyproject.toml Makefile
 	touch $(STAMP)
 
 demo: setup
-	$(VENV)/bin/meddiffuse-stream demo-data shards/demo --n 2000 --size 64 --seed 0 --test-modality MR
+	$(VENV)/bin/meddiffuse-stream demo-data shards/demo --n 2000 --size 64 --seed 0 --test-modality mr --workers 2
 
 lint: setup
 	$(VENV)/bin/ruff check meddiffuse_stream tools tests
