@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
+import copy
 import dataclasses
-import pickle
 import sys
 import traceback
 from typing import Any
@@ -32,8 +32,8 @@ def worker_loop(worker: int, config: StageConfig, commands: Any, results: Any, g
     if "torch" in sys.modules:  # decode work is single-threaded; keep torch from oversubscribing the cores
         sys.modules["torch"].set_num_threads(1)
     # a forked worker must not reuse the parent's storage clients (fsspec's S3 filesystem is not fork-safe):
-    # a pickle round trip rebuilds every Location, and with it a client of this process's own
-    config = pickle.loads(pickle.dumps(config))
+    # a deep copy rebuilds every Location (its __setstate__ opens a client of this process's own)
+    config = copy.deepcopy(config)
     counters = Counters()
     while True:
         command = commands.get()
