@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import argparse
+import json
+import os
 import re
 import sys
 from collections.abc import Sequence
@@ -10,7 +12,7 @@ from collections.abc import Sequence
 from .convert import FORMATS, ConversionError, ConvertOptions, convert_dataset
 from .convert.splits import parse_split_spec
 from .demo_data import MODALITIES, DemoSource
-from .storage import parse_storage_options
+from .storage import Location, parse_storage_options
 
 __all__ = ["build_parser", "main"]
 
@@ -109,6 +111,28 @@ def build_parser() -> argparse.ArgumentParser:
     warm.add_argument("--quiet", action="store_true")
     warm.add_argument("--storage-option", action="append", metavar="NAME=VALUE")
     warm.set_defaults(handler=_run_warm_cache)
+
+    fit = commands.add_parser("train", help="train a classifier (alone or under torchrun)")
+    fit.add_argument("dataset", help="shard dataset folder or URL")
+    fit.add_argument("--out", required=True, help="folder for checkpoint.pt and metrics.json")
+    fit.add_argument("--model", default="cnn", choices=["cnn", "resnet18", "vit-tiny"])
+    fit.add_argument("--augment", default="standard", help="none, standard, mixup, cutmix, saliencymix, diffusemix, "
+                     "genmix, dafusion or meddiffusemix")  # fmt: skip
+    fit.add_argument("--epochs", type=int, default=5)
+    fit.add_argument("--batch-size", type=int, default=64)
+    fit.add_argument("--lr", type=float, default=1e-3)
+    fit.add_argument("--loss", default="ce", choices=["ce", "weighted"], help="weighted: inverse class frequency")
+    fit.add_argument("--seed", type=int, default=0)
+    fit.add_argument("--workers", type=int, default=0)
+    fit.add_argument("--checkpoint-every", type=int, default=0, help="steps between checkpoints (and every epoch)")
+    fit.add_argument("--resume", action="store_true", help="continue from OUT/checkpoint.pt exactly")
+    fit.add_argument("--device", help="cpu or cuda (default: cuda when present)")
+    fit.add_argument("--teacher", help="saliency teacher checkpoint (saliency methods)")
+    fit.add_argument("--teacher-model", default="cnn", choices=["cnn", "resnet18", "vit-tiny"])
+    fit.add_argument("--generator", help="generator folder (diffusion methods)")
+    fit.add_argument("--variant-cache", help="variant cache folder or URL")
+    fit.add_argument("--key-log", action="store_true", help="write the keys each rank trained on")
+    fit.set_defaults(handler=_run_train)
     return parser
 
 
@@ -186,6 +210,51 @@ def _run_warm_cache(args: argparse.Namespace) -> int:
         storage_options=parse_storage_options(args.storage_option), progress=not args.quiet,
     )  # fmt: skip
     print(f"samples {totals['samples']}  generated {totals['generated']}  already cached {totals['already_cached']}")
+    return 0
+
+
+def _augment_stage(args: argparse.Namespace, dataset: str):
+    """An AugmentStage when the method needs models, else the method name for the loader."""
+    from .augment import AugmentStage
+    from .augment.stage import _NEEDS_SALIENCY, _NEEDS_VARIANTS
+
+    if args.augment not in _NEEDS_SALIENCY + _NEEDS_VARIANTS:
+        return None
+    from .augment.diffusion import load_generator
+    from .models import build_model, load_weights
+    from .train import _shape_of
+
+    teacher = None
+    if args.augment in _NEEDS_SALIENCY:
+        if not args.teacher:
+            raise ValueError(f"--augment {args.augment} needs --teacher (a trained classifier checkpoint)")
+        channels, size = _shape_of(dataset)
+        info_classes = len(json.loads(Location(dataset).read_bytes("dataset.json"))["class_names"])
+        teacher = load_weights(build_model(args.teacher_model, channels, info_classes, size), args.teacher)
+    generator = load_generator(args.generator) if args.generator else None
+    classes = len(json.loads(Location(dataset).read_bytes("dataset.json"))["class_names"])
+    return AugmentStage(args.augment, classes, teacher=teacher, generator=generator, variant_cache=args.variant_cache,
+                        cache_saliency=teacher is not None, seed=args.seed)  # fmt: skip
+
+
+def _run_train(args: argparse.Namespace) -> int:
+    from .train import TrainConfig, train
+
+    config = TrainConfig(
+        args.dataset, args.out, model=args.model, augment=args.augment, epochs=args.epochs,
+        batch_size=args.batch_size, learning_rate=args.lr, loss=args.loss, seed=args.seed,
+        num_workers=args.workers, checkpoint_every=args.checkpoint_every, resume=args.resume, device=args.device,
+        key_log=args.key_log, augment_stage=_augment_stage(args, args.dataset),
+    )  # fmt: skip
+    results = train(config)
+    if int(os.environ.get("RANK", "0")) == 0:
+        for split in ("val", "test"):
+            if split in results:
+                m = results[split]
+                auc = "n/a" if m["roc_auc"] is None else f"{m['roc_auc']:.3f}"
+                print(f"{split}: accuracy {m['accuracy']:.3f}  macro-F1 {m['macro_f1']:.3f}  AUC {auc}  "
+                      f"kappa {m['cohen_kappa']:.3f}  ({m['samples']} samples)")  # fmt: skip
+        print(f"{results['steps']} steps; metrics in {args.out}/metrics.json")
     return 0
 
 

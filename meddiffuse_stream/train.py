@@ -1,0 +1,214 @@
+"""Training a classifier on shards: alone or under torchrun (gloo on CPU, NCCL on CUDA), resumable exactly.
+
+A checkpoint holds the model, optimizer, scheduler, AMP scaler, step and the loader's state (which includes the
+augmentation stage's), written atomically by rank 0 and read back with ``torch.load(weights_only=True)``; a run
+resumed from it sees exactly the batches the uninterrupted run would have seen.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.distributed as dist
+import torch.nn.functional as F
+from tqdm.auto import tqdm
+
+from .loader import MedDiffuseLoader
+from .metrics import classification_metrics
+from .models import build_model
+
+__all__ = ["TrainConfig", "train"]
+
+CHECKPOINT = "checkpoint.pt"
+
+
+@dataclass
+class TrainConfig:
+    dataset: str
+    out: str
+    model: str = "cnn"
+    augment: str = "standard"
+    epochs: int = 5
+    batch_size: int = 64
+    learning_rate: float = 1e-3
+    weight_decay: float = 1e-4
+    loss: str = "ce"  # ce, weighted (inverse class frequency)
+    seed: int = 0
+    num_workers: int = 0
+    checkpoint_every: int = 0  # steps; a checkpoint is also written at every epoch end
+    resume: bool = False
+    device: str | None = None
+    amp: bool = True  # on CUDA only
+    eval_splits: list[str] = field(default_factory=lambda: ["val", "test"])
+    key_log: bool = False  # write the keys each rank trained on (for audits and tests)
+    augment_stage: Any = None  # a configured AugmentStage overrides ``augment``
+
+
+def _distributed() -> tuple[int, int, bool]:
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world > 1 and not dist.is_initialized():
+        dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
+        return dist.get_rank(), world, True
+    return (dist.get_rank(), dist.get_world_size(), False) if dist.is_initialized() else (0, 1, False)
+
+
+def _shape_of(dataset: str) -> tuple[int, int]:
+    """(channels, image size) from the first shard's first sample."""
+    probe = MedDiffuseLoader(dataset, 1, shuffle=False)
+    try:
+        images, _ = next(iter(probe))
+    finally:
+        probe.close()
+    return images.shape[1], images.shape[-1]
+
+
+def _class_weights(loader: MedDiffuseLoader, dataset: str) -> torch.Tensor:
+    info = json.loads(loader.dataset.location.read_bytes("dataset.json"))
+    counts = np.array([info["splits"]["train"]["classes"][name] for name in info["class_names"]], dtype=np.float64)
+    weights = counts.sum() / np.maximum(counts, 1) / len(counts)
+    return torch.as_tensor(weights, dtype=torch.float32)
+
+
+def train(config: TrainConfig) -> dict[str, Any]:
+    rank, world, initialised_here = _distributed()
+    cuda = torch.cuda.is_available() and config.device != "cpu"
+    device = torch.device(config.device or (f"cuda:{int(os.environ.get('LOCAL_RANK', 0))}" if cuda else "cpu"))
+    out = Path(config.out)
+    out.mkdir(parents=True, exist_ok=True)
+    channels, size = _shape_of(config.dataset)
+    augment = config.augment_stage or (None if config.augment == "none" else config.augment)
+    loader = MedDiffuseLoader(config.dataset, config.batch_size, num_workers=config.num_workers, seed=config.seed,
+                              augment=augment, as_dict=True, rank=rank, world_size=world)  # fmt: skip
+    classes = len(loader.dataset.class_names)
+    torch.manual_seed(config.seed)  # the same initial weights on every rank
+    model = build_model(config.model, channels, classes, size).to(device)
+    if world > 1:
+        model = torch.nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if cuda else None)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=config.learning_rate, weight_decay=config.weight_decay)
+    total_steps = max(1, config.epochs * len(loader))
+    scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, total_steps)
+    scaler = torch.amp.GradScaler("cuda", enabled=cuda and config.amp)
+    weights = _class_weights(loader, config.dataset).to(device) if config.loss == "weighted" else None
+    step = 0
+    if config.resume and (out / CHECKPOINT).exists():
+        state = torch.load(out / CHECKPOINT, map_location="cpu", weights_only=True)
+        _unwrap(model).load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        scheduler.load_state_dict(state["scheduler"])
+        scaler.load_state_dict(state["scaler"])
+        loader.load_state_dict(state["loader"][rank])
+        step = int(state["step"])
+    keys = open(out / f"keys-rank{rank}.txt", "a") if config.key_log else None
+    bar = tqdm(total=total_steps, initial=step, desc=f"train {config.model}/{config.augment}", unit="step",
+               disable=rank != 0)  # fmt: skip
+    losses: list[float] = []
+    try:
+        while loader.epoch < config.epochs and step < total_steps:
+            for batch in loader:
+                images = batch["image"].to(device, non_blocking=True)
+                targets = (
+                    batch["target"].to(device, non_blocking=True) if "target" in batch else batch["label"].to(device)
+                )
+                with torch.autocast(device.type, enabled=cuda and config.amp):
+                    loss = F.cross_entropy(model(images), targets, weight=weights)
+                optimizer.zero_grad(set_to_none=True)
+                scaler.scale(loss).backward()
+                scaler.step(optimizer)
+                scaler.update()
+                scheduler.step()
+                step += 1
+                losses.append(float(loss.detach()))
+                bar.update(1)
+                if keys is not None:
+                    keys.write("".join(f"{loader.epoch} {k}\n" for k in batch["key"]))
+                    keys.flush()
+                if loader.augment is not None and hasattr(loader.augment, "maybe_refresh_teacher"):
+                    loader.augment.maybe_refresh_teacher(
+                        _unwrap(model), step, getattr(loader.augment, "refresh_every", 0)
+                    )
+                if config.checkpoint_every and step % config.checkpoint_every == 0:
+                    _checkpoint(out, model, optimizer, scheduler, scaler, loader, step, rank, world)
+            _checkpoint(out, model, optimizer, scheduler, scaler, loader, step, rank, world)
+            if loader.epoch + 1 >= config.epochs:
+                break
+            loader.set_epoch(loader.epoch + 1)
+    finally:
+        bar.close()
+        if keys is not None:
+            keys.close()
+        loader.close()
+    results = {"config": {k: v for k, v in asdict(config).items() if k != "augment_stage"}, "steps": step,
+               "final_loss": float(np.mean(losses[-10:])) if losses else None}  # fmt: skip
+    for split in config.eval_splits:
+        metrics = evaluate(_unwrap(model), config.dataset, split, config.batch_size, device, rank, world)
+        if metrics is not None:
+            results[split] = metrics
+    if config.key_log:  # what each rank ended with: under DDP every rank must hold the same parameters
+        digest = hashlib.sha256()  # (BatchNorm running statistics are per rank; DDP broadcasts rank 0's each step)
+        for tensor in _unwrap(model).parameters():
+            digest.update(tensor.detach().cpu().contiguous().numpy().tobytes())
+        (out / f"rank{rank}.json").write_text(json.dumps({"param_sha256": digest.hexdigest(), "steps": step}))
+    if rank == 0:
+        (out / "metrics.json").write_text(json.dumps(results, indent=1) + "\n")
+    if initialised_here:
+        dist.destroy_process_group()
+    return results
+
+
+def _unwrap(model: torch.nn.Module) -> torch.nn.Module:
+    return model.module if hasattr(model, "module") else model
+
+
+def _checkpoint(out, model, optimizer, scheduler, scaler, loader, step, rank, world) -> None:
+    """Rank 0 writes one file holding every rank's loader state (gathered), atomically."""
+    loader_state = loader.state_dict()
+    states = [None] * world
+    if world > 1:
+        dist.all_gather_object(states, loader_state)
+    else:
+        states = [loader_state]
+    if rank != 0:
+        return
+    state = {
+        "model": _unwrap(model).state_dict(),
+        "optimizer": optimizer.state_dict(),
+        "scheduler": scheduler.state_dict(),
+        "scaler": scaler.state_dict(),
+        "loader": states,
+        "step": step,
+    }
+    temporary = out / f".{CHECKPOINT}.tmp"
+    torch.save(state, temporary)
+    os.replace(temporary, out / CHECKPOINT)
+
+
+@torch.no_grad()
+def evaluate(model, dataset: str, split: str, batch_size: int, device, rank: int, world: int) -> dict | None:
+    """Metrics on ``split`` (None if the dataset has no such split); ranks share the work, padding removed."""
+    try:
+        loader = MedDiffuseLoader(dataset, batch_size, split=split, shuffle=False, as_dict=True, rank=rank,
+                                  world_size=world)  # fmt: skip
+    except ValueError:
+        return None
+    model.eval()
+    rows: dict[str, tuple[int, list[float]]] = {}
+    for batch in loader:
+        probabilities = torch.softmax(model(batch["image"].to(device)).float(), dim=1).cpu().numpy()
+        for key, label, row in zip(batch["key"], batch["label"].tolist(), probabilities, strict=True):
+            rows[key] = (label, row.tolist())
+    loader.close()
+    model.train()
+    if world > 1:
+        gathered: list[Any] = [None] * world
+        dist.all_gather_object(gathered, rows)
+        rows = {k: v for part in gathered for k, v in part.items()}  # duplicates (rank padding) collapse here
+    labels = np.array([rows[k][0] for k in sorted(rows)])
+    probabilities = np.array([rows[k][1] for k in sorted(rows)])
+    return classification_metrics(labels, probabilities, list(loader.dataset.class_names))
