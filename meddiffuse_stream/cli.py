@@ -133,6 +133,23 @@ def build_parser() -> argparse.ArgumentParser:
     fit.add_argument("--variant-cache", help="variant cache folder or URL")
     fit.add_argument("--key-log", action="store_true", help="write the keys each rank trained on")
     fit.set_defaults(handler=_run_train)
+
+    show = commands.add_parser("preview", help="a picture of what an augmentation does to real samples")
+    show.add_argument("dataset", help="shard dataset folder or URL")
+    show.add_argument("--augment", default="meddiffusemix")
+    show.add_argument("-n", type=int, default=16, help="samples to show")
+    show.add_argument("-o", "--output", required=True, help="PNG file to write")
+    show.add_argument("--split", default="train")
+    show.add_argument("--seed", type=int, default=0)
+    show.add_argument("--teacher", help="saliency teacher checkpoint (saliency methods)")
+    show.add_argument("--teacher-model", default="cnn", choices=["cnn", "resnet18", "vit-tiny"])
+    show.add_argument("--generator", help="generator folder (diffusion methods)")
+    show.add_argument("--variant-cache", help="variant cache folder or URL")
+    show.set_defaults(handler=_run_preview)
+
+    runner = commands.add_parser("experiment", help="methods x seeds on one dataset: results.csv, table, plots")
+    runner.add_argument("config", help="experiment YAML (dataset, out, methods, seeds, epochs, teacher, ...)")
+    runner.set_defaults(handler=_run_experiment)
     return parser
 
 
@@ -258,11 +275,34 @@ def _run_train(args: argparse.Namespace) -> int:
     return 0
 
 
+def _run_preview(args: argparse.Namespace) -> int:
+    from .loader import MedDiffuseLoader
+    from .preview import render_preview
+
+    stage = _augment_stage(args, args.dataset) or args.augment
+    with MedDiffuseLoader(args.dataset, args.n, split=args.split, seed=args.seed, augment=stage, as_dict=True,
+                          shuffle=True) as loader:  # fmt: skip
+        batch = next(iter(loader))
+        names = list(loader.dataset.class_names)
+    path = render_preview(batch, names, args.output, args.augment)
+    print(f"wrote {path} ({len(batch['image'])} samples, augment={args.augment})")
+    return 0
+
+
+def _run_experiment(args: argparse.Namespace) -> int:
+    from .experiment import run_experiment
+
+    out = run_experiment(args.config)
+    print((out / "results.md").read_text())
+    print(f"results.csv, metrics.png and evidence.png are in {out}")
+    return 0
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return int(args.handler(args))
-    except (ConversionError, ValueError, FileNotFoundError, PermissionError) as error:
+    except (ConversionError, ValueError, FileNotFoundError, PermissionError, NotImplementedError) as error:
         print(f"meddiffuse-stream {args.command}: error: {error}", file=sys.stderr)
         return 1
 

@@ -138,7 +138,7 @@ class AugmentStage:
             else:
                 out, soft, weight = getattr(baselines, self.method)(images, targets, self.rng, variants)
         self.counters["batches"] += 1
-        result = dict(batch, image=out, label=labels, mix_weight=weight)
+        result = dict(batch, image=out, label=labels, mix_weight=weight, original=images)
         result["target"] = soft if self.method in LABEL_MIXING else labels
         if saliency is not None:
             result["saliency"] = saliency
