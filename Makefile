@@ -17,8 +17,31 @@ $(STAMP): pyproject.toml Makefile
 	$(PY) -m pip install -q --disable-pip-version-check --no-deps torchxrayvision==1.5.7
 	touch $(STAMP)
 
-demo: setup
-	$(VENV)/bin/meddiffuse-stream demo-data shards/demo --n 2000 --size 64 --seed 0 --test-modality mr --workers 2
+# The main job on the demo data, step by step; make reuses every step whose output is newer than its inputs.
+MDS := $(VENV)/bin/meddiffuse-stream
+demo: setup .demo/experiment/results.md .demo/preview.png
+	@cat .demo/experiment/results.md
+	@echo "plots: .demo/experiment/metrics.png .demo/experiment/evidence.png   preview: .demo/preview.png"
+
+shards/demo/dataset.json: $(STAMP)
+	$(MDS) demo-data shards/demo --n 2000 --size 64 --seed 0 --test-modality mr --workers 2
+
+.demo/teacher/metrics.json: shards/demo/dataset.json
+	$(MDS) train shards/demo --out .demo/teacher --model cnn --augment standard --epochs 8 --lr 0.003 --workers 2
+
+.demo/generator/meddiffuse_generator.json: shards/demo/dataset.json
+	$(MDS) train-diffusion shards/demo .demo/generator --epochs 1 --width 16 --steps 5 --workers 2
+
+.demo/variants.done: .demo/generator/meddiffuse_generator.json
+	$(MDS) warm-cache shards/demo --generator .demo/generator --cache .demo/variants --variants 1
+	touch $@
+
+.demo/experiment/results.md: .demo/teacher/metrics.json .demo/variants.done tools/demo_experiment.yaml
+	$(MDS) experiment tools/demo_experiment.yaml
+
+.demo/preview.png: .demo/teacher/metrics.json .demo/variants.done
+	$(MDS) preview shards/demo --augment meddiffusemix -n 8 -o $@ --teacher .demo/teacher/checkpoint.pt \
+		--generator .demo/generator --variant-cache .demo/variants
 
 lint: setup
 	$(VENV)/bin/ruff check meddiffuse_stream tools tests
@@ -39,4 +62,4 @@ bench-augment: setup
 	$(PY) tools/bench_augment.py --out .bench/augment.json
 
 clean:
-	rm -rf $(VENV) .bench .pytest_cache
+	rm -rf $(VENV) .bench .pytest_cache .demo
