@@ -6,7 +6,7 @@ PY := $(VENV)/bin/python
 TORCH_PIN ?= torch==2.13.0
 STAMP := $(VENV)/.installed
 
-.PHONY: setup demo test lint bench-shard bench-loader bench-augment clean
+.PHONY: setup demo test lint bench-shard bench-loader bench-augment readme-results clean
 
 setup: $(STAMP)
 
@@ -22,6 +22,10 @@ MDS := $(VENV)/bin/meddiffuse-stream
 demo: setup .demo/experiment/results.md .demo/preview.png
 	@cat .demo/experiment/results.md
 	@echo "plots: .demo/experiment/metrics.png .demo/experiment/evidence.png   preview: .demo/preview.png"
+
+# regenerates the README's demo table and picture from the last `make demo`
+readme-results: demo
+	$(PY) tools/update_readme.py
 
 shards/demo/dataset.json: $(STAMP)
 	$(MDS) demo-data shards/demo --n 2000 --size 64 --seed 0 --test-modality mr --workers 2
