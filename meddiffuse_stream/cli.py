@@ -49,6 +49,14 @@ def _common_shard_options(parser: argparse.ArgumentParser) -> None:
     )
 
 
+def _model_options(parser: argparse.ArgumentParser) -> None:
+    """The models an augmentation may need, for every command that builds an AugmentStage."""
+    parser.add_argument("--teacher", help="saliency teacher checkpoint (saliency methods)")
+    parser.add_argument("--teacher-model", default="cnn", choices=["cnn", "resnet18", "vit-tiny"])
+    parser.add_argument("--generator", help="generator folder (diffusion methods)")
+    parser.add_argument("--variant-cache", help="variant cache folder or URL")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="meddiffuse-stream", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
@@ -127,10 +135,7 @@ def build_parser() -> argparse.ArgumentParser:
     fit.add_argument("--checkpoint-every", type=int, default=0, help="steps between checkpoints (and every epoch)")
     fit.add_argument("--resume", action="store_true", help="continue from OUT/checkpoint.pt exactly")
     fit.add_argument("--device", help="cpu or cuda (default: cuda when present)")
-    fit.add_argument("--teacher", help="saliency teacher checkpoint (saliency methods)")
-    fit.add_argument("--teacher-model", default="cnn", choices=["cnn", "resnet18", "vit-tiny"])
-    fit.add_argument("--generator", help="generator folder (diffusion methods)")
-    fit.add_argument("--variant-cache", help="variant cache folder or URL")
+    _model_options(fit)
     fit.add_argument("--key-log", action="store_true", help="write the keys each rank trained on")
     fit.set_defaults(handler=_run_train)
 
@@ -141,10 +146,7 @@ def build_parser() -> argparse.ArgumentParser:
     show.add_argument("-o", "--output", required=True, help="PNG file to write")
     show.add_argument("--split", default="train")
     show.add_argument("--seed", type=int, default=0)
-    show.add_argument("--teacher", help="saliency teacher checkpoint (saliency methods)")
-    show.add_argument("--teacher-model", default="cnn", choices=["cnn", "resnet18", "vit-tiny"])
-    show.add_argument("--generator", help="generator folder (diffusion methods)")
-    show.add_argument("--variant-cache", help="variant cache folder or URL")
+    _model_options(show)
     show.set_defaults(handler=_run_preview)
 
     runner = commands.add_parser("experiment", help="methods x seeds on one dataset: results.csv, table, plots")
@@ -241,15 +243,14 @@ def _augment_stage(args: argparse.Namespace, dataset: str):
     from .models import build_model, load_weights
     from .train import _shape_of
 
+    classes = len(json.loads(Location(dataset).read_bytes("dataset.json"))["class_names"])
     teacher = None
     if args.augment in _NEEDS_SALIENCY:
         if not args.teacher:
             raise ValueError(f"--augment {args.augment} needs --teacher (a trained classifier checkpoint)")
         channels, size = _shape_of(dataset)
-        info_classes = len(json.loads(Location(dataset).read_bytes("dataset.json"))["class_names"])
-        teacher = load_weights(build_model(args.teacher_model, channels, info_classes, size), args.teacher)
+        teacher = load_weights(build_model(args.teacher_model, channels, classes, size), args.teacher)
     generator = load_generator(args.generator) if args.generator else None
-    classes = len(json.loads(Location(dataset).read_bytes("dataset.json"))["class_names"])
     return AugmentStage(args.augment, classes, teacher=teacher, generator=generator, variant_cache=args.variant_cache,
                         cache_saliency=teacher is not None, seed=args.seed)  # fmt: skip
 
