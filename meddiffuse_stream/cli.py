@@ -133,6 +133,7 @@ def build_parser() -> argparse.ArgumentParser:
     fit.add_argument("--seed", type=int, default=0)
     fit.add_argument("--workers", type=int, default=0)
     fit.add_argument("--checkpoint-every", type=int, default=0, help="steps between checkpoints (and every epoch)")
+    fit.add_argument("--train-fraction", type=float, default=1.0, help="train on this patient-level fraction")
     fit.add_argument("--resume", action="store_true", help="continue from OUT/checkpoint.pt exactly")
     fit.add_argument("--device", help="cpu or cuda (default: cuda when present)")
     _model_options(fit)
@@ -262,7 +263,7 @@ def _run_train(args: argparse.Namespace) -> int:
         args.dataset, args.out, model=args.model, augment=args.augment, epochs=args.epochs,
         batch_size=args.batch_size, learning_rate=args.lr, loss=args.loss, seed=args.seed,
         num_workers=args.workers, checkpoint_every=args.checkpoint_every, resume=args.resume, device=args.device,
-        key_log=args.key_log, augment_stage=_augment_stage(args, args.dataset),
+        key_log=args.key_log, augment_stage=_augment_stage(args, args.dataset), train_fraction=args.train_fraction,
     )  # fmt: skip
     results = train(config)
     if int(os.environ.get("RANK", "0")) == 0:

@@ -73,33 +73,30 @@ def run_experiment(config_path: str | Path) -> Path:
     for required in ("dataset", "out", "methods"):
         if required not in config:
             raise ValueError(f"{config_path}: missing '{required}'")
-    fractions = config.get("fractions", [1.0])
-    if fractions != [1.0]:
-        raise NotImplementedError(
-            f"{config_path}: train fractions {fractions} are not built yet; use fractions: [1.0] (the full train split)"
-        )
     out = Path(config["out"])
     rows = []
-    for method in config["methods"]:
-        for seed in config.get("seeds", [0]):
-            run = out / "runs" / f"{method}-s{seed}"
-            if not (run / "metrics.json").exists():
-                stage = _stage_for(method, config, seed)
-                train(TrainConfig(config["dataset"], str(run), model=config.get("model", "cnn"),
+    cells = [
+        (m, f, s) for f in config.get("fractions", [1.0]) for m in config["methods"] for s in config.get("seeds", [0])
+    ]
+    for method, fraction, seed in cells:
+        run = out / "runs" / (f"{method}-s{seed}" if fraction == 1 else f"{method}-f{fraction:g}-s{seed}")
+        if not (run / "metrics.json").exists():
+            stage = _stage_for(method, config, seed)
+            train(TrainConfig(config["dataset"], str(run), model=config.get("model", "cnn"),
                                   augment=method if isinstance(stage, str) or stage is None else "meddiffusemix",
                                   epochs=config.get("epochs", 5), batch_size=config.get("batch_size", 64),
                                   learning_rate=config.get("lr", 1e-3), seed=seed,
                                   num_workers=config.get("workers", 0), loss=config.get("loss", "ce"),
                                   augment_stage=stage if not isinstance(stage, str) else None,
-                                  device=config.get("device")))  # fmt: skip
-                evidence = evidence_preservation(config["dataset"], _stage_for(method, config, seed),
+                                  device=config.get("device"), train_fraction=fraction))  # fmt: skip
+            evidence = evidence_preservation(config["dataset"], _stage_for(method, config, seed),
                                                  teacher=_teacher(config), seed=seed)  # fmt: skip
-                (run / "evidence.json").write_text(json.dumps(evidence, indent=1))
-            metrics = json.loads((run / "metrics.json").read_text())
-            evidence = json.loads((run / "evidence.json").read_text())
-            for split in config.get("report_splits", ["test"]):
-                if split in metrics:
-                    rows.append({"method": method, "seed": seed, "fraction": 1.0, "split": split,
+            (run / "evidence.json").write_text(json.dumps(evidence, indent=1))
+        metrics = json.loads((run / "metrics.json").read_text())
+        evidence = json.loads((run / "evidence.json").read_text())
+        for split in config.get("report_splits", ["test"]):
+            if split in metrics:
+                rows.append({"method": method, "seed": seed, "fraction": fraction, "split": split,
                                  **{m: metrics[split][m] for m in METRICS}, **evidence})  # fmt: skip
     with open(out / "results.csv", "w", newline="") as stream:
         writer = csv.DictWriter(stream, fieldnames=list(rows[0]))
@@ -126,11 +123,11 @@ def summarise(rows: list[dict[str, Any]]) -> str:
     """A markdown table: one row per method (and split), mean ± 95 % CI over seeds."""
     columns = [*METRICS, "roi_unchanged", "saliency_iou"]
     lines = ["| method | split | seeds | " + " | ".join(columns) + " |", "|---" * (len(columns) + 3) + "|"]
-    for method in dict.fromkeys(r["method"] for r in rows):
-        for split in dict.fromkeys(r["split"] for r in rows if r["method"] == method):
-            group = [r for r in rows if r["method"] == method and r["split"] == split]
-            cells = [_mean_ci([r[c] for r in group]) for c in columns]
-            lines.append(f"| {method} | {split} | {len(group)} | " + " | ".join(cells) + " |")
+    for method, fraction, split in dict.fromkeys((r["method"], r.get("fraction", 1.0), r["split"]) for r in rows):
+        group = [r for r in rows if (r["method"], r.get("fraction", 1.0), r["split"]) == (method, fraction, split)]
+        cells = [_mean_ci([r[c] for r in group]) for c in columns]
+        name = method if fraction == 1 else f"{method} ({fraction:g} of train)"
+        lines.append(f"| {name} | {split} | {len(group)} | " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
 
 

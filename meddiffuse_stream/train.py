@@ -48,6 +48,7 @@ class TrainConfig:
     amp: bool = True  # on CUDA only
     eval_splits: list[str] = field(default_factory=lambda: ["val", "test"])
     key_log: bool = False  # write the keys each rank trained on (for audits and tests)
+    train_fraction: float = 1.0  # < 1: train on this patient-level fraction of the train split
     augment_stage: Any = None  # a configured AugmentStage overrides ``augment``
 
 
@@ -82,6 +83,8 @@ def train(config: TrainConfig) -> dict[str, Any]:
     device = torch.device(config.device or (f"cuda:{int(os.environ.get('LOCAL_RANK', 0))}" if cuda else "cpu"))
     out = Path(config.out)
     out.mkdir(parents=True, exist_ok=True)
+    if config.train_fraction < 1:
+        config = _with_subset(config, out, rank, world)
     channels, size = _shape_of(config.dataset)
     augment = config.augment_stage or (None if config.augment == "none" else config.augment)
     loader = MedDiffuseLoader(config.dataset, config.batch_size, num_workers=config.num_workers, seed=config.seed,
@@ -160,6 +163,20 @@ def train(config: TrainConfig) -> dict[str, Any]:
     if initialised_here:
         dist.destroy_process_group()
     return results
+
+
+def _with_subset(config: TrainConfig, out: Path, rank: int, world: int) -> TrainConfig:
+    """Train on a patient-level fraction: rank 0 writes the subset dataset once, the others wait for it."""
+    from dataclasses import replace
+
+    from .subset import subset_dataset
+
+    subset = out / f"train-subset-f{config.train_fraction:g}-s{config.seed}"
+    if rank == 0 and not (subset / "dataset.json").exists():
+        subset_dataset(config.dataset, str(subset), config.train_fraction, config.seed)
+    if world > 1:
+        dist.barrier()
+    return replace(config, dataset=str(subset))
 
 
 def _unwrap(model: torch.nn.Module) -> torch.nn.Module:

@@ -56,11 +56,32 @@ def test_experiment_writes_csv_table_and_plots_and_reuses_cells(setup, tmp_path)
     assert again.returncode == 0 and (tmp_path / "exp" / "runs" / "mixup-s1" / "metrics.json").stat().st_mtime == stamp
 
 
-def test_fractions_below_one_are_refused_loudly(setup, tmp_path):
-    config = {"dataset": str(setup / "demo"), "out": str(tmp_path / "x"), "methods": ["standard"], "fractions": [0.5]}
+def test_train_fraction_cells_train_on_a_patient_level_subset(setup, tmp_path):
+    config = {"dataset": str(setup / "demo"), "out": str(tmp_path / "x"), "methods": ["standard"], "epochs": 1,
+              "batch_size": 8, "fractions": [0.5, 1.0]}  # fmt: skip
     (tmp_path / "x.yaml").write_text(yaml.safe_dump(config))
     result = _cli("experiment", str(tmp_path / "x.yaml"))
-    assert result.returncode == 1 and "not built yet" in result.stderr
+    assert result.returncode == 0, result.stderr[-3000:]
+    with open(tmp_path / "x" / "results.csv") as stream:
+        assert {r["fraction"] for r in csv.DictReader(stream)} == {"0.5", "1.0"}
+    assert "standard (0.5 of train)" in (tmp_path / "x" / "results.md").read_text()
+
+
+def test_subset_keeps_whole_patients_and_other_splits(setup, tmp_path):
+    import json
+
+    from meddiffuse_stream import MedDiffuseLoader
+    from meddiffuse_stream.subset import subset_dataset
+
+    info = subset_dataset(str(setup / "demo"), str(tmp_path / "half"), 0.5, seed=3, shard_size=7)
+    original = json.loads((setup / "demo" / "dataset.json").read_text())
+    assert abs(info["splits"]["train"]["samples"] - original["splits"]["train"]["samples"] / 2) <= 1
+    assert info["splits"]["test"] == original["splits"]["test"]
+    with MedDiffuseLoader(str(tmp_path / "half"), 4, as_dict=True) as loader:  # shards verify against dataset.json
+        keys = [k for batch in loader for k in batch["key"]]
+    assert len(keys) == info["splits"]["train"]["samples"] == len(set(keys))
+    with pytest.raises(ValueError, match="train-fraction"):
+        subset_dataset(str(setup / "demo"), str(tmp_path / "none"), 0.0)
 
 
 def test_preview_writes_a_picture_of_the_expected_size(setup, tmp_path):
@@ -77,3 +98,13 @@ def test_summary_has_mean_and_confidence_interval():
              "roi_unchanged": 1.0, "saliency_iou": None} for a in (0.5, 0.7)]  # fmt: skip
     table = summarise(rows)
     assert "0.600 ± 1.271" in table and "n/a" in table  # t(1) = 12.706, sd 0.1414, n 2
+
+
+def test_subset_choice_takes_whole_patients():
+    from meddiffuse_stream.subset import _choose_keys
+
+    rows = [{"key": f"k{i}", "patient_id": f"p{i // 3}"} for i in range(60)]  # 20 patients, 3 images each
+    chosen = _choose_keys(rows, 0.3, seed=1)
+    patients = {f"p{int(k[1:]) // 3}" for k in chosen}
+    assert len(chosen) == 3 * len(patients) and 18 <= len(chosen) <= 20
+    assert chosen == _choose_keys(rows, 0.3, seed=1) != _choose_keys(rows, 0.3, seed=2)

@@ -1,0 +1,94 @@
+"""Limited-data experiments: a patient-level fraction of a dataset's train split, written as a dataset of its own.
+
+Patients are drawn in a seeded order until the fraction of training samples is reached, so no patient is split
+between kept and dropped. The other splits' shards are copied unchanged, so evaluation stays comparable.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+from collections import defaultdict
+from typing import Any
+
+import numpy as np
+
+from .format import DATASET_JSON, INDEX_PARQUET, REJECTS_JSONL, EncodedSample, ShardWriter, shard_name
+from .nodes.tar import RawSample, iter_samples
+from .storage import Location
+
+__all__ = ["subset_dataset"]
+
+
+def _choose_keys(rows: list[dict[str, Any]], fraction: float, seed: int) -> set[str]:
+    by_patient: dict[str, list[str]] = defaultdict(list)
+    for row in rows:
+        by_patient[row["patient_id"] or f"sample:{row['key']}"].append(row["key"])
+    patients = sorted(by_patient)
+    wanted = max(1, round(fraction * len(rows)))
+    chosen: set[str] = set()
+    for index in np.random.default_rng(seed).permutation(len(patients)):
+        if len(chosen) >= wanted:
+            break
+        chosen.update(by_patient[patients[index]])
+    return chosen
+
+
+def subset_dataset(source: str, out: str, fraction: float, seed: int = 0, shard_size: int = 1000) -> dict[str, Any]:
+    """Write ``out`` with ``fraction`` of ``source``'s train split (whole patients); returns its dataset.json."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    if not 0 < fraction <= 1:
+        raise ValueError(f"--train-fraction must be in (0, 1], got {fraction}")
+    src, dst = Location(source), Location(out)
+    info = json.loads(src.read_bytes(DATASET_JSON))
+    rows = pq.read_table(io.BytesIO(src.read_bytes(INDEX_PARQUET))).to_pylist()
+    keep = _choose_keys([r for r in rows if r["split"] == "train"], fraction, seed)
+    by_key = {r["key"]: r for r in rows}
+    new_rows, shards, buffer, index = [], [], [], 0
+
+    def flush() -> None:
+        nonlocal buffer, index
+        if not buffer:
+            return
+        name = shard_name("train", index)
+        stream = io.BytesIO()
+        writer = ShardWriter(stream)
+        for sample in buffer:
+            members = tuple((f"{sample.key}.{suffix}", data) for suffix, data in sample.members.items())
+            offset = writer.add(EncodedSample(sample.key, members, int(by_key[sample.key]["label"])))
+            new_rows.append({**by_key[sample.key], "shard": name, "offset": offset})
+        size, digest = writer.close()
+        dst.write_bytes(name, stream.getvalue())
+        shards.append({"path": name, "split": "train", "samples": len(buffer), "bytes": size, "sha256": digest})
+        buffer, index = [], index + 1
+
+    for shard in info["shards"]:
+        if shard["split"] != "train":
+            dst.write_bytes(shard["path"], src.read_bytes(shard["path"]))
+            shards.append(shard)
+            new_rows.extend(r for r in rows if r["shard"] == shard["path"])
+            continue
+        with src.open(shard["path"]) as stream:
+            for item in iter_samples(stream):
+                if isinstance(item, RawSample) and item.key in keep:
+                    buffer.append(item)
+                    if len(buffer) == shard_size:
+                        flush()
+    flush()
+    train_rows = [r for r in new_rows if r["split"] == "train"]
+    info["shards"] = shards
+    info["splits"]["train"] = {
+        "samples": len(train_rows),
+        "patients": len({r["patient_id"] or r["key"] for r in train_rows}),
+        "shards": sum(1 for s in shards if s["split"] == "train"),
+        "classes": {c: sum(1 for r in train_rows if r["class_name"] == c) for c in info["class_names"]},
+    }
+    info["subset_of"] = {"source": source, "train_fraction": fraction, "seed": seed}
+    buffer_parquet = io.BytesIO()
+    pq.write_table(pa.Table.from_pylist(new_rows), buffer_parquet, compression="zstd")
+    dst.write_bytes(INDEX_PARQUET, buffer_parquet.getvalue())
+    dst.write_bytes(REJECTS_JSONL, src.read_bytes(REJECTS_JSONL) if src.exists(REJECTS_JSONL) else b"")
+    dst.write_bytes(DATASET_JSON, (json.dumps(info, indent=1, sort_keys=True) + "\n").encode())
+    return info
