@@ -98,6 +98,8 @@ class MedDiffuseLoader:
         self._pool = WorkerPool(config, method=worker_method, prefetch=prefetch, mp_context=mp_context,
                                 counters=self.counters)  # fmt: skip
         self.augment = self._build_stage(augment, seed)
+        if self.augment is not None:
+            self.augment.details = as_dict  # saliency and variant planes only when someone will see them
         self._augment_state = self.augment.state_dict() if self.augment is not None else None
         self._epoch = 0
         self._batches = 0

@@ -82,6 +82,7 @@ class AugmentStage:
         self.cache_saliency = cache_saliency
         self.seed = seed
         self.variant_seed = variant_seed  # apart from seed: warm-cache must produce the same variants
+        self.details = True  # return saliency and variant too (the loader turns this off without as_dict)
         self.teacher_version = 0
         self.rng = np.random.default_rng(seed)
 
@@ -165,27 +166,42 @@ class AugmentStage:
         return self.cache_saliency and self.cache is not None and not self.mix_config.random_mask
 
     def _meddiffusemix_cached(self, images, labels, keys, targets):
+        """Results (image, W) and details (saliency, variant) are separate entries: a loader that yields only
+        ``(images, targets)`` sets ``details = False`` and reads half the bytes."""
         choices = self._draw_choices(len(images))
         config = hashlib.sha256(repr(self.mix_config).encode()).hexdigest()[:8]
         identity = self.generator.identity if self.generator is not None else "cached-only"
         producer = f"meddiffusemix-{identity}-teacher{self.teacher_version}-{config}"
         channels = images.shape[1]
         strength = getattr(self.generator, "strength", 0.0)
-        names = [entry_name(k, c, producer, strength, int(v))
-                 for k, c, v in zip(keys, content_hashes(images), choices, strict=True)]  # fmt: skip
+        contents = content_hashes(images)
+        names = [entry_name(k, c, producer, strength, int(v)) for k, c, v in zip(keys, contents, choices, strict=True)]
+        detail_names = [name.replace(".bin", ".details.bin") for name in names]
 
-        def compute(index: torch.Tensor) -> torch.Tensor:
+        def details(index: torch.Tensor) -> torch.Tensor:
             rows = index.tolist()
             subset_keys = [keys[i] for i in rows]
             saliency = self._saliency(images[index], labels[index], subset_keys)
             variants = self._variants(images[index], labels[index], subset_keys, choices[rows])
-            out, _, weight = self._meddiffusemix(images[index], labels[index], targets[index], saliency, variants)
-            return torch.cat([out, weight, saliency, variants], dim=1)
+            return torch.cat([saliency, variants], dim=1)
 
-        planes = torch.empty(len(images), 2 * channels + 2, *images.shape[-2:], device=images.device)
-        stacked = self._cached(names, compute, planes, counter="result_cache_hits")
-        out, weight = stacked[:, :channels], stacked[:, channels : channels + 1]
-        return out, weight, stacked[:, channels + 1 : channels + 2], stacked[:, channels + 2 :]
+        def results(index: torch.Tensor) -> torch.Tensor:
+            extra = details(index)
+            saliency, variants = extra[:, :1], extra[:, 1:]
+            out, _, weight = self._meddiffusemix(images[index], labels[index], targets[index], saliency, variants)
+            if self.cache is not None:
+                rounded = extra.to(torch.float16).cpu().numpy()
+                for row, position in enumerate(index.tolist()):
+                    self.cache.put(detail_names[position], rounded[row])
+            return torch.cat([out, weight], dim=1)
+
+        shape = (len(images), channels + 1, *images.shape[-2:])
+        stacked = self._cached(names, results, images.new_empty(shape), counter="result_cache_hits")
+        out, weight = stacked[:, :channels], stacked[:, channels:]
+        if not self.details:
+            return out, weight, None, None
+        extra = self._cached(detail_names, details, images.new_empty(shape))
+        return out, weight, extra[:, :1], extra[:, 1:]
 
     def _variants(
         self, images: torch.Tensor, labels: torch.Tensor, keys: Sequence[str], choices: np.ndarray
