@@ -176,7 +176,7 @@ class AugmentStage:
         strength = getattr(self.generator, "strength", 0.0)
         contents = content_hashes(images)
         names = [entry_name(k, c, producer, strength, int(v)) for k, c, v in zip(keys, contents, choices, strict=True)]
-        detail_names = [name.replace(".bin", ".details.bin") for name in names]
+        detail_names = [name[: -len(".bin")] + ".details.bin" for name in names]
 
         def details(index: torch.Tensor) -> torch.Tensor:
             rows = index.tolist()
@@ -232,11 +232,13 @@ class AugmentStage:
                 found.append(entry)
             else:
                 missing.append(index)
-        out = torch.empty_like(like)
-        if found:  # one conversion and one copy for all hits
-            out[torch.as_tensor(found_rows, device=like.device)] = torch.from_numpy(np.stack(found)).to(like)
         if counter:
             self.counters[counter] += len(names) - len(missing)
+        if not missing:  # the warm path: one stack, one conversion
+            return torch.from_numpy(np.stack(found)).to(like)
+        out = torch.empty_like(like)
+        if found:
+            out[torch.as_tensor(found_rows, device=like.device)] = torch.from_numpy(np.stack(found)).to(like)
         if missing:
             index = torch.as_tensor(missing, device=like.device)
             # rounded to the stored precision whether or not a cache is set: a run gives the same bytes cold or warm
