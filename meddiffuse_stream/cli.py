@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import re
 import sys
@@ -12,7 +11,7 @@ from collections.abc import Sequence
 from .convert import FORMATS, ConversionError, ConvertOptions, convert_dataset
 from .convert.splits import parse_split_spec
 from .demo_data import MODALITIES, DemoSource
-from .storage import Location, parse_storage_options
+from .storage import parse_storage_options
 
 __all__ = ["build_parser", "main"]
 
@@ -234,26 +233,16 @@ def _run_warm_cache(args: argparse.Namespace) -> int:
 
 
 def _augment_stage(args: argparse.Namespace, dataset: str):
-    """An AugmentStage when the method needs models, else the method name for the loader."""
-    from .augment import AugmentStage
-    from .augment.stage import _NEEDS_SALIENCY, _NEEDS_VARIANTS
+    """A configured AugmentStage, the method name for model-free methods, or None."""
+    from .augment.factory import build_stage
 
-    if args.augment not in _NEEDS_SALIENCY + _NEEDS_VARIANTS:
-        return None
-    from .augment.diffusion import load_generator
-    from .models import build_model, load_weights
-    from .train import _shape_of
+    return build_stage(args.augment, dataset, teacher=args.teacher, teacher_model=args.teacher_model,
+                       generator=args.generator, variant_cache=args.variant_cache, seed=args.seed)  # fmt: skip
 
-    classes = len(json.loads(Location(dataset).read_bytes("dataset.json"))["class_names"])
-    teacher = None
-    if args.augment in _NEEDS_SALIENCY:
-        if not args.teacher:
-            raise ValueError(f"--augment {args.augment} needs --teacher (a trained classifier checkpoint)")
-        channels, size = _shape_of(dataset)
-        teacher = load_weights(build_model(args.teacher_model, channels, classes, size), args.teacher)
-    generator = load_generator(args.generator) if args.generator else None
-    return AugmentStage(args.augment, classes, teacher=teacher, generator=generator, variant_cache=args.variant_cache,
-                        cache_saliency=teacher is not None, seed=args.seed)  # fmt: skip
+
+def _configured_stage(args: argparse.Namespace):
+    stage = _augment_stage(args, args.dataset)
+    return None if stage is None or isinstance(stage, str) else stage
 
 
 def _run_train(args: argparse.Namespace) -> int:
@@ -263,7 +252,7 @@ def _run_train(args: argparse.Namespace) -> int:
         args.dataset, args.out, model=args.model, augment=args.augment, epochs=args.epochs,
         batch_size=args.batch_size, learning_rate=args.lr, loss=args.loss, seed=args.seed,
         num_workers=args.workers, checkpoint_every=args.checkpoint_every, resume=args.resume, device=args.device,
-        key_log=args.key_log, augment_stage=_augment_stage(args, args.dataset), train_fraction=args.train_fraction,
+        key_log=args.key_log, augment_stage=_configured_stage(args), train_fraction=args.train_fraction,
     )  # fmt: skip
     results = train(config)
     if int(os.environ.get("RANK", "0")) == 0:

@@ -14,15 +14,12 @@ from typing import Any
 
 import yaml
 
+from .augment.factory import ABLATIONS, build_stage, load_teacher
+
 __all__ = ["ABLATIONS", "run_experiment", "summarise"]
 
+
 METRICS = ("accuracy", "macro_f1", "roc_auc", "cohen_kappa")
-ABLATIONS = {
-    "meddiffusemix-random-mask": {"random_mask": True},
-    "meddiffusemix-fixed-alpha": {"adaptive_alpha": False},
-    "meddiffusemix-hard-mask": {"soft_mask": False},
-    "meddiffusemix-no-check": {"check": False},
-}
 # two-sided 95 % Student t quantiles for 1..30 degrees of freedom
 _T95 = [12.706, 4.303, 3.182, 2.776, 2.571, 2.447, 2.365, 2.306, 2.262, 2.228, 2.201, 2.179, 2.160, 2.145,
         2.131, 2.120, 2.110, 2.101, 2.093, 2.086, 2.080, 2.074, 2.069, 2.064, 2.060, 2.056, 2.052, 2.048, 2.045,
@@ -30,39 +27,9 @@ _T95 = [12.706, 4.303, 3.182, 2.776, 2.571, 2.447, 2.365, 2.306, 2.262, 2.228, 2
 
 
 def _stage_for(method: str, config: dict[str, Any], seed: int) -> Any:
-    """An AugmentStage for methods that need models (and the ablations), else the plain method name."""
-    from .augment import AugmentStage, MixConfig
-    from .augment.stage import _NEEDS_SALIENCY, _NEEDS_VARIANTS
-
-    base = "meddiffusemix" if method in ABLATIONS else method
-    if base not in _NEEDS_SALIENCY + _NEEDS_VARIANTS:
-        return None if base == "none" else base
-    teacher = _teacher(config) if base in _NEEDS_SALIENCY else None
-    generator = None
-    if config.get("generator"):
-        from .augment.diffusion import load_generator
-
-        generator = load_generator(config["generator"])
-    return AugmentStage(base, _classes(config), teacher=teacher, generator=generator,
-                        variant_cache=config.get("variant_cache"), cache_saliency=teacher is not None,
-                        mix_config=MixConfig(**ABLATIONS.get(method, {})), seed=seed)  # fmt: skip
-
-
-def _classes(config: dict[str, Any]) -> int:
-    from .storage import Location
-
-    return len(json.loads(Location(config["dataset"]).read_bytes("dataset.json"))["class_names"])
-
-
-def _teacher(config: dict[str, Any]) -> Any:
-    if not config.get("teacher"):
-        return None
-    from .models import build_model, load_weights
-    from .train import _shape_of
-
-    channels, size = _shape_of(config["dataset"])
-    model = build_model(config.get("teacher_model", "cnn"), channels, _classes(config), size)
-    return load_weights(model, config["teacher"]).eval()
+    return build_stage(method, config["dataset"], teacher=config.get("teacher"),
+                       teacher_model=config.get("teacher_model", "cnn"), generator=config.get("generator"),
+                       variant_cache=config.get("variant_cache"), seed=seed)  # fmt: skip
 
 
 def run_experiment(config_path: str | Path) -> Path:
@@ -89,8 +56,11 @@ def run_experiment(config_path: str | Path) -> Path:
                                   num_workers=config.get("workers", 0), loss=config.get("loss", "ce"),
                                   augment_stage=stage if not isinstance(stage, str) else None,
                                   device=config.get("device"), train_fraction=fraction))  # fmt: skip
-            evidence = evidence_preservation(config["dataset"], _stage_for(method, config, seed),
-                                                 teacher=_teacher(config), seed=seed)  # fmt: skip
+            teacher = None
+            if config.get("teacher"):
+                teacher = load_teacher(config["dataset"], config["teacher"], config.get("teacher_model", "cnn"))
+            evidence = evidence_preservation(config["dataset"], _stage_for(method, config, seed), teacher=teacher,
+                                             seed=seed)  # fmt: skip
             (run / "evidence.json").write_text(json.dumps(evidence, indent=1))
         metrics = json.loads((run / "metrics.json").read_text())
         evidence = json.loads((run / "evidence.json").read_text())

@@ -70,7 +70,7 @@ def _shape_of(dataset: str) -> tuple[int, int]:
     return images.shape[1], images.shape[-1]
 
 
-def _class_weights(loader: MedDiffuseLoader, dataset: str) -> torch.Tensor:
+def _class_weights(loader: MedDiffuseLoader) -> torch.Tensor:
     info = json.loads(loader.dataset.location.read_bytes("dataset.json"))
     counts = np.array([info["splits"]["train"]["classes"][name] for name in info["class_names"]], dtype=np.float64)
     weights = counts.sum() / np.maximum(counts, 1) / len(counts)
@@ -98,7 +98,7 @@ def train(config: TrainConfig) -> dict[str, Any]:
     total_steps = max(1, config.epochs * len(loader))
     scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, total_steps)
     scaler = torch.amp.GradScaler("cuda", enabled=cuda and config.amp)
-    weights = _class_weights(loader, config.dataset).to(device) if config.loss == "weighted" else None
+    weights = _class_weights(loader).to(device) if config.loss == "weighted" else None
     step = 0
     if config.resume and (out / CHECKPOINT).exists():
         state = torch.load(out / CHECKPOINT, map_location="cpu", weights_only=True)
@@ -132,10 +132,8 @@ def train(config: TrainConfig) -> dict[str, Any]:
                 if keys is not None:
                     keys.write("".join(f"{loader.epoch} {k}\n" for k in batch["key"]))
                     keys.flush()
-                if loader.augment is not None and hasattr(loader.augment, "maybe_refresh_teacher"):
-                    loader.augment.maybe_refresh_teacher(
-                        _unwrap(model), step, getattr(loader.augment, "refresh_every", 0)
-                    )
+                if loader.augment is not None and loader.augment.teacher is not None:
+                    loader.augment.maybe_refresh_teacher(_unwrap(model), step, loader.augment.refresh_every)
                 if config.checkpoint_every and step % config.checkpoint_every == 0:
                     _checkpoint(out, model, optimizer, scheduler, scaler, loader, step, rank, world)
             _checkpoint(out, model, optimizer, scheduler, scaler, loader, step, rank, world)

@@ -22,12 +22,12 @@ from .cache import VariantCache, content_hashes, entry_name
 from .mix import MixConfig, mix, mix_weight, top_fraction_iou
 from .saliency import SaliencyExtractor
 
-__all__ = ["AUGMENTS", "LABEL_MIXING", "AugmentStage", "variant_seed_of"]
+__all__ = ["AUGMENTS", "LABEL_MIXING", "NEEDS_SALIENCY", "NEEDS_VARIANTS", "AugmentStage", "variant_seed_of"]
 
 AUGMENTS = ("none", "standard", "mixup", "cutmix", "saliencymix", "diffusemix", "genmix", "dafusion", "meddiffusemix")
 LABEL_MIXING = ("mixup", "cutmix", "saliencymix")
-_NEEDS_SALIENCY = ("saliencymix", "meddiffusemix")
-_NEEDS_VARIANTS = ("diffusemix", "genmix", "dafusion", "meddiffusemix")
+NEEDS_SALIENCY = ("saliencymix", "meddiffusemix")
+NEEDS_VARIANTS = ("diffusemix", "genmix", "dafusion", "meddiffusemix")
 
 
 def variant_seed_of(variant_seed: int, key: str, index: int) -> int:
@@ -54,14 +54,15 @@ class AugmentStage:
         cache_saliency: bool = False,
         seed: int = 0,
         variant_seed: int = 0,
+        refresh_every: int = 0,
         device: str | torch.device | None = None,
         storage_options: dict[str, Any] | None = None,
     ) -> None:
         if method not in AUGMENTS:
             raise ValueError(f"augment must be one of {AUGMENTS}, got {method!r}")
-        if method in _NEEDS_SALIENCY and teacher is None:
+        if method in NEEDS_SALIENCY and teacher is None:
             raise ValueError(f"augment={method!r} needs a saliency teacher: pass teacher= (a trained classifier)")
-        if method in _NEEDS_VARIANTS and generator is None and variant_cache is None:
+        if method in NEEDS_VARIANTS and generator is None and variant_cache is None:
             raise ValueError(f"augment={method!r} needs diffusion variants: pass generator= and/or variant_cache=")
         if variants_per_sample < 1:
             raise ValueError(f"variants_per_sample must be at least 1, got {variants_per_sample}")
@@ -82,6 +83,7 @@ class AugmentStage:
         self.cache_saliency = cache_saliency
         self.seed = seed
         self.variant_seed = variant_seed  # apart from seed: warm-cache must produce the same variants
+        self.refresh_every = refresh_every  # training copies its model into the teacher every N steps (0: frozen)
         self.details = True  # return saliency and variant too (the loader turns this off without as_dict)
         self.teacher_version = 0
         self.rng = np.random.default_rng(seed)
@@ -124,9 +126,9 @@ class AugmentStage:
             out, weight, saliency, variants = self._meddiffusemix_cached(images, labels, keys, targets)
             soft = targets
         else:
-            if self.method in _NEEDS_SALIENCY:
+            if self.method in NEEDS_SALIENCY:
                 saliency = self._saliency(images, labels, keys)
-            if self.method in _NEEDS_VARIANTS:
+            if self.method in NEEDS_VARIANTS:
                 variants = self._variants(images, labels, keys, self._draw_choices(len(images)))
             if self.method == "none":
                 out, soft, weight = images, targets, torch.zeros_like(images[:, :1])

@@ -10,6 +10,7 @@ import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from .diffusion import ClassConditionalGenerator
+from .factory import default_device
 
 __all__ = ["train_generator"]
 
@@ -33,7 +34,7 @@ def train_generator(
     """Denoising (epsilon-prediction) training conditioned on the label; saves with ``save_pretrained``."""
     from ..loader import MedDiffuseLoader
 
-    target = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    target = default_device(device)
     loader = MedDiffuseLoader(dataset, batch_size, num_workers=num_workers, seed=seed, drop_last=True,
                               storage_options=storage_options)  # fmt: skip
     if len(loader) == 0:

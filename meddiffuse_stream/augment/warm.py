@@ -15,6 +15,7 @@ from tqdm.auto import tqdm
 
 from .cache import VariantCache, content_hashes, entry_name
 from .diffusion import load_generator
+from .factory import default_device
 from .stage import variant_seed_of
 
 __all__ = ["default_part", "warm_cache"]
@@ -49,7 +50,7 @@ def warm_cache(
     count = default_count if count is None else count
     if not 0 <= index < count:
         raise ValueError(f"--index {index} is outside --count {count}")
-    target = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    target = default_device(device)
     generator = load_generator(generator_path).to(target)
     cache = VariantCache(cache_url, storage_options)
     loader = MedDiffuseLoader(dataset, batch_size, split=split, shuffle=False, rank=index, world_size=count,

@@ -133,7 +133,7 @@ class PlannedSampleReader:
                 shard = ref[0]
                 remaining[shard] -= 1
                 if remaining[shard] == 0:
-                    self._finish(shard, shard in reads_to_end, held)
+                    self._finish(shard, shard in reads_to_end)
                 yield item
         finally:
             self._close_all()
@@ -197,7 +197,7 @@ class PlannedSampleReader:
         self._open[index] = shard
         return shard
 
-    def _finish(self, index: int, read_to_end: bool, held: dict[SampleRef, RawSample | Skip]) -> None:
+    def _finish(self, index: int, read_to_end: bool) -> None:
         shard = self._open.pop(index, None)
         if shard is None:
             return
