@@ -135,6 +135,8 @@ def build_parser() -> argparse.ArgumentParser:
     fit.add_argument("--train-fraction", type=float, default=1.0, help="train on this patient-level fraction")
     fit.add_argument("--resume", action="store_true", help="continue from OUT/checkpoint.pt exactly")
     fit.add_argument("--device", help="cpu or cuda (default: cuda when present)")
+    fit.add_argument("--shard-cache", help="local folder caching remote shards across epochs and restarts")
+    fit.add_argument("--shard-cache-bytes", type=parse_bytes, default=50 << 30, help="shard cache limit (50GiB)")
     _model_options(fit)
     fit.add_argument("--key-log", action="store_true", help="write the keys each rank trained on")
     fit.set_defaults(handler=_run_train)
@@ -253,6 +255,7 @@ def _run_train(args: argparse.Namespace) -> int:
         batch_size=args.batch_size, learning_rate=args.lr, loss=args.loss, seed=args.seed,
         num_workers=args.workers, checkpoint_every=args.checkpoint_every, resume=args.resume, device=args.device,
         key_log=args.key_log, augment_stage=_configured_stage(args), train_fraction=args.train_fraction,
+        cache_dir=args.shard_cache, cache_bytes=args.shard_cache_bytes,
     )  # fmt: skip
     results = train(config)
     if int(os.environ.get("RANK", "0")) == 0:

@@ -50,6 +50,8 @@ class TrainConfig:
     key_log: bool = False  # write the keys each rank trained on (for audits and tests)
     train_fraction: float = 1.0  # < 1: train on this patient-level fraction of the train split
     augment_stage: Any = None  # a configured AugmentStage overrides ``augment``
+    cache_dir: str | None = None  # local shard cache for remote datasets (LRU, sha256-verified)
+    cache_bytes: int = 50 << 30
 
 
 def _distributed() -> tuple[int, int, bool]:
@@ -88,7 +90,8 @@ def train(config: TrainConfig) -> dict[str, Any]:
     channels, size = _shape_of(config.dataset)
     augment = config.augment_stage or (None if config.augment == "none" else config.augment)
     loader = MedDiffuseLoader(config.dataset, config.batch_size, num_workers=config.num_workers, seed=config.seed,
-                              augment=augment, as_dict=True, rank=rank, world_size=world)  # fmt: skip
+                              augment=augment, as_dict=True, rank=rank, world_size=world, cache_dir=config.cache_dir,
+                              cache_bytes=config.cache_bytes)  # fmt: skip
     classes = len(loader.dataset.class_names)
     torch.manual_seed(config.seed)  # the same initial weights on every rank
     model = build_model(config.model, channels, classes, size).to(device)
@@ -146,7 +149,8 @@ def train(config: TrainConfig) -> dict[str, Any]:
             keys.close()
         loader.close()
     results = {"config": {k: v for k, v in asdict(config).items() if k != "augment_stage"}, "steps": step,
-               "final_loss": float(np.mean(losses[-10:])) if losses else None}  # fmt: skip
+               "final_loss": float(np.mean(losses[-10:])) if losses else None,
+               "counters": _summed_counters(loader, world)}  # fmt: skip
     for split in config.eval_splits:
         metrics = evaluate(_unwrap(model), config.dataset, split, config.batch_size, device, rank, world)
         if metrics is not None:
@@ -161,6 +165,22 @@ def train(config: TrainConfig) -> dict[str, Any]:
     if initialised_here:
         dist.destroy_process_group()
     return results
+
+
+def _summed_counters(loader: MedDiffuseLoader, world: int) -> dict[str, dict[str, int]]:
+    """The loader's and the device stage's counters, summed over ranks (so a cluster run reports one total)."""
+    local = {"loader": loader.counters.as_dict(),
+             "augment": loader.augment.counters.as_dict() if loader.augment is not None else {}}  # fmt: skip
+    parts: list[Any] = [local]
+    if world > 1:
+        parts = [None] * world
+        dist.all_gather_object(parts, local)
+    totals: dict[str, dict[str, int]] = {name: {} for name in local}
+    for part in parts:
+        for name, counts in part.items():
+            for key, value in counts.items():
+                totals[name][key] = totals[name].get(key, 0) + value
+    return totals
 
 
 def _with_subset(config: TrainConfig, out: Path, rank: int, world: int) -> TrainConfig:

@@ -69,7 +69,7 @@ def entry_name(key: str, content: str, producer: str, strength: float, index: in
 
 
 class VariantCache:
-    """Get and put arrays by entry name; counters ``hits``, ``misses``, ``corrupt``, ``written``."""
+    """Get and put arrays by entry name; counters ``cache_hits``, ``cache_misses``, ``cache_corrupt``."""
 
     def __init__(self, url: str, storage_options: Mapping[str, Any] | None = None,
                  counters: Counters | None = None) -> None:  # fmt: skip
