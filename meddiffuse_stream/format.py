@@ -62,7 +62,7 @@ def make_key(*parts: str) -> str:
     if not key:
         raise ValueError(f"cannot make a sample key from {parts!r}: nothing left after removing unsafe characters")
     if len(key) > _MAX_KEY_LEN:
-        digest = hashlib.sha256(raw.encode()).hexdigest()[:12]
+        digest = hashlib.sha256(raw.encode("utf-8", "surrogateescape")).hexdigest()[:12]
         key = f"{key[: _MAX_KEY_LEN - 13]}_{digest}"
     return key
 

@@ -64,10 +64,11 @@ def is_transient(error: BaseException) -> bool:
 class RetryPolicy:
     """Backoff ``base * 2**attempt`` capped at ``cap`` seconds, with ±``jitter`` fraction, ``attempts`` tries.
 
-    The defaults wait about 65 s in all before giving up on one shard: an outage of a minute is survived.
+    The defaults wait 64–107 s in all (85 s nominal, jitter either way) before giving up on one shard, so an outage
+    of a minute is survived whatever the jitter draws.
     """
 
-    attempts: int = 10
+    attempts: int = 13
     base: float = 0.5
     cap: float = 10.0
     jitter: float = 0.25

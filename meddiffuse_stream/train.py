@@ -103,6 +103,7 @@ def train(config: TrainConfig) -> dict[str, Any]:
     scaler = torch.amp.GradScaler("cuda", enabled=cuda and config.amp)
     weights = _class_weights(loader).to(device) if config.loss == "weighted" else None
     step = 0
+    state: dict[str, Any] = {}
     if config.resume and (out / CHECKPOINT).exists():
         state = torch.load(out / CHECKPOINT, map_location="cpu", weights_only=True)
         _unwrap(model).load_state_dict(state["model"])
@@ -111,7 +112,7 @@ def train(config: TrainConfig) -> dict[str, Any]:
         scaler.load_state_dict(state["scaler"])
         loader.load_state_dict(state["loader"][rank])
         step = int(state["step"])
-    keys = open(out / f"keys-rank{rank}.txt", "a") if config.key_log else None
+    keys = _open_key_log(out / f"keys-rank{rank}.txt", state.get("key_log_bytes"), rank) if config.key_log else None
     bar = tqdm(total=total_steps, initial=step, desc=f"train {config.model}/{config.augment}", unit="step",
                disable=rank != 0)  # fmt: skip
     losses: list[float] = []
@@ -138,8 +139,8 @@ def train(config: TrainConfig) -> dict[str, Any]:
                 if loader.augment is not None and loader.augment.teacher is not None:
                     loader.augment.maybe_refresh_teacher(_unwrap(model), step, loader.augment.refresh_every)
                 if config.checkpoint_every and step % config.checkpoint_every == 0:
-                    _checkpoint(out, model, optimizer, scheduler, scaler, loader, step, rank, world)
-            _checkpoint(out, model, optimizer, scheduler, scaler, loader, step, rank, world)
+                    _checkpoint(out, model, optimizer, scheduler, scaler, loader, step, rank, world, keys)
+            _checkpoint(out, model, optimizer, scheduler, scaler, loader, step, rank, world, keys)
             if loader.epoch + 1 >= config.epochs:
                 break
             loader.set_epoch(loader.epoch + 1)
@@ -201,14 +202,25 @@ def _unwrap(model: torch.nn.Module) -> torch.nn.Module:
     return model.module if hasattr(model, "module") else model
 
 
-def _checkpoint(out, model, optimizer, scheduler, scaler, loader, step, rank, world) -> None:
-    """Rank 0 writes one file holding every rank's loader state (gathered), atomically."""
-    loader_state = loader.state_dict()
-    states = [None] * world
+def _open_key_log(path: Path, checkpointed_bytes: list[int] | None, rank: int) -> Any:
+    """The key log, cut back to what it held at the checkpoint being resumed: keys trained after that checkpoint
+    by a run that was then killed are trained again, so they must not be listed twice."""
+    if checkpointed_bytes is None:
+        return open(path, "w")
+    handle = open(path, "a" if path.exists() else "w")
+    handle.truncate(checkpointed_bytes[rank])
+    handle.seek(checkpointed_bytes[rank])
+    return handle
+
+
+def _checkpoint(out, model, optimizer, scheduler, scaler, loader, step, rank, world, keys=None) -> None:
+    """Rank 0 writes one file holding every rank's loader state and key-log length (gathered), atomically."""
+    local = (loader.state_dict(), keys.tell() if keys is not None else 0)
+    parts = [None] * world
     if world > 1:
-        dist.all_gather_object(states, loader_state)
+        dist.all_gather_object(parts, local)
     else:
-        states = [loader_state]
+        parts = [local]
     if rank != 0:
         return
     state = {
@@ -216,9 +228,11 @@ def _checkpoint(out, model, optimizer, scheduler, scaler, loader, step, rank, wo
         "optimizer": optimizer.state_dict(),
         "scheduler": scheduler.state_dict(),
         "scaler": scaler.state_dict(),
-        "loader": states,
+        "loader": [part[0] for part in parts],
         "step": step,
     }
+    if keys is not None:
+        state["key_log_bytes"] = [part[1] for part in parts]
     temporary = out / f".{CHECKPOINT}.tmp"
     torch.save(state, temporary)
     os.replace(temporary, out / CHECKPOINT)

@@ -15,26 +15,66 @@ import tempfile
 import time
 import urllib.request
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 ACCESS_KEY = "meddiffuse-test"
 SECRET_KEY = "meddiffuse-test-secret"
 
 
+READER_KEY = "meddiffuse-reader"
+READER_SECRET = "meddiffuse-reader-secret"
+
+
 @dataclass
 class S3Server:
     endpoint: str
-    process: subprocess.Popen
+    process: subprocess.Popen | None
     data_dir: str
+    command: list[str] = field(default_factory=list)
 
     @property
     def storage_options(self) -> dict[str, object]:
         return {"key": ACCESS_KEY, "secret": SECRET_KEY, "client_kwargs": {"endpoint_url": self.endpoint}}
 
     @property
+    def read_only_storage_options(self) -> dict[str, object]:
+        """An identity that may read and list but not write (for read-only cache locations)."""
+        return {"key": READER_KEY, "secret": READER_SECRET, "client_kwargs": {"endpoint_url": self.endpoint}}
+
+    @property
     def env(self) -> dict[str, str]:
         """The environment a user would set: credentials and endpoint, nothing on the command line."""
         return {"AWS_ACCESS_KEY_ID": ACCESS_KEY, "AWS_SECRET_ACCESS_KEY": SECRET_KEY, "AWS_ENDPOINT_URL": self.endpoint}
+
+    def kill(self) -> None:
+        """SIGKILL, as a crashed node or an OOM kill would; the data folder stays."""
+        if self.process is None:
+            return
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(self.process.pid, signal.SIGKILL)
+        self.process.wait(timeout=30)
+
+    def start(self, timeout: float = 60.0) -> None:
+        """(Re)start on the same ports and data folder and wait until a bucket round-trip works."""
+        for sock in glob.glob("/tmp/seaweedfs-*.sock"):  # a killed server leaves its gRPC sockets behind
+            if _socket_owner_gone(sock):
+                with contextlib.suppress(OSError):
+                    os.remove(sock)
+        log = open(os.path.join(self.data_dir, "weed.log"), "ab")
+        self.process = subprocess.Popen(self.command, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+        log.close()
+        _wait_ready(self, timeout)
+
+
+def _socket_owner_gone(path: str) -> bool:
+    probe = socket.socket(socket.AF_UNIX)
+    try:
+        probe.connect(path)
+        return False
+    except OSError:
+        return True
+    finally:
+        probe.close()
 
 
 def _free_block(span: int = 10010) -> int:
@@ -80,19 +120,14 @@ def seaweed_server() -> Iterator[S3Server]:
     """Start a fresh server in a temporary folder; SIGKILL and clean up afterwards (SIGTERM takes ~20 s)."""
     data_dir = tempfile.mkdtemp(prefix="seaweed-")
     config = os.path.join(data_dir, "s3.json")
+    identities = [
+        {"name": "tests", "credentials": [{"accessKey": ACCESS_KEY, "secretKey": SECRET_KEY}],
+         "actions": ["Admin", "Read", "Write", "List", "Tagging"]},
+        {"name": "reader", "credentials": [{"accessKey": READER_KEY, "secretKey": READER_SECRET}],
+         "actions": ["Read", "List"]},
+    ]  # fmt: skip
     with open(config, "w") as stream:
-        json.dump(
-            {
-                "identities": [
-                    {
-                        "name": "tests",
-                        "credentials": [{"accessKey": ACCESS_KEY, "secretKey": SECRET_KEY}],
-                        "actions": ["Admin", "Read", "Write", "List", "Tagging"],
-                    }
-                ]
-            },
-            stream,
-        )
+        json.dump({"identities": identities}, stream)
     port = _free_block()
     before = set(glob.glob("/tmp/seaweedfs-*.sock"))
     command = [
@@ -101,17 +136,12 @@ def seaweed_server() -> Iterator[S3Server]:
         "-s3", f"-s3.port={port}", f"-s3.config={config}", "-master.volumeSizeLimitMB=64", "-volume.max=100",
         "-volume.preStopSeconds=0", "-s3.port.iceberg=0", "-s3.port.lance=0", "-master.telemetry=false",
     ]  # fmt: skip
-    log = open(os.path.join(data_dir, "weed.log"), "wb")
-    process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
-    server = S3Server(f"http://127.0.0.1:{port}", process, data_dir)
+    server = S3Server(f"http://127.0.0.1:{port}", None, data_dir, command)
     try:
-        _wait_ready(server)
+        server.start()
         yield server
     finally:
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(process.pid, signal.SIGKILL)
-        process.wait(timeout=30)
-        log.close()
+        server.kill()
         for sock in set(glob.glob("/tmp/seaweedfs-*.sock")) - before:
             with contextlib.suppress(OSError):
                 os.remove(sock)
@@ -121,7 +151,7 @@ def seaweed_server() -> Iterator[S3Server]:
 def _wait_ready(server: S3Server, timeout: float = 60.0) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        if server.process.poll() is not None:
+        if server.process is not None and server.process.poll() is not None:
             with open(os.path.join(server.data_dir, "weed.log"), errors="replace") as stream:
                 raise RuntimeError(f"weed exited early:\n{stream.read()[-3000:]}")
         try:
@@ -139,7 +169,8 @@ def _wait_ready(server: S3Server, timeout: float = 60.0) -> None:
     fs = s3fs.S3FileSystem(**server.storage_options)
     while True:  # the filer may lag the S3 gateway: wait until a bucket round-trip works
         try:
-            fs.mkdir("ready-check")
+            with contextlib.suppress(FileExistsError):  # a restarted server still has it
+                fs.mkdir("ready-check")
             fs.pipe("ready-check/probe", b"ok")
             if fs.cat("ready-check/probe") == b"ok":
                 return

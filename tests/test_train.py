@@ -6,6 +6,7 @@ import signal
 import subprocess
 import sys
 import time
+from collections import Counter
 from pathlib import Path
 
 import pytest
@@ -55,7 +56,7 @@ def _index(root):
 def _train(demo, out, *extra):
     return [sys.executable, "-m", "meddiffuse_stream.cli", "train", str(demo), "--out", str(out), "--epochs", "3",
             "--batch-size", "4", "--augment", "mixup", "--checkpoint-every", "5", "--device", "cpu",
-            "--workers", "2", *extra]  # fmt: skip
+            "--workers", "2", "--key-log", *extra]  # fmt: skip
 
 
 @pytest.mark.slow
@@ -78,6 +79,13 @@ def test_killed_training_resumes_to_the_same_weights(demo, tmp_path):
     assert final[0]["step"] == final[1]["step"] == 72
     for name, tensor in final[0]["model"].items():
         assert torch.equal(tensor, final[1]["model"][name]), name
+    # the key log, cut back to the checkpoint on resume, lists every sample once per epoch, as the straight run's
+    logs = [(tmp_path / d / "keys-rank0.txt").read_text().splitlines() for d in ("a", "b")]
+    assert logs[0] == logs[1]
+    per_epoch = Counter(line.split()[0] for line in logs[1])
+    train_keys = {line.split()[1] for line in logs[1]}
+    assert len(per_epoch) == 3 and set(per_epoch.values()) == {len(train_keys)} == {96}
+    assert len(set(logs[1])) == len(logs[1]), "no sample twice in one epoch"
 
 
 def test_metrics_against_hand_computed_values():

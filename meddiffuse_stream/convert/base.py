@@ -18,7 +18,16 @@ __all__ = [
     "RejectError",
     "SourceFormat",
     "SourceItem",
+    "printable",
 ]
+
+
+def printable(text: str | None) -> str | None:
+    """A file name that is not valid UTF-8 (its bytes arrive as surrogates) as text every writer accepts:
+    ``caf\\xe9.png`` — what a user sees is still recognisable, and parquet and JSON can store it."""
+    if text is None:
+        return None
+    return text.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
 
 
 class RejectError(ValueError):
@@ -38,6 +47,10 @@ class SourceItem:
     meta: Mapping[str, Any] = field(default_factory=dict)
     size_hint: int = 0  # bytes on disk, to plan shards under --shard-bytes
 
+    def __post_init__(self) -> None:  # ``ref`` keeps the real name to read; what is written must be valid UTF-8
+        object.__setattr__(self, "source", printable(self.source))
+        object.__setattr__(self, "patient_id", printable(self.patient_id))
+
 
 @dataclass(frozen=True)
 class Reject:
@@ -48,7 +61,7 @@ class Reject:
     key: str | None = None
 
     def as_row(self) -> dict[str, Any]:
-        return {"path": self.source, "reason": self.reason, "key": self.key}
+        return {"path": printable(self.source), "reason": printable(self.reason), "key": self.key}
 
 
 @dataclass

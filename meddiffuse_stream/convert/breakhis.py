@@ -27,13 +27,14 @@ SUBTYPES = {
 _BENIGN = {"A", "F", "PT", "TA"}
 _NAME = re.compile(
     r"^SOB_(?P<kind>[BM])_(?P<subtype>[A-Z]{1,2})-(?P<year>\d{2})-(?P<slide>[0-9A-Za-z]+)"
-    r"-(?P<magnification>40|100|200|400)-(?P<sequence>\d{3})\.png$"
+    r"-(?P<magnification>40|100|200|400)-(?P<sequence>\d{3})\.png",
+    re.ASCII,
 )
 
 
 def parse_breakhis_name(filename: str) -> dict[str, Any]:
     """``SOB_B_A-14-22549AB-40-001.png`` → kind, subtype, patient, magnification, sequence; ValueError if not."""
-    match = _NAME.match(filename)
+    match = _NAME.fullmatch(filename)  # whole name, ASCII digits: "…-001.png\n" or Arabic-Indic digits are refused
     if match is None:
         raise ValueError(
             f"file name {filename!r} does not follow the BreakHis pattern SOB_<B|M>_<type>-<yy>-<slide>-<mag>-<nnn>.png"

@@ -37,7 +37,7 @@ class KeyAllocator:
     def __call__(self, source: str, *parts: str) -> str:
         key = make_key(*parts)
         if key in self._taken:
-            key = make_key(key[:77], hashlib.sha256(source.encode()).hexdigest()[:12])
+            key = make_key(key[:77], hashlib.sha256(source.encode("utf-8", "surrogateescape")).hexdigest()[:12])
         if key in self._taken:
             raise ValueError(f"two inputs give the same sample key {key!r}; one of them is {source}")
         self._taken.add(key)

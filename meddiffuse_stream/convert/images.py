@@ -30,10 +30,14 @@ def image_from_bytes(data: bytes, max_pixels: int = MAX_IMAGE_PIXELS) -> LoadedI
                     raise RejectError(f"image of {width}x{height} pixels is over the limit of {max_pixels}")
                 image.load()
                 return LoadedImage(_to_array(image), meta={"source_mode": image.mode})
+    except RejectError:
+        raise
     except (Image.DecompressionBombWarning, Image.DecompressionBombError) as error:
         raise RejectError(f"decompression bomb: {error}") from error
     except Image.UnidentifiedImageError as error:
         raise RejectError("not an image file PIL can read") from error
+    except (OSError, SyntaxError, ValueError, EOFError) as error:  # a known format, damaged inside
+        raise RejectError(f"not a readable image ({type(error).__name__}: {error})") from error
 
 
 def _to_array(image: Image.Image) -> np.ndarray:

@@ -19,13 +19,14 @@ CLASS_NAMES = ["normal", "abnormal"]
 _SPLITS = {"train": "train", "valid": "val"}
 _PATH = re.compile(
     r"^(?P<root>.*?)(?P<split>train|valid)/XR_(?P<part>[A-Z]+)/(?P<patient>patient\d+)/"
-    r"(?P<study>study\d+)_(?P<tag>positive|negative)/(?P<image>[^/]+)$"
+    r"(?P<study>study\d+)_(?P<tag>positive|negative)/(?P<image>[^/\s\x00-\x1f\x7f]+)",
+    re.ASCII,
 )
 
 
 def parse_mura_path(path: str) -> dict[str, Any]:
     """``MURA-v1.1/train/XR_SHOULDER/patient00001/study1_positive/image1.png`` → its parts; ValueError if not."""
-    match = _PATH.match(path.strip())
+    match = _PATH.fullmatch(path)  # whole string: a trailing newline or space is not part of a valid path
     if match is None:
         raise ValueError(f"{path!r} is not a MURA image path (<split>/XR_<PART>/patientN/studyN_<tag>/<image>)")
     parts = match.groupdict()

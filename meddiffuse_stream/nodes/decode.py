@@ -54,7 +54,8 @@ def _image(data: bytes, key: str, suffix: str, max_pixels: int) -> np.ndarray:
     if _spng is not None and _plain_8_bit_png(data):
         width, height = struct.unpack(">II", data[16:24])
         if width * height > max_pixels:
-            raise SampleError(f"{key}.{suffix}: {width}x{height} pixels is over {max_pixels}", "too many pixels")
+            raise SampleError(f"{key}.{suffix}: {width}x{height} is over the pixel limit ({max_pixels})",
+                              "too many pixels")  # fmt: skip
         try:
             array = _spng.load(data)
         except Exception as error:
@@ -65,9 +66,8 @@ def _image(data: bytes, key: str, suffix: str, max_pixels: int) -> np.ndarray:
             warnings.simplefilter("error", Image.DecompressionBombWarning)
             with Image.open(io.BytesIO(data)) as image:
                 if image.width * image.height > max_pixels:
-                    raise SampleError(
-                        f"{key}.{suffix}: {image.width}x{image.height} pixels is over {max_pixels}", "too many pixels"
-                    )
+                    raise SampleError(f"{key}.{suffix}: {image.width}x{image.height} is over the pixel limit "
+                                      f"({max_pixels})", "too many pixels")  # fmt: skip
                 image.load()
                 if image.mode in ("I;16", "I;16B", "I;16L", "I"):
                     array = np.asarray(image).astype(np.uint16)
@@ -79,6 +79,8 @@ def _image(data: bytes, key: str, suffix: str, max_pixels: int) -> np.ndarray:
                     array = np.asarray(image.convert("RGB"))
     except SampleError:
         raise
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as error:
+        raise SampleError(f"{key}.{suffix}: image is over the pixel limit ({error})", "too many pixels") from error
     except Exception as error:
         raise SampleError(
             f"{key}.{suffix}: not a readable image ({type(error).__name__}: {error})", "unreadable image"

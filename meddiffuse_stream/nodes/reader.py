@@ -44,6 +44,7 @@ class _OpenShard:
             iter_samples(stream, max_member_bytes) if stream is not None else iter(())
         )
         self.next_index = 0
+        self.refused_key: str | None = None  # the sample a refused member belonged to: its other members follow
         self.failure = failure
         self.failure_kind = "unreadable shard"
 
@@ -165,12 +166,18 @@ class PlannedSampleReader:
                     shard.failure_kind = "truncated or corrupt tar"
                 else:
                     self.counters[f"refused_members:{item.reason.split(' ')[0]}"] += 1
-                    if (shard_index, shard.next_index) in wanted:
-                        # conservative: the sample at this position is not trusted, its other members are passed over
-                        held[(shard_index, shard.next_index)] = Skip(
-                            (shard_index, shard.next_index), where, item.key, "refused tar member"
-                        )
+                    if item.key is None or item.key != shard.refused_key:
+                        # the sample the member belongs to takes its position, skipped: it is not trusted, and
+                        # its other members (which follow under the same key) are passed over below
+                        position = (shard_index, shard.next_index)
+                        shard.next_index += 1
+                        shard.refused_key = item.key
+                        if position in wanted:
+                            held[position] = Skip(position, where, item.key, "refused tar member")
                 continue
+            if item.key == shard.refused_key:
+                continue  # the rest of a refused sample
+            shard.refused_key = None
             position = (shard_index, shard.next_index)
             shard.next_index += 1
             if position in wanted and position not in held:

@@ -157,9 +157,10 @@ def _members(raw_stream: BinaryIO, max_member_bytes: int) -> Iterator[tuple[str,
                 what = {b"1": "hard link", b"2": "symbolic link"}.get(kind, f"type {kind!r}")
                 yield TarProblem(f"{what} member {name!r} refused", split_member_name(name or "?")[0])
             continue
-        if name is None:
+        if name is None:  # its sample is refused as a whole: the key keeps the raw bytes to group its members
             stream.skip(padded)
-            yield TarProblem(f"member name is not UTF-8: {raw_name!r}")
+            undecodable = raw_name.decode("utf-8", "surrogateescape")
+            yield TarProblem(f"member name is not UTF-8: {raw_name!r}", split_member_name(undecodable)[0])
             continue
         if name.startswith("/") or ".." in name.split("/"):
             stream.skip(padded)
@@ -185,11 +186,13 @@ def iter_samples(stream: BinaryIO, max_member_bytes: int = MAX_MEMBER_BYTES) -> 
     seen: set[str] = set()
     for item in _members(stream, max_member_bytes):
         if isinstance(item, TarProblem):
-            if item.fatal and current is not None:
-                if item.key is not None and item.key != current.key:
-                    yield current  # the cut is in the next sample: this one is whole
-                current = None  # otherwise it may be cut short: lost with the rest of the shard
-            yield item
+            if current is not None and item.key != current.key:
+                if item.key is not None or not item.fatal:
+                    yield current  # the problem is in a later sample: this one is whole
+                current = None
+            elif item.fatal:
+                current = None  # cut short inside this sample: lost with the rest of the shard
+            yield item  # a refused member of ``current`` comes first: the reader then passes over its other members
             continue
         name, data = item
         key, suffix = split_member_name(name)
