@@ -6,7 +6,7 @@ PY := $(VENV)/bin/python
 TORCH_PIN ?= torch==2.13.0
 STAMP := $(VENV)/.installed
 
-.PHONY: setup demo test lint bench-shard bench-loader bench-augment readme-results clean
+.PHONY: setup demo test lint bench-shard bench-loader bench-augment bench-soak readme-results clean
 
 setup: $(STAMP)
 
@@ -64,6 +64,10 @@ bench-loader: setup
 
 bench-augment: setup
 	$(PY) tools/bench_augment.py --out .bench/augment.json
+
+# 20 epochs of the demo data with MedDiffuseMix on the demo's warm cache (builds what it needs of `make demo`)
+bench-soak: .demo/teacher/metrics.json .demo/variants.done
+	$(PY) tools/bench_soak.py --out .bench/soak.json
 
 clean:
 	rm -rf $(VENV) .bench .pytest_cache .demo

@@ -20,6 +20,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from process_memory import descendants, rss_of_tree
+
 ROOT = Path(__file__).resolve().parents[1]
 
 RUNNERS = {
@@ -124,27 +126,6 @@ if __name__ == "__main__":
     return shards, litdata_dir
 
 
-def rss_of_tree(pid: int) -> int:
-    total = 0
-    for entry in [pid, *_children(pid)]:
-        try:
-            for line in Path(f"/proc/{entry}/status").read_text().splitlines():
-                if line.startswith("VmRSS:"):
-                    total += int(line.split()[1])
-        except FileNotFoundError:
-            continue
-    return total
-
-
-def _children(pid: int) -> list[int]:
-    found = []
-    for task in Path(f"/proc/{pid}/task").iterdir():
-        children = (task / "children").read_text().split()
-        for child in map(int, children):
-            found += [child, *_children(child)]
-    return found
-
-
 def rss_growth(source: str, batch: int, workers: int, epochs: int = 10) -> float:
     from meddiffuse_stream import MedDiffuseLoader
 
@@ -232,7 +213,7 @@ def s3_figures(shards: Path, settings: dict[str, object], rounds: int) -> dict[s
 def _cpu_seconds(pid: int) -> float:
     """CPU time of a process and its descendants (the SeaweedFS server is one process with threads)."""
     total = 0.0
-    for entry in [pid, *_children(pid)]:
+    for entry in [pid, *descendants(pid)]:
         try:
             fields = Path(f"/proc/{entry}/stat").read_text().rsplit(")", 1)[1].split()
         except FileNotFoundError:
