@@ -217,3 +217,11 @@ def test_mura_parser_accepts_only_whole_valid_paths(noise, position, root):
             assert parsed["split"] in ("train", "val") and parsed["image"] and path == path.rstrip()
             assert path.startswith(parsed["study_dir"]) and path[len(parsed["study_dir"]) :] == parsed["image"]
             assert f"/XR_{parsed['body_part'].upper()}/{parsed['patient_id']}/{parsed['study']}_" in "/" + path
+
+
+@pytest.mark.filterwarnings("ignore::UserWarning")
+def test_dicom_cut_anywhere_in_its_header_is_a_reject(dicom_bytes):
+    """Every cut through the file meta and the first elements (where pydicom parses lazily) is a clean reject."""
+    for cut in range(132, 1200, 3):
+        with pytest.raises(RejectError):
+            dicom_from_bytes(dicom_bytes[:cut])

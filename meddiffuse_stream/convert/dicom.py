@@ -24,11 +24,20 @@ def is_dicom(data: bytes) -> bool:
 
 def dicom_from_bytes(data: bytes, *, apply_window: bool = True) -> LoadedImage:
     """Decode one single-frame DICOM; everything that cannot be stored faithfully is a :class:`RejectError`."""
+    if not data:
+        raise RejectError("zero-byte file")
+    try:
+        return _decode(data, apply_window)
+    except (RejectError, MemoryError):
+        raise
+    except Exception as error:  # pydicom reads damaged elements lazily: any failure there is a damaged file
+        raise RejectError(f"damaged DICOM ({type(error).__name__}: {' '.join(str(error).split())[:300]})") from error
+
+
+def _decode(data: bytes, apply_window: bool) -> LoadedImage:
     import pydicom
     from pydicom.errors import InvalidDicomError
 
-    if not data:
-        raise RejectError("zero-byte file")
     try:
         ds = pydicom.dcmread(io.BytesIO(data))
     except InvalidDicomError as error:
