@@ -100,6 +100,8 @@ class MedDiffuseLoader:
         self.augment = self._build_stage(augment, seed)
         if self.augment is not None:
             self.augment.details = as_dict  # saliency and variant planes only when someone will see them
+            if self.augment.cpu_threads is None and num_workers > 0:
+                self.augment.cpu_threads = max(1, len(os.sched_getaffinity(0)) - num_workers)
         self._augment_state = self.augment.state_dict() if self.augment is not None else None
         self._epoch = 0
         self._batches = 0

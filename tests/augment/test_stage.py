@@ -204,3 +204,46 @@ def test_teacher_refresh_every_n_steps_and_safe_checkpoint_loading(tmp_path):
         assert same(loaded.state_dict(), student.state_dict())
     with pytest.raises(FileNotFoundError, match="not found"):
         load_weights(SmallCNN(1, 2, width=4), tmp_path / "missing.pt")
+
+
+class ThreadSpy(Energy):
+    """Records torch's intra-op thread count while the stage runs the teacher."""
+
+    def __init__(self):
+        super().__init__()
+        self.seen: list[int] = []
+
+    def forward(self, x):
+        self.seen.append(torch.get_num_threads())
+        return super().forward(x)
+
+
+@pytest.mark.parametrize("threads", [1, 0, None])
+def test_cpu_stage_runs_with_its_own_thread_count_and_restores_torchs(threads):
+    before = torch.get_num_threads()
+    spy = ThreadSpy()
+    stage = _stage(teacher=spy, cpu_threads=threads)
+    torch.set_num_threads(2)
+    try:
+        stage(_batch())
+        assert torch.get_num_threads() == 2, "the caller's setting is back after the call"
+        assert spy.seen and set(spy.seen) == ({1} if threads == 1 else {2})
+    finally:
+        torch.set_num_threads(before)
+
+
+def test_the_loader_gives_the_stage_the_cores_its_workers_leave(tmp_path):
+    import os
+
+    from loader_helpers import uneven_dataset
+
+    from meddiffuse_stream import MedDiffuseLoader
+
+    data = str(uneven_dataset(tmp_path, samples=8, shard_size=4))
+    cores = len(os.sched_getaffinity(0))
+    with MedDiffuseLoader(data, 4, num_workers=2, augment=AugmentStage("standard", 2)) as loader:
+        assert loader.augment.cpu_threads == max(1, cores - 2)
+    with MedDiffuseLoader(data, 4, num_workers=2, augment=AugmentStage("standard", 2, cpu_threads=0)) as loader:
+        assert loader.augment.cpu_threads == 0, "an explicit choice is kept"
+    with MedDiffuseLoader(data, 4, augment=AugmentStage("standard", 2)) as loader:
+        assert loader.augment.cpu_threads is None, "no decode workers: torch's own setting"
