@@ -164,6 +164,10 @@ def train(config: TrainConfig) -> dict[str, Any]:
     if rank == 0:
         (out / "metrics.json").write_text(json.dumps(results, indent=1) + "\n")
     if initialised_here:
+        # every rank arrives, the DDP wrapper (its reducer holds the process group) goes first, then the group:
+        # tearing down out of that order hung a rank now and then at exit (1 run in ~7 with shards on S3)
+        dist.barrier()
+        del model, optimizer, scheduler
         dist.destroy_process_group()
     return results
 

@@ -77,13 +77,13 @@ def _socket_owner_gone(path: str) -> bool:
         probe.close()
 
 
-def _free_block(span: int = 10010) -> int:
+def _free_block(span: int = 11003) -> int:
     """A port P such that P, P+1000..P+1002 and P+10000.. are free (weed derives its gRPC ports from them)."""
     for _ in range(200):
         with socket.socket() as probe:
             probe.bind(("127.0.0.1", 0))
             port = probe.getsockname()[1]
-        if port + span > 65000:
+        if port + span > 65535:  # the highest port weed derives is port + 11002
             continue
         candidates = [
             port,

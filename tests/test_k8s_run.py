@@ -5,12 +5,15 @@ variant cache, and DDP training as two torchrun "pods"."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
+import signal
 import socket
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -66,17 +69,25 @@ class LocalCluster:
             for index in range(pod.count):
                 processes.append(self._start(pod, index, port))
         assert processes, f"no pods for {workload}"
-        outputs = []
+        logs = {name: self._log(name) for name, _ in processes}
+        deadline = time.monotonic() + timeout
+        while any(process.poll() is None for _, process in processes):  # as a Job controller watches its pods
+            failed = [(n, p.returncode) for n, p in processes if p.returncode not in (None, 0)]
+            if failed or time.monotonic() > deadline:
+                for _, process in processes:
+                    with contextlib.suppress(ProcessLookupError):
+                        os.killpg(process.pid, signal.SIGKILL)
+                    process.wait()
+                what = f"{failed} failed" if failed else f"not finished in {timeout:.0f}s"
+                tails = "\n".join(f"--- {name}:\n{logs[name].read_text()[-3000:]}" for name, _ in processes)
+                raise AssertionError(f"{workload}: {what}\n{tails}")
+            time.sleep(0.2)
         for name, process in processes:
-            try:
-                out, _ = process.communicate(timeout=timeout)
-            except subprocess.TimeoutExpired:
-                for _, other in processes:
-                    other.kill()
-                raise AssertionError(f"{name} did not finish in {timeout:.0f}s") from None
-            assert process.returncode == 0, f"{name} exited {process.returncode}:\n{out[-4000:]}"
-            outputs.append(out)
-        return outputs
+            assert process.returncode == 0, f"{name} exited {process.returncode}:\n{logs[name].read_text()[-4000:]}"
+        return [logs[name].read_text() for name, _ in processes]
+
+    def _log(self, pod_name: str) -> Path:
+        return self.root / "logs" / (re.sub(r"[^A-Za-z0-9_.-]+", "_", pod_name) + ".log")
 
     def _injected(self, pod, index: int, port: str) -> dict[str, str]:
         if pod.indexed:
@@ -123,8 +134,11 @@ class LocalCluster:
         process_env = {name: localise(value) for name, value in {**dockerfile_env(), **env}.items()}
         process_env |= {"PATH": f"{binaries}{os.pathsep}{os.environ['PATH']}", "OMP_NUM_THREADS": "1"}
         name = f"{pod.name} #{index}"
-        process = subprocess.Popen(argv, cwd=self.readonly, env=process_env, stdout=subprocess.PIPE,
-                                   stderr=subprocess.STDOUT, text=True, start_new_session=True)  # fmt: skip
+        log = self._log(name)
+        log.parent.mkdir(parents=True, exist_ok=True)
+        with open(log, "w") as output:  # a file, not a pipe: a chatty pod never blocks on a full pipe
+            process = subprocess.Popen(argv, cwd=self.readonly, env=process_env, stdout=output,
+                                       stderr=subprocess.STDOUT, start_new_session=True)  # fmt: skip
         return name, process
 
 
