@@ -45,6 +45,7 @@ def run_experiment(config_path: str | Path) -> Path:
     cells = [
         (m, f, s) for f in config.get("fractions", [1.0]) for m in config["methods"] for s in config.get("seeds", [0])
     ]
+    teacher = None  # the saliency teacher evidence is measured with
     for method, fraction, seed in cells:
         run = out / "runs" / (f"{method}-s{seed}" if fraction == 1 else f"{method}-f{fraction:g}-s{seed}")
         if not (run / "metrics.json").exists():
@@ -56,8 +57,7 @@ def run_experiment(config_path: str | Path) -> Path:
                                   num_workers=config.get("workers", 0), loss=config.get("loss", "ce"),
                                   augment_stage=stage if not isinstance(stage, str) else None,
                                   device=config.get("device"), train_fraction=fraction))  # fmt: skip
-            teacher = None
-            if config.get("teacher"):
+            if teacher is None and config.get("teacher"):  # frozen: loaded once, for every cell that needs it
                 teacher = load_teacher(config["dataset"], config["teacher"], config.get("teacher_model", "cnn"))
             evidence = evidence_preservation(config["dataset"], _stage_for(method, config, seed), teacher=teacher,
                                              seed=seed)  # fmt: skip

@@ -29,7 +29,7 @@ from .nodes.source import open_dataset
 from .nodes.workers import WorkerPool
 from .retry import RetryPolicy
 
-__all__ = ["MedDiffuseLoader"]
+__all__ = ["MedDiffuseLoader", "sample_shape"]
 
 STATE_VERSION = 1
 _SETTINGS = ("seed", "rank", "world_size", "num_workers", "batch_size", "shuffle", "drop_last", "buffer_size")
@@ -237,3 +237,13 @@ def _to_device(value: Any, device: torch.device) -> Any:
     if device.type == "cuda":
         value = value.pin_memory()  # page-locked, so the copy below runs asynchronously
     return value.to(device, non_blocking=True)
+
+
+def sample_shape(source: str, storage_options: Mapping[str, Any] | None = None) -> tuple[int, int, int]:
+    """``(channels, image size, classes)`` of a dataset, from its first sample: what a model for it must take."""
+    probe = MedDiffuseLoader(source, 1, shuffle=False, storage_options=storage_options)
+    try:
+        images, _ = next(iter(probe))
+    finally:
+        probe.close()
+    return images.shape[1], images.shape[-1], len(probe.dataset.class_names)

@@ -20,7 +20,7 @@ import torch.distributed as dist
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
-from .loader import MedDiffuseLoader
+from .loader import MedDiffuseLoader, sample_shape
 from .metrics import classification_metrics
 from .models import build_model
 
@@ -62,16 +62,6 @@ def _distributed() -> tuple[int, int, bool]:
     return (dist.get_rank(), dist.get_world_size(), False) if dist.is_initialized() else (0, 1, False)
 
 
-def _shape_of(dataset: str) -> tuple[int, int]:
-    """(channels, image size) from the first shard's first sample."""
-    probe = MedDiffuseLoader(dataset, 1, shuffle=False)
-    try:
-        images, _ = next(iter(probe))
-    finally:
-        probe.close()
-    return images.shape[1], images.shape[-1]
-
-
 def _class_weights(loader: MedDiffuseLoader) -> torch.Tensor:
     info = json.loads(loader.dataset.location.read_bytes("dataset.json"))
     counts = np.array([info["splits"]["train"]["classes"][name] for name in info["class_names"]], dtype=np.float64)
@@ -87,12 +77,11 @@ def train(config: TrainConfig) -> dict[str, Any]:
     out.mkdir(parents=True, exist_ok=True)
     if config.train_fraction < 1:
         config = _with_subset(config, out, rank, world)
-    channels, size = _shape_of(config.dataset)
+    channels, size, classes = sample_shape(config.dataset)
     augment = config.augment_stage or (None if config.augment == "none" else config.augment)
     loader = MedDiffuseLoader(config.dataset, config.batch_size, num_workers=config.num_workers, seed=config.seed,
                               augment=augment, as_dict=True, rank=rank, world_size=world, cache_dir=config.cache_dir,
                               cache_bytes=config.cache_bytes)  # fmt: skip
-    classes = len(loader.dataset.class_names)
     torch.manual_seed(config.seed)  # the same initial weights on every rank
     model = build_model(config.model, channels, classes, size).to(device)
     if world > 1:

@@ -52,19 +52,9 @@ loader = MedDiffuseLoader(S["SOURCE"], BATCH, num_workers=WORKERS, shuffle=False
 }
 
 TIMER = """
-import os, time
-def tree_rss_kb(pid):
-    total, stack = 0, [pid]
-    while stack:
-        current = stack.pop()
-        try:
-            status = Path(f"/proc/{current}/status").read_text()
-            total += int(next(l for l in status.splitlines() if l.startswith("VmRSS:")).split()[1])
-            for task in Path(f"/proc/{current}/task").iterdir():
-                stack += [int(c) for c in (task / "children").read_text().split()]
-        except (FileNotFoundError, StopIteration, ProcessLookupError):
-            continue
-    return total
+import os, sys, time
+sys.path.insert(0, "tools")
+from process_memory import rss_of_tree as tree_rss_kb
 started = time.perf_counter()
 count, peak = 0, 0
 for epoch in range(EPOCHS):

@@ -20,10 +20,9 @@ import torch
 import torch.nn.functional as F
 from process_memory import rss_of_tree
 
-from meddiffuse_stream import MedDiffuseLoader
 from meddiffuse_stream.augment.factory import build_stage
+from meddiffuse_stream.loader import MedDiffuseLoader, sample_shape
 from meddiffuse_stream.models import build_model
-from meddiffuse_stream.train import _shape_of
 
 
 def main() -> None:
@@ -45,11 +44,11 @@ def main() -> None:
     torch.set_num_threads(1)  # the decode workers get the other cores, as in training here
     stage = build_stage("meddiffusemix", args.dataset, teacher=args.teacher, generator=args.generator,
                         variant_cache=args.variant_cache, seed=0)  # fmt: skip
-    channels, size = _shape_of(args.dataset)
+    channels, size, classes = sample_shape(args.dataset)
     rows = []
     with MedDiffuseLoader(args.dataset, args.batch, num_workers=args.workers, augment=stage, as_dict=True,
                           seed=0) as loader:  # fmt: skip
-        model = build_model("cnn", channels, len(loader.dataset.class_names), size)
+        model = build_model("cnn", channels, classes, size)
         optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3)
         for epoch in range(args.epochs):
             loader.set_epoch(epoch)

@@ -2,11 +2,9 @@
 
 from __future__ import annotations
 
-import json
-
 import torch
 
-from ..storage import Location
+from ..loader import sample_shape
 from .mix import MixConfig
 from .stage import NEEDS_SALIENCY, NEEDS_VARIANTS, AugmentStage
 
@@ -26,17 +24,15 @@ def default_device(name: str | None = None) -> torch.device:
     return torch.device(name or ("cuda" if torch.cuda.is_available() else "cpu"))
 
 
-def _classes(dataset: str) -> int:
-    return len(json.loads(Location(dataset).read_bytes("dataset.json"))["class_names"])
-
-
-def load_teacher(dataset: str, path: str, model_name: str = "cnn") -> torch.nn.Module:
-    """A classifier checkpoint shaped for ``dataset`` (channels, image size, classes), in eval mode."""
+def load_teacher(
+    dataset: str, path: str, model_name: str = "cnn", shape: tuple[int, int, int] | None = None
+) -> torch.nn.Module:
+    """A classifier checkpoint shaped for ``dataset`` (``shape``: its ``sample_shape`` if already known), in eval
+    mode."""
     from ..models import build_model, load_weights
-    from ..train import _shape_of
 
-    channels, size = _shape_of(dataset)
-    return load_weights(build_model(model_name, channels, _classes(dataset), size), path).eval()
+    channels, size, classes = shape or sample_shape(dataset)
+    return load_weights(build_model(model_name, channels, classes, size), path).eval()
 
 
 def build_stage(
@@ -49,12 +45,13 @@ def build_stage(
         return None if base == "none" else base
     if base in NEEDS_SALIENCY and not teacher:
         raise ValueError(f"augment {method!r} needs a saliency teacher checkpoint (--teacher, or teacher: in YAML)")
-    model = load_teacher(dataset, teacher, teacher_model) if base in NEEDS_SALIENCY else None
+    shape = sample_shape(dataset)
+    model = load_teacher(dataset, teacher, teacher_model, shape) if base in NEEDS_SALIENCY else None
     variants = None
     if generator:
         from .diffusion import load_generator
 
         variants = load_generator(generator)
-    return AugmentStage(base, _classes(dataset), teacher=model, generator=variants, variant_cache=variant_cache,
+    return AugmentStage(base, shape[2], teacher=model, generator=variants, variant_cache=variant_cache,
                         cache_saliency=model is not None, mix_config=MixConfig(**ABLATIONS.get(method, {})),
                         seed=seed)  # fmt: skip

@@ -166,12 +166,15 @@ class AugmentStage:
             result["variant"] = variants
         return result
 
-    def _saliency(self, images: torch.Tensor, labels: torch.Tensor, keys: Sequence[str]) -> torch.Tensor:
+    def _saliency(
+        self, images: torch.Tensor, labels: torch.Tensor, keys: Sequence[str], contents: list[str] | None = None
+    ) -> torch.Tensor:
         assert self.extractor is not None
         if not (self.cache_saliency and self.cache is not None):
             return self.extractor(images, labels)
         producer = f"saliency-{self.extractor.method}-teacher{self.teacher_version}"
-        names = [entry_name(k, c, producer, 0, 0) for k, c in zip(keys, content_hashes(images), strict=True)]
+        contents = contents or content_hashes(images)
+        names = [entry_name(k, c, producer, 0, 0) for k, c in zip(keys, contents, strict=True)]
         return self._cached(names, lambda index: self.extractor(images[index], labels[index]), images[:, :1])
 
     def _draw_choices(self, count: int) -> np.ndarray:
@@ -199,9 +202,9 @@ class AugmentStage:
 
         def details(index: torch.Tensor) -> torch.Tensor:
             rows = index.tolist()
-            subset_keys = [keys[i] for i in rows]
-            saliency = self._saliency(images[index], labels[index], subset_keys)
-            variants = self._variants(images[index], labels[index], subset_keys, choices[rows])
+            subset_keys, subset_contents = [keys[i] for i in rows], [contents[i] for i in rows]
+            saliency = self._saliency(images[index], labels[index], subset_keys, subset_contents)
+            variants = self._variants(images[index], labels[index], subset_keys, choices[rows], subset_contents)
             return torch.cat([saliency, variants], dim=1)
 
         def results(index: torch.Tensor) -> torch.Tensor:
@@ -223,12 +226,13 @@ class AugmentStage:
         return out, weight, extra[:, :1], extra[:, 1:]
 
     def _variants(
-        self, images: torch.Tensor, labels: torch.Tensor, keys: Sequence[str], choices: np.ndarray
-    ) -> torch.Tensor:
+        self, images: torch.Tensor, labels: torch.Tensor, keys: Sequence[str], choices: np.ndarray,
+        contents: list[str] | None = None,
+    ) -> torch.Tensor:  # fmt: skip
         identity = self.generator.identity if self.generator is not None else "cached-only"
         strength = getattr(self.generator, "strength", 0.0)
         names = [entry_name(k, c, identity, strength, int(v))
-                 for k, c, v in zip(keys, content_hashes(images), choices, strict=True)]  # fmt: skip
+                 for k, c, v in zip(keys, contents or content_hashes(images), choices, strict=True)]  # fmt: skip
         seeds = [variant_seed_of(self.variant_seed, k, int(v)) for k, v in zip(keys, choices, strict=True)]
 
         def generate(index: torch.Tensor) -> torch.Tensor:

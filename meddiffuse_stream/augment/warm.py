@@ -62,9 +62,10 @@ def warm_cache(
         images = batch["image"].to(target)
         labels = batch["label"].to(target)
         totals["samples"] += len(images)
+        contents = content_hashes(batch["image"])  # once per batch, for all M variants
         for variant in range(variants):
             names = [entry_name(k, c, identity, strength, variant)
-                     for k, c in zip(batch["key"], content_hashes(batch["image"]), strict=True)]  # fmt: skip
+                     for k, c in zip(batch["key"], contents, strict=True)]  # fmt: skip
             missing = [row for row, name in enumerate(names) if not cache.location.exists(name)]
             totals["already_cached"] += len(names) - len(missing)
             if not missing:
