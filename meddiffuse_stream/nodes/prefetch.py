@@ -12,7 +12,7 @@ from collections.abc import Callable
 
 from .shard_stream import HashingStream
 
-__all__ = ["ShardPrefetcher"]
+__all__ = ["ShardPrefetcher", "read_into_memory"]
 
 _PIECE = 1 << 20
 
@@ -38,6 +38,7 @@ class ShardPrefetcher:
     def __init__(self, fetch: Callable[[int], HashingStream], order: list[int], prefetchable: set[int], depth: int = 1):
         self._fetch = fetch
         self._order = order
+        self._position = {shard: position for position, shard in enumerate(order)}  # get() is per shard: O(1)
         self._prefetchable = prefetchable
         self._depth = depth
         self._pending: dict[int, concurrent.futures.Future[HashingStream]] = {}
@@ -52,9 +53,9 @@ class ShardPrefetcher:
         return stream
 
     def _schedule_after(self, index: int) -> None:
-        if self._pool is None or index not in self._order:
+        position = self._position.get(index)
+        if self._pool is None or position is None:
             return
-        position = self._order.index(index)
         for upcoming in self._order[position + 1 : position + 1 + self._depth]:
             if upcoming in self._prefetchable and upcoming not in self._pending:
                 self._pending[upcoming] = self._pool.submit(self._fetch, upcoming)
