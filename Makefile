@@ -59,7 +59,7 @@ bench-shard: setup
 # litdata is a benchmark-only peer: --no-deps keeps its torchvision and boto3 pins out of the environment
 bench-loader: setup
 	$(PY) -m pip install -q --disable-pip-version-check --no-deps litdata==0.2.76 lightning-utilities==0.15.3 \
-		obstore tifffile
+		tifffile
 	$(PY) tools/bench_loader.py --out .bench/loader.json
 
 bench-augment: setup

@@ -106,6 +106,7 @@ class MedDiffuseLoader:
         self._epoch = 0
         self._batches = 0
         self._epoch_set = False
+        self._pool.read_ahead(self._epoch)  # workers start now: their start-up overlaps the caller's model set-up
 
     # --- the DataLoader surface -------------------------------------------------------------------------
     @property

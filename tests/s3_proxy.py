@@ -28,10 +28,13 @@ class FaultPlan:
         self.slowdowns = 0  # object GETs answered 503 SlowDown
         self.cuts = 0  # object GETs whose body stops halfway (connection closed)
         self.deny_writes = False  # PUT/POST/DELETE answered 403 AccessDenied
+        self.only_suffix = ""  # faults only for object reads whose key ends so (".tar": shards, not dataset.json)
         self.sent: Counter[str] = Counter()
 
     def take(self, method: str, path: str, query: str) -> str | None:
-        is_object_read = method == "GET" and path.count("/") >= 2 and "list-type" not in query
+        is_object_read = (
+            method == "GET" and path.count("/") >= 2 and "list-type" not in query and path.endswith(self.only_suffix)
+        )
         with self.lock:
             self.sent["requests"] += 1
             if method in ("PUT", "POST", "DELETE") and self.deny_writes:

@@ -61,6 +61,26 @@ def test_same_seed_same_batches_other_epoch_other_order(dataset):
     second.close()
 
 
+@pytest.mark.parametrize("method", ["thread", "process"])
+def test_workers_read_ahead_and_drop_it_when_the_caller_goes_elsewhere(dataset, method):
+    """Workers start on epoch 0 when the loader is built and on epoch e+1 as soon as epoch e's last batch is handed
+    over; a set_epoch elsewhere drops what was read ahead. The batches are always those of a fresh loader."""
+    settings = dict(seed=4, as_dict=True, num_workers=2, worker_method=method)
+
+    def fresh(epoch: int) -> list[list[str]]:
+        with MedDiffuseLoader(dataset, 8, **settings) as loader:
+            loader.set_epoch(epoch)
+            return _epoch_keys(loader)
+
+    with MedDiffuseLoader(dataset, 8, **settings) as loader:
+        generation = lambda: loader._pool._generation.value  # noqa: E731 - one command to the workers each
+        assert generation() == 1, "the workers were set to epoch 0 when the loader was built"
+        assert _epoch_keys(loader) == fresh(0) and generation() == 2  # ... and to epoch 1 with epoch 0's last batch
+        assert _epoch_keys(loader) == fresh(1) and generation() == 3  # epoch 1 took what was read ahead
+        loader.set_epoch(7)
+        assert _epoch_keys(loader) == fresh(7) and generation() == 5  # epoch 2's read-ahead was dropped
+
+
 @pytest.mark.parametrize(("workers", "method"), [(0, "process"), (2, "thread"), (2, "process")])
 @pytest.mark.parametrize("stop", [1, 6, 13])
 def test_restored_loader_yields_exactly_what_the_uninterrupted_one_yields(dataset, workers, method, stop):

@@ -19,17 +19,26 @@ def _keys(loader):
 
 @pytest.mark.s3
 @pytest.mark.slow
-@pytest.mark.parametrize("workers", [0, 2])
-def test_same_epoch_from_s3_and_from_disk(tmp_path, s3_server, s3_bucket, workers):
+@pytest.mark.parametrize(("workers", "reader"), [(0, "auto"), (2, "auto"), (2, "fsspec")])
+def test_same_epoch_from_s3_and_from_disk(tmp_path, s3_server, s3_bucket, workers, reader, monkeypatch):
+    """Worker processes read shards through obstore (unless MEDDIFFUSE_S3_READER=fsspec), the main process and
+    thread workers through s3fs: the batches are the same either way."""
     import s3fs
 
+    monkeypatch.setenv("MEDDIFFUSE_S3_READER", reader)
     local = uneven_dataset(tmp_path, samples=57, shard_size=9)
     s3fs.S3FileSystem(**s3_server.storage_options).put(str(local), f"{s3_bucket}/ds", recursive=True)
     options = dict(num_workers=workers, as_dict=True, seed=2)
     with MedDiffuseLoader(str(local), 8, **options) as from_disk:
         expected = _keys(from_disk)
+        assert "shards_via_obstore" not in from_disk.counters
     with MedDiffuseLoader(f"{s3_bucket}/ds", 8, storage_options=s3_server.storage_options, **options) as remote:
         assert _keys(remote) == expected
+        via_obstore = remote.counters.get("shards_via_obstore", 0)
+    if workers and reader == "auto":
+        assert via_obstore >= 7, "worker processes read through obstore (has this test process imported it?)"
+    else:
+        assert via_obstore == 0
     cache = str(tmp_path / "cache")
     with MedDiffuseLoader(f"{s3_bucket}/ds", 8, storage_options=s3_server.storage_options, cache_dir=cache,
                           **options) as cached:  # fmt: skip

@@ -33,8 +33,11 @@ def _options(endpoint: str, key: str = "meddiffuse-test", secret: str = "meddiff
 
 
 @pytest.mark.timeout(300)
-def test_an_outage_of_a_minute_mid_epoch_loses_nothing(tmp_path):
-    """SIGKILL the server after three batches, bring it back a minute later: the epoch finishes, each sample once."""
+@pytest.mark.parametrize("reader", ["auto", "fsspec"])
+def test_an_outage_of_a_minute_mid_epoch_loses_nothing(tmp_path, reader, monkeypatch):
+    """SIGKILL the server after three batches, bring it back a minute later: the epoch finishes, each sample once,
+    whether the worker processes read through obstore (auto) or s3fs."""
+    monkeypatch.setenv("MEDDIFFUSE_S3_READER", reader)
     local = uneven_dataset(tmp_path, samples=240, shard_size=10)
     with MedDiffuseLoader(str(local), 8, as_dict=True, seed=3, num_workers=2) as loader:
         expected = _epoch(loader)
@@ -65,6 +68,7 @@ def test_an_outage_of_a_minute_mid_epoch_loses_nothing(tmp_path):
     print(f"outage {outage['seconds']:.1f}s, loader counters {counters}")
     assert seen == expected, "the same samples, once each, in the same order as from local disk"
     assert counters["retries"] > 0 and counters.get("skipped", 0) == 0
+    assert (counters.get("shards_via_obstore", 0) > 0) == (reader == "auto")
 
 
 def test_slowdown_and_streams_cut_short_are_retried_and_lose_nothing(tmp_path, s3_server, s3_bucket):
@@ -82,6 +86,24 @@ def test_slowdown_and_streams_cut_short_are_retried_and_lose_nothing(tmp_path, s
             assert _epoch(loader) == expected
             counters = dict(loader.counters)
     assert plan.sent["slowdown"] == 6 and plan.sent["cut"] == 4, plan.sent
+    assert counters.get("skipped", 0) == 0 and counters["shards_verified"] == 10
+
+
+def test_obstore_reads_leave_every_fault_to_the_loaders_retries_and_lose_nothing(tmp_path, s3_server, s3_bucket):
+    """Worker processes read shards through obstore with its own retries off: each injected fault is one retry of
+    the loader's RetryPolicy, counted, and the epoch is exactly the local one."""
+    local = uneven_dataset(tmp_path, samples=60, shard_size=6)
+    s3fs.S3FileSystem(**s3_server.storage_options).put(str(local), f"{s3_bucket}/ds", recursive=True)
+    with MedDiffuseLoader(str(local), 8, as_dict=True, seed=1, num_workers=1) as loader:
+        expected = _epoch(loader)
+    with fault_proxy(s3_server.endpoint) as (endpoint, plan):
+        plan.only_suffix, plan.slowdowns, plan.cuts = ".tar", 3, 3  # the workers start reading on construction
+        with MedDiffuseLoader(f"{s3_bucket}/ds", 8, as_dict=True, seed=1, num_workers=1,
+                              storage_options=_options(endpoint)) as loader:  # fmt: skip
+            assert _epoch(loader) == expected
+            counters = dict(loader.counters)
+    assert plan.sent["slowdown"] == 3 and plan.sent["cut"] == 3, plan.sent
+    assert counters["shards_via_obstore"] == 10 and counters["retries"] == 6, counters
     assert counters.get("skipped", 0) == 0 and counters["shards_verified"] == 10
 
 

@@ -7,6 +7,7 @@ from typing import Any, BinaryIO
 
 import numpy as np
 
+from .. import object_reader
 from ..counters import Counters
 from ..retry import ResumableReader, RetryPolicy
 from ..shard_cache import ShardCache, ShardIntegrityError
@@ -69,7 +70,13 @@ def open_shard(
     def count_retry(_: BaseException) -> None:
         counters["retries"] += 1
 
+    fast = object_reader.reader_for(location)
+    if fast is not None:
+        counters[f"shards_via_{fast.name}"] += 1
+
     def open_at(offset: int) -> Any:
+        if fast is not None:
+            return fast.open(path, offset, info.bytes)
         stream = location.fs.open(path, "rb")
         if offset:
             stream.seek(offset)

@@ -8,6 +8,7 @@ import sys
 import traceback
 from typing import Any
 
+from .. import object_reader
 from ..counters import Counters
 from .chunks import ChunkBuilder, LoaderDataError, StageConfig
 
@@ -27,8 +28,12 @@ def _take(counters: Counters) -> dict[str, int]:
     return delta
 
 
-def worker_loop(worker: int, config: StageConfig, commands: Any, results: Any, generation: Any) -> None:
+def worker_loop(
+    worker: int, config: StageConfig, commands: Any, results: Any, generation: Any, own_process: bool = False
+) -> None:
     """Serve commands until ``None``: each one produces this worker's chunks of one epoch from a position."""
+    if own_process:  # a process of its own may read S3 through obstore (see object_reader: threads may not)
+        object_reader.allow_in_this_process()
     if "torch" in sys.modules:  # decode work is single-threaded; keep torch from oversubscribing the cores
         sys.modules["torch"].set_num_threads(1)
     # a forked worker must not reuse the parent's storage clients (fsspec's S3 filesystem is not fork-safe):

@@ -1,8 +1,9 @@
 """The worker stage: chunk builders in persistent processes or threads (or inline), read back in plan order.
 
 Workers live as long as the loader: a new epoch or a restore sends each one a command ``(generation, epoch,
-samples already done)``; chunks of an older generation still in flight are dropped. A worker that dies raises an
-error naming it and its exit code instead of hanging the training loop.
+samples already done)``; chunks of an older generation still in flight are dropped. Workers read ahead: they start
+on the first epoch when the pool is built and on the next one as soon as an epoch's last chunk is handed over. A
+worker that dies raises an error naming it and its exit code instead of hanging the training loop.
 """
 
 from __future__ import annotations
@@ -44,6 +45,7 @@ class WorkerPool(BaseNode):
         prefetch: int = 2,
         mp_context: str = "spawn",
         counters: Counters | None = None,
+        read_ahead_epochs: bool = True,
     ) -> None:
         super().__init__()
         if method not in METHODS:
@@ -62,6 +64,8 @@ class WorkerPool(BaseNode):
         self._results: list[Any] = []
         self._generation: Any = None
         self._finalizer: Any = None
+        self.read_ahead_epochs = read_ahead_epochs
+        self._ahead: tuple[int, int, list[int]] | None = None
 
     @property
     def inline(self) -> bool:
@@ -73,7 +77,12 @@ class WorkerPool(BaseNode):
     def reset(self, initial_state: dict[str, Any] | None = None) -> None:
         super().reset(initial_state)
         state = initial_state or {self.EPOCH_KEY: self._epoch, self.BATCHES_KEY: 0}
-        self._epoch, self._batches = int(state[self.EPOCH_KEY]), int(state[self.BATCHES_KEY])
+        epoch, batches = int(state[self.EPOCH_KEY]), int(state[self.BATCHES_KEY])
+        ahead, self._ahead = self._ahead, None
+        self._epoch, self._batches = epoch, batches
+        if ahead is not None and ahead[:2] == (epoch, batches):
+            self._schedule = ahead[2]  # the workers are already producing it
+            return
         plan = self.plan()
         self._schedule = plan.schedule()
         done = plan.skips(self._batches)
@@ -82,10 +91,26 @@ class WorkerPool(BaseNode):
             self._builders = [ChunkBuilder(config, 0, self.counters)]
             self._builders[0].reset({ChunkBuilder.POSITION_KEY: done[0]})
             return
+        self._send(epoch, done)
+
+    def read_ahead(self, epoch: int, batches: int = 0) -> None:
+        """Set the workers to work on where the next ``reset`` will most likely start.
+
+        Called when the loader is built (spawning, imports and the first shard fetches overlap the caller's model
+        set-up) and when an epoch's last chunk is handed over (the next epoch's first shards arrive during the last
+        step). A ``reset`` to anywhere else drops what was read ahead; each worker holds at most ``prefetch`` chunks.
+        """
+        if self.inline:
+            return
+        plan = self.plan(epoch)
+        self._send(epoch, plan.skips(batches))
+        self._ahead = (epoch, batches, plan.schedule())
+
+    def _send(self, epoch: int, done: list[int]) -> None:
         self._ensure_started()
         self._generation.value += 1
         for worker, commands in enumerate(self._commands):
-            commands.put((self._generation.value, self._epoch, done[worker]))
+            commands.put((self._generation.value, epoch, done[worker]))
 
     def get_state(self) -> dict[str, Any]:
         return {self.EPOCH_KEY: self._epoch, self.BATCHES_KEY: self._batches}
@@ -96,6 +121,8 @@ class WorkerPool(BaseNode):
         worker = self._schedule[self._batches]
         chunk = next(self._builders[0]) if self.inline else self._receive(worker)
         self._batches += 1
+        if self._batches == len(self._schedule) and self.read_ahead_epochs:
+            self.read_ahead(self._epoch + 1)
         return chunk
 
     def _receive(self, worker: int) -> dict[str, Any]:
@@ -132,7 +159,7 @@ class WorkerPool(BaseNode):
             context = multiprocessing.get_context(self.mp_context)
             self._generation = context.Value("q", 0)
             make_queue = context.Queue
-            start = lambda *args: context.Process(target=worker_loop, args=args, daemon=True)  # noqa: E731
+            start = lambda *args: context.Process(target=worker_loop, args=(*args, True), daemon=True)  # noqa: E731
         else:
             self._generation = Box()
             make_queue = queue.Queue
@@ -153,6 +180,7 @@ class WorkerPool(BaseNode):
         if self._finalizer is not None:
             self._finalizer()
         self._workers, self._commands, self._results, self._finalizer = [], [], [], None
+        self._ahead = None
 
 
 def _shutdown(method: str, workers: list[Any], commands: list[Any], results: list[Any], generation: Any) -> None:
