@@ -4,13 +4,14 @@
 Each run is a fresh subprocess (peak memory: the sampled RSS of it and its workers) reading the same 64x64 grey
 images into float32 (B, 1, 64, 64) batches with the
 same worker count and batch size; runs alternate (webdataset, litdata, meddiffuse, ...) so machine drift hits all
-alike, and the median is reported. Also: the same loader from SeaweedFS S3 against local disk, and memory growth
-over 10 epochs. Writes ``.bench/loader.json``.
+alike, and the median is reported. Also: the same loader from SeaweedFS S3 against local disk (the server on a core
+of its own, then sharing the loader's cores), and memory growth over 10 epochs. Writes ``.bench/loader.json``.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import statistics
@@ -68,14 +69,18 @@ print(json.dumps({"samples": count, "seconds": elapsed, "peak_rss_mb": peak / 10
 """
 
 
-def run(name: str, settings: dict[str, object]) -> dict[str, float]:
+def run(
+    name: str, settings: dict[str, object], env: dict[str, str] | None = None, cores: set[int] | None = None
+) -> dict[str, float]:
     header = (
         "import json, torch\nfrom pathlib import Path\n"
         f"S = json.loads({json.dumps(settings)!r})\n"
         "BATCH, WORKERS, EPOCHS, SIZE = S['BATCH'], S['WORKERS'], S['EPOCHS'], S['SIZE']\n"
     )
     code = header + RUNNERS[name] + TIMER
-    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, timeout=1200)
+    pin = (lambda: os.sched_setaffinity(0, cores)) if cores else None  # workers inherit it
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, timeout=1200,
+                            env={**os.environ, **(env or {})}, preexec_fn=pin)  # fmt: skip
     if result.returncode != 0:
         raise RuntimeError(f"{name} failed:\n{result.stderr[-3000:]}")
     figures = json.loads(result.stdout.strip().splitlines()[-1])
@@ -165,39 +170,71 @@ def main() -> None:
         }
         results.update(s3_figures(shards, settings["meddiffuse"], args.rounds))
         results["rss_growth_10_epochs"] = round(rss_growth(str(shards), args.batch, args.workers), 4)
-    for name in ("ratio_vs_webdataset", "ratio_vs_litdata", "ratio_s3_vs_local", "s3_server_cpu_share",
-                 "rss_growth_10_epochs"):  # fmt: skip
-        print(f"{name:22s} {results[name]}")
+    for name in ("ratio_vs_webdataset", "ratio_vs_litdata", "ratio_s3_vs_local", "ratio_s3_via_s3fs_vs_local",
+                 "server_on_loader_cores", "rss_growth_10_epochs"):  # fmt: skip
+        print(f"{name:26s} {results[name]}")
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(results, indent=1) + "\n")
 
 
 def s3_figures(shards: Path, settings: dict[str, object], rounds: int) -> dict[str, object]:
+    """The loader from SeaweedFS against local disk, worker processes reading shards through obstore (the default)
+    and through s3fs, in two settings, runs alternating: the server on a core of its own and the loader on the
+    others, as with a store that is not on the training node (the headline ratios); and the server sharing every
+    core with the loader (how much of them it took is reported)."""
     sys.path.insert(0, str(ROOT / "tests"))
     import s3fs
     from seaweed import seaweed_server
 
+    cores = sorted(os.sched_getaffinity(0))
+    own_core, loader_cores = {cores[-1]}, set(cores[:-1]) or None
     with seaweed_server() as server:
         fs = s3fs.S3FileSystem(**server.storage_options)
         fs.mkdir("bench")
         fs.put(str(shards), "bench/shards", recursive=True)
         remote = {**settings, "SOURCE": "s3://bench/shards", "OPTIONS": server.storage_options}
-        local_rates, s3_rates, server_share = [], [], []
+        via_s3fs = {"MEDDIFFUSE_S3_READER": "fsspec"}
+        rates: dict[str, list[float]] = {}
+        server_share = []
         for _ in range(rounds):
-            local_rates.append(run("meddiffuse", settings)["rate"])
+            _pin_tree(server.process.pid, own_core)
+            for name, source, env in (("local", settings, None), ("s3", remote, None), ("s3fs", remote, via_s3fs)):
+                rates.setdefault(name, []).append(run("meddiffuse", source, env, loader_cores)["rate"])
+            _pin_tree(server.process.pid, set(cores))
+            rates.setdefault("shared local", []).append(run("meddiffuse", settings)["rate"])
             before = _cpu_seconds(server.process.pid)
             figures = run("meddiffuse", remote)
-            s3_rates.append(figures["rate"])
-            # the S3 server shares this machine's cores with the loader: how much of them it took
-            server_share.append((_cpu_seconds(server.process.pid) - before) / (figures["seconds"] * os.cpu_count()))
+            rates.setdefault("shared s3", []).append(figures["rate"])
+            server_share.append((_cpu_seconds(server.process.pid) - before) / (figures["seconds"] * len(cores)))
+            rates.setdefault("shared s3fs", []).append(run("meddiffuse", remote, via_s3fs)["rate"])
             time.sleep(0.1)
-    local, s3 = statistics.median(local_rates), statistics.median(s3_rates)
-    print(f"{'meddiffuse s3':12s} {s3:8.0f} samples/s (local {local:.0f})")
+    median = {name: statistics.median(values) for name, values in rates.items()}
+    for name, rate in median.items():
+        print(f"meddiffuse {name:12s} {rate:8.0f} samples/s")
     return {
-        "samples_per_s_s3": round(s3, 1),
-        "ratio_s3_vs_local": round(s3 / local, 3),
-        "s3_server_cpu_share": round(statistics.median(server_share), 3),
+        "s3_setup": f"server pinned to CPU {cores[-1]}, loader to CPUs {sorted(loader_cores or cores)}",
+        "samples_per_s_local_pinned": round(median["local"], 1),
+        "samples_per_s_s3": round(median["s3"], 1),
+        "samples_per_s_s3_via_s3fs": round(median["s3fs"], 1),
+        "ratio_s3_vs_local": round(median["s3"] / median["local"], 3),
+        "ratio_s3_via_s3fs_vs_local": round(median["s3fs"] / median["local"], 3),
+        "server_on_loader_cores": {
+            "samples_per_s_local": round(median["shared local"], 1),
+            "samples_per_s_s3": round(median["shared s3"], 1),
+            "samples_per_s_s3_via_s3fs": round(median["shared s3fs"], 1),
+            "ratio_s3_vs_local": round(median["shared s3"] / median["shared local"], 3),
+            "ratio_s3_via_s3fs_vs_local": round(median["shared s3fs"] / median["shared local"], 3),
+            "server_cpu_share": round(statistics.median(server_share), 3),
+        },
     }
+
+
+def _pin_tree(pid: int, cores: set[int]) -> None:
+    """Every thread of the server (weed is one process) onto ``cores``; threads it makes later inherit it."""
+    for entry in [pid, *descendants(pid)]:
+        for task in Path(f"/proc/{entry}/task").glob("*"):
+            with contextlib.suppress(OSError):
+                os.sched_setaffinity(int(task.name), cores)
 
 
 def _cpu_seconds(pid: int) -> float:
