@@ -24,6 +24,7 @@ from typing import Any
 
 __all__ = [
     "MODE_VARIABLE",
+    "ObjectBody",
     "ObstoreReader",
     "allow_in_this_process",
     "reader_for",
