@@ -212,6 +212,11 @@ def _translate(error: BaseException, path: str) -> Exception:
     if type(error).__name__ in ("PermissionDeniedError", "UnauthenticatedError"):
         return PermissionError(f"{where}: access denied, check the keys and the bucket policy ({text})")
     status = _status(error)
+    if status is not None and 300 <= status < 400:  # s3fs follows a bucket's region; obstore reports it
+        return OSError(
+            f"{where}: HTTP {status}, the bucket answers from another region: set client_kwargs={{'region_name': ...}} "
+            f"or AWS_REGION to the bucket's region, or {MODE_VARIABLE}=fsspec ({text})"
+        )
     if status is not None and 400 <= status < 500 and status not in (408, 429):
         return OSError(f"{where}: HTTP {status} ({text})")
     return ConnectionError(f"{where}: {text}")  # 5xx, SlowDown, refused, reset, a body cut short: worth a retry

@@ -17,6 +17,7 @@ import pytest
 
 from meddiffuse_stream import object_reader
 from meddiffuse_stream.object_reader import MODE_VARIABLE, reader_for, s3_config
+from meddiffuse_stream.retry import is_transient
 from meddiffuse_stream.storage import Location
 
 KEYS = {"key": "AK", "secret": "SK"}
@@ -71,6 +72,36 @@ def test_settings_that_reach_what_s3fs_would_reach_are_translated(options, envir
 def test_anything_else_keeps_s3fs_and_says_why(options, environ, why):
     config, reason = s3_config(options, environ)
     assert config is None and why in reason
+
+
+class GenericError(Exception):
+    """Named as obstore's: its messages carry the HTTP status as below."""
+
+
+class PermissionDeniedError(Exception):
+    pass
+
+
+@pytest.mark.parametrize(
+    ("error", "kind", "transient"),
+    [
+        (GenericError("Server returned non-2xx status code: 503 Service Unavailable: SlowDown"), ConnectionError, True),
+        (GenericError("HTTP error: request or response body error"), ConnectionError, True),
+        (GenericError("HTTP error: error sending request"), ConnectionError, True),
+        (GenericError("Server returned non-2xx status code: 429 Too Many Requests"), ConnectionError, True),
+        (GenericError("Server returned non-2xx status code: 301 Moved Permanently"), OSError, False),
+        (GenericError("Server returned non-2xx status code: 400 Bad Request: AuthorizationHeaderMalformed"), OSError,
+         False),
+        (PermissionDeniedError("403 Forbidden: SignatureDoesNotMatch"), PermissionError, False),
+        (FileNotFoundError("Object at location x not found"), FileNotFoundError, False),
+    ],
+)  # fmt: skip
+def test_obstore_errors_become_what_the_retry_policy_reads(error, kind, transient):
+    translated = object_reader._translate(error, "bucket/train/train-000001.tar")
+    assert type(translated) is kind and is_transient(translated) is transient
+    assert "s3://bucket/train/train-000001.tar" in str(translated)
+    if "301" in str(error):
+        assert "region" in str(translated) and MODE_VARIABLE in str(translated)
 
 
 class _Recorded:
