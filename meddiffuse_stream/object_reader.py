@@ -29,6 +29,7 @@ __all__ = [
     "allow_in_this_process",
     "reader_for",
     "s3_config",
+    "store_settings",
 ]
 
 MODE_VARIABLE = "MEDDIFFUSE_S3_READER"
@@ -117,6 +118,21 @@ def reader_for(location: Any) -> ObstoreReader | None:
     return reader
 
 
+def store_settings(bucket: str, config: Mapping[str, Any]) -> dict[str, Any]:
+    """``S3Store`` keyword arguments: addressing as botocore's "auto", timeouts like its, retries left to ours."""
+    config = dict(config)
+    endpoint = str(config.get("endpoint", ""))
+    if not endpoint and "." not in bucket:  # AWS itself: virtual-hosted; dotted names break its TLS, so path style
+        config["virtual_hosted_style_request"] = True
+    client = {
+        "allow_http": endpoint.startswith("http://"),
+        "connect_timeout": "10s",
+        "read_timeout": "60s",  # a stalled body is an error, a long one is not
+        "timeout": "1h",
+    }
+    return {"config": config, "client_options": client, "retry_config": {"max_retries": 0}}
+
+
 class ObstoreReader:
     """GETs of one bucket's objects; ``open(path, offset)`` gives a stream the loader's retries can reopen."""
 
@@ -126,14 +142,7 @@ class ObstoreReader:
         from obstore.store import S3Store
 
         self.bucket = bucket
-        endpoint = str(config.get("endpoint", ""))
-        client = {
-            "allow_http": endpoint.startswith("http://"),
-            "connect_timeout": "10s",
-            "read_timeout": "60s",  # like botocore's: a stalled body is an error, a long one is not
-            "timeout": "1h",
-        }
-        self._store = S3Store(bucket, config=dict(config), client_options=client, retry_config={"max_retries": 0})
+        self._store = S3Store(bucket, **store_settings(bucket, config))
 
     def __repr__(self) -> str:  # the store holds keys: never shown
         return f"ObstoreReader({self.bucket!r})"

@@ -16,7 +16,7 @@ import obstore_checks
 import pytest
 
 from meddiffuse_stream import object_reader
-from meddiffuse_stream.object_reader import MODE_VARIABLE, reader_for, s3_config
+from meddiffuse_stream.object_reader import MODE_VARIABLE, reader_for, s3_config, store_settings
 from meddiffuse_stream.retry import is_transient
 from meddiffuse_stream.storage import Location
 
@@ -52,6 +52,15 @@ def _in_fresh_process(function, *args):
 )  # fmt: skip
 def test_settings_that_reach_what_s3fs_would_reach_are_translated(options, environ, expected):
     assert s3_config(options, environ) == (expected, "")
+
+
+def test_store_settings_address_like_botocore_and_leave_retries_to_the_loader():
+    aws = store_settings("scans", {"region": "eu-west-1"})
+    assert aws["config"]["virtual_hosted_style_request"] is True and aws["retry_config"] == {"max_retries": 0}
+    assert "virtual_hosted_style_request" not in store_settings("scans.v2", {"region": "eu-west-1"})["config"]
+    local = store_settings("scans", {"endpoint": "http://127.0.0.1:8333", "region": "us-east-1"})
+    assert "virtual_hosted_style_request" not in local["config"] and local["client_options"]["allow_http"] is True
+    assert store_settings("scans", {"endpoint": "https://minio"})["client_options"]["allow_http"] is False
 
 
 @pytest.mark.parametrize(
