@@ -214,6 +214,8 @@ def _status(error: BaseException) -> int | None:
 
 def _translate(error: BaseException, path: str) -> Exception:
     """obstore's errors as the builtin kinds :func:`~meddiffuse_stream.retry.is_transient` reads."""
+    if not isinstance(error, FileNotFoundError) and not type(error).__module__.startswith("obstore"):
+        return error  # not a storage error (a bug, an interrupt): never disguised as a retryable one
     text = str(error).split("Debug source", 1)[0].strip()
     where = f"s3://{path}"
     if isinstance(error, FileNotFoundError):

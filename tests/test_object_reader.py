@@ -84,11 +84,13 @@ def test_anything_else_keeps_s3fs_and_says_why(options, environ, why):
 
 
 class GenericError(Exception):
-    """Named as obstore's: its messages carry the HTTP status as below."""
+    """Named and placed as obstore's: its messages carry the HTTP status as below."""
+
+    __module__ = "obstore.exceptions"
 
 
 class PermissionDeniedError(Exception):
-    pass
+    __module__ = "obstore.exceptions"
 
 
 @pytest.mark.parametrize(
@@ -111,6 +113,11 @@ def test_obstore_errors_become_what_the_retry_policy_reads(error, kind, transien
     assert "s3://bucket/train/train-000001.tar" in str(translated)
     if "301" in str(error):
         assert "region" in str(translated) and MODE_VARIABLE in str(translated)
+
+
+def test_errors_that_are_not_obstores_pass_unchanged():
+    bug = TypeError("a bug in the caller")
+    assert object_reader._translate(bug, "bucket/x.tar") is bug and not is_transient(bug)
 
 
 class _Recorded:
