@@ -62,25 +62,9 @@ def s3_config(storage_options: Mapping[str, Any], environ: Mapping[str, str]) ->
     unknown = sorted(set(client) - _CLIENT_TRANSLATED)
     if unknown:
         return None, f"client_kwargs {unknown} have no obstore equivalent"
-    config: dict[str, Any] = {}
-    if options.get("anon"):
-        config["skip_signature"] = True
-    elif options.get("key") or options.get("secret"):
-        if not (options.get("key") and options.get("secret")):
-            return None, "storage_options give only one of key and secret"
-        config.update(access_key_id=options["key"], secret_access_key=options["secret"])
-        if options.get("token"):
-            config["session_token"] = options["token"]
-        elif environ.get("AWS_SESSION_TOKEN"):  # obstore would add it to the explicit keys; botocore would not
-            return None, "AWS_SESSION_TOKEN is set beside explicit keys"
-    elif environ.get("AWS_ACCESS_KEY_ID") and environ.get("AWS_SECRET_ACCESS_KEY"):
-        if environ.get("AWS_PROFILE") or environ.get("AWS_DEFAULT_PROFILE"):
-            return None, "a named AWS profile is set (botocore then ignores the key variables)"
-        config.update(access_key_id=environ["AWS_ACCESS_KEY_ID"], secret_access_key=environ["AWS_SECRET_ACCESS_KEY"])
-        if environ.get("AWS_SESSION_TOKEN"):
-            config["session_token"] = environ["AWS_SESSION_TOKEN"]
-    else:
-        return None, "credentials come from a profile, a config file or an instance role"
+    config, why = _credentials(options, environ)
+    if config is None:
+        return None, why
     endpoint = options.get("endpoint_url") or client.get("endpoint_url")
     if not endpoint and environ.get("AWS_IGNORE_CONFIGURED_ENDPOINT_URLS", "").lower() != "true":
         endpoint = environ.get("AWS_ENDPOINT_URL_S3") or environ.get("AWS_ENDPOINT_URL")
@@ -93,6 +77,26 @@ def s3_config(storage_options: Mapping[str, Any], environ: Mapping[str, str]) ->
     else:
         return None, "no endpoint and no region (s3fs would look the bucket's region up)"
     return config, ""
+
+
+def _credentials(options: Mapping[str, Any], environ: Mapping[str, str]) -> tuple[dict[str, Any] | None, str]:
+    """The identity botocore would sign with, where obstore can be given exactly that one."""
+    if options.get("anon"):
+        return {"skip_signature": True}, ""
+    if options.get("key") or options.get("secret"):
+        if not (options.get("key") and options.get("secret")):
+            return None, "storage_options give only one of key and secret"
+        if environ.get("AWS_SESSION_TOKEN") and not options.get("token"):
+            return None, "AWS_SESSION_TOKEN is set beside explicit keys"  # obstore would add it; botocore would not
+        key, secret, token = options["key"], options["secret"], options.get("token")
+    elif environ.get("AWS_ACCESS_KEY_ID") and environ.get("AWS_SECRET_ACCESS_KEY"):
+        if environ.get("AWS_PROFILE") or environ.get("AWS_DEFAULT_PROFILE"):
+            return None, "a named AWS profile is set (botocore then ignores the key variables)"
+        key, secret = environ["AWS_ACCESS_KEY_ID"], environ["AWS_SECRET_ACCESS_KEY"]
+        token = environ.get("AWS_SESSION_TOKEN")
+    else:
+        return None, "credentials come from a profile, a config file or an instance role"
+    return {"access_key_id": key, "secret_access_key": secret, **({"session_token": token} if token else {})}, ""
 
 
 def _mode() -> str:

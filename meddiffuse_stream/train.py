@@ -165,16 +165,21 @@ def _summed_counters(loader: MedDiffuseLoader, world: int) -> dict[str, dict[str
     """The loader's and the device stage's counters, summed over ranks (so a cluster run reports one total)."""
     local = {"loader": loader.counters.as_dict(),
              "augment": loader.augment.counters.as_dict() if loader.augment is not None else {}}  # fmt: skip
-    parts: list[Any] = [local]
-    if world > 1:
-        parts = [None] * world
-        dist.all_gather_object(parts, local)
     totals: dict[str, dict[str, int]] = {name: {} for name in local}
-    for part in parts:
+    for part in _gather(local, world):
         for name, counts in part.items():
             for key, value in counts.items():
                 totals[name][key] = totals[name].get(key, 0) + value
     return totals
+
+
+def _gather(local: Any, world: int) -> list[Any]:
+    """Every rank's ``local`` (picklable), in rank order, on every rank."""
+    if world == 1:
+        return [local]
+    parts: list[Any] = [None] * world
+    dist.all_gather_object(parts, local)
+    return parts
 
 
 def _with_subset(config: TrainConfig, out: Path, rank: int, world: int) -> TrainConfig:
@@ -208,12 +213,7 @@ def _open_key_log(path: Path, checkpointed_bytes: list[int] | None, rank: int) -
 
 def _checkpoint(out, model, optimizer, scheduler, scaler, loader, step, rank, world, keys=None) -> None:
     """Rank 0 writes one file holding every rank's loader state and key-log length (gathered), atomically."""
-    local = (loader.state_dict(), keys.tell() if keys is not None else 0)
-    parts = [None] * world
-    if world > 1:
-        dist.all_gather_object(parts, local)
-    else:
-        parts = [local]
+    parts = _gather((loader.state_dict(), keys.tell() if keys is not None else 0), world)
     if rank != 0:
         return
     state = {
@@ -247,10 +247,7 @@ def evaluate(model, dataset: str, split: str, batch_size: int, device, rank: int
             rows[key] = (label, row.tolist())
     loader.close()
     model.train()
-    if world > 1:
-        gathered: list[Any] = [None] * world
-        dist.all_gather_object(gathered, rows)
-        rows = {k: v for part in gathered for k, v in part.items()}  # duplicates (rank padding) collapse here
+    rows = {k: v for part in _gather(rows, world) for k, v in part.items()}  # duplicates (rank padding) collapse
     labels = np.array([rows[k][0] for k in sorted(rows)])
     probabilities = np.array([rows[k][1] for k in sorted(rows)])
     return classification_metrics(labels, probabilities, list(loader.dataset.class_names))

@@ -129,9 +129,9 @@ def seaweed_server() -> Iterator[S3Server]:
     with open(config, "w") as stream:
         json.dump({"identities": identities}, stream)
     port = _free_block()
+    before = set(glob.glob("/tmp/seaweedfs-*.sock"))
     # every bucket is a collection of 7 volumes of its own: -volume.max=100 ran out after 14 buckets in one session
     # ("No writable volumes and no free volumes left", an InternalError on PUT). Volume files grow as written.
-    before = set(glob.glob("/tmp/seaweedfs-*.sock"))
     command = [
         weed_binary(), "server", "-ip=127.0.0.1", "-ip.bind=127.0.0.1", f"-dir={data_dir}",
         f"-master.port={port + 1000}", f"-volume.port={port + 1001}", "-filer", f"-filer.port={port + 1002}",

@@ -213,19 +213,22 @@ def s3_figures(shards: Path, settings: dict[str, object], rounds: int) -> dict[s
         print(f"meddiffuse {name:12s} {rate:8.0f} samples/s")
     return {
         "s3_setup": f"server pinned to CPU {cores[-1]}, loader to CPUs {sorted(loader_cores or cores)}",
-        "samples_per_s_local_pinned": round(median["local"], 1),
-        "samples_per_s_s3": round(median["s3"], 1),
-        "samples_per_s_s3_via_s3fs": round(median["s3fs"], 1),
-        "ratio_s3_vs_local": round(median["s3"] / median["local"], 3),
-        "ratio_s3_via_s3fs_vs_local": round(median["s3fs"] / median["local"], 3),
+        **_s3_summary(median, ""),
         "server_on_loader_cores": {
-            "samples_per_s_local": round(median["shared local"], 1),
-            "samples_per_s_s3": round(median["shared s3"], 1),
-            "samples_per_s_s3_via_s3fs": round(median["shared s3fs"], 1),
-            "ratio_s3_vs_local": round(median["shared s3"] / median["shared local"], 3),
-            "ratio_s3_via_s3fs_vs_local": round(median["shared s3fs"] / median["shared local"], 3),
+            **_s3_summary(median, "shared "),
             "server_cpu_share": round(statistics.median(server_share), 3),
         },
+    }
+
+
+def _s3_summary(median: dict[str, float], setting: str) -> dict[str, float]:
+    local, s3, s3fs = (median[f"{setting}{name}"] for name in ("local", "s3", "s3fs"))
+    return {
+        "samples_per_s_local": round(local, 1),
+        "samples_per_s_s3": round(s3, 1),
+        "samples_per_s_s3_via_s3fs": round(s3fs, 1),
+        "ratio_s3_vs_local": round(s3 / local, 3),
+        "ratio_s3_via_s3fs_vs_local": round(s3fs / local, 3),
     }
 
 

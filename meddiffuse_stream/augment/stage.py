@@ -143,10 +143,12 @@ class AugmentStage:
             out, weight, saliency, variants = self._meddiffusemix_cached(images, labels, keys, targets)
             soft = targets
         else:
+            # variant entries are always named by content; saliency entries only when cached: hashed once, here
+            contents = content_hashes(images) if self.method in NEEDS_VARIANTS else None
             if self.method in NEEDS_SALIENCY:
-                saliency = self._saliency(images, labels, keys)
+                saliency = self._saliency(images, labels, keys, contents)
             if self.method in NEEDS_VARIANTS:
-                variants = self._variants(images, labels, keys, self._draw_choices(len(images)))
+                variants = self._variants(images, labels, keys, self._draw_choices(len(images)), contents)
             if self.method == "none":
                 out, soft, weight = images, targets, torch.zeros_like(images[:, :1])
             elif self.method == "meddiffusemix":
@@ -173,7 +175,7 @@ class AugmentStage:
         if not (self.cache_saliency and self.cache is not None):
             return self.extractor(images, labels)
         producer = f"saliency-{self.extractor.method}-teacher{self.teacher_version}"
-        contents = contents or content_hashes(images)
+        contents = contents if contents is not None else content_hashes(images)
         names = [entry_name(k, c, producer, 0, 0) for k, c in zip(keys, contents, strict=True)]
         return self._cached(names, lambda index: self.extractor(images[index], labels[index]), images[:, :1])
 
@@ -226,13 +228,12 @@ class AugmentStage:
         return out, weight, extra[:, :1], extra[:, 1:]
 
     def _variants(
-        self, images: torch.Tensor, labels: torch.Tensor, keys: Sequence[str], choices: np.ndarray,
-        contents: list[str] | None = None,
-    ) -> torch.Tensor:  # fmt: skip
+        self, images: torch.Tensor, labels: torch.Tensor, keys: Sequence[str], choices: np.ndarray, contents: list[str]
+    ) -> torch.Tensor:
         identity = self.generator.identity if self.generator is not None else "cached-only"
         strength = getattr(self.generator, "strength", 0.0)
         names = [entry_name(k, c, identity, strength, int(v))
-                 for k, c, v in zip(keys, contents or content_hashes(images), choices, strict=True)]  # fmt: skip
+                 for k, c, v in zip(keys, contents, choices, strict=True)]  # fmt: skip
         seeds = [variant_seed_of(self.variant_seed, k, int(v)) for k, v in zip(keys, choices, strict=True)]
 
         def generate(index: torch.Tensor) -> torch.Tensor:
