@@ -45,7 +45,6 @@ class WorkerPool(BaseNode):
         prefetch: int = 2,
         mp_context: str = "spawn",
         counters: Counters | None = None,
-        read_ahead_epochs: bool = True,
     ) -> None:
         super().__init__()
         if method not in METHODS:
@@ -64,7 +63,6 @@ class WorkerPool(BaseNode):
         self._results: list[Any] = []
         self._generation: Any = None
         self._finalizer: Any = None
-        self.read_ahead_epochs = read_ahead_epochs
         self._ahead: tuple[int, int, list[int]] | None = None
 
     @property
@@ -121,7 +119,7 @@ class WorkerPool(BaseNode):
         worker = self._schedule[self._batches]
         chunk = next(self._builders[0]) if self.inline else self._receive(worker)
         self._batches += 1
-        if self._batches == len(self._schedule) and self.read_ahead_epochs:
+        if self._batches == len(self._schedule):
             self.read_ahead(self._epoch + 1)
         return chunk
 
