@@ -209,6 +209,7 @@ class ObjectBody:
 
 
 _STATUS = re.compile(r"status code: (\d{3})")
+_DURATION = re.compile(r" in [\d.]+\s?[µmn]?s\b")  # "GET … in 403.357µs": timing noise in a message for users
 
 
 def _status(error: BaseException) -> int | None:
@@ -220,7 +221,7 @@ def _translate(error: BaseException, path: str) -> Exception:
     """obstore's errors as the builtin kinds :func:`~meddiffuse_stream.retry.is_transient` reads."""
     if not isinstance(error, FileNotFoundError) and not type(error).__module__.startswith("obstore"):
         return error  # not a storage error (a bug, an interrupt): never disguised as a retryable one
-    text = str(error).split("Debug source", 1)[0].strip()
+    text = _DURATION.sub("", str(error).split("Debug source", 1)[0]).strip()
     where = f"s3://{path}"
     if isinstance(error, FileNotFoundError):
         return FileNotFoundError(f"{where}: not found ({text})")

@@ -17,16 +17,18 @@ import numpy as np
 
 __all__ = ["ResumableReader", "RetryPolicy", "ShardReadError", "is_transient"]
 
+# an HTTP status in a message: a whole number, so "in 403.357µs" (a request's duration) is not read as 403
+_STATUS = r"(?<![\d.]){}(?![\d]|\.\d)"
 _TRANSIENT_TEXT = re.compile(
     r"slow ?down|throttl|timed? ?out|timeout|connection (reset|refused|aborted|closed)|server disconnected|"
-    r"cannot connect|service unavailable|internal ?error|bad gateway|gateway timeout|\b50[0-4]\b|"
-    r"temporarily|too many requests|\b429\b|broken pipe|reset by peer|endpoint connection|read error|"
-    r"response ended prematurely|payload",
+    r"cannot connect|service unavailable|internal ?error|bad gateway|gateway timeout|" + _STATUS.format("50[0-4]") +
+    r"|temporarily|too many requests|" + _STATUS.format("429") + r"|broken pipe|reset by peer|endpoint connection|"
+    r"read error|response ended prematurely|payload",
     re.IGNORECASE,
 )
 _PERMANENT_TEXT = re.compile(
-    r"access ?denied|forbidden|\b403\b|invalidaccesskeyid|signaturedoesnotmatch|no ?such ?(key|bucket)|"
-    r"not ?found|\b404\b|invalid ?bucket|credentials",
+    r"access ?denied|forbidden|" + _STATUS.format("403") + r"|invalidaccesskeyid|signaturedoesnotmatch|"
+    r"no ?such ?(key|bucket)|not ?found|" + _STATUS.format("404") + r"|invalid ?bucket|credentials",
     re.IGNORECASE,
 )
 _TRANSIENT_ERRNO = {errno.ECONNREFUSED, errno.ECONNRESET, errno.ECONNABORTED, errno.ETIMEDOUT, errno.EPIPE,

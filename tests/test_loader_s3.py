@@ -120,6 +120,14 @@ def test_retry_budget_names_the_shard_and_permanent_errors_are_not_retried():
     assert is_transient(OSError("An error occurred (503) when calling GetObject: Service Unavailable"))
 
 
+def test_a_duration_in_a_message_is_not_an_http_status():
+    """A request's duration ("in 403.357µs") once read as HTTP 403 and failed an outage at once, now and then."""
+    refused = "Error performing GET http://127.0.0.1:9/b/train-000001.tar in 403.357µs - error sending request"
+    assert is_transient(ConnectionError(refused))
+    assert not is_transient(OSError("took 503.2 ms, then: no such key"))
+    assert not is_transient(OSError("Server returned 403 Forbidden")) and is_transient(OSError("returned 503."))
+
+
 def test_backoff_grows_and_is_capped_with_seeded_jitter():
     policy = RetryPolicy(base=0.5, cap=10.0, jitter=0.25)
     delays = [policy.delay(a, np.random.default_rng(3)) for a in range(10)]

@@ -47,23 +47,29 @@ def test_an_outage_of_a_minute_mid_epoch_loses_nothing(tmp_path, reader, monkeyp
         fs.put(str(local), "outage/ds", recursive=True)
         outage: dict[str, float] = {}
 
+        given_up = threading.Event()  # the test failed meanwhile: the server folder is going away, do not restart
+
         def restart_later() -> None:  # weed takes ~20 s to come back after a SIGKILL: down ~60 s in all
-            time.sleep(38)
-            server.start()
-            outage["seconds"] = time.monotonic() - outage["killed"]
+            if not given_up.wait(38):
+                server.start()
+                outage["seconds"] = time.monotonic() - outage["killed"]
 
         seen = []
-        with MedDiffuseLoader("s3://outage/ds", 8, as_dict=True, seed=3, num_workers=2, prefetch=1,
-                              storage_options=server.storage_options) as loader:  # fmt: skip
-            restarter = threading.Thread(target=restart_later)
-            for index, batch in enumerate(loader):
-                seen += _rows(batch)
-                if index == 2:
-                    server.kill()
-                    outage["killed"] = time.monotonic()
-                    restarter.start()
-            counters = dict(loader.counters)
-        restarter.join()
+        restarter = threading.Thread(target=restart_later)
+        try:
+            with MedDiffuseLoader("s3://outage/ds", 8, as_dict=True, seed=3, num_workers=2, prefetch=1,
+                                  storage_options=server.storage_options) as loader:  # fmt: skip
+                for index, batch in enumerate(loader):
+                    seen += _rows(batch)
+                    if index == 2:
+                        server.kill()
+                        outage["killed"] = time.monotonic()
+                        restarter.start()
+                counters = dict(loader.counters)
+        finally:
+            given_up.set()
+            if restarter.is_alive():
+                restarter.join()
     assert outage["seconds"] >= 50, f"the outage lasted {outage['seconds']:.0f}s"
     print(f"outage {outage['seconds']:.1f}s, loader counters {counters}")
     assert seen == expected, "the same samples, once each, in the same order as from local disk"
