@@ -6,7 +6,7 @@ PY := $(VENV)/bin/python
 TORCH_PIN ?= torch==2.13.0
 STAMP := $(VENV)/.installed
 
-.PHONY: setup demo test lint bench-shard bench-loader bench-augment bench-soak readme-results clean
+.PHONY: setup demo paper test lint bench-shard bench-loader bench-augment bench-soak readme-results clean
 
 setup: $(STAMP)
 
@@ -28,16 +28,19 @@ readme-results: demo
 	$(PY) tools/update_readme.py
 
 shards/demo/dataset.json: $(STAMP)
-	$(MDS) demo-data shards/demo --n 2000 --size 64 --seed 0 --test-modality mr --workers 2
+	$(MDS) demo-data shards/demo --n 2000 --size 64 --seed 0 --test-modality mr --workers 2 --quiet
 
+# the saliency teacher: the demo stops here, with the reason, unless its val AUC reaches 0.9
 .demo/teacher/metrics.json: shards/demo/dataset.json
-	$(MDS) train shards/demo --out .demo/teacher --model cnn --augment standard --epochs 8 --lr 0.003 --workers 2
+	$(MDS) train shards/demo --out .demo/teacher --model cnn --augment standard --epochs 14 --batch-size 32 \
+		--lr 0.003 --min-val-auc 0.9 --quiet
 
 .demo/generator/meddiffuse_generator.json: shards/demo/dataset.json
-	$(MDS) train-diffusion shards/demo .demo/generator --epochs 1 --width 16 --steps 5 --workers 2
+	$(MDS) train-diffusion shards/demo .demo/generator --epochs 12 --batch-size 32 --width 16 --crop 32 \
+		--strength 0.4 --steps 5 --quiet
 
 .demo/variants.done: .demo/generator/meddiffuse_generator.json
-	$(MDS) warm-cache shards/demo --generator .demo/generator --cache .demo/variants --variants 1
+	$(MDS) warm-cache shards/demo --generator .demo/generator --cache .demo/variants --variants 2 --quiet
 	touch $@
 
 .demo/experiment/results.md: .demo/teacher/metrics.json .demo/variants.done tools/demo_experiment.yaml
@@ -45,7 +48,11 @@ shards/demo/dataset.json: $(STAMP)
 
 .demo/preview.png: .demo/teacher/metrics.json .demo/variants.done
 	$(MDS) preview shards/demo --augment meddiffusemix -n 8 -o $@ --teacher .demo/teacher/checkpoint.pt \
-		--generator .demo/generator --variant-cache .demo/variants
+		--generator .demo/generator --variant-cache .demo/variants --original-probability 0
+
+# every method and ablation x 5 seeds x train fractions 0.25 / 0.5 / 1.0 on the demo data (hours; resumable)
+paper: .demo/teacher/metrics.json .demo/variants.done
+	$(MDS) experiment tools/paper_experiment.yaml
 
 lint: setup
 	$(VENV)/bin/ruff check meddiffuse_stream tools tests

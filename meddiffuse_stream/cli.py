@@ -91,6 +91,8 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--width", type=int, default=32, help="UNet base channels")
     train.add_argument("--strength", type=float, default=0.5, help="SDEdit noise strength used when generating")
     train.add_argument("--steps", type=int, default=10, help="DDIM steps used when generating")
+    train.add_argument("--crop", type=int, help="train on random N x N crops (faster; generates at full size)")
+    train.add_argument("--ema", type=float, default=0.995, help="decay of the saved moving average of the weights")
     train.add_argument("--seed", type=int, default=0)
     train.add_argument("--workers", type=int, default=0)
     train.add_argument("--device", help="cpu or cuda (default: cuda when present)")
@@ -209,7 +211,8 @@ def _run_train_diffusion(args: argparse.Namespace) -> int:
 
     result = train_generator(
         args.dataset, args.out, epochs=args.epochs, batch_size=args.batch_size, learning_rate=args.lr,
-        width=args.width, strength=args.strength, steps=args.steps, seed=args.seed, num_workers=args.workers,
+        width=args.width, strength=args.strength, steps=args.steps, crop=args.crop, ema=args.ema, seed=args.seed,
+        num_workers=args.workers,
         device=args.device, progress=not args.quiet,
     )  # fmt: skip
     print(f"trained {result['batches']} batches: loss {result['first_loss']:.4f} -> {result['final_loss']:.4f}; "

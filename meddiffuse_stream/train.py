@@ -9,8 +9,9 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import os
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -53,6 +54,7 @@ class TrainConfig:
     augment_method: str | None = None  # a model-free method to run when ``augment`` is only a label (experiments)
     min_val_auc: float | None = None  # fail (after writing metrics) when the val AUC ends below this
     progress: bool = True
+    steps: int | None = None  # optimizer steps to make, whatever the epoch length (overrides ``epochs``)
     cache_dir: str | None = None  # local shard cache for remote datasets (LRU, sha256-verified)
     cache_bytes: int = 50 << 30
 
@@ -91,7 +93,9 @@ def train(config: TrainConfig) -> dict[str, Any]:
     if world > 1:
         model = torch.nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if cuda else None)
     optimizer = torch.optim.AdamW(model.parameters(), lr=config.learning_rate, weight_decay=config.weight_decay)
-    total_steps = max(1, config.epochs * len(loader))
+    if config.steps is not None:  # a step budget: as many epochs as it takes (the last one cut short)
+        config = replace(config, epochs=max(1, math.ceil(config.steps / max(1, len(loader)))))
+    total_steps = max(1, config.steps if config.steps is not None else config.epochs * len(loader))
     scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, total_steps)
     scaler = torch.amp.GradScaler("cuda", enabled=cuda and config.amp)
     weights = _class_weights(loader).to(device) if config.loss == "weighted" else None
@@ -207,8 +211,6 @@ def _gather(local: Any, world: int) -> list[Any]:
 
 def _with_subset(config: TrainConfig, out: Path, rank: int, world: int) -> TrainConfig:
     """Train on a patient-level fraction: rank 0 writes the subset dataset once, the others wait for it."""
-    from dataclasses import replace
-
     from .subset import subset_dataset
 
     subset = out / f"train-subset-f{config.train_fraction:g}-s{config.seed}"
