@@ -139,6 +139,8 @@ def build_parser() -> argparse.ArgumentParser:
     fit.add_argument("--shard-cache-bytes", type=parse_bytes, default=50 << 30, help="shard cache limit (50GiB)")
     _model_options(fit)
     fit.add_argument("--key-log", action="store_true", help="write the keys each rank trained on")
+    fit.add_argument("--deterministic", action="store_true",
+                     help="deterministic kernels (slower): a resumed CUDA run ends bit-equal to an uninterrupted one")
     fit.set_defaults(handler=_run_train)
 
     show = commands.add_parser("preview", help="a picture of what an augmentation does to real samples")
@@ -255,7 +257,7 @@ def _run_train(args: argparse.Namespace) -> int:
         batch_size=args.batch_size, learning_rate=args.lr, loss=args.loss, seed=args.seed,
         num_workers=args.workers, checkpoint_every=args.checkpoint_every, resume=args.resume, device=args.device,
         key_log=args.key_log, augment_stage=_configured_stage(args), train_fraction=args.train_fraction,
-        cache_dir=args.shard_cache, cache_bytes=args.shard_cache_bytes,
+        cache_dir=args.shard_cache, cache_bytes=args.shard_cache_bytes, deterministic=args.deterministic,
     )  # fmt: skip
     results = train(config)
     if int(os.environ.get("RANK", "0")) == 0:
