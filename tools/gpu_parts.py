@@ -184,8 +184,10 @@ def torchrun_part(settings: Settings, work: Path, save: Save, deadline: float) -
                        val_accuracy=metrics.get("val", {}).get("accuracy"))  # fmt: skip
         if metrics["steps"] != expected_steps:
             problems.append(f"resumed run ended at step {metrics['steps']}, not {expected_steps}")
-        if (metrics.get("distributed") or {}).get("backend") != backend:
-            problems.append(f"trained with process group {metrics.get('distributed')}, not {backend}")
+        ran = metrics.get("distributed") or {}
+        device = "cuda:0" if settings.device == "cuda" else "cpu"
+        if (ran.get("backend"), ran.get("device")) != (backend, device):
+            problems.append(f"trained with {ran}, not a {backend} process group on {device}")
     if not killed:
         problems.append("the first run ended before its first checkpoint could be seen: nothing was resumed")
     save(results)
