@@ -45,16 +45,19 @@ class Settings:
     workers: int
     warmup_steps: int
     timed_steps: int
+    model: str  # of the training step and the torchrun smoke
     smoke_size: int
     smoke_samples: int
     smoke_batch: int
 
     @classmethod
     def for_run(cls, dry_run: bool) -> Settings:
-        if dry_run:
-            return cls("cpu", (32,), 64, 16, 1, 1, 1, 3, 16, 48, 8)
-        cores = len(os.sched_getaffinity(0))
-        return cls("cuda", (64, 224), 1024, 64, 2, max(1, min(8, cores - 4)), 5, 40, 64, 512, 32)
+        if dry_run:  # small enough for a loaded 2-core machine
+            return cls(device="cpu", sizes=(16,), samples=32, batch=8, repeats=1, workers=1, warmup_steps=1,
+                       timed_steps=2, model="cnn", smoke_size=16, smoke_samples=48, smoke_batch=8)  # fmt: skip
+        workers = max(1, min(8, len(os.sched_getaffinity(0)) - 4))  # the rest: main process, stage thread, torchrun
+        return cls(device="cuda", sizes=(64, 224), samples=1024, batch=64, repeats=2, workers=workers, warmup_steps=5,
+                   timed_steps=40, model="resnet18", smoke_size=64, smoke_samples=512, smoke_batch=32)  # fmt: skip
 
     def demo(self, work: Path, size: int) -> str:
         return make_demo(work, self.samples, size, workers=self.workers, shard_size=max(16, self.samples // 8))
@@ -144,7 +147,7 @@ def torchrun_part(settings: Settings, work: Path, save: Save, deadline: float) -
     shutil.rmtree(out, ignore_errors=True)
     epochs = 2
     command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=1",
-               "-m", "meddiffuse_stream.cli", "train", data, "--out", str(out), "--model", "resnet18",
+               "-m", "meddiffuse_stream.cli", "train", data, "--out", str(out), "--model", settings.model,
                "--epochs", str(epochs), "--batch-size", str(settings.smoke_batch), "--augment", "standard",
                "--checkpoint-every", "2", "--workers", "2", "--device", settings.device]  # fmt: skip
     with MedDiffuseLoader(data, settings.smoke_batch) as probe:

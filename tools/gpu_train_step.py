@@ -33,7 +33,7 @@ def train_step_part(settings: Any, work: Path, save: Callable[[dict], None], var
     device = torch.device(settings.device)
     results: dict[str, Any] = {}
     for size in settings.sizes:
-        entry = results[f"{size}px"] = {"model": "resnet18", "batch": settings.batch, "amp": device.type == "cuda",
+        entry = results[f"{size}px"] = {"model": settings.model, "batch": settings.batch, "amp": device.type == "cuda",
                                         "workers": settings.workers, "timed_steps": settings.timed_steps}  # fmt: skip
         data = settings.demo(work, size)
         teacher, generator = tiny_models(size)
@@ -43,7 +43,7 @@ def train_step_part(settings: Any, work: Path, save: Callable[[dict], None], var
         with MedDiffuseLoader(data, settings.batch, augment=cold, num_workers=settings.workers) as loader:
             epoch_rate(loader)  # fills what the stage part left cold (nothing, if it ran)
         entry["cache_warming_s"] = round(time.perf_counter() - started, 2)
-        trainer = _Trainer(device, size)
+        trainer = _Trainer(device, size, settings.model)
         compute_ms = entry["compute_only_step_ms"] = trainer.compute_only_ms(settings)
         save(results)
         warm = meddiffusemix_stage(teacher, generator, cache, device=device, cache_saliency=True)
@@ -69,13 +69,13 @@ def _endless(loader: MedDiffuseLoader) -> Iterator[Any]:
 
 
 class _Trainer:
-    """ResNet-18 and the step ``train`` takes."""
+    """A model (ResNet-18 on the GPU, the small CNN in the dry run) and the step ``train`` takes."""
 
-    def __init__(self, device: torch.device, size: int) -> None:
+    def __init__(self, device: torch.device, size: int, model: str) -> None:
         torch.manual_seed(0)
         self.device, self.size = device, size
         self.amp = device.type == "cuda"
-        self.model = build_model("resnet18", 1, 2, size).to(device)
+        self.model = build_model(model, 1, 2, size).to(device)
         self.optimizer = torch.optim.AdamW(self.model.parameters(), lr=1e-3)
         self.scaler = torch.amp.GradScaler(device.type, enabled=self.amp)
 
