@@ -140,7 +140,8 @@ def train_step_part(settings: Settings, work: Path, save: Save, deadline: float)
 # --- torchrun ----------------------------------------------------------------------------------------------------
 def torchrun_part(settings: Settings, work: Path, save: Save, deadline: float) -> dict[str, Any]:
     """``torchrun --nproc_per_node=1 meddiffuse-stream train`` (NCCL on CUDA, gloo in the dry run), SIGKILLed after
-    its first checkpoint, then run again with ``--resume`` to the end."""
+    its first checkpoint, then run again with ``--resume`` to the end. ``--augment none``: this is about the process
+    group, DDP and resuming; the device stage inside training on CUDA has a test of its own (tests/gpu)."""
     data = make_demo(work, settings.smoke_samples, settings.smoke_size, workers=settings.workers,
                      shard_size=max(8, settings.smoke_samples // 4), val_fraction=0.25)  # fmt: skip
     out = work / "torchrun"
@@ -148,7 +149,7 @@ def torchrun_part(settings: Settings, work: Path, save: Save, deadline: float) -
     epochs = 2
     command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=1",
                "-m", "meddiffuse_stream.cli", "train", data, "--out", str(out), "--model", settings.model,
-               "--epochs", str(epochs), "--batch-size", str(settings.smoke_batch), "--augment", "standard",
+               "--epochs", str(epochs), "--batch-size", str(settings.smoke_batch), "--augment", "none",
                "--checkpoint-every", "2", "--workers", "2", "--device", settings.device]  # fmt: skip
     with MedDiffuseLoader(data, settings.smoke_batch) as probe:
         expected_steps = epochs * len(probe)

@@ -36,6 +36,15 @@ def test_amp_training_runs_the_model_in_half_precision_with_a_loss_scaler(demo, 
     assert state["scaler"]["scale"] > 0, "GradScaler was off (its state is empty when disabled)"
 
 
+def test_training_on_cuda_runs_the_device_stage_on_the_gpu(demo, tmp_path):
+    """``train`` hands its device to the loader: a model-free method runs on CUDA in the stage's thread and stream,
+    with ``as_dict`` batches of a dataset with ROI masks (as the CLI trains)."""
+    results = train(TrainConfig(demo, str(tmp_path / "mixup"), model="cnn", augment="mixup", epochs=1, batch_size=8,
+                                eval_splits=["val"], device="cuda"))  # fmt: skip
+    assert results["counters"]["augment"]["batches"] == results["steps"] > 0
+    assert math.isfinite(results["final_loss"]) and "accuracy" in results["val"]
+
+
 def _train(demo: str, out: Path, *extra: str) -> list[str]:
     return [sys.executable, "-m", "meddiffuse_stream.cli", "train", demo, "--out", str(out), "--epochs", "4",
             "--batch-size", "8", "--augment", "none", "--model", "cnn", "--checkpoint-every", "3", "--device",
