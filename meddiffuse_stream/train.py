@@ -25,7 +25,7 @@ from .loader import MedDiffuseLoader, sample_shape
 from .metrics import classification_metrics
 from .models import build_model
 
-__all__ = ["TrainConfig", "train"]
+__all__ = ["TargetNotReachedError", "TrainConfig", "train", "training_device"]
 
 CHECKPOINT = "checkpoint.pt"
 
@@ -52,20 +52,23 @@ class TrainConfig:
     key_log: bool = False  # write the keys each rank trained on (for audits and tests)
     train_fraction: float = 1.0  # < 1: train on this patient-level fraction of the train split
     augment_stage: Any = None  # a configured AugmentStage overrides ``augment``
+    augment_method: str | None = None  # a model-free method to run when ``augment`` is only a label (experiments)
+    min_val_auc: float | None = None  # fail (after writing metrics) when the val AUC ends below this
+    progress: bool = True
     cache_dir: str | None = None  # local shard cache for remote datasets (LRU, sha256-verified)
     cache_bytes: int = 50 << 30
 
 
-def _device_for(config: TrainConfig) -> torch.device:
+def training_device(name: str | None = None) -> torch.device:
     """``cuda:LOCAL_RANK`` where CUDA is present (also for a plain ``--device cuda``: each torchrun process takes
     its own GPU), else the CPU; an explicit ``cuda:N`` or ``cpu`` as given."""
-    if config.device in (None, "cuda"):
+    if name in (None, "cuda"):
         if torch.cuda.is_available():
             return torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
-        if config.device == "cuda":
+        if name == "cuda":
             raise ValueError("--device cuda: no CUDA device is visible (torch.cuda.is_available() is False)")
         return torch.device("cpu")
-    return torch.device(config.device)
+    return torch.device(name)
 
 
 def _distributed(device: torch.device) -> tuple[int, int, bool]:
@@ -97,7 +100,7 @@ def _class_weights(loader: MedDiffuseLoader) -> torch.Tensor:
 def train(config: TrainConfig) -> dict[str, Any]:
     if config.deterministic:
         _make_deterministic()
-    device = _device_for(config)
+    device = training_device(config.device)
     cuda = device.type == "cuda"
     rank, world, initialised_here = _distributed(device)
     out = Path(config.out)
@@ -105,7 +108,8 @@ def train(config: TrainConfig) -> dict[str, Any]:
     if config.train_fraction < 1:
         config = _with_subset(config, out, rank, world)
     channels, size, classes = sample_shape(config.dataset)
-    augment = config.augment_stage or (None if config.augment == "none" else config.augment)
+    method = config.augment_method or config.augment
+    augment = config.augment_stage or (None if method == "none" else method)
     loader = MedDiffuseLoader(config.dataset, config.batch_size, num_workers=config.num_workers, seed=config.seed,
                               augment=augment, as_dict=True, rank=rank, world_size=world, cache_dir=config.cache_dir,
                               cache_bytes=config.cache_bytes, device=device)  # fmt: skip
@@ -126,11 +130,13 @@ def train(config: TrainConfig) -> dict[str, Any]:
         optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
         scaler.load_state_dict(state["scaler"])
+        if "teacher" in state and loader.augment is not None:  # a refreshed teacher is part of the run's state
+            loader.augment.update_teacher(state["teacher"])
         loader.load_state_dict(state["loader"][rank])
         step = int(state["step"])
     keys = _open_key_log(out / f"keys-rank{rank}.txt", state.get("key_log_bytes"), rank) if config.key_log else None
     bar = tqdm(total=total_steps, initial=step, desc=f"train {config.model}/{config.augment}", unit="step",
-               disable=rank != 0)  # fmt: skip
+               disable=rank != 0 or not config.progress)  # fmt: skip
     recent: deque[torch.Tensor] = deque(maxlen=10)  # kept on the device: no host sync per step
     try:
         while loader.epoch < config.epochs and step < total_steps:
@@ -153,7 +159,7 @@ def train(config: TrainConfig) -> dict[str, Any]:
                     keys.write("".join(f"{loader.epoch} {k}\n" for k in batch["key"]))
                     keys.flush()
                 if loader.augment is not None and loader.augment.teacher is not None:
-                    loader.augment.maybe_refresh_teacher(_unwrap(model), step, loader.augment.refresh_every)
+                    loader.augment.maybe_refresh_teacher(_unwrap(model), step)
                 if config.checkpoint_every and step % config.checkpoint_every == 0:
                     _checkpoint(out, model, optimizer, scheduler, scaler, loader, step, rank, world, keys)
             _checkpoint(out, model, optimizer, scheduler, scaler, loader, step, rank, world, keys)
@@ -187,7 +193,24 @@ def train(config: TrainConfig) -> dict[str, Any]:
         dist.barrier()
         del model, optimizer, scheduler
         dist.destroy_process_group()
+    _check_target(config, results)
     return results
+
+
+class TargetNotReachedError(ValueError):
+    """Training finished below ``min_val_auc``: the model is saved, but is not good enough for its purpose."""
+
+
+def _check_target(config: TrainConfig, results: dict[str, Any]) -> None:
+    if config.min_val_auc is None:
+        return
+    auc = results.get("val", {}).get("roc_auc")
+    if auc is None or auc < config.min_val_auc:
+        shown = "no val split" if auc is None else f"val AUC {auc:.3f}"
+        raise TargetNotReachedError(
+            f"{config.out}: {shown} after {results['steps']} steps is below --min-val-auc {config.min_val_auc}; "
+            "train longer (--epochs), with another --lr, or a larger model"
+        )
 
 
 def _summed_counters(loader: MedDiffuseLoader, world: int) -> dict[str, dict[str, int]]:
@@ -255,6 +278,9 @@ def _checkpoint(out, model, optimizer, scheduler, scaler, loader, step, rank, wo
     }
     if keys is not None:
         state["key_log_bytes"] = [part[1] for part in parts]
+    stage = loader.augment
+    if stage is not None and stage.teacher is not None and stage.refresh_every > 0:
+        state["teacher"] = {k: v.detach().cpu() for k, v in stage.teacher.state_dict().items()}
     temporary = out / f".{CHECKPOINT}.tmp"
     torch.save(state, temporary)
     os.replace(temporary, out / CHECKPOINT)

@@ -22,7 +22,7 @@ from pathlib import Path
 import torch
 
 from meddiffuse_stream import ConvertOptions, DemoSource, MedDiffuseLoader, convert_dataset
-from meddiffuse_stream.augment import AugmentStage
+from meddiffuse_stream.augment import AugmentStage, MixConfig
 from meddiffuse_stream.augment.diffusion import ClassConditionalGenerator
 from meddiffuse_stream.models import SmallCNN
 
@@ -71,7 +71,10 @@ def batched_vs_per_sample(data: str, teacher, generator, cache: str, device: str
     batch against the same work one sample at a time."""
     with MedDiffuseLoader(data, batch_size, as_dict=True) as loader:
         batch = next(iter(loader))
-    stage = meddiffusemix_stage(teacher, generator, cache, device=device)
+    # every sample mixed and checked (no originals, no confidence gate with this untrained teacher), results and
+    # maps recomputed each call: the work itself, not a cache read
+    stage = meddiffusemix_stage(teacher, generator, cache, device=device, cache_results=False, cache_saliency=False,
+                                original_probability=0.0, mix_config=MixConfig(min_confidence=0.0))  # fmt: skip
     stage(dict(batch))  # fills the variant cache: both timings below read variants from it
     synchronize(device)
     batched, single = [], []
@@ -93,13 +96,14 @@ def batched_vs_per_sample(data: str, teacher, generator, cache: str, device: str
 
 def warm_vs_cold(data: str, teacher, generator, cache: str, device: str, workers: int, repeats: int,
                  batch_size: int) -> dict[str, float]:  # fmt: skip
-    """An epoch that generates every variant (and fills ``cache``) against epochs that read them all."""
-    cold_stage = meddiffusemix_stage(teacher, generator, cache, device=device, cache_saliency=True)
+    """An epoch that generates every variant it needs (and fills ``cache``) against epochs that read them all
+    (fresh stages, the same draws)."""
+    cold_stage = meddiffusemix_stage(teacher, generator, cache, device=device)
     with MedDiffuseLoader(data, batch_size, augment=cold_stage, num_workers=workers) as loader:
         cold = epoch_rate(loader)
     warm_rates = []
     for _ in range(repeats):
-        warm_stage = meddiffusemix_stage(teacher, generator, cache, device=device, cache_saliency=True)
+        warm_stage = meddiffusemix_stage(teacher, generator, cache, device=device)
         with MedDiffuseLoader(data, batch_size, augment=warm_stage, num_workers=workers) as loader:
             warm_rates.append(epoch_rate(loader))
             assert warm_stage.counters["generator_calls"] == 0, "a warm epoch must not generate"
@@ -108,10 +112,26 @@ def warm_vs_cold(data: str, teacher, generator, cache: str, device: str, workers
             "ratio_warm_vs_cold": round(warm / cold, 2)}  # fmt: skip
 
 
+def fill_results(data: str, teacher, generator, cache: str, device: str, workers: int, batch_size: int) -> None:
+    """One epoch that leaves in ``cache`` the checked result of every sample for variant 0 and mask draw 0: what
+    :func:`warm_stage` reads in any epoch (whatever its draws of originals)."""
+    stage = meddiffusemix_stage(teacher, generator, cache, device=device, variants_per_sample=1, mask_draws=1,
+                                original_probability=0.0)  # fmt: skip
+    with MedDiffuseLoader(data, batch_size, augment=stage, num_workers=workers) as loader:
+        epoch_rate(loader)
+
+
+def warm_stage(teacher, generator, cache: str, device: str) -> AugmentStage:
+    """MedDiffuseMix on a cache :func:`fill_results` filled: every epoch is warm (M = D = 1, so no epoch draws an
+    entry the cache lacks; reading a result costs the same whichever of M x D it is)."""
+    return meddiffusemix_stage(teacher, generator, cache, device=device, variants_per_sample=1, mask_draws=1)
+
+
 def with_vs_without_stage(data: str, teacher, generator, cache: str, device: str, workers: int, repeats: int,
                           batch_size: int) -> dict[str, float]:  # fmt: skip
-    """The loader with the warm MedDiffuseMix stage (``cache`` already filled) against the loader alone, on the
-    same device, each timed on its second epoch (workers started)."""
+    """The loader with a warm MedDiffuseMix stage against the loader alone, on the same device, each timed on its
+    second epoch (workers started; the stage's results filled first)."""
+    fill_results(data, teacher, generator, cache, device, workers, batch_size)
     plain_rates = []
     for _ in range(repeats):
         with MedDiffuseLoader(data, batch_size, num_workers=workers, device=device) as loader:
@@ -119,10 +139,11 @@ def with_vs_without_stage(data: str, teacher, generator, cache: str, device: str
             plain_rates.append(epoch_rate(loader))
     mixed_rates = []
     for _ in range(repeats):
-        stage = meddiffusemix_stage(teacher, generator, cache, device=device, cache_saliency=True)
+        stage = warm_stage(teacher, generator, cache, device)
         with MedDiffuseLoader(data, batch_size, augment=stage, num_workers=workers) as loader:
             epoch_rate(loader)
             mixed_rates.append(epoch_rate(loader))
+            assert stage.counters["generator_calls"] == 0, "the warm stage generated"
     plain, mixed = statistics.median(plain_rates), statistics.median(mixed_rates)
     return {"none_images_per_s": round(plain, 1), "meddiffusemix_images_per_s": round(mixed, 1),
             "ratio_meddiffusemix_vs_none": round(mixed / plain, 3)}  # fmt: skip

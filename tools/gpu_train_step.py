@@ -17,7 +17,7 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
-from bench_augment import epoch_rate, meddiffusemix_stage, synchronize, tiny_models
+from bench_augment import fill_results, synchronize, tiny_models, warm_stage
 
 from meddiffuse_stream import MedDiffuseLoader
 from meddiffuse_stream.models import build_model
@@ -39,20 +39,19 @@ def train_step_part(settings: Any, work: Path, save: Callable[[dict], None], var
         teacher, generator = tiny_models(size)
         cache = variant_cache(size)
         started = time.perf_counter()
-        cold = meddiffusemix_stage(teacher, generator, cache, device=device, cache_saliency=True)
-        with MedDiffuseLoader(data, settings.batch, augment=cold, num_workers=settings.workers) as loader:
-            epoch_rate(loader)  # fills what the stage part left cold (nothing, if it ran)
+        fill_results(data, teacher, generator, cache, settings.device, settings.workers, settings.batch)
         entry["cache_warming_s"] = round(time.perf_counter() - started, 2)
         trainer = _Trainer(device, size, settings.model)
         compute_ms = entry["compute_only_step_ms"] = trainer.compute_only_ms(settings)
         save(results)
-        warm = meddiffusemix_stage(teacher, generator, cache, device=device, cache_saliency=True)
+        warm = warm_stage(teacher, generator, cache, settings.device)
         for name, augment in (("none", None), ("standard", "standard"), ("meddiffusemix", warm)):
             with MedDiffuseLoader(data, settings.batch, num_workers=settings.workers, augment=augment,
                                   device=device, seed=0) as loader:  # fmt: skip
                 entry[name] = trainer.fed_by(loader, settings, compute_ms)
             save(results)
-        entry["meddiffusemix"]["generator_calls"] = warm.counters["generator_calls"]
+        entry["meddiffusemix"].update(generator_calls=warm.counters["generator_calls"], variants_per_sample=1,
+                                      mask_draws=1, original_probability=warm.original_probability)  # fmt: skip
         waited = entry["meddiffusemix"]["loader_wait_fraction"]
         entry["meddiffusemix_wait_goal_met"] = waited < WAIT_GOAL
         if waited >= WAIT_GOAL and device.type == "cuda":
