@@ -85,8 +85,10 @@ endif
 
 # Wheels for a GPU machine without a registry (CPython 3.12, x86-64): what a PyTorch CUDA image (torch, numpy,
 # pillow, pyarrow, safetensors, huggingface-hub, pytest) lacks of the extras torch, augment, demo. ~43 MB, ignored.
+# The last line is insurance: small pure wheels pip takes only if the image's own are too old.
 GPU_WHEELS := torchdata==0.11.0 pyspng==0.1.4 captum==0.9.0 diffusers==0.42.1 importlib-metadata==10.2.0 \
-	lazy-importer==0.1.0 zipp==4.1.2 pydicom==3.0.2 pydicom-data==1.0.0
+	lazy-importer==0.1.0 pydicom==3.0.2 pydicom-data==1.0.0 \
+	zipp==4.1.2 fsspec==2026.9.0 tqdm==4.70.1 pytest-timeout==2.4.0
 GPU_WHEEL_PYTHON ?= 3.12
 gpu-wheels:
 	$(PYTHON) -m pip download -q --no-deps --only-binary=:all: --python-version $(GPU_WHEEL_PYTHON) \
