@@ -6,7 +6,8 @@ PY := $(VENV)/bin/python
 TORCH_PIN ?= torch==2.13.0
 STAMP := $(VENV)/.installed
 
-.PHONY: setup demo paper test lint bench-shard bench-loader bench-augment bench-soak readme-results clean
+.PHONY: setup demo paper test lint bench-shard bench-loader bench-augment bench-soak readme-results clean \
+	gpu-check gpu-wheels
 
 setup: $(STAMP)
 
@@ -76,5 +77,31 @@ bench-augment: setup
 bench-soak: .demo/teacher/metrics.json .demo/variants.done
 	$(PY) tools/bench_soak.py --out .bench/soak.json
 
+# Every CUDA path checked and measured in one bounded run (< 8 min) -> .bench/gpu.json (tools/gpu_check.py).
+# On a GPU machine: keeps the interpreter's CUDA torch (GPU_PYTHON, default python3), installs only what it lacks
+# into .gpu/site, from .whl when that folder is there (no registry needed). DRY_RUN=1: the same script on the CPU at
+# tiny sizes (~1 min; make test runs it). GPU_CHECK_ARGS: e.g. --parts tests,torchrun to run some parts again.
+GPU_PYTHON ?= python3
+ifneq ($(filter 1 yes true,$(DRY_RUN)),)
+gpu-check: setup
+	$(PY) tools/gpu_check.py --dry-run $(GPU_CHECK_ARGS)
+else
+gpu-check:
+	$(GPU_PYTHON) tools/gpu_check.py $(GPU_CHECK_ARGS)
+endif
+
+# Wheels for a GPU machine without a registry (CPython 3.12, x86-64): what a PyTorch CUDA image (torch, numpy,
+# pillow, pyarrow, safetensors, huggingface-hub, pytest) lacks of the extras torch, augment, demo. ~43 MB, ignored.
+# The last line is insurance: small pure wheels pip takes only if the image's own are too old.
+GPU_WHEELS := torchdata==0.11.0 pyspng==0.1.4 captum==0.9.0 diffusers==0.42.1 importlib-metadata==10.2.0 \
+	lazy-importer==0.1.0 pydicom==3.0.2 pydicom-data==1.0.0 \
+	zipp==4.1.2 fsspec==2026.9.0 tqdm==4.70.1 pytest-timeout==2.4.0
+GPU_WHEEL_PYTHON ?= 3.12
+gpu-wheels:
+	$(PYTHON) -m pip download -q --no-deps --only-binary=:all: --python-version $(GPU_WHEEL_PYTHON) \
+		--implementation cp --platform manylinux_2_28_x86_64 --platform manylinux_2_27_x86_64 \
+		--platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64 -d .whl $(GPU_WHEELS)
+	@du -sh .whl
+
 clean:
-	rm -rf $(VENV) .bench .pytest_cache .demo
+	rm -rf $(VENV) .bench .pytest_cache .demo .gpu
