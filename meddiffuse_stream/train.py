@@ -282,7 +282,7 @@ def _checkpoint(out, model, optimizer, scheduler, scaler, loader, step, rank, wo
         state["key_log_bytes"] = [part[1] for part in parts]
     stage = loader.augment
     if stage is not None and stage.teacher is not None and stage.refresh_every > 0:
-        state["teacher"] = {k: v.detach().cpu() for k, v in stage.teacher.state_dict().items()}
+        state["teacher"] = stage.teacher_state()
     temporary = out / f".{CHECKPOINT}.tmp"
     torch.save(state, temporary)
     os.replace(temporary, out / CHECKPOINT)
