@@ -140,17 +140,21 @@ def _file_meta(data: bytes) -> tuple[Any, int]:
 
 
 def _read_deflated(data: bytes, meta: Any, body_at: int, max_pixels: int) -> Any:
-    """A deflated data set, inflated in two bounded steps: a header probe, then no more than the header declares."""
+    """A deflated data set, inflated in bounded steps: the header first (1 MiB, then 4x more until it parses), then
+    no more than the header declares. A header over the limit stops it before the pixels are inflated."""
     from pydicom.dataset import FileDataset
     from pydicom.filereader import read_dataset
 
     body = data[body_at:]
-    limit = 6 * max_pixels + 4 * _SLACK  # 16-bit RGB at the pixel limit, when the header cannot be read first
-    try:
-        probe = zlib.decompressobj(-zlib.MAX_WBITS).decompress(body, _HEADER_PROBE)
-        header = read_dataset(io.BytesIO(probe), False, True, stop_when=lambda tag, *_: tag == 0x7FE00010)
-    except Exception:
-        header = None
+    limit = 6 * max_pixels + 4 * _SLACK  # 16-bit RGB at the pixel limit: the most a header could justify
+    probe_size = _HEADER_PROBE
+    while True:
+        inflater = zlib.decompressobj(-zlib.MAX_WBITS)
+        probe = inflater.decompress(body, probe_size)
+        header = _parse_header(probe)
+        if (header is not None and "Rows" in header) or not inflater.unconsumed_tail or probe_size >= limit:
+            break
+        probe_size *= 4
     if header is not None and "Rows" in header and "Columns" in header:
         rows, columns = int(header.Rows), int(header.Columns)
         if rows * columns > max_pixels:
@@ -167,6 +171,20 @@ def _read_deflated(data: bytes, meta: Any, body_at: int, max_pixels: int) -> Any
     result = FileDataset("", dataset, preamble=data[:128], file_meta=meta)
     result.set_original_encoding(False, True)
     return result
+
+
+def _parse_header(probe: bytes) -> Any:
+    """The elements before PixelData in a (possibly cut) inflated prefix, or ``None`` if it does not parse."""
+    import warnings
+
+    from pydicom.filereader import read_dataset
+
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            return read_dataset(io.BytesIO(probe), False, True, stop_when=lambda tag, *_: tag == 0x7FE00010)
+    except Exception:
+        return None
 
 
 def _ensure_transfer_syntax(ds: Any) -> None:
