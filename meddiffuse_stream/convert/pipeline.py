@@ -92,10 +92,10 @@ def convert_dataset(
             check_storage_options(url, storage_options or {})
     out = Location(out_url, storage_options)
     src = Location(src_url, storage_options) if src_url is not None else out
-    check_destination(out)
-    probe(out)
+    probe(out)  # remote storage answers within a bounded time, or this fails with one line
     if src is not out:
         probe(src)
+    check_destination(out)
     rules = ReadRules(options.frames, options.max_pixels, options.max_file_bytes, excluded_paths(out), options.channels)
     out.makedirs()
     with acquire_lock(out) as lock:
