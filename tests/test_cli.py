@@ -109,6 +109,10 @@ def test_mistyped_storage_option_names_the_option_never_its_value(tmp_path):
                   "--storage-option", "endpoint_url=http://127.0.0.1:9")  # fmt: skip
     _one_line_error(result, "--storage-option secert", "(did you mean secret?)")
     assert "hunter2" not in result.stderr and "hunter2" not in result.stdout
+    result = _run("tools/shard.py", "imagefolder", str(src), "s3://bucket/out", "--quiet",
+                  "--storage-option", "hunter2-secret-value")  # the name forgotten: only the secret given
+    _one_line_error(result, "--storage-option number 1 is not NAME=VALUE")
+    assert "hunter2" not in result.stderr
 
 
 @pytest.fixture
