@@ -105,6 +105,8 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--width", type=int, default=32, help="UNet base channels")
     train.add_argument("--strength", type=float, default=0.5, help="SDEdit noise strength used when generating")
     train.add_argument("--steps", type=int, default=10, help="DDIM steps used when generating")
+    train.add_argument("--crop", type=int, help="train on random N x N crops (faster; generates at full size)")
+    train.add_argument("--ema", type=float, default=0.995, help="decay of the saved moving average of the weights")
     train.add_argument("--seed", type=int, default=0)
     train.add_argument("--workers", type=int, default=0)
     train.add_argument("--device", help="cpu or cuda (default: cuda when present)")
@@ -148,6 +150,8 @@ def build_parser() -> argparse.ArgumentParser:
     fit.add_argument("--key-log", action="store_true", help="write the keys each rank trained on")
     fit.add_argument("--min-val-auc", type=float, help="fail (exit 1, model kept) if the val AUC ends below this")
     fit.add_argument("--quiet", action="store_true", help="no progress bar")
+    fit.add_argument("--deterministic", action="store_true",
+                     help="deterministic kernels (slower): a resumed CUDA run ends bit-equal to an uninterrupted one")
     fit.set_defaults(handler=_run_train)
 
     show = commands.add_parser("preview", help="a picture of what an augmentation does to real samples")
@@ -235,7 +239,8 @@ def _run_train_diffusion(args: argparse.Namespace) -> int:
 
     result = train_generator(
         args.dataset, args.out, epochs=args.epochs, batch_size=args.batch_size, learning_rate=args.lr,
-        width=args.width, strength=args.strength, steps=args.steps, seed=args.seed, num_workers=args.workers,
+        width=args.width, strength=args.strength, steps=args.steps, crop=args.crop, ema=args.ema, seed=args.seed,
+        num_workers=args.workers,
         device=args.device, progress=not args.quiet,
     )  # fmt: skip
     print(f"trained {result['batches']} batches: loss {result['first_loss']:.4f} -> {result['final_loss']:.4f}; "
@@ -256,7 +261,11 @@ def _run_warm_cache(args: argparse.Namespace) -> int:
 
 
 def _configured_stage(args: argparse.Namespace):
-    stage = stage_from_args(args, args.dataset, device=args.device)
+    from .train import training_device
+
+    # the device training will use (cuda:LOCAL_RANK under torchrun), not CUDA's current device: every rank's
+    # stage would otherwise run on cuda:0
+    stage = stage_from_args(args, args.dataset, device=str(training_device(args.device)))
     return None if stage is None or isinstance(stage, str) else stage
 
 
@@ -269,7 +278,7 @@ def _run_train(args: argparse.Namespace) -> int:
         num_workers=args.workers, checkpoint_every=args.checkpoint_every, resume=args.resume, device=args.device,
         key_log=args.key_log, augment_stage=_configured_stage(args), train_fraction=args.train_fraction,
         cache_dir=args.shard_cache, cache_bytes=args.shard_cache_bytes, min_val_auc=args.min_val_auc,
-        progress=not args.quiet,
+        progress=not args.quiet, deterministic=args.deterministic,
     )  # fmt: skip
     results = train(config)
     if int(os.environ.get("RANK", "0")) == 0:

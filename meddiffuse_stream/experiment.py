@@ -67,8 +67,8 @@ def _train(method: MethodConfig, config: ExperimentConfig, seed: int, fraction: 
     described = method.describe()
     started = time.perf_counter()
     train(TrainConfig(config.dataset, str(run), model=config.model, augment=method.name,
-                      epochs=config.epochs, batch_size=config.batch_size, learning_rate=config.lr, seed=seed,
-                      num_workers=config.workers, loss=config.loss,
+                      epochs=config.epochs, steps=config.steps, batch_size=config.batch_size,
+                      learning_rate=config.lr, seed=seed, num_workers=config.workers, loss=config.loss,
                       augment_stage=stage if stage is not None and not isinstance(stage, str) else None,
                       augment_method=stage if isinstance(stage, str) else None,
                       device=config.device, train_fraction=fraction, progress=False))  # fmt: skip

@@ -50,6 +50,7 @@ class ExperimentConfig:
     seeds: tuple[int, ...] = (0,)
     fractions: tuple[float, ...] = (1.0,)
     epochs: int = 5
+    steps: int | None = None  # optimizer steps per run, whatever the train fraction (overrides epochs)
     batch_size: int = 64
     lr: float = 1e-3
     workers: int = 0
@@ -76,8 +77,10 @@ class ExperimentConfig:
         for fraction in self.fractions:
             if not 0 < fraction <= 1:
                 raise ValueError(f"fractions: {fraction} is not in (0, 1]")
-        for name in ("epochs", "batch_size"):
+        for name in ("epochs", "batch_size", "steps"):
             value = getattr(self, name)
+            if name == "steps" and value is None:
+                continue
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ValueError(f"{name}: expected a whole number ≥ 1, got {value!r}")
 
