@@ -107,6 +107,13 @@ class AugmentStage:
         self.counters.update(state["counters"])
         self.teacher_version = int(state["teacher_version"])
 
+    def configure_for_loader(self, *, details: bool, cpu_threads: int | None) -> None:
+        """What the loader it runs in decides: whether saliency and variant planes are returned (``details``, for
+        ``as_dict``), and torch's CPU threads when the stage was not given its own ``cpu_threads``."""
+        self.details = details
+        if self.cpu_threads is None:
+            self.cpu_threads = cpu_threads
+
     def maybe_refresh_teacher(self, model: torch.nn.Module, step: int, every: int) -> bool:
         """Copy the training model into the teacher every ``every`` steps (0: never); returns whether it did."""
         if every <= 0 or step == 0 or step % every:

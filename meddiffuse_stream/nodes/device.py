@@ -1,0 +1,174 @@
+"""The device stage as a node: augmentation (an ``AugmentStage`` or any object with the same small surface) on
+batches in the main process.
+
+On CUDA a thread of its own runs the stage on a side stream: the main thread pulls batch k+1 from upstream and hands
+it over before it waits for batch k, so the stage's work overlaps the training step. Only the main thread touches
+upstream; the thread only runs the stage. Batches cross from pinned memory with ``non_blocking=True``; the training
+stream waits on an event recorded after each batch, and tensors are recorded on it. On the CPU the stage runs
+inline.
+
+What the node uses of a stage: ``stage(batch) -> batch``, ``stage.device``, ``stage.state_dict()``,
+``stage.load_state_dict(state)`` and ``stage.configure_for_loader(details=..., cpu_threads=...)``.
+State ``{"source": upstream state after the last batch yielded, "stage": stage state after it}``.
+"""
+
+from __future__ import annotations
+
+import queue
+import threading
+from collections import deque
+from typing import Any
+
+import torch
+from torchdata.nodes import BaseNode
+
+from .lifecycle import close_at_exit
+from .to_torch import to_device
+
+__all__ = ["DeviceStage"]
+
+_POLL_SECONDS = 0.1
+_IDLE_LIMIT_SECONDS = 600.0
+
+
+class DeviceStage(BaseNode[dict[str, Any]]):
+    """Runs ``stage`` on every upstream batch (host tensors) and yields the augmented batch."""
+
+    SOURCE_KEY = "source"
+    STAGE_KEY = "stage"
+
+    def __init__(self, source: BaseNode[Any], stage: Any, *, depth: int = 2) -> None:
+        super().__init__()
+        self.source = source
+        self.stage = stage
+        self.depth = max(1, depth)
+        self.threaded = torch.device(stage.device).type == "cuda"
+        self._state: dict[str, Any] = {self.SOURCE_KEY: None, self.STAGE_KEY: stage.state_dict()}
+        self._runner: _Runner | None = None
+        self._retired: _Runner | None = None  # stopped by close() without waiting: joined before the stage is reused
+        self._in_flight: deque[dict[str, Any]] = deque()  # upstream states of batches handed to the thread
+        self._exhausted = False
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {**self.__dict__, "_runner": None, "_retired": None, "_in_flight": deque()}
+
+    def reset(self, initial_state: dict[str, Any] | None = None) -> None:
+        super().reset(initial_state)
+        self._stop_runner()  # the stage must be idle before its state is replaced
+        if initial_state is not None:
+            if initial_state.get(self.STAGE_KEY) is not None:  # None: the stage goes on from where it is
+                self.stage.load_state_dict(initial_state[self.STAGE_KEY])
+            self.source.reset(initial_state[self.SOURCE_KEY])
+        else:
+            self.source.reset(None)
+        self._state = {self.SOURCE_KEY: self.source.state_dict(), self.STAGE_KEY: self.stage.state_dict()}
+        self._exhausted = False
+
+    def get_state(self) -> dict[str, Any]:
+        return self._state
+
+    def next(self) -> dict[str, Any]:
+        if not self.threaded:
+            batch = next(self.source)
+            out = self.stage(batch)
+            self._state = {self.SOURCE_KEY: self.source.state_dict(), self.STAGE_KEY: self.stage.state_dict()}
+            return out
+        runner = self._runner if self._runner is not None else self._start_runner()
+        while not self._exhausted and len(self._in_flight) < self.depth:
+            try:
+                batch = next(self.source)
+            except StopIteration:
+                self._exhausted = True
+                break
+            self._in_flight.append(self.source.state_dict())
+            runner.submit(batch)
+        if not self._in_flight:
+            raise StopIteration
+        out, stage_state = runner.result()
+        self._state = {self.SOURCE_KEY: self._in_flight.popleft(), self.STAGE_KEY: stage_state}
+        return out
+
+    def _start_runner(self) -> _Runner:
+        self._stop_runner()
+        self._runner = _Runner(self.stage)
+        close_at_exit(self)
+        return self._runner
+
+    def _stop_runner(self) -> None:
+        for runner in (self._retired, self._runner):
+            if runner is not None:
+                runner.stop(wait=True)
+        self._runner = self._retired = None
+        self._in_flight.clear()
+
+    def close(self) -> None:
+        """Stop the stage's thread at once, without waiting for the batch it is on (a daemon thread: it never
+        holds up an exit); a new one starts if the node is used again."""
+        if self._runner is not None:
+            self._runner.stop(wait=False)
+            self._retired, self._runner = self._runner, None
+        self._in_flight.clear()
+
+
+class _Runner:
+    """The stage's thread: takes host batches in order, returns ``(augmented batch, stage state after it)``."""
+
+    def __init__(self, stage: Any) -> None:
+        self.stage = stage
+        self.device = torch.device(stage.device)
+        self.jobs: queue.Queue = queue.Queue()
+        self.done: queue.Queue = queue.Queue()
+        self.thread = threading.Thread(target=self._work, name="meddiffuse-device-stage", daemon=True)
+        self.thread.start()
+
+    def submit(self, batch: dict[str, Any]) -> None:
+        self.jobs.put(batch)
+
+    def _work(self) -> None:
+        side = torch.cuda.Stream(device=self.device)
+        while True:
+            batch = self.jobs.get()
+            if batch is None:
+                return
+            try:
+                with torch.cuda.stream(side):
+                    out = self.stage(to_device(batch, None, pin=True))
+                    ready = torch.cuda.Event()
+                    ready.record(side)
+                self.done.put((out, self.stage.state_dict(), ready))
+            except BaseException as error:  # handed to the training thread, which raises it
+                self.done.put(error)
+
+    def result(self) -> tuple[dict[str, Any], dict[str, Any]]:
+        while True:
+            try:
+                item = self.done.get(timeout=_POLL_SECONDS)
+                break
+            except queue.Empty:
+                if not self.thread.is_alive():
+                    raise RuntimeError("the device stage's thread ended without a result") from None
+        if isinstance(item, BaseException):
+            raise RuntimeError(f"device stage ({getattr(self.stage, 'method', type(self.stage).__name__)}) failed: "
+                               f"{item}") from item  # fmt: skip
+        out, state, ready = item
+        current = torch.cuda.current_stream(self.device)
+        current.wait_event(ready)
+        for value in out.values():
+            if isinstance(value, torch.Tensor) and value.device.type == "cuda":
+                value.record_stream(current)
+        return out, state
+
+    def stop(self, wait: bool) -> None:
+        """Drop queued batches and end the thread after the batch in the stage; with ``wait``, wait for that
+        (bounded): then the stage is idle and its state may be replaced."""
+        while True:
+            try:
+                self.jobs.get_nowait()
+            except queue.Empty:
+                break
+        self.jobs.put(None)
+        if not wait:
+            return
+        self.thread.join(_IDLE_LIMIT_SECONDS)
+        if self.thread.is_alive():
+            raise RuntimeError(f"the device stage did not finish its batch within {_IDLE_LIMIT_SECONDS:g} s")
