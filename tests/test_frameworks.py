@@ -41,16 +41,16 @@ def _trained(record: dict) -> list[tuple[int, list[str]]]:
     return [(epoch, keys) for epoch, *_, keys in record["trained"]]
 
 
-def _lightning(data: str, out: Path, devices: int, ckpt: Path | None = None) -> list[dict]:
+def _lightning(data: str, out: Path, devices: int, strategy: str = "ddp", ckpt: Path | None = None) -> list[dict]:
     out.mkdir(parents=True, exist_ok=True)
-    command = [sys.executable, "lightning_fit.py", data, str(out), str(devices)] + ([str(ckpt)] if ckpt else [])
-    _run(command, f"Lightning fit on {devices} device(s)")
+    command = [sys.executable, "lightning_fit.py", data, str(out), str(devices), strategy]
+    _run(command + ([str(ckpt)] if ckpt else []), f"Lightning fit on {devices} device(s) with strategy {strategy}")
     return _records(out, devices)
 
 
 def test_lightning_one_device_with_worker_processes_exits(data, tmp_path):
     """Lightning's SIGTERM handler is inherited by forked workers: the run used to hang after fit."""
-    (record,) = _lightning(data, tmp_path / "one", 1)
+    (record,) = _lightning(data, tmp_path / "one", 1, "auto")
     epochs = [[k for e, keys in _trained(record) if e == epoch for k in keys] for epoch in (0, 1)]
     assert all(sorted(keys) == sorted(set(keys)) and len(keys) == 103 for keys in epochs)
     real = [keys for epoch, sanity, keys in record["validated"] if not sanity and epoch == 0]
@@ -69,11 +69,21 @@ def test_lightning_ddp_loader_built_before_fit_resumes_on_every_rank(data, tmp_p
         real = [keys for epoch, sanity, keys in record["validated"] if not sanity and epoch == 0]
         assert len(real) == record["len_val"] == 7, f"rank {rank}: a full validation pass after the sanity check"
     checkpoints = tmp_path / "full" / "ckpt"
-    mid = _lightning(data, tmp_path / "mid", 2, checkpoints / "step=5.ckpt")
-    end = _lightning(data, tmp_path / "end", 2, checkpoints / "end-epoch=0.ckpt")
+    mid = _lightning(data, tmp_path / "mid", 2, ckpt=checkpoints / "step=5.ckpt")
+    end = _lightning(data, tmp_path / "end", 2, ckpt=checkpoints / "end-epoch=0.ckpt")
     for rank in (0, 1):
         assert _trained(mid[rank]) == per_rank[rank][5:], f"rank {rank} resumed mid-epoch from rank 0's state"
         assert _trained(end[rank]) == per_rank[rank][13:], f"rank {rank} resumed after epoch 0 at epoch 1"
+
+
+def test_lightning_ddp_spawn_pickles_the_loader_into_each_rank(data, tmp_path):
+    """ddp_spawn pickles the loaders into spawned ranks: each must shard by its own rank (both used to train on
+    every sample)."""
+    records = _lightning(data, tmp_path / "spawn", 2, "ddp_spawn")
+    assert all(len(_trained(r)) == 2 * 13 for r in records)
+    for epoch in (0, 1):
+        seen = [{k for e, keys in _trained(r) if e == epoch for k in keys} for r in records]
+        assert len(seen[0] | seen[1]) == 103 and len(seen[0] & seen[1]) <= 1, f"epoch {epoch} split by rank"
 
 
 def _repeats(records: list[dict], epoch: int) -> set[str]:

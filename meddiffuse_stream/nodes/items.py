@@ -8,14 +8,15 @@ sample count, batches stay aligned with the epoch plan, and a restored run skips
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 __all__ = ["PlannedSample", "Skipped", "as_tensor_sample"]
 
 
-@dataclass(frozen=True)
-class PlannedSample:
-    """A raw sample (or the reader's ``Skip``) in plan order; ``padding``: it repeats a sample to even out ranks."""
+class PlannedSample(NamedTuple):
+    """A raw sample (or the reader's ``Skip``) in plan order; ``padding``: it repeats a sample to even out ranks.
+
+    A tuple, not a frozen dataclass: one is made per sample, and tuples are made fastest."""
 
     item: Any
     padding: bool = False

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from typing import Any
 
-import numpy as np
 from torchdata.nodes import BaseNode
 
 from ..counters import Counters
@@ -46,7 +45,7 @@ class ReadSamples(BaseNode[PlannedSample]):
         self.worker = worker
         self.start = start
         self.counters = counters if counters is not None else Counters()
-        self._padding: np.ndarray = plan.worker_padding(worker)
+        self._padding: list[bool] = plan.worker_padding(worker).tolist()  # a list: read once per sample
         cache = ShardCache(cache_dir, cache_bytes) if cache_dir else None
         self._reader = PlannedSampleReader(source, plan.worker_refs(worker), counters=self.counters, policy=policy,
                                            cache=cache, seed=plan.seed, on_error=on_error)  # fmt: skip
@@ -63,7 +62,7 @@ class ReadSamples(BaseNode[PlannedSample]):
 
     def next(self) -> PlannedSample:
         item = next(self._reader)
-        padding = bool(self._padding[self._position])
+        padding = self._padding[self._position]
         self._position += 1
         return PlannedSample(item, padding)
 
