@@ -1,19 +1,21 @@
 """The device stage as a node: augmentation (an ``AugmentStage`` or any object with the same small surface) on
 batches in the main process.
 
-On CUDA a thread of its own runs the stage on a side stream: the main thread pulls batch k+1 from upstream and hands
-it over before it waits for batch k, so the stage's work overlaps the training step. Only the main thread touches
-upstream; the thread only runs the stage. Batches cross from pinned memory with ``non_blocking=True``; the training
-stream waits on an event recorded after each batch, and tensors are recorded on it. On the CPU the stage runs
-inline.
+On CUDA (or with ``threaded=True``) a thread of its own runs the stage — on CUDA on a side stream: the main
+thread pulls batch k+1 from upstream and hands it over before it waits for batch k, so the stage's work overlaps
+the training step. Only the main thread touches upstream; the thread only runs the stage. Batches cross from
+pinned memory with ``non_blocking=True``; the training stream waits on an event recorded after each batch, and
+tensors are recorded on it. Elsewhere the stage runs inline.
 
 What the node uses of a stage: ``stage(batch) -> batch``, ``stage.device``, ``stage.state_dict()``,
-``stage.load_state_dict(state)`` and ``stage.configure_for_loader(details=..., cpu_threads=...)``.
+``stage.load_state_dict(state)``; ``MedDiffuseLoader`` also calls ``stage.configure_for_loader(details=...,
+cpu_threads=...)`` once.
 State ``{"source": upstream state after the last batch yielded, "stage": stage state after it}``.
 """
 
 from __future__ import annotations
 
+import contextlib
 import queue
 import threading
 from collections import deque
@@ -37,12 +39,12 @@ class DeviceStage(BaseNode[dict[str, Any]]):
     SOURCE_KEY = "source"
     STAGE_KEY = "stage"
 
-    def __init__(self, source: BaseNode[Any], stage: Any, *, depth: int = 2) -> None:
+    def __init__(self, source: BaseNode[Any], stage: Any, *, depth: int = 2, threaded: bool | None = None) -> None:
         super().__init__()
         self.source = source
         self.stage = stage
         self.depth = max(1, depth)
-        self.threaded = torch.device(stage.device).type == "cuda"
+        self.threaded = torch.device(stage.device).type == "cuda" if threaded is None else threaded
         self._state: dict[str, Any] = {self.SOURCE_KEY: None, self.STAGE_KEY: stage.state_dict()}
         self._runner: _Runner | None = None
         self._retired: _Runner | None = None  # stopped by close() without waiting: joined before the stage is reused
@@ -125,16 +127,18 @@ class _Runner:
         self.jobs.put(batch)
 
     def _work(self) -> None:
-        side = torch.cuda.Stream(device=self.device)
+        cuda = self.device.type == "cuda"
+        side = torch.cuda.Stream(device=self.device) if cuda else None
         while True:
             batch = self.jobs.get()
             if batch is None:
                 return
             try:
-                with torch.cuda.stream(side):
-                    out = self.stage(to_device(batch, None, pin=True))
-                    ready = torch.cuda.Event()
-                    ready.record(side)
+                with torch.cuda.stream(side) if cuda else contextlib.nullcontext():
+                    out = self.stage(to_device(batch, None, pin=True) if cuda else batch)
+                    ready = torch.cuda.Event() if cuda else None
+                    if ready is not None:
+                        ready.record(side)
                 self.done.put((out, self.stage.state_dict(), ready))
             except BaseException as error:  # handed to the training thread, which raises it
                 self.done.put(error)
@@ -151,11 +155,12 @@ class _Runner:
             raise RuntimeError(f"device stage ({getattr(self.stage, 'method', type(self.stage).__name__)}) failed: "
                                f"{item}") from item  # fmt: skip
         out, state, ready = item
-        current = torch.cuda.current_stream(self.device)
-        current.wait_event(ready)
-        for value in out.values():
-            if isinstance(value, torch.Tensor) and value.device.type == "cuda":
-                value.record_stream(current)
+        if ready is not None:
+            current = torch.cuda.current_stream(self.device)
+            current.wait_event(ready)
+            for value in out.values():
+                if isinstance(value, torch.Tensor) and value.device.type == "cuda":
+                    value.record_stream(current)
         return out, state
 
     def stop(self, wait: bool) -> None:

@@ -5,6 +5,7 @@ import functools
 
 import numpy as np
 import pytest
+import torch
 from loader_helpers import check_state_contract, keys_of, uneven_dataset
 from torchdata.nodes import Loader
 
@@ -101,15 +102,57 @@ def test_workers_contract_and_next_epoch(source, workers, method):
     node.close()
 
 
-def test_to_torch_and_device_stage_contract(source):
+@pytest.mark.parametrize("threaded", [False, True], ids=["inline", "own-thread"])
+def test_to_torch_and_device_stage_contract(source, threaded):
+    """The threaded path is CUDA's (stage in a thread of its own, batches handed over ahead) minus the streams."""
     from meddiffuse_stream.augment import AugmentStage
 
     chain = WorkerChain(source, DecodeOptions(num_classes=2))
 
     def make():
-        return DeviceStage(ToTorch(Workers(_epochs(source, 0), chain)), AugmentStage("mixup", 2, seed=1))
+        stage = AugmentStage("mixup", 2, seed=1)
+        return DeviceStage(ToTorch(Workers(_epochs(source, 0), chain)), stage, threaded=threaded)
 
     check_state_contract(make, [0, 4, 13])
+    inline, threads = make(), make()
+    threads.threaded = True
+    inline.reset(None)
+    threads.reset(None)
+    for a, b in zip(inline, threads, strict=True):
+        assert a["key"] == b["key"] and torch.equal(a["image"], b["image"]) and torch.equal(a["target"], b["target"])
+    threads.close()
+
+
+def test_a_failing_device_stage_names_itself_and_close_does_not_wait(source):
+    import time
+
+    class Failing:
+        device = "cpu"
+        method = "broken-method"
+
+        def __call__(self, batch):
+            raise ValueError("no such thing")
+
+        def state_dict(self):
+            return {}
+
+    chain = WorkerChain(source, DecodeOptions(num_classes=2))
+    node = DeviceStage(ToTorch(Workers(_epochs(source, 0), chain)), Failing(), threaded=True)
+    node.reset(None)
+    with pytest.raises(RuntimeError, match=r"device stage \(broken-method\) failed: no such thing"):
+        next(node)
+
+    class Slow(Failing):
+        def __call__(self, batch):
+            time.sleep(2)
+            return batch
+
+    node = DeviceStage(ToTorch(Workers(_epochs(source, 0), chain)), Slow(), threaded=True)
+    node.reset(None)
+    node._start_runner().submit({"image": torch.zeros(1)})  # the thread is now busy for 2 s
+    started = time.monotonic()
+    node.close()
+    assert time.monotonic() - started < 0.5
 
 
 def test_torchdata_loader_on_top_moves_on_each_epoch_and_resumes_exactly(source):
