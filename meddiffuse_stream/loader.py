@@ -150,9 +150,11 @@ class MedDiffuseLoader:
     def plan(self) -> EpochPlan:
         """The plan of the pass in progress or of the next one, with the rank and world size of now."""
         running = self._graph.workers.plan
-        if self._pending is None and running is not None:
+        if self._pending is not None:
+            return self._epochs.plan_for(self._pending[0])
+        if running is not None and self._graph.position()[1] < running.num_batches:
             return running
-        return self._epochs.plan_for(self.epoch)
+        return self._epochs.plan_for(self._epochs.next_epoch)  # read now: the rank may have changed since
 
     @property
     def sampler(self) -> _EpochSetter:

@@ -161,6 +161,19 @@ def test_dataloader_keywords_keep_their_meaning(dataset, tmp_path):
         MedDiffuseLoader(dataset, 8, pin_memory=True).close()
 
 
+def _stall(sample):
+    import time
+
+    time.sleep(3)
+    return sample
+
+
+def test_timeout_bounds_the_wait_for_a_batch(dataset):
+    with MedDiffuseLoader(dataset, 4, num_workers=1, worker_method="thread", transform=_stall, timeout=0.5) as loader, \
+            pytest.raises(TimeoutError, match=r"decode worker 0 \(thread\) sent no batch in 0.5 s .*epoch 0, batch 0"):
+        next(iter(loader))  # fmt: skip
+
+
 class _MarkWorker:
     """A worker_init_fn that pickles (a closure would not with spawned workers)."""
 

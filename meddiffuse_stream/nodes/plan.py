@@ -156,13 +156,19 @@ class EpochPlan:
             positions = positions[buffer_order(len(positions), self.buffer_size, generator)]
         return positions
 
-    def worker_refs(self, worker: int) -> list[SampleRef]:
-        """The samples ``worker`` yields this epoch, in yield order."""
+    def worker_share(self, worker: int) -> tuple[list[SampleRef], np.ndarray]:
+        """:meth:`worker_refs` and :meth:`worker_padding` at once (the shuffle is simulated once)."""
+        positions = self._worker_positions(worker)
         order = self.shard_order()
         offsets = np.concatenate([[0], np.cumsum([self.shard_sizes[i] for i in order])]).astype(np.int64)
-        positions = self._worker_positions(worker) % max(self.total, 1)  # wrap-around = the padding
-        slots = np.searchsorted(offsets, positions, side="right") - 1
-        return [(int(order[s]), int(p - offsets[s])) for s, p in zip(slots, positions, strict=True)]
+        wrapped = positions % max(self.total, 1)  # wrap-around = the padding
+        slots = np.searchsorted(offsets, wrapped, side="right") - 1
+        refs = [(int(order[s]), int(p - offsets[s])) for s, p in zip(slots, wrapped, strict=True)]
+        return refs, positions >= self.total
+
+    def worker_refs(self, worker: int) -> list[SampleRef]:
+        """The samples ``worker`` yields this epoch, in yield order."""
+        return self.worker_share(worker)[0]
 
     def worker_padding(self, worker: int) -> np.ndarray:
         """Per sample of :meth:`worker_refs`: whether it repeats a sample to even out the ranks (``is_padding``)."""

@@ -45,10 +45,11 @@ class ReadSamples(BaseNode[PlannedSample]):
         self.worker = worker
         self.start = start
         self.counters = counters if counters is not None else Counters()
-        self._padding: list[bool] = plan.worker_padding(worker).tolist()  # a list: read once per sample
+        refs, padding = plan.worker_share(worker)
+        self._padding: list[bool] = padding.tolist()  # a list: read once per sample
         cache = ShardCache(cache_dir, cache_bytes) if cache_dir else None
-        self._reader = PlannedSampleReader(source, plan.worker_refs(worker), counters=self.counters, policy=policy,
-                                           cache=cache, seed=plan.seed, on_error=on_error)  # fmt: skip
+        self._reader = PlannedSampleReader(source, refs, counters=self.counters, policy=policy, cache=cache,
+                                           seed=plan.seed, on_error=on_error)  # fmt: skip
         self._position = start
 
     def __len__(self) -> int:
