@@ -161,6 +161,20 @@ def test_dataloader_keywords_keep_their_meaning(dataset, tmp_path):
         MedDiffuseLoader(dataset, 8, pin_memory=True).close()
 
 
+def _mirror(image):
+    return image.flip(-1)
+
+
+def test_stages_run_in_the_workers_of_the_one_line_loader(dataset):
+    import functools
+
+    from meddiffuse_stream.nodes import ImageMap
+
+    with MedDiffuseLoader(dataset, 8, shuffle=False, num_workers=2, stages=[functools.partial(ImageMap, fn=_mirror)]) \
+            as mirrored, MedDiffuseLoader(dataset, 8, shuffle=False, num_workers=2) as plain:  # fmt: skip
+        assert torch.equal(next(iter(mirrored))[0], next(iter(plain))[0].flip(-1))
+
+
 def _stall(sample):
     import time
 
