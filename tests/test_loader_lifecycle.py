@@ -49,9 +49,17 @@ def _gone(pid: int) -> bool:
         return True
 
 
+@pytest.fixture(scope="module")
+def large(tmp_path_factory):
+    """Batches of 64 images of 64x64: each message is larger than a pipe's buffer, so it is written in parts."""
+    return str(uneven_dataset(tmp_path_factory.mktemp("large"), samples=400, shard_size=100, size=64))
+
+
 @pytest.mark.parametrize("method", ["process", "thread"])
-def test_close_returns_within_a_second_while_workers_are_busy(dataset, method):
-    loader = MedDiffuseLoader(dataset, 4, num_workers=2, worker_method=method, prefetch=1)
+@pytest.mark.parametrize("batches", ["small", "large"])
+def test_close_returns_within_a_second_while_workers_are_busy(dataset, large, method, batches):
+    source, batch_size = (dataset, 4) if batches == "small" else (large, 64)
+    loader = MedDiffuseLoader(source, batch_size, num_workers=2, worker_method=method, prefetch=1)
     iterator = iter(loader)
     next(iterator)  # workers now hold a full queue and wait to hand over the next batches
     pids = loader.graph.workers.pool.pids

@@ -19,6 +19,7 @@ from collections.abc import Callable
 from typing import Any
 
 from .chain import WorkerChain
+from .channel import WorkerGone, batch_channel
 from .errors import LoaderDataError, WorkerDiedError
 from .lifecycle import close_at_exit
 from .plan import EpochPlan
@@ -94,6 +95,10 @@ class WorkerPool:
         while True:
             try:
                 generation, kind, payload, delta = results.get(timeout=_POLL_SECONDS)
+            except WorkerGone:
+                handles.workers[worker].join(timeout=5.0)  # its exit code, for the message below
+                self._check_alive(worker, where)
+                raise WorkerDiedError(f"decode worker {worker} closed its batch channel {where}") from None
             except queue.Empty:
                 waited += _POLL_SECONDS
                 self._check_alive(worker, where)
@@ -126,13 +131,15 @@ class WorkerPool:
             handles.generation = context.Value("q", 0, lock=False)
             use_pdeathsig = threading.current_thread() is threading.main_thread()
             for worker in range(self.count):
-                commands, results = context.Queue(), context.Queue(self.prefetch)
+                commands = context.Queue()
                 commands.cancel_join_thread()  # a command for a dead worker never holds up our exit
+                sender, receiver = batch_channel(context, self.prefetch)
                 process = context.Process(target=worker_loop, name=f"meddiffuse-decode-{worker}", daemon=True,
-                                          args=(worker, self.chain, commands, results, handles.generation,
+                                          args=(worker, self.chain, commands, sender, handles.generation,
                                                 os.getpid(), use_pdeathsig, self.worker_init_fn))  # fmt: skip
                 process.start()
-                handles.add(process, commands, results)
+                receiver.worker_started()
+                handles.add(process, commands, receiver)
         else:
             handles.generation = Box()
             for worker in range(self.count):
@@ -179,20 +186,23 @@ class _Handles:
             return
         deadline = time.monotonic() + _GRACE_SECONDS
         while any(w.is_alive() for w in self.workers) and time.monotonic() < deadline:
-            self._drain()
-            time.sleep(0.01)
+            time.sleep(0.01)  # workers see the new generation at their next batch or put (0.1 s at most)
         for worker in self.workers:
             if worker.is_alive():
                 worker.kill()  # they only read: nothing to lose, and a stuck read must not stall the caller
         for worker in self.workers:
             worker.join(timeout=1.0)
-        for channel in (*self.commands, *self.results):
+        for commands in self.commands:
             with contextlib.suppress(Exception):
-                channel.close()
-                channel.cancel_join_thread()
+                commands.close()
+                commands.cancel_join_thread()
+        for results in self.results:
+            with contextlib.suppress(Exception):
+                results.close()
 
     def _drain(self) -> None:
+        """Empty the thread workers' queues (in-process: never a partial message)."""
         for results in self.results:
-            with contextlib.suppress(queue.Empty, OSError, ValueError, EOFError):
+            with contextlib.suppress(queue.Empty):
                 while True:
                     results.get_nowait()

@@ -34,7 +34,8 @@ def _take(counters: Counters) -> dict[str, int]:
 
 
 def _hand_over(results: Any, item: tuple, generation: Any) -> bool:
-    """Put ``item``, waiting for room in bounded steps; False once its generation is over (nobody wants it)."""
+    """Put ``item`` (into a ``BatchSender`` or a thread's queue), waiting for room in bounded steps; False once its
+    generation is over (nobody wants it)."""
     while True:
         try:
             results.put(item, timeout=_PUT_SECONDS)
@@ -60,7 +61,6 @@ def worker_loop(
     if own_process:
         restore_default_signals()
         die_with_parent(parent_pid, use_pdeathsig)
-        results.cancel_join_thread()  # exit never waits for a batch nobody will read
         object_reader.allow_in_this_process()  # a process of its own may read S3 through obstore (threads may not)
     if "torch" in sys.modules:  # decode work is single-threaded; keep torch from oversubscribing the cores
         sys.modules["torch"].set_num_threads(1)
