@@ -113,16 +113,14 @@ class MedDiffuseLoader:
         chain = WorkerChain(self.dataset, decode, user_stages, on_error, resize, resize_mode, channels, collate_fn,
                             retry or RetryPolicy(), cache_dir, cache_bytes)  # fmt: skip
         self.augment = self._build_stage(augment, seed, device)
-        if self.augment is not None:
-            cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
-            self.augment.configure_for_loader(
-                details=as_dict, cpu_threads=max(1, cores - self.num_workers) if self.num_workers > 0 else None
-            )
+        cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
         self._graph: Graph = default_graph(
             self._epochs, chain, method=worker_method, prefetch=prefetch,
             mp_context=either("mp_context", mp_context, "multiprocessing_context", multiprocessing_context, "fork"),
             persistent=persistent_workers, timeout=float(timeout), worker_init_fn=worker_init_fn,
             pin_memory=pin_memory, device=device, augment=self.augment, counters=self.counters,
+            details=as_dict,  # the stage's saliency and variant planes only when someone will see them
+            cpu_threads=max(1, cores - self.num_workers) if self.num_workers > 0 else None,  # what workers leave
         )  # fmt: skip
         self._pending: tuple[int, int] | None = None  # where the next pass starts, if not the next epoch
         self._restored = False  # the pending start came from load_state_dict or skip (set_epoch keeps it)

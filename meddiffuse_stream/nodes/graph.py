@@ -86,10 +86,15 @@ def default_graph(
     pin_memory: bool = False,
     device: str | torch.device | None = None,
     augment: Any = None,
+    details: bool = True,
+    cpu_threads: int | None = None,
     counters: Counters | None = None,
 ) -> Graph:
-    """Wire the default graph; with ``augment`` the device stage makes the device copy (on its own stream)."""
+    """Wire the default graph; with ``augment`` the device stage makes the device copy (on its own stream) and
+    gets ``details`` and ``cpu_threads`` (see :class:`DeviceStage`)."""
     workers = Workers(epochs, chain, method=method, prefetch=prefetch, mp_context=mp_context, counters=counters,
                       persistent=persistent, timeout=timeout, worker_init_fn=worker_init_fn)  # fmt: skip
     to_torch = ToTorch(workers, pin_memory=pin_memory, device=None if augment is not None else device)
-    return Graph(epochs, workers, to_torch, DeviceStage(to_torch, augment) if augment is not None else None)
+    device_stage = DeviceStage(to_torch, augment, details=details, cpu_threads=cpu_threads) if augment is not None \
+        else None  # fmt: skip
+    return Graph(epochs, workers, to_torch, device_stage)

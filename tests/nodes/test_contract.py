@@ -130,7 +130,7 @@ def test_a_failing_device_stage_names_itself_and_close_does_not_wait(source):
         device = "cpu"
         method = "broken-method"
 
-        def __call__(self, batch):
+        def __call__(self, batch, details=True):
             raise ValueError("no such thing")
 
         def state_dict(self):
@@ -143,7 +143,7 @@ def test_a_failing_device_stage_names_itself_and_close_does_not_wait(source):
         next(node)
 
     class Slow(Failing):
-        def __call__(self, batch):
+        def __call__(self, batch, details=True):
             time.sleep(2)
             return batch
 
