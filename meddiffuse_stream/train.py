@@ -25,8 +25,9 @@ from tqdm.auto import tqdm
 from .loader import MedDiffuseLoader, sample_shape
 from .metrics import classification_metrics
 from .models import build_model
+from .storage import Location
 
-__all__ = ["TargetNotReachedError", "TrainConfig", "train", "training_device"]
+__all__ = ["TargetNotReachedError", "TrainConfig", "require_classes", "train", "training_device"]
 
 CHECKPOINT = "checkpoint.pt"
 
@@ -99,7 +100,26 @@ def _class_weights(loader: MedDiffuseLoader) -> torch.Tensor:
     return torch.as_tensor(weights, dtype=torch.float32)
 
 
+def require_classes(dataset: str) -> None:
+    """A classifier needs class names and two classes with training samples; say so before anything starts."""
+    try:
+        info = json.loads(Location(dataset).read_bytes("dataset.json"))
+    except FileNotFoundError:
+        return  # the loader names what is missing
+    names = info.get("class_names") or []
+    if len(names) < 2:
+        found = f"only {names}" if names else "no class_names"
+        raise ValueError(f"{dataset}: dataset.json has {found}; a classifier needs at least two named classes "
+                         "(convert with --classes, or fix class_names)")  # fmt: skip
+    counts = (info.get("splits") or {}).get("train", {}).get("classes")
+    if counts is not None and sum(1 for n in counts.values() if n) < 2:
+        present = [c for c, n in counts.items() if n] or "none"
+        raise ValueError(f"{dataset}: the train split holds samples of {present} only; a classifier needs at least "
+                         "two classes to learn from")  # fmt: skip
+
+
 def train(config: TrainConfig) -> dict[str, Any]:
+    require_classes(config.dataset)
     if config.deterministic:
         _make_deterministic()
     device = training_device(config.device)
