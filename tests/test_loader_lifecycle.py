@@ -144,6 +144,17 @@ def test_a_loader_pickles_with_its_workers_running_and_resumes_its_position(data
         each.close()
 
 
+def test_a_loader_with_a_device_stage_pickles(dataset):
+    """ddp_spawn pickles the loader with its AugmentStage (which holds a lock and built functions)."""
+    import torch
+
+    with MedDiffuseLoader(dataset, 8, num_workers=1, augment="mixup", seed=2) as loader:
+        copy = pickle.loads(pickle.dumps(loader))
+        for (images, targets), (copied, copied_targets) in zip(loader, copy, strict=True):
+            assert torch.equal(images, copied) and torch.equal(targets, copied_targets)
+        copy.close()
+
+
 @pytest.mark.slow
 def test_mp_spawn_gets_the_loader_pickled_and_each_rank_its_share(dataset, tmp_path):
     """Built in the parent before any process group exists, passed to mp.spawn: each rank shards by its rank."""
