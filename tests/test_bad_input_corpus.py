@@ -23,7 +23,7 @@ from meddiffuse_stream import MedDiffuseLoader
 from meddiffuse_stream.convert import ConvertOptions, convert_dataset
 from meddiffuse_stream.convert.imagefolder import ImageFolderSource
 from meddiffuse_stream.format import encode_png
-from meddiffuse_stream.nodes.chunks import LoaderDataError
+from meddiffuse_stream.nodes import LoaderDataError
 
 pytestmark = pytest.mark.timeout(120)  # "never hang" is part of every case
 

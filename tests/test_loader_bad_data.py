@@ -11,7 +11,7 @@ import pytest
 
 from meddiffuse_stream import MedDiffuseLoader
 from meddiffuse_stream.format import EncodedSample, ShardWriter, encode_png
-from meddiffuse_stream.nodes.chunks import LoaderDataError
+from meddiffuse_stream.nodes import LoaderDataError
 
 GOOD_PNG = encode_png(np.full((6, 6), 100, np.uint8))
 

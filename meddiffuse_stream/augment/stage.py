@@ -123,6 +123,17 @@ class AugmentStage:
     def generator(self) -> Any:
         return self.variants.generator
 
+    def __getstate__(self) -> dict[str, Any]:
+        """Picklable and copyable — a loader carrying the stage goes to ``ddp_spawn`` / ``mp.spawn`` ranks: the
+        lock and the method's built functions stay behind and are made again from ``method``."""
+        return {name: value for name, value in self.__dict__.items() if name not in ("_teacher_lock", "_apply", "spec")}
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__dict__.update(state)
+        self._teacher_lock = threading.Lock()
+        self.spec = get_method(self.method)
+        self._apply = self.spec.build(self)
+
     # --- state -----------------------------------------------------------------------------------------------
     def state_dict(self) -> dict[str, Any]:
         teacher = self.teacher_identity

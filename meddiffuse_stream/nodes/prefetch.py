@@ -2,12 +2,16 @@
 
 Only remote shards small enough to hold in memory are fetched ahead (``max_bytes``); local files and larger shards
 stream as before. The fetched bytes are hashed again while they are parsed, so verification is unchanged.
+
+Each fetch runs in a daemon thread of its own, not a ``ThreadPoolExecutor``: the executor's threads are joined at
+interpreter exit, so a fetch in its retry back-off (up to minutes) held the whole process up after training ended.
 """
 
 from __future__ import annotations
 
 import concurrent.futures
 import io
+import threading
 from collections.abc import Callable
 
 from .shard_stream import HashingStream
@@ -42,9 +46,7 @@ class ShardPrefetcher:
         self._prefetchable = prefetchable
         self._depth = depth
         self._pending: dict[int, concurrent.futures.Future[HashingStream]] = {}
-        self._pool = (
-            concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="shard-prefetch") if prefetchable else None
-        )
+        self._open = bool(prefetchable)
 
     def get(self, index: int) -> HashingStream:
         future = self._pending.pop(index, None)
@@ -54,11 +56,29 @@ class ShardPrefetcher:
 
     def _schedule_after(self, index: int) -> None:
         position = self._position.get(index)
-        if self._pool is None or position is None:
+        if not self._open or position is None:
             return
         for upcoming in self._order[position + 1 : position + 1 + self._depth]:
             if upcoming in self._prefetchable and upcoming not in self._pending:
-                self._pending[upcoming] = self._pool.submit(self._fetch, upcoming)
+                self._pending[upcoming] = self._submit(upcoming)
+
+    def _submit(self, index: int) -> concurrent.futures.Future[HashingStream]:
+        future: concurrent.futures.Future[HashingStream] = concurrent.futures.Future()
+
+        def run() -> None:
+            if not future.set_running_or_notify_cancel():
+                return
+            try:
+                stream = self._fetch(index)
+            except BaseException as error:  # handed to whoever opens the shard
+                future.set_exception(error)
+                return
+            future.set_result(stream)
+            if not self._open:  # closed while fetching: nobody will take it
+                stream.close()
+
+        threading.Thread(target=run, name=f"shard-prefetch-{index}", daemon=True).start()
+        return future
 
     def close(self) -> None:
         for future in self._pending.values():
@@ -67,6 +87,4 @@ class ShardPrefetcher:
             if future.done() and not future.cancelled() and future.exception() is None:
                 future.result().close()
         self._pending.clear()
-        if self._pool is not None:
-            self._pool.shutdown(wait=False, cancel_futures=True)
-            self._pool = None
+        self._open = False

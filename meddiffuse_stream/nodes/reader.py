@@ -53,7 +53,7 @@ class PlannedSampleReader:
     """Yields :class:`RawSample` (with ``ref`` set) or :class:`Skip`, one per planned ref, in plan order.
 
     It follows the ``torchdata.nodes`` contract (``reset(state)``, ``get_state()``, ``next()``) without importing
-    torch, so decode worker processes start fast; :mod:`meddiffuse_stream.nodes.stages` wraps it as a node.
+    torch; :class:`meddiffuse_stream.nodes.read.ReadSamples` wraps it as a node.
     """
 
     POSITION_KEY = "position"

@@ -7,9 +7,10 @@ import numpy as np
 import pytest
 import torch
 from torch import nn
+from torchdata.nodes import IterableWrapper
 
 from meddiffuse_stream.augment import AUGMENTS, LABEL_MIXING, AugmentStage, MixConfig, VariantCache
-from meddiffuse_stream.augment.runner import run_stage
+from meddiffuse_stream.nodes import DeviceStage
 
 
 class Energy(nn.Module):
@@ -320,7 +321,7 @@ def test_cpu_stage_runs_with_its_own_thread_count_and_restores_torchs(threads):
     stage = _stage(teacher=spy)
     torch.set_num_threads(2)
     try:
-        list(run_stage(stage, [_batch()], cpu_threads=threads))
+        list(DeviceStage(IterableWrapper([_batch()]), stage, cpu_threads=threads))
         assert torch.get_num_threads() == 2, "the caller's setting is back after the call"
         assert spy.seen and set(spy.seen) == ({1} if threads == 1 else {2})
     finally:
