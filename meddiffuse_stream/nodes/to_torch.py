@@ -46,8 +46,9 @@ def _default_convert(value: Any) -> Any:
 
 
 class ToTorch(BaseNode[Any]):
-    """Chunk → ``{"image": float32 (B, C, H, W) in [0, 1], "label": int64, "key", "is_padding": bool, "roi"?,
-    "meta"?}``; a user ``collate_fn``'s batches pass with numpy arrays turned into tensors.
+    """Chunk → ``{"image": float32 (B, C, H, W) in [0, 1], "label": int64, "key", "is_padding": bool, "position":
+    (epoch, rank, batch index), "roi"?, "meta"?}``; a user ``collate_fn``'s batches pass with numpy arrays turned
+    into tensors.
 
     ``pin_memory`` pins batches (only where CUDA is available, as a DataLoader does); ``device`` copies them there
     without blocking. State: the upstream's.
@@ -92,4 +93,6 @@ def convert_chunk(chunk: dict[str, Any]) -> dict[str, Any]:
         batch["roi"] = torch.from_numpy(np.asarray(chunk["roi"], dtype=np.float32))
     if "meta" in chunk:
         batch["meta"] = chunk["meta"]
+    if "position" in chunk:
+        batch["position"] = chunk["position"]  # (epoch, rank, batch index)
     return batch

@@ -128,6 +128,8 @@ class Workers(BaseNode[Any]):
         else:
             chunk, delta = self.pool.receive(self._schedule[self._batches], self.timeout, where)
             self.counters.update(delta)
+        if isinstance(chunk, dict):  # where the batch sits: stages that draw per batch seed from it (any rank)
+            chunk["position"] = (self._plan.epoch, self._plan.rank, self._batches)
         self._batches += 1
         if self._batches == len(self._schedule):
             if self._inline is None and self.persistent:

@@ -345,3 +345,17 @@ def test_the_loader_gives_the_stage_the_cores_its_workers_leave(tmp_path):
             list(loader)
         assert set(spy.seen) == {expected}, workers
         assert torch.get_num_threads() == before
+
+
+def test_inside_a_loader_draws_are_a_function_of_epoch_rank_and_batch():
+    """Frameworks load rank 0's loader state on every rank: draws seeded by where the batch sits stay exact."""
+
+    def at(position, warm_up=0):
+        stage = _stage("cutmix")
+        for _ in range(warm_up):  # whatever the stage did before
+            stage(_batch(seed=9))
+        return stage({**_batch(n=8), "position": position})["image"]
+
+    assert torch.equal(at((2, 1, 5)), at((2, 1, 5), warm_up=3))
+    assert not torch.equal(at((2, 0, 5)), at((2, 1, 5))), "ranks draw differently"
+    assert not torch.equal(at((2, 1, 5)), at((3, 1, 5))), "epochs draw differently"
