@@ -21,15 +21,21 @@ __all__ = [
     "RetryPolicy",
     "__version__",
     "convert_dataset",
+    "unit_float",
 ]
 
 
 def __getattr__(name: str):
-    """``MedDiffuseLoader`` imports torch: loaded on first use, so conversion tools start fast without it."""
+    """``MedDiffuseLoader`` and ``unit_float`` import torch: loaded on first use, so conversion tools start fast
+    without it."""
     if name == "MedDiffuseLoader":
         from .loader import MedDiffuseLoader
 
         return MedDiffuseLoader
+    if name == "unit_float":
+        from .nodes.to_torch import unit_float
+
+        return unit_float
     if name == "RetryPolicy":
         from .retry import RetryPolicy
 

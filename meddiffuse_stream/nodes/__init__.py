@@ -2,7 +2,8 @@
 
 ``EpochSource`` (the epoch plan, one per pass) → ``Workers`` (the parallel stage: each worker runs a
 ``WorkerChain`` = ``ReadSamples`` → ``Decode`` → [``Conform``] → your stages (``Map``, ``ImageMap``, ``Filter``) →
-``Batch``) → ``ToTorch`` (tensors, pinning, device copy) → [``DeviceStage``] (augmentation).
+``Batch``; without stages ``ReadSamples`` → ``DecodeBatch``, which decodes straight into shared batch memory) →
+``ToTorch`` (tensors, pinning, device copy) → [``DeviceStage``] (augmentation).
 ``MedDiffuseLoader`` builds this graph (:func:`default_graph`); ``loader.root`` is its root node. Per-worker nodes
 are one-in-one-out — a skipped or filtered sample travels on as a ``Skipped`` marker — so positions are sample
 counts and every node resumes exactly from its state.
@@ -12,6 +13,7 @@ from .batch import Batch
 from .chain import Stage, WorkerChain
 from .conform import Conform
 from .decode import DecodeOptions
+from .decode_batch import DecodeBatch
 from .device import DeviceStage
 from .epochs import EpochSource, current_placement
 from .errors import LoaderDataError, WorkerDiedError
@@ -21,7 +23,7 @@ from .plan import EpochPlan
 from .read import ReadSamples
 from .source import DatasetSource, open_dataset
 from .stages import Decode, Filter, ImageMap, Map
-from .to_torch import ToTorch
+from .to_torch import ToTorch, unit_float
 from .workers import Workers
 
 __all__ = [
@@ -29,6 +31,7 @@ __all__ = [
     "Conform",
     "DatasetSource",
     "Decode",
+    "DecodeBatch",
     "DecodeOptions",
     "DeviceStage",
     "EpochPlan",
@@ -49,4 +52,5 @@ __all__ = [
     "current_placement",
     "default_graph",
     "open_dataset",
+    "unit_float",
 ]

@@ -11,12 +11,14 @@ from __future__ import annotations
 from collections.abc import Callable, Iterator
 from typing import Any
 
+import numpy as np
 from torchdata.nodes import BaseNode
 
 from ..counters import Counters
 from .collate import collate
 from .errors import LoaderDataError
 from .items import Skipped, as_tensor_sample
+from .pixels import deliver
 
 __all__ = ["Batch"]
 
@@ -26,8 +28,9 @@ Sample = dict[str, Any]
 class Batch(BaseNode[Any]):
     """Yields a collated chunk per ``batch_size`` upstream items (the last may be smaller).
 
-    ``collate_fn(samples)`` replaces the default (numpy arrays, cheap to send between processes) with the user's,
-    which gets the samples as ``transform=`` sees them. State: the upstream's after the last chunk yielded.
+    ``collate_fn(samples)`` replaces the default (numpy arrays, images in the delivery ``dtype``, stacked into
+    ``allocate``'s memory where given) with the user's, which gets the samples as ``transform=`` sees them.
+    State: the upstream's after the last chunk yielded.
     """
 
     SOURCE_KEY = "source"
@@ -40,6 +43,8 @@ class Batch(BaseNode[Any]):
         counters: Counters | None = None,
         collate_fn: Callable[[list[Sample]], Any] | None = None,
         where: str = "this worker",
+        dtype: str = "float32",
+        allocate: Callable[[tuple[int, ...], Any], Any] | None = None,
     ) -> None:
         super().__init__()
         if batch_size < 1:
@@ -49,6 +54,8 @@ class Batch(BaseNode[Any]):
         self.counters = counters if counters is not None else Counters()
         self.collate_fn = collate_fn
         self.where = where
+        self.dtype = dtype
+        self.allocate = allocate
         self._chunks: Iterator[tuple[Any, dict[str, Any]]] = iter(())
         self._state: dict[str, Any] = {}
 
@@ -108,4 +115,9 @@ class Batch(BaseNode[Any]):
         self.counters["padded"] += len(pending) - sum(not isinstance(s, Skipped) for s in pending)
         if self.collate_fn is not None:
             return self.collate_fn([as_tensor_sample(s) for s in filled])
-        return collate(filled)
+        image = filled[0]["image"]
+        stack_into = self.allocate if getattr(image, "dtype", None) == np.dtype(self.dtype) else None
+        chunk = collate(filled, stack_into)
+        if isinstance(chunk["image"], np.ndarray):
+            chunk["image"] = deliver(chunk["image"], self.dtype, chunk["key"], self.allocate)
+        return chunk

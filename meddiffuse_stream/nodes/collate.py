@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -9,8 +10,11 @@ import numpy as np
 __all__ = ["collate"]
 
 
-def collate(samples: list[dict[str, Any]]) -> dict[str, Any]:
-    """Stack samples; mixed bit depths become float32 in [0, 1], mixed shapes are an error naming two keys."""
+def collate(
+    samples: list[dict[str, Any]], allocate: Callable[[tuple[int, ...], Any], np.ndarray] | None = None
+) -> dict[str, Any]:
+    """Stack samples (into ``allocate(shape, dtype)`` where given); mixed bit depths become float32 in [0, 1],
+    mixed shapes are an error naming two keys."""
     first = samples[0]
     images = [s["image"] for s in samples]
     shapes = {i.shape for i in images}
@@ -27,6 +31,8 @@ def collate(samples: list[dict[str, Any]]) -> dict[str, Any]:
         stacked: Any = torch.stack([torch.as_tensor(i) for i in images])
     elif len({i.dtype for i in images}) > 1:
         stacked = np.stack([to_unit_float(i) for i in images])
+    elif allocate is not None:
+        stacked = np.stack(images, out=allocate((len(images), *first["image"].shape), images[0].dtype))
     else:
         stacked = np.stack(images)
     chunk: dict[str, Any] = {
@@ -48,4 +54,4 @@ def to_unit_float(image: np.ndarray) -> np.ndarray:
         return np.multiply(image, np.float32(1 / 255), dtype=np.float32)
     if image.dtype == np.uint16:
         return np.multiply(image, np.float32(1 / 65535), dtype=np.float32)
-    return image.astype(np.float32)
+    return image.astype(np.float32, copy=False)  # float32 already (converted in a worker): no copy

@@ -16,7 +16,15 @@ from torchdata.nodes import BaseNode
 
 from .stages import _OneToOne
 
-__all__ = ["RESIZE_MODES", "Conform", "check_conform", "convert_channels", "resize_image", "target_size"]
+__all__ = [
+    "RESIZE_MODES",
+    "Conform",
+    "check_conform",
+    "conform_sample",
+    "convert_channels",
+    "resize_image",
+    "target_size",
+]
 
 RESIZE_MODES = ("crop", "letterbox")
 _LUMA = np.array([0.299, 0.587, 0.114], dtype=np.float32)
@@ -95,13 +103,20 @@ class Conform(_OneToOne):
         self.channels = channels
 
     def apply(self, sample: dict[str, Any]) -> dict[str, Any]:
-        image = sample["image"]
-        if not isinstance(image, np.ndarray):
-            raise TypeError("Conform works on decoded numpy images: place it before stages that make tensors")
-        if self.channels is not None:
-            image = convert_channels(image, self.channels)
-        if self.size is not None:
-            image = resize_image(image, self.size, self.mode)
-            if "roi" in sample:
-                sample = dict(sample, roi=resize_image(sample["roi"], self.size, self.mode, mask=True))
-        return dict(sample, image=image)
+        return conform_sample(sample, self.size, self.mode, self.channels)
+
+
+def conform_sample(
+    sample: dict[str, Any], size: tuple[int, int] | None, mode: str, channels: int | None
+) -> dict[str, Any]:
+    """A decoded sample (numpy image) at ``size`` and ``channels`` (None: as it is); its ROI follows."""
+    image = sample["image"]
+    if not isinstance(image, np.ndarray):
+        raise TypeError("Conform works on decoded numpy images: place it before stages that make tensors")
+    if channels is not None:
+        image = convert_channels(image, channels)
+    if size is not None:
+        image = resize_image(image, size, mode)
+        if "roi" in sample:
+            sample = dict(sample, roi=resize_image(sample["roi"], size, mode, mask=True))
+    return dict(sample, image=image)

@@ -1,6 +1,8 @@
 """The default graph ``MedDiffuseLoader`` builds, from the public nodes:
 
-``EpochSource → Workers(WorkerChain: ReadSamples → Decode → [Conform] → *stages → Batch) → ToTorch → [DeviceStage]``
+``EpochSource → Workers(WorkerChain: ReadSamples → DecodeBatch) → ToTorch → [DeviceStage]``, where a chain with
+per-sample stages or a ``collate_fn`` is ``ReadSamples → Decode → [Conform] → *stages → Batch``. Worker processes
+decode into shared memory and the loader takes those arrays as they are (:mod:`.channel`).
 """
 
 from __future__ import annotations
@@ -94,7 +96,8 @@ def default_graph(
     gets ``details`` and ``cpu_threads`` (see :class:`DeviceStage`)."""
     workers = Workers(epochs, chain, method=method, prefetch=prefetch, mp_context=mp_context, counters=counters,
                       persistent=persistent, timeout=timeout, worker_init_fn=worker_init_fn)  # fmt: skip
-    to_torch = ToTorch(workers, pin_memory=pin_memory, device=None if augment is not None else device)
+    to_torch = ToTorch(workers, pin_memory=pin_memory, device=None if augment is not None else device,
+                       dtype=chain.dtype)  # fmt: skip
     device_stage = DeviceStage(to_torch, augment, details=details, cpu_threads=cpu_threads) if augment is not None \
         else None  # fmt: skip
     return Graph(epochs, workers, to_torch, device_stage)

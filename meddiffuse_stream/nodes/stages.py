@@ -18,7 +18,7 @@ from .items import PlannedSample, Skipped, as_tensor_sample
 from .reader import Skip
 from .source import DatasetSource
 
-__all__ = ["Decode", "Filter", "ImageMap", "Map"]
+__all__ = ["Decode", "Filter", "ImageMap", "Map", "decode_planned"]
 
 Sample = dict[str, Any]
 ON_ERROR = ("raise", "skip")
@@ -66,19 +66,25 @@ class Decode(_OneToOne):
         self.on_error = on_error
 
     def apply(self, planned: PlannedSample) -> Sample | Skipped:
-        item = planned.item
-        try:
-            if isinstance(item, Skip):
-                raise SampleError(item.reason, item.kind)
-            sample = decode_sample(item, self.options)
-        except SampleError as error:
-            where = self.dataset.describe(item.ref[0])
-            message = str(error) if str(error).startswith(where) else f"{where}: {error}"
-            if self.on_error == "raise":
-                raise LoaderDataError(f"{message} (pass on_error='skip' to skip and count it)") from error
-            return Skipped(error.kind, message, getattr(item, "key", None), planned.padding)
-        sample["is_padding"] = planned.padding
-        return sample
+        return decode_planned(planned, self.dataset, self.options, self.on_error)
+
+
+def decode_planned(planned: PlannedSample, dataset: DatasetSource, options: DecodeOptions, on_error: str) -> Any:
+    """One planned sample decoded (``is_padding`` set), or a :class:`Skipped` naming shard and key; with
+    ``on_error="raise"`` a :class:`LoaderDataError` instead."""
+    item = planned.item
+    try:
+        if isinstance(item, Skip):
+            raise SampleError(item.reason, item.kind)
+        sample = decode_sample(item, options)
+    except SampleError as error:
+        where = dataset.describe(item.ref[0])
+        message = str(error) if str(error).startswith(where) else f"{where}: {error}"
+        if on_error == "raise":
+            raise LoaderDataError(f"{message} (pass on_error='skip' to skip and count it)") from error
+        return Skipped(error.kind, message, getattr(item, "key", None), planned.padding)
+    sample["is_padding"] = planned.padding
+    return sample
 
 
 def _checked(result: Any, what: str) -> Sample:

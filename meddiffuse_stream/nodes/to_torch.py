@@ -1,7 +1,9 @@
-"""Batches into torch: a worker's numpy chunk to float tensors, pinned and on the device when asked.
+"""Batches into torch: a worker's numpy chunk to tensors, pinned and on the device when asked.
 
-numpy, not torch, converts uint8 to float: torch's intra-op threads would spin on the cores the decode workers
-need (9.9k → 16.8k samples/s on 2 cores when this changed).
+The default chain's workers deliver images in their final dtype (float32 in [0, 1], or uint8/uint16 for the device
+to convert with :func:`unit_float`), in shared memory: here they only become tensors, without a copy. Where a
+chunk still needs converting (a 0-worker loader, user stages) numpy does it, not torch: torch's intra-op threads
+would spin on the cores the decode workers need (9.9k → 16.8k samples/s on 2 cores when this changed).
 """
 
 from __future__ import annotations
@@ -14,8 +16,20 @@ import torch
 from torchdata.nodes import BaseNode
 
 from .collate import to_unit_float
+from .pixels import check_dtype, deliver
 
-__all__ = ["ToTorch", "to_device"]
+__all__ = ["ToTorch", "to_device", "unit_float"]
+
+
+def unit_float(images: torch.Tensor) -> torch.Tensor:
+    """Delivered images as float32 in [0, 1] wherever they are (run it after the copy to the device): uint8 by
+    1/255, uint16 by 1/65535; float images pass unchanged."""
+    if images.dtype == torch.uint8:
+        return images.to(torch.float32).mul_(1 / 255)
+    if images.dtype == torch.uint16:  # few kernels take uint16: its bits as int16, widened, sign bits dropped
+        wide = images.view(torch.int16).to(torch.int32).bitwise_and_(0xFFFF)
+        return wide.to(torch.float32).mul_(1 / 65535)
+    return images if images.dtype == torch.float32 else images.to(torch.float32)
 
 
 def to_device(value: Any, device: torch.device | None, pin: bool = False) -> Any:
@@ -46,9 +60,9 @@ def _default_convert(value: Any) -> Any:
 
 
 class ToTorch(BaseNode[Any]):
-    """Chunk → ``{"image": float32 (B, C, H, W) in [0, 1], "label": int64, "key", "is_padding": bool, "position":
-    (epoch, rank, batch index), "roi"?, "meta"?}``; a user ``collate_fn``'s batches pass with numpy arrays turned
-    into tensors.
+    """Chunk → ``{"image": (B, C, H, W) float32 in [0, 1] (or ``dtype``), "label": int64, "key", "is_padding":
+    bool, "position": (epoch, rank, batch index), "roi"? (float32, or uint8 with an integer ``dtype``), "meta"?}``;
+    a user ``collate_fn``'s batches pass with numpy arrays turned into tensors.
 
     ``pin_memory`` pins batches (only where CUDA is available, as a DataLoader does); ``device`` copies them there
     without blocking. State: the upstream's.
@@ -56,9 +70,17 @@ class ToTorch(BaseNode[Any]):
 
     SOURCE_KEY = "source"
 
-    def __init__(self, source: BaseNode[Any], *, pin_memory: bool = False, device: str | torch.device | None = None):
+    def __init__(
+        self,
+        source: BaseNode[Any],
+        *,
+        pin_memory: bool = False,
+        device: str | torch.device | None = None,
+        dtype: str = "float32",
+    ) -> None:
         super().__init__()
         self.source = source
+        self.dtype = check_dtype(dtype)
         self.device = torch.device(device) if device is not None else None
         self.pin = pin_memory and torch.cuda.is_available()
         if pin_memory and not self.pin:
@@ -73,7 +95,7 @@ class ToTorch(BaseNode[Any]):
 
     def next(self) -> Any:
         chunk = next(self.source)
-        batch = convert_chunk(chunk) if _is_chunk(chunk) else _default_convert(chunk)
+        batch = convert_chunk(chunk, self.dtype) if _is_chunk(chunk) else _default_convert(chunk)
         return to_device(batch, self.device, self.pin) if self.pin or self.device is not None else batch
 
 
@@ -81,16 +103,26 @@ def _is_chunk(chunk: Any) -> bool:
     return isinstance(chunk, dict) and "image" in chunk and "label" in chunk and "key" in chunk
 
 
-def convert_chunk(chunk: dict[str, Any]) -> dict[str, Any]:
-    """A default chunk's arrays as tensors: the image as float32 in [0, 1]."""
+def convert_chunk(chunk: dict[str, Any], dtype: str = "float32") -> dict[str, Any]:
+    """A default chunk's arrays as tensors (no copy where they already are what is delivered): the image as
+    float32 in [0, 1], or in the integer ``dtype`` asked for."""
     image = chunk["image"]
-    tensor = image.to(torch.float32) if isinstance(image, torch.Tensor) else torch.from_numpy(to_unit_float(image))
+    if isinstance(image, torch.Tensor):
+        if dtype != "float32" and image.is_floating_point():
+            raise TypeError(f"dtype={dtype!r} delivers the stored integers, but a stage of the loader made float "
+                            "images: drop dtype= or keep the stage's images integer")  # fmt: skip
+        tensor = image.to(torch.float32) if dtype == "float32" else image
+    elif dtype == "float32":
+        tensor = torch.from_numpy(to_unit_float(image))
+    else:
+        tensor = torch.from_numpy(deliver(image, dtype, chunk["key"]))
     label = chunk["label"]
     batch: dict[str, Any] = {"image": tensor, "label": torch.as_tensor(label), "key": chunk["key"]}
     if "is_padding" in chunk:
         batch["is_padding"] = torch.as_tensor(chunk["is_padding"])
     if "roi" in chunk:
-        batch["roi"] = torch.from_numpy(np.asarray(chunk["roi"], dtype=np.float32))
+        roi = np.asarray(chunk["roi"])
+        batch["roi"] = torch.from_numpy(roi.astype(np.float32, copy=False) if dtype == "float32" else roi)
     if "meta" in chunk:
         batch["meta"] = chunk["meta"]
     if "position" in chunk:

@@ -68,6 +68,7 @@ def worker_loop(
     # a deep copy rebuilds every Location (its __setstate__ opens a client of this process's own)
     chain = copy.deepcopy(chain)
     counters = Counters()
+    allocate = getattr(results, "allocate", None)  # a process's batch arrays go in shared segments
     init_error = None
     if worker_init_fn is not None:
         try:
@@ -83,12 +84,13 @@ def worker_loop(
             _hand_over(results, (current, "error", init_error, {}), generation)
             continue
         try:
-            node = chain.build(plan, worker, start, counters)
+            node = chain.build(plan, worker, start, counters, allocate)
             node.reset(None)
             for chunk in node:
                 if generation.value != current or not _hand_over(results, (current, "chunk", chunk, _take(counters)),
                                                                  generation):  # fmt: skip
                     break
+                chunk = None  # its memory goes with the message, not kept here while the next batch decodes
         except BaseException as error:  # reported to the main process, which raises it with the worker named
             kind = "data" if isinstance(error, LoaderDataError) else "error"
             detail = f"{type(error).__name__}: {error}"
