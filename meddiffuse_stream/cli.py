@@ -140,6 +140,9 @@ def build_parser() -> argparse.ArgumentParser:
     fit.add_argument("--loss", default="ce", choices=["ce", "weighted"], help="weighted: inverse class frequency")
     fit.add_argument("--seed", type=int, default=0)
     fit.add_argument("--workers", type=int, default=0)
+    fit.add_argument("--loader-dtype", default="float32", choices=["float32", "uint8", "uint16"],
+                     help="what the loader's workers deliver: uint8/uint16 move 1/4 (1/2) of the bytes and are "
+                     "converted to float on the training device")  # fmt: skip
     fit.add_argument("--checkpoint-every", type=int, default=0, help="steps between checkpoints (and every epoch)")
     fit.add_argument("--train-fraction", type=float, default=1.0, help="train on this patient-level fraction")
     fit.add_argument("--resume", action="store_true", help="continue from OUT/checkpoint.pt exactly")
@@ -278,7 +281,7 @@ def _run_train(args: argparse.Namespace) -> int:
         num_workers=args.workers, checkpoint_every=args.checkpoint_every, resume=args.resume, device=args.device,
         key_log=args.key_log, augment_stage=_configured_stage(args), train_fraction=args.train_fraction,
         cache_dir=args.shard_cache, cache_bytes=args.shard_cache_bytes, min_val_auc=args.min_val_auc,
-        progress=not args.quiet, deterministic=args.deterministic,
+        progress=not args.quiet, deterministic=args.deterministic, loader_dtype=args.loader_dtype,
     )  # fmt: skip
     results = train(config)
     if int(os.environ.get("RANK", "0")) == 0:

@@ -25,6 +25,7 @@ from tqdm.auto import tqdm
 from .loader import MedDiffuseLoader, sample_shape
 from .metrics import classification_metrics
 from .models import build_model
+from .nodes.to_torch import unit_float
 from .storage import Location
 
 __all__ = ["TargetNotReachedError", "TrainConfig", "require_classes", "train", "training_device"]
@@ -60,6 +61,7 @@ class TrainConfig:
     steps: int | None = None  # optimizer steps to make, whatever the epoch length (overrides ``epochs``)
     cache_dir: str | None = None  # local shard cache for remote datasets (LRU, sha256-verified)
     cache_bytes: int = 50 << 30
+    loader_dtype: str = "float32"  # uint8/uint16: the loader delivers stored integers, converted on the device
 
 
 def training_device(name: str | None = None) -> torch.device:
@@ -134,7 +136,7 @@ def train(config: TrainConfig) -> dict[str, Any]:
     augment = config.augment_stage or (None if method == "none" else method)
     loader = MedDiffuseLoader(config.dataset, config.batch_size, num_workers=config.num_workers, seed=config.seed,
                               augment=augment, as_dict=True, rank=rank, world_size=world, cache_dir=config.cache_dir,
-                              cache_bytes=config.cache_bytes, device=device)  # fmt: skip
+                              cache_bytes=config.cache_bytes, device=device, dtype=config.loader_dtype)  # fmt: skip
     torch.manual_seed(config.seed)  # the same initial weights on every rank
     model = build_model(config.model, channels, classes, size).to(device)
     if dist.is_initialized():
@@ -165,7 +167,7 @@ def train(config: TrainConfig) -> dict[str, Any]:
     try:
         while loader.epoch < config.epochs and step < total_steps:
             for batch in loader:
-                images = batch["image"].to(device, non_blocking=True)
+                images = unit_float(batch["image"].to(device, non_blocking=True))  # uint8/uint16 on the device
                 targets = (
                     batch["target"].to(device, non_blocking=True) if "target" in batch else batch["label"].to(device)
                 )
@@ -321,7 +323,7 @@ def evaluate(model, dataset: str, split: str, batch_size: int, device, rank: int
     model.eval()
     rows: dict[str, tuple[int, list[float]]] = {}
     for batch in loader:
-        probabilities = torch.softmax(model(batch["image"].to(device)).float(), dim=1).cpu().numpy()
+        probabilities = torch.softmax(model(unit_float(batch["image"].to(device))).float(), dim=1).cpu().numpy()
         for key, label, row in zip(batch["key"], batch["label"].tolist(), probabilities, strict=True):
             rows[key] = (label, row.tolist())
     loader.close()

@@ -20,6 +20,7 @@ import torch
 import torch.nn.functional as F
 
 from ..counters import Counters
+from ..nodes.to_torch import unit_float
 from .cache import VariantCache, content_hashes
 from .methods import METHODS, PRESETS, BatchInputs, get_method
 from .methods.geometric import apply_standard, draw_standard
@@ -203,9 +204,11 @@ class AugmentStage:
     def __call__(self, batch: dict[str, Any], *, details: bool = True) -> dict[str, Any]:
         """The augmented batch; with ``details``, the saliency and variant planes the method used, too."""
         self._apply_pending_teacher()
-        images = batch["image"].to(self.device, non_blocking=True)
+        # a loader with dtype="uint8"/"uint16" delivers stored integers: they become float in [0, 1] here, on the
+        # stage's device, after the (smaller) copy
+        images = unit_float(batch["image"].to(self.device, non_blocking=True))
         labels = batch["label"].to(self.device, non_blocking=True)
-        roi = batch["roi"].to(self.device, non_blocking=True) if "roi" in batch else None
+        roi = batch["roi"].to(self.device, non_blocking=True).float() if "roi" in batch else None  # 0/1 masks
         keys: Sequence[str] = batch["key"]
         count = len(images)
         rng = self._generator_for(batch)

@@ -14,6 +14,7 @@ from meddiffuse_stream.nodes import (
     Batch,
     Conform,
     Decode,
+    DecodeBatch,
     DecodeOptions,
     DeviceStage,
     EpochPlan,
@@ -84,9 +85,17 @@ def test_batch_contract(source, plan):
     check_state_contract(make, [0, 2, 6])  # worker 1 has 6 of the 13 batches
 
 
+def test_decode_batch_contract(source, plan):
+    make = lambda: DecodeBatch(_read(source, plan), source, DecodeOptions(), 8)  # noqa: E731
+    check_state_contract(make, [0, 2, 6])
+
+
+@pytest.mark.parametrize("fused", [True, False], ids=["fused", "per-sample-stage"])
 @pytest.mark.parametrize(("workers", "method"), [(0, "process"), (2, "thread"), (2, "process")])
-def test_workers_contract_and_next_epoch(source, workers, method):
-    chain = WorkerChain(source, DecodeOptions(num_classes=2), (functools.partial(ImageMap, fn=_brighter),))
+def test_workers_contract_and_next_epoch(source, workers, method, fused):
+    stages = () if fused else (functools.partial(ImageMap, fn=_brighter),)
+    chain = WorkerChain(source, DecodeOptions(num_classes=2), stages)
+    assert chain.fused == fused
 
     def make():
         return Workers(_epochs(source, workers), chain, method=method)
