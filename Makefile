@@ -64,10 +64,11 @@ test: lint
 bench-shard: setup
 	$(PY) tools/bench_shard.py --out .bench/shard.json
 
-# litdata is a benchmark-only peer: --no-deps keeps its torchvision and boto3 pins out of the environment
+# litdata is a benchmark-only peer: --no-deps keeps its torchvision pins out of the environment; it imports boto3,
+# taken at the version of the botocore s3fs brought (boto3 and botocore share version numbers)
 bench-loader: setup
 	$(PY) -m pip install -q --disable-pip-version-check --no-deps litdata==0.2.76 lightning-utilities==0.15.3 \
-		tifffile
+		tifffile "boto3==$$($(PY) -c 'import botocore; print(botocore.__version__)')" "s3transfer>=0.19,<0.20"
 	$(PY) tools/bench_loader.py --out .bench/loader.json
 
 bench-augment: setup

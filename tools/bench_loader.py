@@ -1,11 +1,18 @@
 #!/usr/bin/env python3
-"""Benchmark of MedDiffuseLoader against stock webdataset and litdata on the same PNG bytes.
+"""Benchmark of MedDiffuseLoader: where its CPU goes, how close it comes to the decoder alone, and its peers.
 
-Each run is a fresh subprocess (peak memory: the sampled RSS of it and its workers) reading the same 64x64 grey
-images into float32 (B, 1, 64, 64) batches with the
-same worker count and batch size; runs alternate (webdataset, litdata, meddiffuse, ...) so machine drift hits all
-alike, and the median is reported. Also: the same loader from SeaweedFS S3 against local disk (the server on a core
-of its own, then sharing the loader's cores), and memory growth over 10 epochs. Writes ``.bench/loader.json``.
+1. Profile (``profile``): for 64, 224 and 512 px in grey 8-bit, grey 16-bit and RGB, the CPU per sample of every
+   stage of a decode worker and of the main process, each measured alone (``tools/loader_profile.py``), and the
+   decode limit of this machine on the same bytes — pyspng alone in as many processes as workers — against the
+   loader's rate and real CPU split, alternating for ``--rounds`` (``tools/decode_limit.py``), float32 (the
+   default) and uint8 delivery: ``ratio_vs_decode_limit``.
+2. Peers (``peers``): the same PNG bytes at 64 and 224 px grey through stock webdataset + DataLoader, litdata and
+   MedDiffuseLoader (float32 ``(B, 1, S, S)``, same workers and batch size); each run a fresh subprocess (peak
+   memory: the sampled RSS of it and its workers), runs alternating, medians.
+3. The same loader from SeaweedFS S3 against local disk (the server on a core of its own, then sharing the
+   loader's cores), and memory growth over 10 epochs.
+
+``goals`` lists each goal with its value; ``--quick`` is a small smoke run. Writes ``.bench/loader.json``.
 """
 
 from __future__ import annotations
@@ -21,6 +28,9 @@ import tempfile
 import time
 from pathlib import Path
 
+from bench_images import build_litdata, build_shards
+from decode_limit import against_limit
+from loader_profile import image_bytes, stage_profile
 from process_memory import descendants, rss_of_tree
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -68,6 +78,10 @@ elapsed = time.perf_counter() - started
 print(json.dumps({"samples": count, "seconds": elapsed, "peak_rss_mb": peak / 1024}))
 """
 
+SIZES = (64, 224, 512)
+KINDS = ("grey8", "grey16", "rgb")
+GOAL_CONFIGS = ("64-grey8", "224-grey8", "224-rgb")  # ratio_vs_decode_limit >= 0.8 here
+
 
 def run(
     name: str, settings: dict[str, object], env: dict[str, str] | None = None, cores: set[int] | None = None
@@ -88,39 +102,6 @@ def run(
     return figures
 
 
-def build(scratch: Path, count: int, size: int) -> tuple[Path, Path]:
-    sys.path.insert(0, str(ROOT / "tools"))
-    from bench_shard import make_inputs
-
-    from meddiffuse_stream.convert import ConvertOptions, ImageFolderSource, convert_dataset
-
-    images = make_inputs(scratch / "images", count, size)
-    shards = scratch / "shards"
-    convert_dataset(ImageFolderSource(), str(images), str(shards),
-                    ConvertOptions(splits={"train": 1.0}, shard_size=1000, workers=2), progress=False)  # fmt: skip
-    litdata_dir = scratch / "litdata"
-    code = f"""
-import io, tarfile, json
-from pathlib import Path
-from litdata import optimize
-root = Path({str(shards)!r})
-paths = [str(root / s["path"]) for s in json.loads((root / "dataset.json").read_text())["shards"]]
-def samples(path):
-    with tarfile.open(path) as archive:
-        members = {{m.name: archive.extractfile(m).read() for m in archive.getmembers()}}
-    for name, data in members.items():
-        if name.endswith(".png") and not name.endswith(".roi.png"):
-            key = name[:-4]
-            yield {{"png": data, "label": int(members[key + ".cls"])}}
-if __name__ == "__main__":
-    optimize(fn=samples, inputs=paths, output_dir={str(litdata_dir)!r}, chunk_bytes="64MB", num_workers=2)
-"""
-    script = scratch / "optimize_litdata.py"
-    script.write_text(code)
-    subprocess.run([sys.executable, str(script)], check=True, capture_output=True, cwd=scratch, timeout=1200)
-    return shards, litdata_dir
-
-
 def rss_growth(source: str, batch: int, workers: int, epochs: int = 10) -> float:
     from meddiffuse_stream import MedDiffuseLoader
 
@@ -136,45 +117,98 @@ def rss_growth(source: str, batch: int, workers: int, epochs: int = 10) -> float
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--out", default=".bench/loader.json")
-    parser.add_argument("--count", type=int, default=20000)
-    parser.add_argument("--size", type=int, default=64)
+    parser.add_argument("--count", type=int, default=20000, help="64 px images (peers, S3, RSS)")
+    parser.add_argument("--count-224", type=int, default=4000)
+    parser.add_argument("--count-512", type=int, default=600)
     parser.add_argument("--batch", type=int, default=64)
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--epochs", type=int, default=2)
     parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--quick", action="store_true", help="a small smoke run (a few hundred images, 1 round)")
     args = parser.parse_args()
+    if args.quick:
+        args.count, args.count_224, args.count_512, args.rounds, args.epochs = 512, 256, 64, 1, 1
+    counts = {64: args.count, 224: args.count_224, 512: args.count_512}
+    common = {"BATCH": args.batch, "WORKERS": args.workers, "EPOCHS": args.epochs}
+    results: dict[str, object] = {"setup": {**common, "counts": counts, "rounds": args.rounds,
+                                            "cpu_count": os.cpu_count()}}  # fmt: skip
     with tempfile.TemporaryDirectory() as scratch_name:
         scratch = Path(scratch_name)
-        shards, litdata_dir = build(scratch, args.count, args.size)
-        common = {"BATCH": args.batch, "WORKERS": args.workers, "EPOCHS": args.epochs, "SIZE": args.size}
-        settings = {
-            "webdataset": {"ROOT": str(shards), **common},
-            "litdata": {"LITDATA": str(litdata_dir), **common},
-            "meddiffuse": {"SOURCE": str(shards), "OPTIONS": None, **common},
-        }
-        rates: dict[str, list[float]] = {name: [] for name in RUNNERS}
-        peaks: dict[str, float] = {}
-        for _ in range(args.rounds):
-            for name in RUNNERS:
-                figures = run(name, settings[name])
-                rates[name].append(figures["rate"])
-                peaks[name] = max(peaks.get(name, 0.0), figures["peak_rss_mb"])
-                print(f"{name:12s} {figures['rate']:8.0f} samples/s")
-        median = {name: statistics.median(values) for name, values in rates.items()}
-        results: dict[str, object] = {
-            "setup": {**common, "count": args.count, "rounds": args.rounds, "cpu_count": os.cpu_count()},
-            "samples_per_s": {k: round(v, 1) for k, v in median.items()},
-            "peak_rss_mb": {k: round(v, 1) for k, v in peaks.items()},
-            "ratio_vs_webdataset": round(median["meddiffuse"] / median["webdataset"], 3),
-            "ratio_vs_litdata": round(median["meddiffuse"] / median["litdata"], 3),
-        }
-        results.update(s3_figures(shards, settings["meddiffuse"], args.rounds))
-        results["rss_growth_10_epochs"] = round(rss_growth(str(shards), args.batch, args.workers), 4)
-    for name in ("ratio_vs_webdataset", "ratio_vs_litdata", "ratio_s3_vs_local", "ratio_s3_via_s3fs_vs_local",
-                 "server_on_loader_cores", "rss_growth_10_epochs"):  # fmt: skip
-        print(f"{name:26s} {results[name]}")
+        shards = {(size, kind): build_shards(scratch, counts[size], size, kind, _shard_size(counts[size], args))
+                  for size in SIZES for kind in KINDS}  # fmt: skip
+        results["profile"] = profile(shards, args)
+        results["peers"] = {f"{size}-grey8": peers(scratch, shards[size, "grey8"], size, common, args.rounds)
+                            for size in (64, 224)}  # fmt: skip
+        results.update(s3_figures(shards[64, "grey8"], {"SOURCE": str(shards[64, "grey8"]), "OPTIONS": None,
+                                                        "SIZE": 64, **common}, args.rounds))  # fmt: skip
+        results["rss_growth_10_epochs"] = round(rss_growth(str(shards[64, "grey8"]), args.batch, args.workers), 4)
+    results["goals"] = goals(results)
+    for goal in results["goals"]:  # type: ignore[union-attr]
+        print(f"{goal['name']:44s} {goal['value']!s:>8} goal {goal['goal']:>8}  {'met' if goal['met'] else 'NOT met'}")
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(results, indent=1) + "\n")
+
+
+def _shard_size(count: int, args: argparse.Namespace) -> int:
+    """Shards of at most 1000 samples and at least 4 per worker, so no worker reads mostly partial shards."""
+    return max(1, min(1000, count // (4 * args.workers)))
+
+
+def profile(shards: dict[tuple[int, str], Path], args: argparse.Namespace) -> dict[str, object]:
+    """Per configuration: the per-stage CPU profile and the loader against the decode limit."""
+    found: dict[str, object] = {}
+    for (size, kind), path in shards.items():
+        name = f"{size}-{kind}"
+        entry = {"stages": stage_profile(str(path), args.batch, repeats=1 if args.quick or size == 512 else 3)}
+        integers = "uint16" if kind == "grey16" else "uint8"  # the stored integers, converted on the device
+        entry.update(against_limit(str(path), image_bytes(str(path)), batch=args.batch, workers=args.workers,
+                                   epochs=args.epochs, rounds=args.rounds, dtypes=("float32", integers)))  # fmt: skip
+        found[name] = entry
+        ratios = {k: v["ratio_vs_decode_limit"] for k, v in entry.items() if k.startswith("loader_")}
+        print(f"{name:10s} decode limit {entry['decode_limit']['samples_per_s']:9.0f}/s  {ratios}")
+    return found
+
+
+def peers(scratch: Path, shards: Path, size: int, common: dict[str, int], rounds: int) -> dict[str, object]:
+    """webdataset, litdata and MedDiffuseLoader on the same PNG bytes, alternating; medians and ratios."""
+    litdata_dir = build_litdata(shards, scratch / f"litdata-{size}")
+    settings = {
+        "webdataset": {"ROOT": str(shards), "SIZE": size, **common},
+        "litdata": {"LITDATA": str(litdata_dir), "SIZE": size, **common},
+        "meddiffuse": {"SOURCE": str(shards), "OPTIONS": None, "SIZE": size, **common},
+    }
+    rates: dict[str, list[float]] = {name: [] for name in RUNNERS}
+    peaks: dict[str, float] = {}
+    for _ in range(rounds):
+        for name in RUNNERS:
+            figures = run(name, settings[name])
+            rates[name].append(figures["rate"])
+            peaks[name] = max(peaks.get(name, 0.0), figures["peak_rss_mb"])
+            print(f"{size} px {name:12s} {figures['rate']:8.0f} samples/s")
+    median = {name: statistics.median(values) for name, values in rates.items()}
+    return {
+        "samples_per_s": {k: round(v, 1) for k, v in median.items()},
+        "peak_rss_mb": {k: round(v, 1) for k, v in peaks.items()},
+        "ratio_vs_webdataset": round(median["meddiffuse"] / median["webdataset"], 3),
+        "ratio_vs_litdata": round(median["meddiffuse"] / median["litdata"], 3),
+    }
+
+
+def goals(results: dict[str, object]) -> list[dict[str, object]]:
+    """Each goal of the issue with this run's value: ``ratio_vs_decode_limit`` ≥ 0.8 at 64 and 224 px (grey, RGB;
+    float32, the default, and uint8 delivery), ≥ 1.5× litdata at 224 px, the 64 px, S3 and RSS goals kept."""
+    profile_, peers_ = results["profile"], results["peers"]
+    rows: list[tuple[str, float, float, bool]] = []
+    for name in GOAL_CONFIGS:
+        for dtype in ("float32", "uint8"):
+            value = profile_[name][f"loader_{dtype}"]["ratio_vs_decode_limit"]  # type: ignore[index]
+            rows.append((f"ratio_vs_decode_limit {name} {dtype}", value, 0.8, True))
+    rows.append(("ratio_vs_litdata 224-grey8", peers_["224-grey8"]["ratio_vs_litdata"], 1.5, True))  # type: ignore[index]
+    rows.append(("ratio_vs_litdata 64-grey8", peers_["64-grey8"]["ratio_vs_litdata"], 1.0, True))  # type: ignore[index]
+    rows.append(("ratio_s3_vs_local", results["ratio_s3_vs_local"], 0.9, True))  # type: ignore[arg-type]
+    rows.append(("rss_growth_10_epochs", results["rss_growth_10_epochs"], 0.05, False))  # type: ignore[arg-type]
+    return [{"name": name, "value": value, "goal": (">= " if at_least else "< ") + str(goal),
+             "met": value >= goal if at_least else value < goal} for name, value, goal, at_least in rows]  # fmt: skip
 
 
 def s3_figures(shards: Path, settings: dict[str, object], rounds: int) -> dict[str, object]:

@@ -1,13 +1,10 @@
-"""Where the loader's CPU goes, per sample, and how fast the decoder alone is on the same bytes.
+"""Where the loader's CPU goes, per sample: each stage of a decode worker and of the main process measured on its
+own over the same shards, in CPU time (``time.process_time``: other load on a shared machine does not count).
 
-- :func:`stage_profile`: each stage of a decode worker and of the main process measured on its own over the same
-  shards, in CPU time (``time.process_time``: other load on a shared machine does not count), in µs per sample —
-  the worker's read (file, sha256, tar parse, the reader's bookkeeping), decode (the decoder alone and what wraps
-  it), batch assembly (conversion into the batch buffer included), hand-off (the message and its descriptors)
-  and, in the main process, receive, conversion to tensors and pinning (CUDA only).
-- :func:`decode_limit`: pyspng alone over the PNG bytes of the same shards in ``processes`` processes, each
-  decoding its share from memory: the rate no loader on this machine can pass.
-- :func:`loader_cpu`: a real run's CPU split — worker processes and main process, µs per delivered sample.
+The worker's read (file, sha256, tar parse, the reader's bookkeeping), decode (the decoder alone and what wraps
+it), batch assembly (the conversion into the batch buffer included) and hand-off (the message and its descriptors,
+reusing a released segment); in the main process receive, conversion to tensors and pinning (CUDA only). The
+whole chain is measured too; ``assemble`` and ``bookkeeping`` are what is left of a total after its parts.
 """
 
 from __future__ import annotations
@@ -16,11 +13,7 @@ import hashlib
 import io
 import itertools
 import json
-import multiprocessing
-import os
-import resource
 import socket
-import subprocess
 import sys
 import time
 from multiprocessing import reduction
@@ -30,9 +23,7 @@ from typing import Any
 import numpy as np
 import pyspng
 
-ROOT = Path(__file__).resolve().parents[1]
-
-__all__ = ["decode_limit", "image_bytes", "loader_cpu", "stage_profile"]
+__all__ = ["image_bytes", "stage_profile"]
 
 
 def _shards(root: str) -> tuple[Any, list[bytes]]:
@@ -79,8 +70,18 @@ def stage_profile(root: str, batch_size: int = 64, dtype: str = "float32", repea
     count = dataset.total
     raws = [item for data in shards for item in iter_samples(io.BytesIO(data)) if isinstance(item, RawSample)]
     pngs = [raw.members["png"] for raw in raws]
-    decoded = [decode_sample(raw, options)["image"] for raw in raws]
-    out = np.empty((batch_size, *decoded[0].shape), np.dtype(dtype))
+    first = decode_sample(raws[0], options)["image"]
+    out = np.empty((batch_size, *first.shape), np.dtype(dtype))
+
+    def convert() -> float:
+        """Each image converted into its batch slot right after its decode, as the chain does (cache-hot)."""
+        seconds = 0.0
+        for index, raw in enumerate(raws):
+            image = decode_sample(raw, options)["image"]
+            started = time.process_time()
+            write_image(out[index % batch_size], image, index)
+            seconds += time.process_time() - started
+        return seconds
 
     def read_node() -> None:
         node = ReadSamples(dataset, plan, 0)
@@ -107,8 +108,7 @@ def stage_profile(root: str, batch_size: int = 64, dtype: str = "float32", repea
             "worker.read.total": _cpu(read_node)[0],
             "worker.decode.decoder": _cpu(lambda: [pyspng.load(png) for png in pngs])[0],
             "worker.decode.total": _cpu(lambda: [decode_sample(raw, options) for raw in raws])[0],
-            "worker.batch.convert": _cpu(lambda: [write_image(out[i % batch_size], im, i)
-                                                  for i, im in enumerate(decoded)])[0],
+            "worker.batch.convert": convert(),
         }
         seconds, spans = _cpu(chain)
         measured["worker.chain.total"] = seconds - sum(spans.values())
@@ -116,12 +116,16 @@ def stage_profile(root: str, batch_size: int = 64, dtype: str = "float32", repea
         for name, seconds in measured.items():
             timings.setdefault(name, []).append(seconds)
     best = {name: min(values) * 1e6 / count for name, values in timings.items()}
-    best["worker.read.bookkeeping"] = best["worker.read.total"] - best["worker.read.sha256"] - \
-        best["worker.read.tar_parse"] - best["worker.read.file"]  # fmt: skip
-    best["worker.decode.wrapper"] = best["worker.decode.total"] - best["worker.decode.decoder"]
-    best["worker.batch.assemble"] = best["worker.chain.total"] - best["worker.read.total"] - best["worker.decode.total"]
-    return {"samples": count, "png_bytes": int(np.mean([len(p) for p in pngs])), "shape": list(decoded[0].shape),
-            "stored_dtype": str(decoded[0].dtype), "dtype": dtype,
+    parts = {  # what is left of a total after its parts (at least 0: parts measured alone can cost more)
+        "worker.read.bookkeeping": ("worker.read.total", "worker.read.file", "worker.read.sha256",
+                                    "worker.read.tar_parse"),
+        "worker.decode.wrapper": ("worker.decode.total", "worker.decode.decoder"),
+        "worker.batch.assemble": ("worker.chain.total", "worker.read.total", "worker.decode.total"),
+    }  # fmt: skip
+    for name, (total, *rest) in parts.items():
+        best[name] = max(0.0, best[total] - sum(best[part] for part in rest))
+    return {"samples": count, "png_bytes": int(np.mean([len(p) for p in pngs])), "shape": list(first.shape),
+            "stored_dtype": str(first.dtype), "dtype": dtype,
             "us_per_sample": {name: round(value, 2) for name, value in sorted(best.items())}}  # fmt: skip
 
 
@@ -187,87 +191,5 @@ def _exactly(connection: socket.socket, size: int) -> bytes:
     return b"".join(parts)
 
 
-def _decode_share(pngs: list[bytes], epochs: int, start: Any, results: Any) -> None:
-    start.wait()
-    cpu = time.process_time()
-    for _ in range(epochs):
-        for png in pngs:
-            pyspng.load(png)
-    results.put(time.process_time() - cpu)
-
-
-def decode_limit(pngs: list[bytes], processes: int, epochs: int = 2) -> dict[str, float]:
-    """Samples/s of pyspng alone over ``pngs`` (each of ``processes`` forked processes decodes its share from
-    memory ``epochs`` times), and its CPU per decode."""
-    context = multiprocessing.get_context("fork")
-    start, results = context.Event(), context.Queue()
-    workers = [context.Process(target=_decode_share, args=(pngs[i::processes], epochs, start, results))
-               for i in range(processes)]  # fmt: skip
-    for worker in workers:
-        worker.start()
-    time.sleep(0.2)  # every process forked and waiting
-    started = time.perf_counter()
-    start.set()
-    cpu = sum(results.get(timeout=3600) for _ in workers)
-    wall = time.perf_counter() - started
-    for worker in workers:
-        worker.join()
-    decodes = len(pngs) * epochs
-    return {"samples_per_s": round(decodes / wall, 1), "us_cpu_per_decode": round(cpu * 1e6 / decodes, 2)}
-
-
-_RUN = """
-import json, os, resource, sys, time
-from meddiffuse_stream import MedDiffuseLoader
-S = json.loads(sys.argv[1])
-TICK = os.sysconf("SC_CLK_TCK")
-
-def workers_cpu(pids):
-    total = 0
-    for pid in pids:
-        fields = open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()
-        total += int(fields[11]) + int(fields[12])
-    return total / TICK
-
-def main_cpu():
-    usage = resource.getrusage(resource.RUSAGE_SELF)
-    return usage.ru_utime + usage.ru_stime
-
-loader = MedDiffuseLoader(S["source"], S["batch"], num_workers=S["workers"], shuffle=False, dtype=S["dtype"])
-for images, labels in loader:  # warm-up: workers started, caches and segments made
-    pass
-pids = loader.graph.workers.pool.pids
-count, started, main, workers = 0, time.perf_counter(), main_cpu(), workers_cpu(pids)
-for _ in range(S["epochs"]):
-    for images, labels in loader:
-        count += len(labels)
-wall = time.perf_counter() - started
-main, workers = main_cpu() - main, workers_cpu(pids) - workers
-loader.close()
-print(json.dumps({"samples": count, "seconds": wall, "main": main, "workers": workers}))
-"""
-
-
-def loader_cpu(source: str, batch: int, workers: int, epochs: int, dtype: str = "float32") -> dict[str, float]:
-    """A run in a fresh process, after a warm-up epoch: its rate and CPU per delivered sample (µs) in the main
-    process and in the worker processes (steady state: the next epoch's read-ahead at the end of the measured
-    epochs matches the one at their start)."""
-    settings = json.dumps({"source": source, "batch": batch, "workers": workers, "epochs": epochs, "dtype": dtype})
-    result = subprocess.run([sys.executable, "-c", _RUN, settings], capture_output=True, text=True, cwd=ROOT,
-                            timeout=3600, env={**os.environ, "PYTHONPATH": str(ROOT)})  # fmt: skip
-    if result.returncode != 0:
-        raise RuntimeError(f"loader run failed:\n{result.stderr[-3000:]}")
-    figures = json.loads(result.stdout.strip().splitlines()[-1])
-    samples = figures["samples"]
-    return {"samples_per_s": round(samples / figures["seconds"], 1),
-            "us_cpu_per_sample_main": round(figures["main"] * 1e6 / samples, 2),
-            "us_cpu_per_sample_workers": round(figures["workers"] * 1e6 / samples, 2)}  # fmt: skip
-
-
 if __name__ == "__main__":  # python tools/loader_profile.py SHARD_DIR [dtype]
-    source = sys.argv[1]
-    chosen = sys.argv[2] if len(sys.argv) > 2 else "float32"
-    print(json.dumps(stage_profile(source, dtype=chosen), indent=1))
-    print(json.dumps(decode_limit(image_bytes(source), 2), indent=1))
-    print(json.dumps(loader_cpu(source, 64, 2, 2, chosen), indent=1))
-    print("max rss", resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)
+    print(json.dumps(stage_profile(sys.argv[1], dtype=sys.argv[2] if len(sys.argv) > 2 else "float32"), indent=1))
