@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import hashlib
 import os
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -23,7 +23,7 @@ import torch
 from .counters import Counters
 from .nodes.chunks import StageConfig
 from .nodes.collate import to_unit_float
-from .nodes.decode import DecodeOptions
+from .nodes.decode import DecodeOptions, check_member_keys
 from .nodes.plan import EpochPlan
 from .nodes.source import open_dataset
 from .nodes.workers import WorkerPool
@@ -42,7 +42,8 @@ def _distributed_default(name: str, fallback: int) -> int:
 
 
 class MedDiffuseLoader:
-    """Stream ``source`` (a dataset folder, local or any fsspec URL, or a brace pattern of tars) in batches.
+    """Stream ``source`` in batches: a dataset folder (local or any fsspec URL), a folder or prefix of WebDataset
+    ``.tar`` shards, a glob or brace pattern of them, a list of their URLs, or a shard index (``…/x.json``).
 
     ``for images, labels in loader`` gives float32 ``(B, C, H, W)`` in [0, 1] and int64 labels; with
     ``as_dict=True`` dicts with ``image``, ``label``, ``key`` and, where the dataset has them, ``roi`` and ``meta``.
@@ -50,10 +51,10 @@ class MedDiffuseLoader:
 
     def __init__(
         self,
-        source: str,
+        source: str | Sequence[str],
         batch_size: int,
         *,
-        split: str = "train",
+        split: str | None = None,
         num_workers: int = 0,
         shuffle: bool | None = None,
         seed: int = 0,
@@ -73,13 +74,18 @@ class MedDiffuseLoader:
         retry: RetryPolicy | None = None,
         cache_bytes: int = 50 << 30,
         mp_context: str = "fork",
+        image_key: str | None = None,
+        label_key: str | None = None,
     ) -> None:
-        self.dataset = open_dataset(source, split, storage_options)
+        check_member_keys(image_key, label_key)
+        self.counters = Counters()
+        policy = retry or RetryPolicy()
+        self.dataset = open_dataset(source, split, storage_options, retry=policy,
+                                    on_retry=lambda _: self.counters.add("retries"))  # fmt: skip
         self.source = source
-        self.split = split
+        self.split = self.dataset.split
         self.as_dict = as_dict
         self.device = torch.device(device) if device is not None else None
-        self.counters = Counters()
         plan = EpochPlan(
             shard_sizes=tuple(s.samples for s in self.dataset.shards),
             batch_size=batch_size,
@@ -87,14 +93,13 @@ class MedDiffuseLoader:
             rank=_distributed_default("RANK", 0) if rank is None else rank,
             world_size=_distributed_default("WORLD_SIZE", 1) if world_size is None else world_size,
             num_workers=num_workers,
-            shuffle=(split == "train") if shuffle is None else shuffle,
+            shuffle=self.split in (None, "train") if shuffle is None else shuffle,
             drop_last=drop_last,
             buffer_size=buffer_size,
         )
-        decode = DecodeOptions(num_classes=len(self.dataset.class_names) or None, with_roi=as_dict, with_meta=as_dict)
-        config = StageConfig(
-            self.dataset, plan, decode, on_error, transform, retry or RetryPolicy(), cache_dir, cache_bytes
-        )
+        decode = DecodeOptions(num_classes=len(self.dataset.class_names) or None, with_roi=as_dict, with_meta=as_dict,
+                               image_key=image_key, label_key=label_key, class_names=self.dataset.class_names)
+        config = StageConfig(self.dataset, plan, decode, on_error, transform, policy, cache_dir, cache_bytes)
         self._pool = WorkerPool(config, method=worker_method, prefetch=prefetch, mp_context=mp_context,
                                 counters=self.counters)  # fmt: skip
         self.augment = self._build_stage(augment, seed)
@@ -240,7 +245,7 @@ def _to_device(value: Any, device: torch.device) -> Any:
     return value.to(device, non_blocking=True)
 
 
-def sample_shape(source: str, storage_options: Mapping[str, Any] | None = None) -> tuple[int, int, int]:
+def sample_shape(source: str | Sequence[str], storage_options: Mapping[str, Any] | None = None) -> tuple[int, int, int]:
     """``(channels, image size, classes)`` of a dataset, from its first sample: what a model for it must take."""
     probe = MedDiffuseLoader(source, 1, shuffle=False, storage_options=storage_options)
     try:

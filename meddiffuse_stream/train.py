@@ -23,6 +23,7 @@ from tqdm.auto import tqdm
 from .loader import MedDiffuseLoader, sample_shape
 from .metrics import classification_metrics
 from .models import build_model
+from .shardfmt.manifest import DATASET_JSON
 
 __all__ = ["TrainConfig", "train"]
 
@@ -63,8 +64,9 @@ def _distributed() -> tuple[int, int, bool]:
 
 
 def _class_weights(loader: MedDiffuseLoader) -> torch.Tensor:
-    info = json.loads(loader.dataset.location.read_bytes("dataset.json"))
-    counts = np.array([info["splits"]["train"]["classes"][name] for name in info["class_names"]], dtype=np.float64)
+    if loader.dataset.class_counts is None:
+        raise ValueError(f"--loss weighted needs the class counts a dataset.json records; {loader.source!r} has none")
+    counts = np.array(loader.dataset.class_counts, dtype=np.float64)
     weights = counts.sum() / np.maximum(counts, 1) / len(counts)
     return torch.as_tensor(weights, dtype=torch.float32)
 
@@ -189,7 +191,7 @@ def _with_subset(config: TrainConfig, out: Path, rank: int, world: int) -> Train
     from .subset import subset_dataset
 
     subset = out / f"train-subset-f{config.train_fraction:g}-s{config.seed}"
-    if rank == 0 and not (subset / "dataset.json").exists():
+    if rank == 0 and not (subset / DATASET_JSON).exists():
         subset_dataset(config.dataset, str(subset), config.train_fraction, config.seed)
     if world > 1:
         dist.barrier()

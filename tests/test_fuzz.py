@@ -16,9 +16,9 @@ from meddiffuse_stream.convert.breakhis import SUBTYPES, parse_breakhis_name
 from meddiffuse_stream.convert.dicom import dicom_from_bytes
 from meddiffuse_stream.convert.images import image_from_bytes
 from meddiffuse_stream.convert.mura import parse_mura_path
-from meddiffuse_stream.format import EncodedSample, ShardWriter, encode_png
 from meddiffuse_stream.nodes.decode import DecodeOptions, SampleError, decode_sample
-from meddiffuse_stream.nodes.tar import RawSample, TarProblem, iter_samples
+from meddiffuse_stream.shardfmt import EncodedSample, ShardWriter, encode_png
+from meddiffuse_stream.shardfmt.tar import RawSample, TarProblem, iter_samples
 
 FUZZ = settings(max_examples=150, deadline=None, derandomize=True, suppress_health_check=[HealthCheck.too_slow])
 # noise to splice into names: arbitrary text, and the characters that slip past careless patterns

@@ -21,7 +21,8 @@ from typing import Any
 import numpy as np
 from tqdm.auto import tqdm
 
-from ..format import FORMAT_VERSION, ShardWriter, encode_sample, shard_name
+from ..shardfmt.manifest import DATASET_JSON, FORMAT_VERSION
+from ..shardfmt.writer import ShardWriter, encode_sample, shard_name
 from ..storage import Location, atomic_write, sha256_of
 from .base import Discovery, Reject, SourceFormat, SourceItem, describe_error
 from .finalize import ConversionSummary, remove_orphans, write_dataset_files
@@ -109,7 +110,7 @@ def convert_dataset(
         else:
             results[task.name] = record
     if pending:
-        out.remove("dataset.json")  # it may list shards about to be rewritten
+        out.remove(DATASET_JSON)  # it may list shards about to be rewritten
     for result in _build_all(source, src, out, pending, discovery.class_names, options, progress):
         out.write_bytes(f"{PROGRESS_DIR}/{_record_name(result.name)}", json.dumps(asdict(result)).encode())
         results[result.name] = result

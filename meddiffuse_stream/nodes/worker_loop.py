@@ -22,12 +22,6 @@ class Box:
         self.value = 0
 
 
-def _take(counters: Counters) -> dict[str, int]:
-    delta = dict(counters)
-    counters.clear()
-    return delta
-
-
 def worker_loop(
     worker: int, config: StageConfig, commands: Any, results: Any, generation: Any, own_process: bool = False
 ) -> None:
@@ -51,11 +45,12 @@ def worker_loop(
             builder.reset({ChunkBuilder.POSITION_KEY: done})
             for chunk in builder:
                 if generation.value != current:
+                    counters.drop_sample_counts()  # read ahead for nothing; its retries and fetches still count
                     break
-                results.put((current, "chunk", chunk, _take(counters)))
+                results.put((current, "chunk", chunk, counters.take()))
         except BaseException as error:  # reported to the main process, which raises it with the worker named
             kind = "data" if isinstance(error, LoaderDataError) else "error"
             detail = f"{type(error).__name__}: {error}"
             if kind == "error":
                 detail += "\n" + traceback.format_exc(limit=6)
-            results.put((current, kind, detail, _take(counters)))
+            results.put((current, kind, detail, counters.take()))

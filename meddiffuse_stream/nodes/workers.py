@@ -17,7 +17,7 @@ from typing import Any
 
 from torchdata.nodes import BaseNode
 
-from ..counters import Counters
+from ..counters import Counters, is_sample_counter
 from .chunks import ChunkBuilder, LoaderDataError, StageConfig
 from .worker_loop import Box, worker_loop
 
@@ -131,8 +131,9 @@ class WorkerPool(BaseNode):
             except queue.Empty:
                 self._check_alive(worker)
                 continue
-            if generation != self._generation.value:
-                continue  # prefetched for an epoch or position that was left
+            if generation != self._generation.value:  # read ahead for an epoch or position that was left:
+                self.counters.update({k: v for k, v in delta.items() if not is_sample_counter(k)})  # its I/O happened
+                continue
             self.counters.update(delta)
             if kind == "chunk":
                 return payload
