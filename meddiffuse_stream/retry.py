@@ -94,6 +94,11 @@ class RetryPolicy:
         return (f"RetryPolicy(connect_timeout={self.connect_timeout:g}, read_timeout={self.read_timeout:g}, "
                 f"attempts={self.attempts}, deadline={self.deadline:g})")  # fmt: skip
 
+    def write_timeout(self, size: int) -> float:
+        """A bound on one upload of ``size`` bytes: the timeouts plus the time at 256 KiB/s (S3 clients wait for
+        a PUT's "100 Continue" without a read timeout, so writes get an overall one)."""
+        return self.connect_timeout + self.read_timeout + size / (256 << 10)
+
     def delay(self, attempt: int, rng: np.random.Generator) -> float:
         nominal = min(self.cap, self.base * 2**attempt)
         return max(0.0, nominal * (1 + self.jitter * (2 * rng.random() - 1)))

@@ -15,7 +15,6 @@ import contextlib
 import hashlib
 import os
 import posixpath
-import shutil
 import tempfile
 import uuid
 import zlib
@@ -37,7 +36,6 @@ __all__ = [
 ]
 
 _HASH_CHUNK = 1 << 20
-_SPOOL_BYTES = 64 << 20  # an upload is kept in memory up to this size, then in a temporary file
 _S3 = {"s3", "s3a"}
 
 
@@ -174,12 +172,23 @@ class Location:
         relative = posixpath.relpath(path, self.root) if path.startswith(self.root.rstrip("/") + "/") else path
         return bytes(self.retrying(lambda: self.fs.cat_file(path), relative))
 
+    def _bounded(self, size: int) -> dict[str, float]:
+        """An overall time limit for one write (async filesystems take it; others have no such hang)."""
+        return {"timeout": self.retry.write_timeout(size)} if getattr(self.fs, "async_impl", False) else {}
+
     def write_bytes(self, relative: str, data: bytes) -> None:
         if self.is_local:
             with atomic_write(self, relative) as stream:
                 stream.write(data)
             return
-        self.retrying(lambda: self.fs.pipe_file(self.path(relative), data), relative)
+        path = self.path(relative)
+        self.retrying(lambda: self.fs.pipe_file(path, data, **self._bounded(len(data))), relative)
+
+    def put_file(self, local_path: str, relative: str) -> None:
+        """Upload a local file (streamed, multipart where large) under the retry policy and a time limit."""
+        size = os.path.getsize(local_path)
+        path = self.path(relative)
+        self.retrying(lambda: self.fs.put_file(local_path, path, **self._bounded(size)), relative)
 
     def makedirs(self, relative: str = "") -> None:
         if self.is_local:
@@ -202,9 +211,9 @@ class Location:
         prefix = self.root.rstrip("/") + "/"
 
         def listing() -> dict[str, Any]:
-            if not self.fs.exists(base):
+            if self.is_local and not os.path.exists(base):
                 return {}
-            return self.fs.find(base, detail=True)
+            return self.fs.find(base, detail=True)  # a missing object-store prefix lists as empty: one request
 
         found = self.retrying(listing, relative)
         return {
@@ -224,28 +233,16 @@ class Location:
 def atomic_write(location: Location, relative: str) -> Iterator[BinaryIO]:
     """Write a file that appears whole or not at all.
 
-    Local files go to a temporary name and are renamed. For object stores the bytes are spooled (in memory, then
-    a temporary file) and uploaded once the block ends, under the location's retry policy: an upload that fails
+    Local files go to a temporary name and are renamed. For object stores the bytes go to a local temporary file
+    and are uploaded once the block ends, under the location's retry policy and a time limit: an upload that fails
     halfway is sent again from the start, and nothing is uploaded if the block raises.
     """
     target = location.path(relative)
     if not location.is_local:
-        with tempfile.SpooledTemporaryFile(max_size=_SPOOL_BYTES) as spool:
+        with tempfile.NamedTemporaryFile(prefix=".upload-", suffix=".part") as spool:
             yield spool  # type: ignore[misc]
-
-            def upload() -> None:
-                spool.seek(0)
-                stream = location.fs.open(target, "wb")
-                try:
-                    shutil.copyfileobj(spool, stream, 8 << 20)
-                except BaseException:
-                    discard = getattr(stream, "discard", None)  # abort a multipart upload instead of committing it
-                    if discard is not None:
-                        discard()
-                    raise
-                stream.close()
-
-            location.retrying(upload, relative)
+            spool.flush()
+            location.put_file(spool.name, relative)
         return
     os.makedirs(os.path.dirname(target) or ".", exist_ok=True)
     temporary = f"{target}.tmp-{uuid.uuid4().hex[:8]}"

@@ -47,6 +47,7 @@ __all__ = [
     "is_pattern",
     "list_shards",
     "split_of_path",
+    "with_path_splits",
 ]
 
 KNOWN_SPLITS = ("train", "training", "val", "valid", "validation", "dev", "test", "testing", "eval")
@@ -117,7 +118,7 @@ def split_of_path(path: str) -> str | None:
     return match.group(1) if match and match.group(1) in KNOWN_SPLITS else None
 
 
-def _with_splits(shards: list[ShardInfo]) -> tuple[ShardInfo, ...]:
+def with_path_splits(shards: list[ShardInfo]) -> tuple[ShardInfo, ...]:
     """Splits from the paths where every shard has one; otherwise none at all (a half-split folder is ambiguous)."""
     derived = [s.split or split_of_path(s.path) for s in shards]
     if all(derived):
@@ -207,7 +208,7 @@ def _count_all(location: Location, paths: list[str], sizes: Mapping[str, int], w
     read = sum(r[2] for r in results)
     if read:
         warnings.warn(
-            f"{where}: read all {len(paths)} shards ({read / 1e6:.1f} MB) to count their samples, as no shard "
+            f"{where}: read all {len(paths)} shards ({read:,} bytes) to count their samples, as no shard "
             f"index lists them; run `meddiffuse-stream index {where}` once (with --out elsewhere for a read-only "
             "bucket) and loaders will read one small file instead",
             RuntimeWarning,
@@ -287,10 +288,10 @@ def find_shards(
     if not named and SHARD_INDEX in sizes:
         index = parse_shard_index(location.read_bytes(SHARD_INDEX), location.display(SHARD_INDEX), confined=True)
         _check_index_matches(index.shards, sizes, paths, location.display(SHARD_INDEX))
-        return ShardSet(location, _with_splits(list(index.shards)), "shard index", location.display(SHARD_INDEX))
+        return ShardSet(location, with_path_splits(list(index.shards)), "shard index", location.display(SHARD_INDEX))
     shards = _count_all(location, paths, sizes, where)
     origin = "read to count" if not location.is_local else "counted"
-    return ShardSet(location, tuple(replace(s, split=None) for s in shards) if named else _with_splits(shards),
+    return ShardSet(location, tuple(replace(s, split=None) for s in shards) if named else with_path_splits(shards),
                     origin, where, named=named)  # fmt: skip
 
 
@@ -306,7 +307,7 @@ def _from_index_file(folder: Location, name: str, locate: Callable[[str], Locati
     urls = [index.resolve_url(s.path, folder.url) for s in index.shards]
     root, relative = _common_root(urls)
     shards = [replace(s, path=r) for s, r in zip(index.shards, relative, strict=True)]
-    return ShardSet(locate(root), _with_splits(shards), "shard index", where)
+    return ShardSet(locate(root), with_path_splits(shards), "shard index", where)
 
 
 def _check_index_matches(listed: Sequence[ShardInfo], sizes: Mapping[str, int], paths: list[str], where: str) -> None:
