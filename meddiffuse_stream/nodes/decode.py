@@ -9,7 +9,6 @@ where a sample holds several (the conventions of WebDataset data written by othe
 from __future__ import annotations
 
 import io
-import re
 import struct
 import warnings
 from dataclasses import dataclass
@@ -25,7 +24,6 @@ __all__ = ["IMAGE_SUFFIXES", "LABEL_SUFFIXES", "DecodeOptions", "SampleError", "
 
 IMAGE_SUFFIXES = ("png", "jpg", "jpeg", "webp", "tif", "tiff")
 LABEL_SUFFIXES = ("cls", "class", "label", "txt")
-_INTEGER = re.compile(rb"\s*\d{1,18}\s*")
 _PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
 try:  # optional fast path (the "torch" extra installs it)
@@ -126,9 +124,12 @@ def _grey_palette(image: Image.Image) -> bool:
 
 
 def _member(raw: RawSample, key: str | None, choices: tuple[str, ...]) -> str | None:
+    members = raw.members
     if key is not None:
-        return key if key in raw.members else None
-    return next((s for s in choices if s in raw.members), None)
+        return key if key in members else None
+    if choices[0] in members:  # the common case (png, cls) without a scan
+        return choices[0]
+    return next((s for s in choices[1:] if s in members), None)
 
 
 def _json(raw: RawSample, options: DecodeOptions) -> Any:
@@ -161,26 +162,28 @@ def _label(raw: RawSample, options: DecodeOptions, meta: Any) -> int:
             raise SampleError(f"{key}: missing label: no .cls, .class, .label or .txt member (label_key= picks "
                               "another member or a JSON field)", "missing label")  # fmt: skip
         value, where = raw.members[suffix], f"{key}.{suffix}"
-    if isinstance(value, bool) or isinstance(value, float):
-        raise SampleError(f"{where}: label {value!r} is not an integer", "bad label")
-    if isinstance(value, int):
+    if isinstance(value, (bytes, str)):  # a member's text (the hot path) or a JSON string
+        try:
+            label = int(value)  # ASCII digits with spaces around: "1", b" 2\n"
+        except ValueError:
+            label = _class_index(value, where, options)
+    elif isinstance(value, int) and not isinstance(value, bool):
         label = value
-    elif isinstance(value, (bytes, str)):
-        data = value.encode("utf-8", "replace") if isinstance(value, str) else value
-        if _INTEGER.fullmatch(data):
-            label = int(data)
-        else:
-            text = data.decode("utf-8", "replace").strip()
-            if text not in options.class_names:
-                raise SampleError(f"{where}: label {data[:20]!r} is not an integer"
-                                  + (" nor a class name" if options.class_names else ""), "bad label")  # fmt: skip
-            label = options.class_names.index(text)
     else:
         raise SampleError(f"{where}: label {value!r:.40} is not an integer", "bad label")
     if label < 0 or (options.num_classes is not None and label >= options.num_classes):
         raise SampleError(f"{where}: label {label} is outside 0..{(options.num_classes or 1) - 1}",
                           "label out of range")  # fmt: skip
     return label
+
+
+def _class_index(text: bytes | str, where: str, options: DecodeOptions) -> int:
+    """A label that is not an integer: its position in ``class_names``, or a "bad label" error."""
+    name = (text.decode("utf-8", "replace") if isinstance(text, bytes) else text).strip()
+    if name in options.class_names:
+        return options.class_names.index(name)
+    suffix = " nor a class name" if options.class_names else ""
+    raise SampleError(f"{where}: label {text[:20]!r} is not an integer{suffix}", "bad label")
 
 
 def decode_sample(raw: RawSample, options: DecodeOptions) -> dict[str, Any]:

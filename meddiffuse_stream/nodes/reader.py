@@ -84,6 +84,8 @@ class PlannedSampleReader:
         self.max_member_bytes = max_member_bytes
         self._position = 0
         self._items: Iterator[Any] = iter(())
+        # a shard split between workers is counted once, by the one that holds its first sample
+        self._counts_for = {shard for shard, sample in refs if sample == 0}
 
     def reset(self, initial_state: dict[str, Any] | None = None) -> None:
         self._close_all()
@@ -184,7 +186,8 @@ class PlannedSampleReader:
         try:
             shard = _OpenShard(self._prefetcher.get(index))  # type: ignore[union-attr]
         except ShardIntegrityError as error:  # checked before any sample of it was used: the whole shard skips
-            self.counters.add("integrity_errors")
+            if index in self._counts_for:
+                self.counters.add("integrity_errors")
             shard = _OpenShard(None, str(error), "integrity error")
         except Exception as error:  # missing object, retry budget spent: every sample skips
             failure = f"{self.source.describe(index)}: {type(error).__name__}: {error}"

@@ -76,7 +76,7 @@ def _number(field_bytes: bytes, what: str) -> int:
     text = field_bytes.split(b"\0", 1)[0].strip(b" ")
     if not text:
         return 0
-    if not all(0x30 <= c <= 0x37 for c in text):  # int(..., 8) would take "+7", "-7" and "0o7"
+    if text.translate(None, b"01234567"):  # int(..., 8) would take "+7", "-7", "0o7" and "1_0"
         raise _Corrupt(f"{what} {text[:16]!r} is not octal")
     return int(text, 8)
 
@@ -209,14 +209,13 @@ def _members(
             continue  # K (a long link target) and g (global records) carry nothing a sample needs
         name = long_name if long_name is not None else raw_name.decode("utf-8", "surrogateescape")
         long_name, pax = None, {}
-        key = split_member_name(name)[0]
         if kind not in _FILE_TYPES:
             if not stream.skip(padded):
                 yield TarProblem("truncated tar inside a non-file member", fatal=True)
                 return
             if kind != b"5":  # directories are harmless; links and devices are refused
                 what = {b"1": "hard link", b"2": "symbolic link"}.get(kind, f"type {kind!r}")
-                yield TarProblem(f"{what} member {name!r} refused", key)
+                yield TarProblem(f"{what} member {name!r} refused", split_member_name(name)[0])
             continue
         problem = _unsafe_name(name) or (
             f"member {name!r} of {size} bytes is over the {max_member_bytes}-byte limit"
@@ -225,23 +224,24 @@ def _members(
         )
         if problem is not None or not with_data:
             if not stream.skip(padded):
-                yield TarProblem(f"truncated tar inside member {name!r}", key, fatal=True)
+                yield TarProblem(f"truncated tar inside member {name!r}", split_member_name(name)[0], fatal=True)
                 return
-            yield TarProblem(problem, key) if problem is not None else (name, b"", size)
+            yield TarProblem(problem, split_member_name(name)[0]) if problem is not None else (name, b"", size)
             continue
         data = stream.read_exact(padded)
         if len(data) < padded:
-            yield TarProblem(f"truncated tar inside member {name!r}", key, fatal=True)
+            yield TarProblem(f"truncated tar inside member {name!r}", split_member_name(name)[0], fatal=True)
             return
         yield name, data[:size], size
 
 
 def _unsafe_name(name: str) -> str | None:
-    try:
-        name.encode("utf-8")
-    except UnicodeEncodeError:  # the raw bytes were not UTF-8 (kept as surrogates to group the sample's members)
-        return f"member name is not UTF-8: {name.encode('utf-8', 'surrogateescape')!r}"
-    if name.startswith("/") or ".." in name.split("/"):
+    if not name.isascii():  # rare: only then can the raw bytes have been other than UTF-8 (kept as surrogates)
+        try:
+            name.encode("utf-8")
+        except UnicodeEncodeError:
+            return f"member name is not UTF-8: {name.encode('utf-8', 'surrogateescape')!r}"
+    if name[:1] == "/" or (".." in name and ".." in name.split("/")):
         return f"unsafe member path {name!r} refused"
     return None
 
