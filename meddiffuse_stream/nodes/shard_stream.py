@@ -78,11 +78,12 @@ def _read_all(stream: Any) -> bytes:
     return b"".join(parts) if len(parts) != 1 else parts[0]
 
 
-def _spill_to_file(stream: Any, directory: str | None = None) -> tuple[BinaryIO, str]:
-    """A shard too large for memory, into an anonymous temporary file; ``(file, sha256)``."""
-    spill = tempfile.TemporaryFile(dir=directory)
-    digest = hashlib.sha256()
+def _spill_to_file(stream: Any, head: bytes = b"") -> tuple[BinaryIO, str]:
+    """A shard too large for memory (``head`` already read), into an anonymous temporary file; ``(file, sha256)``."""
+    spill = tempfile.TemporaryFile()
+    digest = hashlib.sha256(head)
     try:
+        spill.write(head)
         while chunk := stream.read(_PIECE):
             spill.write(chunk)
             digest.update(chunk)
@@ -93,6 +94,29 @@ def _spill_to_file(stream: Any, directory: str | None = None) -> tuple[BinaryIO,
         stream.close()
     spill.seek(0)
     return spill, digest.hexdigest()
+
+
+def _read_bounded(
+    stream: Any, known_size: int | None, memory_limit: int
+) -> tuple[bytes | None, BinaryIO | None, str | None]:
+    """``(data, None, None)`` in memory, or ``(None, file, sha256)`` spilled when the shard proves too large.
+
+    With a known size that fits, the whole object comes in one read (obstore hands it over at once); with an
+    unknown one it is read in pieces and moved to a temporary file once it outgrows ``memory_limit``.
+    """
+    if known_size is not None:
+        if known_size > memory_limit:
+            return (None, *_spill_to_file(stream))
+        return _read_all(stream), None, None
+    parts: list[bytes] = []
+    have = 0
+    while chunk := stream.read(_PIECE):
+        parts.append(chunk)
+        have += len(chunk)
+        if have > memory_limit:
+            return (None, *_spill_to_file(stream, b"".join(parts)))
+    stream.close()
+    return b"".join(parts), None, None
 
 
 def _file_sha256(stream: BinaryIO) -> str:
@@ -149,11 +173,9 @@ def load_shard(
             actual = hashlib.sha256(data).hexdigest() if info.sha256 is not None else None
     else:
         stream = open_shard(source, index, policy=policy, rng=rng, counters=counters)
-        if (info.bytes or 0) > memory_limit:
-            spill, actual = _spill_to_file(stream)
-        else:
-            data = _read_all(stream)
-            actual = hashlib.sha256(data).hexdigest() if info.sha256 is not None else None
+        data, spill, actual = _read_bounded(stream, info.bytes, memory_limit)
+        if data is not None and info.sha256 is not None:
+            actual = hashlib.sha256(data).hexdigest()
     try:
         _check(what, info.sha256, actual, origin)
         if actual is not None:
@@ -203,15 +225,15 @@ def _through_cache(
             return handle.read(), None
     counters.add("cache_misses")
     stream = open_shard(source, index, policy=policy, rng=rng, counters=counters)
-    if (info.bytes or 0) > memory_limit:
-        spill, actual = _spill_to_file(stream)
+    data, spill, actual = _read_bounded(stream, info.bytes, memory_limit)
+    if spill is not None:
         _check(what, info.sha256, actual, source.origin)
         counters.add("shards_verified" if info.sha256 is not None else "shards_unverified")
         if cache.store_file(identity, spill) is None:
             counters.add("cache_write_failures")
         spill.seek(0)
         return None, spill
-    data = _read_all(stream)
+    assert data is not None
     _check(what, info.sha256, hashlib.sha256(data).hexdigest(), source.origin)
     counters.add("shards_verified" if info.sha256 is not None else "shards_unverified")
     if cache.store(identity, data) is None:
