@@ -8,6 +8,7 @@ import re
 import sys
 from collections.abc import Sequence
 
+from .cli_augment import add_augment_options, stage_from_args
 from .convert import FORMATS, ConversionError, ConvertOptions, convert_dataset
 from .convert.splits import parse_split_spec
 from .demo_data import MODALITIES, DemoSource
@@ -46,14 +47,6 @@ def _common_shard_options(parser: argparse.ArgumentParser) -> None:
         help="fsspec option for SRC and OUT, e.g. endpoint_url=http://127.0.0.1:8333 (repeatable); "
         "credentials are better left to AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY",
     )
-
-
-def _model_options(parser: argparse.ArgumentParser) -> None:
-    """The models an augmentation may need, for every command that builds an AugmentStage."""
-    parser.add_argument("--teacher", help="saliency teacher checkpoint (saliency methods)")
-    parser.add_argument("--teacher-model", default="cnn", choices=["cnn", "resnet18", "vit-tiny"])
-    parser.add_argument("--generator", help="generator folder (diffusion methods)")
-    parser.add_argument("--variant-cache", help="variant cache folder or URL")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -108,7 +101,7 @@ def build_parser() -> argparse.ArgumentParser:
     warm.add_argument("dataset", help="shard dataset folder or URL")
     warm.add_argument("--generator", required=True, help="generator folder (train-diffusion output or diffusers)")
     warm.add_argument("--cache", required=True, help="variant cache folder or URL")
-    warm.add_argument("--variants", type=int, default=1, help="variants per sample (M)")
+    warm.add_argument("--variants", type=int, default=2, help="variants per sample (M; the stage's --variants)")
     warm.add_argument("--index", type=int, help="this part (default JOB_COMPLETION_INDEX, else RANK, else 0)")
     warm.add_argument("--count", type=int, help="number of parts (default JOB_COMPLETIONS, else WORLD_SIZE, else 1)")
     warm.add_argument("--split", help="split to warm (default train; none for shards without splits)")
@@ -137,8 +130,10 @@ def build_parser() -> argparse.ArgumentParser:
     fit.add_argument("--device", help="cpu or cuda (default: cuda when present)")
     fit.add_argument("--shard-cache", help="local folder caching remote shards across epochs and restarts")
     fit.add_argument("--shard-cache-bytes", type=parse_bytes, default=50 << 30, help="shard cache limit (50GiB)")
-    _model_options(fit)
+    add_augment_options(fit)
     fit.add_argument("--key-log", action="store_true", help="write the keys each rank trained on")
+    fit.add_argument("--min-val-auc", type=float, help="fail (exit 1, model kept) if the val AUC ends below this")
+    fit.add_argument("--quiet", action="store_true", help="no progress bar")
     fit.set_defaults(handler=_run_train)
 
     show = commands.add_parser("preview", help="a picture of what an augmentation does to real samples")
@@ -148,7 +143,7 @@ def build_parser() -> argparse.ArgumentParser:
     show.add_argument("-o", "--output", required=True, help="PNG file to write")
     show.add_argument("--split", help="split to show (default train; none for shards without splits)")
     show.add_argument("--seed", type=int, default=0)
-    _model_options(show)
+    add_augment_options(show)
     show.set_defaults(handler=_run_preview)
 
     index = commands.add_parser("index", help="write a shard index for WebDataset shards written by anyone")
@@ -244,16 +239,8 @@ def _run_warm_cache(args: argparse.Namespace) -> int:
     return 0
 
 
-def _augment_stage(args: argparse.Namespace, dataset: str):
-    """A configured AugmentStage, the method name for model-free methods, or None."""
-    from .augment.factory import build_stage
-
-    return build_stage(args.augment, dataset, teacher=args.teacher, teacher_model=args.teacher_model,
-                       generator=args.generator, variant_cache=args.variant_cache, seed=args.seed)  # fmt: skip
-
-
 def _configured_stage(args: argparse.Namespace):
-    stage = _augment_stage(args, args.dataset)
+    stage = stage_from_args(args, args.dataset, device=args.device)
     return None if stage is None or isinstance(stage, str) else stage
 
 
@@ -265,7 +252,8 @@ def _run_train(args: argparse.Namespace) -> int:
         batch_size=args.batch_size, learning_rate=args.lr, loss=args.loss, seed=args.seed,
         num_workers=args.workers, checkpoint_every=args.checkpoint_every, resume=args.resume, device=args.device,
         key_log=args.key_log, augment_stage=_configured_stage(args), train_fraction=args.train_fraction,
-        cache_dir=args.shard_cache, cache_bytes=args.shard_cache_bytes,
+        cache_dir=args.shard_cache, cache_bytes=args.shard_cache_bytes, min_val_auc=args.min_val_auc,
+        progress=not args.quiet,
     )  # fmt: skip
     results = train(config)
     if int(os.environ.get("RANK", "0")) == 0:
@@ -283,7 +271,7 @@ def _run_preview(args: argparse.Namespace) -> int:
     from .loader import MedDiffuseLoader
     from .preview import render_preview
 
-    stage = _augment_stage(args, args.dataset) or args.augment
+    stage = stage_from_args(args, args.dataset) or args.augment
     with MedDiffuseLoader(args.dataset, args.n, split=args.split, seed=args.seed, augment=stage, as_dict=True,
                           shuffle=True) as loader:  # fmt: skip
         batch = next(iter(loader))

@@ -1,8 +1,23 @@
-"""Evidence preservation of an augmentation, on datasets with ROI masks: how much of the ROI it left unchanged,
-and whether the teacher's saliency stayed where it was (IoU of the top regions before and after)."""
+"""Evidence metrics of an augmentation over a whole split: did the diagnostic evidence survive?
+
+On a dataset with ROI masks (the demo's lesions), per method, counted over the samples the method actually
+changed (a sample shown as it is tells nothing about the method):
+
+- ``roi_unchanged``: the share of ROI pixels left as they were (within half an 8-bit step) — methods that move
+  pixels (``standard``) report ``roi_moved`` instead: the share of ROI pixels no longer under the moved ROI;
+- ``w_roi`` / ``w_off``: the mean mixing weight W (the share of foreign content) on the ROI and off it;
+- ``saliency_iou``: IoU of the teacher's top-20 % saliency (the fixed top-k rule) before and after;
+- ``label_consistency``: the teacher's accuracy on the augmented images (for label-mixing methods, against the
+  dominant label), overall and per class;
+- ``augmented_share``: how many of the samples the method changed at all.
+
+:func:`variant_consistency` measures the generator alone: the teacher's accuracy on raw variants of each class,
+next to its accuracy on the originals.
+"""
 
 from __future__ import annotations
 
+from collections import defaultdict
 from typing import Any
 
 import torch
@@ -11,32 +26,129 @@ from .augment.mix import top_fraction_iou
 from .augment.saliency import SaliencyExtractor
 from .loader import MedDiffuseLoader
 
-__all__ = ["evidence_preservation"]
+__all__ = ["EVIDENCE_METRICS", "evidence_metrics", "variant_consistency"]
 
 _UNCHANGED = 1.0 / 512  # within half an 8-bit step
+EVIDENCE_METRICS = ("roi_unchanged", "roi_moved", "w_roi", "w_off", "saliency_iou", "label_consistency",
+                    "augmented_share")  # fmt: skip
 
 
-def evidence_preservation(
-    dataset: str, augment: Any, *, teacher: torch.nn.Module | None = None, batches: int = 4, batch_size: int = 64,
-    seed: int = 0,
-) -> dict[str, float | None]:  # fmt: skip
-    """Averages over ``batches`` training batches; ``None`` where the dataset has no ROI or there is no teacher."""
-    extractor = SaliencyExtractor(teacher, "gradcam") if teacher is not None else None
-    roi_kept, roi_total, ious = 0.0, 0.0, []
-    with MedDiffuseLoader(dataset, batch_size, augment=augment, as_dict=True, seed=seed) as loader:
+class _Sums:
+    def __init__(self) -> None:
+        self.values: dict[str, list[float]] = defaultdict(lambda: [0.0, 0.0])
+
+    def add(self, name: str, numerator: float, denominator: float) -> None:
+        self.values[name][0] += numerator
+        self.values[name][1] += denominator
+
+    def ratio(self, name: str) -> float | None:
+        numerator, denominator = self.values.get(name, (0.0, 0.0))
+        return numerator / denominator if denominator else None
+
+
+def _predict(teacher: torch.nn.Module, images: torch.Tensor) -> torch.Tensor:
+    with torch.no_grad():
+        return teacher(images).argmax(dim=1)
+
+
+def evidence_metrics(
+    dataset: str, augment: Any, *, teacher: torch.nn.Module | None = None, saliency_method: str = "gradcam-multiscale",
+    split: str = "train", batch_size: int = 64, seed: int = 0, max_batches: int | None = None,
+    class_names: list[str] | None = None,
+) -> dict[str, Any]:  # fmt: skip
+    """One pass of ``augment`` over ``split`` (all of it unless ``max_batches``); ``None`` where a metric does not
+    apply (no ROI in the dataset, no teacher, a method that moves pixels)."""
+    extractor = SaliencyExtractor(teacher, saliency_method) if teacher is not None else None
+    sums = _Sums()
+    seen = changed = 0
+    with MedDiffuseLoader(dataset, batch_size, split=split, augment=augment, as_dict=True, seed=seed,
+                          shuffle=True) as loader:  # fmt: skip
+        names = class_names or list(loader.dataset.class_names)
         for index, batch in enumerate(loader):
-            if index >= batches:
+            if max_batches is not None and index >= max_batches:
                 break
-            original = batch.get("original", batch["image"])
-            if "roi" in batch:
-                roi = batch["roi"].to(original.device) > 0
-                unchanged = ((batch["image"] - original).abs().amax(dim=1, keepdim=True) <= _UNCHANGED) & roi
-                roi_kept += float(unchanged.sum())
-                roi_total += float(roi.sum())
-            if extractor is not None:
-                labels = batch["label"].to(original.device)
-                ious.append(top_fraction_iou(extractor(original, labels), extractor(batch["image"], labels), 0.2))
-    return {
-        "roi_unchanged": roi_kept / roi_total if roi_total else None,
-        "saliency_iou": float(torch.cat(ious).mean()) if ious else None,
+            original, image = batch.get("original", batch["image"]), batch["image"]
+            device = image.device
+            # no stage (augment=None): nothing was changed; a stage says per sample what it changed
+            augmented = batch.get("augmented", torch.zeros(len(image), dtype=torch.bool, device=device)).to(device)
+            weight = batch.get("mix_weight", torch.zeros_like(image[:, :1])).to(device)
+            seen += len(image)
+            changed += int(augmented.sum())
+            rows = torch.nonzero(augmented).flatten()
+            if len(rows) == 0:
+                continue
+            _roi_sums(sums, batch, image[rows], original[rows], weight[rows], rows)
+            if teacher is not None and extractor is not None:
+                labels = _dominant_labels(batch).to(device)[rows]
+                predicted = _predict(teacher, image[rows])
+                sums.add("label_consistency", float((predicted == labels).sum()), len(rows))
+                for label in labels.unique().tolist():
+                    of_class = labels == label
+                    sums.add(f"label_consistency:{names[label]}", float((predicted[of_class] == label).sum()),
+                             float(of_class.sum()))  # fmt: skip
+                if "original_roi" not in batch:  # IoU compares places: meaningless once pixels moved
+                    iou = top_fraction_iou(extractor(original[rows], labels), extractor(image[rows], labels), 0.2)
+                    sums.add("saliency_iou", float(iou.sum()), len(rows))
+    metrics: dict[str, Any] = {name: sums.ratio(name) for name in EVIDENCE_METRICS}
+    metrics["augmented_share"] = changed / seen if seen else None
+    metrics["label_consistency_per_class"] = {
+        name: sums.ratio(f"label_consistency:{name}") for name in names if f"label_consistency:{name}" in sums.values
     }
+    metrics["samples"] = seen
+    return metrics
+
+
+def _dominant_labels(batch: dict[str, Any]) -> torch.Tensor:
+    target = batch.get("target")
+    if target is not None and target.dim() == 2:
+        return target.argmax(dim=1)
+    return batch["label"]
+
+
+def _roi_sums(sums: _Sums, batch: dict[str, Any], image, original, weight, rows) -> None:
+    if "roi" not in batch:
+        return
+    device = image.device
+    roi = (batch["roi"].to(device)[rows] > 0)[:, :1]
+    lesion = roi.flatten(1).any(dim=1)
+    off = ~roi
+    sums.add("w_off", float((weight * off).sum()), float(off.sum()))
+    if not lesion.any():
+        return
+    roi, weight = roi[lesion], weight[lesion]
+    sums.add("w_roi", float((weight * roi).sum()), float(roi.sum()))
+    if "original_roi" in batch:
+        before = (batch["original_roi"].to(device)[rows] > 0)[:, :1][lesion]
+        sums.add("roi_moved", float((before & ~roi).sum()), float(before.sum()))
+        return
+    unchanged = (image[lesion] - original[lesion]).abs().amax(dim=1, keepdim=True) <= _UNCHANGED
+    sums.add("roi_unchanged", float((unchanged & roi).sum()), float(roi.sum()))
+
+
+def variant_consistency(dataset: str, stage: Any, teacher: torch.nn.Module, *, split: str = "train",
+                        batch_size: int = 64, max_batches: int | None = None) -> dict[str, Any]:  # fmt: skip
+    """The teacher's accuracy per class on the originals and on every cached variant of each (from ``stage``'s
+    variant provider: every variant index 0..M-1)."""
+    from .augment.cache import content_hashes
+
+    correct: dict[str, list[float]] = defaultdict(lambda: [0.0, 0.0])
+    with MedDiffuseLoader(dataset, batch_size, split=split, as_dict=True, shuffle=False) as loader:
+        names = list(loader.dataset.class_names)
+        for index, batch in enumerate(loader):
+            if max_batches is not None and index >= max_batches:
+                break
+            images = batch["image"].to(stage.device)
+            labels = batch["label"].to(stage.device)
+            contents = content_hashes(images)
+            sets = [("original", images)]
+            for variant in range(stage.variants_per_sample):
+                choices = torch.full((len(images),), variant).numpy()
+                sets.append(("variant", stage.variants.variants(images, labels, batch["key"], contents, choices)))
+            for kind, pictures in sets:
+                predicted = _predict(teacher, pictures)
+                for label in labels.unique().tolist():
+                    of_class = labels == label
+                    entry = correct[f"{kind}:{names[label]}"]
+                    entry[0] += float((predicted[of_class] == label).sum())
+                    entry[1] += float(of_class.sum())
+    return {name: hits / total for name, (hits, total) in sorted(correct.items()) if total}

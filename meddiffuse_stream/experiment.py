@@ -1,124 +1,159 @@
-"""The paper's comparison as an experiment anyone can rerun: methods x seeds on one dataset, from a YAML file.
+"""The paper's comparison as an experiment anyone can rerun: methods x seeds x train fractions, from a YAML file.
 
-Writes ``runs/<method>-s<seed>/`` (checkpoint, metrics, evidence), ``results.csv``, ``results.md`` (mean ± 95 %
-confidence interval per metric) and ``metrics.png`` / ``evidence.png``. Finished runs are reused on a re-run.
+Writes ``runs/<name>[-f<fraction>]-s<seed>/`` (checkpoint, metrics, ``method.json`` — what ran), evidence metrics
+per method and seed (``evidence/``), the generator's label consistency (``variants.json``), ``results.csv``,
+``results.md`` (mean ± 95 % confidence interval per metric, and paired differences against each baseline) and
+``metrics.png`` / ``evidence.png``. A finished run is reused on a re-run only if it ran exactly the configured
+method and settings.
 """
 
 from __future__ import annotations
 
 import csv
 import json
-import math
+import time
 from pathlib import Path
 from typing import Any
 
-import yaml
+from .experiment_config import ExperimentConfig, MethodConfig, load_experiment_config
+from .experiment_report import plots, summarise
 
-from .augment.factory import ABLATIONS, build_stage, load_teacher
-
-__all__ = ["ABLATIONS", "run_experiment", "summarise"]
-
+__all__ = ["METRICS", "check_teacher", "run_experiment", "summarise"]
 
 METRICS = ("accuracy", "macro_f1", "roc_auc", "cohen_kappa")
-# two-sided 95 % Student t quantiles for 1..30 degrees of freedom
-_T95 = [12.706, 4.303, 3.182, 2.776, 2.571, 2.447, 2.365, 2.306, 2.262, 2.228, 2.201, 2.179, 2.160, 2.145,
-        2.131, 2.120, 2.110, 2.101, 2.093, 2.086, 2.080, 2.074, 2.069, 2.064, 2.060, 2.056, 2.052, 2.048, 2.045,
-        2.042]  # fmt: skip
 
 
-def _stage_for(method: str, config: dict[str, Any], seed: int) -> Any:
-    return build_stage(method, config["dataset"], teacher=config.get("teacher"),
-                       teacher_model=config.get("teacher_model", "cnn"), generator=config.get("generator"),
-                       variant_cache=config.get("variant_cache"), seed=seed)  # fmt: skip
+def _stage_for(method: MethodConfig, config: ExperimentConfig, seed: int) -> Any:
+    from .augment.factory import build_stage
+
+    return build_stage(method.method, config.dataset, teacher=config.teacher, teacher_model=config.teacher_model,
+                       generator=config.generator, variant_cache=config.variant_cache, seed=seed,
+                       settings=method.settings, device=config.device)  # fmt: skip
 
 
-def run_experiment(config_path: str | Path) -> Path:
-    from .evidence import evidence_preservation
+def check_teacher(config: ExperimentConfig) -> dict[str, Any] | None:
+    """The teacher's own metrics (``metrics.json`` beside its checkpoint); refuses one below
+    ``min_teacher_val_auc`` with a one-line reason."""
+    if not config.teacher:
+        return None
+    metrics_path = Path(config.teacher).parent / "metrics.json"
+    metrics = json.loads(metrics_path.read_text()) if metrics_path.exists() else None
+    if config.min_teacher_val_auc is None:
+        return metrics
+    auc = (metrics or {}).get("val", {}).get("roc_auc")
+    if auc is None:
+        raise ValueError(f"teacher {config.teacher}: no validation AUC in {metrics_path} to check against "
+                         f"min_teacher_val_auc {config.min_teacher_val_auc}; train it with `meddiffuse-stream train`")
+    if auc < config.min_teacher_val_auc:
+        raise ValueError(f"teacher {config.teacher} has val AUC {auc:.3f} < min_teacher_val_auc "
+                         f"{config.min_teacher_val_auc}: its saliency would not find the evidence; train it longer")
+    return metrics
+
+
+def _run_name(method: MethodConfig, fraction: float, seed: int) -> str:
+    return f"{method.name}-s{seed}" if fraction == 1 else f"{method.name}-f{fraction:g}-s{seed}"
+
+
+def _finished(run: Path, described: dict[str, Any]) -> bool:
+    if not (run / "metrics.json").exists() or not (run / "method.json").exists():
+        return False
+    return json.loads((run / "method.json").read_text()) == described
+
+
+def _train(method: MethodConfig, config: ExperimentConfig, seed: int, fraction: float, run: Path) -> None:
     from .train import TrainConfig, train
 
-    config = yaml.safe_load(Path(config_path).read_text())
-    for required in ("dataset", "out", "methods"):
-        if required not in config:
-            raise ValueError(f"{config_path}: missing '{required}'")
-    out = Path(config["out"])
-    rows = []
-    cells = [
-        (m, f, s) for f in config.get("fractions", [1.0]) for m in config["methods"] for s in config.get("seeds", [0])
-    ]
-    teacher = None  # the saliency teacher evidence is measured with
-    for method, fraction, seed in cells:
-        run = out / "runs" / (f"{method}-s{seed}" if fraction == 1 else f"{method}-f{fraction:g}-s{seed}")
-        if not (run / "metrics.json").exists():
-            stage = _stage_for(method, config, seed)
-            train(TrainConfig(config["dataset"], str(run), model=config.get("model", "cnn"),
-                                  augment=method if isinstance(stage, str) or stage is None else "meddiffusemix",
-                                  epochs=config.get("epochs", 5), batch_size=config.get("batch_size", 64),
-                                  learning_rate=config.get("lr", 1e-3), seed=seed,
-                                  num_workers=config.get("workers", 0), loss=config.get("loss", "ce"),
-                                  augment_stage=stage if not isinstance(stage, str) else None,
-                                  device=config.get("device"), train_fraction=fraction))  # fmt: skip
-            if teacher is None and config.get("teacher"):  # frozen: loaded once, for every cell that needs it
-                teacher = load_teacher(config["dataset"], config["teacher"], config.get("teacher_model", "cnn"))
-            evidence = evidence_preservation(config["dataset"], _stage_for(method, config, seed), teacher=teacher,
-                                             seed=seed)  # fmt: skip
-            (run / "evidence.json").write_text(json.dumps(evidence, indent=1))
+    stage = _stage_for(method, config, seed)
+    described = method.describe()
+    started = time.perf_counter()
+    train(TrainConfig(config.dataset, str(run), model=config.model, augment=method.name,
+                      epochs=config.epochs, batch_size=config.batch_size, learning_rate=config.lr, seed=seed,
+                      num_workers=config.workers, loss=config.loss,
+                      augment_stage=stage if stage is not None and not isinstance(stage, str) else None,
+                      augment_method=stage if isinstance(stage, str) else None,
+                      device=config.device, train_fraction=fraction, progress=False))  # fmt: skip
+    described["seconds"] = round(time.perf_counter() - started, 1)
+    metrics = json.loads((run / "metrics.json").read_text())
+    metrics["method"] = described
+    (run / "metrics.json").write_text(json.dumps(metrics, indent=1) + "\n")
+    (run / "method.json").write_text(json.dumps(method.describe(), indent=1) + "\n")
+
+
+def _evidence(method: MethodConfig, config: ExperimentConfig, seed: int, teacher: Any, out: Path) -> dict:
+    """Evidence metrics of one method and seed on the evidence split (the same for every train fraction)."""
+    from .evidence import evidence_metrics
+
+    path = out / "evidence" / f"{method.name}-s{seed}.json"
+    described = method.describe()
+    if path.exists():
+        stored = json.loads(path.read_text())
+        if stored.get("method") == described:
+            return stored["metrics"]
+    stage = _stage_for(method, config, seed)
+    saliency = method.settings.saliency_method
+    metrics = evidence_metrics(config.dataset, stage, teacher=teacher, saliency_method=saliency,
+                               split=config.evidence_split, seed=seed, max_batches=config.evidence_batches)  # fmt: skip
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps({"method": described, "metrics": metrics}, indent=1) + "\n")
+    return metrics
+
+
+def _variant_report(config: ExperimentConfig, teacher: Any, out: Path) -> dict[str, Any] | None:
+    """The generator's label consistency (teacher accuracy on raw variants per class), once per experiment."""
+    if teacher is None or not (config.generator or config.variant_cache):
+        return None
+    from .augment.factory import build_stage
+    from .evidence import variant_consistency
+
+    stage = build_stage("dafusion", config.dataset, generator=config.generator, variant_cache=config.variant_cache,
+                        device=config.device)  # fmt: skip
+    identity = stage.variants.identity
+    path = out / "variants.json"
+    if path.exists():
+        stored = json.loads(path.read_text())
+        if stored.get("generator") == identity:
+            return stored
+    report = {"generator": identity, "variants_per_sample": stage.variants_per_sample,
+              "accuracy": variant_consistency(config.dataset, stage, teacher, split=config.evidence_split,
+                                              max_batches=config.evidence_batches)}  # fmt: skip
+    path.write_text(json.dumps(report, indent=1) + "\n")
+    return report
+
+
+def run_experiment(config_path: str | Path, *, progress: bool = True) -> Path:
+    from .augment.factory import load_teacher
+
+    config = load_experiment_config(config_path)
+    check_teacher(config)
+    out = Path(config.out)
+    out.mkdir(parents=True, exist_ok=True)
+    teacher = load_teacher(config.dataset, config.teacher, config.teacher_model) if config.teacher else None
+    started = time.perf_counter()
+    variants = _variant_report(config, teacher, out)
+    cells = [(m, f, s) for f in config.fractions for m in config.methods for s in config.seeds]
+    rows, trained = [], 0
+    for number, (method, fraction, seed) in enumerate(cells, 1):
+        run = out / "runs" / _run_name(method, fraction, seed)
+        if not _finished(run, method.describe()):
+            if progress:
+                print(f"[{number}/{len(cells)}] {run.name}", flush=True)
+            _train(method, config, seed, fraction, run)
+            trained += 1
+        evidence = _evidence(method, config, seed, teacher, out)
         metrics = json.loads((run / "metrics.json").read_text())
-        evidence = json.loads((run / "evidence.json").read_text())
-        for split in config.get("report_splits", ["test"]):
+        for split in config.report_splits:
             if split in metrics:
-                rows.append({"method": method, "seed": seed, "fraction": fraction, "split": split,
-                                 **{m: metrics[split][m] for m in METRICS}, **evidence})  # fmt: skip
+                rows.append({"method": method.name, "seed": seed, "fraction": fraction, "split": split,
+                             "steps": metrics["steps"], **{m: metrics[split][m] for m in METRICS},
+                             **{k: v for k, v in evidence.items() if not isinstance(v, dict)}})  # fmt: skip
+    if not rows:
+        raise ValueError(f"{config_path}: no run reported any of the splits {list(config.report_splits)}")
     with open(out / "results.csv", "w", newline="") as stream:
         writer = csv.DictWriter(stream, fieldnames=list(rows[0]))
         writer.writeheader()
         writer.writerows(rows)
-    (out / "results.md").write_text(summarise(rows))
-    _plots(rows, out)
+    (out / "results.md").write_text(summarise(rows, variants))
+    plots(rows, out, variants)
+    timing = {"seconds": round(time.perf_counter() - started, 1), "runs": len(cells), "trained_now": trained}
+    (out / "timing.json").write_text(json.dumps(timing, indent=1) + "\n")
     return out
-
-
-def _mean_ci(values: list[float]) -> str:
-    values = [v for v in values if v is not None and not math.isnan(v)]
-    if not values:
-        return "n/a"
-    mean = sum(values) / len(values)
-    if len(values) == 1:
-        return f"{mean:.3f}"
-    spread = math.sqrt(sum((v - mean) ** 2 for v in values) / (len(values) - 1))
-    t = _T95[min(len(values) - 1, 30) - 1] if len(values) <= 31 else 1.96
-    return f"{mean:.3f} ± {t * spread / math.sqrt(len(values)):.3f}"
-
-
-def summarise(rows: list[dict[str, Any]]) -> str:
-    """A markdown table: one row per method (and split), mean ± 95 % CI over seeds."""
-    columns = [*METRICS, "roi_unchanged", "saliency_iou"]
-    lines = ["| method | split | seeds | " + " | ".join(columns) + " |", "|---" * (len(columns) + 3) + "|"]
-    for method, fraction, split in dict.fromkeys((r["method"], r.get("fraction", 1.0), r["split"]) for r in rows):
-        group = [r for r in rows if (r["method"], r.get("fraction", 1.0), r["split"]) == (method, fraction, split)]
-        cells = [_mean_ci([r[c] for r in group]) for c in columns]
-        name = method if fraction == 1 else f"{method} ({fraction:g} of train)"
-        lines.append(f"| {name} | {split} | {len(group)} | " + " | ".join(cells) + " |")
-    return "\n".join(lines) + "\n"
-
-
-def _plots(rows: list[dict[str, Any]], out: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    methods = list(dict.fromkeys(r["method"] for r in rows))
-    for name, columns in (("metrics.png", METRICS), ("evidence.png", ("roi_unchanged", "saliency_iou"))):
-        figure, axes = plt.subplots(1, len(columns), figsize=(3.2 * len(columns), 3.2), squeeze=False)
-        for axis, column in zip(axes[0], columns, strict=True):
-            means = []
-            for method in methods:
-                values = [r[column] for r in rows if r["method"] == method and r[column] is not None]
-                means.append(sum(values) / len(values) if values else 0.0)
-            axis.bar(range(len(methods)), means, color="#4c72b0")
-            axis.set_xticks(range(len(methods)), methods, rotation=45, ha="right", fontsize=7)
-            axis.set_title(column, fontsize=9)
-            axis.set_ylim(0, 1)
-        figure.tight_layout()
-        figure.savefig(out / name, dpi=90)
-        plt.close(figure)

@@ -103,10 +103,8 @@ class MedDiffuseLoader:
         self._pool = WorkerPool(config, method=worker_method, prefetch=prefetch, mp_context=mp_context,
                                 counters=self.counters)  # fmt: skip
         self.augment = self._build_stage(augment, seed)
-        if self.augment is not None:
-            self.augment.details = as_dict  # saliency and variant planes only when someone will see them
-            if self.augment.cpu_threads is None and num_workers > 0:
-                self.augment.cpu_threads = max(1, len(os.sched_getaffinity(0)) - num_workers)
+        # on the CPU the stage runs with the cores the decode workers leave (None: torch's own setting)
+        self._stage_threads = max(1, len(os.sched_getaffinity(0)) - num_workers) if num_workers > 0 else None
         self._augment_state = self.augment.state_dict() if self.augment is not None else None
         self._epoch = 0
         self._batches = 0
@@ -145,7 +143,8 @@ class MedDiffuseLoader:
         from .augment.runner import run_stage
 
         batches = (self._to_torch(chunk, keep_on_host=True) for chunk in self._pool)
-        for batch, state in run_stage(self.augment, batches):
+        # saliency and variant planes only when someone will see them (as_dict)
+        for batch, state in run_stage(self.augment, batches, details=self.as_dict, cpu_threads=self._stage_threads):
             self._batches += 1
             self._augment_state = state
             yield batch if self.as_dict else (batch["image"], batch["target"])

@@ -1,8 +1,8 @@
 """Classifiers written here (no timm, no torchvision): a small CNN, ResNet-18 and ViT-tiny.
 
-Each model names the layer saliency methods attribute to (``saliency_layer``): the last convolutional stage of the
-CNNs, and for the ViT the patch tokens entering its last block, laid out on the patch grid with the CLS token
-dropped — the tokens the CLS token attends to last.
+Each model names the layers saliency methods attribute to (``saliency_layers``, coarsest first; ``saliency_layer`` is
+the first of them): the convolutional stages of the CNNs, and for the ViT the patch tokens entering its last block,
+laid out on the patch grid with the CLS token dropped — the tokens the CLS token attends to last.
 """
 
 from __future__ import annotations
@@ -35,6 +35,11 @@ class SmallCNN(nn.Module):
     @property
     def saliency_layer(self) -> nn.Module:
         return self.features[-1]
+
+    @property
+    def saliency_layers(self) -> list[nn.Module]:
+        """The ReLU of each block, coarsest first (at 64 px: 8×8, 16×16, 32×32, 64×64)."""
+        return [module for module in self.features if isinstance(module, nn.ReLU)][::-1]
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         return self.head(self.features(images).amax(dim=(2, 3)))
@@ -74,6 +79,11 @@ class ResNet18(nn.Module):
     @property
     def saliency_layer(self) -> nn.Module:
         return self.stages[-1]
+
+    @property
+    def saliency_layers(self) -> list[nn.Module]:
+        """The output of each stage, coarsest first."""
+        return list(self.stages)[::-1]
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         return self.head(self.stages(self.stem(images)).mean(dim=(2, 3)))

@@ -25,7 +25,7 @@ from .metrics import classification_metrics
 from .models import build_model
 from .shardfmt.manifest import DATASET_JSON
 
-__all__ = ["TrainConfig", "train"]
+__all__ = ["TargetNotReachedError", "TrainConfig", "train"]
 
 CHECKPOINT = "checkpoint.pt"
 
@@ -51,6 +51,9 @@ class TrainConfig:
     key_log: bool = False  # write the keys each rank trained on (for audits and tests)
     train_fraction: float = 1.0  # < 1: train on this patient-level fraction of the train split
     augment_stage: Any = None  # a configured AugmentStage overrides ``augment``
+    augment_method: str | None = None  # a model-free method to run when ``augment`` is only a label (experiments)
+    min_val_auc: float | None = None  # fail (after writing metrics) when the val AUC ends below this
+    progress: bool = True
     cache_dir: str | None = None  # local shard cache for remote datasets (LRU, sha256-verified)
     cache_bytes: int = 50 << 30
 
@@ -80,7 +83,8 @@ def train(config: TrainConfig) -> dict[str, Any]:
     if config.train_fraction < 1:
         config = _with_subset(config, out, rank, world)
     channels, size, classes = sample_shape(config.dataset)
-    augment = config.augment_stage or (None if config.augment == "none" else config.augment)
+    method = config.augment_method or config.augment
+    augment = config.augment_stage or (None if method == "none" else method)
     loader = MedDiffuseLoader(config.dataset, config.batch_size, num_workers=config.num_workers, seed=config.seed,
                               augment=augment, as_dict=True, rank=rank, world_size=world, cache_dir=config.cache_dir,
                               cache_bytes=config.cache_bytes)  # fmt: skip
@@ -101,11 +105,13 @@ def train(config: TrainConfig) -> dict[str, Any]:
         optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
         scaler.load_state_dict(state["scaler"])
+        if "teacher" in state and loader.augment is not None:  # a refreshed teacher is part of the run's state
+            loader.augment.update_teacher(state["teacher"])
         loader.load_state_dict(state["loader"][rank])
         step = int(state["step"])
     keys = _open_key_log(out / f"keys-rank{rank}.txt", state.get("key_log_bytes"), rank) if config.key_log else None
     bar = tqdm(total=total_steps, initial=step, desc=f"train {config.model}/{config.augment}", unit="step",
-               disable=rank != 0)  # fmt: skip
+               disable=rank != 0 or not config.progress)  # fmt: skip
     losses: list[float] = []
     try:
         while loader.epoch < config.epochs and step < total_steps:
@@ -128,7 +134,7 @@ def train(config: TrainConfig) -> dict[str, Any]:
                     keys.write("".join(f"{loader.epoch} {k}\n" for k in batch["key"]))
                     keys.flush()
                 if loader.augment is not None and loader.augment.teacher is not None:
-                    loader.augment.maybe_refresh_teacher(_unwrap(model), step, loader.augment.refresh_every)
+                    loader.augment.maybe_refresh_teacher(_unwrap(model), step)
                 if config.checkpoint_every and step % config.checkpoint_every == 0:
                     _checkpoint(out, model, optimizer, scheduler, scaler, loader, step, rank, world, keys)
             _checkpoint(out, model, optimizer, scheduler, scaler, loader, step, rank, world, keys)
@@ -160,7 +166,24 @@ def train(config: TrainConfig) -> dict[str, Any]:
         dist.barrier()
         del model, optimizer, scheduler
         dist.destroy_process_group()
+    _check_target(config, results)
     return results
+
+
+class TargetNotReachedError(ValueError):
+    """Training finished below ``min_val_auc``: the model is saved, but is not good enough for its purpose."""
+
+
+def _check_target(config: TrainConfig, results: dict[str, Any]) -> None:
+    if config.min_val_auc is None:
+        return
+    auc = results.get("val", {}).get("roc_auc")
+    if auc is None or auc < config.min_val_auc:
+        shown = "no val split" if auc is None else f"val AUC {auc:.3f}"
+        raise TargetNotReachedError(
+            f"{config.out}: {shown} after {results['steps']} steps is below --min-val-auc {config.min_val_auc}; "
+            "train longer (--epochs), with another --lr, or a larger model"
+        )
 
 
 def _summed_counters(loader: MedDiffuseLoader, world: int) -> dict[str, dict[str, int]]:
@@ -228,6 +251,9 @@ def _checkpoint(out, model, optimizer, scheduler, scaler, loader, step, rank, wo
     }
     if keys is not None:
         state["key_log_bytes"] = [part[1] for part in parts]
+    stage = loader.augment
+    if stage is not None and stage.teacher is not None and stage.refresh_every > 0:
+        state["teacher"] = {k: v.detach().cpu() for k, v in stage.teacher.state_dict().items()}
     temporary = out / f".{CHECKPOINT}.tmp"
     torch.save(state, temporary)
     os.replace(temporary, out / CHECKPOINT)

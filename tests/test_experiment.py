@@ -1,6 +1,7 @@
 """The experiment runner and preview on a tiny config: CSV, table, plots, picture; re-runs reuse finished cells."""
 
 import csv
+import json
 import subprocess
 import sys
 from pathlib import Path
@@ -46,9 +47,17 @@ def test_experiment_writes_csv_table_and_plots_and_reuses_cells(setup, tmp_path)
     with open(tmp_path / "exp" / "results.csv") as stream:
         rows = list(csv.DictReader(stream))
     assert len(rows) == 8 and {r["method"] for r in rows} == set(config["methods"])
-    assert {"accuracy", "macro_f1", "roc_auc", "cohen_kappa", "roi_unchanged", "saliency_iou"} <= set(rows[0])
+    assert {"accuracy", "macro_f1", "roc_auc", "cohen_kappa", "roi_unchanged", "roi_moved", "w_roi", "w_off",
+            "saliency_iou", "label_consistency", "augmented_share"} <= set(rows[0])  # fmt: skip
     table = (tmp_path / "exp" / "results.md").read_text()
-    assert "| meddiffusemix-hard-mask | test | 2 |" in table and "±" in table
+    assert "| meddiffusemix-hard-mask | 2 |" in table and "±" in table and "Reading:" in table
+    assert "| meddiffusemix − standard | 1 |" in table
+    ran = json.loads((tmp_path / "exp" / "runs" / "meddiffusemix-hard-mask-s0" / "metrics.json").read_text())
+    assert ran["config"]["augment"] == "meddiffusemix-hard-mask", "the recorded name is the one that ran"
+    assert ran["method"]["base_method"] == "meddiffusemix" and ran["method"]["settings"]["mix"] == {"soft_mask": False}
+    evidence = json.loads((tmp_path / "exp" / "evidence" / "standard-s0.json").read_text())["metrics"]
+    assert evidence["roi_unchanged"] is None and evidence["roi_moved"] is not None, "geometry: moved, not kept"
+    assert json.loads((tmp_path / "exp" / "variants.json").read_text())["accuracy"]
     for picture in ("metrics.png", "evidence.png"):
         assert Image.open(tmp_path / "exp" / picture).size[0] > 300
     stamp = (tmp_path / "exp" / "runs" / "mixup-s1" / "metrics.json").stat().st_mtime
@@ -93,11 +102,45 @@ def test_preview_writes_a_picture_of_the_expected_size(setup, tmp_path):
     assert (width, height) == (800, 640)  # 5 panels x 4 rows at 2 inches, 80 dpi
 
 
-def test_summary_has_mean_and_confidence_interval():
-    rows = [{"method": "m", "split": "test", "accuracy": a, "macro_f1": a, "roc_auc": None, "cohen_kappa": 0.0,
-             "roi_unchanged": 1.0, "saliency_iou": None} for a in (0.5, 0.7)]  # fmt: skip
+def test_summary_has_mean_and_confidence_interval_and_reads_paired_differences():
+    rows = [{"method": m, "seed": seed, "fraction": 1.0, "split": split, "steps": 10, "roc_auc": auc + shift,
+             "roi_unchanged": 1.0 if m == "meddiffusemix" else 0.5}
+            for m, shift in (("meddiffusemix", 0.0), ("standard", 0.1)) for seed, auc in ((0, 0.5), (1, 0.7))
+            for split in ("val", "test")]  # fmt: skip
     table = summarise(rows)
-    assert "0.600 ± 1.271" in table and "n/a" in table  # t(1) = 12.706, sd 0.1414, n 2
+    assert "| meddiffusemix | 2 | 10 | 0.600 ± 1.271 |" in table  # t(1) = 12.706, sd 0.1414, n 2
+    assert "n/a" in table  # ROI moved: not measured
+    assert "| meddiffusemix − standard | 1 | -0.100 ± 0.000 |" in table
+    assert "left 100.0% of lesion pixels untouched (standard 50.0%)" in table
+    assert "lower beyond seed noise" in table
+
+
+def test_experiment_config_is_strict(tmp_path):
+    from meddiffuse_stream.experiment_config import load_experiment_config
+
+    def load(extra):
+        path = tmp_path / "c.yaml"
+        path.write_text(yaml.safe_dump({"dataset": "d", "out": "o", "methods": ["standard"], **extra}))
+        return load_experiment_config(path)
+
+    with pytest.raises(ValueError, match=r"unknown key\(s\) \['epoch'\]; known: .*'epochs'"):
+        load({"epoch": 3})
+    with pytest.raises(ValueError, match="unknown augment method 'mixupp'"):
+        load({"methods": ["mixupp"]})
+    with pytest.raises(ValueError, match=r"unknown mix setting\(s\) \['quantil'\]"):
+        load({"methods": [{"method": "meddiffusemix", "mix": {"quantil": 0.8}}]})
+    with pytest.raises(ValueError, match=r"unknown setting\(s\) \['variants'\]"):
+        load({"methods": [{"method": "meddiffusemix", "variants": 3}]})
+    with pytest.raises(ValueError, match="quantile must be in"):
+        load({"methods": [{"method": "meddiffusemix", "mix": {"quantile": 2}}]})
+    with pytest.raises(ValueError, match="unique"):
+        load({"methods": ["cutmix", "cutmix"]})
+    config = load({"methods": [{"name": "mdm-q80", "method": "meddiffusemix-hard-mask", "mix": {"quantile": 0.8},
+                                "variants_per_sample": 3, "original_probability": 0.25}]})  # fmt: skip
+    described = config.methods[0].describe()
+    assert described["base_method"] == "meddiffusemix" and described["name"] == "mdm-q80"
+    assert described["settings"]["mix"] == {"soft_mask": False, "quantile": 0.8}
+    assert described["settings"]["variants_per_sample"] == 3
 
 
 def test_subset_choice_takes_whole_patients():

@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 from .cache import VariantCache
+from .methods import METHODS, PRESETS, MethodSpec
 from .mix import MixConfig
 from .stage import AUGMENTS, LABEL_MIXING, AugmentStage
 
-__all__ = ["AUGMENTS", "LABEL_MIXING", "AugmentStage", "MixConfig", "VariantCache"]
+__all__ = ["AUGMENTS", "LABEL_MIXING", "METHODS", "PRESETS", "AugmentStage", "MethodSpec", "MixConfig", "VariantCache"]

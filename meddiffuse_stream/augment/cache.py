@@ -12,7 +12,7 @@ from __future__ import annotations
 import struct
 import warnings
 import zlib
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import numpy as np
@@ -21,7 +21,15 @@ import torch
 from ..counters import Counters
 from ..storage import Location
 
-__all__ = ["VariantCache", "content_hash", "content_hashes", "decode_entry", "encode_entry", "entry_name"]
+__all__ = [
+    "VariantCache",
+    "cached_batch",
+    "content_hash",
+    "content_hashes",
+    "decode_entry",
+    "encode_entry",
+    "entry_name",
+]
 
 _MAGIC = b"MDSVAR1\0"
 _HEADER = struct.Struct("<8sIQB")  # magic, crc32 of the payload, payload length, number of dimensions
@@ -64,8 +72,47 @@ def decode_entry(data: bytes) -> np.ndarray | None:
     return np.frombuffer(payload, dtype=np.float16).reshape(shape)
 
 
-def entry_name(key: str, content: str, producer: str, strength: float, index: int) -> str:
+def entry_name(key: str, content: str, producer: str, strength: float, index: int | str) -> str:
     return f"{producer}/s{strength:g}/{key}-{content}-{index}.bin"
+
+
+def cached_batch(
+    cache: VariantCache | None,
+    names: list[str],
+    produce: Callable[[torch.Tensor], torch.Tensor],
+    like: torch.Tensor,
+    counters: Counters | None = None,
+    counter: str = "",
+) -> torch.Tensor:
+    """Entries ``names`` from the cache where present; the rest produced in one batched call and written back.
+
+    ``like`` gives the result's shape, dtype and device; ``produce(rows)`` returns the rows that were missing.
+    Everything is rounded to the stored precision (float16) whether or not a cache is set, so a run gives the
+    same bytes cold or warm.
+    """
+    found_rows, found, missing = [], [], []
+    for index, name in enumerate(names):
+        entry = cache.get(name) if cache is not None else None
+        if entry is not None and entry.shape == tuple(like.shape[1:]):
+            found_rows.append(index)
+            found.append(entry)
+        else:
+            missing.append(index)
+    if counter and counters is not None:
+        counters[counter] += len(names) - len(missing)
+    if not missing:  # the warm path: one stack, one conversion
+        return torch.from_numpy(np.stack(found)).to(like)
+    out = torch.empty_like(like)
+    if found:
+        out[torch.as_tensor(found_rows, device=like.device)] = torch.from_numpy(np.stack(found)).to(like)
+    index = torch.as_tensor(missing, device=like.device)
+    produced = produce(index).to(torch.float16)
+    out[index] = produced.to(like.dtype)
+    if cache is not None:
+        rows = produced.detach().cpu().numpy()
+        for row, position in enumerate(missing):
+            cache.put(names[position], rows[row])
+    return out
 
 
 class VariantCache:

@@ -1,22 +1,52 @@
-"""Building a device stage from paths (what the CLI and the experiment runner both start from)."""
+"""Building a device stage from paths and settings (what the CLI and the experiment runner both start from)."""
 
 from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field, fields, replace
+from typing import Any
 
 import torch
 
 from ..loader import sample_shape
+from .methods import PRESETS, resolve
 from .mix import MixConfig
-from .stage import NEEDS_SALIENCY, NEEDS_VARIANTS, AugmentStage
+from .stage import AugmentStage
 
-__all__ = ["ABLATIONS", "build_stage", "default_device", "load_teacher"]
+__all__ = ["ABLATIONS", "StageSettings", "build_stage", "default_device", "load_teacher"]
 
 # the MedDiffuseMix ablations, as method names of their own
-ABLATIONS = {
-    "meddiffusemix-random-mask": {"random_mask": True},
-    "meddiffusemix-fixed-alpha": {"adaptive_alpha": False},
-    "meddiffusemix-hard-mask": {"soft_mask": False},
-    "meddiffusemix-no-check": {"check": False},
-}
+ABLATIONS = {name: dict(preset.mix) for name, preset in PRESETS.items()}
+
+
+@dataclass(frozen=True)
+class StageSettings:
+    """Everything about a stage that is not a path: what an experiment may set per method (strictly checked)."""
+
+    mix: Mapping[str, Any] = field(default_factory=dict)  # MixConfig fields
+    variants_per_sample: int = 2
+    mask_draws: int = 2
+    original_probability: float = 0.5
+    compose_standard: bool = False
+    saliency_method: str = "gradcam-multiscale"
+    saliency_layer: int = 0
+
+    def __post_init__(self) -> None:
+        unknown = sorted(set(self.mix) - set(MixConfig.field_names()))
+        if unknown:
+            raise ValueError(f"unknown mix setting(s) {unknown}; known: {MixConfig.field_names()}")
+        MixConfig(**self.mix)  # values checked now, not at the first batch
+
+    @classmethod
+    def from_mapping(cls, values: Mapping[str, Any], where: str = "settings") -> StageSettings:
+        known = [f.name for f in fields(cls)]
+        unknown = sorted(set(values) - set(known))
+        if unknown:
+            raise ValueError(f"{where}: unknown setting(s) {unknown}; known: {known}")
+        return cls(**values)
+
+    def with_mix(self, extra: Mapping[str, Any]) -> StageSettings:
+        return replace(self, mix={**extra, **self.mix})
 
 
 def default_device(name: str | None = None) -> torch.device:
@@ -38,20 +68,33 @@ def load_teacher(
 def build_stage(
     method: str, dataset: str, *, teacher: str | None = None, teacher_model: str = "cnn",
     generator: str | None = None, variant_cache: str | None = None, seed: int = 0,
+    settings: StageSettings | None = None, device: str | None = None,
 ) -> AugmentStage | str | None:  # fmt: skip
-    """``None`` for ``none``, the name itself for methods that need no models, else a configured stage."""
-    base = "meddiffusemix" if method in ABLATIONS else method
-    if base not in NEEDS_SALIENCY + NEEDS_VARIANTS:
-        return None if base == "none" else base
-    if base in NEEDS_SALIENCY and not teacher:
+    """``None`` for ``none``, the name itself for methods that need no models and no settings, else a stage.
+
+    ``method`` may be a preset (an ablation such as ``meddiffusemix-hard-mask``): its MixConfig settings are
+    applied under any given in ``settings.mix``. The stage runs on ``device`` (default: CUDA when present).
+    """
+    spec, preset_mix = resolve(method)
+    settings = (settings or StageSettings()).with_mix(preset_mix)
+    if not (spec.needs_saliency or spec.needs_variants) and settings == StageSettings() and not settings.mix:
+        return None if spec.name == "none" else spec.name
+    if spec.needs_saliency and not teacher:
         raise ValueError(f"augment {method!r} needs a saliency teacher checkpoint (--teacher, or teacher: in YAML)")
+    if spec.needs_variants and not (generator or variant_cache):
+        raise ValueError(f"augment {method!r} needs diffusion variants (--generator and/or --variant-cache)")
     shape = sample_shape(dataset)
-    model = load_teacher(dataset, teacher, teacher_model, shape) if base in NEEDS_SALIENCY else None
+    model = load_teacher(dataset, teacher, teacher_model, shape) if spec.needs_saliency else None
     variants = None
-    if generator:
+    if generator and spec.needs_variants:
         from .diffusion import load_generator
 
         variants = load_generator(generator)
-    return AugmentStage(base, shape[2], teacher=model, generator=variants, variant_cache=variant_cache,
-                        cache_saliency=model is not None, mix_config=MixConfig(**ABLATIONS.get(method, {})),
-                        seed=seed)  # fmt: skip
+    return AugmentStage(
+        spec.name, shape[2], teacher=model, generator=variants,
+        variant_cache=variant_cache if spec.needs_variants else None, seed=seed, mix_config=MixConfig(**settings.mix),
+        variants_per_sample=settings.variants_per_sample, mask_draws=settings.mask_draws,
+        original_probability=settings.original_probability, compose_standard=settings.compose_standard,
+        saliency_method=settings.saliency_method, saliency_layer=settings.saliency_layer,
+        device=default_device(device),
+    )  # fmt: skip

@@ -2,35 +2,58 @@
 
 For an image x, its variant x̃ and saliency S in [0, 1] (defaults in :class:`MixConfig`, all configurable):
 
-1. High-saliency mask ``M_hi = S > quantile_q(S)`` per image (q = 0.7); ``M_lo = 1 - M_hi``.
-2. Per-image strength ``a = alpha_max * clamp(1 - mean(S), 0.25, 1)``: smaller when saliency is spread out,
-   since then less of the image is safely away from the evidence.
-3. Per-pixel weight ``alpha(p) = a * (1 - S(p))`` on ``M_lo``; ``W = GaussianBlur(alpha * M_lo, sigma)``.
-4. ``x_aug = (1 - W) * x + W * x̃``; wherever ``W == 0`` the pixel is the input's, bit for bit.
+1. Evidence ``E = S > quantile_q(S)`` per image (q = 0.7, strict: ties and zeros are never evidence). A flat map
+   (no pixel above another) means "evidence unknown": W is zero everywhere and the image is not mixed.
+2. Protected region ``P = dilate(E, margin)``: W is exactly 0 on P, bit for bit. The margin (default 4 % of the
+   image side) keeps the blend away from evidence the map drew a little too tight.
+3. Per-image strength ``a = alpha_max * clamp(1 - mean(S), 0.25, 1) * alpha_scale``: smaller when saliency is
+   spread out, since then less of the image is safely away from the evidence.
+4. ``W = Blur(a * (1 - S) * F * A, sigma)`` where ``A`` is everything farther than the blur kernel's radius from P,
+   so the blurred weight is still exactly 0 on P (a sum of exact zeros), and ``F`` is an optional smooth random
+   field in [field_floor, 1] that changes which parts of the background are replaced from one draw to the next.
+5. ``x_aug = (1 - W) * x + W * x̃``; wherever ``W == 0`` the pixel is the input's, bit for bit.
 
-Ablations: a random mask of the same area instead of the saliency mask, a fixed ``a``, a hard mask (no blur).
+Ablations: a random rectangle of the same area instead of the evidence, a fixed ``a``, a hard mask (no blur).
 """
 
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
-__all__ = ["MixConfig", "gaussian_blur", "mix", "mix_weight", "per_image_quantile", "random_mask", "top_fraction_iou"]
+__all__ = [
+    "MixConfig",
+    "dilate",
+    "evidence_mask",
+    "gaussian_blur",
+    "mix",
+    "mix_weight",
+    "per_image_quantile",
+    "protected_region",
+    "random_field",
+    "random_mask",
+    "top_fraction_iou",
+    "top_k_mask",
+]
 
 
 @dataclass(frozen=True)
 class MixConfig:
+    """How MedDiffuseMix mixes and checks. ``sigma`` and ``margin`` of ``None`` are sized to the image."""
+
     quantile: float = 0.7
     alpha_max: float = 0.8
-    sigma: float = 3.0
+    sigma: float | None = None  # None: 2 % of the image side (1.3 px at 64 px, 4.5 px at 224 px)
+    margin: int | None = None  # None: 4 % of the image side (3 px at 64 px, 9 px at 224 px)
     adaptive_alpha: bool = True
     soft_mask: bool = True
     random_mask: bool = False
+    field_floor: float = 0.3  # the random field's minimum; 1 turns it off (every draw the same weight)
+    min_confidence: float = 0.5  # teacher p(label) below this: the evidence is unknown, the image is not mixed
     check: bool = True
     iou_top: float = 0.2  # the top 20 % of saliency is "the evidence" for the preservation check
     min_iou: float = 0.5
@@ -42,13 +65,34 @@ class MixConfig:
             raise ValueError(f"quantile must be in (0, 1), got {self.quantile}")
         if not 0 < self.alpha_max <= 1:
             raise ValueError(f"alpha_max must be in (0, 1], got {self.alpha_max}")
-        if self.sigma <= 0:
-            raise ValueError(f"sigma must be positive, got {self.sigma}")
+        if self.sigma is not None and self.sigma <= 0:
+            raise ValueError(f"sigma must be positive (or None: sized to the image), got {self.sigma}")
+        if self.margin is not None and (isinstance(self.margin, bool) or int(self.margin) != self.margin
+                                        or self.margin < 0):  # fmt: skip
+            raise ValueError(f"margin must be a whole number of pixels ≥ 0 (or None: sized to the image), "
+                             f"got {self.margin}")  # fmt: skip
+        if not 0 <= self.field_floor <= 1:
+            raise ValueError(f"field_floor must be in [0, 1], got {self.field_floor}")
+        if not 0 <= self.min_confidence < 1:
+            raise ValueError(f"min_confidence must be in [0, 1), got {self.min_confidence}")
+        if not 0 < self.iou_top < 1:
+            raise ValueError(f"iou_top must be in (0, 1), got {self.iou_top}")
+        if self.retries < 0:
+            raise ValueError(f"retries must be 0 or more, got {self.retries}")
 
-    @property
-    def max_step(self) -> float:
+    @classmethod
+    def field_names(cls) -> list[str]:
+        return [f.name for f in fields(cls)]
+
+    def sigma_for(self, size: int) -> float:
+        return self.sigma if self.sigma is not None else max(0.5, 0.02 * size)
+
+    def margin_for(self, size: int) -> int:
+        return int(self.margin) if self.margin is not None else max(1, round(0.04 * size))
+
+    def max_step(self, size: int) -> float:
         """Bound on |W(p) - W(neighbour)| with the Gaussian: 2 * alpha_max / (sigma * sqrt(2 pi))."""
-        return 2 * self.alpha_max / (self.sigma * math.sqrt(2 * math.pi))
+        return 2 * self.alpha_max / (self.sigma_for(size) * math.sqrt(2 * math.pi))
 
 
 def per_image_quantile(maps: torch.Tensor, q: float) -> torch.Tensor:
@@ -58,10 +102,13 @@ def per_image_quantile(maps: torch.Tensor, q: float) -> torch.Tensor:
     return flat.kthvalue(rank, dim=1).values.view(-1, 1, 1, 1)
 
 
+def blur_radius(sigma: float, size: int) -> int:
+    return max(1, min(math.ceil(3 * sigma), size - 1))
+
+
 def gaussian_blur(maps: torch.Tensor, sigma: float) -> torch.Tensor:
     """Separable Gaussian blur of ``(B, 1, H, W)`` with reflected borders (kernel radius 3 sigma)."""
-    radius = max(1, math.ceil(3 * sigma))
-    radius = min(radius, maps.shape[-1] - 1, maps.shape[-2] - 1)
+    radius = min(blur_radius(sigma, maps.shape[-1]), maps.shape[-2] - 1)
     offsets = torch.arange(-radius, radius + 1, device=maps.device, dtype=maps.dtype)
     kernel = torch.exp(-0.5 * (offsets / sigma) ** 2)
     kernel = kernel / kernel.sum()
@@ -70,40 +117,87 @@ def gaussian_blur(maps: torch.Tensor, sigma: float) -> torch.Tensor:
     return F.conv2d(blurred, kernel.view(1, 1, -1, 1))
 
 
+def dilate(mask: torch.Tensor, radius: int) -> torch.Tensor:
+    """Boolean dilation of ``(B, 1, H, W)`` by a square of side ``2 radius + 1``."""
+    if radius <= 0:
+        return mask.bool()
+    return F.max_pool2d(mask.float(), 2 * radius + 1, stride=1, padding=radius) > 0
+
+
+def evidence_mask(saliency: torch.Tensor, quantile: float) -> torch.Tensor:
+    """``S > quantile_q(S)``, strictly: on a flat map (or the zeros of a sparse one) nothing is evidence."""
+    return saliency > per_image_quantile(saliency, quantile)
+
+
+def is_flat(saliency: torch.Tensor) -> torch.Tensor:
+    """``(B,)``: maps with no pixel above another, which locate no evidence at all."""
+    flat = saliency.flatten(1)
+    return flat.amax(dim=1) <= flat.amin(dim=1)
+
+
 def random_mask(saliency: torch.Tensor, quantile: float, rng: np.random.Generator) -> torch.Tensor:
     """Ablation: a random rectangle covering the same area fraction as the high-saliency mask would."""
     batch, _, height, width = saliency.shape
-    mask = torch.zeros_like(saliency)
+    mask = torch.zeros_like(saliency, dtype=torch.bool)
     area = 1 - quantile
     for index in range(batch):
         aspect = rng.uniform(0.5, 2.0)
         box_h = min(height, max(1, round(math.sqrt(area * height * width / aspect))))
         box_w = min(width, max(1, round(area * height * width / box_h)))
         top, left = int(rng.integers(0, height - box_h + 1)), int(rng.integers(0, width - box_w + 1))
-        mask[index, :, top : top + box_h, left : left + box_w] = 1
+        mask[index, :, top : top + box_h, left : left + box_w] = True
     return mask
 
 
-def mix_weight(
-    saliency: torch.Tensor, config: MixConfig, alpha_scale: torch.Tensor, rng: np.random.Generator | None = None
-) -> torch.Tensor:
-    """The mixing weight W ``(B, 1, H, W)`` in [0, alpha_max]; ``alpha_scale`` (B,) attenuates per image."""
+def random_field(count: int, height: int, width: int, floor: float, rng: np.random.Generator) -> torch.Tensor:
+    """Smooth random fields in [floor, 1], ``(count, 1, H, W)``: low-frequency noise (a 4x4 grid, bicubic)."""
+    grid = torch.as_tensor(rng.random((count, 1, 4, 4)), dtype=torch.float32)
+    field = F.interpolate(grid, size=(height, width), mode="bicubic", align_corners=False).clamp(0, 1)
+    return floor + (1 - floor) * field
+
+
+def protected_region(saliency: torch.Tensor, config: MixConfig, rng: np.random.Generator | None = None):
+    """``(B, 1, H, W)`` booleans: the evidence (or the ablation's random box) dilated by the margin."""
     if config.random_mask:
         if rng is None:
             raise ValueError("the random-mask ablation needs a generator")
-        high = random_mask(saliency, config.quantile, rng)
+        evidence = random_mask(saliency, config.quantile, rng).to(saliency.device)
     else:
-        threshold = per_image_quantile(saliency, config.quantile)
-        high = (saliency > threshold).to(saliency.dtype)  # strict: a flat zero background is never "evidence"
-    low = 1 - high
+        evidence = evidence_mask(saliency, config.quantile)
+    return dilate(evidence, config.margin_for(saliency.shape[-1]))
+
+
+def mix_weight(
+    saliency: torch.Tensor,
+    config: MixConfig,
+    alpha_scale: torch.Tensor,
+    rng: np.random.Generator | None = None,
+    field: torch.Tensor | None = None,
+    protected: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """The mixing weight W ``(B, 1, H, W)`` in [0, alpha_max], exactly 0 on the protected region and on flat maps.
+
+    ``alpha_scale`` (B,) attenuates per image; ``field`` (B, 1, H, W) in [0, 1] varies the weight over the
+    background (see :func:`random_field`); ``protected`` overrides :func:`protected_region` (which needs ``rng``
+    for the random-mask ablation).
+    """
+    size = saliency.shape[-1]
+    if protected is None:
+        protected = protected_region(saliency, config, rng)
+    soft = config.soft_mask
+    sigma = config.sigma_for(size)
+    allowed = ~(dilate(protected, blur_radius(sigma, size)) if soft else protected)
     strength = torch.full((len(saliency),), config.alpha_max, device=saliency.device, dtype=saliency.dtype)
     if config.adaptive_alpha:
         strength = strength * (1 - saliency.flatten(1).mean(dim=1)).clamp(0.25, 1.0)
-    strength = strength * alpha_scale.to(saliency.dtype)
-    weight = strength.view(-1, 1, 1, 1) * (1 - saliency) * low
-    if config.soft_mask:
-        weight = gaussian_blur(weight, config.sigma)
-    return weight.clamp_(0.0, config.alpha_max)
+    strength = strength * alpha_scale.to(device=saliency.device, dtype=saliency.dtype)
+    strength = torch.where(is_flat(saliency), torch.zeros_like(strength), strength)
+    weight = strength.view(-1, 1, 1, 1) * (1 - saliency) * allowed
+    if field is not None:
+        weight = weight * field.to(weight)
+    if soft:
+        weight = gaussian_blur(weight, sigma)
+    return weight.masked_fill_(protected, 0.0).clamp_(0.0, config.alpha_max)
 
 
 def mix(images: torch.Tensor, variants: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
@@ -112,13 +206,23 @@ def mix(images: torch.Tensor, variants: torch.Tensor, weight: torch.Tensor) -> t
     return torch.where(weight > 0, blended, images)
 
 
+def top_k_mask(maps: torch.Tensor, fraction: float) -> torch.Tensor:
+    """The ``ceil(fraction * H * W)`` highest pixels of each map that are above zero (ties broken by position).
+
+    A map that is all zeros has no top region; one with fewer positive pixels than k has only those: a flat or
+    empty map can never "match" another by construction.
+    """
+    flat = maps.flatten(1)
+    k = max(1, math.ceil(fraction * flat.shape[1]))
+    order = torch.sort(flat, dim=1, descending=True, stable=True).indices[:, :k]
+    chosen = torch.zeros_like(flat, dtype=torch.bool).scatter_(1, order, True)
+    return (chosen & (flat > 0)).view_as(maps)
+
+
 def top_fraction_iou(first: torch.Tensor, second: torch.Tensor, fraction: float) -> torch.Tensor:
-    """IoU per image of the top ``fraction`` of two saliency maps: did the evidence stay where it was?"""
-
-    def top(maps: torch.Tensor) -> torch.Tensor:
-        return maps >= per_image_quantile(maps, 1 - fraction)
-
-    a, b = top(first), top(second)
+    """IoU per image of the top-k regions of two saliency maps: did the evidence stay where it was? (0 where
+    either map has no positive pixel.)"""
+    a, b = top_k_mask(first, fraction), top_k_mask(second, fraction)
     intersection = (a & b).flatten(1).sum(dim=1).float()
-    union = (a | b).flatten(1).sum(dim=1).float().clamp(min=1)
-    return intersection / union
+    union = (a | b).flatten(1).sum(dim=1).float()
+    return torch.where(union > 0, intersection / union.clamp(min=1), torch.zeros_like(union))

@@ -1,20 +1,25 @@
-"""Batched saliency maps with captum: GradCAM, vanilla gradients, integrated gradients.
+"""Batched saliency maps with captum: GradCAM (one layer or two scales), smoothed gradients, integrated gradients.
 
 Maps are ``(B, 1, H, W)`` in [0, 1] (per-image min–max), at the image size, computed on the model's device in one
-call per batch. For a ViT, GradCAM attributes to the patch tokens entering its last block, laid out on the patch
-grid with the CLS token dropped (:class:`meddiffuse_stream.models.TokenGrid`).
+call per batch. A model names the layers GradCAM may attribute to in ``saliency_layers``, coarsest first (for the
+demo CNN at 64 px: 8×8, 16×16, 32×32); for a ViT it is the patch tokens entering its last block, laid out on the
+patch grid (:class:`meddiffuse_stream.models.TokenGrid`). A model's identity is a hash of its weights, so a cache
+keyed by it can never serve another model's maps.
 """
 
 from __future__ import annotations
 
 import contextlib
+import hashlib
 
 import torch
 from torch import nn
 
-__all__ = ["METHODS", "SaliencyExtractor", "normalise_per_image"]
+from .mix import gaussian_blur
 
-METHODS = ("gradcam", "gradients", "integrated-gradients")
+__all__ = ["METHODS", "SaliencyExtractor", "model_identity", "normalise_per_image", "saliency_layers"]
+
+METHODS = ("gradcam", "gradcam-multiscale", "gradients", "integrated-gradients")
 
 
 def normalise_per_image(maps: torch.Tensor, eps: float = 1e-8) -> torch.Tensor:
@@ -24,6 +29,24 @@ def normalise_per_image(maps: torch.Tensor, eps: float = 1e-8) -> torch.Tensor:
     high = flat.max(dim=1).values.view(-1, 1, 1, 1)
     span = high - low
     return torch.where(span > eps, (maps - low) / span.clamp(min=eps), torch.zeros_like(maps))
+
+
+def model_identity(model: nn.Module) -> str:
+    """A hash of the model's class, parameter names, shapes and values (buffers included)."""
+    digest = hashlib.sha256(type(model).__name__.encode())
+    for name, tensor in model.state_dict().items():
+        digest.update(f"{name}:{tuple(tensor.shape)}:{tensor.dtype}".encode())
+        digest.update(tensor.detach().to("cpu").contiguous().view(-1).view(torch.uint8).numpy().tobytes())
+    return digest.hexdigest()[:16]
+
+
+def saliency_layers(model: nn.Module) -> list[nn.Module]:
+    """The layers GradCAM may use, coarsest first (``saliency_layers``, else the single ``saliency_layer``)."""
+    layers = getattr(model, "saliency_layers", None)
+    if layers is not None:
+        return list(layers)
+    layer = getattr(model, "saliency_layer", None)
+    return [layer] if layer is not None else []
 
 
 @contextlib.contextmanager
@@ -37,31 +60,66 @@ def _eval_mode(model: nn.Module):
 
 
 class SaliencyExtractor:
-    """Configured once, called per batch: ``extractor(images, labels) -> (B, 1, H, W)`` in [0, 1]."""
+    """Configured once, called per batch: ``extractor(images, labels) -> (B, 1, H, W)`` in [0, 1].
 
-    def __init__(self, model: nn.Module, method: str = "gradcam", *, ig_steps: int = 16) -> None:
+    ``layer`` picks GradCAM's layer in ``saliency_layers`` (0: the coarsest, the last stage); ``gradcam-multiscale``
+    averages the normalised maps of the two coarsest layers (twice the resolution, the last stage's reliability);
+    ``smooth`` is the Gaussian sigma in pixels applied to gradient maps (None: 3 % of the image side).
+    """
+
+    def __init__(self, model: nn.Module, method: str = "gradcam", *, layer: int = 0, ig_steps: int = 16,
+                 smooth: float | None = None) -> None:  # fmt: skip
         if method not in METHODS:
             raise ValueError(f"saliency method must be one of {METHODS}, got {method!r}")
-        if method == "gradcam" and not hasattr(model, "saliency_layer"):
-            raise ValueError(f"{type(model).__name__} has no saliency_layer for GradCAM; use method='gradients'")
+        layers = saliency_layers(model)
+        needed = 2 if method == "gradcam-multiscale" else layer + 1
+        if method.startswith("gradcam") and len(layers) < needed:
+            raise ValueError(
+                f"{type(model).__name__} names {len(layers)} saliency layer(s); {method} with layer={layer} needs "
+                f"{needed}: use method='gradients' or give the model saliency_layers"
+            )
         self.model = model
         self.method = method
+        self.layer = layer
         self.ig_steps = ig_steps
+        self.smooth = smooth
+
+    @property
+    def name(self) -> str:
+        """What the maps depend on besides the model: part of every cache key."""
+        if self.method == "gradcam":
+            return f"gradcam-l{self.layer}"
+        if self.method == "gradients":
+            return f"gradients-s{self.smooth if self.smooth is not None else 'auto'}"
+        if self.method == "integrated-gradients":
+            return f"ig{self.ig_steps}"
+        return self.method
 
     def __call__(self, images: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-        from captum.attr import IntegratedGradients, LayerAttribution, LayerGradCam, Saliency
-
         images = images.detach().requires_grad_(True)
         with _eval_mode(self.model), torch.enable_grad():
             if self.method == "gradcam":
-                cam = LayerGradCam(self.model, self.model.saliency_layer)
-                raw = cam.attribute(images, target=labels, relu_attributions=True)
-                maps = LayerAttribution.interpolate(raw, tuple(images.shape[-2:]), interpolate_mode="bilinear")
+                maps = self._gradcam(images, labels, saliency_layers(self.model)[self.layer])
+            elif self.method == "gradcam-multiscale":
+                layers = saliency_layers(self.model)[:2]
+                maps = sum(normalise_per_image(self._gradcam(images, labels, layer).float()) for layer in layers)
             elif self.method == "gradients":
-                maps = Saliency(self.model).attribute(images, target=labels, abs=True).amax(dim=1, keepdim=True)
+                from captum.attr import Saliency
+
+                raw = Saliency(self.model).attribute(images, target=labels, abs=True).amax(dim=1, keepdim=True)
+                sigma = self.smooth if self.smooth is not None else 0.03 * images.shape[-1]
+                maps = gaussian_blur(raw.detach().float(), sigma) if sigma > 0 else raw
             else:
+                from captum.attr import IntegratedGradients
+
                 attribution = IntegratedGradients(self.model).attribute(
                     images, target=labels, n_steps=self.ig_steps, internal_batch_size=len(images)
                 )
                 maps = attribution.abs().sum(dim=1, keepdim=True)
         return normalise_per_image(maps.detach().float())
+
+    def _gradcam(self, images: torch.Tensor, labels: torch.Tensor, layer: nn.Module) -> torch.Tensor:
+        from captum.attr import LayerAttribution, LayerGradCam
+
+        raw = LayerGradCam(self.model, layer).attribute(images, target=labels, relu_attributions=True)
+        return LayerAttribution.interpolate(raw, tuple(images.shape[-2:]), interpolate_mode="bilinear")

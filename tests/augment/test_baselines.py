@@ -1,72 +1,82 @@
-"""Every method keeps shapes and dtypes; soft targets sum to 1; same seed, same batch."""
+"""Every registered method keeps shapes and dtypes; soft targets sum to 1; same seed, same batch."""
 
 import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
 
-from meddiffuse_stream.augment import baselines
+from meddiffuse_stream.augment.methods import METHODS, PRESETS, BatchInputs, resolve
+from meddiffuse_stream.augment.methods.generative import genmix
+from meddiffuse_stream.augment.methods.label_mixing import cutmix, saliencymix
 from meddiffuse_stream.augment.mix import gaussian_blur
 
 
-def _batch(seed=0):
+def _inputs(seed=0, rng_seed=3):
     generator = torch.Generator().manual_seed(seed)
     images = torch.rand(6, 1, 32, 32, generator=generator)
-    targets = F.one_hot(torch.tensor([0, 1, 1, 0, 1, 0]), 2).float()
+    labels = torch.tensor([0, 1, 1, 0, 1, 0])
     variants = (images + 0.05 * torch.randn(6, 1, 32, 32, generator=generator)).clamp(0, 1)
     saliency = gaussian_blur(torch.rand(6, 1, 32, 32, generator=generator), 2.0)
-    return images, targets, variants, saliency
+    zeros = np.zeros(6, dtype=np.int64)
+    return BatchInputs(images, labels, F.one_hot(labels, 2).float(), [f"k{i}" for i in range(6)],
+                       np.random.default_rng(rng_seed), zeros, zeros,
+                       saliency=lambda rows: saliency if rows is None else saliency[rows],
+                       variants=lambda rows: variants if rows is None else variants[rows])  # fmt: skip
 
 
-def _call(name, seed):
-    images, targets, variants, saliency = _batch()
-    rng = np.random.default_rng(seed)
-    if name in ("standard", "mixup", "cutmix"):
-        return getattr(baselines, name)(images, targets, rng)
-    if name == "saliencymix":
-        return baselines.saliencymix(images, targets, rng, saliency)
-    return getattr(baselines, name)(images, targets, rng, variants)
+PLAIN = [name for name, spec in METHODS.items() if spec.family != "meddiffusemix"]
 
 
-NAMES = ["standard", "mixup", "cutmix", "saliencymix", "diffusemix", "genmix", "dafusion"]
-
-
-@pytest.mark.parametrize("name", NAMES)
+@pytest.mark.parametrize("name", PLAIN)
 def test_shapes_dtypes_soft_targets_and_determinism(name):
-    images, targets, _, _ = _batch()
-    out, soft, weight = _call(name, 3)
-    assert out.shape == images.shape and out.dtype == images.dtype
-    assert weight.shape == (6, 1, 32, 32) and 0 <= weight.min() and weight.max() <= 1
-    assert soft.shape == targets.shape and torch.allclose(soft.sum(dim=1), torch.ones(6))
-    assert 0 <= out.min() and out.max() <= 1
-    again = _call(name, 3)
-    assert torch.equal(out, again[0]) and torch.equal(soft, again[1])
+    apply = METHODS[name].build(None)
+    inputs = _inputs()
+    out = apply(inputs)
+    assert out.images.shape == inputs.images.shape and out.images.dtype == inputs.images.dtype
+    assert out.weight.shape == (6, 1, 32, 32) and 0 <= out.weight.min() and out.weight.max() <= 1
+    if METHODS[name].mixes_labels:
+        assert out.targets.shape == (6, 2) and torch.allclose(out.targets.sum(dim=1), torch.ones(6))
+    else:
+        assert torch.equal(out.targets, inputs.labels)
+    assert 0 <= out.images.min() and out.images.max() <= 1
+    again = apply(_inputs())
+    assert torch.equal(out.images, again.images) and torch.equal(out.targets, again.targets)
 
 
 def test_cutmix_lambda_is_the_area_actually_kept():
-    images, targets, _, _ = _batch()
-    _, soft, weight = baselines.cutmix(images, targets, np.random.default_rng(5))
-    pasted = weight[0].mean().item()
-    assert 0 < pasted < 1 and torch.equal(weight, weight[:1].expand_as(weight))  # one box for the batch
-    for row in soft:
+    out = cutmix(_inputs(rng_seed=5))
+    pasted = out.weight[0].mean().item()
+    assert 0 < pasted < 1 and torch.equal(out.weight, out.weight[:1].expand_as(out.weight))  # one box per batch
+    for row in out.targets:
         assert any(abs(row.max().item() - value) < 1e-6 for value in (1.0, max(pasted, 1 - pasted)))
 
 
 def test_saliencymix_box_covers_the_source_saliency_peak():
-    images, targets, _, saliency = _batch()
-    rng = np.random.default_rng(2)
+    inputs = _inputs(rng_seed=2)
+    saliency = inputs.saliency(None)
     order = np.random.default_rng(2).permutation(6)
-    _, _, weight = baselines.saliencymix(images, targets, rng, saliency)
+    out = saliencymix(inputs)
     for index in range(6):
-        if weight[index].sum() > 0:
+        if out.weight[index].sum() > 0:
             peak = int(saliency[order[index]].flatten().argmax())
-            assert weight[index, 0].flatten()[peak] == 1
+            assert out.weight[index, 0].flatten()[peak] == 1
 
 
 def test_genmix_drops_variants_far_from_the_original():
-    images, targets, variants, _ = _batch()
-    far = 1 - images
-    out, _, weight = baselines.genmix(images, targets, np.random.default_rng(0), far)
-    assert torch.equal(out, images) and weight.sum() == 0
-    _, _, close_weight = baselines.genmix(images, targets, np.random.default_rng(0), variants)
-    assert close_weight.sum() > 0
+    inputs = _inputs()
+    far = 1 - inputs.images
+    inputs.variants = lambda rows: far
+    out = genmix(inputs)
+    assert torch.equal(out.images, inputs.images) and out.weight.sum() == 0
+    assert genmix(_inputs()).weight.sum() > 0
+
+
+def test_presets_name_a_base_method_and_valid_settings():
+    from meddiffuse_stream.augment.mix import MixConfig
+
+    for name in PRESETS:
+        spec, mix = resolve(name)
+        assert spec.name == "meddiffusemix"
+        MixConfig(**mix)
+    with pytest.raises(ValueError, match="unknown augment method"):
+        resolve("mixdiffuse")

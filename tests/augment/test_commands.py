@@ -55,7 +55,8 @@ def test_train_then_warm_in_two_parts_then_no_generator_call(tmp_path):
             calls.append(1)
             return original(*args)
 
-    stage = AugmentStage("dafusion", 2, generator=Counting(), variant_cache=cache, variants_per_sample=2)
+    stage = AugmentStage("dafusion", 2, generator=Counting(), variant_cache=cache, variants_per_sample=2,
+                         original_probability=0.0)
     with MedDiffuseLoader(str(data), 16, augment=stage, as_dict=True) as loader:
         batches = list(loader)
     assert len(batches) == 3 and not calls and stage.counters["cache_hits"] == 48

@@ -1,4 +1,5 @@
-"""The device stage: cache, preservation check, determinism, state, and every method through one flag."""
+"""The device stage: cache, preservation check, unknown evidence, per-epoch draws, determinism, state, and every
+method through one flag."""
 
 import warnings
 
@@ -8,14 +9,26 @@ import torch
 from torch import nn
 
 from meddiffuse_stream.augment import AUGMENTS, LABEL_MIXING, AugmentStage, MixConfig, VariantCache
+from meddiffuse_stream.augment.runner import run_stage
 
 
 class Energy(nn.Module):
     """A teacher whose class-1 evidence is brightness: its gradient saliency follows the bright blob."""
 
     def forward(self, x):
-        energy = (x**2).mean(dim=(1, 2, 3)) * 40 - 2
+        energy = (x**2).mean(dim=(1, 2, 3)) * 40 - 1
         return torch.stack([-energy, energy], dim=1)
+
+
+class Blind(nn.Module):
+    """A teacher that sees nothing: constant logits, zero gradients, a flat saliency map."""
+
+    def __init__(self):
+        super().__init__()
+        self.bias = nn.Parameter(torch.tensor([0.0, 1.0]))
+
+    def forward(self, x):
+        return self.bias.expand(len(x), 2) + 0 * x.flatten(1)[:, :1]
 
 
 class Nudge:
@@ -38,12 +51,18 @@ def _batch(n=4, size=32, seed=0):
     generator = torch.Generator().manual_seed(seed)
     images = torch.rand(n, 1, size, size, generator=generator) * 0.2
     images[:, :, 8:14, 8:14] = 0.9  # the evidence: a bright blob top-left
-    return {"image": images, "label": torch.ones(n, dtype=torch.long), "key": [f"k{i}" for i in range(n)]}
+    roi = torch.zeros(n, 1, size, size)
+    roi[:, :, 8:14, 8:14] = 1
+    return {"image": images, "label": torch.ones(n, dtype=torch.long), "key": [f"k{i}" for i in range(n)],
+            "roi": roi}  # fmt: skip
 
 
 def _stage(method="meddiffusemix", **kwargs):
-    settings = dict(teacher=Energy(), saliency_method="gradients", generator=Nudge(), seed=3)
+    settings = dict(teacher=Energy(), saliency_method="gradients", generator=Nudge(), seed=3,
+                    original_probability=0.0)  # fmt: skip
     settings.update(kwargs)
+    if method not in ("meddiffusemix", "diffusemix", "genmix", "dafusion"):
+        settings.pop("original_probability")
     return AugmentStage(method, 2, **settings)
 
 
@@ -53,7 +72,7 @@ def test_every_method_behind_one_flag_keeps_shapes_and_targets(method):
     batch = _batch()
     out = stage(dict(batch))
     assert out["image"].shape == batch["image"].shape and out["image"].dtype == torch.float32
-    assert out["mix_weight"].shape == (4, 1, 32, 32)
+    assert out["mix_weight"].shape == (4, 1, 32, 32) and out["augmented"].shape == (4,)
     if method in LABEL_MIXING:
         assert out["target"].shape == (4, 2) and torch.allclose(out["target"].sum(1), torch.ones(4))
     else:
@@ -71,20 +90,20 @@ def test_same_seed_same_batch_and_state_resumes_the_draws():
 
 
 def test_warm_cache_means_no_generator_call(tmp_path):
-    warm = _stage("dafusion", variant_cache=str(tmp_path / "cache"))
+    warm = _stage("dafusion", variant_cache=str(tmp_path / "cache"), variants_per_sample=1)
     warm(_batch())
     assert warm.generator.calls == 1 and warm.counters["cache_written"] == 4
-    again = _stage("dafusion", variant_cache=str(tmp_path / "cache"))
+    again = _stage("dafusion", variant_cache=str(tmp_path / "cache"), variants_per_sample=1)
     out = again(_batch())
     assert again.generator.calls == 0 and again.counters["cache_hits"] == 4
     assert torch.allclose(out["variant"], Nudge()(_batch()["image"], None, None), atol=1e-3)  # float16 storage
 
 
 def test_corrupt_entry_is_detected_and_regenerated(tmp_path):
-    _stage("dafusion", variant_cache=str(tmp_path / "cache"))(_batch())
+    _stage("dafusion", variant_cache=str(tmp_path / "cache"), variants_per_sample=1)(_batch())
     entry = next((tmp_path / "cache").rglob("k0-*.bin"))
     entry.write_bytes(entry.read_bytes()[:-7] + b"garbage")
-    stage = _stage("dafusion", variant_cache=str(tmp_path / "cache"))
+    stage = _stage("dafusion", variant_cache=str(tmp_path / "cache"), variants_per_sample=1)
     stage(_batch())
     assert stage.counters["cache_corrupt"] == 1 and stage.counters["generated"] == 1
 
@@ -96,7 +115,7 @@ def test_read_only_location_warns_once_and_generates(tmp_path, monkeypatch):
         raise PermissionError("read-only file system")
 
     monkeypatch.setattr(cache.location, "write_bytes", refuse)
-    stage = _stage("dafusion", variant_cache=cache)
+    stage = _stage("dafusion", variant_cache=cache, variants_per_sample=1)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         stage(_batch())
@@ -105,7 +124,7 @@ def test_read_only_location_warns_once_and_generates(tmp_path, monkeypatch):
 
 
 class Planted(Nudge):
-    """A variant that erases the evidence and plants a brighter blob elsewhere."""
+    """A variant that plants a large bright blob away from the evidence."""
 
     identity = "planted-v1"
 
@@ -122,18 +141,18 @@ def test_check_rejects_a_variant_that_moves_the_evidence():
     out = stage(dict(batch))
     assert stage.counters["rejected"] == 4 and stage.counters["accepted"] == 0
     assert torch.equal(out["image"], batch["image"]) and out["mix_weight"].sum() == 0
+    assert not out["augmented"].any()
 
 
-def test_check_accepts_a_benign_variant_and_leaves_the_evidence():
+def test_check_accepts_a_benign_variant_and_leaves_the_evidence_bit_for_bit():
     stage = _stage()
     batch = _batch()
     out = stage(dict(batch))
-    assert stage.counters["accepted"] == 4
-    evidence = out["saliency"] > torch.quantile(out["saliency"].flatten(1), 0.7, dim=1).view(-1, 1, 1, 1)
+    assert stage.counters["accepted"] == 4 and out["augmented"].all()
     assert out["mix_weight"].sum() > 0
-    blob = torch.zeros_like(evidence)
-    blob[:, :, 8:14, 8:14] = True
-    assert torch.allclose(out["image"][blob], batch["image"][blob], atol=0.05)
+    blob = batch["roi"] > 0
+    assert torch.equal(out["image"][blob], batch["image"][blob])
+    assert torch.all(out["mix_weight"][blob] == 0)
 
 
 def test_attenuation_before_fallback():
@@ -142,20 +161,91 @@ def test_attenuation_before_fallback():
     assert stage.counters["accepted"] == 0 and stage.counters["attenuated"] + stage.counters["rejected"] == 4
 
 
+def test_a_flat_saliency_map_means_evidence_unknown_and_the_image_is_kept():
+    stage = _stage(teacher=Blind())
+    batch = _batch()
+    out = stage(dict(batch))
+    assert stage.counters["no_evidence"] == 4 and stage.counters["accepted"] == 0
+    assert torch.equal(out["image"], batch["image"]) and out["mix_weight"].sum() == 0
+
+
+def test_an_unconfident_teacher_does_not_mix():
+    batch = _batch()
+    batch["label"] = torch.zeros(4, dtype=torch.long)  # Energy calls bright images class 1: p(0) is tiny
+    stage = _stage()
+    out = stage(dict(batch))
+    assert stage.counters["unconfident"] == 4 and torch.equal(out["image"], batch["image"])
+    lenient = _stage(mix_config=MixConfig(min_confidence=0.0))
+    lenient(dict(batch))
+    assert lenient.counters["unconfident"] == 0
+
+
+def test_originals_are_shown_with_their_probability_and_draws_change_every_epoch(tmp_path):
+    stage = _stage(original_probability=0.5, variant_cache=str(tmp_path / "c"), mask_draws=3)
+    shown, combos = 0, set()
+    for _epoch in range(12):
+        out = stage(_batch(n=8))
+        shown += int((out["mix_weight"].flatten(1).amax(1) == 0).sum())
+        combos.add(tuple(out["image"].flatten(1).sum(1).tolist()))
+    assert 24 <= stage.counters["originals"] <= 72 and stage.counters["originals"] == shown
+    assert len(combos) > 6, "each epoch a fresh choice of original, variant and mask draw"
+    assert stage.counters["result_cache_hits"] > 0, "at most M x D results per sample: later epochs hit the cache"
+
+
+def test_a_different_teacher_never_reads_another_teachers_results(tmp_path):
+    class Dimmer(Energy):
+        def forward(self, x):
+            return super().forward(x * 0.99)
+
+    cache = str(tmp_path / "cache")
+    first = _stage(variant_cache=cache)
+    first(_batch())
+    other = _stage(teacher=Dimmer(), variant_cache=cache)
+    other(_batch())
+    assert other.counters["result_cache_hits"] == 0
+    again = _stage(variant_cache=cache)
+    again(_batch())
+    assert again.counters["result_cache_hits"] == 4
+
+
 def test_methods_that_need_models_say_so():
     with pytest.raises(ValueError, match="saliency teacher"):
         AugmentStage("saliencymix", 2)
     with pytest.raises(ValueError, match="diffusion variants"):
         AugmentStage("diffusemix", 2)
-    with pytest.raises(ValueError, match="augment must be one of"):
+    with pytest.raises(ValueError, match="unknown augment method"):
         AugmentStage("randaugment", 2)
+    with pytest.raises(ValueError, match="preset"):
+        AugmentStage("meddiffusemix-hard-mask", 2)
 
 
-def test_ablations_run():
-    for config in (MixConfig(random_mask=True), MixConfig(adaptive_alpha=False), MixConfig(soft_mask=False),
-                   MixConfig(check=False)):  # fmt: skip
-        out = _stage(mix_config=config)(_batch())
-        assert out["image"].shape == (4, 1, 32, 32) and np.isfinite(out["image"].numpy()).all()
+@pytest.mark.parametrize("config", [MixConfig(random_mask=True), MixConfig(adaptive_alpha=False),
+                                    MixConfig(soft_mask=False), MixConfig(check=False), MixConfig(margin=0)])
+def test_ablations_run_and_are_deterministic(config):
+    out = _stage(mix_config=config)(_batch())
+    again = _stage(mix_config=config)(_batch())
+    assert out["image"].shape == (4, 1, 32, 32) and np.isfinite(out["image"].numpy()).all()
+    assert torch.equal(out["image"], again["image"])
+
+
+def test_standard_moves_the_roi_with_the_image():
+    batch = _batch(n=16)
+    out = _stage("standard")(dict(batch))
+    moved = out["roi"] > 0
+    assert not torch.equal(moved, batch["roi"] > 0), "flips and rotations moved it"
+    assert out["image"][moved].mean() > out["image"][~moved].mean() + 0.4, "the ROI is where the blob went"
+
+
+def test_compose_standard_after_meddiffusemix_moves_roi_too():
+    out = _stage(compose_standard=True)(_batch(n=16))
+    moved = out["roi"] > 0
+    assert out["image"][moved].mean() > out["image"][~moved].mean() + 0.4 and out["augmented"].all()
+
+
+def test_details_only_when_asked():
+    stage = _stage()
+    assert {"saliency", "variant"} <= set(stage(_batch()))
+    assert not {"saliency", "variant"} & set(stage(_batch(), details=False))
 
 
 class CountingTeacher(Energy):
@@ -168,35 +258,37 @@ class CountingTeacher(Energy):
 
 def test_frozen_teacher_and_warm_cache_make_no_model_call_and_same_bytes(tmp_path):
     def make():
-        return _stage(teacher=CountingTeacher(), variant_cache=str(tmp_path / "cache"), cache_saliency=True,
-                      variants_per_sample=2)  # fmt: skip
+        return _stage(teacher=CountingTeacher(), variant_cache=str(tmp_path / "cache"), variants_per_sample=2)
 
     cold = make()
     first = cold(_batch())
     assert CountingTeacher.calls > 0 and cold.generator.calls == 1
     CountingTeacher.calls = 0
     warm = make()
-    second = warm(_batch())
+    second = warm(_batch(), details=False)
     assert CountingTeacher.calls == 0 and warm.generator.calls == 0 and warm.counters["result_cache_hits"] == 4
-    for name in ("image", "mix_weight", "saliency", "variant"):
+    for name in ("image", "mix_weight"):
         assert torch.equal(first[name], second[name]), name
-    warm.update_teacher(warm.teacher.state_dict())  # a refreshed teacher never reuses the old results
-    warm(_batch())
-    assert CountingTeacher.calls > 0
+    with_details = make()(_batch())
+    for name in ("saliency", "variant"):
+        assert torch.equal(first[name], with_details[name]), name
 
 
-def test_teacher_refresh_every_n_steps_and_safe_checkpoint_loading(tmp_path):
+def test_teacher_refresh_every_n_steps_changes_identity_and_safe_checkpoint_loading(tmp_path):
     from safetensors.torch import save_file
 
     from meddiffuse_stream.models import SmallCNN, load_weights
 
     torch.manual_seed(0)
     teacher, student = SmallCNN(1, 2, width=4), SmallCNN(1, 2, width=4)
-    stage = AugmentStage("saliencymix", 2, teacher=teacher, seed=0)
-    assert not stage.maybe_refresh_teacher(student, 3, every=5)
-    assert stage.maybe_refresh_teacher(student, 5, every=5) and stage.teacher_version == 1
+    stage = AugmentStage("saliencymix", 2, teacher=teacher, seed=0, refresh_every=5)
+    before = stage.state_dict()["teacher"]
+    assert not stage.maybe_refresh_teacher(student, 3)
+    assert stage.maybe_refresh_teacher(student, 5) and stage.state_dict()["teacher"] != before
     same = lambda a, b: all(torch.equal(x, y) for x, y in zip(a.values(), b.values(), strict=True))  # noqa: E731
     assert same(teacher.state_dict(), student.state_dict())
+    with pytest.raises(ValueError, match="teacher"):
+        AugmentStage("saliencymix", 2, teacher=SmallCNN(1, 2, width=4)).load_state_dict(stage.state_dict())
     save_file(student.state_dict(), str(tmp_path / "w.safetensors"))
     torch.save({"model": student.state_dict(), "step": 7}, tmp_path / "w.pt")
     for name in ("w.safetensors", "w.pt"):
@@ -222,10 +314,10 @@ class ThreadSpy(Energy):
 def test_cpu_stage_runs_with_its_own_thread_count_and_restores_torchs(threads):
     before = torch.get_num_threads()
     spy = ThreadSpy()
-    stage = _stage(teacher=spy, cpu_threads=threads)
+    stage = _stage(teacher=spy)
     torch.set_num_threads(2)
     try:
-        stage(_batch())
+        list(run_stage(stage, [_batch()], cpu_threads=threads))
         assert torch.get_num_threads() == 2, "the caller's setting is back after the call"
         assert spy.seen and set(spy.seen) == ({1} if threads == 1 else {2})
     finally:
@@ -241,9 +333,11 @@ def test_the_loader_gives_the_stage_the_cores_its_workers_leave(tmp_path):
 
     data = str(uneven_dataset(tmp_path, samples=8, shard_size=4))
     cores = len(os.sched_getaffinity(0))
-    with MedDiffuseLoader(data, 4, num_workers=2, augment=AugmentStage("standard", 2)) as loader:
-        assert loader.augment.cpu_threads == max(1, cores - 2)
-    with MedDiffuseLoader(data, 4, num_workers=2, augment=AugmentStage("standard", 2, cpu_threads=0)) as loader:
-        assert loader.augment.cpu_threads == 0, "an explicit choice is kept"
-    with MedDiffuseLoader(data, 4, augment=AugmentStage("standard", 2)) as loader:
-        assert loader.augment.cpu_threads is None, "no decode workers: torch's own setting"
+    before = torch.get_num_threads()
+    for workers, expected in ((2, max(1, cores - 2)), (0, before)):
+        spy = ThreadSpy()
+        stage = AugmentStage("saliencymix", 2, teacher=spy, saliency_method="gradients")
+        with MedDiffuseLoader(data, 4, num_workers=workers, augment=stage) as loader:
+            list(loader)
+        assert set(spy.seen) == {expected}, workers
+        assert torch.get_num_threads() == before

@@ -1,0 +1,177 @@
+"""MedDiffuseMix: mix a diffusion variant in where the teacher's evidence is not, then check the evidence stayed.
+
+Per sample and epoch the stage draws a variant index ``v`` (of M) and a mask draw ``d`` (of D). The draw seeds the
+sample's random field (and the random-mask ablation's box) from ``(key, d)`` alone, so the result for
+``(sample, v, d)`` is a pure function of the sample, the teacher, the generator and the configuration: with a
+frozen teacher it is cached, and a warm epoch makes no model call at all.
+
+Per image:
+
+1. evidence unknown — a flat saliency map, or the teacher's probability of the label below ``min_confidence`` —
+   means the image is not mixed (``no_evidence`` / ``unconfident``);
+2. otherwise W from :func:`meddiffuse_stream.augment.mix.mix_weight` (exactly 0 on the evidence and its margin)
+   and ``x_aug = (1 - W) x + W x̃``;
+3. the check: the top-k region of the teacher's saliency on ``x_aug`` must overlap the original's (IoU ≥
+   ``min_iou``) and the label's probability may drop by at most ``max_prob_drop``; a failing image is retried with
+   half the strength (``retries`` times), then kept as it was (``rejected``).
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Sequence
+
+import numpy as np
+import torch
+
+from ..counters import Counters
+from .cache import VariantCache, entry_name
+from .methods.context import Augmented, BatchInputs
+from .mix import MixConfig, is_flat, mix, mix_weight, protected_region, random_field, top_fraction_iou
+from .providers import SaliencyProvider, VariantProvider
+
+__all__ = ["STATUSES", "MedDiffuseMixer", "mask_rng"]
+
+STATUSES = ("accepted", "attenuated", "rejected", "no_evidence", "unconfident", "unchecked")
+
+
+def mask_rng(mask_seed: int, key: str, draw: int) -> np.random.Generator:
+    """The generator of sample ``key``'s mask draw ``draw``: independent of the batch it lands in."""
+    digest = hashlib.sha256(f"{mask_seed}|{key}|{draw}".encode()).digest()
+    return np.random.default_rng(int.from_bytes(digest[:8], "little"))
+
+
+class MedDiffuseMixer:
+    """The method as the stage calls it: ``mixer(inputs) -> Augmented`` (statuses go to ``counters``)."""
+
+    def __init__(self, config: MixConfig, saliency: SaliencyProvider, variants: VariantProvider,
+                 cache: VariantCache | None, counters: Counters, *, mask_seed: int = 0,
+                 cache_results: bool = True) -> None:  # fmt: skip
+        self.config = config
+        self.saliency = saliency
+        self.variants = variants
+        self.cache = cache if cache_results else None
+        self.counters = counters
+        self.mask_seed = mask_seed
+
+    @property
+    def producer(self) -> str:
+        settings = hashlib.sha256(repr(self.config).encode()).hexdigest()[:8]
+        return f"meddiffusemix-{self.variants.identity}-{self.saliency.identity}-{settings}-m{self.mask_seed}"
+
+    def __call__(self, inputs: BatchInputs) -> Augmented:
+        if self.cache is None:
+            out, weight, status = self.compute(inputs, torch.arange(len(inputs.images), device=inputs.images.device))
+        else:
+            out, weight, status = self._cached(inputs)
+        for code in status.tolist():
+            self.counters[STATUSES[code]] += 1
+        details = {}
+        if inputs.details:  # read (or computed) only for callers that show them
+            details = {"saliency": inputs.saliency(None), "variant": inputs.variants(None)}
+        return Augmented(out, inputs.labels, weight, details=details)
+
+    # --- results cache --------------------------------------------------------------------------------------
+    def _cached(self, inputs: BatchInputs) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Entries ``[status, image planes, W]`` as float16; the image is rebuilt as ``where(W > 0, stored, x)``
+        so pixels with W == 0 stay the input's own float32 values on the warm path too."""
+        assert self.cache is not None and inputs.contents is not None
+        images = inputs.images
+        channels, pixels = images.shape[1], images[0, 0].numel()
+        contents = inputs.contents()
+        names = [entry_name(k, c, self.producer, self.variants.strength, f"{int(v)}.{int(d)}")
+                 for k, c, v, d in zip(inputs.keys, contents, inputs.variant_index, inputs.mask_draw,
+                                       strict=True)]  # fmt: skip
+        found: dict[int, np.ndarray] = {}
+        for row, name in enumerate(names):
+            entry = self.cache.get(name)
+            if entry is not None and entry.shape == (1 + (channels + 1) * pixels,):
+                found[row] = entry
+        self.counters["result_cache_hits"] += len(found)
+        missing = [row for row in range(len(names)) if row not in found]
+        if missing:
+            rows = torch.as_tensor(missing, device=images.device)
+            out, weight, status = self.compute(inputs, rows)
+            packed = torch.cat([status.view(-1, 1).to(out), out.flatten(1), weight.flatten(1)], dim=1)
+            packed = packed.to(torch.float16).cpu().numpy()
+            for position, row in enumerate(missing):
+                found[row] = packed[position]
+                self.cache.put(names[row], packed[position])
+        stacked = torch.from_numpy(np.stack([found[row] for row in range(len(names))])).to(images.device)
+        status = stacked[:, 0].round().long()
+        out = stacked[:, 1 : 1 + channels * pixels].view_as(images).to(images.dtype)
+        weight = stacked[:, 1 + channels * pixels :].view_as(images[:, :1]).to(images.dtype)
+        return torch.where(weight > 0, out, images), weight, status
+
+    # --- the mix-and-check loop -----------------------------------------------------------------------------
+    def compute(self, inputs: BatchInputs, rows: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """``(images, W, status)`` for ``rows`` of the batch; W and images rounded to float16 as the cache is."""
+        assert inputs.saliency is not None and inputs.variants is not None
+        config = self.config
+        images, labels = inputs.images[rows], inputs.labels[rows]
+        keys = [inputs.keys[i] for i in rows.tolist()]
+        draws = inputs.mask_draw[rows.cpu().numpy()]
+        saliency = inputs.saliency(rows)
+        status = torch.full((len(rows),), STATUSES.index("unchecked"), dtype=torch.long, device=images.device)
+        confidence = self.saliency.confidence(images, labels)
+        unknown = is_flat(saliency)
+        unsure = ~unknown & (confidence < config.min_confidence)
+        status[unknown] = STATUSES.index("no_evidence")
+        status[unsure] = STATUSES.index("unconfident")
+        weight = torch.zeros_like(images[:, :1])
+        out = images.clone()
+        todo = torch.nonzero(~unknown & ~unsure).flatten()
+        if len(todo):
+            variants = inputs.variants(rows[todo])
+            generators = [mask_rng(self.mask_seed, keys[i], int(draws[i])) for i in todo.tolist()]
+            fields, protected = self._draws(saliency[todo], generators)
+            mixed, mixed_weight, mixed_status = self._mix_and_check(
+                images[todo], labels[todo], saliency[todo], variants, fields, protected, confidence[todo]
+            )
+            out[todo], weight[todo], status[todo] = mixed, mixed_weight, mixed_status
+        weight = weight.to(torch.float16).to(images.dtype)
+        out = torch.where(weight > 0, out.to(torch.float16).to(images.dtype), images)
+        return out, weight, status
+
+    def _draws(self, saliency: torch.Tensor, generators: Sequence[np.random.Generator]):
+        """Each sample's random field and, for the random-mask ablation, its box — one generator per sample."""
+        _, _, height, width = saliency.shape
+        fields = torch.cat([random_field(1, height, width, self.config.field_floor, g) for g in generators])
+        boxes = None
+        if self.config.random_mask:
+            boxes = torch.cat([protected_region(saliency[i : i + 1], self.config, g)
+                               for i, g in enumerate(generators)])  # fmt: skip
+        return fields.to(saliency.device), boxes
+
+    def _weight(self, saliency, scale, fields, boxes) -> torch.Tensor:
+        return mix_weight(saliency, self.config, scale, field=fields, protected=boxes)
+
+    def _mix_and_check(self, images, labels, saliency, variants, fields, boxes, before):
+        config = self.config
+        scale = torch.ones(len(images), device=images.device)
+        weight = self._weight(saliency, scale, fields, boxes)
+        out = mix(images, variants, weight)
+        status = torch.full((len(images),), STATUSES.index("unchecked"), dtype=torch.long, device=images.device)
+        if not config.check:
+            return out, weight, status
+        pending = torch.arange(len(images), device=images.device)
+        for attempt in range(config.retries + 1):
+            candidates = out[pending]
+            moved = self.saliency.extractor(candidates, labels[pending])
+            after = self.saliency.confidence(candidates, labels[pending])
+            iou = top_fraction_iou(saliency[pending], moved, config.iou_top)
+            passed = (iou >= config.min_iou) & (before[pending] - after <= config.max_prob_drop)
+            status[pending[passed]] = STATUSES.index("accepted" if attempt == 0 else "attenuated")
+            pending = pending[~passed]
+            if len(pending) == 0:
+                break
+            if attempt < config.retries:
+                scale[pending] *= 0.5
+                weight[pending] = self._weight(saliency[pending], scale[pending], fields[pending],
+                                               None if boxes is None else boxes[pending])  # fmt: skip
+                out[pending] = mix(images[pending], variants[pending], weight[pending])
+        if len(pending):
+            status[pending] = STATUSES.index("rejected")
+            weight[pending] = 0
+            out[pending] = images[pending]
+        return out, weight, status

@@ -1,0 +1,111 @@
+"""The method registry: every augmentation behind one name, with what it needs declared, not branched on.
+
+A :class:`MethodSpec` says what a method needs (saliency, diffusion variants), what it does to labels and to
+geometry, whether the stage's ``original_probability`` applies, and how to build its callable for a stage. Named
+presets (the MedDiffuseMix ablations) are a base method plus :class:`~meddiffuse_stream.augment.mix.MixConfig`
+settings.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from .context import Augmented, BatchInputs
+from .generative import dafusion, diffusemix, genmix
+from .geometric import standard
+from .label_mixing import cutmix, mixup, saliencymix
+
+__all__ = [
+    "METHODS",
+    "PRESETS",
+    "Augmented",
+    "BatchInputs",
+    "MethodSpec",
+    "Preset",
+    "get_method",
+    "resolve",
+]
+
+Apply = Callable[[BatchInputs], Augmented]
+
+
+def _identity(inputs: BatchInputs) -> Augmented:
+    import torch
+
+    return Augmented(inputs.images, inputs.labels, torch.zeros_like(inputs.images[:, :1]))
+
+
+def _meddiffusemix(stage: Any) -> Apply:
+    from ..meddiffusemix import MedDiffuseMixer
+
+    return MedDiffuseMixer(stage.mix_config, stage.saliency, stage.variants, stage.cache, stage.counters,
+                           mask_seed=stage.variant_seed, cache_results=stage.cache_results)  # fmt: skip
+
+
+def _plain(apply: Apply) -> Callable[[Any], Apply]:
+    return lambda stage: apply
+
+
+@dataclass(frozen=True)
+class MethodSpec:
+    name: str
+    family: str
+    build: Callable[[Any], Apply]  # the stage -> the callable it runs per batch
+    needs_saliency: bool = False
+    needs_variants: bool = False
+    mixes_labels: bool = False  # soft (B, K) targets
+    geometric: bool = False  # moves pixels: the ROI moves with them
+    shows_originals: bool = False  # the stage shows the original with ``original_probability``
+
+
+METHODS: dict[str, MethodSpec] = {
+    spec.name: spec
+    for spec in (
+        MethodSpec("none", "identity", _plain(_identity)),
+        MethodSpec("standard", "geometric", _plain(standard), geometric=True),
+        MethodSpec("mixup", "label-mixing", _plain(mixup), mixes_labels=True),
+        MethodSpec("cutmix", "label-mixing", _plain(cutmix), mixes_labels=True),
+        MethodSpec("saliencymix", "label-mixing", _plain(saliencymix), needs_saliency=True, mixes_labels=True),
+        MethodSpec("diffusemix", "generative", _plain(diffusemix), needs_variants=True, shows_originals=True),
+        MethodSpec("genmix", "generative", _plain(genmix), needs_variants=True, shows_originals=True),
+        MethodSpec("dafusion", "generative", _plain(dafusion), needs_variants=True, shows_originals=True),
+        MethodSpec("meddiffusemix", "meddiffusemix", _meddiffusemix, needs_saliency=True, needs_variants=True,
+                   shows_originals=True),
+    )
+}
+
+
+@dataclass(frozen=True)
+class Preset:
+    """A named configuration of a base method (an ablation): its MixConfig settings."""
+
+    method: str
+    mix: Mapping[str, Any] = field(default_factory=dict)
+    about: str = ""
+
+
+PRESETS: dict[str, Preset] = {
+    "meddiffusemix-random-mask": Preset("meddiffusemix", {"random_mask": True},
+                                        "a random box of the evidence's area is protected instead"),
+    "meddiffusemix-fixed-alpha": Preset("meddiffusemix", {"adaptive_alpha": False}, "strength not adapted"),
+    "meddiffusemix-hard-mask": Preset("meddiffusemix", {"soft_mask": False}, "no blur at the mask's edge"),
+    "meddiffusemix-no-margin": Preset("meddiffusemix", {"margin": 0}, "no margin around the evidence"),
+    "meddiffusemix-no-check": Preset("meddiffusemix", {"check": False}, "no preservation check"),
+}  # fmt: skip
+
+
+def get_method(name: str) -> MethodSpec:
+    if name not in METHODS:
+        raise ValueError(f"unknown augment method {name!r}; choose from {sorted(METHODS)} "
+                         f"or a preset {sorted(PRESETS)}")  # fmt: skip
+    return METHODS[name]
+
+
+def resolve(name: str) -> tuple[MethodSpec, dict[str, Any]]:
+    """A method or preset name → (base method, MixConfig settings of the preset)."""
+    if name in PRESETS:
+        preset = PRESETS[name]
+        return get_method(preset.method), dict(preset.mix)
+    return get_method(name), {}

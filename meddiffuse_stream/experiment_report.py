@@ -1,0 +1,182 @@
+"""The experiment's table, its reading and its plots: mean ± 95 % CI over seeds, paired differences by seed.
+
+The reading is generated from the numbers, never written by hand: a difference whose confidence interval
+contains zero is reported as not distinguishable from seed-to-seed noise.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Any
+
+__all__ = ["mean_ci", "plots", "reading", "summarise"]
+
+# two-sided 95 % Student t quantiles for 1..30 degrees of freedom
+_T95 = [12.706, 4.303, 3.182, 2.776, 2.571, 2.447, 2.365, 2.306, 2.262, 2.228, 2.201, 2.179, 2.160, 2.145,
+        2.131, 2.120, 2.110, 2.101, 2.093, 2.086, 2.080, 2.074, 2.069, 2.064, 2.060, 2.056, 2.052, 2.048, 2.045,
+        2.042]  # fmt: skip
+REFERENCE = "meddiffusemix"
+COLUMNS = (("val AUC", "val", "roc_auc"), ("test AUC", "test", "roc_auc"), ("ROI kept", None, "roi_unchanged"),
+           ("ROI moved", None, "roi_moved"), ("W on ROI", None, "w_roi"), ("W off ROI", None, "w_off"),
+           ("saliency IoU", None, "saliency_iou"), ("teacher agrees", None, "label_consistency"),
+           ("changed", None, "augmented_share"))  # fmt: skip
+
+
+def mean_ci(values: list[float | None]) -> tuple[float, float] | None:
+    """(mean, 95 % CI half-width) of the values that are numbers; None if there are none."""
+    numbers = [v for v in values if v is not None and not math.isnan(v)]
+    if not numbers:
+        return None
+    mean = sum(numbers) / len(numbers)
+    if len(numbers) == 1:
+        return mean, math.nan
+    spread = math.sqrt(sum((v - mean) ** 2 for v in numbers) / (len(numbers) - 1))
+    t = _T95[min(len(numbers) - 1, 30) - 1] if len(numbers) <= 31 else 1.96
+    return mean, t * spread / math.sqrt(len(numbers))
+
+
+def _cell(values: list[float | None]) -> str:
+    result = mean_ci(values)
+    if result is None:
+        return "n/a"
+    mean, half = result
+    return f"{mean:.3f}" if math.isnan(half) else f"{mean:.3f} ± {half:.3f}"
+
+
+def _groups(rows: list[dict[str, Any]]) -> list[tuple[str, float]]:
+    return list(dict.fromkeys((r["method"], r.get("fraction", 1.0)) for r in rows))
+
+
+def _values(rows, method, fraction, split, metric) -> dict[int, float | None]:
+    """Per seed: the metric of ``split`` (or, for evidence metrics, of any split: they do not depend on it)."""
+    chosen = {}
+    for row in rows:
+        same_split = split is None or row["split"] == split
+        if row["method"] == method and row.get("fraction", 1.0) == fraction and same_split:
+            chosen.setdefault(row["seed"], row.get(metric))
+    return chosen
+
+
+def summarise(rows: list[dict[str, Any]], variants: dict[str, Any] | None = None) -> str:
+    """A markdown table (one row per method and fraction), the paired differences and the reading."""
+    header = "| method | seeds | steps | " + " | ".join(c[0] for c in COLUMNS) + " |"
+    lines = [header, "|---" * (len(COLUMNS) + 3) + "|"]
+    for method, fraction in _groups(rows):
+        seeds = sorted({r["seed"] for r in rows if r["method"] == method and r.get("fraction", 1.0) == fraction})
+        steps = _values(rows, method, fraction, None, "steps")
+        cells = [_cell(list(_values(rows, method, fraction, split, metric).values())) for _, split, metric in COLUMNS]
+        name = method if fraction == 1 else f"{method} ({fraction:g} of train)"
+        lines.append(f"| {name} | {len(seeds)} | {max(steps.values(), default=0)} | " + " | ".join(cells) + " |")
+    text = "\n".join(lines) + "\n"
+    differences = _differences(rows)
+    if differences:
+        text += "\n" + differences
+    if variants:
+        accuracy = ", ".join(f"{k.replace(':', ' ')} {v:.3f}" for k, v in variants["accuracy"].items())
+        text += f"\nTeacher accuracy on originals and on raw variants (generator {variants['generator']}): {accuracy}\n"
+    return text + "\n" + reading(rows, variants) + "\n"
+
+
+def _paired(rows, method, other, fraction, split) -> tuple[float, float, int] | None:
+    mine, theirs = _values(rows, method, fraction, split, "roc_auc"), _values(rows, other, fraction, split, "roc_auc")
+    pairs = [mine[s] - theirs[s] for s in mine if s in theirs and mine[s] is not None and theirs[s] is not None]
+    result = mean_ci(pairs)
+    return (result[0], result[1], len(pairs)) if result is not None else None
+
+
+def _differences(rows: list[dict[str, Any]]) -> str:
+    methods = [m for m, _ in dict.fromkeys(_groups(rows))]
+    if REFERENCE not in methods:
+        return ""
+    lines = ["| AUC difference (paired by seed) | fraction | val | test |", "|---|---|---|---|"]
+    for fraction in dict.fromkeys(f for _, f in _groups(rows)):
+        for other in dict.fromkeys(methods):
+            if other == REFERENCE:
+                continue
+            cells = []
+            for split in ("val", "test"):
+                result = _paired(rows, REFERENCE, other, fraction, split)
+                if result is None:
+                    cells.append("n/a")
+                else:
+                    mean, half, _ = result
+                    cells.append(f"{mean:+.3f}" if math.isnan(half) else f"{mean:+.3f} ± {half:.3f}")
+            lines.append(f"| {REFERENCE} − {other} | {fraction:g} | {cells[0]} | {cells[1]} |")
+    return "\n".join(lines) + "\n"
+
+
+def _verdict(result: tuple[float, float, int] | None) -> str:
+    if result is None:
+        return "not measured"
+    mean, half, count = result
+    if math.isnan(half):
+        return f"{mean:+.3f} (one seed: no interval)"
+    if abs(mean) <= half:
+        return f"{mean:+.3f} ± {half:.3f}, not distinguishable from seed noise ({count} seeds)"
+    return f"{mean:+.3f} ± {half:.3f}, {'higher' if mean > 0 else 'lower'} beyond seed noise ({count} seeds)"
+
+
+def reading(rows: list[dict[str, Any]], variants: dict[str, Any] | None = None) -> str:
+    """Sentences that read the table as measured (evidence first, then accuracy)."""
+    methods = [m for m, _ in dict.fromkeys(_groups(rows))]
+    fraction = 1.0 if any(f == 1.0 for _, f in _groups(rows)) else _groups(rows)[0][1]
+    if REFERENCE not in methods:
+        return "Reading: no `meddiffusemix` run in this experiment to compare."
+    kept = {m: mean_ci(list(_values(rows, m, fraction, None, "roi_unchanged").values())) for m in methods}
+    parts = [f"{m} {value[0]:.1%}" for m, value in kept.items() if value is not None and m != REFERENCE]
+    ours = kept.get(REFERENCE)
+    sentences = []
+    if ours is not None:
+        sentences.append(f"On the images each method changed, MedDiffuseMix left {ours[0]:.1%} of lesion pixels "
+                         f"untouched ({', '.join(parts) or 'no baseline measured'}).")  # fmt: skip
+    for split, what in (("val", "in-domain (val)"), ("test", "domain-shift (test)")):
+        for other in ("standard", "cutmix", "mixup"):
+            if other in methods:
+                result = _paired(rows, REFERENCE, other, fraction, split)
+                sentences.append(f"{what} AUC, MedDiffuseMix − {other}: {_verdict(result)}.")
+    if variants:
+        variant_rows = {k: v for k, v in variants["accuracy"].items() if k.startswith("variant:")}
+        if variant_rows:
+            worst = min(variant_rows, key=variant_rows.get)
+            sentences.append(f"The teacher recognises the class of raw variants at {min(variant_rows.values()):.1%} "
+                             f"at worst ({worst.split(':', 1)[1]}): what diffusion-only methods train on.")  # fmt: skip
+    return "Reading: " + " ".join(sentences)
+
+
+def plots(rows: list[dict[str, Any]], out: Path, variants: dict[str, Any] | None = None) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    groups = _groups(rows)
+    labels = [m if f == 1 else f"{m} ({f:g})" for m, f in groups]
+    panels = {
+        "metrics.png": [("val AUC", "val", "roc_auc"), ("test AUC", "test", "roc_auc"),
+                        ("val accuracy", "val", "accuracy"), ("test accuracy", "test", "accuracy")],
+        "evidence.png": [c for c in COLUMNS if c[1] is None],
+    }  # fmt: skip
+    for name, columns in panels.items():
+        extra = 1 if name == "evidence.png" and variants else 0
+        figure, axes = plt.subplots(1, len(columns) + extra, figsize=(2.8 * (len(columns) + extra), 3.4),
+                                    squeeze=False)  # fmt: skip
+        for axis, (title, split, metric) in zip(axes[0], columns, strict=False):
+            stats = [mean_ci(list(_values(rows, m, f, split, metric).values())) for m, f in groups]
+            means = [s[0] if s else 0.0 for s in stats]
+            errors = [0.0 if not s or math.isnan(s[1]) else s[1] for s in stats]
+            axis.bar(range(len(groups)), means, yerr=errors, color="#4c72b0", capsize=2)
+            axis.set_xticks(range(len(groups)), labels, rotation=60, ha="right", fontsize=6)
+            axis.set_title(title, fontsize=9)
+            axis.set_ylim(0, 1)
+        if extra and variants:
+            axis = axes[0][-1]
+            names = list(variants["accuracy"])
+            axis.bar(range(len(names)), [variants["accuracy"][n] for n in names],
+                     color=["#55a868" if n.startswith("original") else "#c44e52" for n in names])  # fmt: skip
+            axis.set_xticks(range(len(names)), names, rotation=60, ha="right", fontsize=6)
+            axis.set_title("teacher accuracy: originals / variants", fontsize=9)
+            axis.set_ylim(0, 1)
+        figure.tight_layout()
+        figure.savefig(out / name, dpi=90)
+        plt.close(figure)
