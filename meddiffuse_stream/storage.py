@@ -222,6 +222,11 @@ class Location:
             if path.startswith(prefix) and info.get("type", "file") == "file"
         }
 
+    def find_sizes(self, path: str) -> dict[str, int]:
+        """``{filesystem path: bytes}`` of every file below ``path`` (a filesystem path, e.g. a listed folder)."""
+        found = self.retrying(lambda: self.fs.find(path, detail=True), path)
+        return {p: int(info.get("size") or 0) for p, info in found.items() if info.get("type", "file") == "file"}
+
     def glob_sizes(self, pattern: str) -> dict[str, int]:
         """``{filesystem path: bytes}`` of the files matching a glob ``pattern`` (one listing)."""
         found = self.retrying(lambda: self.fs.glob(pattern, detail=True), pattern)

@@ -40,9 +40,9 @@ class CsvSource(FileSource):
     classes: tuple[str, ...] | None = None
 
     def discover(self, src: Location) -> Discovery:
-        if not src.fs.isfile(src.root):
+        if not src.isfile():
             raise ValueError(f"{src.display()} is not a file: for the csv format SRC is the manifest, e.g. data.csv")
-        text = bytes(src.fs.cat_file(src.root)).decode("utf-8-sig")
+        text = src.read_path(src.root).decode("utf-8-sig")
         reader = csv.DictReader(io.StringIO(text))
         missing = [c for c in _REQUIRED if c not in (reader.fieldnames or [])]
         if missing:
@@ -53,7 +53,7 @@ class CsvSource(FileSource):
             raise ValueError(f"{src.display()}: no usable labels; pass --classes to name the classes")
         index = {name: i for i, name in enumerate(class_names)}
         base = posixpath.dirname(src.root)
-        existing = {p: int(i.get("size") or 0) for p, i in src.fs.find(base, detail=True).items()}
+        existing = src.find_sizes(base)
         first_line: dict[str, int] = {}
         keys = KeyAllocator()
         items, rejects = [], []

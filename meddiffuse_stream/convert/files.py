@@ -23,7 +23,7 @@ def is_hidden(path: str) -> bool:
 
 def list_inputs(src: Location, relative: str = "") -> dict[str, int]:
     """Visible files below ``relative`` with their sizes; fails clearly when the folder does not exist."""
-    if not src.fs.exists(src.path(relative)):
+    if not src.exists(relative):
         raise ValueError(f"{src.display(relative)} does not exist: check the SRC argument")
     return {p: s for p, s in src.file_sizes(relative).items() if not is_hidden(p)}
 
@@ -51,5 +51,5 @@ class FileSource(SourceFormat):
     apply_window: bool = True  # DICOM inputs: apply the VOI LUT / window when the file has one
 
     def load_one(self, src: Location, item: SourceItem) -> LoadedImage:
-        data = bytes(src.fs.cat_file(item.ref))
+        data = src.read_path(item.ref)  # bounded and retried by the location's RetryPolicy
         return load_file_bytes(data, posixpath.basename(item.ref), apply_window=self.apply_window)
