@@ -225,3 +225,23 @@ def test_image_key_picks_among_several_images_and_16_bit_tiffs_keep_their_bits(t
     with MedDiffuseLoader(str(folder), 4, as_dict=True, shuffle=False, image_key="tif") as loader:
         image = next(iter(loader))["image"][0, 0].double().numpy()
     assert np.allclose(image * 65535, deep, atol=1e-2), "16-bit values keep their precision"
+
+
+def test_index_refuses_damaged_shards_and_converted_datasets(stock, tmp_path, capsys):
+    folder, _ = stock
+    damaged = tmp_path / "damaged"
+    damaged.mkdir()
+    for shard in sorted(folder.glob("*.tar"))[:2]:
+        (damaged / shard.name).write_bytes(shard.read_bytes())
+    cut = damaged / "train-000001.tar"
+    cut.write_bytes(cut.read_bytes()[:3000])
+    assert main(["index", str(damaged), "--quiet"]) == 1
+    error = capsys.readouterr().err
+    assert "train-000001.tar: truncated tar" in error and "no index written" in error
+    assert not (damaged / "shardindex.json").exists()
+    converted = tmp_path / "converted"
+    converted.mkdir()
+    (converted / "dataset.json").write_text("{}")
+    (converted / "a.tar").write_bytes((folder / "train-000000.tar").read_bytes())
+    assert main(["index", str(converted), "--quiet"]) == 1
+    assert "already lists every shard" in capsys.readouterr().err
