@@ -59,6 +59,7 @@ def test_a_thousand_shard_prefix_opens_from_its_index_without_reading_a_shard(tm
     with pytest.MonkeyPatch.context() as patch:
         for name, value in {**environment, "AWS_ENDPOINT_URL": s3_server.endpoint}.items():
             patch.setenv(name, value)
+        s3fs.S3FileSystem.clear_instance_cache()  # a cached client may hold another test's environment credentials
         assert main(["index", prefix, "--quiet", "--workers", "8"]) == 0
     index = json.loads(fs.cat(f"{prefix}/shardindex.json"))
     assert len(index["shardlist"]) == 1000 and sum(s["nsamples"] for s in index["shardlist"]) == 2000
@@ -110,8 +111,10 @@ def test_an_index_written_elsewhere_serves_a_read_only_bucket(tmp_path, s3_serve
         reader = {"AWS_ACCESS_KEY_ID": "meddiffuse-reader", "AWS_SECRET_ACCESS_KEY": "meddiffuse-reader-secret"}
         for name, value in {**reader, "AWS_ENDPOINT_URL": s3_server.endpoint}.items():
             patch.setenv(name, value)
+        s3fs.S3FileSystem.clear_instance_cache()
         assert main(["index", prefix, "--out", str(out), "--quiet"]) == 0
         assert main(["index", prefix, "--quiet"]) == 1  # writing beside the shards is refused: a clear error
+    s3fs.S3FileSystem.clear_instance_cache()  # the reader's environment credentials must not outlive the block
     document = json.loads(out.read_text())
     assert document["shardlist"][0]["url"] == f"{prefix}/train-000000.tar"
     with MedDiffuseLoader(str(out), 4, storage_options=s3_server.read_only_storage_options) as loader:
