@@ -9,10 +9,12 @@ import sys
 from collections.abc import Sequence
 
 from .cli_augment import add_augment_options, stage_from_args
-from .convert import FORMATS, ConversionError, ConvertOptions, convert_dataset
+from .convert import FORMATS, FRAME_CHOICES, ConversionError, ConvertOptions, convert_dataset
+from .convert.base import DEFAULT_MAX_FILE_BYTES, DEFAULT_MAX_PIXELS
 from .convert.splits import parse_split_spec
 from .demo_data import MODALITIES, DemoSource
 from .storage import parse_storage_options
+from .user_errors import one_line_error
 
 __all__ = ["build_parser", "main"]
 
@@ -59,12 +61,24 @@ def build_parser() -> argparse.ArgumentParser:
     shard.add_argument("out", help="output dataset folder; a local path or fsspec URL such as s3://bucket/name")
     shard.add_argument("--split", help="patient-level split fractions, default train=0.8,val=0.1,test=0.1")
     shard.add_argument("--resize", type=int, help="resize every image (and ROI) to N x N pixels")
+    shard.add_argument("--channels", type=int, choices=[1, 3],
+                       help="convert every image to 1 (grey, BT.601 luma) or 3 (RGB) channels")  # fmt: skip
+    shard.add_argument("--frames", choices=FRAME_CHOICES, default="middle",
+                       help="multi-frame DICOM and multi-page images: keep the middle frame (default), every frame "
+                            "as its own sample, or reject the file")  # fmt: skip
+    shard.add_argument("--max-pixels", type=int, default=DEFAULT_MAX_PIXELS,
+                       help="pixels per input (all kept frames), checked from headers before decoding "
+                            f"(default {DEFAULT_MAX_PIXELS:,})")  # fmt: skip
+    shard.add_argument("--max-file-bytes", type=parse_bytes, default=DEFAULT_MAX_FILE_BYTES,
+                       help="largest input file read (default 2GiB); larger files are rejected unread")  # fmt: skip
     shard.add_argument("--name", help="dataset name recorded in dataset.json")
     shard.add_argument("--no-window", action="store_true", help="DICOM: keep stored values, skip the VOI window")
     shard.add_argument("--label", default="binary", choices=["binary", "subtype"], help="breakhis: label to use")
     shard.add_argument("--magnification", help="breakhis: only these magnifications, e.g. 40,100")
     shard.add_argument("--patient-regex", help="imagefolder: regex whose group 'patient' (or 1) is the patient id")
     shard.add_argument("--classes", help="csv: class names in label order, e.g. normal,pneumonia")
+    shard.add_argument("--encoding", default="utf-8", help="csv: the manifest's text encoding (default utf-8)")
+    shard.add_argument("--float-range", help="pcam: value range LO,HI of float patches, e.g. 0,1")
     shard.add_argument("--labels-csv", default="stage_2_train_labels.csv", help="rsna: label CSV below SRC")
     shard.add_argument("--images-dir", default="stage_2_train_images", help="rsna: DICOM folder below SRC")
     _common_shard_options(shard)
@@ -91,6 +105,8 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--width", type=int, default=32, help="UNet base channels")
     train.add_argument("--strength", type=float, default=0.5, help="SDEdit noise strength used when generating")
     train.add_argument("--steps", type=int, default=10, help="DDIM steps used when generating")
+    train.add_argument("--crop", type=int, help="train on random N x N crops (faster; generates at full size)")
+    train.add_argument("--ema", type=float, default=0.995, help="decay of the saved moving average of the weights")
     train.add_argument("--seed", type=int, default=0)
     train.add_argument("--workers", type=int, default=0)
     train.add_argument("--device", help="cpu or cuda (default: cuda when present)")
@@ -134,6 +150,8 @@ def build_parser() -> argparse.ArgumentParser:
     fit.add_argument("--key-log", action="store_true", help="write the keys each rank trained on")
     fit.add_argument("--min-val-auc", type=float, help="fail (exit 1, model kept) if the val AUC ends below this")
     fit.add_argument("--quiet", action="store_true", help="no progress bar")
+    fit.add_argument("--deterministic", action="store_true",
+                     help="deterministic kernels (slower): a resumed CUDA run ends bit-equal to an uninterrupted one")
     fit.set_defaults(handler=_run_train)
 
     show = commands.add_parser("preview", help="a picture of what an augmentation does to real samples")
@@ -171,12 +189,22 @@ def _source_for(args: argparse.Namespace):
         return FORMATS["imagefolder"](apply_window=window, patient_regex=args.patient_regex)
     if args.format == "csv":
         classes = tuple(c.strip() for c in args.classes.split(",")) if args.classes else None
-        return FORMATS["csv"](apply_window=window, classes=classes)
+        return FORMATS["csv"](apply_window=window, classes=classes, encoding=args.encoding)
     if args.format == "rsna":
         return FORMATS["rsna"](apply_window=window, labels_csv=args.labels_csv, images_dir=args.images_dir)
     if args.format == "pcam":
-        return FORMATS["pcam"]()
+        return FORMATS["pcam"](float_range=_float_range(args.float_range))
     return FORMATS[args.format](apply_window=window)
+
+
+def _float_range(text: str | None) -> tuple[float, float] | None:
+    if not text:
+        return None
+    try:
+        low, high = (float(part) for part in text.split(","))
+    except ValueError:
+        raise ValueError(f"--float-range {text!r}: expected LO,HI such as 0,1") from None
+    return low, high
 
 
 def _options(args: argparse.Namespace, **extra) -> ConvertOptions:
@@ -187,7 +215,9 @@ def _options(args: argparse.Namespace, **extra) -> ConvertOptions:
 
 def _run_shard(args: argparse.Namespace) -> int:
     splits = parse_split_spec(args.split) if args.split else None
-    options = _options(args, splits=splits, resize=args.resize, name=args.name)
+    limits = {"max_pixels": args.max_pixels, "max_file_bytes": args.max_file_bytes}
+    options = _options(args, splits=splits, resize=args.resize, name=args.name, frames=args.frames,
+                       channels=args.channels, **limits)  # fmt: skip
     summary = convert_dataset(
         _source_for(args),
         args.src,
@@ -219,7 +249,8 @@ def _run_train_diffusion(args: argparse.Namespace) -> int:
 
     result = train_generator(
         args.dataset, args.out, epochs=args.epochs, batch_size=args.batch_size, learning_rate=args.lr,
-        width=args.width, strength=args.strength, steps=args.steps, seed=args.seed, num_workers=args.workers,
+        width=args.width, strength=args.strength, steps=args.steps, crop=args.crop, ema=args.ema, seed=args.seed,
+        num_workers=args.workers,
         device=args.device, progress=not args.quiet,
     )  # fmt: skip
     print(f"trained {result['batches']} batches: loss {result['first_loss']:.4f} -> {result['final_loss']:.4f}; "
@@ -240,7 +271,11 @@ def _run_warm_cache(args: argparse.Namespace) -> int:
 
 
 def _configured_stage(args: argparse.Namespace):
-    stage = stage_from_args(args, args.dataset, device=args.device)
+    from .train import training_device
+
+    # the device training will use (cuda:LOCAL_RANK under torchrun), not CUDA's current device: every rank's
+    # stage would otherwise run on cuda:0
+    stage = stage_from_args(args, args.dataset, device=str(training_device(args.device)))
     return None if stage is None or isinstance(stage, str) else stage
 
 
@@ -253,7 +288,7 @@ def _run_train(args: argparse.Namespace) -> int:
         num_workers=args.workers, checkpoint_every=args.checkpoint_every, resume=args.resume, device=args.device,
         key_log=args.key_log, augment_stage=_configured_stage(args), train_fraction=args.train_fraction,
         cache_dir=args.shard_cache, cache_bytes=args.shard_cache_bytes, min_val_auc=args.min_val_auc,
-        progress=not args.quiet,
+        progress=not args.quiet, deterministic=args.deterministic,
     )  # fmt: skip
     results = train(config)
     if int(os.environ.get("RANK", "0")) == 0:
@@ -308,7 +343,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return int(args.handler(args))
     except (ConversionError, ValueError, FileNotFoundError, PermissionError, NotImplementedError) as error:
-        print(f"meddiffuse-stream {args.command}: error: {error}", file=sys.stderr)
+        print(f"meddiffuse-stream {args.command}: error: {' '.join(str(error).split())}", file=sys.stderr)
+        return 1
+    except Exception as error:  # the environment (disk, network, storage): one line; a bug keeps its traceback
+        message = one_line_error(error)
+        if message is None:
+            raise
+        print(f"meddiffuse-stream {args.command}: error: {message}", file=sys.stderr)
         return 1
 
 

@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from .convert.base import Discovery, LoadedImage, SourceFormat, SourceItem
+from .convert.base import DEFAULT_RULES, Discovery, LoadedImage, ReadRules, SourceFormat, SourceItem
 from .convert.dicom import dicom_from_bytes
 from .storage import Location
 
@@ -128,7 +128,7 @@ class DemoSource(SourceFormat):
     val_fraction: float = 0.1
     modalities: tuple[str, ...] = tuple(MODALITIES)
 
-    def discover(self, src: Location) -> Discovery:
+    def discover(self, src: Location, rules: ReadRules = DEFAULT_RULES) -> Discovery:
         unknown = [m for m in (*self.modalities, self.test_modality) if m and m not in MODALITIES]
         if unknown:
             raise ValueError(f"unknown modality {unknown[0]!r}; choose from {sorted(MODALITIES)}")
@@ -152,6 +152,6 @@ class DemoSource(SourceFormat):
             )
         return Discovery(CLASS_NAMES, items, [], official_splits=bool(self.test_modality), has_roi=True)
 
-    def load_many(self, src: Location, items: Sequence[SourceItem]):
+    def load_many(self, src: Location, items: Sequence[SourceItem], rules: ReadRules = DEFAULT_RULES):
         for item in items:
             yield render_sample(self.seed, item.ref, self.size, item.meta["modality"], item.label)

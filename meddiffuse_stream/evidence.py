@@ -12,7 +12,8 @@ changed (a sample shown as it is tells nothing about the method):
 - ``augmented_share``: how many of the samples the method changed at all.
 
 :func:`variant_consistency` measures the generator alone: the teacher's accuracy on raw variants of each class,
-next to its accuracy on the originals.
+next to its accuracy on the originals; :func:`saliency_coverage` the teacher's maps alone: how much of each lesion
+falls inside the evidence mask and the protected region, per saliency method.
 """
 
 from __future__ import annotations
@@ -26,7 +27,7 @@ from .augment.mix import top_fraction_iou
 from .augment.saliency import SaliencyExtractor
 from .loader import MedDiffuseLoader
 
-__all__ = ["EVIDENCE_METRICS", "evidence_metrics", "variant_consistency"]
+__all__ = ["EVIDENCE_METRICS", "evidence_metrics", "saliency_coverage", "variant_consistency"]
 
 _UNCHANGED = 1.0 / 512  # within half an 8-bit step
 EVIDENCE_METRICS = ("roi_unchanged", "roi_moved", "w_roi", "w_off", "saliency_iou", "label_consistency",
@@ -152,3 +153,43 @@ def variant_consistency(dataset: str, stage: Any, teacher: torch.nn.Module, *, s
                     entry[0] += float((predicted[of_class] == label).sum())
                     entry[1] += float(of_class.sum())
     return {name: hits / total for name, (hits, total) in sorted(correct.items()) if total}
+
+
+def saliency_coverage(
+    dataset: str, teacher: torch.nn.Module, methods: tuple[str, ...], *, split: str = "train", batch_size: int = 64,
+    max_batches: int | None = None, config: Any = None,
+) -> dict[str, Any]:  # fmt: skip
+    """Per saliency method, over the lesion images of ``split``: the share of lesion pixels inside the evidence
+    mask (``S > quantile``) and inside the protected region (the mask and its margin), flat maps, seconds."""
+    import time
+
+    from .augment.mix import MixConfig, dilate, evidence_mask, is_flat
+
+    config = config or MixConfig()
+    extractors = {method: SaliencyExtractor(teacher, method) for method in methods}
+    sums = {method: [0.0, 0.0, 0.0, 0, 0.0] for method in methods}  # in mask, in protected, lesion px, flat, s
+    with MedDiffuseLoader(dataset, batch_size, split=split, as_dict=True, shuffle=False) as loader:
+        for index, batch in enumerate(loader):
+            if max_batches is not None and index >= max_batches:
+                break
+            if "roi" not in batch:
+                raise ValueError(f"{dataset}: saliency coverage needs ROI masks (roi.png members)")
+            roi = batch["roi"][:, :1] > 0
+            lesion = roi.flatten(1).any(dim=1)
+            if not lesion.any():
+                continue
+            images, labels, roi = batch["image"][lesion], batch["label"][lesion], roi[lesion]
+            for method, extractor in extractors.items():
+                started = time.perf_counter()
+                maps = extractor(images, labels)
+                sums[method][4] += time.perf_counter() - started
+                mask = evidence_mask(maps, config.quantile)
+                protected = dilate(mask, config.margin_for(maps.shape[-1]))
+                sums[method][0] += float((mask & roi).sum())
+                sums[method][1] += float((protected & roi).sum())
+                sums[method][2] += float(roi.sum())
+                sums[method][3] += int(is_flat(maps).sum())
+    return {method: {"lesion_in_mask": inside / total if total else None,
+                     "lesion_in_protected": kept / total if total else None, "flat_maps": flat,
+                     "seconds": round(seconds, 2)}
+            for method, (inside, kept, total, flat, seconds) in sums.items()}  # fmt: skip

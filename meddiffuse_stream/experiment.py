@@ -67,8 +67,8 @@ def _train(method: MethodConfig, config: ExperimentConfig, seed: int, fraction: 
     described = method.describe()
     started = time.perf_counter()
     train(TrainConfig(config.dataset, str(run), model=config.model, augment=method.name,
-                      epochs=config.epochs, batch_size=config.batch_size, learning_rate=config.lr, seed=seed,
-                      num_workers=config.workers, loss=config.loss,
+                      epochs=config.epochs, steps=config.steps, batch_size=config.batch_size,
+                      learning_rate=config.lr, seed=seed, num_workers=config.workers, loss=config.loss,
                       augment_stage=stage if stage is not None and not isinstance(stage, str) else None,
                       augment_method=stage if isinstance(stage, str) else None,
                       device=config.device, train_fraction=fraction, progress=False))  # fmt: skip
@@ -120,6 +120,28 @@ def _variant_report(config: ExperimentConfig, teacher: Any, out: Path) -> dict[s
     return report
 
 
+def _saliency_report(config: ExperimentConfig, teacher: Any, out: Path) -> dict[str, Any] | None:
+    """How much of each lesion each saliency method's mask covers, with the experiment's teacher (once)."""
+    from .augment.saliency import model_identity
+    from .evidence import saliency_coverage
+    from .nodes.source import open_dataset
+
+    if teacher is None or not config.saliency_methods:
+        return None
+    if not open_dataset(config.dataset, config.evidence_split).has_roi:
+        return None
+    identity = model_identity(teacher)
+    path = out / "saliency.json"
+    if path.exists():
+        stored = json.loads(path.read_text())
+        if stored.get("teacher") == identity and list(stored["methods"]) == list(config.saliency_methods):
+            return stored
+    report = {"teacher": identity, "methods": saliency_coverage(config.dataset, teacher, config.saliency_methods,
+                                                                split=config.evidence_split)}  # fmt: skip
+    path.write_text(json.dumps(report, indent=1) + "\n")
+    return report
+
+
 def run_experiment(config_path: str | Path, *, progress: bool = True) -> Path:
     from .augment.factory import load_teacher
 
@@ -130,6 +152,7 @@ def run_experiment(config_path: str | Path, *, progress: bool = True) -> Path:
     teacher = load_teacher(config.dataset, config.teacher, config.teacher_model) if config.teacher else None
     started = time.perf_counter()
     variants = _variant_report(config, teacher, out)
+    saliency = _saliency_report(config, teacher, out)
     cells = [(m, f, s) for f in config.fractions for m in config.methods for s in config.seeds]
     rows, trained = [], 0
     for number, (method, fraction, seed) in enumerate(cells, 1):
@@ -152,7 +175,7 @@ def run_experiment(config_path: str | Path, *, progress: bool = True) -> Path:
         writer = csv.DictWriter(stream, fieldnames=list(rows[0]))
         writer.writeheader()
         writer.writerows(rows)
-    (out / "results.md").write_text(summarise(rows, variants))
+    (out / "results.md").write_text(summarise(rows, variants, saliency))
     plots(rows, out, variants)
     timing = {"seconds": round(time.perf_counter() - started, 1), "runs": len(cells), "trained_now": trained}
     (out / "timing.json").write_text(json.dumps(timing, indent=1) + "\n")

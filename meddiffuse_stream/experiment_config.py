@@ -50,6 +50,7 @@ class ExperimentConfig:
     seeds: tuple[int, ...] = (0,)
     fractions: tuple[float, ...] = (1.0,)
     epochs: int = 5
+    steps: int | None = None  # optimizer steps per run, whatever the train fraction (overrides epochs)
     batch_size: int = 64
     lr: float = 1e-3
     workers: int = 0
@@ -64,6 +65,7 @@ class ExperimentConfig:
     evidence_split: str = "train"
     evidence_batches: int | None = None  # None: the whole split
     min_teacher_val_auc: float | None = None  # refuse to run (one line) with a weaker teacher
+    saliency_methods: tuple[str, ...] = ("gradcam", "gradcam-multiscale", "gradients", "integrated-gradients")
 
     def __post_init__(self) -> None:
         if not self.methods:
@@ -71,13 +73,20 @@ class ExperimentConfig:
         names = [m.name for m in self.methods]
         if len(set(names)) != len(names):
             raise ValueError(f"methods: names must be unique, got {names}")
+        from .augment.saliency import METHODS as SALIENCY_METHODS
+
+        unknown = sorted(set(self.saliency_methods) - set(SALIENCY_METHODS))
+        if unknown:
+            raise ValueError(f"saliency_methods: unknown {unknown}; known: {list(SALIENCY_METHODS)}")
         if not self.seeds:
             raise ValueError("seeds: the list is empty")
         for fraction in self.fractions:
             if not 0 < fraction <= 1:
                 raise ValueError(f"fractions: {fraction} is not in (0, 1]")
-        for name in ("epochs", "batch_size"):
+        for name in ("epochs", "batch_size", "steps"):
             value = getattr(self, name)
+            if name == "steps" and value is None:
+                continue
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ValueError(f"{name}: expected a whole number ≥ 1, got {value!r}")
 
@@ -124,7 +133,7 @@ def load_experiment_config(path: str | Path) -> ExperimentConfig:
     values = dict(raw)
     values["methods"] = tuple(_method(entry, f"{path}: methods[{index}]")
                               for index, entry in enumerate(_tuple(raw["methods"])))  # fmt: skip
-    for name in ("seeds", "fractions", "report_splits"):
+    for name in ("seeds", "fractions", "report_splits", "saliency_methods"):
         if name in values:
             values[name] = _tuple(values[name])
     try:

@@ -58,7 +58,8 @@ def _values(rows, method, fraction, split, metric) -> dict[int, float | None]:
     return chosen
 
 
-def summarise(rows: list[dict[str, Any]], variants: dict[str, Any] | None = None) -> str:
+def summarise(rows: list[dict[str, Any]], variants: dict[str, Any] | None = None,
+              saliency: dict[str, Any] | None = None) -> str:  # fmt: skip
     """A markdown table (one row per method and fraction), the paired differences and the reading."""
     header = "| method | seeds | steps | " + " | ".join(c[0] for c in COLUMNS) + " |"
     lines = [header, "|---" * (len(COLUMNS) + 3) + "|"]
@@ -75,6 +76,13 @@ def summarise(rows: list[dict[str, Any]], variants: dict[str, Any] | None = None
     if variants:
         accuracy = ", ".join(f"{k.replace(':', ' ')} {v:.3f}" for k, v in variants["accuracy"].items())
         text += f"\nTeacher accuracy on originals and on raw variants (generator {variants['generator']}): {accuracy}\n"
+    if saliency:
+        text += "\n| saliency method (teacher) | lesion pixels in the mask | in mask + margin | flat maps | seconds |\n"
+        text += "|---|---|---|---|---|\n"
+        for method, values in saliency["methods"].items():
+            inside, kept = values["lesion_in_mask"], values["lesion_in_protected"]
+            text += (f"| {method} | {'n/a' if inside is None else f'{inside:.3f}'} | "
+                     f"{'n/a' if kept is None else f'{kept:.3f}'} | {values['flat_maps']} | {values['seconds']} |\n")
     return text + "\n" + reading(rows, variants) + "\n"
 
 

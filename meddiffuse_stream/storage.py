@@ -55,10 +55,11 @@ def bounded_options(url: str, storage_options: Mapping[str, Any], policy: RetryP
 def parse_storage_options(pairs: list[str] | None) -> dict[str, Any]:
     """``["endpoint_url=http://127.0.0.1:8333", "anon=false"]`` → a dict with booleans and numbers parsed."""
     options: dict[str, Any] = {}
-    for pair in pairs or []:
+    for position, pair in enumerate(pairs or [], start=1):
         name, sep, value = pair.partition("=")
-        if not sep or not name:
-            raise ValueError(f"--storage-option {pair!r}: expected NAME=VALUE, e.g. endpoint_url=http://host:8333")
+        if not sep or not name.strip():
+            raise ValueError(f"--storage-option number {position} is not NAME=VALUE (e.g. "
+                             "endpoint_url=http://host:8333); its text is not shown, it may be a secret")  # fmt: skip
         lowered = value.lower()
         if lowered in ("true", "false"):
             options[name] = lowered == "true"

@@ -9,8 +9,10 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import os
-from dataclasses import asdict, dataclass, field
+from collections import deque
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -23,9 +25,10 @@ from tqdm.auto import tqdm
 from .loader import MedDiffuseLoader, sample_shape
 from .metrics import classification_metrics
 from .models import build_model
-from .shardfmt.manifest import DATASET_JSON
+from .shardfmt.manifest import DATASET_JSON, read_manifest
+from .storage import Location
 
-__all__ = ["TargetNotReachedError", "TrainConfig", "train"]
+__all__ = ["TargetNotReachedError", "TrainConfig", "require_classes", "train", "training_device"]
 
 CHECKPOINT = "checkpoint.pt"
 
@@ -47,6 +50,7 @@ class TrainConfig:
     resume: bool = False
     device: str | None = None
     amp: bool = True  # on CUDA only
+    deterministic: bool = False  # deterministic kernels (process-wide): bit-exact resume on CUDA too
     eval_splits: list[str] = field(default_factory=lambda: ["val", "test"])
     key_log: bool = False  # write the keys each rank trained on (for audits and tests)
     train_fraction: float = 1.0  # < 1: train on this patient-level fraction of the train split
@@ -54,16 +58,40 @@ class TrainConfig:
     augment_method: str | None = None  # a model-free method to run when ``augment`` is only a label (experiments)
     min_val_auc: float | None = None  # fail (after writing metrics) when the val AUC ends below this
     progress: bool = True
+    steps: int | None = None  # optimizer steps to make, whatever the epoch length (overrides ``epochs``)
     cache_dir: str | None = None  # local shard cache for remote datasets (LRU, sha256-verified)
     cache_bytes: int = 50 << 30
 
 
-def _distributed() -> tuple[int, int, bool]:
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    if world > 1 and not dist.is_initialized():
-        dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
-        return dist.get_rank(), world, True
+def training_device(name: str | None = None) -> torch.device:
+    """``cuda:LOCAL_RANK`` where CUDA is present (also for a plain ``--device cuda``: each torchrun process takes
+    its own GPU), else the CPU; an explicit ``cuda:N`` or ``cpu`` as given."""
+    if name in (None, "cuda"):
+        if torch.cuda.is_available():
+            return torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
+        if name == "cuda":
+            raise ValueError("--device cuda: no CUDA device is visible (torch.cuda.is_available() is False)")
+        return torch.device("cpu")
+    return torch.device(name)
+
+
+def _distributed(device: torch.device) -> tuple[int, int, bool]:
+    """Under torchrun a process group always exists, one process included (so a 1-GPU run goes through NCCL and
+    DDP as a cluster run does): NCCL when training on CUDA, gloo on the CPU whatever the machine has."""
+    launched = "TORCHELASTIC_RUN_ID" in os.environ or int(os.environ.get("WORLD_SIZE", "1")) > 1
+    if launched and not dist.is_initialized():
+        if device.type == "cuda":
+            torch.cuda.set_device(device)  # before NCCL starts: otherwise every rank's collectives use cuda:0
+        dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+        return dist.get_rank(), dist.get_world_size(), True
     return (dist.get_rank(), dist.get_world_size(), False) if dist.is_initialized() else (0, 1, False)
+
+
+def _make_deterministic() -> None:
+    """Deterministic kernels for the whole process (cuDNN, cuBLAS, scatter-style ops raise if they have none)."""
+    os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")  # read when cuBLAS makes its first handle
+    torch.use_deterministic_algorithms(True)
+    torch.backends.cudnn.benchmark = False
 
 
 def _class_weights(loader: MedDiffuseLoader) -> torch.Tensor:
@@ -74,10 +102,32 @@ def _class_weights(loader: MedDiffuseLoader) -> torch.Tensor:
     return torch.as_tensor(weights, dtype=torch.float32)
 
 
+def require_classes(dataset: str) -> None:
+    """A classifier needs class names and two classes with training samples; say so before anything starts."""
+    try:
+        manifest = read_manifest(Location(dataset))  # validated: a bad dataset.json is an error naming the field
+    except FileNotFoundError:
+        return  # the loader names what is missing
+    info = manifest.document
+    names = list(manifest.class_names)
+    if len(names) < 2:
+        found = f"only {names}" if names else "no class_names"
+        raise ValueError(f"{dataset}: dataset.json has {found}; a classifier needs at least two named classes "
+                         "(convert with --classes, or fix class_names)")  # fmt: skip
+    counts = (info.get("splits") or {}).get("train", {}).get("classes")
+    if counts is not None and sum(1 for n in counts.values() if n) < 2:
+        present = [c for c, n in counts.items() if n] or "none"
+        raise ValueError(f"{dataset}: the train split holds samples of {present} only; a classifier needs at least "
+                         "two classes to learn from")  # fmt: skip
+
+
 def train(config: TrainConfig) -> dict[str, Any]:
-    rank, world, initialised_here = _distributed()
-    cuda = torch.cuda.is_available() and config.device != "cpu"
-    device = torch.device(config.device or (f"cuda:{int(os.environ.get('LOCAL_RANK', 0))}" if cuda else "cpu"))
+    require_classes(config.dataset)
+    if config.deterministic:
+        _make_deterministic()
+    device = training_device(config.device)
+    cuda = device.type == "cuda"
+    rank, world, initialised_here = _distributed(device)
     out = Path(config.out)
     out.mkdir(parents=True, exist_ok=True)
     if config.train_fraction < 1:
@@ -87,13 +137,15 @@ def train(config: TrainConfig) -> dict[str, Any]:
     augment = config.augment_stage or (None if method == "none" else method)
     loader = MedDiffuseLoader(config.dataset, config.batch_size, num_workers=config.num_workers, seed=config.seed,
                               augment=augment, as_dict=True, rank=rank, world_size=world, cache_dir=config.cache_dir,
-                              cache_bytes=config.cache_bytes)  # fmt: skip
+                              cache_bytes=config.cache_bytes, device=device)  # fmt: skip
     torch.manual_seed(config.seed)  # the same initial weights on every rank
     model = build_model(config.model, channels, classes, size).to(device)
-    if world > 1:
+    if dist.is_initialized():
         model = torch.nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if cuda else None)
     optimizer = torch.optim.AdamW(model.parameters(), lr=config.learning_rate, weight_decay=config.weight_decay)
-    total_steps = max(1, config.epochs * len(loader))
+    if config.steps is not None:  # a step budget: as many epochs as it takes (the last one cut short)
+        config = replace(config, epochs=max(1, math.ceil(config.steps / max(1, len(loader)))))
+    total_steps = max(1, config.steps if config.steps is not None else config.epochs * len(loader))
     scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, total_steps)
     scaler = torch.amp.GradScaler("cuda", enabled=cuda and config.amp)
     weights = _class_weights(loader).to(device) if config.loss == "weighted" else None
@@ -112,7 +164,7 @@ def train(config: TrainConfig) -> dict[str, Any]:
     keys = _open_key_log(out / f"keys-rank{rank}.txt", state.get("key_log_bytes"), rank) if config.key_log else None
     bar = tqdm(total=total_steps, initial=step, desc=f"train {config.model}/{config.augment}", unit="step",
                disable=rank != 0 or not config.progress)  # fmt: skip
-    losses: list[float] = []
+    recent: deque[torch.Tensor] = deque(maxlen=10)  # kept on the device: no host sync per step
     try:
         while loader.epoch < config.epochs and step < total_steps:
             for batch in loader:
@@ -128,7 +180,7 @@ def train(config: TrainConfig) -> dict[str, Any]:
                 scaler.update()
                 scheduler.step()
                 step += 1
-                losses.append(float(loss.detach()))
+                recent.append(loss.detach())
                 bar.update(1)
                 if keys is not None:
                     keys.write("".join(f"{loader.epoch} {k}\n" for k in batch["key"]))
@@ -147,8 +199,10 @@ def train(config: TrainConfig) -> dict[str, Any]:
             keys.close()
         loader.close()
     results = {"config": {k: v for k, v in asdict(config).items() if k != "augment_stage"}, "steps": step,
-               "final_loss": float(np.mean(losses[-10:])) if losses else None,
-               "counters": _summed_counters(loader, world)}  # fmt: skip
+               "final_loss": float(torch.stack(list(recent)).double().mean()) if recent else None,
+               "counters": _summed_counters(loader, world),
+               "distributed": {"backend": dist.get_backend() if dist.is_initialized() else None,
+                               "world_size": world, "device": str(device)}}  # fmt: skip
     for split in config.eval_splits:
         metrics = evaluate(_unwrap(model), config.dataset, split, config.batch_size, device, rank, world)
         if metrics is not None:
@@ -209,8 +263,6 @@ def _gather(local: Any, world: int) -> list[Any]:
 
 def _with_subset(config: TrainConfig, out: Path, rank: int, world: int) -> TrainConfig:
     """Train on a patient-level fraction: rank 0 writes the subset dataset once, the others wait for it."""
-    from dataclasses import replace
-
     from .subset import subset_dataset
 
     subset = out / f"train-subset-f{config.train_fraction:g}-s{config.seed}"
@@ -253,7 +305,7 @@ def _checkpoint(out, model, optimizer, scheduler, scaler, loader, step, rank, wo
         state["key_log_bytes"] = [part[1] for part in parts]
     stage = loader.augment
     if stage is not None and stage.teacher is not None and stage.refresh_every > 0:
-        state["teacher"] = {k: v.detach().cpu() for k, v in stage.teacher.state_dict().items()}
+        state["teacher"] = stage.teacher_state()
     temporary = out / f".{CHECKPOINT}.tmp"
     torch.save(state, temporary)
     os.replace(temporary, out / CHECKPOINT)
@@ -264,7 +316,7 @@ def evaluate(model, dataset: str, split: str, batch_size: int, device, rank: int
     """Metrics on ``split`` (None if the dataset has no such split); ranks share the work, padding removed."""
     try:
         loader = MedDiffuseLoader(dataset, batch_size, split=split, shuffle=False, as_dict=True, rank=rank,
-                                  world_size=world)  # fmt: skip
+                                  world_size=world, device=device)  # fmt: skip
     except ValueError:
         return None
     model.eval()

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import io
 import json
+import os
 import pickle
 import struct
 import tarfile
@@ -209,15 +210,19 @@ def test_converter_handles_or_rejects_every_kind_of_bad_file(tmp_path):
     (bad / "wide16.png").write_bytes(_png16())
     (bad / "palette.png").write_bytes(_palette_png())
     write_image(bad / "caf\udce9.png", rng.integers(0, 255, (12, 12), dtype=np.uint8))  # a Latin-1 file name
-    _write_dicom(bad / "jpegls.dcm", "MR_small_jpeg_ls_lossless.dcm")  # no JPEG-LS codec installed
+    _write_dicom(bad / "jpegls.dcm", "MR_small_jpeg_ls_lossless.dcm")  # JPEG-LS: the dicom extra's codecs read it
     _write_dicom(bad / "mono1.dcm", "RG1_UNCR.dcm", size=32)
-    _write_dicom(bad / "multiframe.dcm", "emri_small.dcm")
+    _write_dicom(bad / "multiframe.dcm", "emri_small.dcm")  # its middle frame (--frames middle)
+    _write_dicom(bad / "zero_window.dcm", "MR_small.dcm", WindowCenter=0, WindowWidth=0)  # an MR export habit
+    _write_dicom(bad / "jpeg12.dcm", "JPGExtended.dcm")  # 12-bit JPEG: no permissively licensed codec
+    (bad / "deep48.png").write_bytes(encode_png(rng.integers(0, 65535, (12, 12, 3)).astype(np.uint16)))
+    os.mkfifo(bad / "fifo.png")  # opened, it would block the conversion forever
     nopixels = pydicom.dcmread(pydicom.data.get_testdata_file("CT_small.dcm"))
     del nopixels.PixelData
     nopixels.save_as(bad / "nopixels.dcm")
     (bad / "truncated.dcm").write_bytes((bad / "mono1.dcm").read_bytes()[:400])
     summary = convert_dataset(ImageFolderSource(), str(src), str(tmp_path / "out"),
-                              ConvertOptions(splits={"train": 1.0}, resize=12), progress=False)  # fmt: skip
+                              ConvertOptions(splits={"train": 1.0}, resize=12, channels=1), progress=False)  # fmt: skip
     dataset = json.loads((tmp_path / "out" / "dataset.json").read_text())
     rejects = {
         Path(json.loads(line)["path"]).name: json.loads(line)["reason"]
@@ -228,16 +233,18 @@ def test_converter_handles_or_rejects_every_kind_of_bad_file(tmp_path):
         "corrupt.jpg": "not a readable image",
         "empty.png": "zero-byte",
         "bomb.png": "decompression bomb",
-        "jpegls.dcm": "no codec installed",
-        "multiframe.dcm": "multi-frame",
+        "jpeg12.dcm": "12-bit JPEG needs pylibjpeg-libjpeg",
         "nopixels.dcm": "without pixel data",
         "truncated.dcm": "",
+        "fifo.png": "a FIFO (named pipe), not a regular file: not read",
     }
     assert set(rejects) == set(expected), rejects
     for name, reason in expected.items():
         assert reason in rejects[name], (name, rejects[name])
-    assert summary.converted + summary.rejected == summary.found == 8 + 12
-    assert summary.converted == dataset["splits"]["train"]["samples"] == 8 + 4  # wide16, palette, café, mono1
+    assert summary.converted + summary.rejected == summary.found == 8 + 16
+    # wide16, palette, café, mono1, jpegls, multiframe, zero_window, deep48
+    assert summary.converted == dataset["splits"]["train"]["samples"] == 8 + 8
+    assert summary.notes["DICOM window ignored (width 0 < 1): stored range kept"] == 1
     with MedDiffuseLoader(str(tmp_path / "out"), 4, shuffle=False, as_dict=True) as loader:
         keys = [k for batch in loader for k in batch["key"]]
     assert len(set(keys)) == summary.converted

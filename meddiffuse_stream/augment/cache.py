@@ -29,6 +29,7 @@ __all__ = [
     "decode_entry",
     "encode_entry",
     "entry_name",
+    "host_to",
 ]
 
 _MAGIC = b"MDSVAR1\0"
@@ -76,6 +77,14 @@ def entry_name(key: str, content: str, producer: str, strength: float, index: in
     return f"{producer}/s{strength:g}/{key}-{content}-{index}.bin"
 
 
+def host_to(array: np.ndarray, like: torch.Tensor) -> torch.Tensor:
+    """``array`` as ``like``'s dtype on its device; to CUDA through pinned memory, without blocking the host."""
+    tensor = torch.from_numpy(array)
+    if like.device.type == "cuda":
+        return tensor.pin_memory().to(like.device, non_blocking=True).to(like.dtype)
+    return tensor.to(like)
+
+
 def cached_batch(
     cache: VariantCache | None,
     names: list[str],
@@ -101,10 +110,10 @@ def cached_batch(
     if counter and counters is not None:
         counters[counter] += len(names) - len(missing)
     if not missing:  # the warm path: one stack, one conversion
-        return torch.from_numpy(np.stack(found)).to(like)
+        return host_to(np.stack(found), like)
     out = torch.empty_like(like)
     if found:
-        out[torch.as_tensor(found_rows, device=like.device)] = torch.from_numpy(np.stack(found)).to(like)
+        out[torch.as_tensor(found_rows, device=like.device)] = host_to(np.stack(found), like)
     index = torch.as_tensor(missing, device=like.device)
     produced = produce(index).to(torch.float16)
     out[index] = produced.to(like.dtype)

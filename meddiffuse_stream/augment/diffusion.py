@@ -86,7 +86,8 @@ class ClassConditionalGenerator:
         if not (directory / GENERATOR_FILE).exists():
             raise _missing(directory, "a meddiffuse generator (meddiffuse_generator.json)")
         info = json.loads((directory / GENERATOR_FILE).read_text())
-        unet = UNet2DModel.from_pretrained(directory / "unet", local_files_only=True)  # safetensors weights
+        unet = UNet2DModel.from_pretrained(directory / "unet", local_files_only=True,
+                                            low_cpu_mem_usage=False)  # safetensors weights; no accelerate needed
         scheduler = DDIMScheduler.from_pretrained(directory / "scheduler", local_files_only=True)
         settings = {"strength": info["strength"], "steps": info["steps"], **overrides}
         return cls(unet, scheduler, **settings)

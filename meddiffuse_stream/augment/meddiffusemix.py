@@ -25,7 +25,7 @@ import numpy as np
 import torch
 
 from ..counters import Counters
-from .cache import VariantCache, entry_name
+from .cache import VariantCache, entry_name, host_to
 from .methods.context import Augmented, BatchInputs
 from .mix import MixConfig, is_flat, mix, mix_weight, protected_region, random_field, top_fraction_iou
 from .providers import SaliencyProvider, VariantProvider
@@ -97,7 +97,7 @@ class MedDiffuseMixer:
             for position, row in enumerate(missing):
                 found[row] = packed[position]
                 self.cache.put(names[row], packed[position])
-        stacked = torch.from_numpy(np.stack([found[row] for row in range(len(names))])).to(images.device)
+        stacked = host_to(np.stack([found[row] for row in range(len(names))]), images[:, 0, 0, 0].float())
         status = stacked[:, 0].round().long()
         out = stacked[:, 1 : 1 + channels * pixels].view_as(images).to(images.dtype)
         weight = stacked[:, 1 + channels * pixels :].view_as(images[:, :1]).to(images.dtype)

@@ -11,13 +11,21 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+from collections.abc import Mapping
 
 import torch
 from torch import nn
 
 from .mix import gaussian_blur
 
-__all__ = ["METHODS", "SaliencyExtractor", "model_identity", "normalise_per_image", "saliency_layers"]
+__all__ = [
+    "METHODS",
+    "SaliencyExtractor",
+    "model_identity",
+    "normalise_per_image",
+    "saliency_layers",
+    "weights_identity",
+]
 
 METHODS = ("gradcam", "gradcam-multiscale", "gradients", "integrated-gradients")
 
@@ -33,8 +41,13 @@ def normalise_per_image(maps: torch.Tensor, eps: float = 1e-8) -> torch.Tensor:
 
 def model_identity(model: nn.Module) -> str:
     """A hash of the model's class, parameter names, shapes and values (buffers included)."""
-    digest = hashlib.sha256(type(model).__name__.encode())
-    for name, tensor in model.state_dict().items():
+    return weights_identity(type(model).__name__, model.state_dict())
+
+
+def weights_identity(kind: str, state: Mapping[str, torch.Tensor]) -> str:
+    """:func:`model_identity` of a model of class ``kind`` holding ``state``."""
+    digest = hashlib.sha256(kind.encode())
+    for name, tensor in state.items():
         digest.update(f"{name}:{tuple(tensor.shape)}:{tensor.dtype}".encode())
         digest.update(tensor.detach().to("cpu").contiguous().view(-1).view(torch.uint8).numpy().tobytes())
     return digest.hexdigest()[:16]

@@ -10,6 +10,7 @@ resumed run draws the same augmentations.
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Sequence
 from typing import Any
 
@@ -23,7 +24,7 @@ from .methods import METHODS, PRESETS, BatchInputs, get_method
 from .methods.geometric import apply_standard, draw_standard
 from .mix import MixConfig
 from .providers import SaliencyProvider, VariantProvider, variant_seed_of
-from .saliency import SaliencyExtractor
+from .saliency import SaliencyExtractor, weights_identity
 
 __all__ = ["AUGMENTS", "LABEL_MIXING", "NEEDS_SALIENCY", "NEEDS_VARIANTS", "AugmentStage", "variant_seed_of"]
 
@@ -110,6 +111,8 @@ class AugmentStage:
             generator = generator.to(self.device)
         self.variants = VariantProvider(generator, self.cache, self.counters, variant_seed)
         self.rng = np.random.default_rng(seed)
+        self._teacher_lock = threading.Lock()
+        self._pending_teacher: dict[str, torch.Tensor] | None = None
         self._apply = self.spec.build(self)
 
     @property
@@ -122,14 +125,14 @@ class AugmentStage:
 
     # --- state -----------------------------------------------------------------------------------------------
     def state_dict(self) -> dict[str, Any]:
-        teacher = self.saliency.teacher_identity if self.saliency is not None else None
+        teacher = self.teacher_identity
         return {"rng": self.rng.bit_generator.state, "counters": self.counters.as_dict(), "teacher": teacher,
                 "method": self.method}  # fmt: skip
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         if state.get("method") != self.method:
             raise ValueError(f"augment state is for {state.get('method')!r}, this stage runs {self.method!r}")
-        mine = self.saliency.teacher_identity if self.saliency is not None else None
+        mine = self.teacher_identity
         if state.get("teacher") != mine:
             raise ValueError(
                 f"augment state was taken with teacher {state.get('teacher')} but this stage's teacher is {mine}: "
@@ -148,15 +151,46 @@ class AugmentStage:
         return True
 
     def update_teacher(self, weights: dict[str, torch.Tensor]) -> None:
-        """Refresh the saliency teacher; its identity changes, so no saliency or result of the old one is reused."""
+        """Refresh the saliency teacher; its identity changes, so no saliency or result of the old one is reused.
+
+        The weights are taken now and applied by the stage before the next batch it augments: on CUDA the stage
+        runs in its own thread, and must never see a teacher half-loaded.
+        """
         if self.saliency is None:
             raise ValueError("this stage has no teacher to update")
-        self.saliency.refresh(weights)
-        self._apply = self.spec.build(self)
+        with self._teacher_lock:
+            self._pending_teacher = {k: v.detach().to("cpu", copy=True) for k, v in weights.items()}
+
+    def _apply_pending_teacher(self) -> None:
+        with self._teacher_lock:
+            weights, self._pending_teacher = self._pending_teacher, None
+        if weights is not None and self.saliency is not None:
+            self.saliency.refresh(weights)
+            self._apply = self.spec.build(self)
+
+    @property
+    def teacher_identity(self) -> str | None:
+        """The identity of the teacher the next batch is augmented with (a pending refresh's, if one waits)."""
+        if self.saliency is None:
+            return None
+        with self._teacher_lock:
+            if self._pending_teacher is not None:
+                return weights_identity(type(self.saliency.teacher).__name__, self._pending_teacher)
+        return self.saliency.teacher_identity
+
+    def teacher_state(self) -> dict[str, torch.Tensor] | None:
+        """A CPU copy of the weights the next batch is augmented with (for checkpoints of refreshed teachers)."""
+        if self.saliency is None:
+            return None
+        with self._teacher_lock:
+            if self._pending_teacher is not None:
+                return dict(self._pending_teacher)
+        return {k: v.detach().to("cpu", copy=True) for k, v in self.saliency.teacher.state_dict().items()}
 
     # --- the work --------------------------------------------------------------------------------------------
     def __call__(self, batch: dict[str, Any], *, details: bool = True) -> dict[str, Any]:
         """The augmented batch; with ``details``, the saliency and variant planes the method used, too."""
+        self._apply_pending_teacher()
         images = batch["image"].to(self.device, non_blocking=True)
         labels = batch["label"].to(self.device, non_blocking=True)
         roi = batch["roi"].to(self.device, non_blocking=True) if "roi" in batch else None
@@ -196,6 +230,8 @@ class AugmentStage:
                             augmented=augmented, shown_original=torch.as_tensor(keep, device=self.device))  # fmt: skip
         if extra_roi:  # pixels moved: the ROI moved with them (the ROI as decoded stays beside it)
             result_batch["roi"], result_batch["original_roi"] = moved_roi, roi
+        elif roi is not None:
+            result_batch["roi"] = roi  # on the stage's device, like every other tensor it returns
         if details:
             result_batch.update(extra)
         return result_batch

@@ -2,17 +2,29 @@
 
 from __future__ import annotations
 
-from .base import Discovery, LoadedImage, Reject, RejectError, SourceFormat, SourceItem
+from .base import (
+    FRAME_CHOICES,
+    ConversionError,
+    Discovery,
+    LoadedImage,
+    ReadRules,
+    Reject,
+    RejectError,
+    SourceFormat,
+    SourceItem,
+)
 from .breakhis import BreakHisSource
 from .csv_manifest import CsvSource
 from .imagefolder import ImageFolderSource
+from .lock import OutputLockedError
 from .mura import MuraSource
 from .pcam import PcamSource
-from .pipeline import ConversionError, ConvertOptions, convert_dataset
+from .pipeline import ConvertOptions, convert_dataset
 from .rsna import RsnaSource
 
 __all__ = [
     "FORMATS",
+    "FRAME_CHOICES",
     "BreakHisSource",
     "ConversionError",
     "ConvertOptions",
@@ -21,7 +33,9 @@ __all__ = [
     "ImageFolderSource",
     "LoadedImage",
     "MuraSource",
+    "OutputLockedError",
     "PcamSource",
+    "ReadRules",
     "Reject",
     "RejectError",
     "RsnaSource",

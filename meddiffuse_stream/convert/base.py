@@ -12,14 +12,24 @@ import numpy as np
 from ..storage import Location
 
 __all__ = [
+    "DEFAULT_MAX_FILE_BYTES",
+    "DEFAULT_MAX_PIXELS",
+    "DEFAULT_RULES",
+    "FRAME_CHOICES",
+    "ConversionError",
     "Discovery",
     "LoadedImage",
+    "ReadRules",
     "Reject",
     "RejectError",
     "SourceFormat",
     "SourceItem",
     "printable",
 ]
+
+FRAME_CHOICES = ("middle", "all", "reject")
+DEFAULT_MAX_PIXELS = 100_000_000  # per input, all kept frames together: above this it is a possible decompression bomb
+DEFAULT_MAX_FILE_BYTES = 2 << 30  # per input file; larger files are rejected before they are read
 
 
 def printable(text: str | None) -> str | None:
@@ -28,6 +38,10 @@ def printable(text: str | None) -> str | None:
     if text is None:
         return None
     return text.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+
+
+class ConversionError(RuntimeError):
+    """Nothing could be converted, the source is not the layout its format expects, or OUT cannot be written."""
 
 
 class RejectError(ValueError):
@@ -46,6 +60,7 @@ class SourceItem:
     split: str | None = None  # the dataset's official split, where it has one
     meta: Mapping[str, Any] = field(default_factory=dict)
     size_hint: int = 0  # bytes on disk, to plan shards under --shard-bytes
+    stamp: str = ""  # what says the input changed (size and mtime_ns, or an ETag): part of the resume fingerprint
 
     def __post_init__(self) -> None:  # ``ref`` keeps the real name to read; what is written must be valid UTF-8
         object.__setattr__(self, "source", printable(self.source))
@@ -64,13 +79,41 @@ class Reject:
         return {"path": printable(self.source), "reason": printable(self.reason), "key": self.key}
 
 
+@dataclass(frozen=True)
+class ReadRules:
+    """What every format applies to every input: frame choice, size limits, and paths that are never inputs."""
+
+    frames: str = "middle"  # multi-frame DICOM and multi-page images: middle frame, every frame, or reject the file
+    max_pixels: int = DEFAULT_MAX_PIXELS
+    max_file_bytes: int = DEFAULT_MAX_FILE_BYTES
+    exclude: tuple[str, ...] = ()  # filesystem paths (OUT when it lies inside SRC) whose contents are never scanned
+    channels: int | None = None  # the channels every sample will have (a format may relax a check for it)
+
+    def __post_init__(self) -> None:
+        if self.frames not in FRAME_CHOICES:
+            raise ValueError(f"--frames must be one of {', '.join(FRAME_CHOICES)}, got {self.frames!r}")
+        if self.max_pixels < 1:
+            raise ValueError(f"--max-pixels must be at least 1, got {self.max_pixels}")
+        if self.max_file_bytes < 1:
+            raise ValueError(f"--max-file-bytes must be at least 1, got {self.max_file_bytes}")
+
+
+DEFAULT_RULES = ReadRules()
+
+
 @dataclass
 class LoadedImage:
-    """Pixels read from one input: ``(H, W)`` uint8/uint16 or ``(H, W, 3)`` uint8, plus an optional ROI mask."""
+    """Pixels read from one input: ``(H, W)`` uint8/uint16 or ``(H, W, 3)`` uint8/uint16, plus an optional ROI.
+
+    ``frames`` holds every kept frame when an input gives more than one (``--frames all``); ``image`` is then the
+    first of them. ``notes`` are short facts counted in the summary (a window ignored, a frame chosen).
+    """
 
     image: np.ndarray
     roi: np.ndarray | None = None
     meta: dict[str, Any] = field(default_factory=dict)
+    frames: list[np.ndarray] | None = None
+    notes: list[str] = field(default_factory=list)
 
 
 @dataclass
@@ -83,6 +126,7 @@ class Discovery:
     official_splits: bool = False
     has_roi: bool = False
     preshuffle: bool = True  # PCam files are shuffled already and read in row order
+    notes: dict[str, int] = field(default_factory=dict)  # facts of the scan for the summary (links followed, ...)
 
     @property
     def found(self) -> int:
@@ -95,17 +139,19 @@ class SourceFormat(abc.ABC):
     name: str = ""
 
     @abc.abstractmethod
-    def discover(self, src: Location) -> Discovery:
+    def discover(self, src: Location, rules: ReadRules = DEFAULT_RULES) -> Discovery:
         """Find every input below ``src``; raise ``ValueError`` naming what is missing if the layout is wrong."""
 
-    def load_one(self, src: Location, item: SourceItem) -> LoadedImage:
+    def load_one(self, src: Location, item: SourceItem, rules: ReadRules = DEFAULT_RULES) -> LoadedImage:
         raise NotImplementedError(f"{type(self).__name__} loads inputs in load_many; call that instead")
 
-    def load_many(self, src: Location, items: Sequence[SourceItem]) -> Iterator[LoadedImage | Reject]:
+    def load_many(
+        self, src: Location, items: Sequence[SourceItem], rules: ReadRules = DEFAULT_RULES
+    ) -> Iterator[LoadedImage | Reject]:
         """One result per item, in order: the pixels, or a reject saying why not."""
         for item in items:
             try:
-                yield self.load_one(src, item)
+                yield self.load_one(src, item, rules)
             except Exception as error:  # every decoding library raises its own types: each is a reject
                 yield Reject(item.source, describe_error(error), item.key)
 

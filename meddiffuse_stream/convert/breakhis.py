@@ -8,8 +8,9 @@ from dataclasses import dataclass
 from typing import Any
 
 from ..storage import Location
-from .base import Discovery, Reject, SourceItem
-from .files import IMAGE_SUFFIXES, FileSource, KeyAllocator, list_inputs
+from .base import DEFAULT_RULES, Discovery, ReadRules, Reject, SourceItem
+from .files import IMAGE_SUFFIXES, FileSource, KeyAllocator
+from .scan import scan_files, scan_notes
 
 __all__ = ["BINARY_CLASSES", "SUBTYPES", "BreakHisSource", "parse_breakhis_name"]
 
@@ -62,16 +63,19 @@ class BreakHisSource(FileSource):
     label: str = "binary"
     magnifications: tuple[int, ...] | None = None  # only these become inputs, e.g. (40,)
 
-    def discover(self, src: Location) -> Discovery:
+    def discover(self, src: Location, rules: ReadRules = DEFAULT_RULES) -> Discovery:
         if self.label not in ("binary", "subtype"):
             raise ValueError(f"--label must be binary or subtype, got {self.label!r}")
         class_names = BINARY_CLASSES if self.label == "binary" else list(SUBTYPES.values())
-        files = {p: s for p, s in list_inputs(src).items() if p.lower().endswith(IMAGE_SUFFIXES)}
-        if not any(posixpath.basename(p).startswith("SOB_") for p in files):
+        scan = scan_files(src, "", rules)
+        files = {p: f for p, f in scan.files.items() if p.lower().endswith(IMAGE_SUFFIXES)}
+        refused = {p: r for p, r in scan.refused.items() if p.lower().endswith(IMAGE_SUFFIXES)}
+        if not any(posixpath.basename(p).startswith("SOB_") for p in (*files, *refused)):
             raise ValueError(f"{src.display()}: no BreakHis images (SOB_*.png) found; point SRC at BreaKHis_v1")
         keys = KeyAllocator()
-        items, rejects = [], []
-        for path, size in files.items():
+        items: list[SourceItem] = []
+        rejects = [Reject(path, reason) for path, reason in sorted(refused.items())]
+        for path, found in files.items():
             try:
                 parsed = parse_breakhis_name(posixpath.basename(path))
             except ValueError as error:
@@ -82,5 +86,6 @@ class BreakHisSource(FileSource):
             label = int(parsed["malignant"]) if self.label == "binary" else class_names.index(parsed["subtype"])
             meta = {k: parsed[k] for k in ("subtype", "magnification")}
             key = keys(path, "breakhis", posixpath.splitext(posixpath.basename(path))[0])
-            items.append(SourceItem(key, label, path, src.path(path), parsed["patient_id"], None, meta, size))
-        return Discovery(class_names, items, rejects)
+            items.append(SourceItem(key, label, path, src.path(path), parsed["patient_id"], None, meta, found.size,
+                                    found.stamp))  # fmt: skip
+        return Discovery(class_names, items, rejects, notes=scan_notes(scan))

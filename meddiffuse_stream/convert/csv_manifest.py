@@ -1,35 +1,25 @@
-"""A CSV manifest ``path,label[,patient_id,...]``: paths relative to the CSV's folder, extra columns kept."""
+"""A CSV manifest ``path,label[,patient_id,...]``: paths relative to the CSV's folder (or absolute, locally).
+
+Columns other than ``path``, ``label`` and ``patient_id`` are kept, under their own names, in each sample's
+``columns`` mapping (in ``{key}.json`` and ``index.parquet``): a column called ``split``, ``key`` or ``height`` can
+never overwrite the fields the pipeline writes. How rows are read and labels resolved: :mod:`.csv_rows`.
+"""
 
 from __future__ import annotations
 
-import csv
-import io
 import posixpath
 from dataclasses import dataclass
+from typing import Any
 
 from ..storage import Location
-from .base import Discovery, Reject, SourceItem
+from .base import DEFAULT_RULES, Discovery, ReadRules, Reject, SourceItem
+from .csv_rows import parse_manifest, resolve_labels
 from .files import FileSource, KeyAllocator
+from .scan import FoundFile, check_file, list_remote
 
-__all__ = ["CsvSource", "resolve_classes"]
+__all__ = ["CONSUMED_COLUMNS", "CsvSource"]
 
-_REQUIRED = ("path", "label")
-
-
-def resolve_classes(labels: list[str], classes: tuple[str, ...] | None) -> list[str]:
-    """The class list: as given, else ``0..max`` for integer labels, else the sorted distinct names."""
-    if classes:
-        return list(classes)
-    if labels and all(_as_int(v) is not None for v in labels):
-        return [str(i) for i in range(max(0, *(int(v) for v in labels)) + 1)]
-    return sorted({v for v in labels if _as_int(v) is None})
-
-
-def _as_int(value: str) -> int | None:
-    try:
-        return int(value)
-    except ValueError:
-        return None
+CONSUMED_COLUMNS = ("path", "label", "patient_id")
 
 
 @dataclass(frozen=True)
@@ -38,45 +28,67 @@ class CsvSource(FileSource):
 
     name = "csv"
     classes: tuple[str, ...] | None = None
+    encoding: str = "utf-8"
 
-    def discover(self, src: Location) -> Discovery:
+    def discover(self, src: Location, rules: ReadRules = DEFAULT_RULES) -> Discovery:
         if not src.isfile():
             raise ValueError(f"{src.display()} is not a file: for the csv format SRC is the manifest, e.g. data.csv")
-        text = src.read_path(src.root).decode("utf-8-sig")
-        reader = csv.DictReader(io.StringIO(text))
-        missing = [c for c in _REQUIRED if c not in (reader.fieldnames or [])]
-        if missing:
-            raise ValueError(f"{src.display()}: header lacks column(s) {missing}; expected path,label[,patient_id]")
-        rows = list(reader)
-        class_names = resolve_classes([r["label"].strip() for r in rows], self.classes)
+        where = src.display()
+        _header, rows = parse_manifest(src.read_path(src.root), self.encoding, where)
+        class_names, labels = resolve_labels(rows, self.classes, where)
         if not class_names:
-            raise ValueError(f"{src.display()}: no usable labels; pass --classes to name the classes")
-        index = {name: i for i, name in enumerate(class_names)}
+            raise ValueError(f"{where}: no usable labels; pass --classes to name the classes")
         base = posixpath.dirname(src.root)
-        existing = src.find_sizes(base)
+        files = _FileLookup(src, base, rules)
         first_line: dict[str, int] = {}
         keys = KeyAllocator()
         items, rejects = [], []
-        for line, row in enumerate(rows, start=2):
-            path = (row.get("path") or "").strip()
-            label_text = (row.get("label") or "").strip()
-            source = path or f"{src.display()}:{line}"
-            label = index.get(label_text)
-            if label is None and (number := _as_int(label_text)) is not None and 0 <= number < len(class_names):
-                label = number
-            full = posixpath.normpath(posixpath.join(base, path)) if path else ""
-            if not path:
-                rejects.append(Reject(source, f"line {line}: empty path"))
-            elif label is None:
-                rejects.append(Reject(source, f"line {line}: label {label_text!r} is not one of {class_names}"))
-            elif full not in existing:
-                rejects.append(Reject(source, f"line {line}: referenced file is missing"))
+        for row in rows:
+            path = row.cells.get("path", "").strip()
+            source = path or f"{where}:{row.line}"
+            label = labels.get(row.line)
+            full = _resolve(base, path, src.is_local) if path else None
+            found = files(full) if full and row.problem is None and isinstance(label, int) else None
+            if row.problem is not None:
+                rejects.append(Reject(source, row.problem))
+            elif not path:
+                rejects.append(Reject(source, f"line {row.line}: empty path"))
+            elif isinstance(label, str):
+                rejects.append(Reject(source, label))
+            elif full is None:
+                rejects.append(Reject(source, f"line {row.line}: absolute path in a manifest on object storage; "
+                                              "give paths relative to the manifest"))  # fmt: skip
+            elif not isinstance(found, FoundFile):
+                rejects.append(Reject(source, f"line {row.line}: {found}"))
             elif full in first_line:
-                rejects.append(Reject(source, f"line {line}: duplicate of line {first_line[full]}"))
+                rejects.append(Reject(source, f"line {row.line}: duplicate of line {first_line[full]}"))
             else:
-                first_line[full] = line
-                extra = {k: v for k, v in row.items() if k not in ("path", "label", "patient_id") and k}
-                key = keys(path, *posixpath.splitext(path)[0].split("/"))
-                patient = (row.get("patient_id") or "").strip() or None
-                items.append(SourceItem(key, label, path, full, patient, None, extra, existing[full]))
+                first_line[full] = row.line
+                columns = {k: v for k, v in row.cells.items() if k not in CONSUMED_COLUMNS}
+                meta: dict[str, Any] = {"columns": columns} if columns else {}
+                key = keys(path, *posixpath.splitext(path.lstrip("/"))[0].split("/"))
+                patient = row.cells.get("patient_id", "").strip() or None
+                assert isinstance(label, int)
+                items.append(SourceItem(key, label, path, full, patient, None, meta, found.size, found.stamp))
         return Discovery(class_names, items, rejects)
+
+
+def _resolve(base: str, path: str, local: bool) -> str | None:
+    if path.startswith("/"):
+        return posixpath.normpath(path) if local else None
+    return posixpath.normpath(posixpath.join(base, path))
+
+
+class _FileLookup:
+    """Classifies referenced files: one ``stat`` each locally, one listing of the manifest's folder remotely."""
+
+    def __init__(self, src: Location, base: str, rules: ReadRules) -> None:
+        self._src, self._base, self._rules = src, base, rules
+        self._listing: dict[str, FoundFile | str] | None = None
+
+    def __call__(self, full: str) -> FoundFile | str:
+        if self._src.is_local or not full.startswith(self._base.rstrip("/") + "/"):
+            return check_file(self._src, full, self._rules)
+        if self._listing is None:
+            self._listing = self._src.retrying(lambda: list_remote(self._src.fs, self._base, self._rules), self._base)
+        return self._listing.get(full, "referenced file is missing")

@@ -1,4 +1,4 @@
-"""Shared pieces of the formats whose inputs are files: listing, unique keys, and loading by path."""
+"""Shared pieces of the formats whose inputs are files: unique keys, and loading by path."""
 
 from __future__ import annotations
 
@@ -8,24 +8,13 @@ from dataclasses import dataclass
 
 from ..shardfmt.writer import make_key
 from ..storage import Location
-from .base import LoadedImage, SourceFormat, SourceItem
+from .base import DEFAULT_RULES, LoadedImage, ReadRules, SourceFormat, SourceItem
 from .images import load_file_bytes
+from .scan import read_input
 
-__all__ = ["IMAGE_SUFFIXES", "FileSource", "KeyAllocator", "is_hidden", "list_inputs"]
+__all__ = ["IMAGE_SUFFIXES", "FileSource", "KeyAllocator"]
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp", ".dcm", ".dicom")
-
-
-def is_hidden(path: str) -> bool:
-    """Dot-files (``.DS_Store``, editor backups) are not inputs."""
-    return any(part.startswith(".") for part in path.split("/"))
-
-
-def list_inputs(src: Location, relative: str = "") -> dict[str, int]:
-    """Visible files below ``relative`` with their sizes; fails clearly when the folder does not exist."""
-    if not src.exists(relative):
-        raise ValueError(f"{src.display(relative)} does not exist: check the SRC argument")
-    return {p: s for p, s in src.file_sizes(relative).items() if not is_hidden(p)}
 
 
 class KeyAllocator:
@@ -48,8 +37,8 @@ class KeyAllocator:
 class FileSource(SourceFormat):
     """A format whose item ``ref`` is a file path on the source filesystem."""
 
-    apply_window: bool = True  # DICOM inputs: apply the VOI LUT / window when the file has one
+    apply_window: bool = True  # DICOM inputs: apply the VOI LUT / window when the file has a usable one
 
-    def load_one(self, src: Location, item: SourceItem) -> LoadedImage:
-        data = src.read_path(item.ref)  # bounded and retried by the location's RetryPolicy
-        return load_file_bytes(data, posixpath.basename(item.ref), apply_window=self.apply_window)
+    def load_one(self, src: Location, item: SourceItem, rules: ReadRules = DEFAULT_RULES) -> LoadedImage:
+        data = read_input(src, item.ref, rules)
+        return load_file_bytes(data, posixpath.basename(item.ref), apply_window=self.apply_window, rules=rules)

@@ -15,9 +15,9 @@ from ..storage import Location
 from .base import Discovery
 
 if TYPE_CHECKING:
-    from .pipeline import ShardResult
+    from .build import ShardResult
 
-__all__ = ["ConversionSummary", "remove_orphans", "write_dataset_files"]
+__all__ = ["ConversionSummary", "remove_orphans", "shape_warnings", "write_dataset_files"]
 
 _SHARD_PATH = re.compile(r"^([a-z][a-z0-9_]*)/\1-\d{6}\.tar$")
 
@@ -35,6 +35,9 @@ class ConversionSummary:
     seconds: float
     splits: dict[str, dict[str, Any]] = field(default_factory=dict)
     reject_reasons: dict[str, int] = field(default_factory=dict)
+    samples: int = -1  # above ``converted`` when inputs gave several frames (--frames all); -1: as converted
+    notes: dict[str, int] = field(default_factory=dict)  # counted facts: windows ignored, frames chosen, links ...
+    warnings: list[str] = field(default_factory=list)  # what will bite later: mixed sizes or channel counts
 
     def table(self) -> str:
         """A plain-text summary for the end of a CLI run."""
@@ -47,14 +50,18 @@ class ConversionSummary:
         widths = [max(len(str(x)) for x in column) for column in zip(header, *rows, strict=True)]
         lines = ["  ".join(str(x).ljust(w) for x, w in zip(line, widths, strict=True)) for line in [header, *rows]]
         rate = self.converted / self.seconds if self.seconds > 0 else 0.0
+        samples = f" ({self.samples} samples)" if self.samples > self.converted else ""
         lines.append(
-            f"found {self.found}  converted {self.converted}  rejected {self.rejected}  "
+            f"found {self.found}  converted {self.converted}{samples}  rejected {self.rejected}  "
             f"shards {self.shards} ({self.reused_shards} reused)  {self.seconds:.1f}s  {rate:.0f} img/s"
         )
         for reason, count in sorted(self.reject_reasons.items(), key=lambda kv: -kv[1])[:10]:
             lines.append(f"  rejected {count:>6}  {reason}")
         if self.rejected:
             lines.append(f"  every rejected input is listed in {self.out.rstrip('/')}/{REJECTS_JSONL}")
+        for note, count in sorted(self.notes.items(), key=lambda kv: (-kv[1], kv[0])):
+            lines.append(f"  note {count:>6}  {note}")
+        lines.extend(f"warning: {warning}" for warning in self.warnings)
         return "\n".join(lines)
 
 
@@ -79,7 +86,11 @@ def write_dataset_files(
     """Write index, rejects and — last, as the commit point — ``dataset.json``."""
     rows = [row for result in results for row in result.rows]
     rejects = [r.as_row() for r in discovery.rejects] + [row for result in results for row in result.rejects]
-    converted = len(rows)
+    converted = sum(result.converted_inputs for result in results)
+    notes = Counter(discovery.notes)
+    for result in results:
+        notes.update(result.notes)
+    warnings = shape_warnings(rows)
     if converted + len(rejects) != discovery.found:
         raise AssertionError(f"accounting broke: {converted} converted + {len(rejects)} rejected != {discovery.found}")
     write_sample_index(out, rows)
@@ -96,7 +107,9 @@ def write_dataset_files(
         "has_roi": discovery.has_roi,
         "official_splits": discovery.official_splits,
         "options": options,
-        "counts": {"found": discovery.found, "converted": converted, "rejected": len(rejects)},
+        "counts": {"found": discovery.found, "converted": converted, "rejected": len(rejects), "samples": len(rows)},
+        "notes": dict(sorted(notes.items())),
+        "warnings": warnings,
         "splits": splits,
         "shards": [
             {"path": r.name, "split": r.split, "samples": r.samples, "bytes": r.bytes, "sha256": r.sha256}
@@ -114,7 +127,27 @@ def write_dataset_files(
         seconds=seconds,
         splits=splits,
         reject_reasons=dict(Counter(_reason_kind(r["reason"]) for r in rejects)),
+        samples=len(rows),
+        notes=dict(notes),
+        warnings=warnings,
     )
+
+
+def shape_warnings(rows: list[dict[str, Any]]) -> list[str]:
+    """Mixed image sizes or channel counts: the loader batches only equal shapes, so say so now, with the fix."""
+    warnings = []
+    sizes = Counter(f"{row['width']}x{row['height']}" for row in rows)
+    if len(sizes) > 1:
+        common = ", ".join(f"{size}: {count}" for size, count in sizes.most_common(4))
+        more = f" and {len(sizes) - 4} more" if len(sizes) > 4 else ""
+        warnings.append(f"images have {len(sizes)} different sizes ({common}{more}); batches need one size: "
+                        "convert again with --resize N, or resize in the loader")  # fmt: skip
+    channels = Counter(int(row["channels"]) for row in rows)
+    if len(channels) > 1:
+        mix = ", ".join(f"{c} channel{'s' if c > 1 else ''}: {n}" for c, n in sorted(channels.items()))
+        warnings.append(f"grey and colour images are mixed ({mix}); batches need one channel count: convert "
+                        "again with --channels 1 or --channels 3")  # fmt: skip
+    return warnings
 
 
 def _split_stats(rows: list[dict[str, Any]], shards: list[ShardResult], class_names: list[str]) -> dict[str, Any]:
@@ -124,7 +157,7 @@ def _split_stats(rows: list[dict[str, Any]], shards: list[ShardResult], class_na
         counts = Counter(row["class_name"] for row in in_split)
         stats[split] = {
             "samples": len(in_split),
-            "patients": len({row["patient_id"] or row["key"] for row in in_split}),
+            "patients": len({row["patient_id"] or row["source"] for row in in_split}),  # frames share a source
             "shards": sum(1 for r in shards if r.split == split),
             "classes": {c: counts.get(c, 0) for c in class_names},
         }
@@ -132,5 +165,7 @@ def _split_stats(rows: list[dict[str, Any]], shards: list[ShardResult], class_na
 
 
 def _reason_kind(reason: str) -> str:
-    """Group reasons for the summary: the text before the first colon, digits blanked."""
-    return re.sub(r"\d+", "N", reason.split(":")[0])[:80]
+    """Group reasons for the summary: the text before the first colon (after a manifest's "line N:"), digits
+    blanked."""
+    text = re.sub(r"^line \d+: ", "", reason)
+    return re.sub(r"\d+", "N", text.split(":")[0])[:80]

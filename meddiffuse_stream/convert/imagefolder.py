@@ -7,8 +7,9 @@ import re
 from dataclasses import dataclass
 
 from ..storage import Location
-from .base import Discovery, Reject, SourceItem
-from .files import FileSource, KeyAllocator, list_inputs
+from .base import DEFAULT_RULES, Discovery, ReadRules, Reject, SourceItem
+from .files import FileSource, KeyAllocator
+from .scan import scan_files, scan_notes
 
 __all__ = ["ImageFolderSource", "patient_from_name"]
 
@@ -30,18 +31,20 @@ class ImageFolderSource(FileSource):
     name = "imagefolder"
     patient_regex: str | None = None
 
-    def discover(self, src: Location) -> Discovery:
-        files = list_inputs(src)
-        nested = {p: s for p, s in files.items() if "/" in p}
-        class_names = sorted({p.split("/", 1)[0] for p in nested})
+    def discover(self, src: Location, rules: ReadRules = DEFAULT_RULES) -> Discovery:
+        scan = scan_files(src, "", rules)
+        nested = {p: f for p, f in scan.files.items() if "/" in p}
+        refused = {p: reason for p, reason in scan.refused.items() if "/" in p}
+        class_names = sorted({p.split("/", 1)[0] for p in (*nested, *refused)})
         if not class_names:
             raise ValueError(
                 f"{src.display()}: no class folders found; expected SRC/<class name>/<image>, e.g. SRC/pneumonia/1.png"
             )
         index = {name: i for i, name in enumerate(class_names)}
         keys = KeyAllocator()
-        items, rejects = [], []
-        for path, size in nested.items():
+        items = []
+        rejects = [Reject(path, reason) for path, reason in sorted(refused.items())]
+        for path, found in nested.items():
             class_name = path.split("/", 1)[0]
             try:
                 patient = patient_from_name(self.patient_regex, path)
@@ -50,5 +53,6 @@ class ImageFolderSource(FileSource):
                 continue
             stem = posixpath.splitext(path)[0]
             key = keys(path, *stem.split("/"))
-            items.append(SourceItem(key, index[class_name], path, src.path(path), patient_id=patient, size_hint=size))
-        return Discovery(class_names, items, rejects)
+            items.append(SourceItem(key, index[class_name], path, src.path(path), patient_id=patient,
+                                    size_hint=found.size, stamp=found.stamp))  # fmt: skip
+        return Discovery(class_names, items, rejects, notes=scan_notes(scan))

@@ -1,43 +1,120 @@
-"""Reading ordinary image files (PNG, JPEG, TIFF, BMP) into the arrays the shard format stores."""
+"""Reading ordinary image files (PNG, JPEG, TIFF, BMP, GIF) into the arrays the shard format stores.
+
+Depth is kept: 16-bit grey stays 16-bit, 16-bit colour PNG stays 16-bit (decoded by pyspng: Pillow would keep only
+the high byte), and a 16-bit colour TIFF, which Pillow cannot read at full depth, is rejected with that reason.
+Multi-page files (TIFF stacks, APNG, GIF) follow ``--frames``. The pixel limit is checked from each page's header
+before anything is decoded.
+"""
 
 from __future__ import annotations
 
 import io
-import warnings
+import struct
 
 import numpy as np
 from PIL import Image
 
-from .base import LoadedImage, RejectError
+from .base import DEFAULT_MAX_PIXELS, DEFAULT_RULES, LoadedImage, ReadRules, RejectError
 
-__all__ = ["MAX_IMAGE_PIXELS", "image_from_bytes", "load_file_bytes", "resize_square"]
+__all__ = ["MAX_IMAGE_PIXELS", "image_from_bytes", "load_file_bytes", "resize_square", "to_channels"]
 
-MAX_IMAGE_PIXELS = 100_000_000  # above this an input is rejected as a possible decompression bomb
+MAX_IMAGE_PIXELS = DEFAULT_MAX_PIXELS  # kept for callers of the earlier name
 
 _GREY_16 = ("I;16", "I;16B", "I;16L", "I;16N")
+_PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
 
-def image_from_bytes(data: bytes, max_pixels: int = MAX_IMAGE_PIXELS) -> LoadedImage:
-    """Decode an image file's bytes; keeps 16-bit grey as uint16 and reduces everything else to L or RGB."""
+def image_from_bytes(data: bytes, max_pixels: int | None = None, *, rules: ReadRules = DEFAULT_RULES) -> LoadedImage:
+    """Decode an image file's bytes: 16-bit grey and 16-bit colour PNG keep their depth, the rest is L or RGB."""
+    limit = rules.max_pixels if max_pixels is None else max_pixels
     if not data:
         raise RejectError("zero-byte file")
+    if _is_16_bit_colour_png(data):
+        return _png_16_bit_colour(data, limit)
+    previous = Image.MAX_IMAGE_PIXELS
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("error", Image.DecompressionBombWarning)
-            with Image.open(io.BytesIO(data)) as image:
-                width, height = image.size
-                if width * height > max_pixels:
-                    raise RejectError(f"image of {width}x{height} pixels is over the limit of {max_pixels}")
-                image.load()
-                return LoadedImage(_to_array(image), meta={"source_mode": image.mode})
+        Image.MAX_IMAGE_PIXELS = None  # opening reads headers only; every page's size is checked below, by our limit
+        with Image.open(io.BytesIO(data)) as image:
+            _check_size(*image.size, limit)
+            return _frames(image, limit, rules.frames)
     except RejectError:
         raise
-    except (Image.DecompressionBombWarning, Image.DecompressionBombError) as error:
-        raise RejectError(f"decompression bomb: {error}") from error
     except Image.UnidentifiedImageError as error:
         raise RejectError("not an image file PIL can read") from error
     except (OSError, SyntaxError, ValueError, EOFError) as error:  # a known format, damaged inside
         raise RejectError(f"not a readable image ({type(error).__name__}: {error})") from error
+    finally:
+        Image.MAX_IMAGE_PIXELS = previous
+
+
+def _check_size(width: int, height: int, limit: int) -> None:
+    if width * height > limit:
+        raise RejectError(f"image of {width}x{height} pixels is over the limit of {limit} (--max-pixels): a possible "
+                          "decompression bomb")  # fmt: skip
+
+
+def _frames(image: Image.Image, limit: int, frames: str) -> LoadedImage:
+    """The page(s) ``frames`` asks for; every page's size is checked before it is decoded."""
+    count = int(getattr(image, "n_frames", 1) or 1)
+    if count == 1 or image.format == "MPO":  # MPO: the first picture is the image, the rest are previews/depth
+        _check_size(*image.size, limit)
+        image.load()
+        notes = ["multi-picture JPEG (MPO): first picture kept"] if count > 1 else []
+        return LoadedImage(_to_array(image), meta={"source_mode": image.mode}, notes=notes)
+    sizes = []
+    for index in range(count):
+        image.seek(index)
+        sizes.append(image.size)
+    kind = f"multi-page {image.format} ({count} pages)"
+    if frames == "reject":
+        raise RejectError(f"{kind}: --frames reject refuses multi-page files")
+    if frames == "middle":
+        if len(set(sizes)) > 1:
+            raise RejectError(
+                f"{kind} whose pages differ in size (a resolution pyramid or a mixed stack): export the page you "
+                "want, or pass --frames all to keep every page"
+            )
+        middle = (count - 1) // 2
+        _check_size(*sizes[middle], limit)
+        image.seek(middle)
+        image.load()
+        meta = {"source_mode": image.mode, "frame_index": middle, "frames": count}
+        return LoadedImage(_to_array(image), meta=meta, notes=[f"multi-page {image.format}: middle page kept"])
+    total = sum(w * h for w, h in sizes)
+    if total > limit:
+        raise RejectError(f"{kind} of {total} pixels in all is over the limit of {limit} (--max-pixels); "
+                          "use --frames middle")  # fmt: skip
+    arrays = []
+    for index in range(count):
+        image.seek(index)
+        image.load()
+        arrays.append(_to_array(image))
+    meta = {"source_mode": image.mode, "frames": count}
+    return LoadedImage(arrays[0], meta=meta, frames=arrays, notes=[f"multi-page {image.format}: every page kept"])
+
+
+def _is_16_bit_colour_png(data: bytes) -> bool:
+    """IHDR bit depth 16 with colour type 2 (RGB) or 6 (RGBA)."""
+    return len(data) > 33 and data[:8] == _PNG_SIGNATURE and data[12:16] == b"IHDR" and data[24] == 16 and (
+        data[25] in (2, 6)
+    )
+
+
+def _png_16_bit_colour(data: bytes, limit: int) -> LoadedImage:
+    width, height = struct.unpack(">II", data[16:24])
+    _check_size(width, height, limit)
+    try:
+        import pyspng
+    except ImportError as error:
+        raise RejectError(
+            "16-bit colour PNG: Pillow would keep only 8 bits of it; install pyspng "
+            "(pip install 'meddiffuse-stream[torch]') to keep all 16"
+        ) from error
+    try:
+        array = pyspng.load(data)  # 16-bit colour comes back as RGBA16
+    except Exception as error:
+        raise RejectError(f"not a readable image (16-bit colour PNG: {error})") from error
+    return LoadedImage(np.ascontiguousarray(array[..., :3], dtype=np.uint16), meta={"source_mode": "RGB;16"})
 
 
 def _to_array(image: Image.Image) -> np.ndarray:
@@ -51,9 +128,12 @@ def _to_array(image: Image.Image) -> np.ndarray:
         return values.astype(np.uint16)
     if mode == "F":
         raise RejectError("floating-point image: convert it to 8 or 16 bit first (no silent rescaling)")
-    if mode in ("L", "1"):
-        return np.asarray(image.convert("L"))
-    if mode in ("LA", "La"):
+    if _deep_colour_tiff(image):
+        raise RejectError(
+            "16-bit colour TIFF: Pillow reads only 8 bits of each channel; save it as a 16-bit PNG to keep the depth, "
+            "or as 8-bit if that is enough"
+        )
+    if mode in ("L", "1", "LA", "La"):
         return np.asarray(image.convert("L"))
     if mode == "P":
         converted = image.convert("RGB")
@@ -63,21 +143,44 @@ def _to_array(image: Image.Image) -> np.ndarray:
     return np.asarray(image.convert("RGB"))
 
 
+def _deep_colour_tiff(image: Image.Image) -> bool:
+    if image.format != "TIFF" or image.mode in _GREY_16:
+        return False
+    bits = getattr(image, "tag_v2", {}).get(258)  # BitsPerSample
+    values = bits if isinstance(bits, tuple) else (bits,)
+    return any(isinstance(v, int) and v > 8 for v in values) and len(values) >= 3
+
+
+def to_channels(image: np.ndarray, channels: int) -> np.ndarray:
+    """Grey to RGB (the value repeated) or RGB to grey (ITU-R BT.601 luma, as Pillow's ``L``), dtype kept."""
+    if channels == 3 and image.ndim == 2:
+        return np.repeat(image[..., None], 3, axis=2)
+    if channels == 1 and image.ndim == 3:
+        weights = np.array([299, 587, 114], dtype=np.float64) / 1000
+        luma = np.rint(image.astype(np.float64) @ weights)
+        return np.clip(luma, 0, np.iinfo(image.dtype).max).astype(image.dtype)
+    return image
+
+
 def resize_square(image: np.ndarray, size: int, *, nearest: bool = False) -> np.ndarray:
     """Resize to ``size``×``size`` with antialiasing (nearest for masks), keeping dtype and bit depth."""
     if image.shape[0] == size and image.shape[1] == size:
         return image
     resample = Image.Resampling.NEAREST if nearest else Image.Resampling.BILINEAR
     if image.dtype == np.uint16:
+        if image.ndim == 3:  # 16-bit colour: each channel on its own (Pillow has no 16-bit RGB mode)
+            return np.stack([resize_square(image[..., c], size, nearest=nearest) for c in range(3)], axis=2)
         resized = Image.fromarray(image.astype(np.float32)).resize((size, size), resample)
         return np.clip(np.rint(np.asarray(resized)), 0, 65535).astype(np.uint16)
     return np.asarray(Image.fromarray(image).resize((size, size), resample))
 
 
-def load_file_bytes(data: bytes, name: str, *, apply_window: bool = True) -> LoadedImage:
+def load_file_bytes(
+    data: bytes, name: str, *, apply_window: bool = True, rules: ReadRules = DEFAULT_RULES
+) -> LoadedImage:
     """Pixels of an image or DICOM file, chosen by the DICOM magic or a ``.dcm`` suffix."""
     from .dicom import dicom_from_bytes, is_dicom
 
     if is_dicom(data) or name.lower().endswith((".dcm", ".dicom")):
-        return dicom_from_bytes(data, apply_window=apply_window)
-    return image_from_bytes(data)
+        return dicom_from_bytes(data, apply_window=apply_window, frames=rules.frames, max_pixels=rules.max_pixels)
+    return image_from_bytes(data, rules=rules)

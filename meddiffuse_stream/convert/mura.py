@@ -10,8 +10,9 @@ from dataclasses import dataclass
 from typing import Any
 
 from ..storage import Location
-from .base import Discovery, Reject, SourceItem
-from .files import FileSource, KeyAllocator, list_inputs
+from .base import DEFAULT_RULES, Discovery, ReadRules, Reject, SourceItem
+from .files import FileSource, KeyAllocator
+from .scan import scan_files, scan_notes
 
 __all__ = ["MuraSource", "parse_mura_path"]
 
@@ -46,8 +47,9 @@ class MuraSource(FileSource):
 
     name = "mura"
 
-    def discover(self, src: Location) -> Discovery:
-        listing = list_inputs(src)
+    def discover(self, src: Location, rules: ReadRules = DEFAULT_RULES) -> Discovery:
+        scan = scan_files(src, "", rules)
+        listing = scan.files
         csv_name = next((p for p in sorted(listing) if p.endswith("train_image_paths.csv")), None)
         if csv_name is None:
             raise ValueError(f"{src.display()}: no train_image_paths.csv found; point SRC at MURA-v1.1")
@@ -73,6 +75,8 @@ class MuraSource(FileSource):
                     rejects.append(
                         Reject(path, f"study {parsed['study_dir']} has no row in {split}_labeled_studies.csv")
                     )
+                elif relative in scan.refused:
+                    rejects.append(Reject(path, scan.refused[relative]))
                 elif relative not in listing:
                     rejects.append(Reject(path, "referenced file is missing"))
                 else:
@@ -88,10 +92,11 @@ class MuraSource(FileSource):
                             parsed["patient_id"],
                             parsed["split"],
                             meta,
-                            listing[relative],
+                            listing[relative].size,
+                            listing[relative].stamp,
                         )
                     )
-        return Discovery(CLASS_NAMES, items, rejects, official_splits=True)
+        return Discovery(CLASS_NAMES, items, rejects, official_splits=True, notes=scan_notes(scan))
 
     def _read(self, src: Location, relative: str) -> str:
         if not src.exists(relative):

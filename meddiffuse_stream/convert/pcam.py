@@ -1,4 +1,11 @@
-"""PatchCamelyon: ``camelyonpatch_level_2_split_{train,valid,test}_{x,y}.h5``, read in row chunks, never whole."""
+"""PatchCamelyon: ``camelyonpatch_level_2_split_{train,valid,test}_{x,y}.h5``, read in row chunks, never whole.
+
+The official files hold uint8 patches, stored as they are; uint16 patches are stored at 16 bits. Float patches
+(from preprocessed copies) are scaled from their documented value range — the dataset's ``valid_range`` (or
+``range``, or ``valid_min``/``valid_max``) attribute, or ``--float-range LO,HI`` — onto 8 bits when that is exact
+(floats made from 8-bit values) and 16 bits otherwise; without a documented range, or with values outside it, a
+patch is rejected with that reason, never guessed.
+"""
 
 from __future__ import annotations
 
@@ -11,9 +18,20 @@ from typing import Any
 import numpy as np
 
 from ..storage import Location
-from .base import Discovery, LoadedImage, Reject, SourceFormat, SourceItem, describe_error
+from .base import (
+    DEFAULT_RULES,
+    Discovery,
+    LoadedImage,
+    ReadRules,
+    Reject,
+    RejectError,
+    SourceFormat,
+    SourceItem,
+    describe_error,
+)
+from .scan import stamp_of
 
-__all__ = ["PCAM_SPLITS", "PcamSource", "centre_mask"]
+__all__ = ["PCAM_SPLITS", "PcamSource", "centre_mask", "patch_to_stored"]
 
 CLASS_NAMES = ["normal", "tumour"]
 PCAM_SPLITS = {"train": "train", "valid": "val", "test": "test"}
@@ -51,8 +69,9 @@ class PcamSource(SourceFormat):
     """SRC is the folder with the six .h5 files (decompressed); optional ``*_meta.csv`` gives the slide ids."""
 
     name = "pcam"
+    float_range: tuple[float, float] | None = None  # the value range of float patches, when the files do not say
 
-    def discover(self, src: Location) -> Discovery:
+    def discover(self, src: Location, rules: ReadRules = DEFAULT_RULES) -> Discovery:
         present = set(src.list_files())
         items: list[SourceItem] = []
         rejects: list[Reject] = []
@@ -65,7 +84,11 @@ class PcamSource(SourceFormat):
             if x_name not in present or y_name not in present:
                 missing = x_name if x_name not in present else y_name
                 raise ValueError(f"{src.display(missing)} is missing; PCam needs the _x and _y file of each split")
-            labels, _shape = self._labels_and_shape(src, x_name, y_name)
+            labels, shape = self._labels_and_shape(src, x_name, y_name)
+            if shape[1] * shape[2] > rules.max_pixels:
+                raise ValueError(f"{src.display(x_name)}: patches of {shape[2]}x{shape[1]} pixels are over the limit "
+                                 f"of {rules.max_pixels} (--max-pixels)")  # fmt: skip
+            stamp = f"{stamp_of(src, src.path(x_name))}/{stamp_of(src, src.path(y_name))}"
             slides = self._slides(src, f"{_PREFIX}{official}_meta.csv", present)
             for row, value in enumerate(labels):
                 source = f"{x_name}#{row}"
@@ -83,6 +106,7 @@ class PcamSource(SourceFormat):
                         split,
                         meta,
                         _PNG_BYTES_ESTIMATE,
+                        stamp,
                     )
                 )
         if not items and not rejects:
@@ -108,7 +132,9 @@ class PcamSource(SourceFormat):
         reader = csv.DictReader(io.StringIO(src.read_bytes(name).decode("utf-8-sig")))
         return {row: r["wsi"] for row, r in enumerate(reader) if r.get("wsi")}
 
-    def load_many(self, src: Location, items: Sequence[SourceItem]) -> Iterator[LoadedImage | Reject]:
+    def load_many(
+        self, src: Location, items: Sequence[SourceItem], rules: ReadRules = DEFAULT_RULES
+    ) -> Iterator[LoadedImage | Reject]:
         """Read contiguous rows in chunks of 256: one HDF5 read per chunk, never a patch at a time."""
         opened: dict[str, tuple[Any, Any]] = {}
         try:
@@ -132,10 +158,56 @@ class PcamSource(SourceFormat):
                     reason = describe_error(error)
                     yield from (Reject(item.source, reason, item.key) for item in batch)
                     continue
-                for patch in block:
-                    image = np.ascontiguousarray(patch, dtype=np.uint8)
-                    yield LoadedImage(image, centre_mask(*image.shape[:2]), {"source_mode": "RGB"})
+                value_range = self.float_range or _documented_range(opened[x_name][0]["x"])
+                for item, patch in zip(batch, block, strict=True):
+                    try:
+                        image, meta = patch_to_stored(patch, value_range)
+                    except RejectError as error:
+                        yield Reject(item.source, str(error), item.key)
+                        continue
+                    yield LoadedImage(image, centre_mask(*image.shape[:2]), {"source_mode": "RGB", **meta})
         finally:
             for handle, stream in opened.values():
                 handle.close()
                 stream.close()
+
+
+def _documented_range(dataset: Any) -> tuple[float, float] | None:
+    attrs = dataset.attrs
+    for name in ("valid_range", "range"):
+        if name in attrs and np.size(attrs[name]) == 2:
+            low, high = (float(v) for v in np.ravel(attrs[name]))
+            return low, high
+    if "valid_min" in attrs and "valid_max" in attrs:
+        return float(np.ravel(attrs["valid_min"])[0]), float(np.ravel(attrs["valid_max"])[0])
+    return None
+
+
+def patch_to_stored(patch: np.ndarray, value_range: tuple[float, float] | None) -> tuple[np.ndarray, dict[str, Any]]:
+    """A patch as the shard format stores it: uint8 / uint16 as they are, floats scaled from their range."""
+    if patch.dtype == np.uint8:
+        return np.ascontiguousarray(patch), {}
+    if patch.dtype == np.uint16:
+        return np.ascontiguousarray(patch), {"bit_depth_source": 16}
+    if not np.issubdtype(patch.dtype, np.floating):
+        raise RejectError(f"{patch.dtype} patches: the shard format stores uint8 or uint16; convert the file first")
+    if value_range is None:
+        raise RejectError(
+            f"{patch.dtype} patch without a documented value range: pass --float-range LO,HI (e.g. 0,1 or 0,255) "
+            "or give the HDF5 dataset a valid_range attribute"
+        )
+    low, high = value_range
+    if not high > low:
+        raise RejectError(f"float range {low:g},{high:g} is empty: the high end must be above the low end")
+    values = patch.astype(np.float64)
+    tolerance = (high - low) * 1e-6
+    if not np.isfinite(values).all() or values.min() < low - tolerance or values.max() > high + tolerance:
+        raise RejectError(
+            f"{patch.dtype} patch has values {np.nanmin(values):g}..{np.nanmax(values):g} (or NaN) outside its "
+            f"documented range {low:g}..{high:g}"
+        )
+    unit = np.clip((values - low) / (high - low), 0.0, 1.0)
+    as_8_bit = unit * 255
+    if np.abs(as_8_bit - np.rint(as_8_bit)).max() < 1e-3:  # floats made from 8-bit values: exact at 8 bits
+        return np.rint(as_8_bit).astype(np.uint8), {"float_range": [low, high]}
+    return np.rint(unit * 65535).astype(np.uint16), {"float_range": [low, high]}

@@ -4,6 +4,14 @@ The plan is a pure function of the discovered inputs and the options, so a re-ru
 same names. Each finished shard leaves a small record in ``.progress/``; a re-run skips every shard whose record
 matches the plan and whose bytes still hash to the recorded sha256. ``dataset.json`` is written last, so it never
 lists a shard that is not complete.
+
+What "the same input" means for a resume: a source file is unchanged while its size and its modification time in
+nanoseconds (``st_mtime_ns``; on object storage its ETag) are unchanged. Any write to a file — a finished download,
+a re-export, ``touch`` — changes its mtime, so its shard is rebuilt; a tool that rewrites a file and then restores
+its old mtime and size (``rsync --times`` of a same-sized edit) hides the change: ``touch`` such files, or start
+with a fresh OUT.
+
+One conversion per OUT: :mod:`.lock` makes a second one fail at once.
 """
 
 from __future__ import annotations
@@ -15,18 +23,29 @@ import multiprocessing
 import time
 import zlib
 from collections.abc import Mapping, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from typing import Any
 
 import numpy as np
 from tqdm.auto import tqdm
 
 from ..shardfmt.manifest import DATASET_JSON, FORMAT_VERSION
-from ..shardfmt.writer import ShardWriter, encode_sample, shard_name
-from ..storage import Location, atomic_write, sha256_of
-from .base import Discovery, Reject, SourceFormat, SourceItem, describe_error
+from ..storage import Location, sha256_of
+from ..user_errors import check_storage_options
+from .base import (
+    DEFAULT_MAX_FILE_BYTES,
+    DEFAULT_MAX_PIXELS,
+    FRAME_CHOICES,
+    ConversionError,
+    Discovery,
+    ReadRules,
+    SourceFormat,
+    SourceItem,
+)
+from .build import ShardResult, ShardTask, build_shard
 from .finalize import ConversionSummary, remove_orphans, write_dataset_files
-from .images import resize_square
+from .lock import acquire_lock
+from .preflight import check_destination, excluded_paths, probe
 from .splits import DEFAULT_SPLITS, assign_splits
 
 __all__ = ["ConversionError", "ConvertOptions", "ShardResult", "convert_dataset"]
@@ -34,13 +53,9 @@ __all__ = ["ConversionError", "ConvertOptions", "ShardResult", "convert_dataset"
 PROGRESS_DIR = ".progress"
 
 
-class ConversionError(RuntimeError):
-    """Nothing could be converted, or the source is not the layout its format expects."""
-
-
 @dataclass(frozen=True)
 class ConvertOptions:
-    """How to cut the source into shards; every field is part of the plan's fingerprint."""
+    """How to cut the source into shards; every field but ``workers`` is part of the plan's fingerprint."""
 
     splits: Mapping[str, float] | None = None  # None: the dataset's official splits, else DEFAULT_SPLITS
     seed: int = 0
@@ -49,32 +64,10 @@ class ConvertOptions:
     shard_bytes: int = 1 << 30  # planned from the inputs' sizes on disk, an upper-bound estimate
     resize: int | None = None
     name: str | None = None
-
-
-@dataclass(frozen=True)
-class ShardTask:
-    split: str
-    index: int
-    items: tuple[SourceItem, ...]
-    fingerprint: str
-
-    @property
-    def name(self) -> str:
-        return shard_name(self.split, self.index)
-
-
-@dataclass
-class ShardResult:
-    """What building one shard produced; stored as its progress record."""
-
-    name: str
-    split: str
-    fingerprint: str
-    samples: int
-    bytes: int
-    sha256: str
-    rows: list[dict[str, Any]] = field(default_factory=list)
-    rejects: list[dict[str, Any]] = field(default_factory=list)
+    frames: str = "middle"  # multi-frame DICOM / multi-page images: middle frame, all frames, or reject the input
+    channels: int | None = None  # 1 or 3: every sample converted to grey or RGB
+    max_pixels: int = DEFAULT_MAX_PIXELS  # per input (all kept frames), checked from headers before decoding
+    max_file_bytes: int = DEFAULT_MAX_FILE_BYTES  # per input file, checked before reading
 
 
 def convert_dataset(
@@ -88,44 +81,58 @@ def convert_dataset(
 ) -> ConversionSummary:
     """Convert ``src_url`` (in ``source``'s layout) into a shard dataset at ``out_url``.
 
-    ``src_url`` may be ``None`` for sources that make their own inputs (the demo dataset).
+    ``src_url`` may be ``None`` for sources that make their own inputs (the demo dataset). Only one conversion may
+    write an OUT at a time: a second one fails at once with :class:`~.lock.OutputLockedError`.
     """
     options = options or ConvertOptions()
     _check_options(options, src_url or "", out_url)
     started = time.perf_counter()
+    for url in (out_url, src_url):
+        if url is not None:
+            check_storage_options(url, storage_options or {})
     out = Location(out_url, storage_options)
     src = Location(src_url, storage_options) if src_url is not None else out
-    discovery = source.discover(src)
-    if not discovery.items:
-        reasons = "; ".join(sorted({r.reason for r in discovery.rejects})[:3]) or "no inputs found"
-        raise ConversionError(f"nothing to convert in {src_url} ({discovery.found} inputs found): {reasons}")
-    tasks = plan_shards(source, discovery, options)
+    probe(out)  # remote storage answers within a bounded time, or this fails with one line
+    if src is not out:
+        probe(src)
+    check_destination(out)
+    rules = ReadRules(options.frames, options.max_pixels, options.max_file_bytes, excluded_paths(out), options.channels)
     out.makedirs()
-    results: dict[str, ShardResult] = {}
-    pending = []
-    for task in tasks:
-        record = _load_verified_record(out, task)
-        if record is None:
-            pending.append(task)
-        else:
-            results[task.name] = record
-    if pending:
-        out.remove(DATASET_JSON)  # it may list shards about to be rewritten
-    for result in _build_all(source, src, out, pending, discovery.class_names, options, progress):
-        out.write_bytes(f"{PROGRESS_DIR}/{_record_name(result.name)}", json.dumps(asdict(result)).encode())
-        results[result.name] = result
-    ordered = [results[task.name] for task in tasks]
-    remove_orphans(out, {r.name for r in ordered if r.samples})
-    summary = write_dataset_files(
-        out,
-        source_format=source.name,
-        name=options.name or source.name,
-        discovery=discovery,
-        results=ordered,
-        options=_options_record(options),
-        reused=len(tasks) - len(pending),
-        seconds=time.perf_counter() - started,
-    )
+    with acquire_lock(out) as lock:
+        discovery = source.discover(src, rules)
+        if not discovery.items:
+            reasons = "; ".join(sorted({r.reason for r in discovery.rejects})[:3]) or "no inputs found"
+            raise ConversionError(f"nothing to convert in {src_url} ({discovery.found} inputs found): {reasons}")
+        tasks = plan_shards(source, discovery, options)
+        results: dict[str, ShardResult] = {}
+        pending = []
+        for task in tasks:
+            record = _load_verified_record(out, task)
+            if record is None:
+                pending.append(task)
+            else:
+                results[task.name] = record
+        if pending:
+            out.remove(DATASET_JSON)  # it may list shards about to be rewritten
+        for result in _build_all(source, src, out, pending, discovery.class_names, options, rules, progress):
+            out.write_bytes(f"{PROGRESS_DIR}/{_record_name(result.name)}", json.dumps(asdict(result)).encode())
+            results[result.name] = result
+        ordered = [results[task.name] for task in tasks]
+        lock.verify()  # a run that lost OUT to another must not commit
+        remove_orphans(out, {r.name for r in ordered if r.samples})
+        summary = write_dataset_files(
+            out,
+            source_format=source.name,
+            name=options.name or source.name,
+            discovery=discovery,
+            results=ordered,
+            options=_options_record(options),
+            reused=len(tasks) - len(pending),
+            seconds=time.perf_counter() - started,
+        )
+        if lock.stale:  # told to the user, not written into dataset.json (it names a host and a time)
+            summary.notes[f"OUT was locked by a conversion that ended without releasing it ({lock.stale}): "
+                          "its stale lock was taken over"] = 1  # fmt: skip
     if summary.converted == 0:
         raise ConversionError(
             f"nothing could be converted from {src_url}: all {summary.found} inputs were rejected "
@@ -141,6 +148,10 @@ def _check_options(options: ConvertOptions, src_url: str, out_url: str) -> None:
         raise ValueError(f"--shard-bytes must be at least 1, got {options.shard_bytes}")
     if options.resize is not None and options.resize < 8:
         raise ValueError(f"--resize must be at least 8 pixels, got {options.resize}")
+    if options.channels not in (None, 1, 3):
+        raise ValueError(f"--channels must be 1 (grey) or 3 (RGB), got {options.channels}")
+    if options.frames not in FRAME_CHOICES:
+        raise ValueError(f"--frames must be one of {', '.join(FRAME_CHOICES)}, got {options.frames!r}")
     if options.workers > 1 and any(u.startswith("memory://") for u in (src_url, out_url)):
         raise ValueError("memory:// is private to one process: use --workers 1 with it")
 
@@ -156,9 +167,8 @@ def plan_shards(source: SourceFormat, discovery: Discovery, options: ConvertOpti
         fractions = dict(options.splits or DEFAULT_SPLITS)
         split_of = assign_splits(discovery.items, fractions, options.seed)
         names = list(fractions)
-    common = json.dumps(
-        [FORMAT_VERSION, repr(source), discovery.class_names, options.resize], sort_keys=True, default=str
-    )
+    decoding = [options.resize, options.frames, options.channels, options.max_pixels, options.max_file_bytes]
+    common = json.dumps([FORMAT_VERSION, repr(source), discovery.class_names, decoding], sort_keys=True, default=str)
     tasks: list[ShardTask] = []
     for split in names:
         members = sorted((i for i in discovery.items if split_of[i.key] == split), key=lambda i: i.key)
@@ -177,6 +187,7 @@ def plan_shards(source: SourceFormat, discovery: Discovery, options: ConvertOpti
                     split,
                     item.meta,
                     item.size_hint,
+                    item.stamp,  # size and mtime_ns (ETag remotely): a changed source file rebuilds its shard
                 ]
                 digest.update(json.dumps(fields, sort_keys=True, default=str).encode())
             tasks.append(ShardTask(split, index, tuple(chunk), digest.hexdigest()))
@@ -229,77 +240,28 @@ def _build_all(
     tasks: list[ShardTask],
     class_names: list[str],
     options: ConvertOptions,
+    rules: ReadRules,
     progress: bool,
 ):
     bar = tqdm(total=sum(len(t.items) for t in tasks), unit="img", desc="shard", disable=not progress)
     try:
         if options.workers <= 1 or len(tasks) <= 1:
             for task in tasks:
-                result = build_shard(source, src, out, task, class_names, options.resize)
+                result = build_shard(source, src, out, task, class_names, options.resize, rules)
                 bar.update(len(task.items))
                 yield result
             return
         context = multiprocessing.get_context("spawn")  # fork would share fsspec's event loop and sockets
         with concurrent.futures.ProcessPoolExecutor(min(options.workers, len(tasks)), mp_context=context) as pool:
             futures = {
-                pool.submit(build_shard, source, src, out, task, class_names, options.resize): task for task in tasks
+                pool.submit(build_shard, source, src, out, task, class_names, options.resize, rules): task
+                for task in tasks
             }
             for future in concurrent.futures.as_completed(futures):
                 bar.update(len(futures[future].items))
                 yield future.result()
     finally:
         bar.close()
-
-
-def build_shard(
-    source: SourceFormat,
-    src: Location,
-    out: Location,
-    task: ShardTask,
-    class_names: list[str],
-    resize: int | None,
-) -> ShardResult:
-    """Load, encode and write one shard; every input ends up as a sample row or a reject row."""
-    rows: list[dict[str, Any]] = []
-    rejects: list[dict[str, Any]] = []
-    with atomic_write(out, task.name) as stream:
-        writer = ShardWriter(stream)
-        for item, loaded in zip(task.items, source.load_many(src, task.items), strict=True):
-            if isinstance(loaded, Reject):
-                rejects.append(loaded.as_row())
-                continue
-            try:
-                image, roi = loaded.image, loaded.roi
-                if resize:
-                    image = resize_square(image, resize)
-                    roi = None if roi is None else resize_square(roi, resize, nearest=True)
-                columns = _columns(item, task.split, class_names, image)
-                meta = {**columns, **dict(item.meta), **loaded.meta, "dataset": source.name}
-                offset = writer.add(encode_sample(item.key, image, item.label, meta, roi))
-            except Exception as error:
-                rejects.append(Reject(item.source, describe_error(error), item.key).as_row())
-                continue
-            rows.append({**columns, "shard": task.name, "offset": offset, **dict(item.meta)})
-        size, sha256 = writer.close()
-    if not rows:
-        out.remove(task.name)
-        size, sha256 = 0, ""
-    return ShardResult(task.name, task.split, task.fingerprint, len(rows), size, sha256, rows, rejects)
-
-
-def _columns(item: SourceItem, split: str, class_names: list[str], image: np.ndarray) -> dict[str, Any]:
-    return {
-        "key": item.key,
-        "split": split,
-        "label": item.label,
-        "class_name": class_names[item.label],
-        "patient_id": item.patient_id,
-        "source": item.source,
-        "height": int(image.shape[0]),
-        "width": int(image.shape[1]),
-        "channels": 1 if image.ndim == 2 else int(image.shape[2]),
-        "bit_depth": 16 if image.dtype == np.uint16 else 8,
-    }
 
 
 def _options_record(options: ConvertOptions) -> dict[str, Any]:

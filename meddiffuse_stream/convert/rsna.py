@@ -13,8 +13,9 @@ import numpy as np
 
 from ..shardfmt.writer import make_key
 from ..storage import Location
-from .base import Discovery, LoadedImage, Reject, RejectError, SourceItem
-from .files import FileSource, list_inputs
+from .base import DEFAULT_RULES, Discovery, LoadedImage, ReadRules, Reject, RejectError, SourceItem
+from .files import FileSource
+from .scan import scan_files, scan_notes
 
 __all__ = ["RsnaSource", "parse_rsna_labels", "rasterise_boxes"]
 
@@ -76,28 +77,36 @@ class RsnaSource(FileSource):
     labels_csv: str = "stage_2_train_labels.csv"
     images_dir: str = "stage_2_train_images"
 
-    def discover(self, src: Location) -> Discovery:
+    def discover(self, src: Location, rules: ReadRules = DEFAULT_RULES) -> Discovery:
         if not src.exists(self.labels_csv):
             raise ValueError(f"{src.display(self.labels_csv)} is missing: point SRC at the RSNA folder")
         labels, rejects = parse_rsna_labels(src.read_bytes(self.labels_csv).decode("utf-8-sig"))
-        images = {posixpath.basename(p): (p, s) for p, s in list_inputs(src, self.images_dir).items()}
+        scan = scan_files(src, self.images_dir, rules)
+        images = {posixpath.basename(p): (p, f) for p, f in scan.files.items()}
+        refused = {posixpath.basename(p): (p, reason) for p, reason in scan.refused.items()}
         items: list[SourceItem] = []
         for patient, (target, boxes) in sorted(labels.items()):
             name = f"{patient}.dcm"
+            if name in refused:
+                rejects.append(Reject(*refused[name]))
+                continue
             if name not in images:
                 rejects.append(Reject(posixpath.join(self.images_dir, name), "referenced file is missing"))
                 continue
-            path, size = images[name]
+            path, found = images[name]
             meta = {"boxes": [list(b) for b in boxes]}
             key = make_key("rsna", patient)
-            items.append(SourceItem(key, target, path, src.path(path), patient, None, meta, size))
-        unlabelled = sorted(set(images) - {f"{p}.dcm" for p in labels} - {r.source.split("/")[-1] for r in rejects})
+            items.append(SourceItem(key, target, path, src.path(path), patient, None, meta, found.size, found.stamp))
+        labelled = {f"{p}.dcm" for p in labels} | {r.source.split("/")[-1] for r in rejects}
+        unlabelled = sorted(set(images) - labelled)
         rejects += [Reject(images[n][0], "no row in the label CSV for this image") for n in unlabelled]
-        return Discovery(CLASS_NAMES, items, rejects, has_roi=True)
+        rejects += [Reject(*refused[n]) for n in sorted(set(refused) - labelled)]
+        return Discovery(CLASS_NAMES, items, rejects, has_roi=True, notes=scan_notes(scan))
 
-    def load_one(self, src: Location, item: SourceItem) -> LoadedImage:
-        loaded = super().load_one(src, item)
-        if loaded.image.ndim != 2:
-            raise RejectError(f"expected a grey radiograph, got shape {loaded.image.shape}")
-        loaded.roi = rasterise_boxes([tuple(b) for b in item.meta["boxes"]], *loaded.image.shape)
+    def load_one(self, src: Location, item: SourceItem, rules: ReadRules = DEFAULT_RULES) -> LoadedImage:
+        loaded = super().load_one(src, item, rules)
+        if loaded.image.ndim != 2 and rules.channels != 1:
+            raise RejectError(f"expected a grey radiograph, got shape {loaded.image.shape}; "
+                              "--channels 1 converts colour files to grey")  # fmt: skip
+        loaded.roi = rasterise_boxes([tuple(b) for b in item.meta["boxes"]], *loaded.image.shape[:2])
         return loaded

@@ -67,7 +67,11 @@ def check_member_keys(image_key: str | None, label_key: str | None) -> None:
 
 
 def _image(data: bytes, key: str, suffix: str, max_pixels: int) -> np.ndarray:
-    if _spng is not None and _plain_8_bit_png(data):
+    deep_colour = _deep_colour_png(data)
+    if deep_colour and _spng is None:
+        raise SampleError(f"{key}.{suffix}: a 16-bit colour PNG needs pyspng (pip install 'meddiffuse-stream[torch]');"
+                          " Pillow would keep only 8 bits of it", "unreadable image")  # fmt: skip
+    if _spng is not None and (deep_colour or _plain_8_bit_png(data)):
         width, height = struct.unpack(">II", data[16:24])
         if width * height > max_pixels:
             raise SampleError(f"{key}.{suffix}: {width}x{height} is over the pixel limit ({max_pixels})",
@@ -76,6 +80,8 @@ def _image(data: bytes, key: str, suffix: str, max_pixels: int) -> np.ndarray:
             array = _spng.load(data)
         except Exception as error:
             raise SampleError(f"{key}.{suffix}: not a readable image ({error})", "unreadable image") from error
+        if deep_colour:
+            array = array[..., :3]  # libspng returns 16-bit colour as RGBA16
         return array[None] if array.ndim == 2 else np.ascontiguousarray(array.transpose(2, 0, 1))
     try:
         with warnings.catch_warnings():
@@ -116,6 +122,11 @@ def _image(data: bytes, key: str, suffix: str, max_pixels: int) -> np.ndarray:
 def _plain_8_bit_png(data: bytes) -> bool:
     """8-bit grey or RGB, not interlaced: what libspng decodes ~2x faster than PIL (everything else goes to PIL)."""
     return len(data) > 33 and data[:8] == _PNG_SIGNATURE and data[24] == 8 and data[25] in (0, 2) and data[28] == 0
+
+
+def _deep_colour_png(data: bytes) -> bool:
+    """16-bit RGB or RGBA: Pillow reads these as 8-bit RGB, so they go to libspng."""
+    return len(data) > 33 and data[:8] == _PNG_SIGNATURE and data[24] == 16 and data[25] in (2, 6)
 
 
 def _grey_palette(image: Image.Image) -> bool:

@@ -16,7 +16,12 @@ def sample_index_bytes(rows: Sequence[dict[str, Any]]) -> bytes:
     import pyarrow as pa  # imported here: worker processes never need it
     import pyarrow.parquet as pq
 
-    table = pa.Table.from_pylist(list(rows)) if rows else pa.table({"key": pa.array([], pa.string())})
+    columns = list(dict.fromkeys(name for row in rows for name in row))  # from_pylist reads the first row's keys
+    table = (
+        pa.Table.from_pylist([{name: row.get(name) for name in columns} for row in rows])
+        if rows
+        else pa.table({"key": pa.array([], pa.string())})
+    )
     buffer = io.BytesIO()
     pq.write_table(table, buffer, compression="zstd")
     return buffer.getvalue()

@@ -286,6 +286,9 @@ def test_teacher_refresh_every_n_steps_changes_identity_and_safe_checkpoint_load
     assert not stage.maybe_refresh_teacher(student, 3)
     assert stage.maybe_refresh_teacher(student, 5) and stage.state_dict()["teacher"] != before
     same = lambda a, b: all(torch.equal(x, y) for x, y in zip(a.values(), b.values(), strict=True))  # noqa: E731
+    assert same(stage.teacher_state(), student.state_dict())
+    assert not same(teacher.state_dict(), student.state_dict()), "applied by the stage, at its next batch"
+    stage({"image": torch.rand(2, 1, 32, 32), "label": torch.tensor([0, 1]), "key": ["a", "b"]})
     assert same(teacher.state_dict(), student.state_dict())
     with pytest.raises(ValueError, match="teacher"):
         AugmentStage("saliencymix", 2, teacher=SmallCNN(1, 2, width=4)).load_state_dict(stage.state_dict())

@@ -50,7 +50,7 @@ def test_breakhis_labels_subtypes_patients_and_no_leak(tmp_path):
     (src / "histology_slides" / "breast" / "benign" / "SOB_B_X-14-1-40-001.png").write_bytes(b"junk")
     dataset = _convert(BreakHisSource(), src, tmp_path / "out", splits={"train": 0.5, "test": 0.5})
     assert dataset["info"]["class_names"] == ["benign", "malignant"]
-    assert dataset["info"]["counts"] == {"found": 33, "converted": 32, "rejected": 1}
+    assert dataset["info"]["counts"] == {"found": 33, "converted": 32, "rejected": 1, "samples": 32}
     assert "unknown tumour type 'X'" in dataset["rejects"][0]["reason"]
     row = next(r for r in dataset["index"] if r["source"].endswith("SOB_M_DC-14-22551AB-100-002.png"))
     assert (row["label"], row["subtype"], row["magnification"], row["patient_id"]) == (
@@ -151,7 +151,7 @@ def test_imagefolder_patient_regex_and_unreadable_files(tmp_path):
     (src / "tumour" / "notes.txt").write_text("not an image")
     (src / "normal" / ".DS_Store").write_bytes(b"hidden files are not inputs")
     dataset = _convert(ImageFolderSource(), src, tmp_path / "out")
-    assert dataset["info"]["counts"] == {"found": 13, "converted": 10, "rejected": 3}
+    assert dataset["info"]["counts"] == {"found": 13, "converted": 10, "rejected": 3, "samples": 10}
     regex = _convert(ImageFolderSource(patient_regex=r"img0*(?P<patient>\d)"), src, tmp_path / "o2")
     assert {r["patient_id"] for r in regex["index"]} == {str(i) for i in range(6)}
     assert sum("does not match the file name" in r["reason"] for r in regex["rejects"]) == 3
@@ -166,8 +166,8 @@ def test_csv_manifest_labels_patients_extra_columns_and_rejects(tmp_path):
         "img/d.png,unknown,p3,z\nimg/missing.png,normal,p4,z\nimg/a.png,normal,p1,x\n,normal,p5,z\n"
     )
     dataset = _convert(CsvSource(classes=("normal", "pneumonia")), tmp_path / "data.csv", tmp_path / "out")
-    assert dataset["info"]["counts"] == {"found": 7, "converted": 3, "rejected": 4}
-    assert {r["site"] for r in dataset["index"]} == {"x", "y", "z"}
+    assert dataset["info"]["counts"] == {"found": 7, "converted": 3, "rejected": 4, "samples": 3}
+    assert {r["columns"]["site"] for r in dataset["index"]} == {"x", "y", "z"}
     _assert_no_patient_leak(dataset)
     reasons = " | ".join(r["reason"] for r in dataset["rejects"])
     for expected in ("is not one of", "referenced file is missing", "duplicate of line 2", "empty path"):

@@ -147,3 +147,29 @@ def test_memory_filesystem_round_trip(folder):
     info = json.loads(fs.cat("/ds/dataset.json"))
     assert info["counts"]["converted"] == summary.converted == 55
     assert all(fs.size(f"/ds/{s['path']}") == s["bytes"] for s in info["shards"])
+
+
+def test_a_changed_source_file_of_the_same_size_is_reconverted(tmp_path):
+    """Resume's rule: a file is unchanged while size and mtime_ns are; a finished download or a re-export is not."""
+    src = make_imagefolder(tmp_path / "in", {"a": 6, "b": 6}, size=8)
+    final = (src / "a" / "img000.png").read_bytes()
+    (src / "a" / "img000.png").write_bytes(bytes(len(final)))  # a partial download: zero-filled, full size
+    rng = np.random.default_rng(5)
+    old, new = rng.integers(0, 256, (8, 8), dtype=np.uint8), rng.integers(0, 256, (8, 8), dtype=np.uint8)
+    write_image(src / "b" / "scan.bmp", old)  # BMP: the same size on disk whatever the pixels
+    out = tmp_path / "out"
+    options = ConvertOptions(splits={"train": 1.0}, shard_size=4)
+    first = convert_dataset(ImageFolderSource(), str(src), str(out), options, progress=False)
+    assert first.rejected == 1 and first.converted == 12
+    time.sleep(0.05)
+    (src / "a" / "img000.png").write_bytes(final)  # the download completes
+    size = (src / "b" / "scan.bmp").stat().st_size
+    write_image(src / "b" / "scan.bmp", new)  # re-exported with new pixels
+    assert (src / "b" / "scan.bmp").stat().st_size == size
+    second = convert_dataset(ImageFolderSource(), str(src), str(out), options, progress=False)
+    assert second.rejected == 0 and second.converted == 13
+    assert 0 < second.reused_shards < first.shards  # only the shards holding the changed files were rebuilt
+    dataset = load_dataset(out)
+    assert np.array_equal(pixels(dataset["samples"]["b_scan"]["png"]), new)
+    third = convert_dataset(ImageFolderSource(), str(src), str(out), options, progress=False)
+    assert third.reused_shards == third.shards

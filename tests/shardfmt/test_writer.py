@@ -22,6 +22,7 @@ def test_make_key_has_no_dots_or_slashes_and_stays_unique_when_long():
         np.arange(0, 65536, 16, dtype=np.uint16).reshape(64, 64),
         np.arange(256, dtype=np.uint8).reshape(16, 16),
         np.random.default_rng(0).integers(0, 256, (5, 7, 3), dtype=np.uint8),
+        np.random.default_rng(1).integers(0, 65536, (5, 7, 3), dtype=np.uint16),  # 16-bit colour, written by us
     ],
 )
 def test_png_round_trip_is_bit_exact(array):
@@ -30,10 +31,21 @@ def test_png_round_trip_is_bit_exact(array):
 
 
 def test_png_refuses_what_it_cannot_store_faithfully():
-    with pytest.raises(ValueError, match="16-bit grey"):
-        encode_png(np.zeros((4, 4, 3), dtype=np.uint16))
-    with pytest.raises(ValueError, match="16-bit grey"):
+    with pytest.raises(ValueError, match="8- or 16-bit grey or RGB"):
+        encode_png(np.zeros((4, 4, 4), dtype=np.uint16))
+    with pytest.raises(ValueError, match="8- or 16-bit grey or RGB"):
         encode_png(np.zeros((4, 4), dtype=np.float32))
+
+
+def test_16_bit_colour_png_is_a_standard_png_other_readers_agree_on():
+    from PIL import Image
+
+    array = np.random.default_rng(2).integers(0, 65536, (6, 9, 3), dtype=np.uint16)
+    data = encode_png(array)
+    with Image.open(io.BytesIO(data)) as image:  # Pillow opens it (as 8-bit RGB: the high bytes)
+        image.verify()
+    with Image.open(io.BytesIO(data)) as image:
+        assert image.size == (9, 6) and np.array_equal(np.asarray(image), (array >> 8).astype(np.uint8))
 
 
 def _shard(samples):

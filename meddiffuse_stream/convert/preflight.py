@@ -1,0 +1,72 @@
+"""Checks before a conversion touches anything: OUT is a folder we can write, remote storage answers in bounded
+time, and OUT — if it lies inside SRC — is never scanned as input."""
+
+from __future__ import annotations
+
+import os
+import threading
+from typing import Any
+
+from ..storage import Location
+from .base import ConversionError
+
+__all__ = ["REACH_SECONDS", "check_destination", "excluded_paths", "probe"]
+
+REACH_SECONDS = 15.0
+
+
+def check_destination(out: Location) -> None:
+    """OUT must be a folder (or not exist yet); a file there is an error naming it."""
+    if out.is_local:
+        if os.path.exists(out.root) and not os.path.isdir(out.root):
+            raise ConversionError(f"OUT {out.display()} is a file, not a folder: give a folder path (it is created)")
+        parent = out.root
+        while parent and not os.path.exists(parent):
+            parent = os.path.dirname(parent)
+        if parent and not os.path.isdir(parent):
+            raise ConversionError(f"OUT {out.display()} lies below {parent}, which is a file, not a folder")
+        return
+    if out.fs.isfile(out.root):
+        raise ConversionError(f"OUT {out.display()} is an object, not a prefix: give a folder URL")
+
+
+def probe(location: Location, seconds: float = REACH_SECONDS) -> None:
+    """Ask remote storage one question with a hard deadline: an unreachable endpoint fails in ``seconds``, with one
+    line, instead of retrying for minutes. Local paths need no probe."""
+    if location.is_local or location.url.startswith("memory://"):
+        return
+    outcome: dict[str, Any] = {}
+
+    def ask() -> None:
+        try:
+            location.fs.info(location.root)
+        except FileNotFoundError:
+            pass  # reachable; the path simply does not exist yet
+        except Exception as error:
+            outcome["error"] = error
+
+    thread = threading.Thread(target=ask, name="storage-probe", daemon=True)  # a daemon: never delays exit
+    thread.start()
+    thread.join(seconds)
+    endpoint = _endpoint(location)
+    if thread.is_alive():
+        raise ConversionError(
+            f"cannot reach {location.display()}{endpoint} within {seconds:.0f} s: check the endpoint "
+            "(--storage-option endpoint_url=..., or AWS_ENDPOINT_URL) and the network"
+        )
+    error = outcome.get("error")
+    if error is not None:
+        text = " ".join(str(error).split())[:200] or type(error).__name__
+        raise ConversionError(f"cannot use {location.display()}{endpoint}: {type(error).__name__}: {text}") from error
+
+
+def _endpoint(location: Location) -> str:
+    options = location.storage_options
+    url = options.get("endpoint_url") or (options.get("client_kwargs") or {}).get("endpoint_url")
+    url = url or os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL")
+    return f" (endpoint {url})" if url and location.url.startswith(("s3://", "s3a://")) else ""
+
+
+def excluded_paths(out: Location) -> tuple[str, ...]:
+    """OUT as the scanners see paths: its real path locally (links resolved), its key prefix remotely."""
+    return (os.path.realpath(out.root),) if out.is_local else (out.root,)
