@@ -68,7 +68,6 @@ class ChunkBuilder:
             policy=config.policy,
             cache=cache,
             seed=config.plan.seed,
-            on_error=config.on_error,
         )
         self._position = 0
         self._last_good: dict[str, Any] | None = None

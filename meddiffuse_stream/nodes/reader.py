@@ -54,6 +54,9 @@ class _OpenShard:
 class PlannedSampleReader:
     """Yields :class:`RawSample` (with ``ref`` set) or :class:`Skip`, one per planned ref, in plan order.
 
+    Problems never raise here: each becomes a :class:`Skip` naming shard and reason, which the decode stage
+    raises or counts (``on_error``).
+
     It follows the ``torchdata.nodes`` contract (``reset(state)``, ``get_state()``, ``next()``) without importing
     torch, so decode worker processes start fast.
     """
@@ -69,11 +72,9 @@ class PlannedSampleReader:
         policy: RetryPolicy | None = None,
         cache: ShardCache | None = None,
         seed: int = 0,
-        on_error: str = "raise",
         max_member_bytes: int = MAX_MEMBER_BYTES,
         prefetch_bytes: int = DEFAULT_MEMORY_LIMIT,
     ) -> None:
-        self.on_error = on_error
         self.prefetch_bytes = prefetch_bytes
         self.source = source
         self.refs = refs

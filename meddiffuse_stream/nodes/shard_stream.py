@@ -160,8 +160,9 @@ def load_shard(
     spill: BinaryIO | None = None
     data: bytes | None = None
     actual: str | None = None
-    if cache is not None and cache.usable:
-        data, spill = _through_cache(source, index, cache, policy, rng, counters, memory_limit)
+    cached = cache is not None and cache.usable  # verified on the way into the cache, counted there
+    if cached:
+        data, spill = _through_cache(source, index, cache, policy, rng, counters, memory_limit)  # type: ignore[arg-type]
     elif location.is_local:
         handle = open(location.path(info.path), "rb")
         if os.fstat(handle.fileno()).st_size > memory_limit:
@@ -174,14 +175,14 @@ def load_shard(
     else:
         stream = open_shard(source, index, policy=policy, rng=rng, counters=counters)
         data, spill, actual = _read_bounded(stream, info.bytes, memory_limit)
-        if data is not None and info.sha256 is not None:
+        if info.sha256 is None:
+            actual = None
+        elif data is not None:
             actual = hashlib.sha256(data).hexdigest()
     try:
         _check(what, info.sha256, actual, origin)
-        if actual is not None:
-            counters.add("shards_verified")
-        elif cache is None or not cache.usable:
-            counters.add("shards_unverified")
+        if not cached:
+            counters.add("shards_verified" if actual is not None else "shards_unverified")
         if data is not None:
             items = list(iter_samples(io.BytesIO(data), max_member_bytes))
             del data
