@@ -1,44 +1,42 @@
 """``MedDiffuseLoader``: a drop-in DataLoader over shard datasets, exactly once per epoch, resumable mid-epoch.
 
-Guarantees (see :mod:`meddiffuse_stream.nodes.plan` for how):
+It builds the default graph of :mod:`meddiffuse_stream.nodes` (``loader.root`` is its root node) and gives it the
+DataLoader and StatefulDataLoader habits training frameworks rely on:
 
-- every rank yields the same number of batches per epoch, so DDP never waits on a rank that ran dry;
-- across ranks and workers every sample appears once per epoch, except that without ``drop_last`` up to
-  ``world_size - 1`` samples repeat so the ranks come out equal (``with drop_last`` as many are dropped);
-- the same seed gives the same batches; another epoch another order;
-- a loader restored from ``state_dict()`` taken after k batches yields exactly what the uninterrupted one yields
-  after k (the same ``num_workers`` is required: the order depends on it, as with a DataLoader).
+- each ``iter()`` is a full pass — the next epoch, or the one ``set_epoch`` named; after ``load_state_dict`` the
+  next pass resumes exactly, and a state taken at an epoch's end resumes at the next epoch's first batch;
+- every rank yields the same number of batches (no DDP hang), every sample once per epoch across ranks and workers
+  (up to ``world_size - 1`` repeats, marked ``is_padding``; ``even_batches=False`` repeats none, for metrics);
+- rank and world size are read when an epoch starts, so a loader built before the process group exists, or
+  pickled into another process (``ddp_spawn``, ``mp.spawn``), shards by the rank it runs on;
+- the position in a state is shared by all ranks: any rank's state resumes any rank (frameworks save rank 0's).
 """
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import os
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Any
 
-import numpy as np
 import torch
 
 from .counters import Counters
-from .nodes.chunks import StageConfig
-from .nodes.collate import to_unit_float
+from .loader_args import check_count, either, reject_unknown
+from .nodes.chain import Stage, WorkerChain
 from .nodes.decode import DecodeOptions, check_member_keys
+from .nodes.epochs import EpochSource
+from .nodes.graph import Graph, default_graph
 from .nodes.plan import EpochPlan
-from .nodes.source import open_dataset
-from .nodes.workers import WorkerPool
+from .nodes.source import DatasetSource, open_dataset
+from .nodes.stages import Map
+from .nodes.workers import resume_position
 from .retry import RetryPolicy
 
 __all__ = ["MedDiffuseLoader", "sample_shape"]
 
-STATE_VERSION = 1
-_SETTINGS = ("seed", "rank", "world_size", "num_workers", "batch_size", "shuffle", "drop_last", "buffer_size")
-
-
-def _distributed_default(name: str, fallback: int) -> int:
-    if torch.distributed.is_available() and torch.distributed.is_initialized():
-        return torch.distributed.get_rank() if name == "RANK" else torch.distributed.get_world_size()
-    return int(os.environ.get(name, fallback))
+STATE_VERSION = 2
 
 
 class MedDiffuseLoader:
@@ -46,7 +44,8 @@ class MedDiffuseLoader:
     ``.tar`` shards, a glob or brace pattern of them, a list of their URLs, or a shard index (``…/x.json``).
 
     ``for images, labels in loader`` gives float32 ``(B, C, H, W)`` in [0, 1] and int64 labels; with
-    ``as_dict=True`` dicts with ``image``, ``label``, ``key`` and, where the dataset has them, ``roi`` and ``meta``.
+    ``as_dict=True`` dicts with ``image``, ``label``, ``key``, ``is_padding`` and, where the dataset has them,
+    ``roi`` and ``meta``.
     """
 
     def __init__(
@@ -61,7 +60,12 @@ class MedDiffuseLoader:
         rank: int | None = None,
         world_size: int | None = None,
         drop_last: bool = False,
+        even_batches: bool = True,
         transform: Callable[[dict[str, Any]], dict[str, Any]] | None = None,
+        stages: Sequence[Stage] = (),
+        resize: int | tuple[int, int] | None = None,
+        resize_mode: str = "crop",
+        channels: int | None = None,
         augment: Any = None,
         device: str | torch.device | None = None,
         as_dict: bool = False,
@@ -70,88 +74,152 @@ class MedDiffuseLoader:
         on_error: str = "raise",
         worker_method: str = "process",
         buffer_size: int = 1000,
-        prefetch: int = 2,
+        prefetch: int | None = None,
         retry: RetryPolicy | None = None,
         cache_bytes: int = 50 << 30,
-        mp_context: str = "fork",
+        mp_context: str | None = None,
+        pin_memory: bool = False,
+        persistent_workers: bool = True,
+        prefetch_factor: int | None = None,
+        collate_fn: Callable[[list[dict[str, Any]]], Any] | None = None,
+        worker_init_fn: Callable[[int], None] | None = None,
+        timeout: float = 0,
+        multiprocessing_context: str | None = None,
         image_key: str | None = None,
         label_key: str | None = None,
+        **dataloader_only: Any,
     ) -> None:
+        reject_unknown(dataloader_only)
         check_member_keys(image_key, label_key)
+        self.batch_size = check_count("batch_size", batch_size, 1)
+        self.num_workers = check_count("num_workers", num_workers, 0)
+        prefetch = check_count("prefetch", either("prefetch", prefetch, "prefetch_factor", prefetch_factor, 2), 1)
+        if not isinstance(timeout, (int, float)) or isinstance(timeout, bool) or timeout < 0:
+            raise TypeError(f"timeout must be a number of seconds >= 0 (0: no limit), got {timeout!r}")
+        if collate_fn is not None and augment is not None:
+            raise ValueError("collate_fn= and augment= do not go together: the device stage needs the default batch")
         self.counters = Counters()
         policy = retry or RetryPolicy()
-        self.dataset = open_dataset(source, split, storage_options, retry=policy,
-                                    on_retry=lambda _: self.counters.add("retries"))  # fmt: skip
+        self.dataset: DatasetSource = open_dataset(source, split, storage_options, retry=policy,
+                                                   on_retry=lambda _: self.counters.add("retries"))  # fmt: skip
         self.source = source
-        self.split = self.dataset.split
+        self.split = self.dataset.split  # None for shards without splits
         self.as_dict = as_dict
-        self.device = torch.device(device) if device is not None else None
-        plan = EpochPlan(
-            shard_sizes=tuple(s.samples for s in self.dataset.shards),
-            batch_size=batch_size,
-            seed=seed,
-            rank=_distributed_default("RANK", 0) if rank is None else rank,
-            world_size=_distributed_default("WORLD_SIZE", 1) if world_size is None else world_size,
-            num_workers=num_workers,
-            shuffle=self.split in (None, "train") if shuffle is None else shuffle,
-            drop_last=drop_last,
-            buffer_size=buffer_size,
-        )
+        self.drop_last = drop_last
+        self.pin_memory = pin_memory
+        self.collate_fn = collate_fn
+        self._epochs = EpochSource(
+            tuple(s.samples for s in self.dataset.shards), self.batch_size, seed=seed, rank=rank,
+            world_size=world_size, num_workers=self.num_workers,
+            shuffle=self.split in (None, "train") if shuffle is None else shuffle, drop_last=drop_last,
+            buffer_size=check_count("buffer_size", buffer_size, 1), even=even_batches,
+        )  # fmt: skip
         decode = DecodeOptions(num_classes=len(self.dataset.class_names) or None, with_roi=as_dict, with_meta=as_dict,
                                image_key=image_key, label_key=label_key, class_names=self.dataset.class_names)
-        config = StageConfig(self.dataset, plan, decode, on_error, transform, policy, cache_dir, cache_bytes)
-        self._pool = WorkerPool(config, method=worker_method, prefetch=prefetch, mp_context=mp_context,
-                                counters=self.counters)  # fmt: skip
-        self.augment = self._build_stage(augment, seed)
-        # on the CPU the stage runs with the cores the decode workers leave (None: torch's own setting)
-        self._stage_threads = max(1, len(os.sched_getaffinity(0)) - num_workers) if num_workers > 0 else None
-        self._augment_state = self.augment.state_dict() if self.augment is not None else None
-        self._epoch = 0
-        self._batches = 0
-        self._epoch_set = False
-        self._pool.read_ahead(self._epoch)  # workers start now: their start-up overlaps the caller's model set-up
+        user_stages = ((functools.partial(Map, fn=transform),) if transform is not None else ()) + tuple(stages)
+        chain = WorkerChain(self.dataset, decode, user_stages, on_error, resize, resize_mode, channels, collate_fn,
+                            policy, cache_dir, cache_bytes)  # fmt: skip
+        self.augment = self._build_stage(augment, seed, device)
+        cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+        self._graph: Graph = default_graph(
+            self._epochs, chain, method=worker_method, prefetch=prefetch,
+            mp_context=either("mp_context", mp_context, "multiprocessing_context", multiprocessing_context, "fork"),
+            persistent=persistent_workers, timeout=float(timeout), worker_init_fn=worker_init_fn,
+            pin_memory=pin_memory, device=device, augment=self.augment, counters=self.counters,
+            details=as_dict,  # the stage's saliency and variant planes only when someone will see them
+            cpu_threads=max(1, cores - self.num_workers) if self.num_workers > 0 else None,  # what workers leave
+        )  # fmt: skip
+        self._pending: tuple[int, int] | None = None  # where the next pass starts, if not the next epoch
+        self._restored = False  # the pending start came from load_state_dict or skip (set_epoch keeps it)
+        self._pending_stage: dict[str, Any] | None = None
+        self._pass = 0
+        # workers start now: spawning, imports and the first shard fetches overlap the caller's model set-up
+        self._graph.workers.prepare()
 
     # --- the DataLoader surface -------------------------------------------------------------------------
     @property
-    def plan(self) -> EpochPlan:
-        return self._pool.plan(self._epoch)
+    def root(self) -> Any:
+        """The root node of the loader's graph (dict batches), for ``torchdata.nodes.Loader`` or a graph of yours."""
+        return self._graph.root
+
+    @property
+    def graph(self) -> Graph:
+        return self._graph
 
     @property
     def epoch(self) -> int:
-        return self._epoch
+        """The epoch of the pass in progress (or the one the next pass starts, after ``set_epoch`` or a restore)."""
+        return self._position()[0]
+
+    @property
+    def plan(self) -> EpochPlan:
+        """The plan of the pass in progress or of the next one, with the rank and world size of now."""
+        running = self._graph.workers.plan
+        if self._pending is not None:
+            return self._epochs.plan_for(self._pending[0])
+        if running is not None and self._graph.position()[1] < running.num_batches:
+            return running
+        return self._epochs.plan_for(self._epochs.next_epoch)  # read now: the rank may have changed since
+
+    @property
+    def sampler(self) -> _EpochSetter:
+        """What frameworks call ``set_epoch`` on (Lightning does at every epoch start)."""
+        return _EpochSetter(self)
+
+    @property
+    def batch_sampler(self) -> None:
+        """None: batches are cut in the workers (a DataLoader with no batch sampler reports the same)."""
+        return None
 
     def __len__(self) -> int:
+        """Batches per pass on this rank."""
         return self.plan.num_batches
 
     def set_epoch(self, epoch: int) -> None:
-        """Start ``epoch`` from its first batch at the next iteration (as ``DistributedSampler.set_epoch``)."""
-        self._epoch, self._batches, self._epoch_set = int(epoch), 0, True
+        """The next pass is ``epoch`` from its first batch (as ``DistributedSampler.set_epoch``) — unless a restored
+        state of that same epoch is waiting: then it resumes there."""
+        epoch = check_count("epoch", epoch, 0)
+        if self._restored and self._pending is not None and self._pending[0] == epoch:
+            return
+        self._pending, self._pending_stage, self._restored = (epoch, 0), None, False
+
+    def skip(self, batches: int) -> MedDiffuseLoader:
+        """The next pass starts ``batches`` later, without reading them (``accelerator.skip_first_batches``)."""
+        batches = check_count("batches", batches, 0)
+        epoch, start = self._pending if self._pending is not None else (self._epochs.next_epoch, 0)
+        total = self._epochs.plan_for(epoch).num_batches
+        if start + batches > total:
+            raise ValueError(f"cannot skip {batches} batches from batch {start}: epoch {epoch} has {total}")
+        self._pending, self._restored = (epoch, start + batches), True
+        return self
 
     def __iter__(self) -> Iterator[Any]:
-        if self._batches >= len(self) and not self._epoch_set:
-            self._epoch, self._batches = self._epoch + 1, 0  # the last epoch ended: go on to the next
-        self._epoch_set = False
-        self._pool.reset({WorkerPool.EPOCH_KEY: self._epoch, WorkerPool.BATCHES_KEY: self._batches})
-        padded = self.plan.padded_count()
-        if self._batches == 0 and padded:
-            self.counters["padded_for_ranks"] += padded
-        if self.augment is None:
-            for chunk in self._pool:
-                self._batches += 1
-                yield self._to_torch(chunk)
-            return
-        from .augment.runner import run_stage
+        return self._run()
 
-        batches = (self._to_torch(chunk, keep_on_host=True) for chunk in self._pool)
-        # saliency and variant planes only when someone will see them (as_dict)
-        for batch, state in run_stage(self.augment, batches, details=self.as_dict, cpu_threads=self._stage_threads):
-            self._batches += 1
-            self._augment_state = state
-            yield batch if self.as_dict else (batch["image"], batch["target"])
+    def _run(self) -> Iterator[Any]:
+        self._pass += 1
+        token = self._pass
+        pending, self._pending, self._restored = self._pending, None, False
+        stage, self._pending_stage = self._pending_stage, None
+        root = self._graph.root
+        root.reset(None if pending is None else self._graph.state_at(*pending, None, stage))
+        while True:
+            batch = next(root, None)
+            if batch is None:
+                return
+            yield self._present(batch)
+            if self._pass != token:
+                return  # a newer iter() took over the graph; this iterator is spent
+
+    def _present(self, batch: Any) -> Any:
+        if self.as_dict or self.collate_fn is not None:
+            return batch
+        return batch["image"], batch["target" if self.augment is not None else "label"]
 
     def close(self) -> None:
-        """Stop worker processes now (they also stop when the loader is garbage-collected)."""
-        self._pool.close()
+        """Stop worker processes and the device stage's thread now (they also stop at garbage collection and at
+        interpreter exit); the loader starts new ones if it is iterated again."""
+        self._graph.close()
 
     def __enter__(self) -> MedDiffuseLoader:
         return self
@@ -160,49 +228,66 @@ class MedDiffuseLoader:
         self.close()
 
     # --- state ----------------------------------------------------------------------------------------------
+    def _position(self) -> tuple[int, int]:
+        if self._pending is not None:
+            return self._pending
+        return self._graph.position()
+
     def _fingerprint(self) -> str:
         text = "|".join(f"{s.path}:{s.samples}:{s.sha256}" for s in self.dataset.shards)
         return hashlib.sha256(text.encode()).hexdigest()[:16]
 
     def state_dict(self) -> dict[str, Any]:
-        """Where the loader is: epoch, batches yielded in it, the settings the order depends on, counters."""
+        """Where the loader is — epoch and batches yielded in it, shared by every rank — with the settings the
+        order depends on, this rank's counters and the device stage's state."""
+        epoch, batches = self._position()
+        stage = None
+        if self.augment is not None:
+            stage = self._pending_stage if self._pending_stage is not None else self._graph.stage_state()
         plan = self.plan
         return {
             "version": STATE_VERSION,
-            "epoch": self._epoch,
-            "batches": self._batches,
+            "epoch": epoch,
+            "batches": batches,
             "split": self.split,
             "dataset": self._fingerprint(),
-            "settings": {name: getattr(plan, name) for name in _SETTINGS},
+            "settings": plan.layout(),
+            "rank": plan.rank,
             "counters": self.counters.as_dict(),
-            "augment": self._augment_state,
+            "augment": stage,
         }
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
-        """Continue where ``state`` was taken; refuses a state from another dataset or other ordering settings."""
-        if state.get("version") != STATE_VERSION:
-            raise ValueError(f"loader state version {state.get('version')!r} is not {STATE_VERSION}")
+        """Continue where ``state`` was taken — by this rank or any other (the position is shared). Resuming in
+        the middle of an epoch needs the saved world size, workers, batch size and order settings; a state taken
+        at an epoch's end (or start) resumes with any of them."""
+        version = state.get("version")
+        if version not in (1, STATE_VERSION):
+            raise ValueError(f"loader state version {version!r} is not {STATE_VERSION} (or 1)")
         if state["dataset"] != self._fingerprint() or state["split"] != self.split:
             raise ValueError(
                 f"this loader state belongs to another dataset or split ({state['split']!r}); "
                 f"it cannot resume {self.source!r} split {self.split!r}"
             )
-        plan = self.plan
-        different = {k: (v, getattr(plan, k)) for k, v in state["settings"].items() if getattr(plan, k) != v}
-        if different:
-            detail = ", ".join(f"{k}: saved {a!r}, now {b!r}" for k, (a, b) in different.items())
-            raise ValueError(f"cannot resume exactly with other settings ({detail}); construct the loader as saved")
-        self._epoch, self._batches, self._epoch_set = int(state["epoch"]), int(state["batches"]), True
-        self.counters.clear()
-        self.counters.update(state.get("counters", {}))
-        if self.augment is not None:
-            if state.get("augment") is None:
-                raise ValueError("this loader state was saved without augment=; construct the loader as saved")
-            self.augment.load_state_dict(state["augment"])
-            self._augment_state = state["augment"]
+        epoch, batches = int(state["epoch"]), int(state["batches"])
+        settings = dict(state["settings"])
+        saved_rank = settings.pop("rank", state.get("rank"))
+        if version == 1:  # states before the even_batches setting and the layout check
+            settings.update(samples=self.dataset.total, even=True)
+        plan = self._epochs.plan_for(epoch)
+        start = resume_position(plan, batches, settings)
+        if self.augment is not None and state.get("augment") is None:
+            raise ValueError("this loader state was saved without augment=; construct the loader as saved")
+        self._pending = (epoch + 1, 0) if start == plan.num_batches else (epoch, start)
+        self._restored = True
+        self._pending_stage = dict(state["augment"]) if self.augment is not None else None
+        if saved_rank == plan.rank:  # another rank's counts are not this rank's
+            self.counters.clear()
+            self.counters.update(state.get("counters", {}))
+        self._graph.workers.prepare(*self._pending)
 
-    # --- batches --------------------------------------------------------------------------------------------
-    def _build_stage(self, augment: Any, seed: int) -> Any:
+    # --- the device stage -----------------------------------------------------------------------------------
+    def _build_stage(self, augment: Any, seed: int, device: str | torch.device | None) -> Any:
         """``None``, a method name that needs no models, or a configured ``AugmentStage``."""
         if augment is None:
             return None
@@ -213,35 +298,23 @@ class MedDiffuseLoader:
         if not isinstance(augment, str):
             raise TypeError(f"augment must be None, a method name or an AugmentStage, got {type(augment).__name__}")
         try:
-            return AugmentStage(augment, len(self.dataset.class_names) or 2, seed=seed, device=self.device)
+            return AugmentStage(augment, len(self.dataset.class_names) or 2, seed=seed, device=device)
         except ValueError as error:
             raise ValueError(f"{error}; build it with meddiffuse_stream.augment.AugmentStage(...)") from error
 
-    def _to_torch(self, chunk: dict[str, Any], keep_on_host: bool = False) -> Any:
-        image = chunk["image"]
-        # numpy, not torch, converts: torch's intra-op threads would spin on the cores the decode workers need
-        if not isinstance(image, np.ndarray):  # a user transform produced tensors
-            tensor = image.to(torch.float32)
-        else:
-            tensor = torch.from_numpy(to_unit_float(image))
-        batch: dict[str, Any] = {"image": tensor, "label": torch.from_numpy(chunk["label"]), "key": chunk["key"]}
-        if "roi" in chunk:
-            batch["roi"] = torch.from_numpy(chunk["roi"].astype(np.float32))
-        if "meta" in chunk:
-            batch["meta"] = chunk["meta"]
-        if keep_on_host:  # the device stage makes the copy, on its own stream
-            return batch
-        if self.device is not None and self.device.type != "cpu":
-            batch = {k: _to_device(v, self.device) for k, v in batch.items()}
-        return batch if self.as_dict else (batch["image"], batch["label"])
 
+class _EpochSetter:
+    """``loader.sampler``: only ``set_epoch`` (the order itself is the loader's epoch plan)."""
 
-def _to_device(value: Any, device: torch.device) -> Any:
-    if not isinstance(value, torch.Tensor):
-        return value
-    if device.type == "cuda":
-        value = value.pin_memory()  # page-locked, so the copy below runs asynchronously
-    return value.to(device, non_blocking=True)
+    def __init__(self, loader: MedDiffuseLoader) -> None:
+        self._loader = loader
+
+    def set_epoch(self, epoch: int) -> None:
+        self._loader.set_epoch(epoch)
+
+    @property
+    def epoch(self) -> int:
+        return self._loader.epoch
 
 
 def sample_shape(source: str | Sequence[str], storage_options: Mapping[str, Any] | None = None) -> tuple[int, int, int]:

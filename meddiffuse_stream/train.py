@@ -12,7 +12,7 @@ import json
 import math
 import os
 from collections import deque
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
@@ -198,7 +198,9 @@ def train(config: TrainConfig) -> dict[str, Any]:
         if keys is not None:
             keys.close()
         loader.close()
-    results = {"config": {k: v for k, v in asdict(config).items() if k != "augment_stage"}, "steps": step,
+    # the fields one by one: asdict() would deep-copy the device stage (its models, caches and lock) only to drop it
+    settings = {f.name: getattr(config, f.name) for f in fields(config) if f.name != "augment_stage"}
+    results = {"config": settings, "steps": step,
                "final_loss": float(torch.stack(list(recent)).double().mean()) if recent else None,
                "counters": _summed_counters(loader, world),
                "distributed": {"backend": dist.get_backend() if dist.is_initialized() else None,

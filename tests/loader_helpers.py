@@ -21,23 +21,50 @@ def uneven_dataset(root: Path, samples: int = 103, shard_size: int = 10, size: i
 
 
 def keys_of(item: Any) -> list[str]:
+    """What identifies an item of any node: batch or sample keys, a planned sample's ref, a plan's epoch."""
     if isinstance(item, dict) and "key" in item:
         return list(item["key"]) if isinstance(item["key"], list) else [item["key"]]
+    if hasattr(item, "item"):  # PlannedSample
+        item = item.item
+    if hasattr(item, "epoch") and hasattr(item, "shard_sizes"):  # EpochPlan
+        return [f"epoch {item.epoch} rank {item.rank}"]
     return [getattr(item, "key", None) or str(getattr(item, "ref", item))]
 
 
+def _round_trip(state: dict[str, Any]) -> dict[str, Any]:
+    """A state as a checkpoint gives it back: through torch.save and torch.load(weights_only=True)."""
+    import io
+
+    import torch
+
+    buffer = io.BytesIO()
+    torch.save(state, buffer)
+    buffer.seek(0)
+    return torch.load(buffer, weights_only=True)
+
+
 def check_state_contract(make: Callable[[], Any], stops: list[int]) -> None:
-    """The contract every stage keeps: a node reset to the state taken after k items yields what the original
-    yields after k — mid-epoch, at the end, and from the start of the next reset."""
+    """The contract every node keeps: a node reset to the state taken after k items yields what the original
+    yields after k — mid-epoch, at the end — and the pass after it (``reset(None)``: the next epoch for a graph
+    rooted in an EpochSource, the same share again for a per-worker node) is the original's next pass too.
+    States survive a checkpoint round trip."""
     reference = make()
     reference.reset(None)
     full = [keys_of(item) for item in reference]
+    reference.reset(None)
+    following = [keys_of(item) for item in reference]
+    assert full, "the contract needs a node that yields something"
     for stop in stops:
         node = make()
         node.reset(None)
         for _ in range(stop):
             next(node)
-        state = node.get_state()
+        state = _round_trip(node.state_dict())
         restored = make()
         restored.reset(state)
         assert [keys_of(item) for item in restored] == full[stop:], f"diverged after restoring at {stop}"
+        restored.reset(None)
+        assert [keys_of(item) for item in restored] == following, f"the pass after restoring at {stop} differs"
+        for each in (node, restored):
+            getattr(each, "close", lambda: None)()
+    getattr(reference, "close", lambda: None)()

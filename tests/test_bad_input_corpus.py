@@ -22,7 +22,7 @@ from builders import small_dicom, write_image
 from meddiffuse_stream import MedDiffuseLoader
 from meddiffuse_stream.convert import ConvertOptions, convert_dataset
 from meddiffuse_stream.convert.imagefolder import ImageFolderSource
-from meddiffuse_stream.nodes.chunks import LoaderDataError
+from meddiffuse_stream.nodes import LoaderDataError
 from meddiffuse_stream.shardfmt import encode_png
 
 pytestmark = pytest.mark.timeout(120)  # "never hang" is part of every case

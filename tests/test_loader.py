@@ -73,7 +73,7 @@ def test_workers_read_ahead_and_drop_it_when_the_caller_goes_elsewhere(dataset, 
             return _epoch_keys(loader)
 
     with MedDiffuseLoader(dataset, 8, **settings) as loader:
-        generation = lambda: loader._pool._generation.value  # noqa: E731 - one command to the workers each
+        generation = lambda: loader.graph.workers.pool.generation  # noqa: E731 - one command to the workers each
         assert generation() == 1, "the workers were set to epoch 0 when the loader was built"
         assert _epoch_keys(loader) == fresh(0) and generation() == 2  # ... and to epoch 1 with epoch 0's last batch
         assert _epoch_keys(loader) == fresh(1) and generation() == 3  # epoch 1 took what was read ahead
@@ -88,7 +88,7 @@ def test_restored_loader_yields_exactly_what_the_uninterrupted_one_yields(datase
     for rank in range(world):
         kwargs = dict(num_workers=workers, worker_method=method, rank=rank, world_size=world, as_dict=True, seed=9)
         with MedDiffuseLoader(dataset, 4, **kwargs) as reference:
-            expected = _epoch_keys(reference) + _epoch_keys(reference)  # two epochs
+            expected = _epoch_keys(reference) + _epoch_keys(reference) + _epoch_keys(reference)  # three epochs
         with MedDiffuseLoader(dataset, 4, **kwargs) as interrupted:
             iterator = iter(interrupted)
             for _ in range(stop):
@@ -96,15 +96,27 @@ def test_restored_loader_yields_exactly_what_the_uninterrupted_one_yields(datase
             state = interrupted.state_dict()
         with MedDiffuseLoader(dataset, 4, **kwargs) as restored:
             restored.load_state_dict(state)
-            rest = _epoch_keys(restored) + _epoch_keys(restored)
-        assert rest == expected[stop:]
+            rest = _epoch_keys(restored) + _epoch_keys(restored)  # the rest of that epoch, then the next one
+        # a state taken after an epoch's last batch (stop 13) resumes at the next epoch's first batch
+        assert len(rest) == (26 - stop if stop < 13 else 26) and rest == expected[stop : stop + len(rest)]
 
 
-def test_state_from_other_settings_is_refused(dataset):
-    with MedDiffuseLoader(dataset, 4, num_workers=0) as loader:
-        state = loader.state_dict()
-    with MedDiffuseLoader(dataset, 4, num_workers=2) as other, pytest.raises(ValueError, match="num_workers"):
-        other.load_state_dict(state)
+def test_state_from_other_settings_is_refused_mid_epoch_and_taken_at_an_epoch_boundary(dataset):
+    """The samples left of an epoch depend on its layout: mid-epoch it must match; at a boundary any layout goes."""
+    with MedDiffuseLoader(dataset, 4, num_workers=0, as_dict=True) as loader:
+        start = loader.state_dict()
+        iterator = iter(loader)
+        next(iterator)
+        middle = loader.state_dict()
+        list(iterator)
+        end = loader.state_dict()
+    with MedDiffuseLoader(dataset, 4, num_workers=2, as_dict=True) as other:
+        with pytest.raises(ValueError, match=r"num_workers: saved 0, now 2.*epoch's end"):
+            other.load_state_dict(middle)
+        other.load_state_dict(start)
+        assert other.epoch == 0 and len(_epoch_keys(other)) == len(other)
+        other.load_state_dict(end)
+        assert other.epoch == 1, "a state taken at an epoch's end goes on with the next epoch"
 
 
 def test_tuples_and_dicts_are_float_batches(dataset):

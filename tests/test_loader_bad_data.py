@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from meddiffuse_stream import MedDiffuseLoader
-from meddiffuse_stream.nodes.chunks import LoaderDataError
+from meddiffuse_stream.nodes import LoaderDataError
 from meddiffuse_stream.shardfmt import EncodedSample, ShardWriter, encode_png
 
 GOOD_PNG = encode_png(np.full((6, 6), 100, np.uint8))

@@ -14,7 +14,7 @@ import pytest
 from tar_bytes import END, member, pax
 
 from meddiffuse_stream import MedDiffuseLoader
-from meddiffuse_stream.nodes.chunks import LoaderDataError
+from meddiffuse_stream.nodes import LoaderDataError
 from meddiffuse_stream.shardfmt import encode_png
 
 pytestmark = pytest.mark.timeout(120)

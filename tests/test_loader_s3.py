@@ -144,7 +144,7 @@ from meddiffuse_stream import MedDiffuseLoader
 loader = MedDiffuseLoader({str(local)!r}, 4, num_workers=2, prefetch=1)
 for index, _ in enumerate(loader):
     if index == 2:
-        os.kill(loader._pool._workers[1].pid, signal.SIGKILL)
+        os.kill(loader.graph.workers.pool.pids[1], signal.SIGKILL)
 """
     result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
     assert result.returncode != 0

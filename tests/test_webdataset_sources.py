@@ -17,7 +17,7 @@ from PIL import Image
 
 from meddiffuse_stream import MedDiffuseLoader
 from meddiffuse_stream.cli import main
-from meddiffuse_stream.nodes.chunks import LoaderDataError
+from meddiffuse_stream.nodes import LoaderDataError
 from meddiffuse_stream.shardfmt.manifest import ManifestError
 
 pytestmark = pytest.mark.timeout(120)

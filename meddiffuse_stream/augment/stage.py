@@ -2,10 +2,11 @@
 
 It runs in the main process on ``device`` (never inside decode workers), batched: one saliency call, one variant
 lookup and at most one generator call per batch. All randomness comes from one seeded ``numpy.random.Generator``
-drawn in a fixed order per batch — which samples are shown as they are, which of the M variants and which of the
-D mask draws each of the others gets, then the method's own draws — so every epoch is a fresh draw, and its
-state (with the counters and the teacher's identity) is the stage's ``state_dict``: part of the loader's, so a
-resumed run draws the same augmentations.
+per batch, drawn in a fixed order — which samples are shown as they are, which of the M variants and which of the
+D mask draws each of the others gets, then the method's own draws. Inside a loader it is seeded from ``(seed,
+epoch, rank, batch index)``: every epoch and rank a fresh draw, and a resumed run draws the same augmentations
+whichever rank's state it loaded (frameworks load rank 0's everywhere). Called directly, the stage draws from its
+own generator, whose state (with the counters and the teacher's identity) is its ``state_dict``.
 """
 
 from __future__ import annotations
@@ -123,6 +124,17 @@ class AugmentStage:
     def generator(self) -> Any:
         return self.variants.generator
 
+    def __getstate__(self) -> dict[str, Any]:
+        """Picklable and copyable — a loader carrying the stage goes to ``ddp_spawn`` / ``mp.spawn`` ranks: the
+        lock and the method's built functions stay behind and are made again from ``method``."""
+        return {name: value for name, value in self.__dict__.items() if name not in ("_teacher_lock", "_apply", "spec")}
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__dict__.update(state)
+        self._teacher_lock = threading.Lock()
+        self.spec = get_method(self.method)
+        self._apply = self.spec.build(self)
+
     # --- state -----------------------------------------------------------------------------------------------
     def state_dict(self) -> dict[str, Any]:
         teacher = self.teacher_identity
@@ -196,10 +208,11 @@ class AugmentStage:
         roi = batch["roi"].to(self.device, non_blocking=True) if "roi" in batch else None
         keys: Sequence[str] = batch["key"]
         count = len(images)
-        keep = self.rng.random(count) < self.original_probability if self.original_probability else \
+        rng = self._generator_for(batch)
+        keep = rng.random(count) < self.original_probability if self.original_probability else \
             np.zeros(count, dtype=bool)  # fmt: skip
-        variant_index = self.rng.integers(0, self.variants_per_sample, count)
-        mask_draw = self.rng.integers(0, self.mask_draws, count)
+        variant_index = rng.integers(0, self.variants_per_sample, count)
+        mask_draw = rng.integers(0, self.mask_draws, count)
         targets = F.one_hot(labels, self.num_classes).to(images.dtype)
         rows = torch.as_tensor(np.flatnonzero(~keep), device=self.device)
         out, weight = images.clone(), torch.zeros_like(images[:, :1])
@@ -208,7 +221,7 @@ class AugmentStage:
         if len(rows):
             inputs = self._inputs(images[rows], labels[rows], targets[rows], [keys[i] for i in rows.tolist()],
                                   variant_index[~keep], mask_draw[~keep], None if roi is None else roi[rows],
-                                  details)  # fmt: skip
+                                  details, rng)  # fmt: skip
             result = self._apply(inputs)
             out[rows], weight[rows] = result.images.to(out.dtype), result.weight.to(weight.dtype)
             if self.spec.mixes_labels:
@@ -222,7 +235,7 @@ class AugmentStage:
         if not self.spec.geometric and not self.spec.mixes_labels:
             augmented &= weight.flatten(1).amax(dim=1) > 0
         if self.compose_standard:
-            out, moved_roi = apply_standard(out, draw_standard(count, self.rng), moved_roi)
+            out, moved_roi = apply_standard(out, draw_standard(count, rng), moved_roi)
             augmented, extra_roi = torch.ones_like(augmented), roi is not None
         self.counters["originals"] += int(keep.sum())
         self.counters["batches"] += 1
@@ -243,7 +256,17 @@ class AugmentStage:
         full[rows] = plane
         return full
 
-    def _inputs(self, images, labels, targets, keys, variant_index, mask_draw, roi, details) -> BatchInputs:
+    def _generator_for(self, batch: dict[str, Any]) -> np.random.Generator:
+        """The batch's draws: seeded from ``(seed, epoch, rank, batch index)`` when the loader says where the batch
+        sits — the same on a resumed run whichever rank's state it loaded, different on every rank — else the
+        stage's own generator (a stage called directly, whose state is then in ``state_dict``)."""
+        position = batch.get("position")
+        if position is None:
+            return self.rng
+        epoch, rank, index = (int(v) for v in position)
+        return np.random.default_rng([self.seed, epoch, rank, index])
+
+    def _inputs(self, images, labels, targets, keys, variant_index, mask_draw, roi, details, rng) -> BatchInputs:
         hashes: list[str] = []
 
         def contents() -> list[str]:  # hashed once per batch, only if a cache key needs it
@@ -270,7 +293,7 @@ class AugmentStage:
             return self.variants.variants(images[rows], labels[rows], [keys[i] for i in picked],
                                           [contents()[i] for i in picked], variant_index[picked])  # fmt: skip
 
-        return BatchInputs(images, labels, targets, keys, self.rng, variant_index, mask_draw, roi,
+        return BatchInputs(images, labels, targets, keys, rng, variant_index, mask_draw, roi,
                            saliency=saliency if self.saliency is not None else None,
                            variants=variants if self.spec.needs_variants else None, contents=contents,
                            details=details)  # fmt: skip

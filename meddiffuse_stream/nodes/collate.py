@@ -18,7 +18,8 @@ def collate(samples: list[dict[str, Any]]) -> dict[str, Any]:
         odd = next(s for s in samples if s["image"].shape != first["image"].shape)
         raise ValueError(
             f"samples {first['key']} {tuple(first['image'].shape)} and {odd['key']} {tuple(odd['image'].shape)} "
-            "differ in shape: convert with --resize, or pass transform= to bring them to one size"
+            "differ in shape: pass resize= (and channels= where grey and colour images mix) to MedDiffuseLoader, "
+            "or convert with --resize"
         )
     if not all(isinstance(i, np.ndarray) for i in images):  # a user transform returned tensors
         import torch
@@ -32,6 +33,7 @@ def collate(samples: list[dict[str, Any]]) -> dict[str, Any]:
         "image": stacked,
         "label": np.asarray([s["label"] for s in samples], dtype=np.int64),
         "key": [s["key"] for s in samples],
+        "is_padding": np.asarray([bool(s.get("is_padding", False)) for s in samples], dtype=bool),
     }
     if "roi" in first:
         chunk["roi"] = np.stack([s.get("roi", np.zeros_like(first["roi"])) for s in samples])

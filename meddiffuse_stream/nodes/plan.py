@@ -10,7 +10,8 @@ Layout of one epoch:
 1. The split's shards are put in a seeded order (``seed + epoch``) and their samples laid end to end.
 2. Each rank takes an equal, contiguous slice. Without ``drop_last`` the sequence is padded to a multiple of
    ``world_size`` by repeating its first samples (fewer than ``world_size`` repeats per epoch); with it, the
-   remainder is dropped.
+   remainder is dropped. With ``even=False`` (evaluation) nothing repeats: rank slices differ by at most one
+   sample, so batch counts may differ by one between ranks — fine for metrics, not for a DDP training step.
 3. The rank's slice is cut into batches; batch counts per worker differ by at most one, and each worker takes a
    contiguous run of whole batches (so it reads at most two partial shards), the partial batch last.
 4. Inside its run, a worker's order is a streaming shuffle buffer simulated on sample positions with its own
@@ -77,6 +78,7 @@ class EpochPlan:
     shuffle: bool = True
     drop_last: bool = False
     buffer_size: int = 1000
+    even: bool = True
 
     def __post_init__(self) -> None:
         if self.batch_size < 1:
@@ -94,10 +96,13 @@ class EpochPlan:
 
     @property
     def per_rank(self) -> int:
-        """Samples each rank yields this epoch, padding included."""
+        """Samples this rank yields this epoch, padding included."""
         if self.drop_last:
             samples = self.total // self.world_size
             return samples - samples % self.batch_size
+        if not self.even:
+            first, last = self._rank_sequence_bounds()
+            return last - first
         return math.ceil(self.total / self.world_size)
 
     @property
@@ -115,6 +120,8 @@ class EpochPlan:
         return np.random.default_rng((self.seed, self.epoch)).permutation(len(self.shard_sizes))
 
     def _rank_sequence_bounds(self) -> tuple[int, int]:
+        if not self.even and not self.drop_last:
+            return self.rank * self.total // self.world_size, (self.rank + 1) * self.total // self.world_size
         start = self.rank * self.per_rank
         return start, start + self.per_rank
 
@@ -151,19 +158,39 @@ class EpochPlan:
             start += size
         raise ValueError(f"worker {worker} is outside num_workers {self.num_workers}")
 
-    def worker_refs(self, worker: int) -> list[SampleRef]:
-        """The samples ``worker`` yields this epoch, in yield order."""
-        order = self.shard_order()
-        offsets = np.concatenate([[0], np.cumsum([self.shard_sizes[i] for i in order])]).astype(np.int64)
+    def _worker_positions(self, worker: int) -> np.ndarray:
+        """Positions in the epoch's sample sequence that ``worker`` yields, in yield order; ``>= total`` is padding."""
         first, _ = self._rank_sequence_bounds()
         start, stop = self.worker_span(worker)
-        positions = (first + np.arange(start, stop)) % max(self.total, 1)  # wrap-around = the padding
-        shuffled = positions
+        positions = first + np.arange(start, stop, dtype=np.int64)
         if self.shuffle:
             generator = np.random.default_rng((self.seed * self.world_size + self.rank, self.epoch, worker, 1))
-            shuffled = positions[buffer_order(len(positions), self.buffer_size, generator)]
-        slots = np.searchsorted(offsets, shuffled, side="right") - 1
-        return [(int(order[s]), int(p - offsets[s])) for s, p in zip(slots, shuffled, strict=True)]
+            positions = positions[buffer_order(len(positions), self.buffer_size, generator)]
+        return positions
+
+    def worker_share(self, worker: int) -> tuple[list[SampleRef], np.ndarray]:
+        """:meth:`worker_refs` and :meth:`worker_padding` at once (the shuffle is simulated once)."""
+        positions = self._worker_positions(worker)
+        order = self.shard_order()
+        offsets = np.concatenate([[0], np.cumsum([self.shard_sizes[i] for i in order])]).astype(np.int64)
+        wrapped = positions % max(self.total, 1)  # wrap-around = the padding
+        slots = np.searchsorted(offsets, wrapped, side="right") - 1
+        refs = [(int(order[s]), int(p - offsets[s])) for s, p in zip(slots, wrapped, strict=True)]
+        return refs, positions >= self.total
+
+    def worker_refs(self, worker: int) -> list[SampleRef]:
+        """The samples ``worker`` yields this epoch, in yield order."""
+        return self.worker_share(worker)[0]
+
+    def worker_padding(self, worker: int) -> np.ndarray:
+        """Per sample of :meth:`worker_refs`: whether it repeats a sample to even out the ranks (``is_padding``)."""
+        return self._worker_positions(worker) >= self.total
+
+    def layout(self) -> dict[str, int | bool]:
+        """What the order of an epoch depends on apart from rank and epoch: what a run resumed mid-epoch must share."""
+        return {"samples": self.total, "world_size": self.world_size, "num_workers": self.num_workers,
+                "batch_size": self.batch_size, "seed": self.seed, "shuffle": self.shuffle,
+                "drop_last": self.drop_last, "buffer_size": self.buffer_size, "even": self.even}  # fmt: skip
 
     def padded_count(self) -> int:
         """Samples this rank yields twice this epoch (padding to equal rank sizes)."""

@@ -2,11 +2,15 @@
 
 The worker's main thread decodes the samples of one shard while this thread loads the next (read with retries,
 verified, parsed: :func:`~meddiffuse_stream.nodes.shard_stream.load_shard`).
+
+Each fetch runs in a daemon thread of its own, not a ``ThreadPoolExecutor``: the executor's threads are joined at
+interpreter exit, so a fetch in its retry back-off (up to minutes) held the whole process up after training ended.
 """
 
 from __future__ import annotations
 
 import concurrent.futures
+import threading
 from collections.abc import Callable
 from typing import Any
 
@@ -23,23 +27,39 @@ class ShardPrefetcher:
         self._prefetchable = prefetchable
         self._depth = depth
         self._pending: dict[int, concurrent.futures.Future[Any]] = {}
-        self._pool = (
-            concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="shard-prefetch") if prefetchable else None
-        )
+        self._open = bool(prefetchable)
 
     def get(self, index: int) -> Any:
         future = self._pending.pop(index, None)
-        stream = future.result() if future is not None else self._fetch(index)
+        loaded = future.result() if future is not None else self._fetch(index)
         self._schedule_after(index)
-        return stream
+        return loaded
 
     def _schedule_after(self, index: int) -> None:
         position = self._position.get(index)
-        if self._pool is None or position is None:
+        if not self._open or position is None:
             return
         for upcoming in self._order[position + 1 : position + 1 + self._depth]:
             if upcoming in self._prefetchable and upcoming not in self._pending:
-                self._pending[upcoming] = self._pool.submit(self._fetch, upcoming)
+                self._pending[upcoming] = self._submit(upcoming)
+
+    def _submit(self, index: int) -> concurrent.futures.Future[Any]:
+        future: concurrent.futures.Future[Any] = concurrent.futures.Future()
+
+        def run() -> None:
+            if not future.set_running_or_notify_cancel():
+                return
+            try:
+                loaded = self._fetch(index)
+            except BaseException as error:  # handed to whoever opens the shard
+                future.set_exception(error)
+                return
+            future.set_result(loaded)
+            if not self._open:  # closed while fetching: nobody will take it
+                loaded.close()
+
+        threading.Thread(target=run, name=f"shard-prefetch-{index}", daemon=True).start()
+        return future
 
     def close(self) -> None:
         for future in self._pending.values():
@@ -48,6 +68,4 @@ class ShardPrefetcher:
             if future.done() and not future.cancelled() and future.exception() is None:
                 future.result().close()
         self._pending.clear()
-        if self._pool is not None:
-            self._pool.shutdown(wait=False, cancel_futures=True)
-            self._pool = None
+        self._open = False

@@ -58,7 +58,7 @@ class PlannedSampleReader:
     raises or counts (``on_error``).
 
     It follows the ``torchdata.nodes`` contract (``reset(state)``, ``get_state()``, ``next()``) without importing
-    torch, so decode worker processes start fast.
+    torch; :class:`meddiffuse_stream.nodes.read.ReadSamples` wraps it as a node.
     """
 
     POSITION_KEY = "position"

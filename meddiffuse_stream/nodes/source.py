@@ -36,6 +36,10 @@ class DatasetSource:
     def total(self) -> int:
         return sum(s.samples for s in self.shards)
 
+    def __len__(self) -> int:
+        """Samples in the split (``len(loader.dataset)``, as with a DataLoader)."""
+        return self.total
+
     def describe(self, index: int) -> str:
         return self.location.display(self.shards[index].path)
 

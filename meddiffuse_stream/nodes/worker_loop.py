@@ -1,18 +1,23 @@
-"""The loop a decode worker (process or thread) runs; torch-free, so a spawned process starts fast."""
+"""The loop a decode worker (process or thread) runs: build its chain for each command, hand over batches."""
 
 from __future__ import annotations
 
 import copy
-import dataclasses
+import queue
 import sys
 import traceback
+from collections.abc import Callable
 from typing import Any
 
 from .. import object_reader
-from ..counters import Counters
-from .chunks import ChunkBuilder, LoaderDataError, StageConfig
+from ..counters import Counters, is_sample_counter
+from .chain import WorkerChain
+from .errors import LoaderDataError
+from .lifecycle import die_with_parent, restore_default_signals
 
 __all__ = ["Box", "worker_loop"]
+
+_PUT_SECONDS = 0.1
 
 
 class Box:
@@ -22,35 +27,75 @@ class Box:
         self.value = 0
 
 
+def _hand_over(results: Any, item: tuple, generation: Any) -> bool:
+    """Put ``item`` (into a ``BatchSender`` or a thread's queue), waiting for room in bounded steps; False once its
+    generation is over (nobody wants it)."""
+    while True:
+        try:
+            results.put(item, timeout=_PUT_SECONDS)
+            return True
+        except queue.Full:
+            if generation.value != item[0]:
+                return False
+
+
+def _keep_storage_counts(counters: Counters, delta: dict[str, int]) -> None:
+    """A batch nobody receives: its sample counts are void, its storage events (retries, fetches) still count."""
+    counters.drop_sample_counts()
+    counters.update({name: value for name, value in delta.items() if not is_sample_counter(name)})
+
+
 def worker_loop(
-    worker: int, config: StageConfig, commands: Any, results: Any, generation: Any, own_process: bool = False
+    worker: int,
+    chain: WorkerChain,
+    commands: Any,
+    results: Any,
+    generation: Any,
+    parent_pid: int | None = None,
+    use_pdeathsig: bool = False,
+    worker_init_fn: Callable[[int], None] | None = None,
 ) -> None:
-    """Serve commands until ``None``: each one produces this worker's chunks of one epoch from a position."""
-    if own_process:  # a process of its own may read S3 through obstore (see object_reader: threads may not)
-        object_reader.allow_in_this_process()
+    """Serve commands ``(generation, plan, start)`` until ``None``: each produces this worker's batches of one
+    epoch from sample ``start``. ``parent_pid`` is set in a process of its own."""
+    own_process = parent_pid is not None
+    if own_process:
+        restore_default_signals()
+        die_with_parent(parent_pid, use_pdeathsig)
+        object_reader.allow_in_this_process()  # a process of its own may read S3 through obstore (threads may not)
     if "torch" in sys.modules:  # decode work is single-threaded; keep torch from oversubscribing the cores
         sys.modules["torch"].set_num_threads(1)
     # a forked worker must not reuse the parent's storage clients (fsspec's S3 filesystem is not fork-safe):
     # a deep copy rebuilds every Location (its __setstate__ opens a client of this process's own)
-    config = copy.deepcopy(config)
+    chain = copy.deepcopy(chain)
     counters = Counters()
+    init_error = None
+    if worker_init_fn is not None:
+        try:
+            worker_init_fn(worker)
+        except Exception as error:  # reported with the first command, naming the worker
+            init_error = f"worker_init_fn failed: {type(error).__name__}: {error}\n" + traceback.format_exc(limit=6)
     while True:
         command = commands.get()
         if command is None:
             return
-        current, epoch, done = command
+        current, plan, start = command
+        if init_error is not None:
+            _hand_over(results, (current, "error", init_error, {}), generation)
+            continue
         try:
-            builder = ChunkBuilder(dataclasses.replace(config, plan=dataclasses.replace(config.plan, epoch=epoch)),
-                                   worker, counters)  # fmt: skip
-            builder.reset({ChunkBuilder.POSITION_KEY: done})
-            for chunk in builder:
+            node = chain.build(plan, worker, start, counters)
+            node.reset(None)
+            for chunk in node:
                 if generation.value != current:
-                    counters.drop_sample_counts()  # read ahead for nothing; its retries and fetches still count
+                    _keep_storage_counts(counters, {})  # read ahead for nothing
                     break
-                results.put((current, "chunk", chunk, counters.take()))
+                delta = counters.take()
+                if not _hand_over(results, (current, "chunk", chunk, delta), generation):
+                    _keep_storage_counts(counters, delta)
+                    break
         except BaseException as error:  # reported to the main process, which raises it with the worker named
             kind = "data" if isinstance(error, LoaderDataError) else "error"
             detail = f"{type(error).__name__}: {error}"
             if kind == "error":
                 detail += "\n" + traceback.format_exc(limit=6)
-            results.put((current, kind, detail, counters.take()))
+            _hand_over(results, (current, kind, detail, counters.take()), generation)

@@ -1,202 +1,173 @@
-"""The worker stage: chunk builders in persistent processes or threads (or inline), read back in plan order.
+"""The parallel stage: each worker runs its :class:`WorkerChain` on its share of the epoch; batches come back in
+plan order. Work crosses processes per epoch (one command) and per batch (one array chunk), never per sample.
 
-Workers live as long as the loader: a new epoch or a restore sends each one a command ``(generation, epoch,
-samples already done)``; chunks of an older generation still in flight are dropped. Workers read ahead: they start
-on the first epoch when the pool is built and on the next one as soon as an epoch's last chunk is handed over. A
-worker that dies raises an error naming it and its exit code instead of hanging the training loop.
+State ``{"source": the epoch source's state before this epoch, "batches": yielded, "layout": plan settings}`` — the
+rank is not part of it: every rank is at the same position, so any rank's state resumes any rank. Resuming in the
+middle of an epoch needs the same layout (world size, workers, batch size, seed ...); at an epoch's start or end
+any layout goes on exactly once.
+
+Workers read ahead: :meth:`Workers.prepare` (the loader calls it when it is built) and the hand-over of an epoch's
+last batch set them to work on where the next ``reset`` will most likely start; a ``reset`` anywhere else drops
+that (at most ``prefetch`` batches per worker).
 """
 
 from __future__ import annotations
 
-import dataclasses
-import multiprocessing
-import queue
-import threading
-import weakref
+from collections.abc import Callable
 from typing import Any
 
 from torchdata.nodes import BaseNode
 
-from ..counters import Counters, is_sample_counter
-from .chunks import ChunkBuilder, LoaderDataError, StageConfig
-from .worker_loop import Box, worker_loop
+from ..counters import Counters
+from .chain import WorkerChain
+from .epochs import EpochSource
+from .plan import EpochPlan
+from .pool import WorkerPool
 
-__all__ = ["WorkerDiedError", "WorkerPool"]
-
-METHODS = ("process", "thread")
-_POLL_SECONDS = 1.0
-
-
-class WorkerDiedError(RuntimeError):
-    """A decode worker process ended without finishing its chunks."""
+__all__ = ["Workers", "resume_position"]
 
 
-class WorkerPool(BaseNode):
-    """Yields the rank's chunks (= batches) in plan order; state ``{"epoch", "batches"}``."""
+class Workers(BaseNode[Any]):
+    """Yields the rank's batches (a chunk per batch, from the chain's ``Batch``) in plan order.
 
-    EPOCH_KEY = "epoch"
+    ``num_workers`` comes from the plan: 0 runs the chain in the calling thread.
+    """
+
+    SOURCE_KEY = "source"
     BATCHES_KEY = "batches"
+    LAYOUT_KEY = "layout"
 
     def __init__(
         self,
-        config: StageConfig,
+        source: EpochSource,
+        chain: WorkerChain,
         *,
         method: str = "process",
         prefetch: int = 2,
-        mp_context: str = "spawn",
+        mp_context: str = "fork",
         counters: Counters | None = None,
+        persistent: bool = True,
+        timeout: float = 0.0,
+        worker_init_fn: Callable[[int], None] | None = None,
     ) -> None:
         super().__init__()
-        if method not in METHODS:
-            raise ValueError(f"worker method must be one of {METHODS}, got {method!r}")
-        self.config = config
-        self.method = method
-        self.prefetch = max(1, prefetch)
-        self.mp_context = mp_context
+        self.source = source
+        self.chain = chain
         self.counters = counters if counters is not None else Counters()
-        self._epoch = config.plan.epoch
+        self.persistent = persistent
+        self.timeout = timeout
+        count = source.settings["num_workers"]
+        self.pool = WorkerPool(chain, count, method=method, prefetch=prefetch, mp_context=mp_context,
+                               worker_init_fn=worker_init_fn)  # fmt: skip
+        self._plan: EpochPlan | None = None
+        self._source_state: dict[str, Any] = {}
         self._batches = 0
         self._schedule: list[int] = []
-        self._builders: list[ChunkBuilder] = []
-        self._workers: list[Any] = []
-        self._commands: list[Any] = []
-        self._results: list[Any] = []
-        self._generation: Any = None
-        self._finalizer: Any = None
-        self._ahead: tuple[int, int, list[int]] | None = None
+        self._inline: BaseNode[Any] | None = None
+        self._ahead: tuple[EpochPlan, int] | None = None
+
+    def __getstate__(self) -> dict[str, Any]:
+        state = dict(self.__dict__)
+        state.update(_inline=None, _ahead=None)  # live readers stay behind; a pickled node resumes by state
+        state["_resume"] = self.get_state() if self._plan is not None else None
+        return state
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__dict__.update(state)
 
     @property
-    def inline(self) -> bool:
-        return self.config.plan.num_workers == 0
+    def plan(self) -> EpochPlan | None:
+        """The plan of the current pass (None before the first)."""
+        return self._plan
 
-    def plan(self, epoch: int | None = None):
-        return dataclasses.replace(self.config.plan, epoch=self._epoch if epoch is None else epoch)
+    @property
+    def position(self) -> tuple[int, int]:
+        """``(epoch, batches yielded in it)``."""
+        return (self._plan.epoch, self._batches) if self._plan is not None else (self.source.next_epoch, 0)
 
     def reset(self, initial_state: dict[str, Any] | None = None) -> None:
         super().reset(initial_state)
-        state = initial_state or {self.EPOCH_KEY: self._epoch, self.BATCHES_KEY: 0}
-        epoch, batches = int(state[self.EPOCH_KEY]), int(state[self.BATCHES_KEY])
+        self.__dict__.pop("_resume", None)
+        self.source.reset(initial_state[self.SOURCE_KEY] if initial_state is not None else None)
+        self._source_state = self.source.state_dict()
+        plan = next(self.source)
+        batches = 0
+        if initial_state is not None:
+            batches = resume_position(plan, int(initial_state[self.BATCHES_KEY]), initial_state.get(self.LAYOUT_KEY))
+        self._start(plan, batches)
+
+    def _start(self, plan: EpochPlan, batches: int) -> None:
+        self._plan, self._batches, self._schedule = plan, batches, plan.schedule()
+        if batches == 0 and plan.padded_count():
+            self.counters["padded_for_ranks"] += plan.padded_count()
         ahead, self._ahead = self._ahead, None
-        self._epoch, self._batches = epoch, batches
-        if ahead is not None and ahead[:2] == (epoch, batches):
-            self._schedule = ahead[2]  # the workers are already producing it
+        if plan.num_workers == 0:
+            self._inline = self.chain.build(plan, 0, plan.skips(batches)[0], self.counters)
+            self._inline.reset(None)
+        elif ahead != (plan, batches) or not self.pool.started:
+            self.pool.send(plan, plan.skips(batches))
+
+    def prepare(self, epoch: int | None = None, batches: int = 0) -> None:
+        """Start the workers on ``epoch`` (default: the next one) from batch ``batches`` ahead of the ``reset``
+        that will ask for it; a ``reset`` elsewhere drops it."""
+        if self.source.settings["num_workers"] == 0:
             return
-        plan = self.plan()
-        self._schedule = plan.schedule()
-        done = plan.skips(self._batches)
-        if self.inline:
-            config = dataclasses.replace(self.config, plan=plan)
-            self._builders = [ChunkBuilder(config, 0, self.counters)]
-            self._builders[0].reset({ChunkBuilder.POSITION_KEY: done[0]})
-            return
-        self._send(epoch, done)
+        plan = self.source.plan_for(self.source.next_epoch if epoch is None else epoch)
+        self.pool.send(plan, plan.skips(batches))
+        self._ahead = (plan, batches)
 
-    def read_ahead(self, epoch: int, batches: int = 0) -> None:
-        """Set the workers to work on where the next ``reset`` will most likely start.
-
-        Called when the loader is built (spawning, imports and the first shard fetches overlap the caller's model
-        set-up) and when an epoch's last chunk is handed over (the next epoch's first shards arrive during the last
-        step). A ``reset`` to anywhere else drops what was read ahead; each worker holds at most ``prefetch`` chunks.
-        """
-        if self.inline:
-            return
-        plan = self.plan(epoch)
-        self._send(epoch, plan.skips(batches))
-        self._ahead = (epoch, batches, plan.schedule())
-
-    def _send(self, epoch: int, done: list[int]) -> None:
-        self._ensure_started()
-        self._generation.value += 1
-        for worker, commands in enumerate(self._commands):
-            commands.put((self._generation.value, epoch, done[worker]))
-
-    def get_state(self) -> dict[str, Any]:
-        return {self.EPOCH_KEY: self._epoch, self.BATCHES_KEY: self._batches}
-
-    def next(self) -> dict[str, Any]:
-        if self._batches >= len(self._schedule):
+    def next(self) -> Any:
+        resume = self.__dict__.pop("_resume", None)
+        if resume is not None:  # unpickled in the middle of a pass: pick it up where it was
+            self.reset(resume)
+        if self._plan is None or self._batches >= len(self._schedule):
             raise StopIteration
-        worker = self._schedule[self._batches]
-        chunk = next(self._builders[0]) if self.inline else self._receive(worker)
+        where = f"while producing epoch {self._plan.epoch}, batch {self._batches}"
+        if self._inline is not None:
+            chunk = next(self._inline)
+        else:
+            chunk, delta = self.pool.receive(self._schedule[self._batches], self.timeout, where, self.counters)
+            self.counters.update(delta)
+        if isinstance(chunk, dict):  # where the batch sits: stages that draw per batch seed from it (any rank)
+            chunk["position"] = (self._plan.epoch, self._plan.rank, self._batches)
         self._batches += 1
         if self._batches == len(self._schedule):
-            self.read_ahead(self._epoch + 1)
+            if self._inline is None and self.persistent:
+                self.prepare()  # the next epoch's first shards arrive while the caller trains on this batch
+            elif not self.persistent:
+                self.pool.close()
         return chunk
 
-    def _receive(self, worker: int) -> dict[str, Any]:
-        results = self._results[worker]
-        while True:
-            try:
-                generation, kind, payload, delta = results.get(timeout=_POLL_SECONDS)
-            except queue.Empty:
-                self._check_alive(worker)
-                continue
-            if generation != self._generation.value:  # read ahead for an epoch or position that was left:
-                self.counters.update({k: v for k, v in delta.items() if not is_sample_counter(k)})  # its I/O happened
-                continue
-            self.counters.update(delta)
-            if kind == "chunk":
-                return payload
-            if kind == "data":
-                raise LoaderDataError(payload)
-            raise RuntimeError(f"decode worker {worker} ({self.method}) failed: {payload}")
-
-    def _check_alive(self, worker: int) -> None:
-        process = self._workers[worker]
-        if self.method == "process" and not process.is_alive():
-            raise WorkerDiedError(
-                f"decode worker {worker} (pid {process.pid}) died with exit code {process.exitcode} "
-                f"in the worker stage while producing epoch {self._epoch}, batch {self._batches}; "
-                "a negative code is the signal that killed it (-9: out of memory or killed)"
-            )
-
-    def _ensure_started(self) -> None:
-        if self._workers:
-            return
-        count = self.config.plan.num_workers
-        if self.method == "process":
-            context = multiprocessing.get_context(self.mp_context)
-            self._generation = context.Value("q", 0)
-            make_queue = context.Queue
-            start = lambda *args: context.Process(target=worker_loop, args=(*args, True), daemon=True)  # noqa: E731
-        else:
-            self._generation = Box()
-            make_queue = queue.Queue
-            start = lambda *args: threading.Thread(target=worker_loop, args=args, daemon=True)  # noqa: E731
-        for worker in range(count):
-            commands, results = make_queue(), make_queue(self.prefetch)
-            handle = start(worker, self.config, commands, results, self._generation)
-            handle.start()
-            self._workers.append(handle)
-            self._commands.append(commands)
-            self._results.append(results)
-        self._finalizer = weakref.finalize(
-            self, _shutdown, self.method, self._workers, self._commands, self._results, self._generation
-        )
+    def get_state(self) -> dict[str, Any]:
+        if self._plan is None:
+            return {self.SOURCE_KEY: self.source.state_dict(), self.BATCHES_KEY: 0, self.LAYOUT_KEY: None}
+        return {self.SOURCE_KEY: self._source_state, self.BATCHES_KEY: self._batches,
+                self.LAYOUT_KEY: self._plan.layout()}  # fmt: skip
 
     def close(self) -> None:
-        """Stop the workers; the pool starts new ones if it is used again."""
-        if self._finalizer is not None:
-            self._finalizer()
-        self._workers, self._commands, self._results, self._finalizer = [], [], [], None
+        """Stop the workers (they start again if the node is used again)."""
+        self.pool.close()
         self._ahead = None
+        self._inline = None
 
 
-def _shutdown(method: str, workers: list[Any], commands: list[Any], results: list[Any], generation: Any) -> None:
-    generation.value += 1  # workers stop producing at their next chunk
-    for command_queue in commands:
-        try:
-            command_queue.put(None)
-        except (OSError, ValueError):
-            continue
-    for result_queue in results:  # unblock workers waiting to hand over a chunk
-        try:
-            while True:
-                result_queue.get_nowait()
-        except (queue.Empty, OSError, ValueError):
-            pass
-    for worker in workers:
-        worker.join(timeout=5)
-        if method == "process" and worker.is_alive():
-            worker.terminate()
-            worker.join(timeout=5)
+def resume_position(plan: EpochPlan, batches: int, layout: dict[str, Any] | None) -> int:
+    """Where a restored epoch starts under ``plan``: the saved count, or the end if it was saved at the end."""
+    if layout is None or layout == plan.layout():
+        if not 0 <= batches <= plan.num_batches:
+            raise ValueError(f"batch position {batches} is outside epoch {plan.epoch}'s {plan.num_batches} batches")
+        return batches
+    saved = EpochPlan(plan.shard_sizes, **{k: v for k, v in layout.items() if k != "samples"}, epoch=plan.epoch)
+    if layout.get("samples") != plan.total:
+        raise ValueError(f"this state is from a dataset of {layout.get('samples')} samples, not {plan.total}")
+    if batches == 0:
+        return 0
+    if batches >= saved.num_batches:
+        return plan.num_batches  # the epoch was over: the next pass starts the next one, in the new layout
+    changed = ", ".join(f"{k}: saved {v!r}, now {plan.layout()[k]!r}" for k, v in layout.items()
+                        if plan.layout()[k] != v)  # fmt: skip
+    raise ValueError(
+        f"cannot resume in the middle of epoch {plan.epoch} (batch {batches} of {saved.num_batches}) with another "
+        f"layout ({changed}): which samples are left depends on it. Resume with the saved settings, or from a state "
+        "taken at an epoch's end (the next epoch then starts in the new layout)"
+    )

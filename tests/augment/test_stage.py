@@ -7,9 +7,10 @@ import numpy as np
 import pytest
 import torch
 from torch import nn
+from torchdata.nodes import IterableWrapper
 
 from meddiffuse_stream.augment import AUGMENTS, LABEL_MIXING, AugmentStage, MixConfig, VariantCache
-from meddiffuse_stream.augment.runner import run_stage
+from meddiffuse_stream.nodes import DeviceStage
 
 
 class Energy(nn.Module):
@@ -320,7 +321,7 @@ def test_cpu_stage_runs_with_its_own_thread_count_and_restores_torchs(threads):
     stage = _stage(teacher=spy)
     torch.set_num_threads(2)
     try:
-        list(run_stage(stage, [_batch()], cpu_threads=threads))
+        list(DeviceStage(IterableWrapper([_batch()]), stage, cpu_threads=threads))
         assert torch.get_num_threads() == 2, "the caller's setting is back after the call"
         assert spy.seen and set(spy.seen) == ({1} if threads == 1 else {2})
     finally:
@@ -344,3 +345,17 @@ def test_the_loader_gives_the_stage_the_cores_its_workers_leave(tmp_path):
             list(loader)
         assert set(spy.seen) == {expected}, workers
         assert torch.get_num_threads() == before
+
+
+def test_inside_a_loader_draws_are_a_function_of_epoch_rank_and_batch():
+    """Frameworks load rank 0's loader state on every rank: draws seeded by where the batch sits stay exact."""
+
+    def at(position, warm_up=0):
+        stage = _stage("cutmix")
+        for _ in range(warm_up):  # whatever the stage did before
+            stage(_batch(seed=9))
+        return stage({**_batch(n=8), "position": position})["image"]
+
+    assert torch.equal(at((2, 1, 5)), at((2, 1, 5), warm_up=3))
+    assert not torch.equal(at((2, 0, 5)), at((2, 1, 5))), "ranks draw differently"
+    assert not torch.equal(at((2, 1, 5)), at((3, 1, 5))), "epochs draw differently"

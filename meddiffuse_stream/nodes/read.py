@@ -1,0 +1,71 @@
+"""The tar sample reader as a node: one worker's planned samples of one epoch, streamed from their shards."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from torchdata.nodes import BaseNode
+
+from ..counters import Counters
+from ..retry import RetryPolicy
+from ..shard_cache import ShardCache
+from .items import PlannedSample
+from .plan import EpochPlan
+from .reader import PlannedSampleReader
+from .source import DatasetSource
+
+__all__ = ["ReadSamples"]
+
+
+class ReadSamples(BaseNode[PlannedSample]):
+    """Yields :class:`PlannedSample` for ``worker``'s share of ``plan``, in plan order, from sample ``start``.
+
+    A sample that cannot be read arrives as the reader's ``Skip`` (naming its shard; ``Decode`` raises or counts
+    it); samples before the start are passed over undecoded. A shard is checked (sha256, sample count) before any
+    of its samples is yielded. State ``{"position": samples yielded from the worker's share}``.
+    """
+
+    POSITION_KEY = "position"
+
+    def __init__(
+        self,
+        source: DatasetSource,
+        plan: EpochPlan,
+        worker: int = 0,
+        *,
+        start: int = 0,
+        counters: Counters | None = None,
+        policy: RetryPolicy | None = None,
+        cache_dir: str | None = None,
+        cache_bytes: int = 50 << 30,
+    ) -> None:
+        super().__init__()
+        self.source = source
+        self.plan = plan
+        self.worker = worker
+        self.start = start
+        self.counters = counters if counters is not None else Counters()
+        refs, padding = plan.worker_share(worker)
+        self._padding: list[bool] = padding.tolist()  # a list: read once per sample
+        cache = ShardCache(cache_dir, cache_bytes) if cache_dir else None
+        self._reader = PlannedSampleReader(source, refs, counters=self.counters, policy=policy, cache=cache,
+                                           seed=plan.seed)  # fmt: skip
+        self._position = start
+
+    def __len__(self) -> int:
+        """Samples in the worker's share of the epoch."""
+        return len(self._padding)
+
+    def reset(self, initial_state: dict[str, Any] | None = None) -> None:
+        super().reset(initial_state)
+        self._position = int(initial_state[self.POSITION_KEY]) if initial_state is not None else self.start
+        self._reader.reset({PlannedSampleReader.POSITION_KEY: self._position})
+
+    def next(self) -> PlannedSample:
+        item = next(self._reader)
+        padding = self._padding[self._position]
+        self._position += 1
+        return PlannedSample(item, padding)
+
+    def get_state(self) -> dict[str, Any]:
+        return {self.POSITION_KEY: self._position}
