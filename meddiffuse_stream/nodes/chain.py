@@ -57,8 +57,8 @@ class WorkerChain:
         size, or the end of its share)."""
         counters = counters if counters is not None else Counters()
         node: BaseNode[Any] = ReadSamples(self.source, plan, worker, start=start, counters=counters,
-                                          policy=self.policy, cache_dir=self.cache_dir, cache_bytes=self.cache_bytes,
-                                          on_error=self.on_error)  # fmt: skip
+                                          policy=self.policy, cache_dir=self.cache_dir,
+                                          cache_bytes=self.cache_bytes)  # fmt: skip
         node = Decode(node, self.source, self.decode, self.on_error)
         if self.resize is not None or self.channels is not None:
             node = Conform(node, self.resize, self.resize_mode, self.channels)
