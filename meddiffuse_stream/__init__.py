@@ -5,7 +5,12 @@ Importing the package is cheap: the conversion API needs no torch; torch-based p
 
 from __future__ import annotations
 
-__version__ = "0.1.0"
+import importlib.metadata
+
+try:  # one version, the one pyproject.toml declares and the installed package carries
+    __version__ = importlib.metadata.version("meddiffuse-stream")
+except importlib.metadata.PackageNotFoundError:  # pragma: no cover - a source tree on sys.path, never installed
+    __version__ = "0+unknown"
 
 from .convert import FORMATS, ConversionError, ConvertOptions, convert_dataset
 from .demo_data import DemoSource

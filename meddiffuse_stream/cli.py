@@ -120,7 +120,7 @@ def build_parser() -> argparse.ArgumentParser:
     warm.add_argument("--variants", type=int, default=2, help="variants per sample (M; the stage's --variants)")
     warm.add_argument("--index", type=int, help="this part (default JOB_COMPLETION_INDEX, else RANK, else 0)")
     warm.add_argument("--count", type=int, help="number of parts (default JOB_COMPLETIONS, else WORLD_SIZE, else 1)")
-    warm.add_argument("--split", default="train")
+    warm.add_argument("--split", help="split to warm (default train; none for shards without splits)")
     warm.add_argument("--batch-size", type=int, default=64)
     warm.add_argument("--variant-seed", type=int, default=0, help="must match the AugmentStage's variant_seed")
     warm.add_argument("--device", help="cpu or cuda (default: cuda when present)")
@@ -162,10 +162,20 @@ def build_parser() -> argparse.ArgumentParser:
     show.add_argument("--augment", default="meddiffusemix")
     show.add_argument("-n", type=int, default=16, help="samples to show")
     show.add_argument("-o", "--output", required=True, help="PNG file to write")
-    show.add_argument("--split", default="train")
+    show.add_argument("--split", help="split to show (default train; none for shards without splits)")
     show.add_argument("--seed", type=int, default=0)
     add_augment_options(show)
     show.set_defaults(handler=_run_preview)
+
+    index = commands.add_parser("index", help="write a shard index for WebDataset shards written by anyone")
+    index.add_argument("src", help="folder or prefix of .tar shards, a glob or a brace pattern (local or URL)")
+    index.add_argument("--out", help="where to write it: a .json path or a folder (default SRC/shardindex.json); "
+                       "elsewhere for a bucket you cannot write, then pass that file to the loader")  # fmt: skip
+    index.add_argument("--name", help="dataset name recorded in the index")
+    index.add_argument("--workers", type=int, default=4, help="shards read at once")
+    index.add_argument("--quiet", action="store_true", help="no progress bar")
+    index.add_argument("--storage-option", action="append", metavar="NAME=VALUE")
+    index.set_defaults(handler=_run_index)
 
     runner = commands.add_parser("experiment", help="methods x seeds on one dataset: results.csv, table, plots")
     runner.add_argument("config", help="experiment YAML (dataset, out, methods, seeds, epochs, teacher, ...)")
@@ -306,6 +316,19 @@ def _run_preview(args: argparse.Namespace) -> int:
         names = list(loader.dataset.class_names)
     path = render_preview(batch, names, args.output, args.augment)
     print(f"wrote {path} ({len(batch['image'])} samples, augment={args.augment})")
+    return 0
+
+
+def _run_index(args: argparse.Namespace) -> int:
+    from tqdm.auto import tqdm
+
+    from .shardfmt.indexer import build_shard_index
+
+    with tqdm(unit="shard", desc="index", disable=args.quiet) as bar:
+        summary = build_shard_index(args.src, args.out, name=args.name, workers=args.workers,
+                                    storage_options=parse_storage_options(args.storage_option),
+                                    progress=bar.update)  # fmt: skip
+    print(summary.table())
     return 0
 
 

@@ -4,7 +4,7 @@ Writes ``runs/<name>[-f<fraction>]-s<seed>/`` (checkpoint, metrics, ``method.jso
 per method and seed (``evidence/``), the generator's label consistency (``variants.json``), ``results.csv``,
 ``results.md`` (mean ± 95 % confidence interval per metric, and paired differences against each baseline) and
 ``metrics.png`` / ``evidence.png``. A finished run is reused on a re-run only if it ran exactly the configured
-method and settings.
+method and settings on the same dataset, teacher and generator (compared by content: :func:`provenance`).
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ from typing import Any
 from .experiment_config import ExperimentConfig, MethodConfig, load_experiment_config
 from .experiment_report import plots, summarise
 
-__all__ = ["METRICS", "check_teacher", "run_experiment", "summarise"]
+__all__ = ["METRICS", "check_teacher", "provenance", "run_experiment", "summarise"]
 
 METRICS = ("accuracy", "macro_f1", "roc_auc", "cohen_kappa")
 
@@ -54,6 +54,42 @@ def _run_name(method: MethodConfig, fraction: float, seed: int) -> str:
     return f"{method.name}-s{seed}" if fraction == 1 else f"{method.name}-f{fraction:g}-s{seed}"
 
 
+def _digest(path: str | None, name: str = "") -> str | None:
+    """sha256 (16 hex) of a local file or a dataset's ``name`` file (any URL); None for None."""
+    if not path:
+        return None
+    import hashlib
+
+    from .storage import Location
+
+    try:
+        data = Location(path).read_bytes(name) if name else Path(path).read_bytes()
+    except (FileNotFoundError, IsADirectoryError, NotADirectoryError):
+        return f"unreadable:{path}"
+    return hashlib.sha256(data).hexdigest()[:16]
+
+
+def _generator_identity(path: str | None) -> str | None:
+    if not path:
+        return None
+    for name in ("meddiffuse_generator.json", "model_index.json"):
+        if (Path(path) / name).exists():
+            return _digest(str(Path(path) / name))
+    return f"missing:{path}"
+
+
+def provenance(method: MethodConfig, config: ExperimentConfig) -> dict[str, Any]:
+    """What a cell's result depends on: the method as run, the dataset, teacher and generator (by content), and
+    the training settings. A stored cell is reused only if all of it matches."""
+    return {**method.describe(), "inputs": {
+        "dataset": _digest(config.dataset, "dataset.json"), "teacher": _digest(config.teacher),
+        "generator": _generator_identity(config.generator),
+        "training": {"model": config.model, "epochs": config.epochs, "steps": config.steps, "loss": config.loss,
+                     "batch_size": config.batch_size, "lr": config.lr},
+        "evidence": {"split": config.evidence_split, "batches": config.evidence_batches},
+    }}  # fmt: skip
+
+
 def _finished(run: Path, described: dict[str, Any]) -> bool:
     if not (run / "metrics.json").exists() or not (run / "method.json").exists():
         return False
@@ -64,7 +100,7 @@ def _train(method: MethodConfig, config: ExperimentConfig, seed: int, fraction: 
     from .train import TrainConfig, train
 
     stage = _stage_for(method, config, seed)
-    described = method.describe()
+    described = provenance(method, config)
     started = time.perf_counter()
     train(TrainConfig(config.dataset, str(run), model=config.model, augment=method.name,
                       epochs=config.epochs, steps=config.steps, batch_size=config.batch_size,
@@ -76,7 +112,12 @@ def _train(method: MethodConfig, config: ExperimentConfig, seed: int, fraction: 
     metrics = json.loads((run / "metrics.json").read_text())
     metrics["method"] = described
     (run / "metrics.json").write_text(json.dumps(metrics, indent=1) + "\n")
-    (run / "method.json").write_text(json.dumps(method.describe(), indent=1) + "\n")
+    (run / "method.json").write_text(json.dumps(provenance(method, config), indent=1) + "\n")
+
+
+def _evidence_done(method: MethodConfig, config: ExperimentConfig, seed: int, out: Path) -> bool:
+    path = out / "evidence" / f"{method.name}-s{seed}.json"
+    return path.exists() and json.loads(path.read_text()).get("method") == provenance(method, config)
 
 
 def _evidence(method: MethodConfig, config: ExperimentConfig, seed: int, teacher: Any, out: Path) -> dict:
@@ -84,7 +125,7 @@ def _evidence(method: MethodConfig, config: ExperimentConfig, seed: int, teacher
     from .evidence import evidence_metrics
 
     path = out / "evidence" / f"{method.name}-s{seed}.json"
-    described = method.describe()
+    described = provenance(method, config)
     if path.exists():
         stored = json.loads(path.read_text())
         if stored.get("method") == described:
@@ -94,7 +135,9 @@ def _evidence(method: MethodConfig, config: ExperimentConfig, seed: int, teacher
     metrics = evidence_metrics(config.dataset, stage, teacher=teacher, saliency_method=saliency,
                                split=config.evidence_split, seed=seed, max_batches=config.evidence_batches)  # fmt: skip
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps({"method": described, "metrics": metrics}, indent=1) + "\n")
+    temporary = path.with_suffix(".tmp")
+    temporary.write_text(json.dumps({"method": described, "metrics": metrics}, indent=1) + "\n")
+    temporary.replace(path)
     return metrics
 
 
@@ -142,6 +185,56 @@ def _saliency_report(config: ExperimentConfig, teacher: Any, out: Path) -> dict[
     return report
 
 
+def _cell(config: ExperimentConfig, method: MethodConfig, fraction: float, seed: int, evidence: bool,
+          threads: int = 0) -> str:  # fmt: skip
+    """Train one cell if it has not run as configured, and measure the method's evidence if asked (runs in a
+    worker process with ``jobs`` > 1: everything it needs is read from disk)."""
+    import torch
+
+    from .augment.factory import load_teacher
+
+    if threads:
+        torch.set_num_threads(threads)
+    out = Path(config.out)
+    run = out / "runs" / _run_name(method, fraction, seed)
+    if not _finished(run, provenance(method, config)):
+        _train(method, config, seed, fraction, run)
+    if evidence:
+        teacher = load_teacher(config.dataset, config.teacher, config.teacher_model) if config.teacher else None
+        _evidence(method, config, seed, teacher, out)
+    return run.name
+
+
+def _run_cells(config: ExperimentConfig, work: list[tuple[MethodConfig, float, int, bool]], progress: bool) -> None:
+    """Sequentially, or ``jobs`` at a time in spawned processes with the cores shared out between them."""
+    if config.jobs == 1:
+        for number, (method, fraction, seed, evidence) in enumerate(work, 1):
+            if progress:
+                print(f"[{number}/{len(work)}] {_run_name(method, fraction, seed)}", flush=True)
+            _cell(config, method, fraction, seed, evidence)
+        return
+    import multiprocessing
+    import os
+    from concurrent.futures import FIRST_EXCEPTION, ProcessPoolExecutor, wait
+
+    threads = max(1, len(os.sched_getaffinity(0)) // config.jobs)
+    context = multiprocessing.get_context("spawn")
+    with ProcessPoolExecutor(config.jobs, mp_context=context) as pool:
+        futures = {pool.submit(_cell, config, m, f, s, e, threads): _run_name(m, f, s) for m, f, s, e in work}
+        pending, finished = set(futures), 0
+        while pending:
+            done, pending = wait(pending, return_when=FIRST_EXCEPTION)
+            for future in done:
+                error = future.exception()
+                if error is not None:
+                    for other in pending:
+                        other.cancel()
+                    raise RuntimeError(f"experiment cell {futures[future]} failed: {error}") from error
+                finished += 1
+                if progress:
+                    print(f"[{finished}/{len(work)}] {futures[future]} done", flush=True)
+
+
 def run_experiment(config_path: str | Path, *, progress: bool = True) -> Path:
     from .augment.factory import load_teacher
 
@@ -154,15 +247,15 @@ def run_experiment(config_path: str | Path, *, progress: bool = True) -> Path:
     variants = _variant_report(config, teacher, out)
     saliency = _saliency_report(config, teacher, out)
     cells = [(m, f, s) for f in config.fractions for m in config.methods for s in config.seeds]
-    rows, trained = [], 0
-    for number, (method, fraction, seed) in enumerate(cells, 1):
+    measured = config.fractions[-1]  # evidence does not depend on the train fraction: one cell per method/seed
+    work = [(m, f, s, f == measured) for m, f, s in cells
+            if not _finished(out / "runs" / _run_name(m, f, s), provenance(m, config))
+            or (f == measured and not _evidence_done(m, config, s, out))]  # fmt: skip
+    _run_cells(config, work, progress)
+    rows = []
+    for method, fraction, seed in cells:
         run = out / "runs" / _run_name(method, fraction, seed)
-        if not _finished(run, method.describe()):
-            if progress:
-                print(f"[{number}/{len(cells)}] {run.name}", flush=True)
-            _train(method, config, seed, fraction, run)
-            trained += 1
-        evidence = _evidence(method, config, seed, teacher, out)
+        evidence = json.loads((out / "evidence" / f"{method.name}-s{seed}.json").read_text())["metrics"]
         metrics = json.loads((run / "metrics.json").read_text())
         for split in config.report_splits:
             if split in metrics:
@@ -177,6 +270,7 @@ def run_experiment(config_path: str | Path, *, progress: bool = True) -> Path:
         writer.writerows(rows)
     (out / "results.md").write_text(summarise(rows, variants, saliency))
     plots(rows, out, variants)
-    timing = {"seconds": round(time.perf_counter() - started, 1), "runs": len(cells), "trained_now": trained}
+    timing = {"seconds": round(time.perf_counter() - started, 1), "runs": len(cells), "cells_run_now": len(work),
+              "jobs": config.jobs}  # fmt: skip
     (out / "timing.json").write_text(json.dumps(timing, indent=1) + "\n")
     return out

@@ -66,6 +66,7 @@ class ExperimentConfig:
     evidence_batches: int | None = None  # None: the whole split
     min_teacher_val_auc: float | None = None  # refuse to run (one line) with a weaker teacher
     saliency_methods: tuple[str, ...] = ("gradcam", "gradcam-multiscale", "gradients", "integrated-gradients")
+    jobs: int = 1  # cells trained at once, in processes of their own sharing the cores (torch threads = cores / jobs)
 
     def __post_init__(self) -> None:
         if not self.methods:
@@ -83,7 +84,7 @@ class ExperimentConfig:
         for fraction in self.fractions:
             if not 0 < fraction <= 1:
                 raise ValueError(f"fractions: {fraction} is not in (0, 1]")
-        for name in ("epochs", "batch_size", "steps"):
+        for name in ("epochs", "batch_size", "steps", "jobs"):
             value = getattr(self, name)
             if name == "steps" and value is None:
                 continue

@@ -25,7 +25,7 @@ import torch
 from .counters import Counters
 from .loader_args import check_count, either, reject_unknown
 from .nodes.chain import Stage, WorkerChain
-from .nodes.decode import DecodeOptions
+from .nodes.decode import DecodeOptions, check_member_keys
 from .nodes.epochs import EpochSource
 from .nodes.graph import Graph, default_graph
 from .nodes.pixels import check_dtype
@@ -41,7 +41,8 @@ STATE_VERSION = 2
 
 
 class MedDiffuseLoader:
-    """Stream ``source`` (a dataset folder, local or any fsspec URL, or a brace pattern of tars) in batches.
+    """Stream ``source`` in batches: a dataset folder (local or any fsspec URL), a folder or prefix of WebDataset
+    ``.tar`` shards, a glob or brace pattern of them, a list of their URLs, or a shard index (``…/x.json``).
 
     ``for images, labels in loader`` gives float32 ``(B, C, H, W)`` in [0, 1] and int64 labels; with
     ``as_dict=True`` dicts with ``image``, ``label``, ``key``, ``is_padding`` and, where the dataset has them,
@@ -51,10 +52,10 @@ class MedDiffuseLoader:
 
     def __init__(
         self,
-        source: str,
+        source: str | Sequence[str],
         batch_size: int,
         *,
-        split: str = "train",
+        split: str | None = None,
         num_workers: int = 0,
         shuffle: bool | None = None,
         seed: int = 0,
@@ -86,10 +87,13 @@ class MedDiffuseLoader:
         worker_init_fn: Callable[[int], None] | None = None,
         timeout: float = 0,
         multiprocessing_context: str | None = None,
+        image_key: str | None = None,
+        label_key: str | None = None,
         dtype: str = "float32",
         **dataloader_only: Any,
     ) -> None:
         reject_unknown(dataloader_only)
+        check_member_keys(image_key, label_key)
         self.batch_size = check_count("batch_size", batch_size, 1)
         self.num_workers = check_count("num_workers", num_workers, 0)
         prefetch = check_count("prefetch", either("prefetch", prefetch, "prefetch_factor", prefetch_factor, 2), 1)
@@ -101,24 +105,27 @@ class MedDiffuseLoader:
         if dtype != "float32" and transform is not None:
             raise ValueError(f"dtype={dtype!r} delivers the stored integers, but transform= sees and returns float "
                              "images: drop dtype= or run the transform on the device after unit_float")  # fmt: skip
-        self.dataset: DatasetSource = open_dataset(source, split, storage_options)
+        self.counters = Counters()
+        policy = retry or RetryPolicy()
+        self.dataset: DatasetSource = open_dataset(source, split, storage_options, retry=policy,
+                                                   on_retry=lambda _: self.counters.add("retries"))  # fmt: skip
         self.source = source
-        self.split = split
+        self.split = self.dataset.split  # None for shards without splits
         self.as_dict = as_dict
         self.drop_last = drop_last
         self.pin_memory = pin_memory
         self.collate_fn = collate_fn
-        self.counters = Counters()
         self._epochs = EpochSource(
             tuple(s.samples for s in self.dataset.shards), self.batch_size, seed=seed, rank=rank,
-            world_size=world_size, num_workers=self.num_workers, shuffle=(split == "train") if shuffle is None
-            else shuffle, drop_last=drop_last, buffer_size=check_count("buffer_size", buffer_size, 1),
-            even=even_batches,
+            world_size=world_size, num_workers=self.num_workers,
+            shuffle=self.split in (None, "train") if shuffle is None else shuffle, drop_last=drop_last,
+            buffer_size=check_count("buffer_size", buffer_size, 1), even=even_batches,
         )  # fmt: skip
-        decode = DecodeOptions(num_classes=len(self.dataset.class_names) or None, with_roi=as_dict, with_meta=as_dict)
+        decode = DecodeOptions(num_classes=len(self.dataset.class_names) or None, with_roi=as_dict, with_meta=as_dict,
+                               image_key=image_key, label_key=label_key, class_names=self.dataset.class_names)
         user_stages = ((functools.partial(Map, fn=transform),) if transform is not None else ()) + tuple(stages)
         chain = WorkerChain(self.dataset, decode, user_stages, on_error, resize, resize_mode, channels, collate_fn,
-                            retry or RetryPolicy(), cache_dir, cache_bytes, dtype)  # fmt: skip
+                            policy, cache_dir, cache_bytes, dtype)  # fmt: skip
         self.dtype = dtype
         self.augment = self._build_stage(augment, seed, device)
         cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
@@ -318,7 +325,7 @@ class _EpochSetter:
         return self._loader.epoch
 
 
-def sample_shape(source: str, storage_options: Mapping[str, Any] | None = None) -> tuple[int, int, int]:
+def sample_shape(source: str | Sequence[str], storage_options: Mapping[str, Any] | None = None) -> tuple[int, int, int]:
     """``(channels, image size, classes)`` of a dataset, from its first sample: what a model for it must take."""
     probe = MedDiffuseLoader(source, 1, shuffle=False, storage_options=storage_options)
     try:

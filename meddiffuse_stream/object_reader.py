@@ -106,32 +106,38 @@ def _mode() -> str:
     return mode
 
 
+_readers: dict[tuple[str, str], ObstoreReader | None] = {}  # one per bucket and settings, in this process
+
+
 def reader_for(location: Any) -> ObstoreReader | None:
     """The obstore reader for an ``s3://`` location in this process, or None where s3fs must read."""
-    cached = getattr(location, "_object_reader", False)
-    if cached is not False:
-        return cached
-    reader = None
     protocol = location.fs.protocol
     protocols = {protocol} if isinstance(protocol, str) else set(protocol)
-    if _allowed and _mode() == "auto" and protocols & {"s3", "s3a"} and importlib.util.find_spec("obstore"):
-        config, _ = s3_config(location.storage_options, os.environ)
-        if config is not None:
-            reader = ObstoreReader(location.root.split("/", 1)[0], config)
-    location._object_reader = reader
-    return reader
+    if not (_allowed and protocols & {"s3", "s3a"} and _mode() == "auto" and importlib.util.find_spec("obstore")):
+        return None
+    config, _ = s3_config(location.storage_options, os.environ)
+    if config is None:
+        return None
+    bucket = location.root.split("/", 1)[0]
+    policy = location.retry
+    identity = (bucket, repr(sorted(config.items())) + f"|{policy.connect_timeout}|{policy.read_timeout}")
+    if identity not in _readers:
+        _readers[identity] = ObstoreReader(bucket, config, policy.connect_timeout, policy.read_timeout)
+    return _readers[identity]
 
 
-def store_settings(bucket: str, config: Mapping[str, Any]) -> dict[str, Any]:
-    """``S3Store`` keyword arguments: addressing as botocore's "auto", timeouts like its, retries left to ours."""
+def store_settings(
+    bucket: str, config: Mapping[str, Any], connect_timeout: float = 10.0, read_timeout: float = 20.0
+) -> dict[str, Any]:
+    """``S3Store`` keyword arguments: addressing as botocore's "auto", the loader's timeouts, retries left to it."""
     config = dict(config)
     endpoint = str(config.get("endpoint", ""))
     if not endpoint and "." not in bucket:  # AWS itself: virtual-hosted; dotted names break its TLS, so path style
         config["virtual_hosted_style_request"] = True
     client = {
         "allow_http": endpoint.startswith("http://"),
-        "connect_timeout": "10s",
-        "read_timeout": "60s",  # a stalled body is an error, a long one is not
+        "connect_timeout": f"{connect_timeout:g}s",
+        "read_timeout": f"{read_timeout:g}s",  # a stalled body is an error, a long one is not
         "timeout": "1h",
     }
     return {"config": config, "client_options": client, "retry_config": {"max_retries": 0}}
@@ -142,11 +148,13 @@ class ObstoreReader:
 
     name = "obstore"
 
-    def __init__(self, bucket: str, config: Mapping[str, Any]) -> None:
+    def __init__(
+        self, bucket: str, config: Mapping[str, Any], connect_timeout: float = 10.0, read_timeout: float = 20.0
+    ) -> None:
         from obstore.store import S3Store
 
         self.bucket = bucket
-        self._store = S3Store(bucket, **store_settings(bucket, config))
+        self._store = S3Store(bucket, **store_settings(bucket, config, connect_timeout, read_timeout))
 
     def __repr__(self) -> str:  # the store holds keys: never shown
         return f"ObstoreReader({self.bucket!r})"

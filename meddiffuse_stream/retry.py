@@ -64,16 +64,40 @@ def is_transient(error: BaseException) -> bool:
 
 @dataclass(frozen=True)
 class RetryPolicy:
-    """Backoff ``base * 2**attempt`` capped at ``cap`` seconds, with ±``jitter`` fraction, ``attempts`` tries.
+    """How long object storage may keep the loader waiting, and how often a failed request is tried again.
 
-    The defaults wait 64–107 s in all (85 s nominal, jitter either way) before giving up on one shard, so an outage
-    of a minute is survived whatever the jitter draws.
+    Every request has a ``connect_timeout`` and a ``read_timeout`` (seconds without a byte); a transient failure
+    is tried again after ``base * 2**attempt`` seconds (capped at ``cap``, ±``jitter``), at most ``attempts``
+    times and never after ``deadline`` seconds: the defaults wait 64–90 s in all before giving up, so an outage of
+    a minute is survived, while an endpoint that accepts connections and never answers fails within two minutes
+    (five 20 s read timeouts and the waits between them).
     """
 
     attempts: int = 13
     base: float = 0.5
     cap: float = 10.0
     jitter: float = 0.25
+    deadline: float = 90.0
+    connect_timeout: float = 10.0
+    read_timeout: float = 20.0
+
+    def __post_init__(self) -> None:
+        if self.attempts < 1:
+            raise ValueError(f"RetryPolicy(attempts=...) must be at least 1, got {self.attempts}")
+        for name in ("deadline", "connect_timeout", "read_timeout"):
+            if not getattr(self, name) > 0:
+                raise ValueError(f"RetryPolicy({name}=...) must be positive, got {getattr(self, name)}")
+
+    @property
+    def settings(self) -> str:
+        """The knobs, as a user would change them."""
+        return (f"RetryPolicy(connect_timeout={self.connect_timeout:g}, read_timeout={self.read_timeout:g}, "
+                f"attempts={self.attempts}, deadline={self.deadline:g})")  # fmt: skip
+
+    def write_timeout(self, size: int) -> float:
+        """A bound on one upload of ``size`` bytes: the timeouts plus the time at 256 KiB/s (S3 clients wait for
+        a PUT's "100 Continue" without a read timeout, so writes get an overall one)."""
+        return self.connect_timeout + self.read_timeout + size / (256 << 10)
 
     def delay(self, attempt: int, rng: np.random.Generator) -> float:
         nominal = min(self.cap, self.base * 2**attempt)
@@ -87,22 +111,32 @@ class RetryPolicy:
         rng: np.random.Generator,
         on_retry: Callable[[BaseException], None] | None = None,
         sleep: Callable[[float], None] = time.sleep,
+        clock: Callable[[], float] = time.monotonic,
+        hint: str = "",
     ) -> Any:
-        """Run ``action``, retrying transient failures; raise :class:`ShardReadError` naming ``what`` at the end."""
+        """Run ``action``, retrying transient failures; raise :class:`ShardReadError` naming ``what`` at the end.
+
+        ``hint`` (the endpoint, say) is added to that final message, with the settings that bound the wait.
+        """
+        started = clock()
         for attempt in range(self.attempts):
             try:
                 return action()
             except Exception as error:
                 if not is_transient(error):
                     raise
-                if attempt == self.attempts - 1:
+                pause = self.delay(attempt, rng)
+                elapsed = clock() - started
+                if attempt == self.attempts - 1 or elapsed + pause > self.deadline:
+                    where = f" ({hint})" if hint else ""
                     raise ShardReadError(
-                        f"{what}: still failing after {self.attempts} attempts ({type(error).__name__}: {error}); "
-                        "check the storage endpoint, or raise RetryPolicy(attempts=...)"
+                        f"{what}: still failing after {attempt + 1} attempts over {elapsed:.0f}s{where}: "
+                        f"{type(error).__name__}: {error}; check the storage endpoint and network, or allow longer "
+                        f"waits with {self.settings} (the loader's retry= argument)"
                     ) from error
                 if on_retry is not None:
                     on_retry(error)
-                sleep(self.delay(attempt, rng))
+                sleep(pause)
         raise AssertionError("unreachable")
 
 
@@ -117,12 +151,14 @@ class ResumableReader:
         policy: RetryPolicy,
         rng: np.random.Generator,
         on_retry: Callable[[BaseException], None] | None = None,
+        hint: str = "",
     ) -> None:
         self._open_at = open_at
         self._what = what
         self._policy = policy
         self._rng = rng
         self._on_retry = on_retry
+        self._hint = hint
         self._offset = 0
         self._stream: Any = None
 
@@ -136,7 +172,8 @@ class ResumableReader:
             raise
 
     def read(self, size: int = -1) -> bytes:
-        data = self._policy.call(lambda: self._read_once(size), what=self._what, rng=self._rng, on_retry=self._on_retry)
+        data = self._policy.call(lambda: self._read_once(size), what=self._what, rng=self._rng, on_retry=self._on_retry,
+                                 hint=self._hint)  # fmt: skip
         self._offset += len(data)
         return data
 

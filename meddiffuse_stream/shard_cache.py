@@ -1,27 +1,32 @@
 """A bounded local cache of whole shards: content-addressed by sha256, verified on the way in, LRU, persistent.
 
-Entries are named by the sha256 that ``dataset.json`` records, written to a temporary name and renamed only when
-the bytes hash right, so an entry is trusted from then on — across restarts and between worker processes sharing
-the folder. Least recently used entries are evicted when the folder grows past its size limit.
+Entries are named by the sha256 that ``dataset.json`` records, written to a temporary name and renamed only once
+complete (the bytes were verified before they are stored), so an entry is trusted from then on — across restarts
+and between worker processes sharing the folder. Least recently used entries are evicted when the folder grows
+past its size limit.
+
+A cache that cannot be written — a full disk, a read-only folder — is not an error: it warns once (per process),
+stops trying, and shards are streamed instead.
 """
 
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import os
+import shutil
 import uuid
-from collections.abc import Callable
+import warnings
 from pathlib import Path
 from typing import BinaryIO
 
 __all__ = ["ShardCache", "ShardIntegrityError"]
 
 _CHUNK = 1 << 20
+_warned: set[str] = set()  # cache folders this process has already warned about
 
 
 class ShardIntegrityError(OSError):
-    """A shard's bytes do not hash to the sha256 its ``dataset.json`` lists."""
+    """A shard's bytes are not what its dataset lists: another sha256, or another number of samples."""
 
 
 class ShardCache:
@@ -29,9 +34,25 @@ class ShardCache:
         if max_bytes <= 0:
             raise ValueError(f"cache size limit must be positive, got {max_bytes}")
         self.directory = Path(directory)
-        self.directory.mkdir(parents=True, exist_ok=True)
         self.max_bytes = max_bytes
-        self.evict()  # a smaller limit than last time applies at once
+        self.usable = True
+        try:
+            self.directory.mkdir(parents=True, exist_ok=True)
+            self.evict()  # a smaller limit than last time applies at once
+        except OSError as error:
+            self.disable(error)
+
+    def disable(self, error: BaseException) -> None:
+        """Stop using the cache (it cannot be written); one warning per folder and process."""
+        self.usable = False
+        if str(self.directory) not in _warned:
+            _warned.add(str(self.directory))
+            warnings.warn(
+                f"shard cache {self.directory} cannot be written ({type(error).__name__}: {error}); shards are "
+                "streamed without it from now on (free space or pick another cache_dir)",
+                RuntimeWarning,
+                stacklevel=3,
+            )
 
     def entry(self, identity: str) -> Path:
         return self.directory / f"{identity}.tar"
@@ -43,24 +64,39 @@ class ShardCache:
             os.utime(path)
         except FileNotFoundError:
             return None
+        except OSError:  # a read-only cache still serves what it holds
+            return path if path.exists() else None
         return path
 
-    def insert(self, identity: str, fill: Callable[[BinaryIO], None], expected_sha256: str | None) -> Path:
-        """Write an entry through ``fill``; keep it only if it hashes to ``expected_sha256`` (when known)."""
+    def store(self, identity: str, data: bytes) -> Path | None:
+        """Keep ``data`` (already verified) as the entry for ``identity``; ``None`` if the cache cannot be written."""
+        return self._store(identity, lambda stream: stream.write(data))
+
+    def store_file(self, identity: str, source: BinaryIO) -> Path | None:
+        """Like :meth:`store`, copying from an open file (rewound first and after)."""
+        source.seek(0)
+        try:
+            return self._store(identity, lambda stream: shutil.copyfileobj(source, stream, _CHUNK))
+        finally:
+            source.seek(0)
+
+    def _store(self, identity: str, write) -> Path | None:  # type: ignore[no-untyped-def]
+        if not self.usable:
+            return None
         target = self.entry(identity)
         temporary = target.with_name(f".{target.name}.{uuid.uuid4().hex[:8]}")
         try:
             with open(temporary, "wb") as stream:
-                fill(stream)
-            if expected_sha256 is not None:
-                actual = _sha256_file(temporary)
-                if actual != expected_sha256:
-                    raise ShardIntegrityError(f"sha256 mismatch: expected {expected_sha256}, got {actual}")
+                write(stream)
             os.replace(temporary, target)
+        except OSError as error:  # ENOSPC, EROFS, EACCES, EFBIG, EDQUOT: stream instead
+            self.disable(error)
+            return None
         finally:
-            with contextlib.suppress(FileNotFoundError):
+            with contextlib.suppress(OSError):
                 os.remove(temporary)
-        self.evict(keep=target)
+        with contextlib.suppress(OSError):
+            self.evict(keep=target)
         return target
 
     def size(self) -> int:
@@ -85,11 +121,3 @@ class ShardCache:
                 removed += 1
             total -= size
         return removed
-
-
-def _sha256_file(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as stream:
-        while chunk := stream.read(_CHUNK):
-            digest.update(chunk)
-    return digest.hexdigest()

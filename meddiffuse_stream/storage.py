@@ -2,6 +2,11 @@
 
 Credentials come from ``storage_options`` or the usual environment variables (``AWS_ACCESS_KEY_ID``,
 ``AWS_SECRET_ACCESS_KEY``, ``AWS_ENDPOINT_URL``) and are never logged or written into a dataset.
+
+Every request to object storage is bounded: S3 clients get the connect and read timeouts of the location's
+:class:`~meddiffuse_stream.retry.RetryPolicy` and no retries of their own (botocore's and s3fs's retry loops
+would otherwise multiply into minutes of silence), and every operation here is retried by that policy instead,
+each retry reported to ``on_retry`` so it can be counted.
 """
 
 from __future__ import annotations
@@ -10,21 +15,41 @@ import contextlib
 import hashlib
 import os
 import posixpath
+import tempfile
 import uuid
-from collections.abc import Iterator, Mapping
+import zlib
+from collections.abc import Callable, Iterator, Mapping
 from typing import Any, BinaryIO
 
 import fsspec
+import numpy as np
 from fsspec.implementations.local import LocalFileSystem
+
+from .retry import RetryPolicy
 
 __all__ = [
     "Location",
     "atomic_write",
+    "bounded_options",
     "parse_storage_options",
     "sha256_of",
 ]
 
 _HASH_CHUNK = 1 << 20
+_S3 = {"s3", "s3a"}
+
+
+def bounded_options(url: str, storage_options: Mapping[str, Any], policy: RetryPolicy) -> dict[str, Any]:
+    """``storage_options`` with the policy's timeouts and the client's own retries off (S3), the user's wins."""
+    options = dict(storage_options)
+    protocol = fsspec.core.split_protocol(url)[0]
+    if protocol in _S3:
+        config = dict(options.get("config_kwargs") or {})
+        config.setdefault("connect_timeout", policy.connect_timeout)
+        config.setdefault("read_timeout", policy.read_timeout)
+        config.setdefault("retries", {"total_max_attempts": 1, "mode": "standard"})  # the first try only
+        options["config_kwargs"] = config
+    return options
 
 
 def parse_storage_options(pairs: list[str] | None) -> dict[str, Any]:
@@ -47,64 +72,135 @@ def parse_storage_options(pairs: list[str] | None) -> dict[str, Any]:
 
 
 class Location:
-    """A directory on some filesystem, with the few operations the project needs, picklable for workers."""
+    """A directory on some filesystem, with the few operations the project needs, picklable for workers.
 
-    def __init__(self, url: str, storage_options: Mapping[str, Any] | None = None) -> None:
+    ``retry`` bounds every request (timeouts) and retries transient failures; ``on_retry`` hears of each retry
+    (a loader counts them). It is not pickled: a worker process counts its own.
+    """
+
+    def __init__(
+        self,
+        url: str,
+        storage_options: Mapping[str, Any] | None = None,
+        *,
+        retry: RetryPolicy | None = None,
+        on_retry: Callable[[BaseException], None] | None = None,
+    ) -> None:
         self.url = str(url)
         self.storage_options = dict(storage_options or {})
-        self.fs, root = fsspec.core.url_to_fs(self.url, **self.storage_options)
+        self.retry = retry or RetryPolicy()
+        self.on_retry = on_retry
+        self.fs, root = fsspec.core.url_to_fs(self.url, **bounded_options(self.url, self.storage_options, self.retry))
         self.root = root.rstrip("/") or root
+        if self.protocols & _S3 and "retries" not in (self.storage_options.get("config_kwargs") or {}):
+            self.fs.retries = 1  # s3fs's own retry loop (5 tries) off: RetryPolicy retries, and counts
 
     def __getstate__(self) -> dict[str, Any]:
-        return {"url": self.url, "storage_options": self.storage_options}
+        return {"url": self.url, "storage_options": self.storage_options, "retry": self.retry}
 
     def __setstate__(self, state: dict[str, Any]) -> None:
-        self.__init__(state["url"], state["storage_options"])  # type: ignore[misc]
+        self.__init__(state["url"], state["storage_options"], retry=state.get("retry"))  # type: ignore[misc]
 
     def __repr__(self) -> str:  # storage options may hold secrets: never shown
         return f"Location({self.url!r})"
+
+    @property
+    def protocols(self) -> set[str]:
+        protocol = self.fs.protocol
+        return {protocol} if isinstance(protocol, str) else set(protocol)
+
+    @property
+    def endpoint(self) -> str:
+        """Which server requests go to, for messages: the S3 endpoint URL, or the filesystem's default."""
+        if self.is_local:
+            return "local disk"
+        client = self.storage_options.get("client_kwargs") or {}
+        endpoint = self.storage_options.get("endpoint_url") or client.get("endpoint_url")
+        if not endpoint and self.protocols & _S3:
+            endpoint = os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL")
+        protocol = sorted(self.protocols)[0]
+        return f"endpoint {endpoint}" if endpoint else f"the default {protocol} endpoint"
+
+    def retrying(self, action: Callable[[], Any], relative: str) -> Any:
+        """Run a storage call under the retry policy (remote only: local disk has no transient failures)."""
+        if self.is_local:
+            return action()
+        what = self.display(relative)
+        return self.retry.call(action, what=what, rng=np.random.default_rng(zlib.crc32(what.encode())),
+                               on_retry=self.on_retry, hint=self.endpoint)  # fmt: skip
 
     @property
     def is_local(self) -> bool:
         return isinstance(self.fs, LocalFileSystem)
 
     def path(self, relative: str = "") -> str:
-        """Filesystem path of ``relative`` below the root (``/`` separated on every filesystem)."""
-        return posixpath.join(self.root, relative) if relative else self.root
+        """Filesystem path of ``relative`` below the root (``/`` separated on every filesystem).
+
+        ``relative`` must stay below the root: an absolute path or a ``..`` segment (which would reach another
+        folder or, on object storage, another bucket) is a ``ValueError``.
+        """
+        if not relative:
+            return self.root
+        if relative.startswith("/") or ".." in relative.split("/") or "://" in relative:
+            raise ValueError(f"{relative!r} is not a path below {self.url}: absolute paths and '..' are refused")
+        return posixpath.join(self.root, relative)
 
     def display(self, relative: str = "") -> str:
         """A user-facing name for ``relative``: the URL the user gave, joined."""
         return f"{self.url.rstrip('/')}/{relative}" if relative else self.url
 
     def open(self, relative: str, mode: str = "rb") -> Any:
+        """A raw stream (timeouts bound each request; not retried: a stream cannot be replayed)."""
         return self.fs.open(self.path(relative), mode)
 
     def exists(self, relative: str) -> bool:
-        return bool(self.fs.exists(self.path(relative)))
+        return bool(self.retrying(lambda: self.fs.exists(self.path(relative)), relative))
+
+    def isfile(self, relative: str = "") -> bool:
+        return bool(self.retrying(lambda: self.fs.isfile(self.path(relative)), relative))
 
     def size(self, relative: str) -> int:
-        return int(self.fs.size(self.path(relative)))
+        return int(self.retrying(lambda: self.fs.size(self.path(relative)), relative))
 
     def read_bytes(self, relative: str) -> bytes:
         if self.is_local:  # the variant cache reads many small files: skip fsspec's per-call path handling
             with open(self.path(relative), "rb") as stream:
                 return stream.read()
-        return bytes(self.fs.cat_file(self.path(relative)))
+        return bytes(self.retrying(lambda: self.fs.cat_file(self.path(relative)), relative))
+
+    def read_path(self, path: str) -> bytes:
+        """The bytes of ``path`` as this filesystem names it (a path found by a listing below the root)."""
+        relative = posixpath.relpath(path, self.root) if path.startswith(self.root.rstrip("/") + "/") else path
+        return bytes(self.retrying(lambda: self.fs.cat_file(path), relative))
+
+    def _bounded(self, size: int) -> dict[str, float]:
+        """An overall time limit for one write (async filesystems take it; others have no such hang)."""
+        return {"timeout": self.retry.write_timeout(size)} if getattr(self.fs, "async_impl", False) else {}
 
     def write_bytes(self, relative: str, data: bytes) -> None:
-        with atomic_write(self, relative) as stream:
-            stream.write(data)
+        if self.is_local:
+            with atomic_write(self, relative) as stream:
+                stream.write(data)
+            return
+        path = self.path(relative)
+        self.retrying(lambda: self.fs.pipe_file(path, data, **self._bounded(len(data))), relative)
+
+    def put_file(self, local_path: str, relative: str) -> None:
+        """Upload a local file (streamed, multipart where large) under the retry policy and a time limit."""
+        size = os.path.getsize(local_path)
+        path = self.path(relative)
+        self.retrying(lambda: self.fs.put_file(local_path, path, **self._bounded(size)), relative)
 
     def makedirs(self, relative: str = "") -> None:
         if self.is_local:
             os.makedirs(self.path(relative), exist_ok=True)
         else:
             with contextlib.suppress(FileExistsError):
-                self.fs.makedirs(self.path(relative), exist_ok=True)
+                self.retrying(lambda: self.fs.makedirs(self.path(relative), exist_ok=True), relative)
 
     def remove(self, relative: str) -> None:
         with contextlib.suppress(FileNotFoundError):
-            self.fs.rm_file(self.path(relative))
+            self.retrying(lambda: self.fs.rm_file(self.path(relative)), relative)
 
     def list_files(self, relative: str = "") -> list[str]:
         """Every file below ``relative``, as paths relative to the root, sorted."""
@@ -113,28 +209,46 @@ class Location:
     def file_sizes(self, relative: str = "") -> dict[str, int]:
         """``{relative path: bytes}`` for every file below ``relative`` (one listing, also on object stores)."""
         base = self.path(relative)
-        if not self.fs.exists(base):
-            return {}
         prefix = self.root.rstrip("/") + "/"
-        found = self.fs.find(base, detail=True)
+
+        def listing() -> dict[str, Any]:
+            if self.is_local and not os.path.exists(base):
+                return {}
+            return self.fs.find(base, detail=True)  # a missing object-store prefix lists as empty: one request
+
+        found = self.retrying(listing, relative)
         return {
             path[len(prefix) :]: int(info.get("size") or 0)
             for path, info in sorted(found.items())
             if path.startswith(prefix) and info.get("type", "file") == "file"
         }
 
+    def find_sizes(self, path: str) -> dict[str, int]:
+        """``{filesystem path: bytes}`` of every file below ``path`` (a filesystem path, e.g. a listed folder)."""
+        found = self.retrying(lambda: self.fs.find(path, detail=True), path)
+        return {p: int(info.get("size") or 0) for p, info in found.items() if info.get("type", "file") == "file"}
+
+    def glob_sizes(self, pattern: str) -> dict[str, int]:
+        """``{filesystem path: bytes}`` of the files matching a glob ``pattern`` (one listing)."""
+        found = self.retrying(lambda: self.fs.glob(pattern, detail=True), pattern)
+        return {path: int(info.get("size") or 0) for path, info in sorted(found.items())
+                if info.get("type", "file") == "file"}  # fmt: skip
+
 
 @contextlib.contextmanager
 def atomic_write(location: Location, relative: str) -> Iterator[BinaryIO]:
     """Write a file that appears whole or not at all.
 
-    Local files go to a temporary name and are renamed; object stores commit an object only when its upload
-    completes, so there the final key is written directly (a copy-and-delete rename would double the traffic).
+    Local files go to a temporary name and are renamed. For object stores the bytes go to a local temporary file
+    and are uploaded once the block ends, under the location's retry policy and a time limit: an upload that fails
+    halfway is sent again from the start, and nothing is uploaded if the block raises.
     """
     target = location.path(relative)
     if not location.is_local:
-        with location.fs.open(target, "wb") as stream:
-            yield stream
+        with tempfile.NamedTemporaryFile(prefix=".upload-", suffix=".part") as spool:
+            yield spool  # type: ignore[misc]
+            spool.flush()
+            location.put_file(spool.name, relative)
         return
     os.makedirs(os.path.dirname(target) or ".", exist_ok=True)
     temporary = f"{target}.tmp-{uuid.uuid4().hex[:8]}"

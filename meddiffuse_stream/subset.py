@@ -6,15 +6,17 @@ between kept and dropped. The other splits' shards are copied unchanged, so eval
 
 from __future__ import annotations
 
+import copy
 import io
-import json
 from collections import defaultdict
 from typing import Any
 
 import numpy as np
 
-from .format import DATASET_JSON, INDEX_PARQUET, REJECTS_JSONL, EncodedSample, ShardWriter, shard_name
-from .nodes.tar import RawSample, iter_samples
+from .shardfmt.manifest import REJECTS_JSONL, read_manifest, write_manifest
+from .shardfmt.parquet import read_sample_index, write_sample_index
+from .shardfmt.tar import RawSample, iter_samples
+from .shardfmt.writer import EncodedSample, ShardWriter, shard_name
 from .storage import Location
 
 __all__ = ["subset_dataset"]
@@ -36,14 +38,11 @@ def _choose_keys(rows: list[dict[str, Any]], fraction: float, seed: int) -> set[
 
 def subset_dataset(source: str, out: str, fraction: float, seed: int = 0, shard_size: int = 1000) -> dict[str, Any]:
     """Write ``out`` with ``fraction`` of ``source``'s train split (whole patients); returns its dataset.json."""
-    import pyarrow as pa
-    import pyarrow.parquet as pq
-
     if not 0 < fraction <= 1:
         raise ValueError(f"--train-fraction must be in (0, 1], got {fraction}")
     src, dst = Location(source), Location(out)
-    info = json.loads(src.read_bytes(DATASET_JSON))
-    rows = pq.read_table(io.BytesIO(src.read_bytes(INDEX_PARQUET))).to_pylist()
+    info = copy.deepcopy(dict(read_manifest(src).document))
+    rows = read_sample_index(src)
     keep = _choose_keys([r for r in rows if r["split"] == "train"], fraction, seed)
     by_key = {r["key"]: r for r in rows}
     new_rows, shards, buffer, index = [], [], [], 0
@@ -86,9 +85,7 @@ def subset_dataset(source: str, out: str, fraction: float, seed: int = 0, shard_
         "classes": {c: sum(1 for r in train_rows if r["class_name"] == c) for c in info["class_names"]},
     }
     info["subset_of"] = {"source": source, "train_fraction": fraction, "seed": seed}
-    buffer_parquet = io.BytesIO()
-    pq.write_table(pa.Table.from_pylist(new_rows), buffer_parquet, compression="zstd")
-    dst.write_bytes(INDEX_PARQUET, buffer_parquet.getvalue())
+    write_sample_index(dst, new_rows)
     dst.write_bytes(REJECTS_JSONL, src.read_bytes(REJECTS_JSONL) if src.exists(REJECTS_JSONL) else b"")
-    dst.write_bytes(DATASET_JSON, (json.dumps(info, indent=1, sort_keys=True) + "\n").encode())
+    write_manifest(dst, info)
     return info

@@ -26,6 +26,7 @@ from .loader import MedDiffuseLoader, sample_shape
 from .metrics import classification_metrics
 from .models import build_model
 from .nodes.to_torch import unit_float
+from .shardfmt.manifest import DATASET_JSON, read_manifest
 from .storage import Location
 
 __all__ = ["TargetNotReachedError", "TrainConfig", "require_classes", "train", "training_device"]
@@ -96,8 +97,9 @@ def _make_deterministic() -> None:
 
 
 def _class_weights(loader: MedDiffuseLoader) -> torch.Tensor:
-    info = json.loads(loader.dataset.location.read_bytes("dataset.json"))
-    counts = np.array([info["splits"]["train"]["classes"][name] for name in info["class_names"]], dtype=np.float64)
+    if loader.dataset.class_counts is None:
+        raise ValueError(f"--loss weighted needs the class counts a dataset.json records; {loader.source!r} has none")
+    counts = np.array(loader.dataset.class_counts, dtype=np.float64)
     weights = counts.sum() / np.maximum(counts, 1) / len(counts)
     return torch.as_tensor(weights, dtype=torch.float32)
 
@@ -105,10 +107,11 @@ def _class_weights(loader: MedDiffuseLoader) -> torch.Tensor:
 def require_classes(dataset: str) -> None:
     """A classifier needs class names and two classes with training samples; say so before anything starts."""
     try:
-        info = json.loads(Location(dataset).read_bytes("dataset.json"))
+        manifest = read_manifest(Location(dataset))  # validated: a bad dataset.json is an error naming the field
     except FileNotFoundError:
         return  # the loader names what is missing
-    names = info.get("class_names") or []
+    info = manifest.document
+    names = list(manifest.class_names)
     if len(names) < 2:
         found = f"only {names}" if names else "no class_names"
         raise ValueError(f"{dataset}: dataset.json has {found}; a classifier needs at least two named classes "
@@ -267,7 +270,7 @@ def _with_subset(config: TrainConfig, out: Path, rank: int, world: int) -> Train
     from .subset import subset_dataset
 
     subset = out / f"train-subset-f{config.train_fraction:g}-s{config.seed}"
-    if rank == 0 and not (subset / "dataset.json").exists():
+    if rank == 0 and not (subset / DATASET_JSON).exists():
         subset_dataset(config.dataset, str(subset), config.train_fraction, config.seed)
     if world > 1:
         dist.barrier()

@@ -1,6 +1,7 @@
 """A fault-injecting HTTP proxy in front of the S3 server: answers 503 SlowDown, cuts object bodies short, or
-refuses writes with 403 AccessDenied, as many times as a test asks. The Host header is passed on unchanged, so
-SigV4 signatures made for the proxy's address stay valid upstream."""
+refuses writes with 403 AccessDenied, as many times as a test asks, and logs every request (so a test can count
+what a client fetched). The Host header is passed on unchanged, so SigV4 signatures made for the proxy's address
+stay valid upstream. ``silent_endpoint`` is a server that accepts connections and never answers."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ import contextlib
 import http.client
 import socket
 import threading
+import time
 from collections import Counter
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -27,9 +29,12 @@ class FaultPlan:
         self.lock = threading.Lock()
         self.slowdowns = 0  # object GETs answered 503 SlowDown
         self.cuts = 0  # object GETs whose body stops halfway (connection closed)
+        self.hangs = 0  # object GETs never answered (the connection is held for hang_seconds, then closed)
+        self.hang_seconds = 30.0
         self.deny_writes = False  # PUT/POST/DELETE answered 403 AccessDenied
         self.only_suffix = ""  # faults only for object reads whose key ends so (".tar": shards, not dataset.json)
         self.sent: Counter[str] = Counter()
+        self.log: list[tuple[str, str, str]] = []  # (method, path, query) of every request, in order
 
     def take(self, method: str, path: str, query: str) -> str | None:
         is_object_read = (
@@ -37,9 +42,14 @@ class FaultPlan:
         )
         with self.lock:
             self.sent["requests"] += 1
+            self.log.append((method, path, query))
             if method in ("PUT", "POST", "DELETE") and self.deny_writes:
                 self.sent["denied"] += 1
                 return "deny"
+            if is_object_read and self.hangs > 0:
+                self.hangs -= 1
+                self.sent["hang"] += 1
+                return "hang"
             if is_object_read and self.slowdowns > 0:
                 self.slowdowns -= 1
                 self.sent["slowdown"] += 1
@@ -84,6 +94,10 @@ def _handler(upstream: str, plan: FaultPlan) -> type[BaseHTTPRequestHandler]:
             body = self._body()
             path, _, query = self.path.partition("?")
             fault = plan.take(self.command, path, query)
+            if fault == "hang":
+                time.sleep(plan.hang_seconds)
+                self.close_connection = True
+                return None
             if fault == "slowdown":
                 return self._reply(503, _SLOWDOWN)
             if fault == "deny":
@@ -138,3 +152,33 @@ def fault_proxy(upstream: str) -> Iterator[tuple[str, FaultPlan]]:
     finally:
         server.shutdown()
         server.server_close()
+
+
+@contextlib.contextmanager
+def silent_endpoint() -> Iterator[tuple[str, list[socket.socket]]]:
+    """``(endpoint, accepted)``: a listening socket that accepts every connection and never sends a byte."""
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(64)
+    accepted: list[socket.socket] = []
+    stop = threading.Event()
+
+    def accept() -> None:
+        listener.settimeout(0.2)
+        while not stop.is_set():
+            try:
+                connection, _ = listener.accept()
+            except (TimeoutError, OSError):
+                continue
+            accepted.append(connection)  # held open, never read from or written to
+
+    thread = threading.Thread(target=accept, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{listener.getsockname()[1]}", accepted
+    finally:
+        stop.set()
+        thread.join(timeout=5)
+        for connection in accepted:
+            connection.close()
+        listener.close()

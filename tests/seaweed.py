@@ -54,9 +54,12 @@ class S3Server:
             os.killpg(self.process.pid, signal.SIGKILL)
         self.process.wait(timeout=30)
 
+    def sockets(self) -> list[str]:
+        return _own_sockets(int(self.endpoint.rsplit(":", 1)[1]))
+
     def start(self, timeout: float = 60.0) -> None:
         """(Re)start on the same ports and data folder and wait until a bucket round-trip works."""
-        for sock in glob.glob("/tmp/seaweedfs-*.sock"):  # a killed server leaves its gRPC sockets behind
+        for sock in self.sockets():  # a killed server leaves its gRPC sockets behind
             if _socket_owner_gone(sock):
                 with contextlib.suppress(OSError):
                     os.remove(sock)
@@ -64,6 +67,13 @@ class S3Server:
         self.process = subprocess.Popen(self.command, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
         log.close()
         _wait_ready(self, timeout)
+
+
+def _own_sockets(port: int) -> list[str]:
+    """This server's gRPC sockets: their names carry its ports (P+10000 and up). Other servers' (other test
+    sessions on the machine share /tmp) are never touched: removing a live one cuts that server off its volumes."""
+    ports = {str(port + offset) for offset in (10000, 11000, 11001, 11002)}
+    return [s for s in glob.glob("/tmp/seaweedfs-*.sock") if any(f"-{p}.sock" in s for p in ports)]
 
 
 def _socket_owner_gone(path: str) -> bool:
@@ -129,7 +139,6 @@ def seaweed_server() -> Iterator[S3Server]:
     with open(config, "w") as stream:
         json.dump({"identities": identities}, stream)
     port = _free_block()
-    before = set(glob.glob("/tmp/seaweedfs-*.sock"))
     # every bucket is a collection of 7 volumes of its own: -volume.max=100 ran out after 14 buckets in one session
     # ("No writable volumes and no free volumes left", an InternalError on PUT). Volume files grow as written.
     command = [
@@ -144,7 +153,7 @@ def seaweed_server() -> Iterator[S3Server]:
         yield server
     finally:
         server.kill()
-        for sock in set(glob.glob("/tmp/seaweedfs-*.sock")) - before:
+        for sock in _own_sockets(port):
             with contextlib.suppress(OSError):
                 os.remove(sock)
         shutil.rmtree(data_dir, ignore_errors=True)

@@ -22,8 +22,8 @@ from builders import small_dicom, write_image
 from meddiffuse_stream import MedDiffuseLoader
 from meddiffuse_stream.convert import ConvertOptions, convert_dataset
 from meddiffuse_stream.convert.imagefolder import ImageFolderSource
-from meddiffuse_stream.format import encode_png
 from meddiffuse_stream.nodes import LoaderDataError
+from meddiffuse_stream.shardfmt import encode_png
 
 pytestmark = pytest.mark.timeout(120)  # "never hang" is part of every case
 
@@ -118,7 +118,7 @@ SHARD_CASES: dict[str, tuple[Callable[[], Case], str | None]] = {
     "zero-byte image": (lambda: _around(*_sample("bad", png=b"")), "not a readable image"),
     "zero-byte label": (lambda: _around(*_sample("bad", cls=b"")), "is not an integer"),
     "png decompression bomb": (lambda: _around(*_sample("bad", png=_png_bomb())), "over the pixel limit"),
-    "missing cls": (lambda: _around(*_sample("bad", cls=None)), "missing .cls"),
+    "missing cls": (lambda: _around(*_sample("bad", cls=None)), "missing label"),
     "no image member": (lambda: _around(*_sample("bad", png=None)), "no image member"),
     "label out of range": (lambda: _around(*_sample("bad", cls=b"7")), "outside 0..1"),
     "label of wrong type": (lambda: _around(*_sample("bad", cls=b"1.5")), "is not an integer"),
@@ -143,8 +143,12 @@ SHARD_CASES: dict[str, tuple[Callable[[], Case], str | None]] = {
     "empty shard listed with samples": (
         lambda: ([(_tar([]), 3), (_tar(_good("c", 7)), 7)], 10, _keys("c", 7)), "holds 0 samples"
     ),
+    # a shard that disagrees with its record is not trusted: skipped whole (its samples are not "good")
     "shard shorter than listed": (
-        lambda: ([(_tar(_good("a", 4)), 6), (_tar(_good("c", 7)), 7)], 13, _keys("a", 4) | _keys("c", 7)), "lists 6"
+        lambda: ([(_tar(_good("a", 4)), 6), (_tar(_good("c", 7)), 7)], 13, _keys("c", 7)), "holds 4 samples, "
+    ),
+    "shard longer than listed": (
+        lambda: ([(_tar(_good("a", 6)), 4), (_tar(_good("c", 7)), 7)], 11, _keys("c", 7)), "holds 6 samples, "
     ),
 }
 

@@ -168,6 +168,10 @@ def test_train_refuses_a_one_class_dataset_and_one_without_class_names(tmp_path)
     _one_line_error(result, "dataset.json has only ['only']", "at least two named classes")
     info = json.loads((out / "dataset.json").read_text())
     del info["class_names"]
+    (out / "dataset.json").write_text(json.dumps(info))  # num_classes still says 1: the manifest contradicts itself
+    result = _run("-m", "meddiffuse_stream.cli", "train", str(out), "--out", str(tmp_path / "run"), "--epochs", "1")
+    _one_line_error(result, "dataset.json: num_classes: 1 but class_names has 0")
+    del info["num_classes"]
     (out / "dataset.json").write_text(json.dumps(info))
     result = _run("-m", "meddiffuse_stream.cli", "train", str(out), "--out", str(tmp_path / "run"), "--epochs", "1")
     _one_line_error(result, "dataset.json has no class_names")

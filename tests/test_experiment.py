@@ -40,7 +40,7 @@ def test_experiment_writes_csv_table_and_plots_and_reuses_cells(setup, tmp_path)
     config = {"dataset": str(setup / "demo"), "out": str(tmp_path / "exp"), "epochs": 1, "batch_size": 16,
               "methods": ["standard", "mixup", "meddiffusemix", "meddiffusemix-hard-mask"], "seeds": [0, 1],
               "teacher": str(setup / "teacher.pt"), "generator": str(setup / "gen"),
-              "variant_cache": str(tmp_path / "variants")}  # fmt: skip
+              "variant_cache": str(tmp_path / "variants"), "jobs": 2}  # fmt: skip
     (tmp_path / "exp.yaml").write_text(yaml.safe_dump(config))
     first = _cli("experiment", str(tmp_path / "exp.yaml"))
     assert first.returncode == 0, first.stderr[-3000:]

@@ -1,24 +1,31 @@
 """Property tests (hypothesis, bounded and derandomised so a run is repeatable) over what reads untrusted bytes and
-names: the tar reader, the loader's and the converter's decoders, and the BreakHis and MURA name parsers."""
+names: the tar reader (also on hand-made PAX records, GNU headers and size fields), JSON members and dataset.json
+(nested to any depth), the loader's and the converter's decoders, and the BreakHis and MURA name parsers. Examples
+that read hostile bytes run under a time limit, so a reader that loops fails instead of hanging the suite."""
 
 from __future__ import annotations
 
+import contextlib
 import io
+import json
+import signal
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from tar_bytes import END, gnu_long_name, header, member, padded, pax, pax_record
 
 from meddiffuse_stream.convert.base import LoadedImage, RejectError
 from meddiffuse_stream.convert.breakhis import SUBTYPES, parse_breakhis_name
 from meddiffuse_stream.convert.dicom import dicom_from_bytes
 from meddiffuse_stream.convert.images import image_from_bytes
 from meddiffuse_stream.convert.mura import parse_mura_path
-from meddiffuse_stream.format import EncodedSample, ShardWriter, encode_png
 from meddiffuse_stream.nodes.decode import DecodeOptions, SampleError, decode_sample
-from meddiffuse_stream.nodes.tar import RawSample, TarProblem, iter_samples
+from meddiffuse_stream.shardfmt import EncodedSample, ManifestError, ShardWriter, encode_png, parse_manifest
+from meddiffuse_stream.shardfmt.tar import RawSample, TarProblem, count_samples, iter_samples
 
 FUZZ = settings(max_examples=150, deadline=None, derandomize=True, suppress_health_check=[HealthCheck.too_slow])
 # noise to splice into names: arbitrary text, and the characters that slip past careless patterns
@@ -42,6 +49,159 @@ SAMPLES = st.lists(
     max_size=6,
     unique_by=lambda sample: sample[0],
 )
+
+
+@contextlib.contextmanager
+def time_limit(seconds: float) -> Iterator[None]:
+    """Fail the example if it runs longer than ``seconds`` (a hang would otherwise never return)."""
+
+    def expired(signum, frame):
+        raise TimeoutError(f"an example ran longer than {seconds}s: the reader does not terminate")
+
+    previous = signal.signal(signal.SIGALRM, expired)
+    signal.setitimer(signal.ITIMER_REAL, seconds)
+    try:
+        yield
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, previous)
+
+
+def _length_field(data: st.DataObject, true_length: int) -> bytes:
+    """A PAX record length: right, off by a little, zero, negative, huge or not a number at all."""
+    return data.draw(st.one_of(
+        st.just(str(true_length)), st.integers(-3, 3).map(lambda d: str(max(0, true_length + d))),
+        st.sampled_from(["0", "-6", "-1", "1", "99999999999999999999", "٣", "0x10", "+7", ""]),
+        st.integers(0, 10**6).map(str),
+    )).encode()  # fmt: skip
+
+
+def _pax_block(data: st.DataObject) -> bytes:
+    records = b""
+    for _ in range(data.draw(st.integers(0, 3))):
+        name = data.draw(st.sampled_from(["path", "size", "mtime", "linkpath", "x", ""]))
+        value = data.draw(st.one_of(st.text(max_size=30), st.integers(-5, 10**6).map(str)))
+        body = f" {name}={value}\n".encode("utf-8", "surrogatepass")
+        true_length = len(pax_record(name, value)) if "\n" not in value else len(body) + 2
+        records += _length_field(data, true_length) + body
+    records += data.draw(st.binary(max_size=8))
+    return pax(records)
+
+
+def _size_field(data: st.DataObject) -> bytes:
+    return data.draw(st.one_of(
+        st.binary(min_size=12, max_size=12).map(lambda b: bytes([b[0] | 0x80]) + b[1:]),  # base-256, any sign
+        st.sampled_from([b"-0000000001\0", b"77777777777\0", b"           ", b"0" * 12, b"\0" * 12]),
+        st.binary(min_size=12, max_size=12),
+    ))  # fmt: skip
+
+
+BLOCK_KINDS = ["sample", "pax", "gnu_name", "gnu_link", "global", "size", "link", "dir", "garbage", "member"]
+
+
+def _hostile_tar(data: st.DataObject) -> bytes:
+    parts = []
+    for index in range(data.draw(st.integers(1, 8))):
+        kind = data.draw(st.sampled_from(BLOCK_KINDS))
+        key = f"k{index}"
+        if kind == "sample":
+            parts.append(member(f"{key}.png", b"img") + member(f"{key}.cls", b"1"))
+        elif kind == "pax":
+            parts.append(_pax_block(data))
+        elif kind in ("gnu_name", "gnu_link"):
+            name = data.draw(st.text(min_size=0, max_size=300))
+            size = data.draw(st.one_of(st.none(), st.integers(0, 1 << 21)))
+            block = gnu_long_name(name, size)
+            parts.append(block if kind == "gnu_name" else block[:156] + b"K" + block[157:])
+        elif kind == "global":
+            parts.append(header("g", 20, b"g") + padded(data.draw(st.binary(max_size=20))))
+        elif kind == "size":
+            parts.append(header(f"{key}.png", 0, size_field=_size_field(data)) + data.draw(st.binary(max_size=600)))
+        elif kind == "link":
+            parts.append(member(f"{key}.png", b"", kind=data.draw(st.sampled_from([b"1", b"2", b"3", b"6"]))))
+        elif kind == "dir":
+            parts.append(member(f"{key}/", b"", kind=b"5"))
+        elif kind == "garbage":
+            parts.append(data.draw(st.binary(min_size=512, max_size=512)))
+        else:
+            parts.append(member(f"{data.draw(KEYS)}.{data.draw(SUFFIXES)}", data.draw(st.binary(max_size=700))))
+    shard = b"".join(parts) + END
+    return shard[: data.draw(st.integers(0, len(shard)))] if data.draw(st.booleans()) else shard
+
+
+@FUZZ
+@given(st.data())
+def test_tar_reader_ends_on_hostile_pax_gnu_and_size_headers(data):
+    """Hand-made PAX records with every kind of wrong length, GNU long names and links of any claimed size, octal
+    and base-256 size fields, links, garbage blocks and cuts: the reading ends in bounded time, yields only samples
+    and problems (at most one fatal, last), and counting agrees with reading."""
+    shard = _hostile_tar(data)
+    with time_limit(5):
+        items = list(iter_samples(io.BytesIO(shard), max_member_bytes=1 << 16))
+        count, fatal = count_samples(io.BytesIO(shard), max_member_bytes=1 << 16)
+    assert all(isinstance(item, (RawSample, TarProblem)) for item in items)
+    assert not any(isinstance(item, TarProblem) and item.fatal for item in items[:-1]), "a fatal problem ends it"
+    assert all(isinstance(item, RawSample) or item.reason for item in items)
+    positions = len(items) - (1 if items and isinstance(items[-1], TarProblem) and items[-1].fatal else 0)
+    assert count == positions and (fatal is not None) == (positions != len(items))
+
+
+def _nested(depth: int, kind: str) -> bytes:
+    if kind == "list":
+        return b"[" * depth + b"]" * depth
+    if kind == "object":
+        return b'{"a":' * depth + b"1" + b"}" * depth
+    return b'{"x": "' + b"[" * depth + b'"}'  # brackets inside a string do not nest
+
+
+JSON_VALUES = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False, allow_infinity=False) | st.text(max_size=8),
+    lambda children: st.lists(children, max_size=4) | st.dictionaries(st.text(max_size=6), children, max_size=4),
+    max_leaves=30,
+)
+
+
+@FUZZ
+@given(st.integers(0, 200_000), st.sampled_from(["list", "object", "string"]), st.data())
+def test_nested_json_members_decode_or_are_a_named_sample_error(depth, kind, data):
+    """JSON nested to any depth (a 200 KB [[[[… once escaped on_error='skip' as a RecursionError), cut anywhere:
+    the decoder returns the metadata or raises SampleError naming the key, never anything else, in bounded time."""
+    text = _nested(depth, kind)
+    if data.draw(st.booleans()):
+        text = text[: data.draw(st.integers(0, len(text)))]
+    png = encode_png(np.zeros((2, 2), np.uint8))
+    with time_limit(5):
+        for candidate in (text, json.dumps(data.draw(JSON_VALUES)).encode()):
+            try:
+                sample = decode_sample(RawSample("key", {"png": png, "cls": b"0", "json": candidate}),
+                                       DecodeOptions(with_meta=True, max_json_bytes=1 << 20))  # fmt: skip
+            except SampleError as error:
+                assert str(error).startswith("key.json: ") and error.kind in ("bad json", "json too deep",
+                                                                               "json too large", "json not an object")
+            else:
+                assert isinstance(sample["meta"], dict)
+
+
+@FUZZ
+@given(st.integers(0, 100_000), st.sampled_from(["list", "object"]), JSON_VALUES, st.data())
+def test_dataset_json_of_any_shape_is_valid_or_a_manifest_error(depth, kind, junk, data):
+    shard = {"path": "train/a.tar", "split": "train", "samples": 1, "bytes": 1024}
+    document = data.draw(st.sampled_from([
+        {"format_version": 1, "shards": [shard], "extra": junk},
+        {"format_version": 1, "shards": junk},
+        {"format_version": junk, "shards": [shard]},
+        {"format_version": 1, "shards": [{**shard, "samples": junk}]},
+        {"format_version": 1, "shards": [{**shard, "path": junk}]},
+        {"format_version": 1, "shards": [shard], "splits": junk, "class_names": junk},
+    ]))  # fmt: skip
+    for text in (json.dumps(document).encode(), _nested(depth, kind)):
+        with time_limit(5):
+            try:
+                manifest = parse_manifest(text, "ds/dataset.json")
+            except ManifestError as error:
+                assert str(error).startswith("ds/dataset.json: ")
+            else:
+                assert all(s.samples >= 0 and not s.path.startswith("/") for s in manifest.shards)
 
 
 @FUZZ

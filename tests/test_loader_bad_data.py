@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 
 from meddiffuse_stream import MedDiffuseLoader
-from meddiffuse_stream.format import EncodedSample, ShardWriter, encode_png
 from meddiffuse_stream.nodes import LoaderDataError
+from meddiffuse_stream.shardfmt import EncodedSample, ShardWriter, encode_png
 
 GOOD_PNG = encode_png(np.full((6, 6), 100, np.uint8))
 
@@ -52,7 +52,7 @@ def _good(prefix: str, count: int) -> list[EncodedSample]:
 
 BAD_SAMPLES = {
     "corrupt png": (_sample("bad", png=b"\x89PNG\r\n\x1a\nnot really"), "not a readable image"),
-    "missing cls": (_sample("bad", cls=None), "missing .cls"),
+    "missing cls": (_sample("bad", cls=None), "missing label"),
     "label out of range": (_sample("bad", cls=b"7"), "outside 0..1"),
     "label of wrong type": (_sample("bad", cls=b"1.5"), "is not an integer"),
     "json not an object": (_sample("bad", json=b"[1, 2]"), None),
@@ -115,12 +115,13 @@ def test_truncated_tar_and_missing_shard_and_sha_mismatch(tmp_path):
     data = bytearray(shard.read_bytes())
     data[512 + len(GOOD_PNG) + 3] = 0x41  # a byte of tar padding: the tar stays valid, the sha256 does not
     shard.write_bytes(bytes(data))
-    with MedDiffuseLoader(str(changed), 4, shuffle=False) as loader, pytest.raises(OSError, match="sha256 mismatch"):
+    with MedDiffuseLoader(str(changed), 4, shuffle=False) as loader, pytest.raises(LoaderDataError, match="sha256"):
         list(loader)
-    with MedDiffuseLoader(str(changed), 4, shuffle=False, on_error="skip") as loader:
-        assert len(list(loader)) == 2 and loader.counters["integrity_errors"] == 1  # streamed: found at the end
-    with MedDiffuseLoader(str(changed), 4, shuffle=False, on_error="skip", cache_dir=str(tmp_path / "c")) as loader:
-        assert len(list(loader)) == 2 and loader.counters["skipped:unreadable shard"] == 4  # cached: found first
+    for cache in (None, str(tmp_path / "c")):  # read from disk or through the cache: found before any sample
+        with MedDiffuseLoader(str(changed), 4, shuffle=False, on_error="skip", cache_dir=cache) as loader:
+            keys = [key for images, _ in loader for key in ["?"] * len(images)]
+            assert len(keys) == 8 and loader.counters["integrity_errors"] == 1
+            assert loader.counters["skipped:integrity error"] == 4 and loader.counters["yielded"] == 4
 
 
 def test_cache_hits_on_the_second_epoch_and_stays_bounded(tmp_path):

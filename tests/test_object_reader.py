@@ -128,12 +128,14 @@ class _Recorded:
 
     name = "obstore"
 
-    def __init__(self, bucket, config):
+    def __init__(self, bucket, config, connect_timeout, read_timeout):
         self.bucket, self.config = bucket, config
+        self.timeouts = (connect_timeout, read_timeout)
 
 
 def test_only_a_worker_process_whose_parent_never_imported_obstore_may_use_it(monkeypatch):
     monkeypatch.setattr(object_reader, "ObstoreReader", _Recorded)
+    monkeypatch.setattr(object_reader, "_readers", {})
     monkeypatch.setattr(object_reader, "_allowed", False)
     assert reader_for(Location("s3://bucket/ds", {**KEYS, **ENDPOINT})) is None, "main process, thread workers"
     monkeypatch.setitem(sys.modules, "obstore", object())
@@ -142,6 +144,8 @@ def test_only_a_worker_process_whose_parent_never_imported_obstore_may_use_it(mo
     assert object_reader.allow_in_this_process() is True
     reader = reader_for(Location("s3://bucket/ds/train", {**KEYS, **ENDPOINT}))
     assert isinstance(reader, _Recorded) and reader.bucket == "bucket" and reader.config["access_key_id"] == "AK"
+    assert reader.timeouts == (10.0, 20.0), "the loader's RetryPolicy timeouts"
+    assert reader_for(Location("s3://bucket/ds", {**KEYS, **ENDPOINT})) is reader, "one per bucket and settings"
     assert reader_for(Location("s3://bucket/ds", {**KEYS, "profile": "p"})) is None
     assert reader_for(Location(str(Path("/tmp/ds")))) is None
     monkeypatch.setenv(MODE_VARIABLE, "fsspec")

@@ -35,7 +35,7 @@ def _shards(root: str) -> tuple[Any, list[bytes]]:
 
 def image_bytes(root: str) -> list[bytes]:
     """The PNG member of every sample of the ``train`` split, in shard order."""
-    from meddiffuse_stream.nodes.tar import RawSample, iter_samples
+    from meddiffuse_stream.shardfmt.tar import RawSample, iter_samples
 
     _, shards = _shards(root)
     return [item.members["png"] for data in shards for item in iter_samples(io.BytesIO(data))
@@ -62,7 +62,7 @@ def stage_profile(root: str, batch_size: int = 64, dtype: str = "float32", repea
     from meddiffuse_stream.nodes.decode import DecodeOptions, decode_sample
     from meddiffuse_stream.nodes.pixels import write_image
     from meddiffuse_stream.nodes.read import ReadSamples
-    from meddiffuse_stream.nodes.tar import RawSample, iter_samples
+    from meddiffuse_stream.shardfmt.tar import RawSample, iter_samples
 
     dataset, shards = _shards(root)
     plan = _plan(dataset, batch_size)

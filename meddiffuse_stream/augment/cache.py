@@ -129,15 +129,19 @@ class VariantCache:
 
     def __init__(self, url: str, storage_options: Mapping[str, Any] | None = None,
                  counters: Counters | None = None) -> None:  # fmt: skip
-        self.location = Location(url, storage_options)
         self.counters = counters if counters is not None else Counters()
+        self.location = Location(url, storage_options, on_retry=self._count_retry)  # bounded, retried, counted
         self.writable = True
+
+    def _count_retry(self, _: BaseException) -> None:
+        self.counters.add("retries")
 
     def __getstate__(self) -> dict[str, Any]:
         return {"location": self.location, "writable": self.writable}
 
     def __setstate__(self, state: dict[str, Any]) -> None:
         self.location, self.writable, self.counters = state["location"], state["writable"], Counters()
+        self.location.on_retry = self._count_retry
 
     def get(self, name: str) -> np.ndarray | None:
         try:

@@ -36,7 +36,7 @@ def warm_cache(
     variants: int = 1,
     index: int | None = None,
     count: int | None = None,
-    split: str = "train",
+    split: str | None = None,
     batch_size: int = 64,
     variant_seed: int = 0,
     device: str | None = None,

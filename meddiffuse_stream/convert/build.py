@@ -13,7 +13,7 @@ from typing import Any
 
 import numpy as np
 
-from ..format import ShardWriter, encode_sample, make_key, shard_name
+from ..shardfmt.writer import ShardWriter, encode_sample, make_key, shard_name
 from ..storage import Location, atomic_write
 from .base import LoadedImage, ReadRules, Reject, SourceFormat, SourceItem, describe_error
 from .images import resize_square, to_channels

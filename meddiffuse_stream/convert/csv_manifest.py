@@ -31,10 +31,10 @@ class CsvSource(FileSource):
     encoding: str = "utf-8"
 
     def discover(self, src: Location, rules: ReadRules = DEFAULT_RULES) -> Discovery:
-        if not src.fs.isfile(src.root):
+        if not src.isfile():
             raise ValueError(f"{src.display()} is not a file: for the csv format SRC is the manifest, e.g. data.csv")
         where = src.display()
-        _header, rows = parse_manifest(bytes(src.fs.cat_file(src.root)), self.encoding, where)
+        _header, rows = parse_manifest(src.read_path(src.root), self.encoding, where)
         class_names, labels = resolve_labels(rows, self.classes, where)
         if not class_names:
             raise ValueError(f"{where}: no usable labels; pass --classes to name the classes")
@@ -90,5 +90,5 @@ class _FileLookup:
         if self._src.is_local or not full.startswith(self._base.rstrip("/") + "/"):
             return check_file(self._src, full, self._rules)
         if self._listing is None:
-            self._listing = list_remote(self._src.fs, self._base, self._rules)
+            self._listing = self._src.retrying(lambda: list_remote(self._src.fs, self._base, self._rules), self._base)
         return self._listing.get(full, "referenced file is missing")

@@ -6,7 +6,7 @@ import hashlib
 import posixpath
 from dataclasses import dataclass
 
-from ..format import make_key
+from ..shardfmt.writer import make_key
 from ..storage import Location
 from .base import DEFAULT_RULES, LoadedImage, ReadRules, SourceFormat, SourceItem
 from .images import load_file_bytes

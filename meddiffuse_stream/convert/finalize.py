@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import io
 import json
 import re
 from collections import Counter
@@ -10,7 +9,8 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from .. import __version__
-from ..format import DATASET_JSON, FORMAT_VERSION, INDEX_PARQUET, REJECTS_JSONL
+from ..shardfmt.manifest import FORMAT_VERSION, REJECTS_JSONL, write_manifest
+from ..shardfmt.parquet import write_sample_index
 from ..storage import Location
 from .base import Discovery
 
@@ -93,7 +93,7 @@ def write_dataset_files(
     warnings = shape_warnings(rows)
     if converted + len(rejects) != discovery.found:
         raise AssertionError(f"accounting broke: {converted} converted + {len(rejects)} rejected != {discovery.found}")
-    out.write_bytes(INDEX_PARQUET, _parquet_bytes(rows))
+    write_sample_index(out, rows)
     out.write_bytes(REJECTS_JSONL, "".join(json.dumps(r, sort_keys=True) + "\n" for r in rejects).encode())
     shards = [r for r in results if r.samples]
     splits = _split_stats(rows, shards, discovery.class_names)
@@ -116,7 +116,7 @@ def write_dataset_files(
             for r in shards
         ],
     }
-    out.write_bytes(DATASET_JSON, (json.dumps(info, indent=1, sort_keys=True) + "\n").encode())
+    write_manifest(out, info)  # validated as a loader will read it
     return ConversionSummary(
         out=out.url,
         found=discovery.found,
@@ -162,21 +162,6 @@ def _split_stats(rows: list[dict[str, Any]], shards: list[ShardResult], class_na
             "classes": {c: counts.get(c, 0) for c in class_names},
         }
     return stats
-
-
-def _parquet_bytes(rows: list[dict[str, Any]]) -> bytes:
-    import pyarrow as pa  # imported here: worker processes never need it
-    import pyarrow.parquet as pq
-
-    columns = list(dict.fromkeys(name for row in rows for name in row))  # from_pylist reads the first row's keys
-    table = (
-        pa.Table.from_pylist([{name: row.get(name) for name in columns} for row in rows])
-        if rows
-        else pa.table({"key": pa.array([], pa.string())})
-    )
-    buffer = io.BytesIO()
-    pq.write_table(table, buffer, compression="zstd")
-    return buffer.getvalue()
 
 
 def _reason_kind(reason: str) -> str:

@@ -227,7 +227,9 @@ def _put(out: Location, path: str, data: bytes, *, create: bool = False, match: 
     fs = out.fs
     if type(fs).__module__.startswith("s3fs"):
         try:
-            response = fs.pipe_file(path, data, mode="create") if create else fs.pipe_file(path, data, IfMatch=match)
+            limit = {"timeout": out.retry.write_timeout(len(data))}  # a PUT waits for 100-continue unbounded
+            response = (fs.pipe_file(path, data, mode="create", **limit) if create
+                        else fs.pipe_file(path, data, IfMatch=match, **limit))  # fmt: skip
         except FileExistsError:
             raise _ConditionFailed() from None
         except OSError as error:

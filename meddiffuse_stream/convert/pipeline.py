@@ -29,7 +29,7 @@ from typing import Any
 import numpy as np
 from tqdm.auto import tqdm
 
-from ..format import FORMAT_VERSION
+from ..shardfmt.manifest import DATASET_JSON, FORMAT_VERSION
 from ..storage import Location, sha256_of
 from ..user_errors import check_storage_options
 from .base import (
@@ -113,7 +113,7 @@ def convert_dataset(
             else:
                 results[task.name] = record
         if pending:
-            out.remove("dataset.json")  # it may list shards about to be rewritten
+            out.remove(DATASET_JSON)  # it may list shards about to be rewritten
         for result in _build_all(source, src, out, pending, discovery.class_names, options, rules, progress):
             out.write_bytes(f"{PROGRESS_DIR}/{_record_name(result.name)}", json.dumps(asdict(result)).encode())
             results[result.name] = result

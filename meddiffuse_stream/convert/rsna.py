@@ -11,7 +11,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ..format import make_key
+from ..shardfmt.writer import make_key
 from ..storage import Location
 from .base import DEFAULT_RULES, Discovery, LoadedImage, ReadRules, Reject, RejectError, SourceItem
 from .files import FileSource

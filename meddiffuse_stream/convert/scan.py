@@ -111,7 +111,7 @@ def scan_files(src: Location, relative: str, rules: ReadRules) -> FileScan:
         if not os.path.isdir(base):
             raise ValueError(f"{src.display(relative)} does not exist or is not a folder: check the SRC argument")
         return _scan_local(src, base, rules)
-    if not src.fs.exists(base):
+    if not src.exists(relative):  # bounded and retried by the location's RetryPolicy
         raise ValueError(f"{src.display(relative)} does not exist: check the SRC argument")
     return _scan_remote(src, base, rules)
 
@@ -166,7 +166,7 @@ def _scan_local(src: Location, base: str, rules: ReadRules) -> FileScan:
 def _scan_remote(src: Location, base: str, rules: ReadRules) -> FileScan:
     scan = FileScan()
     prefix = src.root.rstrip("/") + "/"
-    for path, found in list_remote(src.fs, base, rules).items():
+    for path, found in src.retrying(lambda: list_remote(src.fs, base, rules), base).items():  # retried listing
         relative = path[len(prefix) :]
         if not path.startswith(prefix) or is_hidden(relative):
             continue
@@ -245,7 +245,7 @@ def read_input(src: Location, path: str, rules: ReadRules) -> bytes:
     """The bytes of one input file, at most ``rules.max_file_bytes``; a path that became a FIFO or device since
     the scan is refused from ``fstat`` (opened non-blocking, so opening never hangs)."""
     if not src.is_local:
-        data = bytes(src.fs.cat_file(path))
+        data = src.read_path(path)  # bounded and retried by the location's RetryPolicy
         if len(data) > rules.max_file_bytes:
             raise RejectError(
                 f"file of {len(data)} bytes is over the per-file limit of {rules.max_file_bytes} (--max-file-bytes)"

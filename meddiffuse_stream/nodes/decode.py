@@ -1,13 +1,14 @@
 """The decode stage: a raw sample's members to arrays — image, label, optional ROI and metadata.
 
-Only known members are decoded (``png``/``jpg`` images, ``cls`` labels, ``json`` objects, ``roi.png`` masks);
-anything else — ``.pyd``, ``.pickle``, whatever its name — is ignored, never unpickled.
+Only known members are decoded: images (``png jpg jpeg webp tif tiff``, 16-bit grey kept), labels (``cls class
+label txt``, or a field of the ``json`` member), ``json`` objects, ``roi.png`` masks; anything else — ``.pyd``,
+``.pickle``, whatever its name — is ignored, never unpickled. ``image_key`` and ``label_key`` pick members
+where a sample holds several (the conventions of WebDataset data written by others).
 """
 
 from __future__ import annotations
 
 import io
-import json
 import struct
 import warnings
 from dataclasses import dataclass
@@ -16,11 +17,13 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from .tar import RawSample
+from ..shardfmt.safejson import loads_limited
+from ..shardfmt.tar import RawSample
 
-__all__ = ["DecodeOptions", "SampleError", "decode_sample"]
+__all__ = ["IMAGE_SUFFIXES", "LABEL_SUFFIXES", "DecodeOptions", "SampleError", "check_member_keys", "decode_sample"]
 
-_IMAGE_SUFFIXES = ("png", "jpg", "jpeg")
+IMAGE_SUFFIXES = ("png", "jpg", "jpeg", "webp", "tif", "tiff")
+LABEL_SUFFIXES = ("cls", "class", "label", "txt")
 _PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
 try:  # optional fast path (the "torch" extra installs it)
@@ -39,15 +42,28 @@ class SampleError(ValueError):
 
 @dataclass(frozen=True)
 class DecodeOptions:
+    """What to decode. ``image_key``: the image member's suffix (``"jpg"``, ``"seg.png"``; default the first of
+    :data:`IMAGE_SUFFIXES` present). ``label_key``: the label member's suffix, or ``"json:FIELD"`` (a dotted path
+    into the ``.json`` member; default the first of :data:`LABEL_SUFFIXES` present). Text labels that are not
+    integers are looked up in ``class_names``."""
+
     num_classes: int | None = None
     with_roi: bool = False
     with_meta: bool = False
     max_pixels: int = 100_000_000
     max_json_bytes: int = 1 << 20
+    image_key: str | None = None
+    label_key: str | None = None
+    class_names: tuple[str, ...] = ()
 
 
-def _reject_constant(name: str) -> float:
-    raise ValueError(f"non-finite number {name} in JSON")
+def check_member_keys(image_key: str | None, label_key: str | None) -> None:
+    """``ValueError`` for ``image_key``/``label_key`` values no sample could match (checked before any read)."""
+    for name, value in (("image_key", image_key), ("label_key", label_key)):
+        if value is not None and (not isinstance(value, str) or not value.strip(".") or "/" in value):
+            raise ValueError(f"{name}={value!r}: expected a member suffix such as 'png' or 'cls'")
+    if label_key is not None and label_key.startswith("json:") and not label_key[5:].strip("."):
+        raise ValueError(f"label_key={label_key!r}: name the JSON field, e.g. 'json:label' or 'json:finding.class'")
 
 
 def _image(data: bytes, key: str, suffix: str, max_pixels: int) -> np.ndarray:
@@ -75,8 +91,17 @@ def _image(data: bytes, key: str, suffix: str, max_pixels: int) -> np.ndarray:
                     raise SampleError(f"{key}.{suffix}: {image.width}x{image.height} is over the pixel limit "
                                       f"({max_pixels})", "too many pixels")  # fmt: skip
                 image.load()
-                if image.mode in ("I;16", "I;16B", "I;16L", "I"):
+                if image.mode == "I":  # 32-bit integers (some TIFFs, 16-bit PNGs): kept if they fit 16 bits
+                    wide = np.asarray(image)
+                    if wide.size and (wide.min() < 0 or wide.max() > 65535):
+                        raise SampleError(f"{key}.{suffix}: values {wide.min()}..{wide.max()} do not fit 16 bits",
+                                          "unsupported image")  # fmt: skip
+                    array = wide.astype(np.uint16)
+                elif image.mode in ("I;16", "I;16B", "I;16L"):
                     array = np.asarray(image).astype(np.uint16)
+                elif image.mode == "F":
+                    raise SampleError(f"{key}.{suffix}: floating-point pixels are not read (store 8 or 16 bits)",
+                                      "unsupported image")  # fmt: skip
                 elif image.mode in ("L", "RGB"):
                     array = np.asarray(image)
                 elif image.mode in ("1", "LA") or (image.mode == "P" and _grey_palette(image)):
@@ -109,25 +134,84 @@ def _grey_palette(image: Image.Image) -> bool:
     return bool((palette == palette[:, :1]).all())
 
 
+def _member(raw: RawSample, key: str | None, choices: tuple[str, ...]) -> str | None:
+    members = raw.members
+    if key is not None:
+        return key if key in members else None
+    if choices[0] in members:  # the common case (png, cls) without a scan
+        return choices[0]
+    return next((s for s in choices[1:] if s in members), None)
+
+
+def _json(raw: RawSample, options: DecodeOptions) -> Any:
+    text = raw.members.get("json", b"{}")
+    if len(text) > options.max_json_bytes:
+        raise SampleError(f"{raw.key}.json: {len(text)} bytes is over the {options.max_json_bytes}-byte limit",
+                          "json too large")  # fmt: skip
+    try:
+        return loads_limited(text, max_bytes=options.max_json_bytes)
+    except ValueError as error:  # never RecursionError: nesting is limited before parsing
+        raise SampleError(f"{raw.key}.json: {error}", "json too deep" if "deep" in str(error) else "bad json") from None
+
+
+def _label(raw: RawSample, options: DecodeOptions, meta: Any) -> int:
+    key = raw.key
+    if options.label_key is not None and options.label_key.startswith("json:"):
+        field_path = options.label_key[5:]
+        value: Any = meta if meta is not None else _json(raw, options)
+        for part in field_path.split("."):
+            if not isinstance(value, dict) or part not in value:
+                raise SampleError(f"{key}.json: no field {field_path!r} (label_key={options.label_key!r})",
+                                  "missing label")  # fmt: skip
+            value = value[part]
+        where = f"{key}.json:{field_path}"
+    else:
+        suffix = _member(raw, options.label_key, LABEL_SUFFIXES)
+        if suffix is None:
+            if options.label_key:
+                raise SampleError(f"{key}: missing label: no .{options.label_key} member (label_key=)", "missing label")
+            raise SampleError(f"{key}: missing label: no .cls, .class, .label or .txt member (label_key= picks "
+                              "another member or a JSON field)", "missing label")  # fmt: skip
+        value, where = raw.members[suffix], f"{key}.{suffix}"
+    if isinstance(value, (bytes, str)):  # a member's text (the hot path) or a JSON string
+        try:
+            label = int(value)  # ASCII digits with spaces around: "1", b" 2\n"
+        except ValueError:
+            label = _class_index(value, where, options)
+    elif isinstance(value, int) and not isinstance(value, bool):
+        label = value
+    else:
+        raise SampleError(f"{where}: label {value!r:.40} is not an integer", "bad label")
+    if label < 0 or (options.num_classes is not None and label >= options.num_classes):
+        raise SampleError(f"{where}: label {label} is outside 0..{(options.num_classes or 1) - 1}",
+                          "label out of range")  # fmt: skip
+    return label
+
+
+def _class_index(text: bytes | str, where: str, options: DecodeOptions) -> int:
+    """A label that is not an integer: its position in ``class_names``, or a "bad label" error."""
+    name = (text.decode("utf-8", "replace") if isinstance(text, bytes) else text).strip()
+    if name in options.class_names:
+        return options.class_names.index(name)
+    suffix = " nor a class name" if options.class_names else ""
+    raise SampleError(f"{where}: label {text[:20]!r} is not an integer{suffix}", "bad label")
+
+
 def decode_sample(raw: RawSample, options: DecodeOptions) -> dict[str, Any]:
     """``{"key", "image" (C, H, W) uint8/uint16, "label", "roi"?, "meta"?}``; :class:`SampleError` if unusable."""
     key = raw.key
-    suffix = next((s for s in _IMAGE_SUFFIXES if s in raw.members), None)
+    suffix = _member(raw, options.image_key, IMAGE_SUFFIXES)
     if suffix is None:
-        raise SampleError(f"{key}: no image member (.png or .jpg) among {sorted(raw.members)}", "no image")
-    if "cls" not in raw.members:
-        raise SampleError(f"{key}: missing .cls label member", "missing label")
-    try:
-        label = int(raw.members["cls"].decode("ascii").strip())
-    except (UnicodeDecodeError, ValueError) as error:
-        raise SampleError(f"{key}.cls: label {raw.members['cls'][:20]!r} is not an integer", "bad label") from error
-    if label < 0 or (options.num_classes is not None and label >= options.num_classes):
-        raise SampleError(
-            f"{key}.cls: label {label} is outside 0..{(options.num_classes or 1) - 1}", "label out of range"
-        )
+        wanted = f".{options.image_key}" if options.image_key else "(." + ", .".join(IMAGE_SUFFIXES) + ")"
+        raise SampleError(f"{key}: no image member {wanted} among {sorted(raw.members)}", "no image")
+    meta = None
+    if options.with_meta:
+        meta = _json(raw, options)
+        if not isinstance(meta, dict):
+            raise SampleError(f"{key}.json: expected an object, got {type(meta).__name__}", "json not an object")
     sample: dict[str, Any] = {
         "key": key,
-        "label": label,
+        "label": _label(raw, options, meta),
         "image": _image(raw.members[suffix], key, suffix, options.max_pixels),
     }
     if options.with_roi and "roi.png" in raw.members:
@@ -137,17 +221,6 @@ def decode_sample(raw: RawSample, options: DecodeOptions) -> dict[str, Any]:
                 f"{key}.roi.png: mask {roi.shape[1:]} does not match image {sample['image'].shape[1:]}", "roi mismatch"
             )
         sample["roi"] = (roi[:1] > 0).astype(np.uint8)
-    if options.with_meta:
-        text = raw.members.get("json", b"{}")
-        if len(text) > options.max_json_bytes:
-            raise SampleError(
-                f"{key}.json: {len(text)} bytes is over the {options.max_json_bytes}-byte limit", "json too large"
-            )
-        try:
-            meta = json.loads(text, parse_constant=_reject_constant)
-        except (ValueError, UnicodeDecodeError) as error:
-            raise SampleError(f"{key}.json: not valid JSON ({error})", "bad json") from error
-        if not isinstance(meta, dict):
-            raise SampleError(f"{key}.json: expected an object, got {type(meta).__name__}", "json not an object")
+    if meta is not None:
         sample["meta"] = meta
     return sample

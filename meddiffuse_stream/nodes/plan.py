@@ -26,6 +26,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from ..shardfmt.manifest import MAX_SPLIT_SAMPLES
+
 __all__ = ["EpochPlan", "SampleRef", "buffer_order"]
 
 SampleRef = tuple[int, int]  # (shard index in the dataset's shard list, sample index inside the shard)
@@ -53,6 +55,15 @@ def buffer_order(count: int, buffer_size: int, rng: np.random.Generator) -> np.n
     return order
 
 
+def _check_sizes(shard_sizes: tuple[int, ...]) -> None:
+    """Refuse what no epoch could hold before anything is allocated (the plan keeps an entry per sample)."""
+    if any(not isinstance(n, (int, np.integer)) or isinstance(n, bool) or n < 0 for n in shard_sizes):
+        raise ValueError("shard sizes must be non-negative integers")
+    if sum(shard_sizes) > MAX_SPLIT_SAMPLES:
+        raise ValueError(f"{sum(shard_sizes)} samples in one split is more than the {MAX_SPLIT_SAMPLES} an epoch "
+                         "plan can hold")  # fmt: skip
+
+
 @dataclass(frozen=True)
 class EpochPlan:
     """One rank's epoch, computed from the shard sizes and the loader's settings."""
@@ -76,6 +87,7 @@ class EpochPlan:
             raise ValueError(f"rank {self.rank} is outside world_size {self.world_size}")
         if self.num_workers < 0:
             raise ValueError(f"num_workers must be 0 or more, got {self.num_workers}")
+        _check_sizes(self.shard_sizes)
 
     @property
     def total(self) -> int:

@@ -18,6 +18,7 @@ import weakref
 from collections.abc import Callable
 from typing import Any
 
+from ..counters import Counters, is_sample_counter
 from .chain import WorkerChain
 from .channel import WorkerGone, batch_channel
 from .errors import LoaderDataError, WorkerDiedError
@@ -85,8 +86,14 @@ class WorkerPool:
         for worker, commands in enumerate(handles.commands):
             commands.put((handles.generation.value, plan, starts[worker]))
 
-    def receive(self, worker: int, timeout: float = 0.0, where: str = "") -> tuple[Any, dict[str, int]]:
-        """The next batch of ``worker`` for the current command, and the counter changes that came with it."""
+    def receive(
+        self, worker: int, timeout: float = 0.0, where: str = "", counters: Counters | None = None
+    ) -> tuple[Any, dict[str, int]]:
+        """The next batch of ``worker`` for the current command, and the counter changes that came with it.
+
+        Storage events (retries, fetches) that came with batches of a left epoch or with an error are added to
+        ``counters`` right away: they happened, whoever wanted the batch.
+        """
         handles = self._handles
         if handles is None:
             raise RuntimeError("the worker pool is closed")
@@ -106,6 +113,9 @@ class WorkerPool:
                     raise TimeoutError(f"decode worker {worker} ({self.method}) sent no batch in {timeout:g} s "
                                        f"{where} (timeout=)") from None  # fmt: skip
                 continue
+            if kind != "chunk" or generation != handles.generation.value:
+                if counters is not None:
+                    counters.update({name: value for name, value in delta.items() if not is_sample_counter(name)})
             if generation != handles.generation.value:
                 continue  # prefetched for an epoch or position that was left
             if kind == "chunk":

@@ -20,8 +20,9 @@ __all__ = ["ReadSamples"]
 class ReadSamples(BaseNode[PlannedSample]):
     """Yields :class:`PlannedSample` for ``worker``'s share of ``plan``, in plan order, from sample ``start``.
 
-    A sample that cannot be read arrives as the reader's ``Skip`` (naming its shard); samples before the start are
-    passed over undecoded. State ``{"position": samples yielded from the worker's share}``.
+    A sample that cannot be read arrives as the reader's ``Skip`` (naming its shard; ``Decode`` raises or counts
+    it); samples before the start are passed over undecoded. A shard is checked (sha256, sample count) before any
+    of its samples is yielded. State ``{"position": samples yielded from the worker's share}``.
     """
 
     POSITION_KEY = "position"
@@ -37,7 +38,6 @@ class ReadSamples(BaseNode[PlannedSample]):
         policy: RetryPolicy | None = None,
         cache_dir: str | None = None,
         cache_bytes: int = 50 << 30,
-        on_error: str = "raise",
     ) -> None:
         super().__init__()
         self.source = source
@@ -49,7 +49,7 @@ class ReadSamples(BaseNode[PlannedSample]):
         self._padding: list[bool] = padding.tolist()  # a list: read once per sample
         cache = ShardCache(cache_dir, cache_bytes) if cache_dir else None
         self._reader = PlannedSampleReader(source, refs, counters=self.counters, policy=policy, cache=cache,
-                                           seed=plan.seed, on_error=on_error)  # fmt: skip
+                                           seed=plan.seed)  # fmt: skip
         self._position = start
 
     def __len__(self) -> int:

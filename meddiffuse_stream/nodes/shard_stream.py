@@ -1,8 +1,20 @@
-"""Opening one shard for sequential reading: through the local cache, or streamed with retries and hashing."""
+"""Loading one shard so that nothing of it is used before it is checked: read, verified, parsed, counted.
+
+A shard is read whole — into memory, or into a temporary file when it is larger than ``memory_limit`` — with
+retries, then its sha256 (when the dataset lists one) and its real sample count are checked against the dataset's
+record, and only then are its samples handed on. So ``on_error="skip"`` skips a bad shard whole and
+``on_error="raise"`` raises before any of its samples is yielded. Hashing happens on bytes already read (one read
+per shard; a local shard over ``memory_limit`` is hashed in a first pass, then parsed from the page cache); a shard
+from the local cache was verified on its way in and is not hashed again.
+"""
 
 from __future__ import annotations
 
 import hashlib
+import io
+import os
+import tempfile
+from collections.abc import Iterator
 from typing import Any, BinaryIO
 
 import numpy as np
@@ -11,68 +23,38 @@ from .. import object_reader
 from ..counters import Counters
 from ..retry import ResumableReader, RetryPolicy
 from ..shard_cache import ShardCache, ShardIntegrityError
+from ..shardfmt.tar import MAX_MEMBER_BYTES, RawSample, TarProblem, count_samples, iter_samples
 from .source import DatasetSource
 
-__all__ = ["HashingStream", "open_shard"]
+__all__ = ["DEFAULT_MEMORY_LIMIT", "LoadedShard", "load_shard", "open_shard"]
 
-_COPY_CHUNK = 1 << 20
+DEFAULT_MEMORY_LIMIT = 256 << 20
+_PIECE = 8 << 20
 
 
-class HashingStream:
-    """Hashes what is read; :meth:`verify` drains the rest of the shard and compares with the expected sha256."""
+class LoadedShard:
+    """A checked shard: its items (one per sample position, then perhaps a fatal problem), in shard order."""
 
-    def __init__(self, stream: Any, expected: str | None, what: str) -> None:
-        self._stream = stream
-        self._expected = expected
-        self._what = what
-        self._digest = hashlib.sha256()
-        self.bytes_read = 0
-
-    @property
-    def raw(self) -> Any:
-        """The stream below the hashing (for readers that hash elsewhere)."""
-        return self._stream
-
-    def read(self, size: int = -1) -> bytes:
-        data = self._stream.read(size)
-        self._digest.update(data)
-        self.bytes_read += len(data)
-        return data
-
-    def verify(self) -> None:
-        while self.read(_COPY_CHUNK):
-            pass
-        if self._expected is not None and self._digest.hexdigest() != self._expected:
-            raise ShardIntegrityError(
-                f"{self._what}: sha256 mismatch (expected {self._expected}, got {self._digest.hexdigest()}); "
-                "the shard changed after dataset.json was written: re-run meddiffuse-stream shard"
-            )
+    def __init__(self, items: Iterator[RawSample | TarProblem], spill: BinaryIO | None = None) -> None:
+        self.items = items
+        self._spill = spill
 
     def close(self) -> None:
-        self._stream.close()
+        if self._spill is not None:
+            self._spill.close()
+            self._spill = None
 
 
 def open_shard(
-    source: DatasetSource,
-    index: int,
-    *,
-    policy: RetryPolicy,
-    rng: np.random.Generator,
-    counters: Counters,
-    cache: ShardCache | None = None,
-) -> HashingStream:
-    """A readable stream of shard ``index``; its ``verify()`` checks the sha256 once the shard is read whole."""
+    source: DatasetSource, index: int, *, policy: RetryPolicy, rng: np.random.Generator, counters: Counters
+) -> ResumableReader:
+    """A retrying stream of shard ``index`` from its start (obstore in worker processes where it may, else fsspec)."""
     info = source.shards[index]
-    what = source.describe(index)
     location = source.location
     path = location.path(info.path)
-
-    def count_retry(_: BaseException) -> None:
-        counters["retries"] += 1
-
     fast = object_reader.reader_for(location)
     if fast is not None:
-        counters[f"shards_via_{fast.name}"] += 1
+        counters.add(f"shards_via_{fast.name}")
 
     def open_at(offset: int) -> Any:
         if fast is not None:
@@ -82,23 +64,179 @@ def open_shard(
             stream.seek(offset)
         return stream
 
-    remote = ResumableReader(open_at, what=what, policy=policy, rng=rng, on_retry=count_retry)
-    if cache is None:
-        return HashingStream(remote, info.sha256, what)
-    identity = info.sha256 or hashlib.sha256(location.display(info.path).encode()).hexdigest()
+    return ResumableReader(open_at, what=source.describe(index), policy=policy, rng=rng,
+                           on_retry=lambda _: counters.add("retries"), hint=location.endpoint)  # fmt: skip
+
+
+def _read_all(stream: Any) -> bytes:
+    parts = []
+    try:
+        while chunk := stream.read(-1 if not parts else _PIECE):
+            parts.append(chunk)
+    finally:
+        stream.close()
+    return b"".join(parts) if len(parts) != 1 else parts[0]
+
+
+def _spill_to_file(stream: Any, head: bytes = b"") -> tuple[BinaryIO, str]:
+    """A shard too large for memory (``head`` already read), into an anonymous temporary file; ``(file, sha256)``."""
+    spill = tempfile.TemporaryFile()
+    digest = hashlib.sha256(head)
+    try:
+        spill.write(head)
+        while chunk := stream.read(_PIECE):
+            spill.write(chunk)
+            digest.update(chunk)
+    except BaseException:
+        spill.close()
+        raise
+    finally:
+        stream.close()
+    spill.seek(0)
+    return spill, digest.hexdigest()
+
+
+def _read_bounded(
+    stream: Any, known_size: int | None, memory_limit: int
+) -> tuple[bytes | None, BinaryIO | None, str | None]:
+    """``(data, None, None)`` in memory, or ``(None, file, sha256)`` spilled when the shard proves too large.
+
+    With a known size that fits, the whole object comes in one read (obstore hands it over at once); with an
+    unknown one it is read in pieces and moved to a temporary file once it outgrows ``memory_limit``.
+    """
+    if known_size is not None:
+        if known_size > memory_limit:
+            return (None, *_spill_to_file(stream))
+        return _read_all(stream), None, None
+    parts: list[bytes] = []
+    have = 0
+    while chunk := stream.read(_PIECE):
+        parts.append(chunk)
+        have += len(chunk)
+        if have > memory_limit:
+            return (None, *_spill_to_file(stream, b"".join(parts)))
+    stream.close()
+    return b"".join(parts), None, None
+
+
+def _file_sha256(stream: BinaryIO) -> str:
+    digest = hashlib.sha256()
+    while chunk := stream.read(_PIECE):
+        digest.update(chunk)
+    stream.seek(0)
+    return digest.hexdigest()
+
+
+def _check(what: str, expected_sha: str | None, actual_sha: str | None, origin: str) -> None:
+    if expected_sha is not None and actual_sha is not None and actual_sha != expected_sha:
+        raise ShardIntegrityError(
+            f"{what}: sha256 mismatch (expected {expected_sha}, got {actual_sha}); the shard changed after "
+            f"{origin} was written: re-run meddiffuse-stream shard (or index)"
+        )
+
+
+def _check_count(what: str, found: int, listed: int, whole: bool, origin: str) -> None:
+    if found > listed or (whole and found != listed):
+        raise ShardIntegrityError(f"{what}: holds {found} samples, {origin} lists {listed}; the shard and its record "
+                                  "disagree: re-run meddiffuse-stream shard (or index)")  # fmt: skip
+
+
+def load_shard(
+    source: DatasetSource,
+    index: int,
+    *,
+    policy: RetryPolicy,
+    rng: np.random.Generator,
+    counters: Counters,
+    cache: ShardCache | None = None,
+    memory_limit: int = DEFAULT_MEMORY_LIMIT,
+    max_member_bytes: int = MAX_MEMBER_BYTES,
+) -> LoadedShard:
+    """Read, verify and parse shard ``index``; :class:`ShardIntegrityError` if it is not what the dataset lists."""
+    info = source.shards[index]
+    what = source.describe(index)
+    origin = source.origin
+    location = source.location
+    spill: BinaryIO | None = None
+    data: bytes | None = None
+    actual: str | None = None
+    cached = cache is not None and cache.usable  # verified on the way into the cache, counted there
+    if cached:
+        data, spill = _through_cache(source, index, cache, policy, rng, counters, memory_limit)  # type: ignore[arg-type]
+    elif location.is_local:
+        handle = open(location.path(info.path), "rb")
+        if os.fstat(handle.fileno()).st_size > memory_limit:
+            spill = handle
+            actual = _file_sha256(handle) if info.sha256 is not None else None
+        else:
+            with handle:
+                data = handle.read()
+            actual = hashlib.sha256(data).hexdigest() if info.sha256 is not None else None
+    else:
+        stream = open_shard(source, index, policy=policy, rng=rng, counters=counters)
+        data, spill, actual = _read_bounded(stream, info.bytes, memory_limit)
+        if info.sha256 is None:
+            actual = None
+        elif data is not None:
+            actual = hashlib.sha256(data).hexdigest()
+    try:
+        _check(what, info.sha256, actual, origin)
+        if not cached:
+            counters.add("shards_verified" if actual is not None else "shards_unverified")
+        if data is not None:
+            items = list(iter_samples(io.BytesIO(data), max_member_bytes))
+            del data
+            fatal = bool(items) and isinstance(items[-1], TarProblem) and items[-1].fatal
+            _check_count(what, len(items) - fatal, info.samples, not fatal, origin)
+            return LoadedShard(iter(items))
+        assert spill is not None
+        found, problem = count_samples(spill, max_member_bytes)
+        _check_count(what, found, info.samples, problem is None, origin)
+        spill.seek(0)
+        return LoadedShard(iter_samples(spill, max_member_bytes), spill)
+    except BaseException:
+        if spill is not None:
+            spill.close()
+        raise
+
+
+def _through_cache(
+    source: DatasetSource,
+    index: int,
+    cache: ShardCache,
+    policy: RetryPolicy,
+    rng: np.random.Generator,
+    counters: Counters,
+    memory_limit: int,
+) -> tuple[bytes | None, BinaryIO | None]:
+    """The shard from the cache (verified when it went in), else fetched, verified and put in the cache.
+
+    A cache that cannot be written (full disk, read-only folder) warns once and the shard is used from memory.
+    """
+    info = source.shards[index]
+    what = source.describe(index)
+    identity = info.sha256 or hashlib.sha256(source.location.display(info.path).encode()).hexdigest()
     cached = cache.lookup(identity)
     if cached is not None:
-        counters["cache_hits"] += 1
-    else:
-        counters["cache_misses"] += 1
-
-        def fill(target: BinaryIO) -> None:
-            with remote:
-                while chunk := remote.read(_COPY_CHUNK):
-                    target.write(chunk)
-
-        try:
-            cached = cache.insert(identity, fill, info.sha256)
-        except ShardIntegrityError as error:
-            raise ShardIntegrityError(f"{what}: {error}") from error
-    return HashingStream(open(cached, "rb"), None, what)  # verified on the way into the cache
+        counters.add("cache_hits")
+        handle = open(cached, "rb")
+        if os.fstat(handle.fileno()).st_size > memory_limit:
+            return None, handle
+        with handle:
+            return handle.read(), None
+    counters.add("cache_misses")
+    stream = open_shard(source, index, policy=policy, rng=rng, counters=counters)
+    data, spill, actual = _read_bounded(stream, info.bytes, memory_limit)
+    if spill is not None:
+        _check(what, info.sha256, actual, source.origin)
+        counters.add("shards_verified" if info.sha256 is not None else "shards_unverified")
+        if cache.store_file(identity, spill) is None:
+            counters.add("cache_write_failures")
+        spill.seek(0)
+        return None, spill
+    assert data is not None
+    _check(what, info.sha256, hashlib.sha256(data).hexdigest(), source.origin)
+    counters.add("shards_verified" if info.sha256 is not None else "shards_unverified")
+    if cache.store(identity, data) is None:
+        counters.add("cache_write_failures")
+    return data, None

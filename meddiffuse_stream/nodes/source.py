@@ -1,29 +1,23 @@
-"""Opening a shard dataset: its ``dataset.json`` (one read, no listing) or a brace pattern of tar URLs."""
+"""Opening a shard dataset for the loader: the shards of one split, where they live, and what the dataset says.
+
+Finding the shards (``dataset.json``, a shard index, a folder, glob, brace pattern or URL list) is the shard
+format's business (:mod:`meddiffuse_stream.shardfmt.sources`); here a split is chosen. ``split=None`` means
+``"train"`` where the dataset has splits and every shard where it has none; naming a split of a source that has
+none (a glob, a brace pattern, a URL list, a folder of shards without split names) is an error, not ignored.
+"""
 
 from __future__ import annotations
 
-import json
-import posixpath
-import re
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from ..format import DATASET_JSON, FORMAT_VERSION
+from ..retry import RetryPolicy
+from ..shardfmt.manifest import ShardInfo
+from ..shardfmt.sources import find_shards
 from ..storage import Location
-from .tar import RawSample, iter_samples
 
-__all__ = ["DatasetSource", "ShardInfo", "expand_braces", "open_dataset"]
-
-_BRACE = re.compile(r"\{(\d+)\.\.(\d+)\}")
-
-
-@dataclass(frozen=True)
-class ShardInfo:
-    path: str  # relative to the dataset root
-    samples: int
-    bytes: int | None = None
-    sha256: str | None = None
+__all__ = ["DatasetSource", "ShardInfo", "open_dataset"]
 
 
 @dataclass(frozen=True)
@@ -31,10 +25,12 @@ class DatasetSource:
     """The shards of one split and where they live; picklable, so worker processes open their own streams."""
 
     location: Location
-    split: str
+    split: str | None
     shards: tuple[ShardInfo, ...]
     class_names: tuple[str, ...] = ()
     has_roi: bool = False
+    class_counts: tuple[int, ...] | None = None  # samples per class in this split, where dataset.json has them
+    origin: str = "dataset.json"
 
     @property
     def total(self) -> int:
@@ -48,58 +44,29 @@ class DatasetSource:
         return self.location.display(self.shards[index].path)
 
 
-def expand_braces(pattern: str) -> list[str]:
-    """``train-{000000..000002}.tar`` → the three names (zero padding kept); several ranges multiply."""
-    match = _BRACE.search(pattern)
-    if match is None:
-        return [pattern]
-    first, last = match.group(1), match.group(2)
-    if int(last) < int(first):
-        raise ValueError(f"brace range {{{first}..{last}}} in {pattern!r} runs backwards")
-    width = len(first)
-    names = []
-    for number in range(int(first), int(last) + 1):
-        names.extend(expand_braces(pattern[: match.start()] + str(number).zfill(width) + pattern[match.end() :]))
-    return names
-
-
-def open_dataset(source: str, split: str, storage_options: Mapping[str, Any] | None = None) -> DatasetSource:
-    """A dataset directory with ``dataset.json``, or a brace pattern of tar URLs (counted by one pass)."""
-    if source.endswith(".tar"):
-        return _from_pattern(source, split, storage_options)
-    location = Location(source, storage_options)
-    try:
-        info = json.loads(location.read_bytes(DATASET_JSON))
-    except FileNotFoundError as error:
-        raise FileNotFoundError(
-            f"{location.display(DATASET_JSON)} not found: is {source!r} a dataset written by meddiffuse-stream shard?"
-        ) from error
-    if info.get("format_version", 0) > FORMAT_VERSION:
-        raise ValueError(
-            f"{location.display(DATASET_JSON)} is format version {info['format_version']}; this meddiffuse-stream "
-            f"reads up to {FORMAT_VERSION}: upgrade the package"
-        )
-    shards = tuple(
-        ShardInfo(s["path"], int(s["samples"]), s.get("bytes"), s.get("sha256"))
-        for s in info["shards"]
-        if s["split"] == split
-    )
+def open_dataset(
+    source: str | Sequence[str],
+    split: str | None = None,
+    storage_options: Mapping[str, Any] | None = None,
+    *,
+    retry: RetryPolicy | None = None,
+    on_retry: Callable[[BaseException], None] | None = None,
+) -> DatasetSource:
+    """The shards of ``split`` of ``source`` (see :func:`~meddiffuse_stream.shardfmt.sources.find_shards`)."""
+    found = find_shards(source, storage_options, retry=retry, on_retry=on_retry)
+    splits = found.splits
+    if not splits:
+        if split is not None:
+            why = ("a glob, brace pattern or list of URLs names its shards itself" if found.named else
+                   "its shards carry no split (no train/, val/ folders, no train-/val- name prefixes, no split in "
+                   "its index)")  # fmt: skip
+            raise ValueError(f"split={split!r} has no meaning for {found.where}: {why}; leave split= out to read "
+                             "every shard, or point at the split's own shards")  # fmt: skip
+        return DatasetSource(found.location, None, found.shards, found.class_names, found.has_roi, None, found.origin)
+    chosen = split or "train"
+    shards = tuple(s for s in found.shards if s.split == chosen)
     if not shards:
-        known = sorted({s["split"] for s in info["shards"]})
-        raise ValueError(f"{source}: no shards for split {split!r}; the dataset has {known}")
-    return DatasetSource(location, split, shards, tuple(info.get("class_names", ())), bool(info.get("has_roi")))
-
-
-def _from_pattern(pattern: str, split: str, storage_options: Mapping[str, Any] | None) -> DatasetSource:
-    urls = expand_braces(pattern)
-    root = posixpath.dirname(urls[0])
-    if any(posixpath.dirname(u) != root for u in urls):
-        raise ValueError(f"{pattern!r}: every shard of a brace pattern must be in one folder")
-    location = Location(root, storage_options)
-    shards = []
-    for url in urls:
-        name = posixpath.basename(url)
-        with location.open(name) as stream:
-            count = sum(1 for item in iter_samples(stream) if isinstance(item, RawSample))
-        shards.append(ShardInfo(name, count))
-    return DatasetSource(location, split, tuple(shards))
+        raise ValueError(f"{found.where}: no shards for split {chosen!r}; the dataset has {splits}")
+    counts = found.manifest.class_counts(chosen) if found.manifest is not None else None
+    return DatasetSource(found.location, chosen, shards, found.class_names, found.has_roi,
+                         tuple(counts) if counts is not None else None, found.origin)  # fmt: skip

@@ -10,7 +10,7 @@ from collections.abc import Callable
 from typing import Any
 
 from .. import object_reader
-from ..counters import Counters
+from ..counters import Counters, is_sample_counter
 from .chain import WorkerChain
 from .errors import LoaderDataError
 from .lifecycle import die_with_parent, restore_default_signals
@@ -27,12 +27,6 @@ class Box:
         self.value = 0
 
 
-def _take(counters: Counters) -> dict[str, int]:
-    delta = dict(counters)
-    counters.clear()
-    return delta
-
-
 def _hand_over(results: Any, item: tuple, generation: Any) -> bool:
     """Put ``item`` (into a ``BatchSender`` or a thread's queue), waiting for room in bounded steps; False once its
     generation is over (nobody wants it)."""
@@ -43,6 +37,12 @@ def _hand_over(results: Any, item: tuple, generation: Any) -> bool:
         except queue.Full:
             if generation.value != item[0]:
                 return False
+
+
+def _keep_storage_counts(counters: Counters, delta: dict[str, int]) -> None:
+    """A batch nobody receives: its sample counts are void, its storage events (retries, fetches) still count."""
+    counters.drop_sample_counts()
+    counters.update({name: value for name, value in delta.items() if not is_sample_counter(name)})
 
 
 def worker_loop(
@@ -87,8 +87,12 @@ def worker_loop(
             node = chain.build(plan, worker, start, counters, allocate)
             node.reset(None)
             for chunk in node:
-                if generation.value != current or not _hand_over(results, (current, "chunk", chunk, _take(counters)),
-                                                                 generation):  # fmt: skip
+                if generation.value != current:
+                    _keep_storage_counts(counters, {})  # read ahead for nothing
+                    break
+                delta = counters.take()
+                if not _hand_over(results, (current, "chunk", chunk, delta), generation):
+                    _keep_storage_counts(counters, delta)
                     break
                 chunk = None  # its memory goes with the message, not kept here while the next batch decodes
         except BaseException as error:  # reported to the main process, which raises it with the worker named
@@ -96,4 +100,4 @@ def worker_loop(
             detail = f"{type(error).__name__}: {error}"
             if kind == "error":
                 detail += "\n" + traceback.format_exc(limit=6)
-            _hand_over(results, (current, kind, detail, _take(counters)), generation)
+            _hand_over(results, (current, kind, detail, counters.take()), generation)

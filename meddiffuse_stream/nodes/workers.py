@@ -126,7 +126,7 @@ class Workers(BaseNode[Any]):
         if self._inline is not None:
             chunk = next(self._inline)
         else:
-            chunk, delta = self.pool.receive(self._schedule[self._batches], self.timeout, where)
+            chunk, delta = self.pool.receive(self._schedule[self._batches], self.timeout, where, self.counters)
             self.counters.update(delta)
         if isinstance(chunk, dict):  # where the batch sits: stages that draw per batch seed from it (any rank)
             chunk["position"] = (self._plan.epoch, self._plan.rank, self._batches)

@@ -15,7 +15,7 @@ from meddiffuse_stream import MedDiffuseLoader
 from meddiffuse_stream.convert import ConvertOptions, ImageFolderSource, PcamSource, convert_dataset
 from meddiffuse_stream.convert.base import ReadRules, RejectError
 from meddiffuse_stream.convert.images import image_from_bytes
-from meddiffuse_stream.format import decode_png, encode_png
+from meddiffuse_stream.shardfmt import decode_png, encode_png
 
 
 def _png48(array: np.ndarray) -> bytes:

@@ -2,6 +2,7 @@
 
 from collections import Counter
 
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -79,3 +80,15 @@ def test_buffer_order_is_a_permutation_local_to_its_buffer():
     order = buffer_order(500, 10, np.random.default_rng(0))
     assert sorted(order) == list(range(500))
     assert all(order[t] < t + 10 for t in range(500)), "a streaming buffer can only emit what it has read"
+
+
+def test_absurd_sizes_are_refused_before_anything_is_allocated():
+    import time
+
+    from meddiffuse_stream.shardfmt.manifest import MAX_SPLIT_SAMPLES
+
+    started = time.monotonic()
+    for sizes in ((10**12,), (MAX_SPLIT_SAMPLES, 1), (-5, 3), (2.5,)):
+        with pytest.raises(ValueError, match=r"plan can hold|non-negative integers"):
+            EpochPlan(sizes, 4)
+    assert time.monotonic() - started < 1

@@ -5,7 +5,7 @@ import tarfile
 import numpy as np
 import pytest
 
-from meddiffuse_stream.format import SHARD_MTIME, ShardWriter, decode_png, encode_png, encode_sample, make_key
+from meddiffuse_stream.shardfmt import SHARD_MTIME, ShardWriter, decode_png, encode_png, encode_sample, make_key
 
 
 def test_make_key_has_no_dots_or_slashes_and_stays_unique_when_long():
@@ -94,7 +94,7 @@ def test_label_must_be_an_integer():
 
 @pytest.mark.parametrize(("name", "size"), [("a.png", 0), ("k" * 92 + ".roi.png", 12345), ("x.json", 8**11 - 1)])
 def test_ustar_header_is_byte_identical_to_tarfile(name, size):
-    from meddiffuse_stream.format import ustar_header
+    from meddiffuse_stream.shardfmt.writer import ustar_header
 
     info = tarfile.TarInfo(name)
     info.size, info.mtime, info.mode, info.uname, info.gname = size, SHARD_MTIME, 0o444, "", ""
@@ -102,7 +102,7 @@ def test_ustar_header_is_byte_identical_to_tarfile(name, size):
 
 
 def test_ustar_header_refuses_long_names():
-    from meddiffuse_stream.format import ustar_header
+    from meddiffuse_stream.shardfmt.writer import ustar_header
 
     with pytest.raises(ValueError, match="100 bytes"):
         ustar_header("n" * 101, 1)

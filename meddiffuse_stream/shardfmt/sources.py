@@ -1,0 +1,325 @@
+"""Finding a dataset's shards and their sample counts, from whatever the user points at.
+
+- a dataset folder with ``dataset.json`` (one read, no listing);
+- a folder or object-store prefix of ``.tar`` files written by anyone (one listing): counts come from the
+  ``shardindex.json`` beside them (``meddiffuse-stream index`` writes it) or, without one, from the shards;
+- a shard index given directly (``…/anything.json``: webdataset's ``wids`` format, ours included);
+- a glob (``data/train-*.tar``), a brace pattern (``train-{000000..000099}.tar``, ``{train,val}-0.tar``) or a
+  list of URLs.
+
+Without an index, local shards are counted by walking their tar headers (seeking past the data); remote ones
+have to be read whole, and the loader says how many bytes that took and suggests writing an index.
+
+Splits: ``dataset.json`` and indexes written by ``index`` record them. For shards found by a listing the split is
+the first folder (``train/…``) or the name's prefix (``train-000000.tar``) when it is a usual split name
+(``train``, ``val``, ``valid``, ``validation``, ``dev``, ``test``, ``eval``); a glob, brace pattern or URL list
+already names its shards, so it has no splits.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import hashlib
+import os
+import posixpath
+import re
+import tempfile
+import warnings
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, replace
+from typing import Any
+
+import fsspec
+
+from ..retry import RetryPolicy
+from ..storage import Location
+from .manifest import DATASET_JSON, Manifest, ManifestError, ShardInfo, read_manifest
+from .shardindex import SHARD_INDEX, parse_shard_index
+from .tar import TarProblem, count_samples
+
+__all__ = [
+    "KNOWN_SPLITS",
+    "MAX_PATTERN_NAMES",
+    "ShardSet",
+    "expand_braces",
+    "find_shards",
+    "inspect_shard",
+    "is_pattern",
+    "list_shards",
+    "split_of_path",
+    "with_path_splits",
+]
+
+KNOWN_SPLITS = ("train", "training", "val", "valid", "validation", "dev", "test", "testing", "eval")
+MAX_PATTERN_NAMES = 1_000_000
+_BRACE = re.compile(r"\{([^{}]*)\}")
+_RANGE = re.compile(r"^(\d+)\.\.(\d+)$")
+_GLOB = re.compile(r"[*?\[]")
+_NAME_SPLIT = re.compile(r"^([A-Za-z]+)[-_.]")
+_HASH_PIECE = 8 << 20
+
+
+@dataclass(frozen=True)
+class ShardSet:
+    """Shards found for a source: paths relative to ``location``; ``origin`` says where the counts came from."""
+
+    location: Location
+    shards: tuple[ShardInfo, ...]
+    origin: str  # "dataset.json", "shard index", "counted", "read to count"
+    where: str
+    class_names: tuple[str, ...] = ()
+    has_roi: bool = False
+    manifest: Manifest | None = None
+    named: bool = False  # a glob, brace pattern or URL list: the user chose the shards, there are no splits
+
+    @property
+    def splits(self) -> list[str]:
+        return list(dict.fromkeys(s.split for s in self.shards if s.split is not None))
+
+
+def expand_braces(pattern: str, limit: int = MAX_PATTERN_NAMES) -> list[str]:
+    """``train-{000000..000002}.tar`` → three names (zero padding kept); ``{a,b}`` alternatives; several multiply.
+
+    More than ``limit`` names is an error before any is made.
+    """
+    match = next((m for m in _BRACE.finditer(pattern) if _RANGE.match(m.group(1)) or "," in m.group(1)), None)
+    if match is None:
+        return [pattern]
+    head, tail = pattern[: match.start()], pattern[match.end() :]
+    ranged = _RANGE.match(match.group(1))
+    if ranged:
+        first, last = ranged.group(1), ranged.group(2)
+        if int(last) < int(first):
+            raise ValueError(f"brace range {{{first}..{last}}} in {pattern!r} runs backwards")
+        if int(last) - int(first) + 1 > limit:
+            raise ValueError(f"brace range {{{first}..{last}}} in {pattern!r} names more than {limit} shards")
+        choices = [str(n).zfill(len(first)) for n in range(int(first), int(last) + 1)]
+    else:
+        choices = match.group(1).split(",")
+    names: list[str] = []
+    for choice in choices:
+        names.extend(expand_braces(head + choice + tail, limit - len(names)))
+        if len(names) > limit:
+            raise ValueError(f"{pattern!r} names more than {limit} shards")
+    return names
+
+
+def is_pattern(source: str) -> bool:
+    """Whether ``source`` is a glob or brace pattern (it names shards rather than a folder)."""
+    return bool(_GLOB.search(source)) or expand_braces(source) != [source]
+
+
+def split_of_path(path: str) -> str | None:
+    """The split a shard's relative path implies (``train/x.tar``, ``val-000001.tar``), or None."""
+    first, _, rest = path.partition("/")
+    if rest and first in KNOWN_SPLITS:
+        return first
+    match = _NAME_SPLIT.match(posixpath.basename(path))
+    return match.group(1) if match and match.group(1) in KNOWN_SPLITS else None
+
+
+def with_path_splits(shards: list[ShardInfo]) -> tuple[ShardInfo, ...]:
+    """Splits from the paths where every shard has one; otherwise none at all (a half-split folder is ambiguous)."""
+    derived = [s.split or split_of_path(s.path) for s in shards]
+    if all(derived):
+        return tuple(replace(s, split=d) for s, d in zip(shards, derived, strict=True))
+    return tuple(replace(s, split=None) for s in shards)
+
+
+def _fs_path(url: str) -> tuple[str, str]:
+    """(protocol, path as the filesystem names it); local paths made absolute."""
+    protocol, path = fsspec.core.split_protocol(url)
+    if protocol in (None, "file", "local"):
+        return "file", os.path.abspath(os.path.expanduser(path))
+    return protocol, path
+
+
+def _common_root(urls: Sequence[str]) -> tuple[str, list[str]]:
+    """The folder URL all ``urls`` share and each one's path below it; one filesystem and bucket only."""
+    split = [_fs_path(u) for u in urls]
+    protocols = {p for p, _ in split}
+    if len(protocols) != 1:
+        raise ValueError(f"shards on several filesystems ({sorted(protocols)}): a dataset lives on one")
+    protocol = protocols.pop()
+    folders = [posixpath.dirname(p) for _, p in split]
+    root = posixpath.commonpath(folders) if protocol == "file" else _common_prefix_folder(folders)
+    if protocol != "file" and not root:
+        raise ValueError(f"shards in several buckets ({sorted({f.split('/', 1)[0] for f in folders})}): "
+                         "a dataset lives in one")  # fmt: skip
+    relative = [posixpath.relpath(p, root) for _, p in split]
+    return (root if protocol == "file" else f"{protocol}://{root}"), relative
+
+
+def _common_prefix_folder(folders: list[str]) -> str:
+    parts = [f.split("/") for f in folders]
+    common: list[str] = []
+    for level in zip(*parts, strict=False):
+        if len(set(level)) != 1:
+            break
+        common.append(level[0])
+    return "/".join(common)
+
+
+def inspect_shard(location: Location, path: str, *, digest: bool) -> tuple[ShardInfo, TarProblem | None, int]:
+    """Count a shard's samples (and hash it with ``digest``): ``(info, fatal problem or None, bytes read)``.
+
+    A local shard is counted from its headers alone (and read once more to hash it); a remote one is read once,
+    in pieces, into a spooled temporary file, hashed and counted there.
+    """
+    sha = hashlib.sha256()
+    if location.is_local:
+        with open(location.path(path), "rb") as stream:
+            while digest and (piece := stream.read(_HASH_PIECE)):
+                sha.update(piece)
+            stream.seek(0)
+            count, problem = count_samples(stream)
+            size = os.fstat(stream.fileno()).st_size
+        return ShardInfo(path, count, size, sha.hexdigest() if digest else None), problem, 0
+    with tempfile.SpooledTemporaryFile(max_size=256 << 20) as spool:
+
+        def fetch() -> None:
+            spool.seek(0)
+            spool.truncate()
+            with location.open(path) as stream:
+                while piece := stream.read(_HASH_PIECE):
+                    spool.write(piece)
+
+        location.retrying(fetch, path)
+        spool.seek(0)
+        while piece := spool.read(_HASH_PIECE):
+            sha.update(piece)
+        size = spool.tell()
+        spool.seek(0)
+        count, problem = count_samples(spool)  # type: ignore[arg-type]
+    return ShardInfo(path, count, size, sha.hexdigest() if digest else None), problem, size
+
+
+def _count_all(location: Location, paths: list[str], sizes: Mapping[str, int], where: str, workers: int = 4):
+    """Sample counts of ``paths`` (no index): headers of local shards, whole remote ones (with a warning)."""
+    def one(path: str) -> tuple[ShardInfo, TarProblem | None, int]:
+        return inspect_shard(location, path, digest=False)
+
+    with concurrent.futures.ThreadPoolExecutor(max(1, min(workers, len(paths)))) as pool:
+        results = list(pool.map(one, paths))
+    for info, problem, _ in results:
+        if problem is not None:
+            warnings.warn(f"{location.display(info.path)}: {problem.reason}; its first {info.samples} samples are "
+                          "used", RuntimeWarning, stacklevel=3)  # fmt: skip
+    read = sum(r[2] for r in results)
+    if read:
+        warnings.warn(
+            f"{where}: read all {len(paths)} shards ({read:,} bytes) to count their samples, as no shard "
+            f"index lists them; run `meddiffuse-stream index {where}` once (with --out elsewhere for a read-only "
+            "bucket) and loaders will read one small file instead",
+            RuntimeWarning,
+            stacklevel=3,
+        )
+    return [replace(info, bytes=sizes.get(info.path, info.bytes)) for info, _, _ in results]
+
+
+def list_shards(
+    source: str | Sequence[str], locate: Callable[[str], Location]
+) -> tuple[Location, list[tuple[str, int | None]], str, bool]:
+    """``(root, [(relative path, size or None)], where, named)`` of a folder, glob, brace pattern or URL list
+    (no counting). For a folder, also entries for ``dataset.json``/``shardindex.json`` when present."""
+    if isinstance(source, str) and not source.endswith(".tar") and not is_pattern(source):
+        location = locate(source)
+        files = location.file_sizes()
+        if any(p.startswith(".progress/") for p in files) and DATASET_JSON not in files:
+            raise FileNotFoundError(f"{location.url} holds an unfinished conversion (.progress/ without "
+                                    "dataset.json): re-run meddiffuse-stream shard to finish it")  # fmt: skip
+        keep = [(p, n) for p, n in files.items() if p in (DATASET_JSON, SHARD_INDEX) or _is_shard(p)]
+        return location, keep, location.url, False
+    names = [source] if isinstance(source, str) else [str(u) for u in source]
+    urls: list[str] = []
+    sizes: dict[str, int | None] = {}
+    for name in names:
+        for url in expand_braces(name):
+            if _GLOB.search(url):
+                protocol, path = _fs_path(url)
+                static = path[: _GLOB.search(path).start()].rsplit("/", 1)[0]  # type: ignore[union-attr]
+                folder = static if protocol == "file" else f"{protocol}://{static}"
+                found = locate(folder).glob_sizes(path)
+                matched = [p if protocol == "file" else f"{protocol}://{p}" for p in found if _is_shard(p)]
+                urls.extend(matched)
+                sizes.update(zip(matched, found.values(), strict=False))
+            else:
+                urls.append(url)
+    if not urls:
+        raise FileNotFoundError(f"{source!r} matches no .tar shards")
+    root, relative = _common_root(urls)
+    if len(set(relative)) != len(relative):
+        raise ValueError(f"{source!r} names a shard twice")
+    return locate(root), [(r, sizes.get(u)) for r, u in zip(relative, urls, strict=True)], str(source), True
+
+
+def _is_shard(path: str) -> bool:
+    return path.endswith(".tar") and not any(part.startswith(".") for part in path.split("/"))
+
+
+def find_shards(
+    source: str | Sequence[str],
+    storage_options: Mapping[str, Any] | None = None,
+    *,
+    retry: RetryPolicy | None = None,
+    on_retry: Callable[[BaseException], None] | None = None,
+) -> ShardSet:
+    """Every shard of ``source`` with its sample count (see the module docstring for what ``source`` may be)."""
+
+    def locate(url: str) -> Location:
+        return Location(url, storage_options, retry=retry, on_retry=on_retry)
+
+    if isinstance(source, str) and source.endswith(".json"):
+        folder, name = posixpath.split(source.rstrip("/"))
+        if name == DATASET_JSON:
+            return _from_dataset(locate(folder or "."))
+        return _from_index_file(locate(folder or "."), name, locate)
+    if isinstance(source, str) and not source.endswith(".tar") and not is_pattern(source):
+        location = locate(source)
+        try:
+            return _from_dataset(location)
+        except FileNotFoundError:
+            pass  # a folder of shards written by anyone: list it
+    location, found, where, named = list_shards(source, locate)
+    sizes = {p: n for p, n in found if n is not None}
+    paths = [p for p, _ in found if _is_shard(p)]
+    if not paths:
+        raise FileNotFoundError(f"{where}: no dataset.json and no .tar shards below it: is it a dataset folder?")
+    if not named and SHARD_INDEX in sizes:
+        index = parse_shard_index(location.read_bytes(SHARD_INDEX), location.display(SHARD_INDEX), confined=True)
+        _check_index_matches(index.shards, sizes, paths, location.display(SHARD_INDEX))
+        return ShardSet(location, with_path_splits(list(index.shards)), "shard index", location.display(SHARD_INDEX))
+    shards = _count_all(location, paths, sizes, where)
+    origin = "read to count" if not location.is_local else "counted"
+    return ShardSet(location, tuple(replace(s, split=None) for s in shards) if named else with_path_splits(shards),
+                    origin, where, named=named)  # fmt: skip
+
+
+def _from_dataset(location: Location) -> ShardSet:
+    manifest = read_manifest(location)
+    return ShardSet(location, manifest.shards, "dataset.json", manifest.where, manifest.class_names,
+                    manifest.has_roi, manifest)  # fmt: skip
+
+
+def _from_index_file(folder: Location, name: str, locate: Callable[[str], Location]) -> ShardSet:
+    where = folder.display(name)
+    index = parse_shard_index(folder.read_bytes(name), where, confined=False)
+    urls = [index.resolve_url(s.path, folder.url) for s in index.shards]
+    root, relative = _common_root(urls)
+    shards = [replace(s, path=r) for s, r in zip(index.shards, relative, strict=True)]
+    return ShardSet(locate(root), with_path_splits(shards), "shard index", where)
+
+
+def _check_index_matches(listed: Sequence[ShardInfo], sizes: Mapping[str, int], paths: list[str], where: str) -> None:
+    """An index beside the shards must describe exactly those shards, unchanged."""
+    indexed = {s.path for s in listed}
+    missing = sorted(indexed - set(paths))
+    extra = sorted(set(paths) - indexed)
+    changed = sorted(s.path for s in listed if s.bytes is not None and sizes.get(s.path, s.bytes) != s.bytes)
+    for problem, items in (("lists shards the folder does not hold", missing),
+                           ("does not list shards the folder holds", extra),
+                           ("lists other sizes than the folder's for", changed)):  # fmt: skip
+        if items:
+            raise ManifestError(f"{where}: {problem}: {items[:5]}{' …' if len(items) > 5 else ''}; the shards "
+                                "changed since it was written: re-run meddiffuse-stream index")  # fmt: skip
+
