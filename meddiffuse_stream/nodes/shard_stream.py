@@ -5,7 +5,8 @@ retries, then its sha256 (when the dataset lists one) and its real sample count 
 record, and only then are its samples handed on. So ``on_error="skip"`` skips a bad shard whole and
 ``on_error="raise"`` raises before any of its samples is yielded. Hashing happens on bytes already read (one read
 per shard; a local shard over ``memory_limit`` is hashed in a first pass, then parsed from the page cache); a shard
-from the local cache was verified on its way in and is not hashed again.
+from the local cache was verified on its way in and is not hashed again, nor is a local file this process has
+verified and that has not changed since (:mod:`.verified`; counted as ``shards_unchanged``).
 """
 
 from __future__ import annotations
@@ -24,7 +25,9 @@ from ..counters import Counters
 from ..retry import ResumableReader, RetryPolicy
 from ..shard_cache import ShardCache, ShardIntegrityError
 from ..shardfmt.tar import MAX_MEMBER_BYTES, RawSample, TarProblem, count_samples, iter_samples
+from ..shardfmt.tar_fast import parse_plain
 from .source import DatasetSource
+from .verified import already_verified, remember_verified
 
 __all__ = ["DEFAULT_MEMORY_LIMIT", "LoadedShard", "load_shard", "open_shard"]
 
@@ -165,13 +168,20 @@ def load_shard(
         data, spill = _through_cache(source, index, cache, policy, rng, counters, memory_limit)  # type: ignore[arg-type]
     elif location.is_local:
         handle = open(location.path(info.path), "rb")
-        if os.fstat(handle.fileno()).st_size > memory_limit:
+        stat = os.fstat(handle.fileno())
+        unchanged = info.sha256 is not None and already_verified(stat, info.sha256)  # hashed before, same file
+        if stat.st_size > memory_limit:
             spill = handle
-            actual = _file_sha256(handle) if info.sha256 is not None else None
+            actual = _file_sha256(handle) if info.sha256 is not None and not unchanged else None
         else:
             with handle:
                 data = handle.read()
-            actual = hashlib.sha256(data).hexdigest() if info.sha256 is not None else None
+            actual = hashlib.sha256(data).hexdigest() if info.sha256 is not None and not unchanged else None
+        if unchanged:
+            actual = info.sha256
+            counters.add("shards_unchanged")
+        elif actual is not None and actual == info.sha256:
+            remember_verified(stat, actual)
     else:
         stream = open_shard(source, index, policy=policy, rng=rng, counters=counters)
         data, spill, actual = _read_bounded(stream, info.bytes, memory_limit)
@@ -184,7 +194,9 @@ def load_shard(
         if not cached:
             counters.add("shards_verified" if actual is not None else "shards_unverified")
         if data is not None:
-            items = list(iter_samples(io.BytesIO(data), max_member_bytes))
+            items = parse_plain(data, max_member_bytes)  # the same samples, faster, when nothing is odd
+            if items is None:
+                items = list(iter_samples(io.BytesIO(data), max_member_bytes))
             del data
             fatal = bool(items) and isinstance(items[-1], TarProblem) and items[-1].fatal
             _check_count(what, len(items) - fatal, info.samples, not fatal, origin)

@@ -13,7 +13,9 @@ from .. import object_reader
 from ..counters import Counters, is_sample_counter
 from .chain import WorkerChain
 from .errors import LoaderDataError
+from .heap import keep_freed_memory
 from .lifecycle import die_with_parent, restore_default_signals
+from .shard_stream import DEFAULT_MEMORY_LIMIT
 
 __all__ = ["Box", "worker_loop"]
 
@@ -62,6 +64,7 @@ def worker_loop(
         restore_default_signals()
         die_with_parent(parent_pid, use_pdeathsig)
         object_reader.allow_in_this_process()  # a process of its own may read S3 through obstore (threads may not)
+        keep_freed_memory(2 * DEFAULT_MEMORY_LIMIT)  # whole shards and batches reuse pages (see heap.py)
     if "torch" in sys.modules:  # decode work is single-threaded; keep torch from oversubscribing the cores
         sys.modules["torch"].set_num_threads(1)
     # a forked worker must not reuse the parent's storage clients (fsspec's S3 filesystem is not fork-safe):
