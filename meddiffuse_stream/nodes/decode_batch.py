@@ -85,99 +85,101 @@ class DecodeBatch(BaseNode[dict[str, Any]]):
         return chunk
 
     def _generate(self) -> Iterator[tuple[dict[str, Any], dict[str, Any]]]:
-        waiting: list[tuple[list[Skipped], dict[str, Any]]] = []  # all-skipped chunks before a good sample
+        waiting: list[tuple[_Builder, dict[str, Any]]] = []  # all-skipped chunks before a good sample
         stand_in: Sample | None = None  # a copy of the last good sample: what fills a skipped slot
         while True:
             planned = list(islice(self.source, self.batch_size))
             if not planned:
                 break
-            chunk, skipped, last_good = self._decode(planned)
+            builder = self._decode(planned)
             state = self.source.state_dict()
-            if last_good is not None:
-                stand_in = {**last_good, "image": last_good["image"].copy()}  # the chunk's memory leaves
+            if builder.last_good is not None:
+                last = builder.last_good
+                stand_in = {**last, "image": last["image"].copy()}  # the chunk's memory leaves this worker
             if stand_in is None:
-                waiting.append((skipped, state))
+                waiting.append((builder, state))
                 continue
             for earlier, earlier_state in waiting:
-                yield self._filled(earlier, stand_in), earlier_state
+                yield earlier.finish(stand_in, self.counters), earlier_state
             waiting.clear()
-            if chunk is None:
-                chunk = self._filled(skipped, stand_in)
-            else:
-                self._fill(chunk, skipped, stand_in)
-            yield chunk, state
+            yield builder.finish(stand_in, self.counters), state
         if waiting:
             raise LoaderDataError(
                 f"{self.where}: every one of its samples this epoch was skipped, so none can stand in "
                 "(see loader.counters for the reasons)"
             )
 
-    def _decode(self, planned: list[Any]) -> tuple[dict[str, Any] | None, list[Any], Sample | None]:
-        """The chunk (None if every sample was skipped), its skipped slots ``[(slot, Skipped)]`` and its last
-        good sample."""
-        chunk: dict[str, Any] | None = None
-        skipped: list[Any] = []
-        last_good: Sample | None = None
-        first_key = None
+    def _decode(self, planned: list[Any]) -> _Builder:
+        builder = _Builder(len(planned), self.dtype, self.allocate, self.options)
+        good = 0
         for slot, item in enumerate(planned):
             sample = decode_planned(item, self.dataset, self.options, self.on_error)
             if isinstance(sample, Skipped):
                 self.counters.skip(sample.kind)
-                skipped.append((slot, sample))
+                builder.skipped.append(slot)
                 continue
-            self.counters["yielded"] += 1
+            good += 1
             if self.conform is not None:
                 sample = self.conform(sample)
-            if chunk is None:
-                chunk = self._new_chunk(len(planned), sample)
-                first_key = sample["key"]
-            self._place(chunk, slot, sample, first_key)
-            last_good = sample
-        return chunk, skipped, last_good
+            builder.place(slot, sample)
+        self.counters["yielded"] += good
+        return builder
 
-    def _new_chunk(self, count: int, first: Sample) -> dict[str, Any]:
-        chunk: dict[str, Any] = {
-            "image": self.allocate((count, *first["image"].shape), self.dtype),
-            "label": np.zeros(count, dtype=np.int64),
-            "key": [""] * count,
-            "is_padding": np.zeros(count, dtype=bool),
-        }
-        if self.options.with_roi:
-            chunk["roi"] = None  # made by the first sample that has one
-        if self.options.with_meta:
-            chunk["meta"] = [{} for _ in range(count)]
-        return chunk
 
-    def _place(self, chunk: dict[str, Any], slot: int, sample: Sample, first_key: Any) -> None:
-        images = chunk["image"]
+class _Builder:
+    """One batch being filled: the image (and ROI) arrays made on its first good sample, the rest as lists."""
+
+    def __init__(self, count: int, dtype: np.dtype, allocate: Allocate, options: DecodeOptions) -> None:
+        self.count = count
+        self.dtype = dtype
+        self.allocate = allocate
+        self.images: np.ndarray | None = None
+        self.roi: np.ndarray | None = None
+        self.with_meta = options.with_meta
+        self.labels = [0] * count
+        self.keys: list[Any] = [""] * count
+        self.padding = [False] * count
+        self.meta: list[Any] = [{}] * count
+        self.skipped: list[int] = []
+        self.last_good: Sample | None = None
+        self._shape: tuple[int, ...] = ()
+        self._stored: np.dtype | None = None
+        self._first_key: Any = None
+
+    def place(self, slot: int, sample: Sample) -> None:
         image = sample["image"]
-        if image.shape != images.shape[1:]:
+        if self.images is None:
+            self.images = self.allocate((self.count, *image.shape), self.dtype)
+            self._shape, self._stored, self._first_key = image.shape, image.dtype, sample["key"]
+        if image.shape != self._shape:
             raise ValueError(
-                f"samples {first_key} {tuple(images.shape[1:])} and {sample['key']} {tuple(image.shape)} differ in "
+                f"samples {self._first_key} {tuple(self._shape)} and {sample['key']} {tuple(image.shape)} differ in "
                 "shape: pass resize= (and channels= where grey and colour images mix) to MedDiffuseLoader, or "
                 "convert with --resize"
             )
-        write_image(images[slot], image, sample["key"])
-        chunk["label"][slot] = sample["label"]
-        chunk["key"][slot] = sample["key"]
-        chunk["is_padding"][slot] = bool(sample.get("is_padding", False))
+        write_image(self.images[slot], image, sample["key"])
+        self.labels[slot] = sample["label"]
+        self.keys[slot] = sample["key"]
+        self.padding[slot] = sample.get("is_padding", False)
         if "roi" in sample:
-            if chunk.get("roi") is None:
-                chunk["roi"] = self.allocate((len(images), *sample["roi"].shape), np.uint8)
-                chunk["roi"][:] = 0  # samples without a mask have an empty one
-            chunk["roi"][slot] = sample["roi"]
-        if "meta" in chunk:
-            chunk["meta"][slot] = sample.get("meta", {})
+            if self.roi is None:
+                self.roi = self.allocate((self.count, *sample["roi"].shape), np.uint8)
+                self.roi[:] = 0  # samples without a mask have an empty one
+            self.roi[slot] = sample["roi"]
+        if self.with_meta:
+            self.meta[slot] = sample.get("meta", {})
+        self.last_good = sample
 
-    def _fill(self, chunk: dict[str, Any], skipped: list[Any], stand_in: Sample) -> None:
-        for slot, _ in skipped:
-            self._place(chunk, slot, stand_in, stand_in["key"])
-            chunk["is_padding"][slot] = True
-        self.counters["padded"] += len(skipped)
-        if chunk.get("roi", 0) is None:
-            del chunk["roi"]  # no sample of the batch had a mask
-
-    def _filled(self, skipped: list[Any], stand_in: Sample) -> dict[str, Any]:
-        chunk = self._new_chunk(len(skipped), stand_in)
-        self._fill(chunk, skipped, stand_in)
+    def finish(self, stand_in: Sample, counters: Counters) -> dict[str, Any]:
+        """The chunk, each skipped slot holding ``stand_in`` marked as padding."""
+        for slot in self.skipped:
+            self.place(slot, stand_in)
+            self.padding[slot] = True
+        counters["padded"] += len(self.skipped)
+        chunk: dict[str, Any] = {"image": self.images, "label": np.array(self.labels, dtype=np.int64),
+                                 "key": self.keys, "is_padding": np.array(self.padding, dtype=bool)}  # fmt: skip
+        if self.roi is not None:
+            chunk["roi"] = self.roi
+        if self.with_meta:
+            chunk["meta"] = self.meta
         return chunk
