@@ -131,10 +131,11 @@ def build_parser() -> argparse.ArgumentParser:
     fit = commands.add_parser("train", help="train a classifier (alone or under torchrun)")
     fit.add_argument("dataset", help="shard dataset folder or URL")
     fit.add_argument("--out", required=True, help="folder for checkpoint.pt and metrics.json")
-    fit.add_argument("--model", default="cnn", choices=["cnn", "resnet18", "vit-tiny"])
+    fit.add_argument("--model", default="cnn", choices=["cnn", "cnn-small", "resnet18", "vit-tiny"])
     fit.add_argument("--augment", default="standard", help="none, standard, mixup, cutmix, saliencymix, diffusemix, "
                      "genmix, dafusion or meddiffusemix")  # fmt: skip
     fit.add_argument("--epochs", type=int, default=5)
+    fit.add_argument("--steps", type=int, help="optimizer steps to make (overrides --epochs; the last epoch is cut)")
     fit.add_argument("--batch-size", type=int, default=64)
     fit.add_argument("--lr", type=float, default=1e-3)
     fit.add_argument("--loss", default="ce", choices=["ce", "weighted"], help="weighted: inverse class frequency")
@@ -291,7 +292,7 @@ def _run_train(args: argparse.Namespace) -> int:
         num_workers=args.workers, checkpoint_every=args.checkpoint_every, resume=args.resume, device=args.device,
         key_log=args.key_log, augment_stage=_configured_stage(args), train_fraction=args.train_fraction,
         cache_dir=args.shard_cache, cache_bytes=args.shard_cache_bytes, min_val_auc=args.min_val_auc,
-        progress=not args.quiet, deterministic=args.deterministic, loader_dtype=args.loader_dtype,
+        progress=not args.quiet, deterministic=args.deterministic, loader_dtype=args.loader_dtype, steps=args.steps,
     )  # fmt: skip
     results = train(config)
     if int(os.environ.get("RANK", "0")) == 0:

@@ -23,7 +23,7 @@ def add_augment_options(parser: argparse.ArgumentParser) -> None:
 
     group = parser.add_argument_group("augmentation models and settings")
     group.add_argument("--teacher", help="saliency teacher checkpoint (saliency methods)")
-    group.add_argument("--teacher-model", default="cnn", choices=["cnn", "resnet18", "vit-tiny"])
+    group.add_argument("--teacher-model", default="cnn", choices=["cnn", "cnn-small", "resnet18", "vit-tiny"])
     group.add_argument("--generator", help="generator folder (diffusion methods)")
     group.add_argument("--variant-cache", help="variant cache folder or URL")
     group.add_argument("--saliency-method", default="gradcam-multiscale", choices=SALIENCY_METHODS)

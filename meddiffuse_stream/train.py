@@ -191,6 +191,8 @@ def train(config: TrainConfig) -> dict[str, Any]:
                     loader.augment.maybe_refresh_teacher(_unwrap(model), step)
                 if config.checkpoint_every and step % config.checkpoint_every == 0:
                     _checkpoint(out, model, optimizer, scheduler, scaler, loader, step, rank, world, keys)
+                if step >= total_steps:  # a step budget ends inside an epoch (every rank at the same step)
+                    break
             _checkpoint(out, model, optimizer, scheduler, scaler, loader, step, rank, world, keys)
             if loader.epoch + 1 >= config.epochs:
                 break

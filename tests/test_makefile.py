@@ -1,5 +1,6 @@
 """The README's commands as the Makefile runs them: every meddiffuse-stream line must parse."""
 
+import re
 import shlex
 from pathlib import Path
 
@@ -9,8 +10,13 @@ MAKEFILE = Path(__file__).resolve().parents[1] / "Makefile"
 
 
 def _cli_lines() -> list[str]:
+    """Every ``$(MDS) ...`` command of every recipe line, cut at the shell's ``&``, ``;`` and ``&&``."""
     text = MAKEFILE.read_text().replace("\\\n", " ")
-    return [line.strip().removeprefix("$(MDS) ") for line in text.splitlines() if line.strip().startswith("$(MDS) ")]
+    commands = []
+    for line in text.splitlines():
+        for segment in line.split("$(MDS) ")[1:]:
+            commands.append(re.split(r"\s(?:&&|&|;)|;", segment, maxsplit=1)[0].strip())
+    return commands
 
 
 def test_every_cli_line_in_the_makefile_parses():
