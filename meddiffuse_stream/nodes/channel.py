@@ -18,6 +18,7 @@ import queue
 import socket
 import struct
 import time
+import warnings
 from multiprocessing import reduction
 from typing import Any
 
@@ -65,10 +66,30 @@ class BatchSender:
 
     def allocate(self, shape: tuple[int, ...], dtype: Any) -> np.ndarray:
         pool = self._segments()
-        if pool is None:
+        if pool is None or not self._share:
             return np.empty(shape, dtype)
         self._read_replies(0.0)  # segments the loader is done with, to reuse
-        return pool.empty(shape, dtype)
+        try:
+            return pool.empty(shape, dtype)
+        except OSError as error:
+            self._stop_sharing(error)
+            return np.empty(shape, dtype)
+
+    def _stop_sharing(self, error: OSError) -> None:
+        """A segment could not be made (a file-size limit — ``ulimit -f`` applies to memfd too —, no memory for
+        tmpfs, no descriptors left): this worker's batches go through its socket from now on, slower, never lost."""
+        self._share = False
+        warnings.warn(f"decode worker {os.getpid()}: shared batch memory unavailable ({type(error).__name__}: "
+                      f"{error}); its batches are sent through its socket from now on, slower (check `ulimit -f`, "
+                      "`ulimit -n` and free memory)", RuntimeWarning, stacklevel=3)  # fmt: skip
+
+    def _pack(self, item: Any) -> tuple[bytes, list[Any]]:
+        if self._share and self._pool is not None:
+            try:
+                return pack(item, self._pool)
+            except OSError as error:  # a large buffer from elsewhere could not get a segment
+                self._stop_sharing(error)
+        return pack(item)
 
     def _read_replies(self, timeout: float) -> None:
         """Take the loader's replies that arrive within ``timeout`` (the first one waited for, then those ready)."""
@@ -92,7 +113,7 @@ class BatchSender:
                 raise queue.Full
             self._read_replies(left)
         try:
-            message, segments = pack(item, self._pool)
+            message, segments = self._pack(item)
         except Exception as error:  # e.g. a collate_fn result that cannot be pickled: the loader raises it
             message, segments = pack((item[0], "error", f"the batch cannot be sent to the loader: "
                                       f"{type(error).__name__}: {error}", {}))  # fmt: skip

@@ -197,3 +197,44 @@ def test_a_worker_killed_mid_epoch_is_an_error_and_leaks_nothing(dataset):
     del loader, iterator, first
     _settle()
     assert _segment_mappings() == before_maps and _segment_fds() == before_fds
+
+
+_NO_FILE_GROWTH = """
+import hashlib, json, resource, signal, sys
+import numpy as np
+signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # growing a file past the limit fails with EFBIG, not a signal
+resource.setrlimit(resource.RLIMIT_FSIZE, (4096, 4096))  # memfd segments are files: none can be sized
+from meddiffuse_stream import MedDiffuseLoader
+
+def collate(samples):  # foreign arrays, large enough to go through a segment when segments work
+    return np.stack([s["image"] for s in samples]), [s["key"] for s in samples]
+
+options = {"collate_fn": collate} if sys.argv[2] == "collate_fn" else {"as_dict": True}
+with MedDiffuseLoader(sys.argv[1], 96, num_workers=2, shuffle=True, seed=5, **options) as loader:
+    rows = []
+    for batch in loader:
+        images, keys = (batch["image"], batch["key"]) if isinstance(batch, dict) else batch
+        rows += [(k, hashlib.sha256(np.asarray(i).tobytes()).hexdigest()) for k, i in zip(keys, images)]
+print(json.dumps(rows))
+"""
+
+
+@pytest.mark.timeout(120)
+@pytest.mark.parametrize("chain", ["default", "collate_fn"])
+def test_without_shared_memory_batches_go_through_the_socket_with_a_warning(dataset, chain):
+    import hashlib
+    import json
+    import subprocess
+    import sys
+
+    with MedDiffuseLoader(dataset, 96, num_workers=2, worker_method="thread", shuffle=True, seed=5,
+                          as_dict=True) as loader:  # fmt: skip
+        expected = [(k, hashlib.sha256(i.numpy().tobytes()).hexdigest())
+                    for b in loader for k, i in zip(b["key"], b["image"], strict=True)]  # fmt: skip
+    assert 96 * 32 * 32 * 4 > COPY_THRESHOLD, "batches must be large enough to want a segment"
+    result = subprocess.run([sys.executable, "-c", _NO_FILE_GROWTH, dataset, chain], capture_output=True, text=True,
+                            timeout=100)  # fmt: skip
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert [tuple(row) for row in json.loads(result.stdout.strip().splitlines()[-1])] == expected
+    warned = result.stderr.count("shared batch memory unavailable")
+    assert 1 <= warned <= 2 and "File too large" in result.stderr, result.stderr[-3000:]
