@@ -115,6 +115,20 @@ def test_summary_has_mean_and_confidence_interval_and_reads_paired_differences()
     assert "lower beyond seed noise" in table
 
 
+def test_reading_credits_an_ablation_only_when_it_differs_beyond_noise():
+    def rows(ablation_shift: float) -> list[dict]:
+        return [{"method": m, "seed": seed, "fraction": 1.0, "split": split, "steps": 10, "roc_auc": auc + shift}
+                for m, shift in (("meddiffusemix", 0.0), ("meddiffusemix-random-mask", ablation_shift))
+                for seed, auc in ((0, 0.6), (1, 0.7), (2, 0.8)) for split in ("val", "test")]  # fmt: skip
+
+    same = summarise([{**r, "roc_auc": r["roc_auc"] + 0.01 * r["seed"] * (r["method"] != "meddiffusemix")}
+                      for r in rows(-0.01)])  # fmt: skip
+    assert "not owed to what meddiffusemix-random-mask removes" in same
+    apart = summarise(rows(-0.2))
+    assert "MedDiffuseMix − meddiffusemix-random-mask: val +0.200 ± 0.000, higher beyond seed noise" in apart
+    assert "not owed to" not in apart
+
+
 def test_experiment_config_is_strict(tmp_path):
     from meddiffuse_stream.experiment_config import load_experiment_config
 
