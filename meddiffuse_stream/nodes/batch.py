@@ -15,6 +15,7 @@ import numpy as np
 from torchdata.nodes import BaseNode
 
 from ..counters import Counters
+from .chunked import ChunkNode
 from .collate import collate
 from .errors import LoaderDataError
 from .items import Skipped, as_tensor_sample
@@ -25,15 +26,13 @@ __all__ = ["Batch"]
 Sample = dict[str, Any]
 
 
-class Batch(BaseNode[Any]):
+class Batch(ChunkNode[Any]):
     """Yields a collated chunk per ``batch_size`` upstream items (the last may be smaller).
 
     ``collate_fn(samples)`` replaces the default (numpy arrays, images in the delivery ``dtype``, stacked into
     ``allocate``'s memory where given) with the user's, which gets the samples as ``transform=`` sees them.
     State: the upstream's after the last chunk yielded.
     """
-
-    SOURCE_KEY = "source"
 
     def __init__(
         self,
@@ -46,31 +45,15 @@ class Batch(BaseNode[Any]):
         dtype: str = "float32",
         allocate: Callable[[tuple[int, ...], Any], Any] | None = None,
     ) -> None:
-        super().__init__()
+        super().__init__(source)
         if batch_size < 1:
             raise ValueError(f"batch_size must be at least 1, got {batch_size}")
-        self.source = source
         self.batch_size = batch_size
         self.counters = counters if counters is not None else Counters()
         self.collate_fn = collate_fn
         self.where = where
         self.dtype = dtype
         self.allocate = allocate
-        self._chunks: Iterator[tuple[Any, dict[str, Any]]] = iter(())
-        self._state: dict[str, Any] = {}
-
-    def reset(self, initial_state: dict[str, Any] | None = None) -> None:
-        super().reset(initial_state)
-        self.source.reset(initial_state[self.SOURCE_KEY] if initial_state is not None else None)
-        self._state = self.source.state_dict()
-        self._chunks = self._generate()
-
-    def get_state(self) -> dict[str, Any]:
-        return {self.SOURCE_KEY: self._state}
-
-    def next(self) -> Any:
-        chunk, self._state = next(self._chunks)
-        return chunk
 
     def _generate(self) -> Iterator[tuple[Any, dict[str, Any]]]:
         """Yields ``(chunk, upstream state at the chunk's end)``."""

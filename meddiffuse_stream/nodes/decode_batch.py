@@ -18,6 +18,7 @@ import numpy as np
 from torchdata.nodes import BaseNode
 
 from ..counters import Counters
+from .chunked import ChunkNode
 from .decode import DecodeOptions
 from .errors import LoaderDataError
 from .items import Skipped
@@ -31,15 +32,13 @@ Allocate = Callable[[tuple[int, ...], Any], np.ndarray]  # (shape, dtype) -> an 
 Sample = dict[str, Any]
 
 
-class DecodeBatch(BaseNode[dict[str, Any]]):
+class DecodeBatch(ChunkNode[dict[str, Any]]):
     """Yields ``{"image" (B, C, H, W) of dtype, "label" int64, "key", "is_padding" bool, "roi"?, "meta"?}`` per
     ``batch_size`` planned samples of ``source`` (a :class:`~meddiffuse_stream.nodes.read.ReadSamples`).
 
     ``conform(sample) -> sample`` brings each decoded sample to the batch's size and channels (``resize=``,
     ``channels=``); ``allocate`` makes the image and ROI arrays. State: the upstream's after the last chunk.
     """
-
-    SOURCE_KEY = "source"
 
     def __init__(
         self,
@@ -55,10 +54,9 @@ class DecodeBatch(BaseNode[dict[str, Any]]):
         counters: Counters | None = None,
         where: str = "this worker",
     ) -> None:
-        super().__init__()
+        super().__init__(source)
         if batch_size < 1:
             raise ValueError(f"batch_size must be at least 1, got {batch_size}")
-        self.source = source
         self.dataset = dataset
         self.options = options
         self.batch_size = batch_size
@@ -68,21 +66,6 @@ class DecodeBatch(BaseNode[dict[str, Any]]):
         self.allocate: Allocate = allocate if allocate is not None else np.empty
         self.counters = counters if counters is not None else Counters()
         self.where = where
-        self._chunks: Iterator[tuple[dict[str, Any], dict[str, Any]]] = iter(())
-        self._state: dict[str, Any] = {}
-
-    def reset(self, initial_state: dict[str, Any] | None = None) -> None:
-        super().reset(initial_state)
-        self.source.reset(initial_state[self.SOURCE_KEY] if initial_state is not None else None)
-        self._state = self.source.state_dict()
-        self._chunks = self._generate()
-
-    def get_state(self) -> dict[str, Any]:
-        return {self.SOURCE_KEY: self._state}
-
-    def next(self) -> dict[str, Any]:
-        chunk, self._state = next(self._chunks)
-        return chunk
 
     def _generate(self) -> Iterator[tuple[dict[str, Any], dict[str, Any]]]:
         waiting: list[tuple[_Builder, dict[str, Any]]] = []  # all-skipped chunks before a good sample
