@@ -91,4 +91,6 @@ def unpack(message: bytes, maps: SegmentMaps, receive_fds: Callable[[int], list[
     maps.retire(retired)
     roots = {ident: maps.root(ident) for ident in {entry[0] for entry in entries}}
     views = [roots[ident][offset : offset + nbytes] for ident, offset, nbytes in entries]
+    # Trusted: written by this loader's own worker process over a private socket pair (as multiprocessing's
+    # queues are); shard bytes reach it only as arrays and JSON-parsed values, never as a pickle.
     return pickle.loads(memoryview(message)[position:], buffers=views)
