@@ -28,7 +28,9 @@ demo: setup .demo/models.done .demo/experiment/results.md .demo/preview.png
 readme-results: demo
 	$(PY) tools/update_readme.py
 
-shards/demo/dataset.json: $(STAMP)
+# order-only (|): a reinstalled .venv (Makefile or pyproject edited) must not remake the data, and with it the
+# teacher, the generator and every cached result keyed by their hashes
+shards/demo/dataset.json: | $(STAMP)
 	$(MDS) demo-data shards/demo --n 2000 --size 64 --seed 0 --test-modality mr --workers 2 --quiet
 
 # On 2 cores two single-threaded processes get more done than one on two threads (small convolutions): the teacher
