@@ -127,19 +127,24 @@ def _verdict(result: tuple[float, float, int] | None) -> str:
 
 def reading(rows: list[dict[str, Any]], variants: dict[str, Any] | None = None) -> str:
     """Sentences that read the table as measured (evidence first, then accuracy)."""
-    methods = [m for m, _ in dict.fromkeys(_groups(rows))]
-    fraction = 1.0 if any(f == 1.0 for _, f in _groups(rows)) else _groups(rows)[0][1]
+    methods = list(dict.fromkeys(m for m, _ in _groups(rows)))  # each once, however many fractions
+    fractions = list(dict.fromkeys(f for _, f in _groups(rows)))
+    fraction = 1.0 if 1.0 in fractions else fractions[0]
     if REFERENCE not in methods:
         return "Reading: no `meddiffusemix` run in this experiment to compare."
     kept = {m: mean_ci(list(_values(rows, m, fraction, None, "roi_unchanged").values())) for m in methods}
     parts = [f"{m} {value[0]:.1%}" for m, value in kept.items() if value is not None and m != REFERENCE]
     ours = kept.get(REFERENCE)
     sentences = []
+    if len(fractions) > 1:
+        others = ", ".join(f"{f:g}" for f in fractions if f != fraction)
+        sentences.append(f"With {'the whole train split' if fraction == 1.0 else f'{fraction:g} of train'} "
+                         f"(fractions {others}: the differences table):")  # fmt: skip
     if ours is not None:
         sentences.append(f"On the images each method changed, MedDiffuseMix left {ours[0]:.1%} of lesion pixels "
                          f"untouched ({', '.join(parts) or 'no baseline measured'}).")  # fmt: skip
     for split, what in (("val", "in-domain (val)"), ("test", "domain-shift (test)")):
-        for other in ("standard", "cutmix", "mixup"):
+        for other in ("none", "standard", "cutmix", "mixup"):  # none: the control no augmentation must beat
             if other in methods:
                 result = _paired(rows, REFERENCE, other, fraction, split)
                 sentences.append(f"{what} AUC, MedDiffuseMix − {other}: {_verdict(result)}.")

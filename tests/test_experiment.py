@@ -129,6 +129,17 @@ def test_reading_credits_an_ablation_only_when_it_differs_beyond_noise():
     assert "not owed to" not in apart
 
 
+def test_reading_reads_each_comparison_once_at_the_largest_fraction_and_against_no_augmentation():
+    rows = [{"method": m, "seed": seed, "fraction": fraction, "split": split, "steps": 10,
+             "roc_auc": auc + (0.1 if m == "none" and fraction == 1.0 else 0.0)}
+            for m in ("meddiffusemix", "meddiffusemix-random-mask", "none") for fraction in (0.5, 1.0)
+            for seed, auc in ((0, 0.6), (1, 0.7), (2, 0.8)) for split in ("val", "test")]  # fmt: skip
+    reading = summarise(rows).split("Reading: ", 1)[1]
+    assert reading.startswith("With the whole train split (fractions 0.5: the differences table):")
+    assert reading.count("MedDiffuseMix − meddiffusemix-random-mask:") == 1
+    assert "in-domain (val) AUC, MedDiffuseMix − none: -0.100 ± 0.000, lower beyond seed noise" in reading
+
+
 def test_experiment_config_is_strict(tmp_path):
     from meddiffuse_stream.experiment_config import load_experiment_config
 
