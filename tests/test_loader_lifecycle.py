@@ -212,3 +212,31 @@ def test_workers_started_from_a_thread_outlive_that_thread(dataset):
     assert pids and not any(_gone(p) for p in pids), "workers live on after the thread that started them ended"
     assert len(list(loader)) == len(loader)
     loader.close()
+
+
+def _record_frozen_objects(worker: int) -> None:
+    import gc
+    import os
+
+    with open(os.environ["MEDDIFFUSE_TEST_FROZEN"], "a") as out:
+        out.write(f"{worker} {gc.get_freeze_count()}\n")
+
+
+def test_a_worker_process_keeps_what_its_parent_built_out_of_the_collector(dataset, tmp_path, monkeypatch):
+    """A full collection in a fresh fork walks every object the parent made (~0.15 s of CPU per worker with s3fs
+    loaded, and the pages it touches get copied): a worker freezes them as it starts; thread workers leave the
+    collector alone."""
+    import gc
+
+    record = tmp_path / "frozen.txt"
+    monkeypatch.setenv("MEDDIFFUSE_TEST_FROZEN", str(record))
+    with MedDiffuseLoader(dataset, 8, num_workers=2, worker_init_fn=_record_frozen_objects) as loader:
+        next(iter(loader))
+    counts = dict(line.split() for line in record.read_text().splitlines())
+    assert sorted(counts) == ["0", "1"] and all(int(count) > 10_000 for count in counts.values()), counts
+    record.unlink()
+    before = gc.get_freeze_count()
+    with MedDiffuseLoader(dataset, 8, num_workers=2, worker_method="thread",
+                          worker_init_fn=_record_frozen_objects) as loader:  # fmt: skip
+        next(iter(loader))
+    assert gc.get_freeze_count() == before

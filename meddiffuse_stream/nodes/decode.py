@@ -67,11 +67,12 @@ def check_member_keys(image_key: str | None, label_key: str | None) -> None:
 
 
 def _image(data: bytes, key: str, suffix: str, max_pixels: int) -> np.ndarray:
-    deep_colour = _deep_colour_png(data)
+    plain = _plain_8_bit_png(data)  # the common case first: one check per sample
+    deep_colour = not plain and _deep_colour_png(data)
     if deep_colour and _spng is None:
         raise SampleError(f"{key}.{suffix}: a 16-bit colour PNG needs pyspng (pip install 'meddiffuse-stream[torch]');"
                           " Pillow would keep only 8 bits of it", "unreadable image")  # fmt: skip
-    if _spng is not None and (deep_colour or _plain_8_bit_png(data)):
+    if _spng is not None and (plain or deep_colour):
         width, height = struct.unpack(">II", data[16:24])
         if width * height > max_pixels:
             raise SampleError(f"{key}.{suffix}: {width}x{height} is over the pixel limit ({max_pixels})",

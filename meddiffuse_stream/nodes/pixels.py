@@ -40,8 +40,9 @@ def write_image(out: np.ndarray, image: np.ndarray, key: Any) -> None:
         scale = _SCALE.get(image.dtype)
         if scale is None:
             np.copyto(out, image, casting="unsafe")  # already float (a user stage made it)
-        else:
-            np.multiply(image, scale, out=out, dtype=np.float32)
+        else:  # cast, then scale in place: ~2x faster than a casting multiply when ``out`` is not in cache
+            np.copyto(out, image, casting="unsafe")
+            np.multiply(out, scale, out=out)
     elif out.dtype == image.dtype:
         np.copyto(out, image)
     elif out.dtype == np.uint16 and image.dtype == np.uint8:

@@ -175,8 +175,9 @@ class EpochPlan:
         offsets = np.concatenate([[0], np.cumsum([self.shard_sizes[i] for i in order])]).astype(np.int64)
         wrapped = positions % max(self.total, 1)  # wrap-around = the padding
         slots = np.searchsorted(offsets, wrapped, side="right") - 1
-        refs = [(int(order[s]), int(p - offsets[s])) for s, p in zip(slots, wrapped, strict=True)]
-        return refs, positions >= self.total
+        shards = np.asarray(order, dtype=np.int64)[slots].tolist()  # whole arrays, then plain ints: a loop over
+        samples = (wrapped - offsets[slots]).tolist()  # numpy scalars costs ~8 µs a sample at every epoch start
+        return list(zip(shards, samples, strict=True)), positions >= self.total
 
     def worker_refs(self, worker: int) -> list[SampleRef]:
         """The samples ``worker`` yields this epoch, in yield order."""

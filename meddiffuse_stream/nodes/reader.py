@@ -42,6 +42,7 @@ class _OpenShard:
     def __init__(self, loaded: LoadedShard | None, failure: str | None = None, kind: str = "unreadable shard") -> None:
         self.loaded = loaded
         self.items: Iterator[RawSample | TarProblem] = loaded.items if loaded is not None else iter(())
+        self.samples = loaded.samples if loaded is not None else None  # in memory: taken by position
         self.next_index = 0
         self.failure = failure
         self.failure_kind = kind
@@ -123,29 +124,57 @@ class PlannedSampleReader:
         refs = self.refs[start:]
         self._start_prefetch(refs)
         remaining = Counter(shard for shard, _ in refs)
+        last_wanted: dict[int, int] = {}
+        for shard, sample in refs:
+            if sample > last_wanted.get(shard, -1):
+                last_wanted[shard] = sample
         wanted = set(refs)
         held: dict[SampleRef, RawSample | Skip] = {}
+        opened = self._open
         try:
             for ref in refs:
-                if ref not in held:
-                    self._read_until(ref, wanted, held)
-                item = held.pop(ref)
-                wanted.discard(ref)
-                shard = ref[0]
-                remaining[shard] -= 1
-                if remaining[shard] == 0:
-                    closing = self._open.pop(shard, None)
+                shard_index = ref[0]
+                shard = opened.get(shard_index)
+                if shard is None:
+                    shard = self._open_shard(shard_index, last_wanted[shard_index])
+                if shard.samples is not None:  # in memory: by position, nothing held
+                    item = self._take(shard.samples, ref)
+                else:
+                    if ref not in held:
+                        self._read_until(ref, wanted, held)
+                    item = held.pop(ref)
+                    wanted.discard(ref)
+                remaining[shard_index] -= 1
+                if remaining[shard_index] == 0:
+                    closing = opened.pop(shard_index, None)
                     if closing is not None:
                         closing.close()
                 yield item
         finally:
             self._close_all()
 
+    def _take(self, samples: list[RawSample | TarProblem], ref: SampleRef) -> RawSample | Skip:
+        """The planned sample of a shard parsed in memory: what walking to it (:meth:`_read_until`) would give."""
+        shard_index, sample_index = ref
+        if sample_index < len(samples):
+            item = samples[sample_index]
+            if type(item) is RawSample:
+                item.ref = ref
+                return item
+        else:
+            item = samples[-1] if samples else None
+        where = self.source.describe(shard_index)
+        if sample_index >= self.source.shards[shard_index].samples:
+            return Skip(ref, f"{where}: sample {sample_index} beyond the shard", kind="shard shorter than listed")
+        if isinstance(item, TarProblem) and item.fatal:
+            return Skip(ref, f"{where}: {item.reason}", kind="truncated or corrupt tar")
+        if isinstance(item, TarProblem) and sample_index < len(samples):  # one sample refused as a whole
+            return Skip(ref, f"{where}: {item.reason}", item.key, "refused tar member")
+        return Skip(ref, f"{where}: sample {len(samples)} is beyond the shard's end", kind="shard shorter than listed")
+
     def _read_until(self, ref: SampleRef, wanted: set[SampleRef], held: dict[SampleRef, RawSample | Skip]) -> None:
         shard_index, sample_index = ref
-        shard = self._open.get(shard_index)
-        if shard is None:
-            shard = self._open_shard(shard_index)
+        shard = self._open[shard_index]
         while ref not in held:
             if shard.failure is not None:
                 held[ref] = Skip(ref, shard.failure, kind=shard.failure_kind)
@@ -183,9 +212,17 @@ class PlannedSampleReader:
         return load_shard(self.source, index, policy=self.policy, rng=rng, counters=self.counters, cache=self.cache,
                           memory_limit=self.prefetch_bytes, max_member_bytes=self.max_member_bytes)  # fmt: skip
 
-    def _open_shard(self, index: int) -> _OpenShard:
+    def _open_shard(self, index: int, last_wanted: int) -> _OpenShard:
+        """Shard ``index`` opened (or its failure recorded); refused members up to ``last_wanted`` are counted
+        here for a shard in memory, as :meth:`_read_until` counts those it walks past for a streamed one."""
         try:
             shard = _OpenShard(self._prefetcher.get(index))  # type: ignore[union-attr]
+            if shard.samples is not None:
+                for item in shard.samples[: last_wanted + 1]:
+                    if isinstance(item, TarProblem):
+                        if item.fatal:
+                            break
+                        self.counters.add(f"refused_members:{item.reason.split(' ')[0]}")
         except ShardIntegrityError as error:  # checked before any sample of it was used: the whole shard skips
             if index in self._counts_for:
                 self.counters.add("integrity_errors")

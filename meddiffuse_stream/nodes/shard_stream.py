@@ -36,10 +36,20 @@ _PIECE = 8 << 20
 
 
 class LoadedShard:
-    """A checked shard: its items (one per sample position, then perhaps a fatal problem), in shard order."""
+    """A checked shard: its items (one per sample position, then perhaps a fatal problem), in shard order.
 
-    def __init__(self, items: Iterator[RawSample | TarProblem], spill: BinaryIO | None = None) -> None:
+    ``samples`` is the same items as a list when the shard was parsed in memory (the common case): the reader
+    then takes each planned sample by its position instead of walking to it.
+    """
+
+    def __init__(
+        self,
+        items: Iterator[RawSample | TarProblem],
+        spill: BinaryIO | None = None,
+        samples: list[RawSample | TarProblem] | None = None,
+    ) -> None:
         self.items = items
+        self.samples = samples
         self._spill = spill
 
     def close(self) -> None:
@@ -200,7 +210,7 @@ def load_shard(
             del data
             fatal = bool(items) and isinstance(items[-1], TarProblem) and items[-1].fatal
             _check_count(what, len(items) - fatal, info.samples, not fatal, origin)
-            return LoadedShard(iter(items))
+            return LoadedShard(iter(items), samples=items)
         assert spill is not None
         found, problem = count_samples(spill, max_member_bytes)
         _check_count(what, found, info.samples, problem is None, origin)

@@ -39,7 +39,8 @@ def parse_plain(data: bytes, max_member_bytes: int) -> list[RawSample] | None:
     offsets, sizes, end = _walk(data)
     if end is None or not offsets or any(size > max_member_bytes for size in sizes):
         return None
-    headers = np.frombuffer(b"".join(data[o : o + _BLOCK] for o in offsets), np.uint8).reshape(-1, _BLOCK)
+    blocks = np.frombuffer(data, np.uint8, count=len(data) // _BLOCK * _BLOCK).reshape(-1, _BLOCK)
+    headers = blocks[np.asarray(offsets, np.int64) // _BLOCK]  # every offset is a multiple of the block size
     if not _plain_headers(headers, sizes):
         return None
     joined = b"\n".join([data[o : o + 100].split(b"\0", 1)[0] for o in offsets])
