@@ -94,19 +94,18 @@ class DecodeBatch(ChunkNode[dict[str, Any]]):
 
     def _decode(self, planned: list[Any]) -> _Builder:
         builder = _Builder(len(planned), self.dtype, self.allocate, self.options)
-        decoded = []  # all decoded first, then placed: interleaving each decode with a write into the batch buffer
-        for slot, item in enumerate(planned):  # evicts the decoder's working set (~40 % more CPU beside it at 64 px)
+        good = 0
+        for slot, item in enumerate(planned):
             sample = decode_planned(item, self.dataset, self.options, self.on_error)
             if isinstance(sample, Skipped):
                 self.counters.skip(sample.kind)
                 builder.skipped.append(slot)
                 continue
+            good += 1
             if self.conform is not None:
                 sample = self.conform(sample)
-            decoded.append((slot, sample))
-        for slot, sample in decoded:
             builder.place(slot, sample)
-        self.counters["yielded"] += len(decoded)
+        self.counters["yielded"] += good
         return builder
 
 
