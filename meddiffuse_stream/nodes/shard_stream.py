@@ -44,11 +44,13 @@ class LoadedShard:
 
     def __init__(
         self,
-        items: Iterator[RawSample | TarProblem],
+        items: Iterator[RawSample | TarProblem] | None = None,
         spill: BinaryIO | None = None,
         samples: list[RawSample | TarProblem] | None = None,
     ) -> None:
-        self.items = items
+        if (items is None) == (samples is None):
+            raise ValueError("LoadedShard takes either a stream of items (spilled) or the parsed list (samples)")
+        self.items = items if items is not None else iter(samples)  # type: ignore[arg-type]
         self.samples = samples
         self._spill = spill
 
@@ -210,7 +212,7 @@ def load_shard(
             del data
             fatal = bool(items) and isinstance(items[-1], TarProblem) and items[-1].fatal
             _check_count(what, len(items) - fatal, info.samples, not fatal, origin)
-            return LoadedShard(iter(items), samples=items)
+            return LoadedShard(samples=items)
         assert spill is not None
         found, problem = count_samples(spill, max_member_bytes)
         _check_count(what, found, info.samples, problem is None, origin)
