@@ -1,6 +1,6 @@
 """The reading stage: one worker's planned samples, in plan order, streamed from their shards.
 
-Shards are loaded whole, one ahead in a background thread, and checked before any of their samples is used
+Shards are read whole, one ahead in a background thread, and checked before any of their samples is used
 (sha256 and sample count, see :mod:`~meddiffuse_stream.nodes.shard_stream`); samples that are read before their
 turn wait in a holding area whose size the plan bounds (the shuffle buffer). Samples the plan does not need —
 other workers' or already yielded ones after a restore — are passed over undecoded, and a shard whose samples are
@@ -22,7 +22,7 @@ from ..shard_cache import ShardCache, ShardIntegrityError
 from ..shardfmt.tar import MAX_MEMBER_BYTES, RawSample, TarProblem
 from .plan import SampleRef
 from .prefetch import ShardPrefetcher
-from .shard_stream import DEFAULT_MEMORY_LIMIT, LoadedShard, load_shard
+from .shard_stream import DEFAULT_MEMORY_LIMIT, FetchedShard, LoadedShard, fetch_shard
 from .source import DatasetSource
 
 __all__ = ["PlannedSampleReader", "Skip"]
@@ -116,7 +116,7 @@ class PlannedSampleReader:
         self._prefetcher: ShardPrefetcher | None = None
 
     def _start_prefetch(self, refs: list[SampleRef]) -> None:
-        """Shards are loaded (read, verified, parsed) one ahead of the one being decoded."""
+        """Shards are read and verified one ahead of the one being decoded, and parsed here when opened."""
         order = list(dict.fromkeys(shard for shard, _ in refs))
         self._prefetcher = ShardPrefetcher(self._fetch, order, set(order))
 
@@ -207,16 +207,16 @@ class PlannedSampleReader:
             held[ref] = Skip(ref, f"{self.source.describe(shard_index)}: sample {sample_index} beyond the shard",
                              kind="shard shorter than listed")  # fmt: skip
 
-    def _fetch(self, index: int) -> LoadedShard:
+    def _fetch(self, index: int) -> FetchedShard:
         rng = np.random.default_rng((self.seed, index, 7))
-        return load_shard(self.source, index, policy=self.policy, rng=rng, counters=self.counters, cache=self.cache,
+        return fetch_shard(self.source, index, policy=self.policy, rng=rng, counters=self.counters, cache=self.cache,
                           memory_limit=self.prefetch_bytes, max_member_bytes=self.max_member_bytes)  # fmt: skip
 
     def _open_shard(self, index: int, last_wanted: int) -> _OpenShard:
         """Shard ``index`` opened (or its failure recorded); refused members up to ``last_wanted`` are counted
         here for a shard in memory, as :meth:`_read_until` counts those it walks past for a streamed one."""
         try:
-            shard = _OpenShard(self._prefetcher.get(index))  # type: ignore[union-attr]
+            shard = _OpenShard(self._prefetcher.get(index).parse())  # type: ignore[union-attr]
             if shard.samples is not None:
                 for item in shard.samples[: last_wanted + 1]:
                     if isinstance(item, TarProblem):

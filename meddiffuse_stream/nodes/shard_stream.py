@@ -29,7 +29,7 @@ from ..shardfmt.tar_fast import parse_plain
 from .source import DatasetSource
 from .verified import already_verified, remember_verified
 
-__all__ = ["DEFAULT_MEMORY_LIMIT", "LoadedShard", "load_shard", "open_shard"]
+__all__ = ["DEFAULT_MEMORY_LIMIT", "FetchedShard", "LoadedShard", "fetch_shard", "load_shard", "open_shard"]
 
 DEFAULT_MEMORY_LIMIT = 256 << 20
 _PIECE = 8 << 20
@@ -156,6 +156,52 @@ def _check_count(what: str, found: int, listed: int, whole: bool, origin: str) -
                                   "disagree: re-run meddiffuse-stream shard (or index)")  # fmt: skip
 
 
+class FetchedShard:
+    """A shard's bytes, read and hash-checked but not parsed yet: what the read-ahead thread hands over.
+
+    Parsing holds the GIL for the whole shard; done in the read-ahead thread it fought the decoding thread for it
+    at every decode (pyspng and numpy release the GIL, the parser takes it, the decoder waits to get it back): at
+    64 px that cost ~25 µs of CPU a sample, more than parsing itself. So the thread only reads and hashes (both
+    release the GIL) and :meth:`parse` runs where the samples are used.
+    """
+
+    def __init__(self, what: str, origin: str, listed: int, data: bytes | None, spill: BinaryIO | None,
+                 max_member_bytes: int) -> None:  # fmt: skip
+        self.what, self.origin, self.listed = what, origin, listed
+        self._data, self._spill = data, spill
+        self.max_member_bytes = max_member_bytes
+
+    def parse(self) -> LoadedShard:
+        """The checked shard: :class:`ShardIntegrityError` if its sample count is not the listed one."""
+        data, spill, self._data, self._spill = self._data, self._spill, None, None
+        if data is None and spill is None:
+            raise RuntimeError(f"{self.what}: parsed twice or after close()")
+        try:
+            if data is not None:
+                items = parse_plain(data, self.max_member_bytes)  # the same samples, faster, when nothing is odd
+                if items is None:
+                    items = list(iter_samples(io.BytesIO(data), self.max_member_bytes))
+                del data
+                fatal = bool(items) and isinstance(items[-1], TarProblem) and items[-1].fatal
+                _check_count(self.what, len(items) - fatal, self.listed, not fatal, self.origin)
+                return LoadedShard(samples=items)
+            assert spill is not None
+            found, problem = count_samples(spill, self.max_member_bytes)
+            _check_count(self.what, found, self.listed, problem is None, self.origin)
+            spill.seek(0)
+            return LoadedShard(iter_samples(spill, self.max_member_bytes), spill)
+        except BaseException:
+            if spill is not None:
+                spill.close()
+            raise
+
+    def close(self) -> None:
+        """Frees the bytes (or the temporary file) of a shard nobody will parse."""
+        if self._spill is not None:
+            self._spill.close()
+        self._data = self._spill = None
+
+
 def load_shard(
     source: DatasetSource,
     index: int,
@@ -168,6 +214,23 @@ def load_shard(
     max_member_bytes: int = MAX_MEMBER_BYTES,
 ) -> LoadedShard:
     """Read, verify and parse shard ``index``; :class:`ShardIntegrityError` if it is not what the dataset lists."""
+    return fetch_shard(source, index, policy=policy, rng=rng, counters=counters, cache=cache,
+                       memory_limit=memory_limit, max_member_bytes=max_member_bytes).parse()  # fmt: skip
+
+
+def fetch_shard(
+    source: DatasetSource,
+    index: int,
+    *,
+    policy: RetryPolicy,
+    rng: np.random.Generator,
+    counters: Counters,
+    cache: ShardCache | None = None,
+    memory_limit: int = DEFAULT_MEMORY_LIMIT,
+    max_member_bytes: int = MAX_MEMBER_BYTES,
+) -> FetchedShard:
+    """Read shard ``index`` and check its sha256 (:class:`ShardIntegrityError`); the sample count is checked when
+    it is parsed."""
     info = source.shards[index]
     what = source.describe(index)
     origin = source.origin
@@ -203,25 +266,13 @@ def load_shard(
             actual = hashlib.sha256(data).hexdigest()
     try:
         _check(what, info.sha256, actual, origin)
-        if not cached:
-            counters.add("shards_verified" if actual is not None else "shards_unverified")
-        if data is not None:
-            items = parse_plain(data, max_member_bytes)  # the same samples, faster, when nothing is odd
-            if items is None:
-                items = list(iter_samples(io.BytesIO(data), max_member_bytes))
-            del data
-            fatal = bool(items) and isinstance(items[-1], TarProblem) and items[-1].fatal
-            _check_count(what, len(items) - fatal, info.samples, not fatal, origin)
-            return LoadedShard(samples=items)
-        assert spill is not None
-        found, problem = count_samples(spill, max_member_bytes)
-        _check_count(what, found, info.samples, problem is None, origin)
-        spill.seek(0)
-        return LoadedShard(iter_samples(spill, max_member_bytes), spill)
     except BaseException:
         if spill is not None:
             spill.close()
         raise
+    if not cached:
+        counters.add("shards_verified" if actual is not None else "shards_unverified")
+    return FetchedShard(what, origin, info.samples, data, spill, max_member_bytes)
 
 
 def _through_cache(

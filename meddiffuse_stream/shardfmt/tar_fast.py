@@ -3,15 +3,18 @@
 :func:`~meddiffuse_stream.shardfmt.tar.iter_samples` checks every header field by field in Python: ~13 µs per
 sample of three members, a third of what decoding a 64×64 PNG costs. Most shards are plain — USTAR regular files
 with short, safe names, written by this project's converter or by ``tarfile`` — and for those :func:`parse_plain`
-walks the headers reading only their sizes, then checks everything the streaming reader checks (checksums, type,
-magic, no prefix, sizes, name characters, sample grouping) on all headers at once. It returns exactly the samples
-:func:`iter_samples` would, or ``None`` at the first thing that is not plain: the caller then runs the streaming
-reader, which names the problem. Never a different answer, only a faster one.
+finds every header at once (the blocks with USTAR magic, kept only if they chain from the first block to the end
+block exactly as a walk would; walked header by header where they do not), then checks everything the streaming
+reader checks (checksums, type, magic, no prefix, sizes, name characters, sample grouping) on all headers at once,
+and builds samples whose members come in the same order in C loops (~5.5 µs a sample of three members, 7.3 with a
+walk and per-member grouping). It returns exactly the samples :func:`iter_samples` would, or ``None`` at the first
+thing that is not plain: the caller then runs the streaming reader, which names the problem. Never a different
+answer, only a faster one.
 """
 
 from __future__ import annotations
 
-import re
+import itertools
 
 import numpy as np
 
@@ -21,11 +24,11 @@ __all__ = ["parse_plain"]
 
 _BLOCK = 512
 _ZERO_BLOCK = b"\0" * _BLOCK
-# plain member names, one per line: components of letters, digits, "_", "-" and "." (none starting with a dot)
-_NAME = rb"(?:[A-Za-z0-9_\-][A-Za-z0-9_.\-]*/)*[A-Za-z0-9_\-][A-Za-z0-9_.\-]*"
-_NAMES = re.compile(_NAME + rb"(?:\n" + _NAME + rb")*")
-# a plain name split as split_member_name splits it: the key ends at the first dot of the base name
-_KEY_SUFFIX = re.compile(r"^((?:[^/\n]*/)*[^./\n]*)(?:\.([^\n]*))?$", re.MULTILINE)
+# the bytes of plain member names (NUL pads the field): letters, digits, "_", "-", "." and "/"
+_NAME_BYTE = np.zeros(256, dtype=bool)
+_NAME_BYTE[list(b"\0ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789_-./")] = True
+_NOT_AFTER_SLASH = np.frombuffer(b"./\0", np.uint8)  # a component is never empty nor starts with a dot
+_USTAR = np.frombuffer(b"ustar", np.uint8)
 _OCTAL = np.zeros(256, dtype=bool)
 _OCTAL[ord("0") : ord("8")] = True
 _POWERS_11 = 8 ** np.arange(10, -1, -1, dtype=np.int64)
@@ -36,17 +39,43 @@ _MAGIC_GNU = np.frombuffer(b"ustar  \x00", np.uint8)
 
 def parse_plain(data: bytes, max_member_bytes: int) -> list[RawSample] | None:
     """Every sample of the whole shard ``data`` in shard order, or ``None`` if anything in it is not plain."""
-    offsets, sizes, end = _walk(data)
-    if end is None or not offsets or any(size > max_member_bytes for size in sizes):
+    usable = len(data) // _BLOCK
+    blocks = np.frombuffer(data, np.uint8, count=usable * _BLOCK).reshape(usable, _BLOCK)
+    found = _locate(blocks)
+    if found is None:  # not found at once (e.g. "ustar" inside a member's data): walked header by header
+        offsets, sizes, end = _walk(data)
+        if end is None or not offsets:
+            return None
+        found = np.asarray(offsets, np.int64) // _BLOCK, np.asarray(sizes, np.int64)
+    at, sizes_ = found
+    if sizes_.max() > max_member_bytes:
         return None
-    blocks = np.frombuffer(data, np.uint8, count=len(data) // _BLOCK * _BLOCK).reshape(-1, _BLOCK)
-    headers = blocks[np.asarray(offsets, np.int64) // _BLOCK]  # every offset is a multiple of the block size
-    if not _plain_headers(headers, sizes):
+    headers = blocks[at]
+    if not _plain_headers(headers, sizes_):
         return None
-    joined = b"\n".join([data[o : o + 100].split(b"\0", 1)[0] for o in offsets])
-    if _NAMES.fullmatch(joined) is None or b".." in joined:
+    split = _plain_names(headers[:, :100])
+    if split is None:
         return None
-    return _group(data, _KEY_SUFFIX.findall(joined.decode("ascii")), offsets, sizes, max_member_bytes)
+    names, key_ends = split
+    return _group(data, names, key_ends, (at + 1) * _BLOCK, sizes_, max_member_bytes)
+
+
+def _locate(blocks: np.ndarray) -> tuple[np.ndarray, np.ndarray] | None:
+    """Header block numbers and member sizes found all at once: the blocks with USTAR magic, if they chain from
+    the first block to an end-of-archive block exactly as a walk would go; ``None`` where they do not."""
+    candidates = np.flatnonzero(blocks[:, 257] == ord("u"))
+    at = candidates[(blocks[candidates, 257:262] == _USTAR).all(axis=1)]
+    if not at.size or at[0] != 0:
+        return None
+    digits = blocks[at, 124:135]
+    if not _OCTAL[digits].all():
+        return None
+    sizes = (digits.astype(np.int64) - ord("0")) @ _POWERS_11
+    following = at + 1 + (sizes + _BLOCK - 1) // _BLOCK
+    end = int(following[-1])
+    if not np.array_equal(at[1:], following[:-1]) or end >= len(blocks) or blocks[end].any():
+        return None
+    return at, sizes
 
 
 def _walk(data: bytes) -> tuple[list[int], list[int], int | None]:
@@ -69,7 +98,7 @@ def _walk(data: bytes) -> tuple[list[int], list[int], int | None]:
     return offsets, sizes, None  # no end-of-archive block: the streaming reader reports the truncation
 
 
-def _plain_headers(headers: np.ndarray, sizes: list[int]) -> bool:
+def _plain_headers(headers: np.ndarray, sizes: np.ndarray) -> bool:
     """Regular files, USTAR magic, no name prefix, sizes as 11 octal digits and a NUL, checksums that match."""
     kinds = headers[:, 156]
     if not ((kinds == ord("0")) | (kinds == 0)).all():
@@ -82,35 +111,70 @@ def _plain_headers(headers: np.ndarray, sizes: list[int]) -> bool:
     size_digits = headers[:, 124:135]
     if not (_OCTAL[size_digits].all() and (headers[:, 135] == 0).all()):
         return False
-    if not np.array_equal((size_digits.astype(np.int64) - ord("0")) @ _POWERS_11, np.asarray(sizes, np.int64)):
+    if not np.array_equal((size_digits.astype(np.int64) - ord("0")) @ _POWERS_11, sizes):
         return False
     stored = headers[:, 148:154]  # "%06o\0 " as tarfile and this project's writer put it
     if not (_OCTAL[stored].all() and (headers[:, 154] == 0).all() and (headers[:, 155] == ord(" ")).all()):
         return False
-    computed = headers.sum(axis=1, dtype=np.int64) - headers[:, 148:156].sum(axis=1, dtype=np.int64) + 8 * 32
-    return bool(np.array_equal((stored.astype(np.int64) - ord("0")) @ _POWERS_6, computed))
+    # at most 512 x 255: uint32 cannot overflow, and summing in it is ~2.5x faster than in int64
+    computed = headers.sum(axis=1, dtype=np.uint32) - headers[:, 148:156].sum(axis=1, dtype=np.uint32) + 8 * 32
+    return bool(np.array_equal((stored.astype(np.int64) - ord("0")) @ _POWERS_6, computed.astype(np.int64)))
+
+
+def _plain_names(fields: np.ndarray) -> tuple[list[str], list[int]] | None:
+    """The member names (100-byte name fields) as text, with where each key ends (the first dot of the base
+    name, as :func:`~meddiffuse_stream.shardfmt.tar.split_member_name` splits), or ``None`` unless every name is
+    plain: components of letters, digits, ``_ - .``, none empty or starting with a dot, no ``..``, NUL-padded."""
+    names = fields.copy().view(f"S{fields.shape[1]}")[:, 0]  # each up to its trailing NULs
+    length = np.char.str_len(names)
+    if not (length > 0).all() or not np.array_equal(np.count_nonzero(fields, axis=1), length):
+        return None  # an empty name, or a NUL inside one
+    narrow = np.zeros((len(fields), int(length.max()) + 1), np.uint8)  # names are short: the checks run on them
+    narrow[:, :-1] = fields[:, : narrow.shape[1] - 1]
+    if not _NAME_BYTE[narrow].all():
+        return None
+    slash, dot = narrow == ord("/"), narrow == ord(".")
+    if dot[:, 0].any() or slash[:, 0].any() or (dot[:, :-1] & dot[:, 1:]).any():
+        return None
+    if slash.any() and np.isin(narrow[:, 1:][slash[:, :-1]], _NOT_AFTER_SLASH).any():
+        return None  # an empty component or one starting with a dot
+    last_slash = np.where(slash.any(axis=1), narrow.shape[1] - 1 - slash[:, ::-1].argmax(axis=1), -1)
+    base_dot = dot & (np.arange(narrow.shape[1]) > last_slash[:, None])
+    key_ends = np.where(base_dot.any(axis=1), base_dot.argmax(axis=1), length)
+    return [name.decode("ascii") for name in names.tolist()], key_ends.tolist()
 
 
 def _group(
-    data: bytes, names: list[tuple[str, str]], offsets: list[int], sizes: list[int], max_member_bytes: int
+    data: bytes,
+    names: list[str],
+    key_ends: list[int],
+    starts: np.ndarray,
+    sizes: np.ndarray,
+    max_member_bytes: int,
 ) -> list[RawSample] | None:
-    """Adjacent members of one key (``names``: ``(key, suffix)`` each) into a sample, as the streaming reader
-    groups them; ``None`` for anything it would refuse (a key seen before, a suffix twice, too many members or
-    bytes in one sample)."""
-    samples: list[RawSample] = []
-    current_key = None
-    members: dict[str, bytes] = {}
-    held = 0
-    limit = 2 * max_member_bytes
-    for (key, suffix), offset, size in zip(names, offsets, sizes, strict=True):
-        if key != current_key:
-            current_key, members, held = key, {}, 0
-            samples.append(RawSample(key, members))
-        elif suffix in members or len(members) >= MAX_MEMBERS_PER_SAMPLE or held + size > limit:
-            return None
-        start = offset + _BLOCK
-        members[suffix] = data[start : start + size]
-        held += size
-    if len({sample.key for sample in samples}) != len(samples):
-        return None  # a key that comes back after other keys: the streaming reader refuses it
+    """Adjacent members of one key (the key of ``names[i]`` ends at ``key_ends[i]``) into a sample, as the
+    streaming reader groups them; ``None`` for anything it would refuse (a key seen before, a suffix twice, too
+    many members or bytes in one sample)."""
+    keys = [name[:end] for name, end in zip(names, key_ends, strict=True)]
+    suffixes = [name[end + 1 :] for name, end in zip(names, key_ends, strict=True)]
+    first = [0] + [i for i in range(1, len(keys)) if keys[i] != keys[i - 1]]
+    bounds = [*first, len(keys)]
+    counts = np.diff(bounds)
+    sample_keys = [keys[i] for i in first]
+    if counts.max() > MAX_MEMBERS_PER_SAMPLE or len(set(sample_keys)) != len(first):
+        return None  # too many members in a sample, or a key that comes back after other keys
+    if np.add.reduceat(sizes, first).max() > 2 * max_member_bytes:
+        return None
+    ends = starts + sizes
+    contents = [data[s:e] for s, e in zip(starts.tolist(), ends.tolist(), strict=True)]
+    width = int(counts[0])
+    pattern = suffixes[:width]
+    alike = (counts == width).all() and len(set(pattern)) == width and suffixes == pattern * len(first)
+    if alike:  # every sample has the same members in the same order (the common case): built in C loops
+        members = map(dict, map(zip, itertools.repeat(pattern), zip(*[iter(contents)] * width, strict=True)))
+        return list(map(RawSample, sample_keys, members))
+    samples = [RawSample(keys[a], dict(zip(suffixes[a:b], contents[a:b], strict=True)))
+               for a, b in itertools.pairwise(bounds)]  # fmt: skip
+    if any(len(sample.members) != count for sample, count in zip(samples, counts.tolist(), strict=True)):
+        return None  # a suffix twice in one sample
     return samples

@@ -70,6 +70,10 @@ ODDITIES = {
     "base-256 size": header("a.png", 3, size_field=b"\x80" + b"\0" * 10 + b"\x03") + padded(b"abc") + END,
     "bad checksum": member("a.png", b"1")[:148] + b"0000000\0" + member("a.png", b"1")[156:] + END,
     "over the member limit": member("a.png", b"1" * 2000) + END,
+    "uneven samples, suffixes in a repeating order": member("a.png", b"1") + member("a.cls", b"0") + member("b.png", b"2")
+    + member("c.cls", b"1") + member("c.png", b"3") + member("c.cls", b"0") + END,
+    "trailing bytes after the end": sample("a") + END + member("z.png", b"1"),
+    "a NUL inside a name": member("a.png", b"1")[:3] + b"\0" + member("a.png", b"1")[4:] + END,
 }
 
 
@@ -100,3 +104,26 @@ def test_random_corruptions_never_give_another_answer():
         assert _agrees(data), f"disagrees on a corruption of seed 7 ({len(data)} bytes)"
         fast_taken += parse_plain(data, MAX_MEMBER_BYTES) is not None
     assert fast_taken > 100  # corruptions inside member data keep the shard plain
+
+
+def _ustar_inside(data: bytes) -> bytes:
+    """A member whose data holds a block that looks like a header from afar (``ustar`` where the magic goes)."""
+    block = bytearray(1024)
+    block[512 + 257 : 512 + 262] = b"ustar"
+    return bytes(block)
+
+
+@pytest.mark.parametrize("samples", [
+    sample("a") + member("b.png", _ustar_inside(b"")) + member("b.cls", b"1") + END,  # a false header: walked
+    member("a.png", b"1") + member("a.cls", b"0") + member("b.png", b"2") + member("c.cls", b"1") + END,  # uneven
+    member("d/a.png", b"1") + member("d/a.seg.png", b"2") + member("e.f/b.png", b"3") + END,  # folders, dots
+])  # fmt: skip
+def test_shards_found_at_once_or_walked_give_the_streaming_readers_samples(samples):
+    fast = parse_plain(samples, MAX_MEMBER_BYTES)
+    assert fast is not None and fast == _slow(samples)
+
+
+def test_a_suffix_twice_in_samples_of_another_size_is_refused_not_regrouped():
+    """Suffixes that repeat with the width of the first sample must not pass as samples all alike."""
+    data = ODDITIES["uneven samples, suffixes in a repeating order"]
+    assert parse_plain(data, MAX_MEMBER_BYTES) is None and any(not hasattr(i, "members") for i in _slow(data))
