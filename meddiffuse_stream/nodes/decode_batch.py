@@ -18,10 +18,11 @@ import numpy as np
 from torchdata.nodes import BaseNode
 
 from ..counters import Counters
+from ..shardfmt.tar import RawSample
 from .chunked import ChunkNode
-from .decode import DecodeOptions
+from .decode import DecodeOptions, decode_plain_png
 from .errors import LoaderDataError
-from .items import Skipped
+from .items import PlannedSample, Skipped
 from .pixels import write_image
 from .source import DatasetSource
 from .stages import decode_planned
@@ -66,6 +67,9 @@ class DecodeBatch(ChunkNode[dict[str, Any]]):
         self.allocate: Allocate = allocate if allocate is not None else np.empty
         self.counters = counters if counters is not None else Counters()
         self.where = where
+        # the common sample (a .png and an integer .cls, nothing else asked for) skips the per-sample dict
+        self._plain = (options.image_key in (None, "png") and options.label_key in (None, "cls")
+                       and not options.with_roi and not options.with_meta and conform is None)  # fmt: skip
 
     def _generate(self) -> Iterator[tuple[dict[str, Any], dict[str, Any]]]:
         waiting: list[tuple[_Builder, dict[str, Any]]] = []  # all-skipped chunks before a good sample
@@ -95,7 +99,11 @@ class DecodeBatch(ChunkNode[dict[str, Any]]):
     def _decode(self, planned: list[Any]) -> _Builder:
         builder = _Builder(len(planned), self.dtype, self.allocate, self.options)
         good = 0
+        plain = self._plain
         for slot, item in enumerate(planned):
+            if plain and builder.place_plain(slot, item, self.options):
+                good += 1
+                continue
             sample = decode_planned(item, self.dataset, self.options, self.on_error)
             if isinstance(sample, Skipped):
                 self.counters.skip(sample.kind)
@@ -124,10 +132,53 @@ class _Builder:
         self.padding = [False] * count
         self.meta: list[Any] = [{}] * count
         self.skipped: list[int] = []
-        self.last_good: Sample | None = None
+        self._last_sample: Sample | None = None  # the last good sample placed by place()...
+        self._last_plain: int | None = None  # ...or the slot of the last placed by place_plain()
         self._shape: tuple[int, ...] = ()
         self._stored: np.dtype | None = None
         self._first_key: Any = None
+
+    @property
+    def last_good(self) -> Sample | None:
+        """The last good sample placed (its image a view of its slot when it came through :meth:`place_plain`)."""
+        slot = self._last_plain
+        if slot is None:
+            return self._last_sample
+        assert self.images is not None
+        return {"image": self.images[slot], "label": self.labels[slot], "key": self.keys[slot],
+                "is_padding": self.padding[slot]}  # fmt: skip
+
+    def place_plain(self, slot: int, planned: PlannedSample, options: DecodeOptions) -> bool:
+        """Decode and place a plain sample — a plain 8-bit ``.png`` and an in-range integer ``.cls`` — straight
+        into ``slot``; False (nothing placed) for any other, which :meth:`place` takes after the full decode
+        (and which raises or skips with the reason there)."""
+        raw = planned.item
+        if type(raw) is not RawSample:
+            return False
+        members = raw.members
+        data, text = members.get("png"), members.get("cls")
+        if data is None or text is None:
+            return False
+        try:
+            label = int(text)
+        except ValueError:  # a class name, or not a label: decode_sample decides
+            return False
+        if label < 0 or (options.num_classes is not None and label >= options.num_classes):
+            return False
+        image = decode_plain_png(data, options.max_pixels)
+        if image is None:
+            return False
+        if self.images is None:
+            self.images = self.allocate((self.count, *image.shape), self.dtype)
+            self._shape, self._stored, self._first_key = image.shape, image.dtype, raw.key
+        elif image.shape != self._shape:
+            return False  # place() raises the error naming both samples
+        write_image(self.images[slot], image, raw.key)
+        self.labels[slot] = label
+        self.keys[slot] = raw.key
+        self.padding[slot] = planned.padding
+        self._last_plain, self._last_sample = slot, None
+        return True
 
     def place(self, slot: int, sample: Sample) -> None:
         image = sample["image"]
@@ -151,7 +202,7 @@ class _Builder:
             self.roi[slot] = sample["roi"]
         if self.with_meta:
             self.meta[slot] = sample.get("meta", {})
-        self.last_good = sample
+        self._last_sample, self._last_plain = sample, None
 
     def finish(self, stand_in: Sample, counters: Counters) -> dict[str, Any]:
         """The chunk, each skipped slot holding ``stand_in`` marked as padding."""
