@@ -74,8 +74,9 @@ class DecodeBatch(ChunkNode[dict[str, Any]]):
     def _generate(self) -> Iterator[tuple[dict[str, Any], dict[str, Any]]]:
         waiting: list[tuple[_Builder, dict[str, Any]]] = []  # all-skipped chunks before a good sample
         stand_in: Sample | None = None  # a copy of the last good sample: what fills a skipped slot
+        take = getattr(self.source, "take", None)  # ReadSamples hands a batch's samples over in one call
         while True:
-            planned = list(islice(self.source, self.batch_size))
+            planned = take(self.batch_size) if take is not None else list(islice(self.source, self.batch_size))
             if not planned:
                 break
             builder = self._decode(planned)

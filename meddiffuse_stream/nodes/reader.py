@@ -12,6 +12,7 @@ from __future__ import annotations
 from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass
+from itertools import islice
 from typing import Any
 
 import numpy as np
@@ -101,6 +102,12 @@ class PlannedSampleReader:
         item = next(self._items)
         self._position += 1
         return item
+
+    def take(self, count: int) -> list[RawSample | Skip]:
+        """The next ``count`` items at once (fewer at the end)."""
+        items = list(islice(self._items, count))
+        self._position += len(items)
+        return items
 
     def __iter__(self) -> Iterator[RawSample | Skip]:
         return self

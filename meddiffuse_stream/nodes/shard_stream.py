@@ -25,7 +25,7 @@ from ..counters import Counters
 from ..retry import ResumableReader, RetryPolicy
 from ..shard_cache import ShardCache, ShardIntegrityError
 from ..shardfmt.tar import MAX_MEMBER_BYTES, RawSample, TarProblem, count_samples, iter_samples
-from ..shardfmt.tar_fast import parse_plain
+from .layouts import plain_samples
 from .source import DatasetSource
 from .verified import already_verified, remember_verified
 
@@ -166,10 +166,11 @@ class FetchedShard:
     """
 
     def __init__(self, what: str, origin: str, listed: int, data: bytes | None, spill: BinaryIO | None,
-                 max_member_bytes: int) -> None:  # fmt: skip
+                 max_member_bytes: int, sha256: str | None = None) -> None:  # fmt: skip
         self.what, self.origin, self.listed = what, origin, listed
         self._data, self._spill = data, spill
         self.max_member_bytes = max_member_bytes
+        self.sha256 = sha256  # what the bytes were checked against (None: not checked)
 
     def parse(self) -> LoadedShard:
         """The checked shard: :class:`ShardIntegrityError` if its sample count is not the listed one."""
@@ -178,7 +179,8 @@ class FetchedShard:
             raise RuntimeError(f"{self.what}: parsed twice or after close()")
         try:
             if data is not None:
-                items = parse_plain(data, self.max_member_bytes)  # the same samples, faster, when nothing is odd
+                # the same samples, faster, when nothing is odd; parsed once per process for checked bytes
+                items = plain_samples(data, self.max_member_bytes, self.sha256)
                 if items is None:
                     items = list(iter_samples(io.BytesIO(data), self.max_member_bytes))
                 del data
@@ -272,7 +274,8 @@ def fetch_shard(
         raise
     if not cached:
         counters.add("shards_verified" if actual is not None else "shards_unverified")
-    return FetchedShard(what, origin, info.samples, data, spill, max_member_bytes)
+    checked = info.sha256 if cached or actual is not None else None  # a cached shard was checked on its way in
+    return FetchedShard(what, origin, info.samples, data, spill, max_member_bytes, checked)
 
 
 def _through_cache(

@@ -20,7 +20,7 @@ import numpy as np
 
 from .tar import MAX_MEMBERS_PER_SAMPLE, RawSample
 
-__all__ = ["parse_plain"]
+__all__ = ["PlainLayout", "parse_plain", "plain_layout"]
 
 _BLOCK = 512
 _ZERO_BLOCK = b"\0" * _BLOCK
@@ -37,8 +37,52 @@ _MAGIC_POSIX = np.frombuffer(b"ustar\x0000", np.uint8)
 _MAGIC_GNU = np.frombuffer(b"ustar  \x00", np.uint8)
 
 
+class PlainLayout:
+    """Where every sample's members sit in a plain shard: what parsing it found, valid for any bytes equal to the
+    ones parsed (the caller keys it by their sha256). :meth:`samples` builds the samples from such bytes without
+    parsing again."""
+
+    def __init__(self, keys: list[str], suffixes: list[str], bounds: list[int], starts: np.ndarray,
+                 ends: np.ndarray) -> None:  # fmt: skip
+        width = bounds[1] - bounds[0]
+        pattern = suffixes[:width]
+        alike = (len(set(pattern)) == width and bool((np.diff(bounds) == width).all())
+                 and suffixes == pattern * len(keys))  # every sample: the same members, in the same order
+        self._keys = "\n".join(keys)  # one string, not one per sample: a layout is kept across epochs
+        self._pattern = pattern if alike else None
+        self._suffixes = None if alike else suffixes
+        self._bounds = None if alike else np.asarray(bounds, np.int64)
+        self._starts, self._ends = starts, ends
+        self.samples_count = len(keys)
+
+    @property
+    def nbytes(self) -> int:
+        """About what keeping it costs."""
+        extra = 0 if self._suffixes is None else sum(len(s) + 57 for s in self._suffixes) + self._bounds.nbytes
+        return len(self._keys) + 49 + self._starts.nbytes + self._ends.nbytes + extra
+
+    def samples(self, data: bytes) -> list[RawSample]:
+        """The samples of ``data`` (the bytes parsed, or equal ones), in shard order."""
+        keys = self._keys.split("\n")
+        contents = [data[s:e] for s, e in zip(self._starts.tolist(), self._ends.tolist(), strict=True)]
+        if self._pattern is not None:  # the common case, built in C loops
+            width = len(self._pattern)
+            groups = zip(*[iter(contents)] * width, strict=True)
+            return list(map(RawSample, keys, map(dict, map(zip, itertools.repeat(self._pattern), groups))))
+        bounds = self._bounds.tolist()  # type: ignore[union-attr]
+        suffixes = self._suffixes
+        return [RawSample(key, dict(zip(suffixes[a:b], contents[a:b], strict=True)))  # type: ignore[index]
+                for key, (a, b) in zip(keys, itertools.pairwise(bounds), strict=True)]  # fmt: skip
+
+
 def parse_plain(data: bytes, max_member_bytes: int) -> list[RawSample] | None:
     """Every sample of the whole shard ``data`` in shard order, or ``None`` if anything in it is not plain."""
+    layout = plain_layout(data, max_member_bytes)
+    return None if layout is None else layout.samples(data)
+
+
+def plain_layout(data: bytes, max_member_bytes: int) -> PlainLayout | None:
+    """Where the samples of the whole shard ``data`` are, or ``None`` if anything in it is not plain."""
     usable = len(data) // _BLOCK
     blocks = np.frombuffer(data, np.uint8, count=usable * _BLOCK).reshape(usable, _BLOCK)
     found = _locate(blocks)
@@ -57,7 +101,7 @@ def parse_plain(data: bytes, max_member_bytes: int) -> list[RawSample] | None:
     if split is None:
         return None
     names, key_ends = split
-    return _group(data, names, key_ends, (at + 1) * _BLOCK, sizes_, max_member_bytes)
+    return _group(names, key_ends, (at + 1) * _BLOCK, sizes_, max_member_bytes)
 
 
 def _locate(blocks: np.ndarray) -> tuple[np.ndarray, np.ndarray] | None:
@@ -145,13 +189,8 @@ def _plain_names(fields: np.ndarray) -> tuple[list[str], list[int]] | None:
 
 
 def _group(
-    data: bytes,
-    names: list[str],
-    key_ends: list[int],
-    starts: np.ndarray,
-    sizes: np.ndarray,
-    max_member_bytes: int,
-) -> list[RawSample] | None:
+    names: list[str], key_ends: list[int], starts: np.ndarray, sizes: np.ndarray, max_member_bytes: int
+) -> PlainLayout | None:
     """Adjacent members of one key (the key of ``names[i]`` ends at ``key_ends[i]``) into a sample, as the
     streaming reader groups them; ``None`` for anything it would refuse (a key seen before, a suffix twice, too
     many members or bytes in one sample)."""
@@ -165,16 +204,6 @@ def _group(
         return None  # too many members in a sample, or a key that comes back after other keys
     if np.add.reduceat(sizes, first).max() > 2 * max_member_bytes:
         return None
-    ends = starts + sizes
-    contents = [data[s:e] for s, e in zip(starts.tolist(), ends.tolist(), strict=True)]
-    width = int(counts[0])
-    pattern = suffixes[:width]
-    alike = (counts == width).all() and len(set(pattern)) == width and suffixes == pattern * len(first)
-    if alike:  # every sample has the same members in the same order (the common case): built in C loops
-        members = map(dict, map(zip, itertools.repeat(pattern), zip(*[iter(contents)] * width, strict=True)))
-        return list(map(RawSample, sample_keys, members))
-    samples = [RawSample(keys[a], dict(zip(suffixes[a:b], contents[a:b], strict=True)))
-               for a, b in itertools.pairwise(bounds)]  # fmt: skip
-    if any(len(sample.members) != count for sample, count in zip(samples, counts.tolist(), strict=True)):
+    if any(len(set(suffixes[a:b])) != b - a for a, b in itertools.pairwise(bounds)):
         return None  # a suffix twice in one sample
-    return samples
+    return PlainLayout(sample_keys, suffixes, bounds, starts, starts + sizes)
