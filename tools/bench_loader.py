@@ -4,8 +4,8 @@
 1. Profile (``profile``): for 64, 224 and 512 px in grey 8-bit, grey 16-bit and RGB, the CPU per sample of every
    stage of a decode worker and of the main process, each measured alone (``tools/loader_profile.py``), and the
    decode limit of this machine on the same bytes — pyspng alone in as many processes as workers — against the
-   loader's rate and real CPU split, alternating for ``--rounds`` (``tools/decode_limit.py``), float32 (the
-   default) and uint8 delivery: ``ratio_vs_decode_limit``.
+   loader's rate and real CPU split, alternating for ``--profile-rounds`` (``tools/decode_limit.py``), float32
+   (the default) and uint8 delivery: ``ratio_vs_decode_limit``, each run against the limit measured just before.
 2. Peers (``peers``): the same PNG bytes at 64 and 224 px grey through stock webdataset + DataLoader, litdata and
    MedDiffuseLoader (float32 ``(B, 1, S, S)``, same workers and batch size); each run a fresh subprocess (peak
    memory: the sampled RSS of it and its workers), runs alternating, medians.
@@ -124,13 +124,16 @@ def main() -> None:
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--epochs", type=int, default=2)
     parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--profile-rounds", type=int, default=5, help="rounds of the decode-limit comparison")
     parser.add_argument("--quick", action="store_true", help="a small smoke run (a few hundred images, 1 round)")
     args = parser.parse_args()
     if args.quick:
         args.count, args.count_224, args.count_512, args.rounds, args.epochs = 512, 256, 64, 1, 1
+        args.profile_rounds = 1
     counts = {64: args.count, 224: args.count_224, 512: args.count_512}
     common = {"BATCH": args.batch, "WORKERS": args.workers, "EPOCHS": args.epochs}
     results: dict[str, object] = {"setup": {**common, "counts": counts, "rounds": args.rounds,
+                                            "profile_rounds": args.profile_rounds,
                                             "cpu_count": os.cpu_count()}}  # fmt: skip
     with tempfile.TemporaryDirectory() as scratch_name:
         scratch = Path(scratch_name)
@@ -162,7 +165,8 @@ def profile(shards: dict[tuple[int, str], Path], args: argparse.Namespace) -> di
         entry = {"stages": stage_profile(str(path), args.batch, repeats=1 if args.quick or size == 512 else 3)}
         integers = "uint16" if kind == "grey16" else "uint8"  # the stored integers, converted on the device
         entry.update(against_limit(str(path), image_bytes(str(path)), batch=args.batch, workers=args.workers,
-                                   epochs=args.epochs, rounds=args.rounds, dtypes=("float32", integers)))  # fmt: skip
+                                   epochs=args.epochs, rounds=args.profile_rounds,
+                                   dtypes=("float32", integers)))  # fmt: skip
         found[name] = entry
         ratios = {k: v["ratio_vs_decode_limit"] for k, v in entry.items() if k.startswith("loader_")}
         print(f"{name:10s} decode limit {entry['decode_limit']['samples_per_s']:9.0f}/s  {ratios}")

@@ -206,4 +206,5 @@ def _group(
         return None
     if any(len(set(suffixes[a:b])) != b - a for a, b in itertools.pairwise(bounds)):
         return None  # a suffix twice in one sample
-    return PlainLayout(sample_keys, suffixes, bounds, starts, starts + sizes)
+    offsets = np.uint32 if int(starts[-1] + sizes[-1]) < 1 << 32 else np.int64  # half the memory kept per member
+    return PlainLayout(sample_keys, suffixes, bounds, starts.astype(offsets), (starts + sizes).astype(offsets))
