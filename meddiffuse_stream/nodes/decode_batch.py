@@ -102,7 +102,7 @@ class DecodeBatch(ChunkNode[dict[str, Any]]):
         good = 0
         plain = self._plain
         for slot, item in enumerate(planned):
-            if plain and builder.place_plain(slot, item, self.options):
+            if plain and builder.place_plain(slot, item):
                 good += 1
                 continue
             sample = decode_planned(item, self.dataset, self.options, self.on_error)
@@ -127,6 +127,7 @@ class _Builder:
         self.allocate = allocate
         self.images: np.ndarray | None = None
         self.roi: np.ndarray | None = None
+        self.options = options
         self.with_meta = options.with_meta
         self.labels = [0] * count
         self.keys: list[Any] = [""] * count
@@ -136,7 +137,6 @@ class _Builder:
         self._last_sample: Sample | None = None  # the last good sample placed by place()...
         self._last_plain: int | None = None  # ...or the slot of the last placed by place_plain()
         self._shape: tuple[int, ...] = ()
-        self._stored: np.dtype | None = None
         self._first_key: Any = None
 
     @property
@@ -149,7 +149,7 @@ class _Builder:
         return {"image": self.images[slot], "label": self.labels[slot], "key": self.keys[slot],
                 "is_padding": self.padding[slot]}  # fmt: skip
 
-    def place_plain(self, slot: int, planned: PlannedSample, options: DecodeOptions) -> bool:
+    def place_plain(self, slot: int, planned: PlannedSample) -> bool:
         """Decode and place a plain sample — a plain 8-bit ``.png`` and an in-range integer ``.cls`` — straight
         into ``slot``; False (nothing placed) for any other, which :meth:`place` takes after the full decode
         (and which raises or skips with the reason there)."""
@@ -164,6 +164,7 @@ class _Builder:
             label = int(text)
         except ValueError:  # a class name, or not a label: decode_sample decides
             return False
+        options = self.options
         if label < 0 or (options.num_classes is not None and label >= options.num_classes):
             return False
         image = decode_plain_png(data, options.max_pixels)
@@ -171,7 +172,7 @@ class _Builder:
             return False
         if self.images is None:
             self.images = self.allocate((self.count, *image.shape), self.dtype)
-            self._shape, self._stored, self._first_key = image.shape, image.dtype, raw.key
+            self._shape, self._first_key = image.shape, raw.key
         elif image.shape != self._shape:
             return False  # place() raises the error naming both samples
         write_image(self.images[slot], image, raw.key)
@@ -185,7 +186,7 @@ class _Builder:
         image = sample["image"]
         if self.images is None:
             self.images = self.allocate((self.count, *image.shape), self.dtype)
-            self._shape, self._stored, self._first_key = image.shape, image.dtype, sample["key"]
+            self._shape, self._first_key = image.shape, sample["key"]
         if image.shape != self._shape:
             raise ValueError(
                 f"samples {self._first_key} {tuple(self._shape)} and {sample['key']} {tuple(image.shape)} differ in "

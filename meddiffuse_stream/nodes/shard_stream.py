@@ -29,7 +29,7 @@ from .layouts import plain_samples
 from .source import DatasetSource
 from .verified import already_verified, remember_verified
 
-__all__ = ["DEFAULT_MEMORY_LIMIT", "FetchedShard", "LoadedShard", "fetch_shard", "load_shard", "open_shard"]
+__all__ = ["DEFAULT_MEMORY_LIMIT", "FetchedShard", "LoadedShard", "fetch_shard", "open_shard"]
 
 DEFAULT_MEMORY_LIMIT = 256 << 20
 _PIECE = 8 << 20
@@ -204,22 +204,6 @@ class FetchedShard:
         self._data = self._spill = None
 
 
-def load_shard(
-    source: DatasetSource,
-    index: int,
-    *,
-    policy: RetryPolicy,
-    rng: np.random.Generator,
-    counters: Counters,
-    cache: ShardCache | None = None,
-    memory_limit: int = DEFAULT_MEMORY_LIMIT,
-    max_member_bytes: int = MAX_MEMBER_BYTES,
-) -> LoadedShard:
-    """Read, verify and parse shard ``index``; :class:`ShardIntegrityError` if it is not what the dataset lists."""
-    return fetch_shard(source, index, policy=policy, rng=rng, counters=counters, cache=cache,
-                       memory_limit=memory_limit, max_member_bytes=max_member_bytes).parse()  # fmt: skip
-
-
 def fetch_shard(
     source: DatasetSource,
     index: int,
@@ -231,8 +215,8 @@ def fetch_shard(
     memory_limit: int = DEFAULT_MEMORY_LIMIT,
     max_member_bytes: int = MAX_MEMBER_BYTES,
 ) -> FetchedShard:
-    """Read shard ``index`` and check its sha256 (:class:`ShardIntegrityError`); the sample count is checked when
-    it is parsed."""
+    """Read shard ``index`` and check its sha256 (:class:`ShardIntegrityError`); the sample count is checked by
+    :meth:`FetchedShard.parse`, which gives the loaded shard."""
     info = source.shards[index]
     what = source.describe(index)
     origin = source.origin

@@ -53,13 +53,8 @@ class PlainLayout:
         self._suffixes = None if alike else suffixes
         self._bounds = None if alike else np.asarray(bounds, np.int64)
         self._starts, self._ends = starts, ends
-        self.samples_count = len(keys)
-
-    @property
-    def nbytes(self) -> int:
-        """About what keeping it costs."""
-        extra = 0 if self._suffixes is None else sum(len(s) + 57 for s in self._suffixes) + self._bounds.nbytes
-        return len(self._keys) + 49 + self._starts.nbytes + self._ends.nbytes + extra
+        extra = 0 if alike else sum(len(s) + 57 for s in suffixes) + self._bounds.nbytes  # type: ignore[union-attr]
+        self.nbytes = len(self._keys) + 49 + starts.nbytes + ends.nbytes + extra  # about what keeping it costs
 
     def samples(self, data: bytes) -> list[RawSample]:
         """The samples of ``data`` (the bytes parsed, or equal ones), in shard order."""

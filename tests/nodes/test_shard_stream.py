@@ -12,7 +12,7 @@ import pytest
 from tar_bytes import END, sample
 
 from meddiffuse_stream.counters import Counters
-from meddiffuse_stream.nodes.shard_stream import load_shard
+from meddiffuse_stream.nodes.shard_stream import fetch_shard
 from meddiffuse_stream.nodes.source import DatasetSource
 from meddiffuse_stream.retry import RetryPolicy
 from meddiffuse_stream.shard_cache import ShardIntegrityError
@@ -39,8 +39,8 @@ def _where(kind: str, tmp_path) -> str:
 
 def _load(source: DatasetSource, limit: int) -> tuple[list, Counters]:
     counters = Counters()
-    loaded = load_shard(source, 0, policy=RetryPolicy(), rng=np.random.default_rng(0), counters=counters,
-                        memory_limit=limit)  # fmt: skip
+    loaded = fetch_shard(source, 0, policy=RetryPolicy(), rng=np.random.default_rng(0), counters=counters,
+                        memory_limit=limit).parse()  # fmt: skip
     try:
         return list(loaded.items), counters
     finally:

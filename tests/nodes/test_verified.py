@@ -11,7 +11,7 @@ import pytest
 from tar_bytes import END, sample
 
 from meddiffuse_stream.counters import Counters
-from meddiffuse_stream.nodes.shard_stream import load_shard
+from meddiffuse_stream.nodes.shard_stream import fetch_shard
 from meddiffuse_stream.nodes.source import DatasetSource
 from meddiffuse_stream.retry import RetryPolicy
 from meddiffuse_stream.shard_cache import ShardIntegrityError
@@ -26,8 +26,8 @@ def _load(root, memory_limit: int = 1 << 20) -> tuple[list[str], Counters]:
     info = ShardInfo("s.tar", samples=4, bytes=len(SHARD), sha256=hashlib.sha256(SHARD).hexdigest())
     source = DatasetSource(Location(str(root)), "train", (info,))
     counters = Counters()
-    loaded = load_shard(source, 0, policy=RetryPolicy(), rng=np.random.default_rng(0), counters=counters,
-                        memory_limit=memory_limit)  # fmt: skip
+    loaded = fetch_shard(source, 0, policy=RetryPolicy(), rng=np.random.default_rng(0), counters=counters,
+                        memory_limit=memory_limit).parse()  # fmt: skip
     try:
         return [item.key for item in loaded.items if isinstance(item, RawSample)], counters
     finally:
