@@ -82,7 +82,7 @@ class WorkerChain:
         where = f"worker {worker}"
         node: BaseNode[Any] = ReadSamples(self.source, plan, worker, start=start, counters=counters,
                                           policy=self.policy, cache_dir=self.cache_dir,
-                                          cache_bytes=self.cache_bytes)  # fmt: skip
+                                          cache_bytes=self.cache_bytes, rows=self.fused)  # fmt: skip
         conform = self.resize is not None or self.channels is not None
         if self.fused:
             size = check_conform(self.resize, self.resize_mode, self.channels)

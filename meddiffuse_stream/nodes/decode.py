@@ -11,6 +11,7 @@ from __future__ import annotations
 import io
 import struct
 import warnings
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -28,6 +29,7 @@ __all__ = [
     "check_member_keys",
     "decode_plain_png",
     "decode_sample",
+    "spng_decoder",
 ]
 
 IMAGE_SUFFIXES = ("png", "jpg", "jpeg", "webp", "tif", "tiff")
@@ -147,6 +149,12 @@ def decode_plain_png(data: bytes, max_pixels: int) -> np.ndarray | None:
     except Exception:  # decode_sample decodes it again and names the problem
         return None
     return pixels.transpose(2, 0, 1) if pixels.ndim == 3 else pixels[None]
+
+
+def spng_decoder() -> tuple[Callable[[bytes, int], np.ndarray], int] | None:
+    """libspng's whole-image decode without pyspng's wrapper, and the format argument that keeps a PNG's own
+    channels: ``decode(data, fmt)`` gives ``(H, W, C)`` uint8 for a plain 8-bit PNG. ``None`` without it."""
+    return None if _spng_decode is None else (_spng_decode, _AUTO)
 
 
 def _plain_8_bit_png(data: bytes) -> bool:

@@ -5,7 +5,9 @@ node: each image goes from the decoder into its slot of the batch array, convert
 the same pass (see :mod:`~meddiffuse_stream.nodes.pixels`), and that array is allocated where the loader will read
 it (a shared segment in a worker process: nothing is stacked, pickled or copied again). Skips, padding, counters
 and state are :class:`~meddiffuse_stream.nodes.batch.Batch`'s: a skipped slot holds a copy of the last good
-sample of the worker, marked ``is_padding``.
+sample of the worker, marked ``is_padding``. Samples of plain shards come from the reader as rows
+(:mod:`~meddiffuse_stream.nodes.plain_rows`): their headers and labels were checked once per shard, so a plain
+row costs its decode and its copy into the batch and little else.
 """
 
 from __future__ import annotations
@@ -20,10 +22,11 @@ from torchdata.nodes import BaseNode
 from ..counters import Counters
 from ..shardfmt.tar import RawSample
 from .chunked import ChunkNode
-from .decode import DecodeOptions, decode_plain_png
+from .decode import DecodeOptions, decode_plain_png, spng_decoder
 from .errors import LoaderDataError
 from .items import PlannedSample, Skipped
 from .pixels import write_image
+from .plain_rows import Row
 from .source import DatasetSource
 from .stages import decode_planned
 
@@ -74,12 +77,16 @@ class DecodeBatch(ChunkNode[dict[str, Any]]):
     def _generate(self) -> Iterator[tuple[dict[str, Any], dict[str, Any]]]:
         waiting: list[tuple[_Builder, dict[str, Any]]] = []  # all-skipped chunks before a good sample
         stand_in: Sample | None = None  # a copy of the last good sample: what fills a skipped slot
-        take = getattr(self.source, "take", None)  # ReadSamples hands a batch's samples over in one call
+        take = getattr(self.source, "take_rows", None)  # ReadSamples hands a batch's samples over in one call
         while True:
-            planned = take(self.batch_size) if take is not None else list(islice(self.source, self.batch_size))
-            if not planned:
+            if take is not None:
+                items, padding = take(self.batch_size)
+            else:
+                planned = list(islice(self.source, self.batch_size))
+                items, padding = [p.item for p in planned], [p.padding for p in planned]
+            if not items:
                 break
-            builder = self._decode(planned)
+            builder = self._decode(items, padding)
             state = self.source.state_dict()
             if builder.last_good is not None:
                 last = builder.last_good
@@ -97,15 +104,23 @@ class DecodeBatch(ChunkNode[dict[str, Any]]):
                 "(see loader.counters for the reasons)"
             )
 
-    def _decode(self, planned: list[Any]) -> _Builder:
-        builder = _Builder(len(planned), self.dtype, self.allocate, self.options)
+    def _decode(self, items: list[Any], padding: list[bool]) -> _Builder:
+        builder = _Builder(len(items), self.dtype, self.allocate, self.options)
         good = 0
         plain = self._plain
-        for slot, item in enumerate(planned):
-            if plain and builder.place_plain(slot, item):
+        place_row = builder.place_row
+        for slot, item in enumerate(items):
+            if type(item) is tuple:  # a plain shard's row (see plain_rows)
+                if plain and place_row(slot, item, padding[slot]):
+                    good += 1
+                    continue
+                rows, index, ref = item
+                item = rows.sample(index, ref)
+            planned = PlannedSample(item, padding[slot])
+            if plain and builder.place_plain(slot, planned):
                 good += 1
                 continue
-            sample = decode_planned(item, self.dataset, self.options, self.on_error)
+            sample = decode_planned(planned, self.dataset, self.options, self.on_error)
             if isinstance(sample, Skipped):
                 self.counters.skip(sample.kind)
                 builder.skipped.append(slot)
@@ -138,6 +153,8 @@ class _Builder:
         self._last_plain: int | None = None  # ...or the slot of the last placed by place_plain()
         self._shape: tuple[int, ...] = ()
         self._first_key: Any = None
+        self._classes = options.num_classes if options.num_classes is not None else 1 << 62
+        self._decoder = spng_decoder()
 
     @property
     def last_good(self) -> Sample | None:
@@ -179,6 +196,32 @@ class _Builder:
         self.labels[slot] = label
         self.keys[slot] = raw.key
         self.padding[slot] = planned.padding
+        self._last_plain, self._last_sample = slot, None
+        return True
+
+    def place_row(self, slot: int, row: Row, padding: bool) -> bool:
+        """:meth:`place_plain` for a row of a plain shard: its header and label were checked once for the shard
+        (:func:`~meddiffuse_stream.nodes.plain_rows.png_columns`), so only the decode is left per sample; False
+        (nothing placed) where the row is not plain, which then takes the way of any other sample."""
+        rows, index, _ = row
+        label, pixels = rows.labels[index], rows.pixels[index]
+        decoder = self._decoder
+        if label < 0 or label >= self._classes or not 0 < pixels <= self.options.max_pixels or decoder is None:
+            return False
+        try:
+            image = decoder[0](rows.data[rows.starts[index] : rows.ends[index]], decoder[1]).transpose(2, 0, 1)
+        except Exception:  # the full decode decodes it again and names the problem
+            return False
+        key = rows.keys[index]
+        if self.images is None:
+            self.images = self.allocate((self.count, *image.shape), self.dtype)
+            self._shape, self._first_key = image.shape, key
+        elif image.shape != self._shape:
+            return False  # place() raises the error naming both samples
+        write_image(self.images[slot], image, key)
+        self.labels[slot] = label
+        self.keys[slot] = key
+        self.padding[slot] = padding
         self._last_plain, self._last_sample = slot, None
         return True
 

@@ -10,6 +10,7 @@ from ..counters import Counters
 from ..retry import RetryPolicy
 from ..shard_cache import ShardCache
 from .items import PlannedSample
+from .plain_rows import PlainRows
 from .plan import EpochPlan
 from .reader import PlannedSampleReader
 from .source import DatasetSource
@@ -23,6 +24,9 @@ class ReadSamples(BaseNode[PlannedSample]):
     A sample that cannot be read arrives as the reader's ``Skip`` (naming its shard; ``Decode`` raises or counts
     it); samples before the start are passed over undecoded. A shard is checked (sha256, sample count) before any
     of its samples is yielded. State ``{"position": samples yielded from the worker's share}``.
+
+    ``rows=True`` lets :meth:`take_rows` hand samples of plain shards over as unbuilt rows (see
+    :mod:`~meddiffuse_stream.nodes.plain_rows`); ``next()`` and :meth:`take` give ``RawSample`` either way.
     """
 
     POSITION_KEY = "position"
@@ -38,6 +42,7 @@ class ReadSamples(BaseNode[PlannedSample]):
         policy: RetryPolicy | None = None,
         cache_dir: str | None = None,
         cache_bytes: int = 50 << 30,
+        rows: bool = False,
     ) -> None:
         super().__init__()
         self.source = source
@@ -49,7 +54,7 @@ class ReadSamples(BaseNode[PlannedSample]):
         self._padding: list[bool] = padding.tolist()  # a list: read once per sample
         cache = ShardCache(cache_dir, cache_bytes) if cache_dir else None
         self._reader = PlannedSampleReader(source, refs, counters=self.counters, policy=policy, cache=cache,
-                                           seed=plan.seed)  # fmt: skip
+                                           seed=plan.seed, rows=rows)  # fmt: skip
         self._position = start
 
     def __len__(self) -> int:
@@ -63,6 +68,8 @@ class ReadSamples(BaseNode[PlannedSample]):
 
     def next(self) -> PlannedSample:
         item = next(self._reader)
+        if type(item) is tuple:  # a plain shard's row: built
+            item = _built(item)
         padding = self._padding[self._position]
         self._position += 1
         return PlannedSample(item, padding)
@@ -70,9 +77,21 @@ class ReadSamples(BaseNode[PlannedSample]):
     def take(self, count: int) -> list[PlannedSample]:
         """The next ``count`` planned samples at once (fewer at the end of the share): what ``count`` calls of
         ``next()`` give, without a node call per sample (the batching stage's way)."""
+        items, padding = self.take_rows(count)
+        return [PlannedSample(_built(item) if type(item) is tuple else item, pad)
+                for item, pad in zip(items, padding, strict=True)]  # fmt: skip
+
+    def take_rows(self, count: int) -> tuple[list[Any], list[bool]]:
+        """The next ``count`` samples and whether each is padding, a plain shard's samples as
+        :data:`~meddiffuse_stream.nodes.plain_rows.Row` where ``rows=True``: the fused batch stage's way."""
         items = self._reader.take(count)
         start, self._position = self._position, self._position + len(items)
-        return list(map(PlannedSample, items, self._padding[start : self._position]))
+        return items, self._padding[start : self._position]
 
     def get_state(self) -> dict[str, Any]:
         return {self.POSITION_KEY: self._position}
+
+
+def _built(row: tuple[PlainRows, int, Any]) -> Any:
+    rows, index, ref = row
+    return rows.sample(index, ref)

@@ -10,7 +10,7 @@ all behind the restore point is never opened.
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from itertools import islice
 from typing import Any
@@ -21,6 +21,7 @@ from ..counters import Counters
 from ..retry import RetryPolicy
 from ..shard_cache import ShardCache, ShardIntegrityError
 from ..shardfmt.tar import MAX_MEMBER_BYTES, RawSample, TarProblem
+from .plain_rows import PlainRows, Row
 from .plan import SampleRef
 from .prefetch import ShardPrefetcher
 from .shard_stream import DEFAULT_MEMORY_LIMIT, FetchedShard, LoadedShard, fetch_shard
@@ -59,6 +60,9 @@ class PlannedSampleReader:
     Problems never raise here: each becomes a :class:`Skip` naming shard and reason, which the decode stage
     raises or counts (``on_error``).
 
+    With ``rows=True`` a sample of a plain shard in memory comes as a :data:`~.plain_rows.Row` instead, built
+    only if the consumer needs a ``RawSample`` (``Row[0].sample(Row[1], Row[2])``): the fused batch stage's way.
+
     It follows the ``torchdata.nodes`` contract (``reset(state)``, ``get_state()``, ``next()``) without importing
     torch; :class:`meddiffuse_stream.nodes.read.ReadSamples` wraps it as a node.
     """
@@ -76,8 +80,10 @@ class PlannedSampleReader:
         seed: int = 0,
         max_member_bytes: int = MAX_MEMBER_BYTES,
         prefetch_bytes: int = DEFAULT_MEMORY_LIMIT,
+        rows: bool = False,
     ) -> None:
         self.prefetch_bytes = prefetch_bytes
+        self.rows = rows
         self.source = source
         self.refs = refs
         self.counters = counters
@@ -98,12 +104,12 @@ class PlannedSampleReader:
     def get_state(self) -> dict[str, Any]:
         return {self.POSITION_KEY: self._position}
 
-    def next(self) -> RawSample | Skip:
+    def next(self) -> RawSample | Skip | Row:
         item = next(self._items)
         self._position += 1
         return item
 
-    def take(self, count: int) -> list[RawSample | Skip]:
+    def take(self, count: int) -> list[RawSample | Skip | Row]:
         """The next ``count`` items at once (fewer at the end)."""
         items = list(islice(self._items, count))
         self._position += len(items)
@@ -127,7 +133,7 @@ class PlannedSampleReader:
         order = list(dict.fromkeys(shard for shard, _ in refs))
         self._prefetcher = ShardPrefetcher(self._fetch, order, set(order))
 
-    def _generate(self, start: int) -> Iterator[RawSample | Skip]:
+    def _generate(self, start: int) -> Iterator[RawSample | Skip | Row]:
         refs = self.refs[start:]
         self._start_prefetch(refs)
         remaining = Counter(shard for shard, _ in refs)
@@ -138,14 +144,19 @@ class PlannedSampleReader:
         wanted = set(refs)
         held: dict[SampleRef, RawSample | Skip] = {}
         opened = self._open
+        rows = self.rows
         try:
             for ref in refs:
                 shard_index = ref[0]
                 shard = opened.get(shard_index)
                 if shard is None:
                     shard = self._open_shard(shard_index, last_wanted[shard_index])
-                if shard.samples is not None:  # in memory: by position, nothing held
-                    item = self._take(shard.samples, ref)
+                samples = shard.samples
+                if samples is not None:  # in memory: by position, nothing held
+                    if rows and type(samples) is PlainRows and ref[1] < samples.count:
+                        item = (samples, ref[1], ref)
+                    else:
+                        item = self._take(samples, ref)
                 else:
                     if ref not in held:
                         self._read_until(ref, wanted, held)
@@ -160,7 +171,7 @@ class PlannedSampleReader:
         finally:
             self._close_all()
 
-    def _take(self, samples: list[RawSample | TarProblem], ref: SampleRef) -> RawSample | Skip:
+    def _take(self, samples: Sequence[RawSample | TarProblem], ref: SampleRef) -> RawSample | Skip:
         """The planned sample of a shard parsed in memory: what walking to it (:meth:`_read_until`) would give."""
         shard_index, sample_index = ref
         if sample_index < len(samples):
@@ -224,7 +235,7 @@ class PlannedSampleReader:
         here for a shard in memory, as :meth:`_read_until` counts those it walks past for a streamed one."""
         try:
             shard = _OpenShard(self._prefetcher.get(index).parse())  # type: ignore[union-attr]
-            if shard.samples is not None:
+            if shard.samples is not None and type(shard.samples) is not PlainRows:  # plain: no problem in it
                 for item in shard.samples[: last_wanted + 1]:
                     if isinstance(item, TarProblem):
                         if item.fatal:

@@ -15,7 +15,7 @@ import hashlib
 import io
 import os
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from typing import Any, BinaryIO
 
 import numpy as np
@@ -38,7 +38,7 @@ _PIECE = 8 << 20
 class LoadedShard:
     """A checked shard: its items (one per sample position, then perhaps a fatal problem), in shard order.
 
-    ``samples`` is the same items as a list when the shard was parsed in memory (the common case): the reader
+    ``samples`` is the same items as a sequence when the shard was parsed in memory (the common case): the reader
     then takes each planned sample by its position instead of walking to it.
     """
 
@@ -46,7 +46,7 @@ class LoadedShard:
         self,
         items: Iterator[RawSample | TarProblem] | None = None,
         spill: BinaryIO | None = None,
-        samples: list[RawSample | TarProblem] | None = None,
+        samples: Sequence[RawSample | TarProblem] | None = None,
     ) -> None:
         if (items is None) == (samples is None):
             raise ValueError("LoadedShard takes either a stream of items (spilled) or the parsed list (samples)")
@@ -184,7 +184,8 @@ class FetchedShard:
                 if items is None:
                     items = list(iter_samples(io.BytesIO(data), self.max_member_bytes))
                 del data
-                fatal = bool(items) and isinstance(items[-1], TarProblem) and items[-1].fatal
+                # a plain shard served as rows holds no problem (and is not built by looking at its last sample)
+                fatal = type(items) is list and bool(items) and isinstance(items[-1], TarProblem) and items[-1].fatal
                 _check_count(self.what, len(items) - fatal, self.listed, not fatal, self.origin)
                 return LoadedShard(samples=items)
             assert spill is not None

@@ -56,6 +56,23 @@ class PlainLayout:
         extra = 0 if alike else sum(len(s) + 57 for s in suffixes) + self._bounds.nbytes  # type: ignore[union-attr]
         self.nbytes = len(self._keys) + 49 + starts.nbytes + ends.nbytes + extra  # about what keeping it costs
 
+    @property
+    def pattern(self) -> list[str] | None:
+        """Every sample's member suffixes, in order, where all samples have the same ones (else ``None``)."""
+        return self._pattern
+
+    def keys(self) -> list[str]:
+        """The sample keys, in shard order."""
+        return self._keys.split("\n")
+
+    def member_bounds(self, suffix: str) -> tuple[np.ndarray, np.ndarray] | None:
+        """Where member ``suffix`` of every sample starts and ends in the bytes, for a layout whose samples all
+        have the same members (``None`` otherwise, or without that member)."""
+        if self._pattern is None or suffix not in self._pattern:
+            return None
+        column, width = self._pattern.index(suffix), len(self._pattern)
+        return self._starts[column::width], self._ends[column::width]
+
     def samples(self, data: bytes) -> list[RawSample]:
         """The samples of ``data`` (the bytes parsed, or equal ones), in shard order."""
         keys = self._keys.split("\n")

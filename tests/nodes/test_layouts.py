@@ -10,6 +10,7 @@ import pytest
 from tar_bytes import END, member, sample
 
 from meddiffuse_stream.nodes import layouts
+from meddiffuse_stream.nodes.plain_rows import PlainRows
 from meddiffuse_stream.shardfmt.tar import MAX_MEMBER_BYTES, iter_samples
 
 ALIKE = b"".join(sample(f"k{i}", png=bytes([i]) * 700) for i in range(5)) + END
@@ -35,8 +36,9 @@ def test_equal_bytes_read_again_give_the_same_samples_without_a_parse(parses, da
     sha = hashlib.sha256(data).hexdigest()
     first = layouts.plain_samples(bytes(data), MAX_MEMBER_BYTES, sha)
     again = layouts.plain_samples(bytes(bytearray(data)), MAX_MEMBER_BYTES, sha)  # a new read: another object
-    assert first == again == _slow(data) and len(parses) == 1
+    assert list(first) == list(again) == _slow(data) and len(parses) == 1
     assert again[0].members["png"] is not first[0].members["png"]  # sliced from the new bytes
+    assert isinstance(first, PlainRows) == (data is ALIKE)  # every sample a .png and a .cls: served as rows
 
 
 def test_other_bytes_unverified_bytes_and_another_member_limit_are_parsed(parses):
@@ -51,10 +53,11 @@ def test_other_bytes_unverified_bytes_and_another_member_limit_are_parsed(parses
 def test_the_budget_drops_the_least_recently_used(parses, monkeypatch):
     shards = [b"".join(sample(f"s{n}k{i}") for i in range(40)) + END for n in range(3)]
     shas = [hashlib.sha256(s).hexdigest() for s in shards]
-    one = layouts.plain_layout(shards[0], MAX_MEMBER_BYTES).nbytes
+    layout, columns = layouts._parse(shards[0], MAX_MEMBER_BYTES)
+    one = layout.nbytes + columns.nbytes  # the layout and its PNG columns
     monkeypatch.setattr(layouts, "LAYOUT_BYTES", 2 * one + one // 2)  # room for two
     parses.clear()
     for index in (0, 1, 0, 2, 0, 1):  # 2 pushes out 1 (0 was used since); 1 comes back, pushing out 2
-        assert layouts.plain_samples(shards[index], MAX_MEMBER_BYTES, shas[index]) == _slow(shards[index])
+        assert list(layouts.plain_samples(shards[index], MAX_MEMBER_BYTES, shas[index])) == _slow(shards[index])
     assert len(parses) == 4 and layouts._held[0] <= layouts.LAYOUT_BYTES
     assert [key[0] for key in layouts._layouts] == [shas[0], shas[1]]

@@ -82,6 +82,28 @@ def test_buffer_order_is_a_permutation_local_to_its_buffer():
     assert all(order[t] < t + 10 for t in range(500)), "a streaming buffer can only emit what it has read"
 
 
+def _streaming_buffer(count: int, size: int, draws) -> list[int]:
+    """A shuffle buffer as a stream runs it: fill to ``size``, swap a drawn slot with the last, emit the last."""
+    buffer: list[int] = []
+    feed, out = 0, []
+    for draw in draws:
+        while feed < count and len(buffer) < size:
+            buffer.append(feed)
+            feed += 1
+        pick = int(draw * len(buffer))
+        buffer[pick], buffer[-1] = buffer[-1], buffer[pick]
+        out.append(buffer.pop())
+    return out
+
+
+@pytest.mark.parametrize(("count", "size"), [(2, 2), (10, 3), (10, 100), (1000, 7), (5000, 1000), (999, 2)])
+def test_buffer_order_is_what_a_streaming_buffer_emits_for_the_same_draws(count, size):
+    import numpy as np
+
+    draws = np.random.default_rng(count).random(count)
+    assert buffer_order(count, size, np.random.default_rng(count)).tolist() == _streaming_buffer(count, size, draws)
+
+
 def test_absurd_sizes_are_refused_before_anything_is_allocated():
     import time
 
