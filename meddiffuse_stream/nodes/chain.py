@@ -19,7 +19,7 @@ from ..retry import RetryPolicy
 from .batch import Batch
 from .conform import Conform, check_conform, conform_sample
 from .decode import DecodeOptions
-from .decode_batch import Allocate, DecodeBatch
+from .decode_batch import Allocate, DecodeBatch, takes_plain_samples
 from .pixels import check_dtype
 from .plan import EpochPlan
 from .read import ReadSamples
@@ -80,10 +80,11 @@ class WorkerChain:
         process)."""
         counters = counters if counters is not None else Counters()
         where = f"worker {worker}"
+        conform = self.resize is not None or self.channels is not None
+        rows = self.fused and takes_plain_samples(self.decode, conform)  # plain shards as rows: DecodeBatch's way
         node: BaseNode[Any] = ReadSamples(self.source, plan, worker, start=start, counters=counters,
                                           policy=self.policy, cache_dir=self.cache_dir,
-                                          cache_bytes=self.cache_bytes, rows=self.fused)  # fmt: skip
-        conform = self.resize is not None or self.channels is not None
+                                          cache_bytes=self.cache_bytes, rows=rows)  # fmt: skip
         if self.fused:
             size = check_conform(self.resize, self.resize_mode, self.channels)
             fit = functools.partial(conform_sample, size=size, mode=self.resize_mode, channels=self.channels)

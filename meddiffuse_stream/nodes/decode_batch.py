@@ -30,10 +30,17 @@ from .plain_rows import Row
 from .source import DatasetSource
 from .stages import decode_planned
 
-__all__ = ["Allocate", "DecodeBatch"]
+__all__ = ["Allocate", "DecodeBatch", "takes_plain_samples"]
 
 Allocate = Callable[[tuple[int, ...], Any], np.ndarray]  # (shape, dtype) -> an uninitialised array
 Sample = dict[str, Any]
+
+
+def takes_plain_samples(options: DecodeOptions, conforms: bool) -> bool:
+    """Whether the stage decodes a plain sample (a ``.png`` and an integer ``.cls``, nothing else asked for) straight
+    into its slot, skipping the per-sample dict — and so whether its reader should hand plain shards over as rows."""
+    return (options.image_key in (None, "png") and options.label_key in (None, "cls") and not options.with_roi
+            and not options.with_meta and not conforms)  # fmt: skip
 
 
 class DecodeBatch(ChunkNode[dict[str, Any]]):
@@ -70,9 +77,7 @@ class DecodeBatch(ChunkNode[dict[str, Any]]):
         self.allocate: Allocate = allocate if allocate is not None else np.empty
         self.counters = counters if counters is not None else Counters()
         self.where = where
-        # the common sample (a .png and an integer .cls, nothing else asked for) skips the per-sample dict
-        self._plain = (options.image_key in (None, "png") and options.label_key in (None, "cls")
-                       and not options.with_roi and not options.with_meta and conform is None)  # fmt: skip
+        self._plain = takes_plain_samples(options, conform is not None)
 
     def _generate(self) -> Iterator[tuple[dict[str, Any], dict[str, Any]]]:
         waiting: list[tuple[_Builder, dict[str, Any]]] = []  # all-skipped chunks before a good sample

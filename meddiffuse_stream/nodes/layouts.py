@@ -21,49 +21,83 @@ from .plain_rows import PlainRows, PngColumns, png_columns
 
 __all__ = ["LAYOUT_BYTES", "plain_samples"]
 
-LAYOUT_BYTES = 64 << 20  # ~60 bytes a sample (three members, a short key, the PNG columns): ~1 million a process
-_Kept = tuple[PlainLayout, PngColumns | None]
+LAYOUT_BYTES = 64 << 20  # ~30 bytes a sample (three members, a short key), ~46 with PNG columns: ~1.5 M a process
+
+
+class _Kept:
+    """A layout and, once a reader asked for rows, its PNG columns (``None``: none asked yet, or none possible)."""
+
+    __slots__ = ("columns", "columns_made", "layout")
+
+    def __init__(self, layout: PlainLayout) -> None:
+        self.layout = layout
+        self.columns: PngColumns | None = None
+        self.columns_made = False
+
+    @property
+    def nbytes(self) -> int:
+        return self.layout.nbytes + (self.columns.nbytes if self.columns is not None else 0)
+
+
 _layouts: OrderedDict[tuple[str, int, int], _Kept] = OrderedDict()
 _held = [0]
 _lock = threading.Lock()
 
 
-def plain_samples(data: bytes, max_member_bytes: int, sha256: str | None) -> Sequence[RawSample] | None:
-    """The samples of the plain shard ``data`` (``None`` if it is not plain) — as :class:`PlainRows` where they
-    all have a ``.png`` and a ``.cls`` — its layout reused when ``sha256``, which the caller has checked ``data``
-    against, was seen before."""
+def plain_samples(
+    data: bytes, max_member_bytes: int, sha256: str | None, rows: bool = False
+) -> Sequence[RawSample] | None:
+    """The samples of the plain shard ``data`` (``None`` if it is not plain), its layout reused when ``sha256`` —
+    which the caller has checked ``data`` against — was seen before. With ``rows`` they come as
+    :class:`PlainRows` where every sample has a ``.png`` and a ``.cls`` (the columns made once per layout)."""
     if sha256 is None:
-        kept = _parse(data, max_member_bytes)
-    else:
-        key = (sha256, len(data), max_member_bytes)
-        with _lock:
-            kept = _layouts.get(key)
-            if kept is not None:
-                _layouts.move_to_end(key)
-        if kept is None:
-            kept = _parse(data, max_member_bytes)
-            if kept is not None:
-                _keep(key, kept)
+        layout = plain_layout(data, max_member_bytes)
+        if layout is None:
+            return None
+        return _served(data, layout, png_columns(layout, data) if rows else None)
+    key = (sha256, len(data), max_member_bytes)
+    with _lock:
+        kept = _layouts.get(key)
+        if kept is not None:
+            _layouts.move_to_end(key)
     if kept is None:
-        return None
-    layout, columns = kept
+        layout = plain_layout(data, max_member_bytes)
+        if layout is None:
+            return None
+        kept = _keep(key, _Kept(layout))
+    if rows and not kept.columns_made:
+        _add_columns(key, kept, png_columns(kept.layout, data))
+    return _served(data, kept.layout, kept.columns if rows else None)
+
+
+def _served(data: bytes, layout: PlainLayout, columns: PngColumns | None) -> Sequence[RawSample]:
     return layout.samples(data) if columns is None else PlainRows(data, layout, columns)
 
 
-def _parse(data: bytes, max_member_bytes: int) -> _Kept | None:
-    layout = plain_layout(data, max_member_bytes)
-    return None if layout is None else (layout, png_columns(layout, data))
-
-
-def _keep(key: tuple[str, int, int], kept: _Kept) -> None:
-    size = kept[0].nbytes + (kept[1].nbytes if kept[1] is not None else 0)
-    if size > LAYOUT_BYTES:
-        return
+def _keep(key: tuple[str, int, int], kept: _Kept) -> _Kept:
+    """``kept`` under ``key`` (or the one another thread kept first), within the budget."""
+    if kept.nbytes > LAYOUT_BYTES:
+        return kept
     with _lock:
         if key in _layouts:
-            return
+            return _layouts[key]
         _layouts[key] = kept
-        _held[0] += size
-        while _held[0] > LAYOUT_BYTES:
-            _, (layout, columns) = _layouts.popitem(last=False)
-            _held[0] -= layout.nbytes + (columns.nbytes if columns is not None else 0)
+        _held[0] += kept.nbytes
+        _trim()
+    return kept
+
+
+def _add_columns(key: tuple[str, int, int], kept: _Kept, columns: PngColumns | None) -> None:
+    with _lock:
+        if kept.columns_made:
+            return
+        kept.columns, kept.columns_made = columns, True
+        if _layouts.get(key) is kept and columns is not None:
+            _held[0] += columns.nbytes
+            _trim()
+
+
+def _trim() -> None:
+    while _held[0] > LAYOUT_BYTES and _layouts:
+        _, dropped = _layouts.popitem(last=False)
+        _held[0] -= dropped.nbytes

@@ -41,7 +41,8 @@ class PngColumns:
 
     @property
     def nbytes(self) -> int:
-        return self.starts.nbytes + self.ends.nbytes + self.pixels.nbytes + self.labels.nbytes
+        """What keeping them adds to their layout (``starts`` and ``ends`` are views of the layout's offsets)."""
+        return self.pixels.nbytes + self.labels.nbytes
 
 
 def png_columns(layout: PlainLayout, data: bytes) -> PngColumns | None:
@@ -72,8 +73,9 @@ def _label(text: bytes) -> int:
 
 
 class PlainRows(Sequence[RawSample]):
-    """The samples of a plain shard in memory: ``RawSample`` objects, built when first asked for (``rows[i]``),
-    and the columns the fused batch stage reads instead (``starts``, ``ends``, ``pixels``, ``labels``, ``keys``)."""
+    """The samples of a plain shard in memory: a ``RawSample`` built when asked for (``rows[i]``, one at a time:
+    only the fused batch stage holds rows, and it asks only for those it hands to the full decode), and the columns
+    it reads instead (``starts``, ``ends``, ``pixels``, ``labels``, ``keys``)."""
 
     def __init__(self, data: bytes, layout: PlainLayout, columns: PngColumns) -> None:
         self.data = data
@@ -84,7 +86,6 @@ class PlainRows(Sequence[RawSample]):
         self.ends: list[int] = columns.ends.tolist()
         self.pixels: list[int] = columns.pixels.tolist()
         self.labels: list[int] = columns.labels.tolist()
-        self._built: list[RawSample] | None = None
 
     def __len__(self) -> int:
         return self.count
@@ -96,9 +97,13 @@ class PlainRows(Sequence[RawSample]):
     def __getitem__(self, index: slice) -> list[RawSample]: ...
 
     def __getitem__(self, index: int | slice) -> RawSample | list[RawSample]:
-        if self._built is None:  # all at once, in C loops: cheaper than one by one from the second on
-            self._built = self.layout.samples(self.data)
-        return self._built[index]
+        if isinstance(index, slice):
+            return [self[i] for i in range(*index.indices(self.count))]
+        if index < 0:
+            index += self.count
+        if not 0 <= index < self.count:
+            raise IndexError(f"sample {index} of a shard of {self.count}")
+        return self.layout.sample(self.data, index, self.keys[index])  # only this one: its members are copies
 
     def sample(self, index: int, ref: tuple[int, int]) -> RawSample:
         """Sample ``index`` as a ``RawSample`` placed at ``ref``: what a reader yields for that row."""

@@ -234,7 +234,7 @@ class PlannedSampleReader:
         """Shard ``index`` opened (or its failure recorded); refused members up to ``last_wanted`` are counted
         here for a shard in memory, as :meth:`_read_until` counts those it walks past for a streamed one."""
         try:
-            shard = _OpenShard(self._prefetcher.get(index).parse())  # type: ignore[union-attr]
+            shard = _OpenShard(self._prefetcher.get(index).parse(self.rows))  # type: ignore[union-attr]
             if shard.samples is not None and type(shard.samples) is not PlainRows:  # plain: no problem in it
                 for item in shard.samples[: last_wanted + 1]:
                     if isinstance(item, TarProblem):

@@ -172,15 +172,16 @@ class FetchedShard:
         self.max_member_bytes = max_member_bytes
         self.sha256 = sha256  # what the bytes were checked against (None: not checked)
 
-    def parse(self) -> LoadedShard:
-        """The checked shard: :class:`ShardIntegrityError` if its sample count is not the listed one."""
+    def parse(self, rows: bool = False) -> LoadedShard:
+        """The checked shard: :class:`ShardIntegrityError` if its sample count is not the listed one. ``rows``: a
+        plain shard's samples as :class:`~meddiffuse_stream.nodes.plain_rows.PlainRows` where they can be."""
         data, spill, self._data, self._spill = self._data, self._spill, None, None
         if data is None and spill is None:
             raise RuntimeError(f"{self.what}: parsed twice or after close()")
         try:
             if data is not None:
                 # the same samples, faster, when nothing is odd; parsed once per process for checked bytes
-                items = plain_samples(data, self.max_member_bytes, self.sha256)
+                items = plain_samples(data, self.max_member_bytes, self.sha256, rows)
                 if items is None:
                     items = list(iter_samples(io.BytesIO(data), self.max_member_bytes))
                 del data

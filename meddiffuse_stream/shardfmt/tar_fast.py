@@ -73,6 +73,17 @@ class PlainLayout:
         column, width = self._pattern.index(suffix), len(self._pattern)
         return self._starts[column::width], self._ends[column::width]
 
+    def sample(self, data: bytes, index: int, key: str) -> RawSample:
+        """Sample ``index`` (keyed ``key``) of ``data`` alone: what :meth:`samples` gives at that position."""
+        if self._pattern is not None:
+            a, b = index * len(self._pattern), (index + 1) * len(self._pattern)
+            suffixes = self._pattern
+        else:
+            a, b = self._bounds[index : index + 2].tolist()  # type: ignore[index]
+            suffixes = self._suffixes[a:b]  # type: ignore[index]
+        members = [data[s:e] for s, e in zip(self._starts[a:b].tolist(), self._ends[a:b].tolist(), strict=True)]
+        return RawSample(key, dict(zip(suffixes, members, strict=True)))
+
     def samples(self, data: bytes) -> list[RawSample]:
         """The samples of ``data`` (the bytes parsed, or equal ones), in shard order."""
         keys = self._keys.split("\n")

@@ -36,9 +36,24 @@ def test_equal_bytes_read_again_give_the_same_samples_without_a_parse(parses, da
     sha = hashlib.sha256(data).hexdigest()
     first = layouts.plain_samples(bytes(data), MAX_MEMBER_BYTES, sha)
     again = layouts.plain_samples(bytes(bytearray(data)), MAX_MEMBER_BYTES, sha)  # a new read: another object
-    assert list(first) == list(again) == _slow(data) and len(parses) == 1
+    assert first == again == _slow(data) and len(parses) == 1
     assert again[0].members["png"] is not first[0].members["png"]  # sliced from the new bytes
-    assert isinstance(first, PlainRows) == (data is ALIKE)  # every sample a .png and a .cls: served as rows
+
+
+def test_rows_are_served_only_when_asked_for_and_their_columns_made_once(parses, monkeypatch):
+    made = []
+    real = layouts.png_columns
+    monkeypatch.setattr(layouts, "png_columns", lambda layout, data: made.append(1) or real(layout, data))
+    sha = hashlib.sha256(ALIKE).hexdigest()
+    assert type(layouts.plain_samples(ALIKE, MAX_MEMBER_BYTES, sha)) is list and not made  # a list, as ever
+    held = layouts._held[0]
+    rows = layouts.plain_samples(bytes(bytearray(ALIKE)), MAX_MEMBER_BYTES, sha, rows=True)
+    again = layouts.plain_samples(ALIKE, MAX_MEMBER_BYTES, sha, rows=True)
+    assert isinstance(rows, PlainRows) and isinstance(again, PlainRows) and len(made) == 1 and len(parses) == 1
+    assert list(rows) == list(again) == _slow(ALIKE) and rows.labels == [1] * 5
+    assert layouts._held[0] == held + 5 * 16  # the columns' own arrays (pixels, labels) are counted
+    uneven = layouts.plain_samples(UNEVEN, MAX_MEMBER_BYTES, hashlib.sha256(UNEVEN).hexdigest(), rows=True)
+    assert type(uneven) is list and uneven == _slow(UNEVEN)  # samples that differ in members: no rows
 
 
 def test_other_bytes_unverified_bytes_and_another_member_limit_are_parsed(parses):
@@ -53,11 +68,10 @@ def test_other_bytes_unverified_bytes_and_another_member_limit_are_parsed(parses
 def test_the_budget_drops_the_least_recently_used(parses, monkeypatch):
     shards = [b"".join(sample(f"s{n}k{i}") for i in range(40)) + END for n in range(3)]
     shas = [hashlib.sha256(s).hexdigest() for s in shards]
-    layout, columns = layouts._parse(shards[0], MAX_MEMBER_BYTES)
-    one = layout.nbytes + columns.nbytes  # the layout and its PNG columns
+    one = layouts.plain_layout(shards[0], MAX_MEMBER_BYTES).nbytes
     monkeypatch.setattr(layouts, "LAYOUT_BYTES", 2 * one + one // 2)  # room for two
     parses.clear()
     for index in (0, 1, 0, 2, 0, 1):  # 2 pushes out 1 (0 was used since); 1 comes back, pushing out 2
-        assert list(layouts.plain_samples(shards[index], MAX_MEMBER_BYTES, shas[index])) == _slow(shards[index])
+        assert layouts.plain_samples(shards[index], MAX_MEMBER_BYTES, shas[index]) == _slow(shards[index])
     assert len(parses) == 4 and layouts._held[0] <= layouts.LAYOUT_BYTES
     assert [key[0] for key in layouts._layouts] == [shas[0], shas[1]]

@@ -12,6 +12,7 @@ from PIL import Image
 from tar_bytes import END, member, sample
 
 from meddiffuse_stream.counters import Counters
+from meddiffuse_stream.nodes import decode_batch
 from meddiffuse_stream.nodes.decode import DecodeOptions
 from meddiffuse_stream.nodes.decode_batch import DecodeBatch
 from meddiffuse_stream.nodes.errors import LoaderDataError
@@ -114,12 +115,23 @@ def _batches(items: list, padding: list[bool], dtype: str, on_error: str = "skip
 
 
 @pytest.mark.parametrize("dtype", ["float32", "uint16"])
-def test_rows_give_the_batches_and_counts_of_built_samples(dtype):
+def test_rows_give_the_batches_and_counts_of_built_samples(dtype, monkeypatch):
+    placed = []
+    real = decode_batch._Builder.place_row
+
+    def spy(self, slot, row, padding):  # which rows the fast way placed (the others fall back)
+        taken = real(self, slot, row, padding)
+        if taken:
+            placed.append(row[1])
+        return taken
+
+    monkeypatch.setattr(decode_batch._Builder, "place_row", spy)
     rows = _rows()
     order = [3, 0, 7, 2, 11, 4, 6, 1, 9, 10, 5, 0]  # samples 8 (RGB) left out; 0 again as padding
     items = [(rows, i, (0, i)) for i in order]
     padding = [False] * 11 + [True]
     fast, fast_counts = _batches(items, padding, dtype)
+    assert placed == [3, 0, 7, 11, 0]  # plain rows; the others took the full decode
     full, full_counts = _batches(items, padding, dtype, as_rows=False)
     assert fast_counts == full_counts and fast_counts["yielded"] == 8 and fast_counts["padded"] == 4
     assert fast_counts["skipped:label out of range"] == 2 and fast_counts["skipped:unreadable image"] == 2
@@ -152,6 +164,7 @@ def test_a_reader_asked_for_rows_hands_them_over_only_through_take_rows(tmp_path
         node.reset(None)
     items, padding = as_rows.take_rows(12)
     assert all(type(item) is tuple and type(item[0]) is PlainRows for item in items)
+    assert plain._reader.rows is False  # the old way: the parsed list, no rows anywhere
     taken = built.take(5) + [next(built) for _ in range(7)]
     expected = [next(plain) for _ in range(12)]
     assert [(p.item.key, p.item.ref, p.padding) for p in taken] == [(p.item.key, p.item.ref, p.padding)
