@@ -71,8 +71,9 @@ def stage_profile(root: str, batch_size: int = 64, dtype: str = "float32", repea
     def parse(data: bytes) -> list[Any]:  # as the reader parses a shard in memory the first time
         return parse_plain(data, MAX_MEMBER_BYTES) or list(iter_samples(io.BytesIO(data)))
 
-    def reuse_layouts() -> list[Any]:  # as it builds the samples of a shard it parsed before (every later epoch)
-        return [plain_samples(data, MAX_MEMBER_BYTES, sha) for data, sha in zip(shards, hashes, strict=True)]
+    def reuse_layouts() -> list[Any]:  # as the fused chain serves a shard it parsed before (every later epoch)
+        return [plain_samples(data, MAX_MEMBER_BYTES, sha, rows=True)
+                for data, sha in zip(shards, hashes, strict=True)]
 
     def decode(raw: RawSample) -> Any:  # as the default chain decodes: plain PNGs straight, the rest in full
         image = decode_plain_png(raw.members["png"], options.max_pixels)
