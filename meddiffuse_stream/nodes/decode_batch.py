@@ -26,7 +26,7 @@ from .decode import DecodeOptions, decode_plain_png, spng_decoder
 from .errors import LoaderDataError
 from .items import PlannedSample, Skipped
 from .pixels import write_image
-from .plain_rows import Row
+from .plain_rows import Row, build_row
 from .source import DatasetSource
 from .stages import decode_planned
 
@@ -119,8 +119,7 @@ class DecodeBatch(ChunkNode[dict[str, Any]]):
                 if plain and place_row(slot, item, padding[slot]):
                     good += 1
                     continue
-                rows, index, ref = item
-                item = rows.sample(index, ref)
+                item = build_row(item)
             planned = PlannedSample(item, padding[slot])
             if plain and builder.place_plain(slot, planned):
                 good += 1
@@ -190,19 +189,7 @@ class _Builder:
         if label < 0 or (options.num_classes is not None and label >= options.num_classes):
             return False
         image = decode_plain_png(data, options.max_pixels)
-        if image is None:
-            return False
-        if self.images is None:
-            self.images = self.allocate((self.count, *image.shape), self.dtype)
-            self._shape, self._first_key = image.shape, raw.key
-        elif image.shape != self._shape:
-            return False  # place() raises the error naming both samples
-        write_image(self.images[slot], image, raw.key)
-        self.labels[slot] = label
-        self.keys[slot] = raw.key
-        self.padding[slot] = planned.padding
-        self._last_plain, self._last_sample = slot, None
-        return True
+        return image is not None and self._put_plain(slot, image, label, raw.key, planned.padding)
 
     def place_row(self, slot: int, row: Row, padding: bool) -> bool:
         """:meth:`place_plain` for a row of a plain shard: its header and label were checked once for the shard
@@ -217,7 +204,10 @@ class _Builder:
             image = decoder[0](rows.data[rows.starts[index] : rows.ends[index]], decoder[1]).transpose(2, 0, 1)
         except Exception:  # the full decode decodes it again and names the problem
             return False
-        key = rows.keys[index]
+        return self._put_plain(slot, image, label, rows.keys[index], padding)
+
+    def _put_plain(self, slot: int, image: np.ndarray, label: int, key: Any, padding: bool) -> bool:
+        """A decoded plain image into ``slot``; False (nothing placed) where its shape is not the batch's."""
         if self.images is None:
             self.images = self.allocate((self.count, *image.shape), self.dtype)
             self._shape, self._first_key = image.shape, key

@@ -22,7 +22,7 @@ import numpy as np
 from ..shardfmt.tar import RawSample
 from ..shardfmt.tar_fast import PlainLayout
 
-__all__ = ["PlainRows", "PngColumns", "Row", "png_columns"]
+__all__ = ["PlainRows", "PngColumns", "Row", "build_row", "png_columns"]
 
 _SIGNATURE = np.frombuffer(b"\x89PNG\r\n\x1a\n", np.uint8)
 _HEAD = np.arange(29)  # the signature and the IHDR chunk up to the interlace byte
@@ -113,3 +113,9 @@ class PlainRows(Sequence[RawSample]):
 
 
 Row = tuple[PlainRows, int, Any]  # (rows, index in the shard, ref): one planned sample of a plain shard, unbuilt
+
+
+def build_row(row: Row) -> RawSample:
+    """The ``RawSample`` a reader without rows would have given for ``row``."""
+    rows, index, ref = row
+    return rows.sample(index, ref)

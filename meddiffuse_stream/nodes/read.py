@@ -10,7 +10,7 @@ from ..counters import Counters
 from ..retry import RetryPolicy
 from ..shard_cache import ShardCache
 from .items import PlannedSample
-from .plain_rows import PlainRows
+from .plain_rows import build_row
 from .plan import EpochPlan
 from .reader import PlannedSampleReader
 from .source import DatasetSource
@@ -69,7 +69,7 @@ class ReadSamples(BaseNode[PlannedSample]):
     def next(self) -> PlannedSample:
         item = next(self._reader)
         if type(item) is tuple:  # a plain shard's row: built
-            item = _built(item)
+            item = build_row(item)
         padding = self._padding[self._position]
         self._position += 1
         return PlannedSample(item, padding)
@@ -78,7 +78,7 @@ class ReadSamples(BaseNode[PlannedSample]):
         """The next ``count`` planned samples at once (fewer at the end of the share): what ``count`` calls of
         ``next()`` give, without a node call per sample (the batching stage's way)."""
         items, padding = self.take_rows(count)
-        return [PlannedSample(_built(item) if type(item) is tuple else item, pad)
+        return [PlannedSample(build_row(item) if type(item) is tuple else item, pad)
                 for item, pad in zip(items, padding, strict=True)]  # fmt: skip
 
     def take_rows(self, count: int) -> tuple[list[Any], list[bool]]:
@@ -90,8 +90,3 @@ class ReadSamples(BaseNode[PlannedSample]):
 
     def get_state(self) -> dict[str, Any]:
         return {self.POSITION_KEY: self._position}
-
-
-def _built(row: tuple[PlainRows, int, Any]) -> Any:
-    rows, index, ref = row
-    return rows.sample(index, ref)

@@ -61,7 +61,7 @@ class PlannedSampleReader:
     raises or counts (``on_error``).
 
     With ``rows=True`` a sample of a plain shard in memory comes as a :data:`~.plain_rows.Row` instead, built
-    only if the consumer needs a ``RawSample`` (``Row[0].sample(Row[1], Row[2])``): the fused batch stage's way.
+    only if the consumer needs a ``RawSample`` (:func:`~.plain_rows.build_row`): the fused batch stage's way.
 
     It follows the ``torchdata.nodes`` contract (``reset(state)``, ``get_state()``, ``next()``) without importing
     torch; :class:`meddiffuse_stream.nodes.read.ReadSamples` wraps it as a node.

@@ -56,11 +56,6 @@ class PlainLayout:
         extra = 0 if alike else sum(len(s) + 57 for s in suffixes) + self._bounds.nbytes  # type: ignore[union-attr]
         self.nbytes = len(self._keys) + 49 + starts.nbytes + ends.nbytes + extra  # about what keeping it costs
 
-    @property
-    def pattern(self) -> list[str] | None:
-        """Every sample's member suffixes, in order, where all samples have the same ones (else ``None``)."""
-        return self._pattern
-
     def keys(self) -> list[str]:
         """The sample keys, in shard order."""
         return self._keys.split("\n")
