@@ -61,16 +61,29 @@ def build_parser() -> argparse.ArgumentParser:
     shard.add_argument("out", help="output dataset folder; a local path or fsspec URL such as s3://bucket/name")
     shard.add_argument("--split", help="patient-level split fractions, default train=0.8,val=0.1,test=0.1")
     shard.add_argument("--resize", type=int, help="resize every image (and ROI) to N x N pixels")
-    shard.add_argument("--channels", type=int, choices=[1, 3],
-                       help="convert every image to 1 (grey, BT.601 luma) or 3 (RGB) channels")  # fmt: skip
-    shard.add_argument("--frames", choices=FRAME_CHOICES, default="middle",
-                       help="multi-frame DICOM and multi-page images: keep the middle frame (default), every frame "
-                            "as its own sample, or reject the file")  # fmt: skip
-    shard.add_argument("--max-pixels", type=int, default=DEFAULT_MAX_PIXELS,
-                       help="pixels per input (all kept frames), checked from headers before decoding "
-                            f"(default {DEFAULT_MAX_PIXELS:,})")  # fmt: skip
-    shard.add_argument("--max-file-bytes", type=parse_bytes, default=DEFAULT_MAX_FILE_BYTES,
-                       help="largest input file read (default 2GiB); larger files are rejected unread")  # fmt: skip
+    shard.add_argument(
+        "--channels", type=int, choices=[1, 3], help="convert every image to 1 (grey, BT.601 luma) or 3 (RGB) channels"
+    )
+    shard.add_argument(
+        "--frames",
+        choices=FRAME_CHOICES,
+        default="middle",
+        help="multi-frame DICOM and multi-page images: keep the middle frame (default), every frame "
+        "as its own sample, or reject the file",
+    )
+    shard.add_argument(
+        "--max-pixels",
+        type=int,
+        default=DEFAULT_MAX_PIXELS,
+        help="pixels per input (all kept frames), checked from headers before decoding "
+        f"(default {DEFAULT_MAX_PIXELS:,})",
+    )
+    shard.add_argument(
+        "--max-file-bytes",
+        type=parse_bytes,
+        default=DEFAULT_MAX_FILE_BYTES,
+        help="largest input file read (default 2GiB); larger files are rejected unread",
+    )
     shard.add_argument("--name", help="dataset name recorded in dataset.json")
     shard.add_argument("--no-window", action="store_true", help="DICOM: keep stored values, skip the VOI window")
     shard.add_argument("--label", default="binary", choices=["binary", "subtype"], help="breakhis: label to use")
@@ -132,8 +145,11 @@ def build_parser() -> argparse.ArgumentParser:
     fit.add_argument("dataset", help="shard dataset folder or URL")
     fit.add_argument("--out", required=True, help="folder for checkpoint.pt and metrics.json")
     fit.add_argument("--model", default="cnn", choices=["cnn", "cnn-small", "resnet18", "vit-tiny"])
-    fit.add_argument("--augment", default="standard", help="none, standard, mixup, cutmix, saliencymix, diffusemix, "
-                     "genmix, dafusion or meddiffusemix")  # fmt: skip
+    fit.add_argument(
+        "--augment",
+        default="standard",
+        help="none, standard, mixup, cutmix, saliencymix, diffusemix, genmix, dafusion or meddiffusemix",
+    )
     fit.add_argument("--epochs", type=int, default=5)
     fit.add_argument("--steps", type=int, help="optimizer steps to make (overrides --epochs; the last epoch is cut)")
     fit.add_argument("--batch-size", type=int, default=64)
@@ -141,9 +157,13 @@ def build_parser() -> argparse.ArgumentParser:
     fit.add_argument("--loss", default="ce", choices=["ce", "weighted"], help="weighted: inverse class frequency")
     fit.add_argument("--seed", type=int, default=0)
     fit.add_argument("--workers", type=int, default=0)
-    fit.add_argument("--loader-dtype", default="float32", choices=["float32", "uint8", "uint16"],
-                     help="what the loader's workers deliver: uint8/uint16 move 1/4 (1/2) of the bytes and are "
-                     "converted to float on the training device")  # fmt: skip
+    fit.add_argument(
+        "--loader-dtype",
+        default="float32",
+        choices=["float32", "uint8", "uint16"],
+        help="what the loader's workers deliver: uint8/uint16 move 1/4 (1/2) of the bytes and are "
+        "converted to float on the training device",
+    )
     fit.add_argument("--checkpoint-every", type=int, default=0, help="steps between checkpoints (and every epoch)")
     fit.add_argument("--train-fraction", type=float, default=1.0, help="train on this patient-level fraction")
     fit.add_argument("--resume", action="store_true", help="continue from OUT/checkpoint.pt exactly")
@@ -154,8 +174,11 @@ def build_parser() -> argparse.ArgumentParser:
     fit.add_argument("--key-log", action="store_true", help="write the keys each rank trained on")
     fit.add_argument("--min-val-auc", type=float, help="fail (exit 1, model kept) if the val AUC ends below this")
     fit.add_argument("--quiet", action="store_true", help="no progress bar")
-    fit.add_argument("--deterministic", action="store_true",
-                     help="deterministic kernels (slower): a resumed CUDA run ends bit-equal to an uninterrupted one")
+    fit.add_argument(
+        "--deterministic",
+        action="store_true",
+        help="deterministic kernels (slower): a resumed CUDA run ends bit-equal to an uninterrupted one",
+    )
     fit.set_defaults(handler=_run_train)
 
     show = commands.add_parser("preview", help="a picture of what an augmentation does to real samples")
@@ -170,8 +193,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     index = commands.add_parser("index", help="write a shard index for WebDataset shards written by anyone")
     index.add_argument("src", help="folder or prefix of .tar shards, a glob or a brace pattern (local or URL)")
-    index.add_argument("--out", help="where to write it: a .json path or a folder (default SRC/shardindex.json); "
-                       "elsewhere for a bucket you cannot write, then pass that file to the loader")  # fmt: skip
+    index.add_argument(
+        "--out",
+        help="where to write it: a .json path or a folder (default SRC/shardindex.json); "
+        "elsewhere for a bucket you cannot write, then pass that file to the loader",
+    )
     index.add_argument("--name", help="dataset name recorded in the index")
     index.add_argument("--workers", type=int, default=4, help="shards read at once")
     index.add_argument("--quiet", action="store_true", help="no progress bar")
@@ -220,8 +246,9 @@ def _options(args: argparse.Namespace, **extra) -> ConvertOptions:
 def _run_shard(args: argparse.Namespace) -> int:
     splits = parse_split_spec(args.split) if args.split else None
     limits = {"max_pixels": args.max_pixels, "max_file_bytes": args.max_file_bytes}
-    options = _options(args, splits=splits, resize=args.resize, name=args.name, frames=args.frames,
-                       channels=args.channels, **limits)  # fmt: skip
+    options = _options(
+        args, splits=splits, resize=args.resize, name=args.name, frames=args.frames, channels=args.channels, **limits
+    )
     summary = convert_dataset(
         _source_for(args),
         args.src,
@@ -252,13 +279,25 @@ def _run_train_diffusion(args: argparse.Namespace) -> int:
     from .augment.train_generator import train_generator
 
     result = train_generator(
-        args.dataset, args.out, epochs=args.epochs, batch_size=args.batch_size, learning_rate=args.lr,
-        width=args.width, strength=args.strength, steps=args.steps, crop=args.crop, ema=args.ema, seed=args.seed,
+        args.dataset,
+        args.out,
+        epochs=args.epochs,
+        batch_size=args.batch_size,
+        learning_rate=args.lr,
+        width=args.width,
+        strength=args.strength,
+        steps=args.steps,
+        crop=args.crop,
+        ema=args.ema,
+        seed=args.seed,
         num_workers=args.workers,
-        device=args.device, progress=not args.quiet,
-    )  # fmt: skip
-    print(f"trained {result['batches']} batches: loss {result['first_loss']:.4f} -> {result['final_loss']:.4f}; "
-          f"saved to {args.out}")  # fmt: skip
+        device=args.device,
+        progress=not args.quiet,
+    )
+    print(
+        f"trained {result['batches']} batches: loss {result['first_loss']:.4f} -> {result['final_loss']:.4f}; "
+        f"saved to {args.out}"
+    )
     return 0
 
 
@@ -266,10 +305,19 @@ def _run_warm_cache(args: argparse.Namespace) -> int:
     from .augment.warm import warm_cache
 
     totals = warm_cache(
-        args.dataset, args.generator, args.cache, variants=args.variants, index=args.index, count=args.count,
-        split=args.split, batch_size=args.batch_size, variant_seed=args.variant_seed, device=args.device,
-        storage_options=parse_storage_options(args.storage_option), progress=not args.quiet,
-    )  # fmt: skip
+        args.dataset,
+        args.generator,
+        args.cache,
+        variants=args.variants,
+        index=args.index,
+        count=args.count,
+        split=args.split,
+        batch_size=args.batch_size,
+        variant_seed=args.variant_seed,
+        device=args.device,
+        storage_options=parse_storage_options(args.storage_option),
+        progress=not args.quiet,
+    )
     print(f"samples {totals['samples']}  generated {totals['generated']}  already cached {totals['already_cached']}")
     return 0
 
@@ -287,21 +335,40 @@ def _run_train(args: argparse.Namespace) -> int:
     from .train import TrainConfig, train
 
     config = TrainConfig(
-        args.dataset, args.out, model=args.model, augment=args.augment, epochs=args.epochs,
-        batch_size=args.batch_size, learning_rate=args.lr, loss=args.loss, seed=args.seed,
-        num_workers=args.workers, checkpoint_every=args.checkpoint_every, resume=args.resume, device=args.device,
-        key_log=args.key_log, augment_stage=_configured_stage(args), train_fraction=args.train_fraction,
-        cache_dir=args.shard_cache, cache_bytes=args.shard_cache_bytes, min_val_auc=args.min_val_auc,
-        progress=not args.quiet, deterministic=args.deterministic, loader_dtype=args.loader_dtype, steps=args.steps,
-    )  # fmt: skip
+        args.dataset,
+        args.out,
+        model=args.model,
+        augment=args.augment,
+        epochs=args.epochs,
+        batch_size=args.batch_size,
+        learning_rate=args.lr,
+        loss=args.loss,
+        seed=args.seed,
+        num_workers=args.workers,
+        checkpoint_every=args.checkpoint_every,
+        resume=args.resume,
+        device=args.device,
+        key_log=args.key_log,
+        augment_stage=_configured_stage(args),
+        train_fraction=args.train_fraction,
+        cache_dir=args.shard_cache,
+        cache_bytes=args.shard_cache_bytes,
+        min_val_auc=args.min_val_auc,
+        progress=not args.quiet,
+        deterministic=args.deterministic,
+        loader_dtype=args.loader_dtype,
+        steps=args.steps,
+    )
     results = train(config)
     if int(os.environ.get("RANK", "0")) == 0:
         for split in ("val", "test"):
             if split in results:
                 m = results[split]
                 auc = "n/a" if m["roc_auc"] is None else f"{m['roc_auc']:.3f}"
-                print(f"{split}: accuracy {m['accuracy']:.3f}  macro-F1 {m['macro_f1']:.3f}  AUC {auc}  "
-                      f"kappa {m['cohen_kappa']:.3f}  ({m['samples']} samples)")  # fmt: skip
+                print(
+                    f"{split}: accuracy {m['accuracy']:.3f}  macro-F1 {m['macro_f1']:.3f}  AUC {auc}  "
+                    f"kappa {m['cohen_kappa']:.3f}  ({m['samples']} samples)"
+                )
         print(f"{results['steps']} steps; metrics in {args.out}/metrics.json")
     return 0
 
@@ -311,8 +378,9 @@ def _run_preview(args: argparse.Namespace) -> int:
     from .preview import render_preview
 
     stage = stage_from_args(args, args.dataset) or args.augment
-    with MedDiffuseLoader(args.dataset, args.n, split=args.split, seed=args.seed, augment=stage, as_dict=True,
-                          shuffle=True) as loader:  # fmt: skip
+    with MedDiffuseLoader(
+        args.dataset, args.n, split=args.split, seed=args.seed, augment=stage, as_dict=True, shuffle=True
+    ) as loader:
         batch = next(iter(loader))
         names = list(loader.dataset.class_names)
     path = render_preview(batch, names, args.output, args.augment)
@@ -326,9 +394,14 @@ def _run_index(args: argparse.Namespace) -> int:
     from .shardfmt.indexer import build_shard_index
 
     with tqdm(unit="shard", desc="index", disable=args.quiet) as bar:
-        summary = build_shard_index(args.src, args.out, name=args.name, workers=args.workers,
-                                    storage_options=parse_storage_options(args.storage_option),
-                                    progress=bar.update)  # fmt: skip
+        summary = build_shard_index(
+            args.src,
+            args.out,
+            name=args.name,
+            workers=args.workers,
+            storage_options=parse_storage_options(args.storage_option),
+            progress=bar.update,
+        )
     print(summary.table())
     return 0
 

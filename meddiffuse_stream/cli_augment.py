@@ -29,20 +29,40 @@ def add_augment_options(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--saliency-method", default="gradcam-multiscale", choices=SALIENCY_METHODS)
     group.add_argument("--variants", type=int, default=2, help="variants per sample the stage chooses from (M)")
     group.add_argument("--mask-draws", type=int, default=2, help="MedDiffuseMix mask draws per sample (D)")
-    group.add_argument("--original-probability", type=float, default=0.5,
-                       help="share of samples diffusion methods show unchanged")  # fmt: skip
+    group.add_argument(
+        "--original-probability", type=float, default=0.5, help="share of samples diffusion methods show unchanged"
+    )
     group.add_argument("--compose-standard", action="store_true", help="flips, rotations, intensity after the method")
-    group.add_argument("--mix", type=_setting, action="append", metavar="NAME=VALUE", default=[],
-                       help="a MixConfig setting, e.g. --mix quantile=0.8 --mix margin=4 (repeatable)")  # fmt: skip
+    group.add_argument(
+        "--mix",
+        type=_setting,
+        action="append",
+        metavar="NAME=VALUE",
+        default=[],
+        help="a MixConfig setting, e.g. --mix quantile=0.8 --mix margin=4 (repeatable)",
+    )
 
 
 def stage_from_args(args: argparse.Namespace, dataset: str, *, device: str | None = None):
     """A configured AugmentStage, the method name for model-free methods, or None."""
     from .augment.factory import StageSettings, build_stage
 
-    settings = StageSettings(mix=dict(args.mix), variants_per_sample=args.variants, mask_draws=args.mask_draws,
-                             original_probability=args.original_probability, compose_standard=args.compose_standard,
-                             saliency_method=args.saliency_method)  # fmt: skip
-    return build_stage(args.augment, dataset, teacher=args.teacher, teacher_model=args.teacher_model,
-                       generator=args.generator, variant_cache=args.variant_cache, seed=args.seed,
-                       settings=settings, device=device)  # fmt: skip
+    settings = StageSettings(
+        mix=dict(args.mix),
+        variants_per_sample=args.variants,
+        mask_draws=args.mask_draws,
+        original_probability=args.original_probability,
+        compose_standard=args.compose_standard,
+        saliency_method=args.saliency_method,
+    )
+    return build_stage(
+        args.augment,
+        dataset,
+        teacher=args.teacher,
+        teacher_model=args.teacher_model,
+        generator=args.generator,
+        variant_cache=args.variant_cache,
+        seed=args.seed,
+        settings=settings,
+        device=device,
+    )

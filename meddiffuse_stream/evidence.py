@@ -30,8 +30,15 @@ from .loader import MedDiffuseLoader
 __all__ = ["EVIDENCE_METRICS", "evidence_metrics", "saliency_coverage", "variant_consistency"]
 
 _UNCHANGED = 1.0 / 512  # within half an 8-bit step
-EVIDENCE_METRICS = ("roi_unchanged", "roi_moved", "w_roi", "w_off", "saliency_iou", "label_consistency",
-                    "augmented_share")  # fmt: skip
+EVIDENCE_METRICS = (
+    "roi_unchanged",
+    "roi_moved",
+    "w_roi",
+    "w_off",
+    "saliency_iou",
+    "label_consistency",
+    "augmented_share",
+)
 
 
 class _Sums:
@@ -53,17 +60,25 @@ def _predict(teacher: torch.nn.Module, images: torch.Tensor) -> torch.Tensor:
 
 
 def evidence_metrics(
-    dataset: str, augment: Any, *, teacher: torch.nn.Module | None = None, saliency_method: str = "gradcam-multiscale",
-    split: str = "train", batch_size: int = 64, seed: int = 0, max_batches: int | None = None,
+    dataset: str,
+    augment: Any,
+    *,
+    teacher: torch.nn.Module | None = None,
+    saliency_method: str = "gradcam-multiscale",
+    split: str = "train",
+    batch_size: int = 64,
+    seed: int = 0,
+    max_batches: int | None = None,
     class_names: list[str] | None = None,
-) -> dict[str, Any]:  # fmt: skip
+) -> dict[str, Any]:
     """One pass of ``augment`` over ``split`` (all of it unless ``max_batches``); ``None`` where a metric does not
     apply (no ROI in the dataset, no teacher, a method that moves pixels)."""
     extractor = SaliencyExtractor(teacher, saliency_method) if teacher is not None else None
     sums = _Sums()
     seen = changed = 0
-    with MedDiffuseLoader(dataset, batch_size, split=split, augment=augment, as_dict=True, seed=seed,
-                          shuffle=True) as loader:  # fmt: skip
+    with MedDiffuseLoader(
+        dataset, batch_size, split=split, augment=augment, as_dict=True, seed=seed, shuffle=True
+    ) as loader:
         names = class_names or list(loader.dataset.class_names)
         for index, batch in enumerate(loader):
             if max_batches is not None and index >= max_batches:
@@ -85,8 +100,11 @@ def evidence_metrics(
                 sums.add("label_consistency", float((predicted == labels).sum()), len(rows))
                 for label in labels.unique().tolist():
                     of_class = labels == label
-                    sums.add(f"label_consistency:{names[label]}", float((predicted[of_class] == label).sum()),
-                             float(of_class.sum()))  # fmt: skip
+                    sums.add(
+                        f"label_consistency:{names[label]}",
+                        float((predicted[of_class] == label).sum()),
+                        float(of_class.sum()),
+                    )
                 if "original_roi" not in batch:  # IoU compares places: meaningless once pixels moved
                     iou = top_fraction_iou(extractor(original[rows], labels), extractor(image[rows], labels), 0.2)
                     sums.add("saliency_iou", float(iou.sum()), len(rows))
@@ -126,8 +144,15 @@ def _roi_sums(sums: _Sums, batch: dict[str, Any], image, original, weight, rows)
     sums.add("roi_unchanged", float((unchanged & roi).sum()), float(roi.sum()))
 
 
-def variant_consistency(dataset: str, stage: Any, teacher: torch.nn.Module, *, split: str = "train",
-                        batch_size: int = 64, max_batches: int | None = None) -> dict[str, Any]:  # fmt: skip
+def variant_consistency(
+    dataset: str,
+    stage: Any,
+    teacher: torch.nn.Module,
+    *,
+    split: str = "train",
+    batch_size: int = 64,
+    max_batches: int | None = None,
+) -> dict[str, Any]:
     """The teacher's accuracy per class on the originals and on every cached variant of each (from ``stage``'s
     variant provider: every variant index 0..M-1)."""
     from .augment.cache import content_hashes
@@ -156,9 +181,15 @@ def variant_consistency(dataset: str, stage: Any, teacher: torch.nn.Module, *, s
 
 
 def saliency_coverage(
-    dataset: str, teacher: torch.nn.Module, methods: tuple[str, ...], *, split: str = "train", batch_size: int = 64,
-    max_batches: int | None = None, config: Any = None,
-) -> dict[str, Any]:  # fmt: skip
+    dataset: str,
+    teacher: torch.nn.Module,
+    methods: tuple[str, ...],
+    *,
+    split: str = "train",
+    batch_size: int = 64,
+    max_batches: int | None = None,
+    config: Any = None,
+) -> dict[str, Any]:
     """Per saliency method, over the lesion images of ``split``: the share of lesion pixels inside the evidence
     mask (``S > quantile``) and inside the protected region (the mask and its margin), flat maps, seconds."""
     import time
@@ -189,7 +220,12 @@ def saliency_coverage(
                 sums[method][1] += float((protected & roi).sum())
                 sums[method][2] += float(roi.sum())
                 sums[method][3] += int(is_flat(maps).sum())
-    return {method: {"lesion_in_mask": inside / total if total else None,
-                     "lesion_in_protected": kept / total if total else None, "flat_maps": flat,
-                     "seconds": round(seconds, 2)}
-            for method, (inside, kept, total, flat, seconds) in sums.items()}  # fmt: skip
+    return {
+        method: {
+            "lesion_in_mask": inside / total if total else None,
+            "lesion_in_protected": kept / total if total else None,
+            "flat_maps": flat,
+            "seconds": round(seconds, 2),
+        }
+        for method, (inside, kept, total, flat, seconds) in sums.items()
+    }

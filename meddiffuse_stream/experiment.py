@@ -26,9 +26,17 @@ METRICS = ("accuracy", "macro_f1", "roc_auc", "cohen_kappa")
 def _stage_for(method: MethodConfig, config: ExperimentConfig, seed: int) -> Any:
     from .augment.factory import build_stage
 
-    return build_stage(method.method, config.dataset, teacher=config.teacher, teacher_model=config.teacher_model,
-                       generator=config.generator, variant_cache=config.variant_cache, seed=seed,
-                       settings=method.settings, device=config.device)  # fmt: skip
+    return build_stage(
+        method.method,
+        config.dataset,
+        teacher=config.teacher,
+        teacher_model=config.teacher_model,
+        generator=config.generator,
+        variant_cache=config.variant_cache,
+        seed=seed,
+        settings=method.settings,
+        device=config.device,
+    )
 
 
 def check_teacher(config: ExperimentConfig) -> dict[str, Any] | None:
@@ -42,11 +50,15 @@ def check_teacher(config: ExperimentConfig) -> dict[str, Any] | None:
         return metrics
     auc = (metrics or {}).get("val", {}).get("roc_auc")
     if auc is None:
-        raise ValueError(f"teacher {config.teacher}: no validation AUC in {metrics_path} to check against "
-                         f"min_teacher_val_auc {config.min_teacher_val_auc}; train it with `meddiffuse-stream train`")
+        raise ValueError(
+            f"teacher {config.teacher}: no validation AUC in {metrics_path} to check against "
+            f"min_teacher_val_auc {config.min_teacher_val_auc}; train it with `meddiffuse-stream train`"
+        )
     if auc < config.min_teacher_val_auc:
-        raise ValueError(f"teacher {config.teacher} has val AUC {auc:.3f} < min_teacher_val_auc "
-                         f"{config.min_teacher_val_auc}: its saliency would not find the evidence; train it longer")
+        raise ValueError(
+            f"teacher {config.teacher} has val AUC {auc:.3f} < min_teacher_val_auc "
+            f"{config.min_teacher_val_auc}: its saliency would not find the evidence; train it longer"
+        )
     return metrics
 
 
@@ -81,13 +93,23 @@ def _generator_identity(path: str | None) -> str | None:
 def provenance(method: MethodConfig, config: ExperimentConfig) -> dict[str, Any]:
     """What a cell's result depends on: the method as run, the dataset, teacher and generator (by content), and
     the training settings. A stored cell is reused only if all of it matches."""
-    return {**method.describe(), "inputs": {
-        "dataset": _digest(config.dataset, "dataset.json"), "teacher": _digest(config.teacher),
-        "generator": _generator_identity(config.generator),
-        "training": {"model": config.model, "epochs": config.epochs, "steps": config.steps, "loss": config.loss,
-                     "batch_size": config.batch_size, "lr": config.lr},
-        "evidence": {"split": config.evidence_split, "batches": config.evidence_batches},
-    }}  # fmt: skip
+    return {
+        **method.describe(),
+        "inputs": {
+            "dataset": _digest(config.dataset, "dataset.json"),
+            "teacher": _digest(config.teacher),
+            "generator": _generator_identity(config.generator),
+            "training": {
+                "model": config.model,
+                "epochs": config.epochs,
+                "steps": config.steps,
+                "loss": config.loss,
+                "batch_size": config.batch_size,
+                "lr": config.lr,
+            },
+            "evidence": {"split": config.evidence_split, "batches": config.evidence_batches},
+        },
+    }
 
 
 def _finished(run: Path, described: dict[str, Any]) -> bool:
@@ -102,12 +124,26 @@ def _train(method: MethodConfig, config: ExperimentConfig, seed: int, fraction: 
     stage = _stage_for(method, config, seed)
     described = provenance(method, config)
     started = time.perf_counter()
-    train(TrainConfig(config.dataset, str(run), model=config.model, augment=method.name,
-                      epochs=config.epochs, steps=config.steps, batch_size=config.batch_size,
-                      learning_rate=config.lr, seed=seed, num_workers=config.workers, loss=config.loss,
-                      augment_stage=stage if stage is not None and not isinstance(stage, str) else None,
-                      augment_method=stage if isinstance(stage, str) else None,
-                      device=config.device, train_fraction=fraction, progress=False))  # fmt: skip
+    train(
+        TrainConfig(
+            config.dataset,
+            str(run),
+            model=config.model,
+            augment=method.name,
+            epochs=config.epochs,
+            steps=config.steps,
+            batch_size=config.batch_size,
+            learning_rate=config.lr,
+            seed=seed,
+            num_workers=config.workers,
+            loss=config.loss,
+            augment_stage=stage if stage is not None and not isinstance(stage, str) else None,
+            augment_method=stage if isinstance(stage, str) else None,
+            device=config.device,
+            train_fraction=fraction,
+            progress=False,
+        )
+    )
     described["seconds"] = round(time.perf_counter() - started, 1)
     metrics = json.loads((run / "metrics.json").read_text())
     metrics["method"] = described
@@ -132,8 +168,15 @@ def _evidence(method: MethodConfig, config: ExperimentConfig, seed: int, teacher
             return stored["metrics"]
     stage = _stage_for(method, config, seed)
     saliency = method.settings.saliency_method
-    metrics = evidence_metrics(config.dataset, stage, teacher=teacher, saliency_method=saliency,
-                               split=config.evidence_split, seed=seed, max_batches=config.evidence_batches)  # fmt: skip
+    metrics = evidence_metrics(
+        config.dataset,
+        stage,
+        teacher=teacher,
+        saliency_method=saliency,
+        split=config.evidence_split,
+        seed=seed,
+        max_batches=config.evidence_batches,
+    )
     path.parent.mkdir(parents=True, exist_ok=True)
     temporary = path.with_suffix(".tmp")
     temporary.write_text(json.dumps({"method": described, "metrics": metrics}, indent=1) + "\n")
@@ -148,17 +191,22 @@ def _variant_report(config: ExperimentConfig, teacher: Any, out: Path) -> dict[s
     from .augment.factory import build_stage
     from .evidence import variant_consistency
 
-    stage = build_stage("dafusion", config.dataset, generator=config.generator, variant_cache=config.variant_cache,
-                        device=config.device)  # fmt: skip
+    stage = build_stage(
+        "dafusion", config.dataset, generator=config.generator, variant_cache=config.variant_cache, device=config.device
+    )
     identity = stage.variants.identity
     path = out / "variants.json"
     if path.exists():
         stored = json.loads(path.read_text())
         if stored.get("generator") == identity:
             return stored
-    report = {"generator": identity, "variants_per_sample": stage.variants_per_sample,
-              "accuracy": variant_consistency(config.dataset, stage, teacher, split=config.evidence_split,
-                                              max_batches=config.evidence_batches)}  # fmt: skip
+    report = {
+        "generator": identity,
+        "variants_per_sample": stage.variants_per_sample,
+        "accuracy": variant_consistency(
+            config.dataset, stage, teacher, split=config.evidence_split, max_batches=config.evidence_batches
+        ),
+    }
     path.write_text(json.dumps(report, indent=1) + "\n")
     return report
 
@@ -179,14 +227,17 @@ def _saliency_report(config: ExperimentConfig, teacher: Any, out: Path) -> dict[
         stored = json.loads(path.read_text())
         if stored.get("teacher") == identity and list(stored["methods"]) == list(config.saliency_methods):
             return stored
-    report = {"teacher": identity, "methods": saliency_coverage(config.dataset, teacher, config.saliency_methods,
-                                                                split=config.evidence_split)}  # fmt: skip
+    report = {
+        "teacher": identity,
+        "methods": saliency_coverage(config.dataset, teacher, config.saliency_methods, split=config.evidence_split),
+    }
     path.write_text(json.dumps(report, indent=1) + "\n")
     return report
 
 
-def _cell(config: ExperimentConfig, method: MethodConfig, fraction: float, seed: int, evidence: bool,
-          threads: int = 0) -> str:  # fmt: skip
+def _cell(
+    config: ExperimentConfig, method: MethodConfig, fraction: float, seed: int, evidence: bool, threads: int = 0
+) -> str:
     """Train one cell if it has not run as configured, and measure the method's evidence if asked (runs in a
     worker process with ``jobs`` > 1: everything it needs is read from disk)."""
     import torch
@@ -248,9 +299,12 @@ def run_experiment(config_path: str | Path, *, progress: bool = True) -> Path:
     saliency = _saliency_report(config, teacher, out)
     cells = [(m, f, s) for f in config.fractions for m in config.methods for s in config.seeds]
     measured = config.fractions[-1]  # evidence does not depend on the train fraction: one cell per method/seed
-    work = [(m, f, s, f == measured) for m, f, s in cells
-            if not _finished(out / "runs" / _run_name(m, f, s), provenance(m, config))
-            or (f == measured and not _evidence_done(m, config, s, out))]  # fmt: skip
+    work = [
+        (m, f, s, f == measured)
+        for m, f, s in cells
+        if not _finished(out / "runs" / _run_name(m, f, s), provenance(m, config))
+        or (f == measured and not _evidence_done(m, config, s, out))
+    ]
     _run_cells(config, work, progress)
     rows = []
     for method, fraction, seed in cells:
@@ -259,9 +313,17 @@ def run_experiment(config_path: str | Path, *, progress: bool = True) -> Path:
         metrics = json.loads((run / "metrics.json").read_text())
         for split in config.report_splits:
             if split in metrics:
-                rows.append({"method": method.name, "seed": seed, "fraction": fraction, "split": split,
-                             "steps": metrics["steps"], **{m: metrics[split][m] for m in METRICS},
-                             **{k: v for k, v in evidence.items() if not isinstance(v, dict)}})  # fmt: skip
+                rows.append(
+                    {
+                        "method": method.name,
+                        "seed": seed,
+                        "fraction": fraction,
+                        "split": split,
+                        "steps": metrics["steps"],
+                        **{m: metrics[split][m] for m in METRICS},
+                        **{k: v for k, v in evidence.items() if not isinstance(v, dict)},
+                    }
+                )
     if not rows:
         raise ValueError(f"{config_path}: no run reported any of the splits {list(config.report_splits)}")
     with open(out / "results.csv", "w", newline="") as stream:
@@ -270,7 +332,11 @@ def run_experiment(config_path: str | Path, *, progress: bool = True) -> Path:
         writer.writerows(rows)
     (out / "results.md").write_text(summarise(rows, variants, saliency))
     plots(rows, out, variants)
-    timing = {"seconds": round(time.perf_counter() - started, 1), "runs": len(cells), "cells_run_now": len(work),
-              "jobs": config.jobs}  # fmt: skip
+    timing = {
+        "seconds": round(time.perf_counter() - started, 1),
+        "runs": len(cells),
+        "cells_run_now": len(work),
+        "jobs": config.jobs,
+    }
     (out / "timing.json").write_text(json.dumps(timing, indent=1) + "\n")
     return out

@@ -132,8 +132,9 @@ def load_experiment_config(path: str | Path) -> ExperimentConfig:
     if missing:
         raise ValueError(f"{path}: missing {missing}")
     values = dict(raw)
-    values["methods"] = tuple(_method(entry, f"{path}: methods[{index}]")
-                              for index, entry in enumerate(_tuple(raw["methods"])))  # fmt: skip
+    values["methods"] = tuple(
+        _method(entry, f"{path}: methods[{index}]") for index, entry in enumerate(_tuple(raw["methods"]))
+    )
     for name in ("seeds", "fractions", "report_splits", "saliency_methods"):
         if name in values:
             values[name] = _tuple(values[name])

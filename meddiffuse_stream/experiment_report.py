@@ -13,14 +13,50 @@ from typing import Any
 __all__ = ["mean_ci", "plots", "reading", "summarise"]
 
 # two-sided 95 % Student t quantiles for 1..30 degrees of freedom
-_T95 = [12.706, 4.303, 3.182, 2.776, 2.571, 2.447, 2.365, 2.306, 2.262, 2.228, 2.201, 2.179, 2.160, 2.145,
-        2.131, 2.120, 2.110, 2.101, 2.093, 2.086, 2.080, 2.074, 2.069, 2.064, 2.060, 2.056, 2.052, 2.048, 2.045,
-        2.042]  # fmt: skip
+_T95 = [
+    12.706,
+    4.303,
+    3.182,
+    2.776,
+    2.571,
+    2.447,
+    2.365,
+    2.306,
+    2.262,
+    2.228,
+    2.201,
+    2.179,
+    2.160,
+    2.145,
+    2.131,
+    2.120,
+    2.110,
+    2.101,
+    2.093,
+    2.086,
+    2.080,
+    2.074,
+    2.069,
+    2.064,
+    2.060,
+    2.056,
+    2.052,
+    2.048,
+    2.045,
+    2.042,
+]
 REFERENCE = "meddiffusemix"
-COLUMNS = (("val AUC", "val", "roc_auc"), ("test AUC", "test", "roc_auc"), ("ROI kept", None, "roi_unchanged"),
-           ("ROI moved", None, "roi_moved"), ("W on ROI", None, "w_roi"), ("W off ROI", None, "w_off"),
-           ("saliency IoU", None, "saliency_iou"), ("teacher agrees", None, "label_consistency"),
-           ("changed", None, "augmented_share"))  # fmt: skip
+COLUMNS = (
+    ("val AUC", "val", "roc_auc"),
+    ("test AUC", "test", "roc_auc"),
+    ("ROI kept", None, "roi_unchanged"),
+    ("ROI moved", None, "roi_moved"),
+    ("W on ROI", None, "w_roi"),
+    ("W off ROI", None, "w_off"),
+    ("saliency IoU", None, "saliency_iou"),
+    ("teacher agrees", None, "label_consistency"),
+    ("changed", None, "augmented_share"),
+)
 
 
 def mean_ci(values: list[float | None]) -> tuple[float, float] | None:
@@ -58,8 +94,9 @@ def _values(rows, method, fraction, split, metric) -> dict[int, float | None]:
     return chosen
 
 
-def summarise(rows: list[dict[str, Any]], variants: dict[str, Any] | None = None,
-              saliency: dict[str, Any] | None = None) -> str:  # fmt: skip
+def summarise(
+    rows: list[dict[str, Any]], variants: dict[str, Any] | None = None, saliency: dict[str, Any] | None = None
+) -> str:
     """A markdown table (one row per method and fraction), the paired differences and the reading."""
     header = "| method | seeds | steps | " + " | ".join(c[0] for c in COLUMNS) + " |"
     lines = [header, "|---" * (len(COLUMNS) + 3) + "|"]
@@ -81,8 +118,10 @@ def summarise(rows: list[dict[str, Any]], variants: dict[str, Any] | None = None
         text += "|---|---|---|---|---|\n"
         for method, values in saliency["methods"].items():
             inside, kept = values["lesion_in_mask"], values["lesion_in_protected"]
-            text += (f"| {method} | {'n/a' if inside is None else f'{inside:.3f}'} | "
-                     f"{'n/a' if kept is None else f'{kept:.3f}'} | {values['flat_maps']} | {values['seconds']} |\n")
+            text += (
+                f"| {method} | {'n/a' if inside is None else f'{inside:.3f}'} | "
+                f"{'n/a' if kept is None else f'{kept:.3f}'} | {values['flat_maps']} | {values['seconds']} |\n"
+            )
     return text + "\n" + reading(rows, variants) + "\n"
 
 
@@ -138,11 +177,15 @@ def reading(rows: list[dict[str, Any]], variants: dict[str, Any] | None = None) 
     sentences = []
     if len(fractions) > 1:
         others = ", ".join(f"{f:g}" for f in fractions if f != fraction)
-        sentences.append(f"With {'the whole train split' if fraction == 1.0 else f'{fraction:g} of train'} "
-                         f"(fractions {others}: the differences table):")  # fmt: skip
+        sentences.append(
+            f"With {'the whole train split' if fraction == 1.0 else f'{fraction:g} of train'} "
+            f"(fractions {others}: the differences table):"
+        )
     if ours is not None:
-        sentences.append(f"On the images each method changed, MedDiffuseMix left {ours[0]:.1%} of lesion pixels "
-                         f"untouched ({', '.join(parts) or 'no baseline measured'}).")  # fmt: skip
+        sentences.append(
+            f"On the images each method changed, MedDiffuseMix left {ours[0]:.1%} of lesion pixels "
+            f"untouched ({', '.join(parts) or 'no baseline measured'})."
+        )
     for split, what in (("val", "in-domain (val)"), ("test", "domain-shift (test)")):
         for other in ("none", "standard", "cutmix", "mixup"):  # none: the control no augmentation must beat
             if other in methods:
@@ -153,8 +196,10 @@ def reading(rows: list[dict[str, Any]], variants: dict[str, Any] | None = None) 
         variant_rows = {k: v for k, v in variants["accuracy"].items() if k.startswith("variant:")}
         if variant_rows:
             worst = min(variant_rows, key=variant_rows.get)
-            sentences.append(f"The teacher recognises the class of raw variants at {min(variant_rows.values()):.1%} "
-                             f"at worst ({worst.split(':', 1)[1]}): what diffusion-only methods train on.")  # fmt: skip
+            sentences.append(
+                f"The teacher recognises the class of raw variants at {min(variant_rows.values()):.1%} "
+                f"at worst ({worst.split(':', 1)[1]}): what diffusion-only methods train on."
+            )
     return "Reading: " + " ".join(sentences)
 
 
@@ -164,12 +209,15 @@ def _ablation_sentences(rows: list[dict[str, Any]], methods: list[str], fraction
     sentences = []
     for ablation in (m for m in methods if m.startswith(f"{REFERENCE}-")):
         results = {split: _paired(rows, REFERENCE, ablation, fraction, split) for split in ("val", "test")}
-        sentences.append(f"MedDiffuseMix − {ablation}: val {_verdict(results['val'])}, "
-                         f"test {_verdict(results['test'])}.")  # fmt: skip
+        sentences.append(
+            f"MedDiffuseMix − {ablation}: val {_verdict(results['val'])}, test {_verdict(results['test'])}."
+        )
         within = [r for r in results.values() if r is not None and not math.isnan(r[1]) and abs(r[0]) <= r[1]]
         if len(within) == len(results):
-            sentences.append(f"So on this data the AUC effect is not owed to what {ablation} removes; "
-                             "what it changes is how much of the evidence survives (ROI kept).")  # fmt: skip
+            sentences.append(
+                f"So on this data the AUC effect is not owed to what {ablation} removes; "
+                "what it changes is how much of the evidence survives (ROI kept)."
+            )
     return sentences
 
 
@@ -182,14 +230,17 @@ def plots(rows: list[dict[str, Any]], out: Path, variants: dict[str, Any] | None
     groups = _groups(rows)
     labels = [m if f == 1 else f"{m} ({f:g})" for m, f in groups]
     panels = {
-        "metrics.png": [("val AUC", "val", "roc_auc"), ("test AUC", "test", "roc_auc"),
-                        ("val accuracy", "val", "accuracy"), ("test accuracy", "test", "accuracy")],
+        "metrics.png": [
+            ("val AUC", "val", "roc_auc"),
+            ("test AUC", "test", "roc_auc"),
+            ("val accuracy", "val", "accuracy"),
+            ("test accuracy", "test", "accuracy"),
+        ],
         "evidence.png": [c for c in COLUMNS if c[1] is None],
-    }  # fmt: skip
+    }
     for name, columns in panels.items():
         extra = 1 if name == "evidence.png" and variants else 0
-        figure, axes = plt.subplots(1, len(columns) + extra, figsize=(2.8 * (len(columns) + extra), 3.4),
-                                    squeeze=False)  # fmt: skip
+        figure, axes = plt.subplots(1, len(columns) + extra, figsize=(2.8 * (len(columns) + extra), 3.4), squeeze=False)
         for axis, (title, split, metric) in zip(axes[0], columns, strict=False):
             stats = [mean_ci(list(_values(rows, m, f, split, metric).values())) for m, f in groups]
             means = [s[0] if s else 0.0 for s in stats]
@@ -201,8 +252,11 @@ def plots(rows: list[dict[str, Any]], out: Path, variants: dict[str, Any] | None
         if extra and variants:
             axis = axes[0][-1]
             names = list(variants["accuracy"])
-            axis.bar(range(len(names)), [variants["accuracy"][n] for n in names],
-                     color=["#55a868" if n.startswith("original") else "#c44e52" for n in names])  # fmt: skip
+            axis.bar(
+                range(len(names)),
+                [variants["accuracy"][n] for n in names],
+                color=["#55a868" if n.startswith("original") else "#c44e52" for n in names],
+            )
             axis.set_xticks(range(len(names)), names, rotation=60, ha="right", fontsize=6)
             axis.set_title("teacher accuracy: originals / variants", fontsize=9)
             axis.set_ylim(0, 1)

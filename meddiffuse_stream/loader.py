@@ -103,12 +103,15 @@ class MedDiffuseLoader:
             raise ValueError("collate_fn= and augment= do not go together: the device stage needs the default batch")
         dtype = check_dtype(dtype)
         if dtype != "float32" and transform is not None:
-            raise ValueError(f"dtype={dtype!r} delivers the stored integers, but transform= sees and returns float "
-                             "images: drop dtype= or run the transform on the device after unit_float")  # fmt: skip
+            raise ValueError(
+                f"dtype={dtype!r} delivers the stored integers, but transform= sees and returns float "
+                "images: drop dtype= or run the transform on the device after unit_float"
+            )
         self.counters = Counters()
         policy = retry or RetryPolicy()
-        self.dataset: DatasetSource = open_dataset(source, split, storage_options, retry=policy,
-                                                   on_retry=lambda _: self.counters.add("retries"))  # fmt: skip
+        self.dataset: DatasetSource = open_dataset(
+            source, split, storage_options, retry=policy, on_retry=lambda _: self.counters.add("retries")
+        )
         self.source = source
         self.split = self.dataset.split  # None for shards without splits
         self.as_dict = as_dict
@@ -116,27 +119,59 @@ class MedDiffuseLoader:
         self.pin_memory = pin_memory
         self.collate_fn = collate_fn
         self._epochs = EpochSource(
-            tuple(s.samples for s in self.dataset.shards), self.batch_size, seed=seed, rank=rank,
-            world_size=world_size, num_workers=self.num_workers,
-            shuffle=self.split in (None, "train") if shuffle is None else shuffle, drop_last=drop_last,
-            buffer_size=check_count("buffer_size", buffer_size, 1), even=even_batches,
-        )  # fmt: skip
-        decode = DecodeOptions(num_classes=len(self.dataset.class_names) or None, with_roi=as_dict, with_meta=as_dict,
-                               image_key=image_key, label_key=label_key, class_names=self.dataset.class_names)
+            tuple(s.samples for s in self.dataset.shards),
+            self.batch_size,
+            seed=seed,
+            rank=rank,
+            world_size=world_size,
+            num_workers=self.num_workers,
+            shuffle=self.split in (None, "train") if shuffle is None else shuffle,
+            drop_last=drop_last,
+            buffer_size=check_count("buffer_size", buffer_size, 1),
+            even=even_batches,
+        )
+        decode = DecodeOptions(
+            num_classes=len(self.dataset.class_names) or None,
+            with_roi=as_dict,
+            with_meta=as_dict,
+            image_key=image_key,
+            label_key=label_key,
+            class_names=self.dataset.class_names,
+        )
         user_stages = ((functools.partial(Map, fn=transform),) if transform is not None else ()) + tuple(stages)
-        chain = WorkerChain(self.dataset, decode, user_stages, on_error, resize, resize_mode, channels, collate_fn,
-                            policy, cache_dir, cache_bytes, dtype)  # fmt: skip
+        chain = WorkerChain(
+            self.dataset,
+            decode,
+            user_stages,
+            on_error,
+            resize,
+            resize_mode,
+            channels,
+            collate_fn,
+            policy,
+            cache_dir,
+            cache_bytes,
+            dtype,
+        )
         self.dtype = dtype
         self.augment = self._build_stage(augment, seed, device)
         cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
         self._graph: Graph = default_graph(
-            self._epochs, chain, method=worker_method, prefetch=prefetch,
+            self._epochs,
+            chain,
+            method=worker_method,
+            prefetch=prefetch,
             mp_context=either("mp_context", mp_context, "multiprocessing_context", multiprocessing_context, "fork"),
-            persistent=persistent_workers, timeout=float(timeout), worker_init_fn=worker_init_fn,
-            pin_memory=pin_memory, device=device, augment=self.augment, counters=self.counters,
+            persistent=persistent_workers,
+            timeout=float(timeout),
+            worker_init_fn=worker_init_fn,
+            pin_memory=pin_memory,
+            device=device,
+            augment=self.augment,
+            counters=self.counters,
             details=as_dict,  # the stage's saliency and variant planes only when someone will see them
             cpu_threads=max(1, cores - self.num_workers) if self.num_workers > 0 else None,  # what workers leave
-        )  # fmt: skip
+        )
         self._pending: tuple[int, int] | None = None  # where the next pass starts, if not the next epoch
         self._restored = False  # the pending start came from load_state_dict or skip (set_epoch keeps it)
         self._pending_stage: dict[str, Any] | None = None

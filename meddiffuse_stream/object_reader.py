@@ -37,8 +37,16 @@ _MODES = ("auto", "fsspec")
 _CHUNK = 1 << 20
 
 # s3fs options that only steer fsspec's caches and listings, not which request is signed how
-_FSSPEC_ONLY = {"skip_instance_cache", "use_listings_cache", "listings_expiry_time", "max_paths",
-                "default_block_size", "default_fill_cache", "default_cache_type", "cache_regions"}  # fmt: skip
+_FSSPEC_ONLY = {
+    "skip_instance_cache",
+    "use_listings_cache",
+    "listings_expiry_time",
+    "max_paths",
+    "default_block_size",
+    "default_fill_cache",
+    "default_cache_type",
+    "cache_regions",
+}
 _TRANSLATED = {"key", "secret", "token", "anon", "endpoint_url", "client_kwargs"}
 _CLIENT_TRANSLATED = {"endpoint_url", "region_name"}
 

@@ -21,8 +21,11 @@ __all__ = ["ResumableReader", "RetryPolicy", "ShardReadError", "is_transient"]
 _STATUS = r"(?<![\d.]){}(?![\d]|\.\d)"
 _TRANSIENT_TEXT = re.compile(
     r"slow ?down|throttl|timed? ?out|timeout|connection (reset|refused|aborted|closed)|server disconnected|"
-    r"cannot connect|service unavailable|internal ?error|bad gateway|gateway timeout|" + _STATUS.format("50[0-4]") +
-    r"|temporarily|too many requests|" + _STATUS.format("429") + r"|broken pipe|reset by peer|endpoint connection|"
+    r"cannot connect|service unavailable|internal ?error|bad gateway|gateway timeout|"
+    + _STATUS.format("50[0-4]")
+    + r"|temporarily|too many requests|"
+    + _STATUS.format("429")
+    + r"|broken pipe|reset by peer|endpoint connection|"
     r"read error|response ended prematurely|payload",
     re.IGNORECASE,
 )
@@ -31,8 +34,16 @@ _PERMANENT_TEXT = re.compile(
     r"no ?such ?(key|bucket)|not ?found|" + _STATUS.format("404") + r"|invalid ?bucket|credentials",
     re.IGNORECASE,
 )
-_TRANSIENT_ERRNO = {errno.ECONNREFUSED, errno.ECONNRESET, errno.ECONNABORTED, errno.ETIMEDOUT, errno.EPIPE,
-                    errno.EHOSTUNREACH, errno.ENETUNREACH, errno.EAGAIN}  # fmt: skip
+_TRANSIENT_ERRNO = {
+    errno.ECONNREFUSED,
+    errno.ECONNRESET,
+    errno.ECONNABORTED,
+    errno.ETIMEDOUT,
+    errno.EPIPE,
+    errno.EHOSTUNREACH,
+    errno.ENETUNREACH,
+    errno.EAGAIN,
+}
 
 
 class ShardReadError(OSError):
@@ -91,8 +102,10 @@ class RetryPolicy:
     @property
     def settings(self) -> str:
         """The knobs, as a user would change them."""
-        return (f"RetryPolicy(connect_timeout={self.connect_timeout:g}, read_timeout={self.read_timeout:g}, "
-                f"attempts={self.attempts}, deadline={self.deadline:g})")  # fmt: skip
+        return (
+            f"RetryPolicy(connect_timeout={self.connect_timeout:g}, read_timeout={self.read_timeout:g}, "
+            f"attempts={self.attempts}, deadline={self.deadline:g})"
+        )
 
     def write_timeout(self, size: int) -> float:
         """A bound on one upload of ``size`` bytes: the timeouts plus the time at 256 KiB/s (S3 clients wait for
@@ -172,8 +185,9 @@ class ResumableReader:
             raise
 
     def read(self, size: int = -1) -> bytes:
-        data = self._policy.call(lambda: self._read_once(size), what=self._what, rng=self._rng, on_retry=self._on_retry,
-                                 hint=self._hint)  # fmt: skip
+        data = self._policy.call(
+            lambda: self._read_once(size), what=self._what, rng=self._rng, on_retry=self._on_retry, hint=self._hint
+        )
         self._offset += len(data)
         return data
 

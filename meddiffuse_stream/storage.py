@@ -58,8 +58,10 @@ def parse_storage_options(pairs: list[str] | None) -> dict[str, Any]:
     for position, pair in enumerate(pairs or [], start=1):
         name, sep, value = pair.partition("=")
         if not sep or not name.strip():
-            raise ValueError(f"--storage-option number {position} is not NAME=VALUE (e.g. "
-                             "endpoint_url=http://host:8333); its text is not shown, it may be a secret")  # fmt: skip
+            raise ValueError(
+                f"--storage-option number {position} is not NAME=VALUE (e.g. "
+                "endpoint_url=http://host:8333); its text is not shown, it may be a secret"
+            )
         lowered = value.lower()
         if lowered in ("true", "false"):
             options[name] = lowered == "true"
@@ -126,8 +128,13 @@ class Location:
         if self.is_local:
             return action()
         what = self.display(relative)
-        return self.retry.call(action, what=what, rng=np.random.default_rng(zlib.crc32(what.encode())),
-                               on_retry=self.on_retry, hint=self.endpoint)  # fmt: skip
+        return self.retry.call(
+            action,
+            what=what,
+            rng=np.random.default_rng(zlib.crc32(what.encode())),
+            on_retry=self.on_retry,
+            hint=self.endpoint,
+        )
 
     @property
     def is_local(self) -> bool:
@@ -231,8 +238,11 @@ class Location:
     def glob_sizes(self, pattern: str) -> dict[str, int]:
         """``{filesystem path: bytes}`` of the files matching a glob ``pattern`` (one listing)."""
         found = self.retrying(lambda: self.fs.glob(pattern, detail=True), pattern)
-        return {path: int(info.get("size") or 0) for path, info in sorted(found.items())
-                if info.get("type", "file") == "file"}  # fmt: skip
+        return {
+            path: int(info.get("size") or 0)
+            for path, info in sorted(found.items())
+            if info.get("type", "file") == "file"
+        }
 
 
 @contextlib.contextmanager

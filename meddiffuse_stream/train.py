@@ -114,13 +114,17 @@ def require_classes(dataset: str) -> None:
     names = list(manifest.class_names)
     if len(names) < 2:
         found = f"only {names}" if names else "no class_names"
-        raise ValueError(f"{dataset}: dataset.json has {found}; a classifier needs at least two named classes "
-                         "(convert with --classes, or fix class_names)")  # fmt: skip
+        raise ValueError(
+            f"{dataset}: dataset.json has {found}; a classifier needs at least two named classes "
+            "(convert with --classes, or fix class_names)"
+        )
     counts = (info.get("splits") or {}).get("train", {}).get("classes")
     if counts is not None and sum(1 for n in counts.values() if n) < 2:
         present = [c for c, n in counts.items() if n] or "none"
-        raise ValueError(f"{dataset}: the train split holds samples of {present} only; a classifier needs at least "
-                         "two classes to learn from")  # fmt: skip
+        raise ValueError(
+            f"{dataset}: the train split holds samples of {present} only; a classifier needs at least "
+            "two classes to learn from"
+        )
 
 
 def train(config: TrainConfig) -> dict[str, Any]:
@@ -137,9 +141,20 @@ def train(config: TrainConfig) -> dict[str, Any]:
     channels, size, classes = sample_shape(config.dataset)
     method = config.augment_method or config.augment
     augment = config.augment_stage or (None if method == "none" else method)
-    loader = MedDiffuseLoader(config.dataset, config.batch_size, num_workers=config.num_workers, seed=config.seed,
-                              augment=augment, as_dict=True, rank=rank, world_size=world, cache_dir=config.cache_dir,
-                              cache_bytes=config.cache_bytes, device=device, dtype=config.loader_dtype)  # fmt: skip
+    loader = MedDiffuseLoader(
+        config.dataset,
+        config.batch_size,
+        num_workers=config.num_workers,
+        seed=config.seed,
+        augment=augment,
+        as_dict=True,
+        rank=rank,
+        world_size=world,
+        cache_dir=config.cache_dir,
+        cache_bytes=config.cache_bytes,
+        device=device,
+        dtype=config.loader_dtype,
+    )
     torch.manual_seed(config.seed)  # the same initial weights on every rank
     model = build_model(config.model, channels, classes, size).to(device)
     if dist.is_initialized():
@@ -164,8 +179,13 @@ def train(config: TrainConfig) -> dict[str, Any]:
         loader.load_state_dict(state["loader"][rank])
         step = int(state["step"])
     keys = _open_key_log(out / f"keys-rank{rank}.txt", state.get("key_log_bytes"), rank) if config.key_log else None
-    bar = tqdm(total=total_steps, initial=step, desc=f"train {config.model}/{config.augment}", unit="step",
-               disable=rank != 0 or not config.progress)  # fmt: skip
+    bar = tqdm(
+        total=total_steps,
+        initial=step,
+        desc=f"train {config.model}/{config.augment}",
+        unit="step",
+        disable=rank != 0 or not config.progress,
+    )
     recent: deque[torch.Tensor] = deque(maxlen=10)  # kept on the device: no host sync per step
     try:
         while loader.epoch < config.epochs and step < total_steps:
@@ -204,11 +224,17 @@ def train(config: TrainConfig) -> dict[str, Any]:
         loader.close()
     # the fields one by one: asdict() would deep-copy the device stage (its models, caches and lock) only to drop it
     settings = {f.name: getattr(config, f.name) for f in fields(config) if f.name != "augment_stage"}
-    results = {"config": settings, "steps": step,
-               "final_loss": float(torch.stack(list(recent)).double().mean()) if recent else None,
-               "counters": _summed_counters(loader, world),
-               "distributed": {"backend": dist.get_backend() if dist.is_initialized() else None,
-                               "world_size": world, "device": str(device)}}  # fmt: skip
+    results = {
+        "config": settings,
+        "steps": step,
+        "final_loss": float(torch.stack(list(recent)).double().mean()) if recent else None,
+        "counters": _summed_counters(loader, world),
+        "distributed": {
+            "backend": dist.get_backend() if dist.is_initialized() else None,
+            "world_size": world,
+            "device": str(device),
+        },
+    }
     for split in config.eval_splits:
         metrics = evaluate(_unwrap(model), config.dataset, split, config.batch_size, device, rank, world)
         if metrics is not None:
@@ -248,8 +274,10 @@ def _check_target(config: TrainConfig, results: dict[str, Any]) -> None:
 
 def _summed_counters(loader: MedDiffuseLoader, world: int) -> dict[str, dict[str, int]]:
     """The loader's and the device stage's counters, summed over ranks (so a cluster run reports one total)."""
-    local = {"loader": loader.counters.as_dict(),
-             "augment": loader.augment.counters.as_dict() if loader.augment is not None else {}}  # fmt: skip
+    local = {
+        "loader": loader.counters.as_dict(),
+        "augment": loader.augment.counters.as_dict() if loader.augment is not None else {},
+    }
     totals: dict[str, dict[str, int]] = {name: {} for name in local}
     for part in _gather(local, world):
         for name, counts in part.items():
@@ -321,8 +349,9 @@ def _checkpoint(out, model, optimizer, scheduler, scaler, loader, step, rank, wo
 def evaluate(model, dataset: str, split: str, batch_size: int, device, rank: int, world: int) -> dict | None:
     """Metrics on ``split`` (None if the dataset has no such split); ranks share the work, padding removed."""
     try:
-        loader = MedDiffuseLoader(dataset, batch_size, split=split, shuffle=False, as_dict=True, rank=rank,
-                                  world_size=world, device=device)  # fmt: skip
+        loader = MedDiffuseLoader(
+            dataset, batch_size, split=split, shuffle=False, as_dict=True, rank=rank, world_size=world, device=device
+        )
     except ValueError:
         return None
     model.eval()

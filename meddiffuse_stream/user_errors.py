@@ -60,8 +60,10 @@ def check_storage_options(url: str, options: Mapping[str, Any]) -> None:
     try:
         cls = fsspec.get_filesystem_class(protocol)
     except (ImportError, ValueError) as error:
-        raise ValueError(f"{url}: no filesystem for {protocol}:// is installed ({type(error).__name__}); for S3 "
-                         "pip install 'meddiffuse-stream[s3]'") from None  # fmt: skip
+        raise ValueError(
+            f"{url}: no filesystem for {protocol}:// is installed ({type(error).__name__}); for S3 "
+            "pip install 'meddiffuse-stream[s3]'"
+        ) from None
     known = _accepted_options(cls)
     if known is None:
         return
@@ -69,8 +71,10 @@ def check_storage_options(url: str, options: Mapping[str, Any]) -> None:
         if name not in known:
             close = difflib.get_close_matches(name, sorted(known), n=1)
             hint = f" (did you mean {close[0]}?)" if close else ""
-            raise ValueError(f"--storage-option {name}: not an option of {cls.__module__}.{cls.__name__}{hint}; "
-                             "the value is not shown, it may be a secret")  # fmt: skip
+            raise ValueError(
+                f"--storage-option {name}: not an option of {cls.__module__}.{cls.__name__}{hint}; "
+                "the value is not shown, it may be a secret"
+            )
 
 
 def _accepted_options(cls: type) -> set[str] | None:
@@ -88,7 +92,13 @@ def _accepted_options(cls: type) -> set[str] | None:
         from aiobotocore.session import AioSession
 
         names |= {p for p in inspect.signature(AioSession.__init__).parameters if p != "self"}
-        names |= {"use_listings_cache", "listings_expiry_time", "max_paths", "skip_instance_cache", "asynchronous",
-                  "loop"}  # fmt: skip
+        names |= {
+            "use_listings_cache",
+            "listings_expiry_time",
+            "max_paths",
+            "skip_instance_cache",
+            "asynchronous",
+            "loop",
+        }
         return names
     return None

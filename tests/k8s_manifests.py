@@ -29,8 +29,9 @@ def render(overlay: str) -> tuple[dict[str, Any], ...]:
     binary = kubectl()
     if binary is None:
         raise RuntimeError("kubectl is not installed")
-    result = subprocess.run([binary, "kustomize", str(K8S / "overlays" / overlay)], capture_output=True, text=True,
-                            timeout=60)  # fmt: skip
+    result = subprocess.run(
+        [binary, "kustomize", str(K8S / "overlays" / overlay)], capture_output=True, text=True, timeout=60
+    )
     if result.returncode != 0:
         raise AssertionError(f"kubectl kustomize k8s/overlays/{overlay} failed:\n{result.stderr}")
     return tuple(doc for doc in yaml.safe_load_all(result.stdout) if doc)

@@ -11,8 +11,18 @@ SECRET_NAME = re.compile(r"SECRET|PASSWORD|TOKEN|ACCESS_KEY|PRIVATE|CREDENTIAL",
 TAG = re.compile(r"^[^@]+:(?P<tag>[A-Za-z0-9_][A-Za-z0-9_.-]{0,127})$|^[^@]+@sha256:[0-9a-f]{64}$")
 # what Kubernetes (Indexed Jobs) and the training operator add to a container's environment
 INJECTED_INDEXED = {"JOB_COMPLETION_INDEX"}
-INJECTED_OPERATOR = {"MASTER_ADDR", "MASTER_PORT", "WORLD_SIZE", "RANK", "PET_NNODES", "PET_NODE_RANK",
-                     "PET_NPROC_PER_NODE", "PET_MASTER_ADDR", "PET_MASTER_PORT", "PYTHONUNBUFFERED"}  # fmt: skip
+INJECTED_OPERATOR = {
+    "MASTER_ADDR",
+    "MASTER_PORT",
+    "WORLD_SIZE",
+    "RANK",
+    "PET_NNODES",
+    "PET_NODE_RANK",
+    "PET_NPROC_PER_NODE",
+    "PET_MASTER_ADDR",
+    "PET_MASTER_PORT",
+    "PYTHONUNBUFFERED",
+}
 MODEL_PODS = ("meddiffuse-generator", "meddiffuse-teacher", "meddiffuse-warm-cache", "meddiffuse-train")
 
 
@@ -30,8 +40,11 @@ def _secrets(objects: tuple[dict[str, Any], ...]) -> list[str]:
         if obj["kind"] == "Secret":
             problems.append(f"Secret {obj['metadata']['name']} is rendered with its values; reference it instead")
         if obj["kind"] == "ConfigMap":
-            problems += [f"ConfigMap {obj['metadata']['name']} holds {key}" for key in obj.get("data", {})
-                         if SECRET_NAME.search(key)]  # fmt: skip
+            problems += [
+                f"ConfigMap {obj['metadata']['name']} holds {key}"
+                for key in obj.get("data", {})
+                if SECRET_NAME.search(key)
+            ]
     return problems
 
 
@@ -104,9 +117,13 @@ def _restarts(pod: PodSpec) -> list[str]:
     spec, problems = pod.workload["spec"], []
     if pod.workload["kind"] == "Job":
         rules = spec.get("podFailurePolicy", {}).get("rules", [])
-        if not any(rule["action"] == "Ignore" and any(c["type"] == "DisruptionTarget" and c.get("status") == "True"
-                                                      for c in rule.get("onPodConditions", []))
-                   for rule in rules):  # fmt: skip
+        if not any(
+            rule["action"] == "Ignore"
+            and any(
+                c["type"] == "DisruptionTarget" and c.get("status") == "True" for c in rule.get("onPodConditions", [])
+            )
+            for rule in rules
+        ):
             problems.append(f"{pod.name}: podFailurePolicy must ignore DisruptionTarget (preemption, drain)")
         if spec.get("backoffLimit", spec.get("backoffLimitPerIndex", 0)) < 1:
             problems.append(f"{pod.name}: no retries (backoffLimit or backoffLimitPerIndex)")

@@ -15,8 +15,13 @@ def uneven_dataset(root: Path, samples: int = 103, shard_size: int = 10, size: i
     """One split, ``samples`` images in shards of ``shard_size`` (the last shard shorter)."""
     folder = make_imagefolder(root / "in", {"a": samples // 2, "b": samples - samples // 2}, size=size)
     out = root / "ds"
-    convert_dataset(ImageFolderSource(), str(folder), str(out),
-                    ConvertOptions(splits={"train": 1.0}, shard_size=shard_size), progress=False)  # fmt: skip
+    convert_dataset(
+        ImageFolderSource(),
+        str(folder),
+        str(out),
+        ConvertOptions(splits={"train": 1.0}, shard_size=shard_size),
+        progress=False,
+    )
     return out
 
 

@@ -131,22 +131,42 @@ def seaweed_server() -> Iterator[S3Server]:
     data_dir = tempfile.mkdtemp(prefix="seaweed-")
     config = os.path.join(data_dir, "s3.json")
     identities = [
-        {"name": "tests", "credentials": [{"accessKey": ACCESS_KEY, "secretKey": SECRET_KEY}],
-         "actions": ["Admin", "Read", "Write", "List", "Tagging"]},
-        {"name": "reader", "credentials": [{"accessKey": READER_KEY, "secretKey": READER_SECRET}],
-         "actions": ["Read", "List"]},
-    ]  # fmt: skip
+        {
+            "name": "tests",
+            "credentials": [{"accessKey": ACCESS_KEY, "secretKey": SECRET_KEY}],
+            "actions": ["Admin", "Read", "Write", "List", "Tagging"],
+        },
+        {
+            "name": "reader",
+            "credentials": [{"accessKey": READER_KEY, "secretKey": READER_SECRET}],
+            "actions": ["Read", "List"],
+        },
+    ]
     with open(config, "w") as stream:
         json.dump({"identities": identities}, stream)
     port = _free_block()
     # every bucket is a collection of 7 volumes of its own: -volume.max=100 ran out after 14 buckets in one session
     # ("No writable volumes and no free volumes left", an InternalError on PUT). Volume files grow as written.
     command = [
-        weed_binary(), "server", "-ip=127.0.0.1", "-ip.bind=127.0.0.1", f"-dir={data_dir}",
-        f"-master.port={port + 1000}", f"-volume.port={port + 1001}", "-filer", f"-filer.port={port + 1002}",
-        "-s3", f"-s3.port={port}", f"-s3.config={config}", "-master.volumeSizeLimitMB=64", "-volume.max=1000",
-        "-volume.preStopSeconds=0", "-s3.port.iceberg=0", "-s3.port.lance=0", "-master.telemetry=false",
-    ]  # fmt: skip
+        weed_binary(),
+        "server",
+        "-ip=127.0.0.1",
+        "-ip.bind=127.0.0.1",
+        f"-dir={data_dir}",
+        f"-master.port={port + 1000}",
+        f"-volume.port={port + 1001}",
+        "-filer",
+        f"-filer.port={port + 1002}",
+        "-s3",
+        f"-s3.port={port}",
+        f"-s3.config={config}",
+        "-master.volumeSizeLimitMB=64",
+        "-volume.max=1000",
+        "-volume.preStopSeconds=0",
+        "-s3.port.iceberg=0",
+        "-s3.port.lance=0",
+        "-master.telemetry=false",
+    ]
     server = S3Server(f"http://127.0.0.1:{port}", None, data_dir, command)
     try:
         server.start()

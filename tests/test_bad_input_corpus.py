@@ -65,8 +65,9 @@ def _sample(key: str, **members: bytes | None) -> list[Member]:
 
 def _tar(members: list[Member]) -> bytes:
     buffer = io.BytesIO()
-    with tarfile.open(fileobj=buffer, mode="w", format=tarfile.GNU_FORMAT, encoding="utf-8",
-                      errors="surrogateescape") as tar:  # fmt: skip
+    with tarfile.open(
+        fileobj=buffer, mode="w", format=tarfile.GNU_FORMAT, encoding="utf-8", errors="surrogateescape"
+    ) as tar:
         for name, data in members:
             info = tarfile.TarInfo(name.lstrip("-=>") if name[:2] in ("->", "=>") else name)
             if name.startswith("->"):
@@ -88,8 +89,15 @@ def _dataset(root: Path, shards: list[tuple[bytes, int]], *, sha: bool = False) 
     for index, (data, samples) in enumerate(shards):
         path = f"train/train-{index:06d}.tar"
         (root / path).write_bytes(data)
-        entries.append({"path": path, "split": "train", "samples": samples, "bytes": len(data),
-                        "sha256": hashlib.sha256(data).hexdigest() if sha else None})  # fmt: skip
+        entries.append(
+            {
+                "path": path,
+                "split": "train",
+                "samples": samples,
+                "bytes": len(data),
+                "sha256": hashlib.sha256(data).hexdigest() if sha else None,
+            }
+        )
     (root / "dataset.json").write_text(json.dumps({"format_version": 1, "class_names": ["a", "b"], "shards": entries}))
     return root
 
@@ -141,14 +149,17 @@ SHARD_CASES: dict[str, tuple[Callable[[], Case], str | None]] = {
     "pickle members": (lambda: _around(*_sample("bad", pickle=pickle.dumps(object), pyd=pickle.dumps(1))), None),
     "empty shard listed as empty": (lambda: ([(_tar([]), 0), (_tar(_good("c", 7)), 7)], 7, _keys("c", 7)), None),
     "empty shard listed with samples": (
-        lambda: ([(_tar([]), 3), (_tar(_good("c", 7)), 7)], 10, _keys("c", 7)), "holds 0 samples"
+        lambda: ([(_tar([]), 3), (_tar(_good("c", 7)), 7)], 10, _keys("c", 7)),
+        "holds 0 samples",
     ),
     # a shard that disagrees with its record is not trusted: skipped whole (its samples are not "good")
     "shard shorter than listed": (
-        lambda: ([(_tar(_good("a", 4)), 6), (_tar(_good("c", 7)), 7)], 13, _keys("c", 7)), "holds 4 samples, "
+        lambda: ([(_tar(_good("a", 4)), 6), (_tar(_good("c", 7)), 7)], 13, _keys("c", 7)),
+        "holds 4 samples, ",
     ),
     "shard longer than listed": (
-        lambda: ([(_tar(_good("a", 6)), 4), (_tar(_good("c", 7)), 7)], 11, _keys("c", 7)), "holds 6 samples, "
+        lambda: ([(_tar(_good("a", 6)), 4), (_tar(_good("c", 7)), 7)], 11, _keys("c", 7)),
+        "holds 6 samples, ",
     ),
 }
 
@@ -221,8 +232,13 @@ def test_converter_handles_or_rejects_every_kind_of_bad_file(tmp_path):
     del nopixels.PixelData
     nopixels.save_as(bad / "nopixels.dcm")
     (bad / "truncated.dcm").write_bytes((bad / "mono1.dcm").read_bytes()[:400])
-    summary = convert_dataset(ImageFolderSource(), str(src), str(tmp_path / "out"),
-                              ConvertOptions(splits={"train": 1.0}, resize=12, channels=1), progress=False)  # fmt: skip
+    summary = convert_dataset(
+        ImageFolderSource(),
+        str(src),
+        str(tmp_path / "out"),
+        ConvertOptions(splits={"train": 1.0}, resize=12, channels=1),
+        progress=False,
+    )
     dataset = json.loads((tmp_path / "out" / "dataset.json").read_text())
     rejects = {
         Path(json.loads(line)["path"]).name: json.loads(line)["reason"]

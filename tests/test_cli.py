@@ -45,8 +45,19 @@ def test_bad_flag_values_are_named(tmp_path):
 
 
 def test_demo_data_command(tmp_path):
-    result = _run("-m", "meddiffuse_stream.cli", "demo-data", str(tmp_path / "d"), "--n", "40", "--size", "32",
-                  "--test-modality", "ct", "--quiet")  # fmt: skip
+    result = _run(
+        "-m",
+        "meddiffuse_stream.cli",
+        "demo-data",
+        str(tmp_path / "d"),
+        "--n",
+        "40",
+        "--size",
+        "32",
+        "--test-modality",
+        "ct",
+        "--quiet",
+    )
     assert result.returncode == 0, result.stderr
     assert "converted 40" in result.stdout
 
@@ -80,14 +91,14 @@ def _in_private_mount(tmp_path: Path, mount_options: str, then_read_only: bool, 
     remount = f" && mount -o remount,ro,{mount_options} tmpfs {mount}" if then_read_only else ""
     command = " ".join(f"'{a}'" for a in (sys.executable, "-m", "meddiffuse_stream.cli", *args))
     script = f"mount -t tmpfs -o {mount_options} tmpfs {mount} && mkdir {mount}/out{remount} && exec {command}"
-    return subprocess.run(["unshare", "-rm", "sh", "-c", script], capture_output=True, text=True, cwd=REPO,
-                          timeout=300)  # fmt: skip
+    return subprocess.run(["unshare", "-rm", "sh", "-c", script], capture_output=True, text=True, cwd=REPO, timeout=300)
 
 
 def test_read_only_out_is_one_line(tmp_path):
     src = make_imagefolder(tmp_path / "in", {"a": 2, "b": 2}, size=8)
-    result = _in_private_mount(tmp_path, "size=1m", True, "shard", "imagefolder", str(src),
-                               str(tmp_path / "mnt" / "out"), "--quiet")  # fmt: skip
+    result = _in_private_mount(
+        tmp_path, "size=1m", True, "shard", "imagefolder", str(src), str(tmp_path / "mnt" / "out"), "--quiet"
+    )
     _one_line_error(result, "read-only file system: choose a writable OUT")
 
 
@@ -97,20 +108,36 @@ def test_disk_full_is_one_line(tmp_path):
     for label in ("a", "b"):
         for index in range(12):
             write_image(src / label / f"{index}.png", noise_image(rng, 64, 64, 3))  # ~12 KiB each, 290 KiB in all
-    result = _in_private_mount(tmp_path, "size=96k", False, "shard", "imagefolder", str(src),
-                               str(tmp_path / "mnt" / "out"), "--quiet")  # fmt: skip
+    result = _in_private_mount(
+        tmp_path, "size=96k", False, "shard", "imagefolder", str(src), str(tmp_path / "mnt" / "out"), "--quiet"
+    )
     _one_line_error(result, "no space left on the device")
 
 
 def test_mistyped_storage_option_names_the_option_never_its_value(tmp_path):
     src = make_imagefolder(tmp_path / "in", {"a": 2, "b": 2}, size=8)
-    result = _run("tools/shard.py", "imagefolder", str(src), "s3://bucket/out", "--quiet",
-                  "--storage-option", "secert=hunter2-secret-value",
-                  "--storage-option", "endpoint_url=http://127.0.0.1:9")  # fmt: skip
+    result = _run(
+        "tools/shard.py",
+        "imagefolder",
+        str(src),
+        "s3://bucket/out",
+        "--quiet",
+        "--storage-option",
+        "secert=hunter2-secret-value",
+        "--storage-option",
+        "endpoint_url=http://127.0.0.1:9",
+    )
     _one_line_error(result, "--storage-option secert", "(did you mean secret?)")
     assert "hunter2" not in result.stderr and "hunter2" not in result.stdout
-    result = _run("tools/shard.py", "imagefolder", str(src), "s3://bucket/out", "--quiet",
-                  "--storage-option", "hunter2-secret-value")  # the name forgotten: only the secret given
+    result = _run(
+        "tools/shard.py",
+        "imagefolder",
+        str(src),
+        "s3://bucket/out",
+        "--quiet",
+        "--storage-option",
+        "hunter2-secret-value",
+    )  # the name forgotten: only the secret given
     _one_line_error(result, "--storage-option number 1 is not NAME=VALUE")
     assert "hunter2" not in result.stderr
 
@@ -148,9 +175,23 @@ def test_unreachable_s3_endpoint_fails_in_bounded_time_with_one_line(tmp_path, s
     env = {"AWS_ACCESS_KEY_ID": "k", "AWS_SECRET_ACCESS_KEY": "s"}
     for endpoint in (silent_endpoint, "http://127.0.0.1:9"):  # one that never answers, one that refuses
         started = time.monotonic()
-        result = subprocess.run([sys.executable, "tools/shard.py", "imagefolder", str(src), "s3://bucket/out",
-                                 "--quiet", "--storage-option", f"endpoint_url={endpoint}"], capture_output=True,
-                                text=True, cwd=REPO, timeout=120, env={**__import__("os").environ, **env})  # fmt: skip
+        result = subprocess.run(
+            [
+                sys.executable,
+                "tools/shard.py",
+                "imagefolder",
+                str(src),
+                "s3://bucket/out",
+                "--quiet",
+                "--storage-option",
+                f"endpoint_url={endpoint}",
+            ],
+            capture_output=True,
+            text=True,
+            cwd=REPO,
+            timeout=120,
+            env={**__import__("os").environ, **env},
+        )
         assert time.monotonic() - started < 30
         _one_line_error(result, "s3://bucket/out", f"(endpoint {endpoint})")
 

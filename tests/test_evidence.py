@@ -11,8 +11,9 @@ from meddiffuse_stream.models import SmallCNN
 @pytest.fixture(scope="module")
 def demo(tmp_path_factory):
     root = tmp_path_factory.mktemp("evidence")
-    convert_dataset(DemoSource(n=48, size=32), None, str(root / "demo"), ConvertOptions(splits={"train": 1.0}),
-                    progress=False)  # fmt: skip
+    convert_dataset(
+        DemoSource(n=48, size=32), None, str(root / "demo"), ConvertOptions(splits={"train": 1.0}), progress=False
+    )
     return str(root / "demo")
 
 
@@ -28,7 +29,9 @@ def test_mixup_overwrites_lesions_and_the_teacher_is_asked(demo):
     assert metrics["augmented_share"] == 1.0
     assert metrics["roi_unchanged"] < 0.2 and metrics["w_roi"] > 0.05 and metrics["roi_moved"] is None
     assert 0 <= metrics["label_consistency"] <= 1 and set(metrics["label_consistency_per_class"]) <= {
-        "no_lesion", "lesion"}
+        "no_lesion",
+        "lesion",
+    }
     assert 0 <= metrics["saliency_iou"] <= 1
 
 

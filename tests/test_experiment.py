@@ -23,8 +23,13 @@ pytestmark = pytest.mark.slow
 @pytest.fixture(scope="module")
 def setup(tmp_path_factory):
     root = tmp_path_factory.mktemp("experiment")
-    convert_dataset(DemoSource(n=64, size=16), None, str(root / "demo"),
-                    ConvertOptions(splits={"train": 0.75, "test": 0.25}), progress=False)  # fmt: skip
+    convert_dataset(
+        DemoSource(n=64, size=16),
+        None,
+        str(root / "demo"),
+        ConvertOptions(splits={"train": 0.75, "test": 0.25}),
+        progress=False,
+    )
     torch.manual_seed(0)
     torch.save({"model": SmallCNN(1, 2).state_dict()}, root / "teacher.pt")
     ClassConditionalGenerator.create(16, 1, 2, width=8, steps=2).save_pretrained(root / "gen")
@@ -32,23 +37,43 @@ def setup(tmp_path_factory):
 
 
 def _cli(*args):
-    return subprocess.run([sys.executable, "-m", "meddiffuse_stream.cli", *args], capture_output=True, text=True,
-                          cwd=REPO, timeout=600)  # fmt: skip
+    return subprocess.run(
+        [sys.executable, "-m", "meddiffuse_stream.cli", *args], capture_output=True, text=True, cwd=REPO, timeout=600
+    )
 
 
 def test_experiment_writes_csv_table_and_plots_and_reuses_cells(setup, tmp_path):
-    config = {"dataset": str(setup / "demo"), "out": str(tmp_path / "exp"), "epochs": 1, "batch_size": 16,
-              "methods": ["standard", "mixup", "meddiffusemix", "meddiffusemix-hard-mask"], "seeds": [0, 1],
-              "teacher": str(setup / "teacher.pt"), "generator": str(setup / "gen"),
-              "variant_cache": str(tmp_path / "variants"), "jobs": 2}  # fmt: skip
+    config = {
+        "dataset": str(setup / "demo"),
+        "out": str(tmp_path / "exp"),
+        "epochs": 1,
+        "batch_size": 16,
+        "methods": ["standard", "mixup", "meddiffusemix", "meddiffusemix-hard-mask"],
+        "seeds": [0, 1],
+        "teacher": str(setup / "teacher.pt"),
+        "generator": str(setup / "gen"),
+        "variant_cache": str(tmp_path / "variants"),
+        "jobs": 2,
+    }
     (tmp_path / "exp.yaml").write_text(yaml.safe_dump(config))
     first = _cli("experiment", str(tmp_path / "exp.yaml"))
     assert first.returncode == 0, first.stderr[-3000:]
     with open(tmp_path / "exp" / "results.csv") as stream:
         rows = list(csv.DictReader(stream))
     assert len(rows) == 8 and {r["method"] for r in rows} == set(config["methods"])
-    assert {"accuracy", "macro_f1", "roc_auc", "cohen_kappa", "roi_unchanged", "roi_moved", "w_roi", "w_off",
-            "saliency_iou", "label_consistency", "augmented_share"} <= set(rows[0])  # fmt: skip
+    assert {
+        "accuracy",
+        "macro_f1",
+        "roc_auc",
+        "cohen_kappa",
+        "roi_unchanged",
+        "roi_moved",
+        "w_roi",
+        "w_off",
+        "saliency_iou",
+        "label_consistency",
+        "augmented_share",
+    } <= set(rows[0])
     table = (tmp_path / "exp" / "results.md").read_text()
     assert "| meddiffusemix-hard-mask | 2 |" in table and "±" in table and "Reading:" in table
     assert "| meddiffusemix − standard | 1 |" in table
@@ -66,8 +91,14 @@ def test_experiment_writes_csv_table_and_plots_and_reuses_cells(setup, tmp_path)
 
 
 def test_train_fraction_cells_train_on_a_patient_level_subset(setup, tmp_path):
-    config = {"dataset": str(setup / "demo"), "out": str(tmp_path / "x"), "methods": ["standard"], "epochs": 1,
-              "batch_size": 8, "fractions": [0.5, 1.0]}  # fmt: skip
+    config = {
+        "dataset": str(setup / "demo"),
+        "out": str(tmp_path / "x"),
+        "methods": ["standard"],
+        "epochs": 1,
+        "batch_size": 8,
+        "fractions": [0.5, 1.0],
+    }
     (tmp_path / "x.yaml").write_text(yaml.safe_dump(config))
     result = _cli("experiment", str(tmp_path / "x.yaml"))
     assert result.returncode == 0, result.stderr[-3000:]
@@ -103,10 +134,20 @@ def test_preview_writes_a_picture_of_the_expected_size(setup, tmp_path):
 
 
 def test_summary_has_mean_and_confidence_interval_and_reads_paired_differences():
-    rows = [{"method": m, "seed": seed, "fraction": 1.0, "split": split, "steps": 10, "roc_auc": auc + shift,
-             "roi_unchanged": 1.0 if m == "meddiffusemix" else 0.5}
-            for m, shift in (("meddiffusemix", 0.0), ("standard", 0.1)) for seed, auc in ((0, 0.5), (1, 0.7))
-            for split in ("val", "test")]  # fmt: skip
+    rows = [
+        {
+            "method": m,
+            "seed": seed,
+            "fraction": 1.0,
+            "split": split,
+            "steps": 10,
+            "roc_auc": auc + shift,
+            "roi_unchanged": 1.0 if m == "meddiffusemix" else 0.5,
+        }
+        for m, shift in (("meddiffusemix", 0.0), ("standard", 0.1))
+        for seed, auc in ((0, 0.5), (1, 0.7))
+        for split in ("val", "test")
+    ]
     table = summarise(rows)
     assert "| meddiffusemix | 2 | 10 | 0.600 ± 1.271 |" in table  # t(1) = 12.706, sd 0.1414, n 2
     assert "n/a" in table  # ROI moved: not measured
@@ -117,12 +158,16 @@ def test_summary_has_mean_and_confidence_interval_and_reads_paired_differences()
 
 def test_reading_credits_an_ablation_only_when_it_differs_beyond_noise():
     def rows(ablation_shift: float) -> list[dict]:
-        return [{"method": m, "seed": seed, "fraction": 1.0, "split": split, "steps": 10, "roc_auc": auc + shift}
-                for m, shift in (("meddiffusemix", 0.0), ("meddiffusemix-random-mask", ablation_shift))
-                for seed, auc in ((0, 0.6), (1, 0.7), (2, 0.8)) for split in ("val", "test")]  # fmt: skip
+        return [
+            {"method": m, "seed": seed, "fraction": 1.0, "split": split, "steps": 10, "roc_auc": auc + shift}
+            for m, shift in (("meddiffusemix", 0.0), ("meddiffusemix-random-mask", ablation_shift))
+            for seed, auc in ((0, 0.6), (1, 0.7), (2, 0.8))
+            for split in ("val", "test")
+        ]
 
-    same = summarise([{**r, "roc_auc": r["roc_auc"] + 0.01 * r["seed"] * (r["method"] != "meddiffusemix")}
-                      for r in rows(-0.01)])  # fmt: skip
+    same = summarise(
+        [{**r, "roc_auc": r["roc_auc"] + 0.01 * r["seed"] * (r["method"] != "meddiffusemix")} for r in rows(-0.01)]
+    )
     assert "not owed to what meddiffusemix-random-mask removes" in same
     apart = summarise(rows(-0.2))
     assert "MedDiffuseMix − meddiffusemix-random-mask: val +0.200 ± 0.000, higher beyond seed noise" in apart
@@ -130,10 +175,20 @@ def test_reading_credits_an_ablation_only_when_it_differs_beyond_noise():
 
 
 def test_reading_reads_each_comparison_once_at_the_largest_fraction_and_against_no_augmentation():
-    rows = [{"method": m, "seed": seed, "fraction": fraction, "split": split, "steps": 10,
-             "roc_auc": auc + (0.1 if m == "none" and fraction == 1.0 else 0.0)}
-            for m in ("meddiffusemix", "meddiffusemix-random-mask", "none") for fraction in (0.5, 1.0)
-            for seed, auc in ((0, 0.6), (1, 0.7), (2, 0.8)) for split in ("val", "test")]  # fmt: skip
+    rows = [
+        {
+            "method": m,
+            "seed": seed,
+            "fraction": fraction,
+            "split": split,
+            "steps": 10,
+            "roc_auc": auc + (0.1 if m == "none" and fraction == 1.0 else 0.0),
+        }
+        for m in ("meddiffusemix", "meddiffusemix-random-mask", "none")
+        for fraction in (0.5, 1.0)
+        for seed, auc in ((0, 0.6), (1, 0.7), (2, 0.8))
+        for split in ("val", "test")
+    ]
     reading = summarise(rows).split("Reading: ", 1)[1]
     assert reading.startswith("With the whole train split (fractions 0.5: the differences table):")
     assert reading.count("MedDiffuseMix − meddiffusemix-random-mask:") == 1
@@ -160,8 +215,19 @@ def test_experiment_config_is_strict(tmp_path):
         load({"methods": [{"method": "meddiffusemix", "mix": {"quantile": 2}}]})
     with pytest.raises(ValueError, match="unique"):
         load({"methods": ["cutmix", "cutmix"]})
-    config = load({"methods": [{"name": "mdm-q80", "method": "meddiffusemix-hard-mask", "mix": {"quantile": 0.8},
-                                "variants_per_sample": 3, "original_probability": 0.25}]})  # fmt: skip
+    config = load(
+        {
+            "methods": [
+                {
+                    "name": "mdm-q80",
+                    "method": "meddiffusemix-hard-mask",
+                    "mix": {"quantile": 0.8},
+                    "variants_per_sample": 3,
+                    "original_probability": 0.25,
+                }
+            ]
+        }
+    )
     described = config.methods[0].describe()
     assert described["base_method"] == "meddiffusemix" and described["name"] == "mdm-q80"
     assert described["settings"]["mix"] == {"soft_mask": False, "quantile": 0.8}

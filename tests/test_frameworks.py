@@ -96,8 +96,16 @@ def _repeats(records: list[dict], epoch: int) -> set[str]:
 
 def _torchrun(data: str, out: Path, state: Path | None = None) -> list[dict]:
     out.mkdir(parents=True, exist_ok=True)
-    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
-               "accelerate_train.py", data, str(out)] + ([str(state)] if state else [])  # fmt: skip
+    command = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        "--nproc_per_node=2",
+        "accelerate_train.py",
+        data,
+        str(out),
+    ] + ([str(state)] if state else [])
     _run(command, "Accelerate under torchrun")
     return _records(out, 2)
 
@@ -112,8 +120,9 @@ def test_accelerate_under_torchrun_saves_and_loads_state_on_two_ranks(data, tmp_
     evaluation = [r["eval"] for r in full]
     assert evaluation[0]["gathered"] == 104, "gather_for_metrics alone counts the padding repeat"
     assert evaluation[0]["without_padding"] == 103, "with is_padding gathered alongside, every sample once"
-    assert sorted(evaluation[0]["keys"] + evaluation[1]["keys"]) == sorted(set(evaluation[0]["keys"] +
-                                                                               evaluation[1]["keys"]))  # fmt: skip
+    assert sorted(evaluation[0]["keys"] + evaluation[1]["keys"]) == sorted(
+        set(evaluation[0]["keys"] + evaluation[1]["keys"])
+    )
     mid = _torchrun(data, tmp_path / "mid", tmp_path / "full" / "state-step5")
     end = _torchrun(data, tmp_path / "end", tmp_path / "full" / "state-end0")
     for rank in (0, 1):

@@ -29,8 +29,9 @@ from meddiffuse_stream.shardfmt.tar import RawSample, TarProblem, count_samples,
 
 FUZZ = settings(max_examples=150, deadline=None, derandomize=True, suppress_health_check=[HealthCheck.too_slow])
 # noise to splice into names: arbitrary text, and the characters that slip past careless patterns
-NOISE = st.one_of(st.sampled_from(["\n", " ", "\t", "\r\n", "/", "..", "\x00", "\u0663", "-", "_", ".png"]),
-                  st.text(max_size=6))  # fmt: skip
+NOISE = st.one_of(
+    st.sampled_from(["\n", " ", "\t", "\r\n", "/", "..", "\x00", "\u0663", "-", "_", ".png"]), st.text(max_size=6)
+)
 KEYS = st.text(alphabet="abcdefghijklmnopqrstuvwxyz0123456789_-", min_size=1, max_size=20)
 SUFFIXES = st.sampled_from(["png", "cls", "json", "roi.png", "txt", "pyd"])
 
@@ -69,11 +70,14 @@ def time_limit(seconds: float) -> Iterator[None]:
 
 def _length_field(data: st.DataObject, true_length: int) -> bytes:
     """A PAX record length: right, off by a little, zero, negative, huge or not a number at all."""
-    return data.draw(st.one_of(
-        st.just(str(true_length)), st.integers(-3, 3).map(lambda d: str(max(0, true_length + d))),
-        st.sampled_from(["0", "-6", "-1", "1", "99999999999999999999", "٣", "0x10", "+7", ""]),
-        st.integers(0, 10**6).map(str),
-    )).encode()  # fmt: skip
+    return data.draw(
+        st.one_of(
+            st.just(str(true_length)),
+            st.integers(-3, 3).map(lambda d: str(max(0, true_length + d))),
+            st.sampled_from(["0", "-6", "-1", "1", "99999999999999999999", "٣", "0x10", "+7", ""]),
+            st.integers(0, 10**6).map(str),
+        )
+    ).encode()
 
 
 def _pax_block(data: st.DataObject) -> bytes:
@@ -89,11 +93,13 @@ def _pax_block(data: st.DataObject) -> bytes:
 
 
 def _size_field(data: st.DataObject) -> bytes:
-    return data.draw(st.one_of(
-        st.binary(min_size=12, max_size=12).map(lambda b: bytes([b[0] | 0x80]) + b[1:]),  # base-256, any sign
-        st.sampled_from([b"-0000000001\0", b"77777777777\0", b"           ", b"0" * 12, b"\0" * 12]),
-        st.binary(min_size=12, max_size=12),
-    ))  # fmt: skip
+    return data.draw(
+        st.one_of(
+            st.binary(min_size=12, max_size=12).map(lambda b: bytes([b[0] | 0x80]) + b[1:]),  # base-256, any sign
+            st.sampled_from([b"-0000000001\0", b"77777777777\0", b"           ", b"0" * 12, b"\0" * 12]),
+            st.binary(min_size=12, max_size=12),
+        )
+    )
 
 
 BLOCK_KINDS = ["sample", "pax", "gnu_name", "gnu_link", "global", "size", "link", "dir", "garbage", "member"]
@@ -173,11 +179,17 @@ def test_nested_json_members_decode_or_are_a_named_sample_error(depth, kind, dat
     with time_limit(5):
         for candidate in (text, json.dumps(data.draw(JSON_VALUES)).encode()):
             try:
-                sample = decode_sample(RawSample("key", {"png": png, "cls": b"0", "json": candidate}),
-                                       DecodeOptions(with_meta=True, max_json_bytes=1 << 20))  # fmt: skip
+                sample = decode_sample(
+                    RawSample("key", {"png": png, "cls": b"0", "json": candidate}),
+                    DecodeOptions(with_meta=True, max_json_bytes=1 << 20),
+                )
             except SampleError as error:
-                assert str(error).startswith("key.json: ") and error.kind in ("bad json", "json too deep",
-                                                                               "json too large", "json not an object")
+                assert str(error).startswith("key.json: ") and error.kind in (
+                    "bad json",
+                    "json too deep",
+                    "json too large",
+                    "json not an object",
+                )
             else:
                 assert isinstance(sample["meta"], dict)
 
@@ -186,14 +198,18 @@ def test_nested_json_members_decode_or_are_a_named_sample_error(depth, kind, dat
 @given(st.integers(0, 100_000), st.sampled_from(["list", "object"]), JSON_VALUES, st.data())
 def test_dataset_json_of_any_shape_is_valid_or_a_manifest_error(depth, kind, junk, data):
     shard = {"path": "train/a.tar", "split": "train", "samples": 1, "bytes": 1024}
-    document = data.draw(st.sampled_from([
-        {"format_version": 1, "shards": [shard], "extra": junk},
-        {"format_version": 1, "shards": junk},
-        {"format_version": junk, "shards": [shard]},
-        {"format_version": 1, "shards": [{**shard, "samples": junk}]},
-        {"format_version": 1, "shards": [{**shard, "path": junk}]},
-        {"format_version": 1, "shards": [shard], "splits": junk, "class_names": junk},
-    ]))  # fmt: skip
+    document = data.draw(
+        st.sampled_from(
+            [
+                {"format_version": 1, "shards": [shard], "extra": junk},
+                {"format_version": 1, "shards": junk},
+                {"format_version": junk, "shards": [shard]},
+                {"format_version": 1, "shards": [{**shard, "samples": junk}]},
+                {"format_version": 1, "shards": [{**shard, "path": junk}]},
+                {"format_version": 1, "shards": [shard], "splits": junk, "class_names": junk},
+            ]
+        )
+    )
     for text in (json.dumps(document).encode(), _nested(depth, kind)):
         with time_limit(5):
             try:
@@ -305,21 +321,25 @@ def test_dicom_decoder_rejects_or_decodes_damaged_files(dicom_bytes, data):
         assert loaded.image.dtype in (np.uint8, np.uint16) and loaded.image.ndim in (2, 3)
 
 
-PARTS = st.fixed_dictionaries({
-    "subtype": st.sampled_from(sorted(SUBTYPES)),
-    "year": st.integers(0, 99),
-    "slide": st.text(alphabet="0123456789ABCDEFabcdef", min_size=1, max_size=8),
-    "magnification": st.sampled_from([40, 100, 200, 400]),
-    "sequence": st.integers(0, 999),
-})  # fmt: skip
+PARTS = st.fixed_dictionaries(
+    {
+        "subtype": st.sampled_from(sorted(SUBTYPES)),
+        "year": st.integers(0, 99),
+        "slide": st.text(alphabet="0123456789ABCDEFabcdef", min_size=1, max_size=8),
+        "magnification": st.sampled_from([40, 100, 200, 400]),
+        "sequence": st.integers(0, 999),
+    }
+)
 
 
 @FUZZ
 @given(PARTS)
 def test_breakhis_names_round_trip(parts):
     kind = "B" if parts["subtype"] in ("A", "F", "PT", "TA") else "M"
-    name = (f"SOB_{kind}_{parts['subtype']}-{parts['year']:02d}-{parts['slide']}-{parts['magnification']}-"
-            f"{parts['sequence']:03d}.png")  # fmt: skip
+    name = (
+        f"SOB_{kind}_{parts['subtype']}-{parts['year']:02d}-{parts['slide']}-{parts['magnification']}-"
+        f"{parts['sequence']:03d}.png"
+    )
     parsed = parse_breakhis_name(name)
     assert parsed["malignant"] == (kind == "M") and parsed["subtype"] == SUBTYPES[parts["subtype"]]
     assert parsed["patient_id"] == f"{parts['year']:02d}-{parts['slide']}"
@@ -337,9 +357,11 @@ def test_breakhis_parser_accepts_only_whole_valid_names(noise, parts):
         except ValueError as error:
             assert repr(name) in str(error)
         else:  # accepted: then it is exactly a valid name, nothing before or after
-            rebuilt = (f"SOB_{'M' if parsed['malignant'] else 'B'}_"
-                       f"{next(k for k, v in SUBTYPES.items() if v == parsed['subtype'])}-{parsed['patient_id']}-"
-                       f"{parsed['magnification']}-{parsed['sequence']:03d}.png")  # fmt: skip
+            rebuilt = (
+                f"SOB_{'M' if parsed['malignant'] else 'B'}_"
+                f"{next(k for k, v in SUBTYPES.items() if v == parsed['subtype'])}-{parsed['patient_id']}-"
+                f"{parsed['magnification']}-{parsed['sequence']:03d}.png"
+            )
             assert rebuilt == name
 
 

@@ -67,8 +67,12 @@ def test_set_up_installs_only_what_is_missing_from_carried_wheels(tmp_path):
     pins = plan(sys.executable, wanted, wheels, None, site=site)
     assert [pin.lower().replace("_", "-") for pin in pins] == ["mds-carried-probe==1.2"]
     install(sys.executable, pins, site, wheels, None)
-    check = subprocess.run([sys.executable, "-c", "import mds_carried_probe as m; print(m.VERSION)"],
-                           env={**os.environ, "PYTHONPATH": str(site)}, capture_output=True, text=True)  # fmt: skip
+    check = subprocess.run(
+        [sys.executable, "-c", "import mds_carried_probe as m; print(m.VERSION)"],
+        env={**os.environ, "PYTHONPATH": str(site)},
+        capture_output=True,
+        text=True,
+    )
     assert check.stdout.strip() == "1.2", check.stderr
     assert plan(sys.executable, wanted, wheels, None, site=site) == [], "what was installed counts as installed"
 

@@ -18,8 +18,17 @@ pytestmark = pytest.mark.skipif(kubectl() is None, reason="kubectl is not instal
 
 KUBERNETES_VERSIONS = ("1.33.0", kubernetes_validate.utils.latest_version() + ".0")
 CORE_KINDS = {"ConfigMap", "Service", "PersistentVolumeClaim", "Job"}
-VIOLATIONS = ["inline-secret", "latest", "untagged", "escalation", "writable-root", "cap-add", "no-limits", "no-shm",
-              "undefined-var"]  # fmt: skip
+VIOLATIONS = [
+    "inline-secret",
+    "latest",
+    "untagged",
+    "escalation",
+    "writable-root",
+    "cap-add",
+    "no-limits",
+    "no-shm",
+    "undefined-var",
+]
 
 
 def _pytorchjob_schema() -> dict:
@@ -71,8 +80,12 @@ def test_pytorchjob_matches_its_schema_and_its_pods_are_valid_pod_templates(vers
     jsonschema.Draft202012Validator(_pytorchjob_schema()).validate(job)
     for role, replica in job["spec"]["pytorchReplicaSpecs"].items():
         # a core PodTemplate wraps a PodTemplateSpec, so kubernetes-validate's own definition checks it strictly
-        wrapper = {"apiVersion": "v1", "kind": "PodTemplate", "metadata": {"name": f"train-{role.lower()}"},
-                   "template": replica["template"]}  # fmt: skip
+        wrapper = {
+            "apiVersion": "v1",
+            "kind": "PodTemplate",
+            "metadata": {"name": f"train-{role.lower()}"},
+            "template": replica["template"],
+        }
         kubernetes_validate.validate(wrapper, version, strict=True)
 
 
@@ -159,8 +172,14 @@ def _parse_command(argv: list[str]) -> None:
 @pytest.mark.parametrize("overlay", OVERLAYS)
 def test_every_command_parses_with_the_programs_own_parsers(overlay):
     objects = render(overlay)
-    injected = {"JOB_COMPLETION_INDEX": "0", "PET_NNODES": "2", "PET_NODE_RANK": "0", "PET_NPROC_PER_NODE": "1",
-                "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": "29500"}  # fmt: skip
+    injected = {
+        "JOB_COMPLETION_INDEX": "0",
+        "PET_NNODES": "2",
+        "PET_NODE_RANK": "0",
+        "PET_NPROC_PER_NODE": "1",
+        "MASTER_ADDR": "127.0.0.1",
+        "MASTER_PORT": "29500",
+    }
     secrets = {"meddiffuse-s3": {"AWS_ACCESS_KEY_ID": "id", "AWS_SECRET_ACCESS_KEY": "secret"}}
     for pod in pod_specs(objects):
         for container in pod.containers:
@@ -218,8 +237,12 @@ def test_run_pipeline_applies_every_object_once_in_order(tmp_path):
         applies = [c for c in calls if c.startswith("apply")]
         waits = [c.split()[2] for c in calls if c.startswith("wait")]
         assert all(c.endswith("-n team") for c in calls)
-        assert waits == ["job/meddiffuse-convert", "job/meddiffuse-generator", "job/meddiffuse-teacher",
-                         "job/meddiffuse-warm-cache"]  # fmt: skip
+        assert waits == [
+            "job/meddiffuse-convert",
+            "job/meddiffuse-generator",
+            "job/meddiffuse-teacher",
+            "job/meddiffuse-warm-cache",
+        ]
         assert calls.index(applies[1]) < calls.index(next(c for c in calls if "meddiffuse-convert" in c))
         selectors = [c.split(" -l ")[1].removesuffix(" -n team") for c in applies]
         for obj in render(overlay):

@@ -28,8 +28,13 @@ pytestmark = [
     pytest.mark.skipif(kubectl() is None, reason="kubectl is not installed: the overlays cannot be rendered"),
 ]
 
-ORDER = ("meddiffuse-convert", "meddiffuse-generator", "meddiffuse-teacher", "meddiffuse-warm-cache",
-         "meddiffuse-train")  # fmt: skip
+ORDER = (
+    "meddiffuse-convert",
+    "meddiffuse-generator",
+    "meddiffuse-teacher",
+    "meddiffuse-warm-cache",
+    "meddiffuse-train",
+)
 IMAGE_WORKDIR = "/app"
 
 
@@ -47,8 +52,12 @@ class LocalCluster:
         self.root = root
         self.server = server
         self.overrides = {"AWS_ENDPOINT_URL": server.endpoint, **overrides}
-        self.secrets = {"meddiffuse-s3": {"AWS_ACCESS_KEY_ID": server.env["AWS_ACCESS_KEY_ID"],
-                                          "AWS_SECRET_ACCESS_KEY": server.env["AWS_SECRET_ACCESS_KEY"]}}  # fmt: skip
+        self.secrets = {
+            "meddiffuse-s3": {
+                "AWS_ACCESS_KEY_ID": server.env["AWS_ACCESS_KEY_ID"],
+                "AWS_SECRET_ACCESS_KEY": server.env["AWS_SECRET_ACCESS_KEY"],
+            }
+        }
         self.readonly = root / "image-root"  # the image's working directory; the root filesystem is read-only
         self.readonly.mkdir(parents=True)
         self.readonly.chmod(0o555)
@@ -101,9 +110,16 @@ class LocalCluster:
         nodes = sum(int(r.get("replicas", 1)) for r in spec["pytorchReplicaSpecs"].values())
         rank = 0 if pod.role == "Master" else index + 1
         per_node = spec.get("nprocPerNode", "1")
-        return {"MASTER_ADDR": "127.0.0.1", "MASTER_PORT": port, "WORLD_SIZE": str(nodes * int(per_node)),
-                "RANK": str(rank), "PET_NNODES": str(nodes), "PET_NODE_RANK": str(rank),
-                "PET_NPROC_PER_NODE": per_node, "PYTHONUNBUFFERED": "1"}  # fmt: skip
+        return {
+            "MASTER_ADDR": "127.0.0.1",
+            "MASTER_PORT": port,
+            "WORLD_SIZE": str(nodes * int(per_node)),
+            "RANK": str(rank),
+            "PET_NNODES": str(nodes),
+            "PET_NODE_RANK": str(rank),
+            "PET_NPROC_PER_NODE": per_node,
+            "PYTHONUNBUFFERED": "1",
+        }
 
     def _start(self, pod, index: int, port: str) -> tuple[str, subprocess.Popen]:
         self.pods += 1
@@ -120,8 +136,9 @@ class LocalCluster:
                 local = self.root / "pods" / f"{self.pods}" / mount["name"]
             local.mkdir(parents=True, exist_ok=True)
             paths[mount["mountPath"]] = local
-        pattern = re.compile(r"(^|=)(" + "|".join(re.escape(p) for p in sorted(paths, key=len, reverse=True))
-                             + r")(?=/|$)")  # fmt: skip
+        pattern = re.compile(
+            r"(^|=)(" + "|".join(re.escape(p) for p in sorted(paths, key=len, reverse=True)) + r")(?=/|$)"
+        )
 
         def localise(text: str) -> str:
             return pattern.sub(lambda m: m.group(1) + str(paths[m.group(2)]), text)
@@ -137,8 +154,14 @@ class LocalCluster:
         log = self._log(name)
         log.parent.mkdir(parents=True, exist_ok=True)
         with open(log, "w") as output:  # a file, not a pipe: a chatty pod never blocks on a full pipe
-            process = subprocess.Popen(argv, cwd=self.readonly, env=process_env, stdout=output,
-                                       stderr=subprocess.STDOUT, start_new_session=True)  # fmt: skip
+            process = subprocess.Popen(
+                argv,
+                cwd=self.readonly,
+                env=process_env,
+                stdout=output,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
         return name, process
 
 
@@ -188,9 +211,19 @@ def test_cpu_smoke_overlay_runs_as_written(s3_server, tmp_path):
 
 def test_gpu_overlay_commands_run_on_cpu_with_a_small_rsna_dataset(s3_server, tmp_path):
     """The gpu overlay as written (PyTorchJob, real RSNA label CSV and DICOMs), only sizes made small for a CPU."""
-    small = {"SHARD_RESIZE": "32", "GENERATOR_EPOCHS": "1", "GENERATOR_WIDTH": "16", "GENERATOR_STEPS": "2",
-             "TEACHER_EPOCHS": "1", "EPOCHS": "1", "VARIANTS": "1", "BATCH_SIZE": "16", "LOADER_WORKERS": "1",
-             "SHARD_WORKERS": "1", "CHECKPOINT_EVERY": "2"}  # fmt: skip
+    small = {
+        "SHARD_RESIZE": "32",
+        "GENERATOR_EPOCHS": "1",
+        "GENERATOR_WIDTH": "16",
+        "GENERATOR_STEPS": "2",
+        "TEACHER_EPOCHS": "1",
+        "EPOCHS": "1",
+        "VARIANTS": "1",
+        "BATCH_SIZE": "16",
+        "LOADER_WORKERS": "1",
+        "SHARD_WORKERS": "1",
+        "CHECKPOINT_EVERY": "2",
+    }
     cluster = LocalCluster("gpu", tmp_path, s3_server, small)
     config = cluster.config
     assert config["SHARD_FORMAT"] == "rsna"

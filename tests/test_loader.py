@@ -24,8 +24,15 @@ def test_exactly_once_per_epoch_with_equal_batch_counts(dataset, world, workers)
     seen = Counter()
     batch_counts = set()
     for rank in range(world):
-        with MedDiffuseLoader(dataset, 8, num_workers=workers, rank=rank, world_size=world, as_dict=True,
-                              worker_method="thread" if workers == 1 else "process") as loader:  # fmt: skip
+        with MedDiffuseLoader(
+            dataset,
+            8,
+            num_workers=workers,
+            rank=rank,
+            world_size=world,
+            as_dict=True,
+            worker_method="thread" if workers == 1 else "process",
+        ) as loader:
             batches = _epoch_keys(loader)
             assert len(batches) == len(loader)
             batch_counts.add(len(batches))
@@ -155,8 +162,9 @@ def test_augment_by_name_needs_models_only_where_the_method_does(dataset):
 def test_demo_roi_and_meta_come_with_as_dict(tmp_path):
     from meddiffuse_stream import ConvertOptions, DemoSource, convert_dataset
 
-    convert_dataset(DemoSource(n=40, size=16), None, str(tmp_path / "d"), ConvertOptions(splits={"train": 1.0}),
-                    progress=False)  # fmt: skip
+    convert_dataset(
+        DemoSource(n=40, size=16), None, str(tmp_path / "d"), ConvertOptions(splits={"train": 1.0}), progress=False
+    )
     with MedDiffuseLoader(str(tmp_path / "d"), 8, as_dict=True) as loader:
         batch = next(iter(loader))
     assert batch["roi"].shape == (8, 1, 16, 16) and set(batch["roi"].unique().tolist()) <= {0.0, 1.0}
@@ -187,12 +195,20 @@ def test_augment_stage_in_the_loader_resumes_exactly(tmp_path):
     from meddiffuse_stream import ConvertOptions, DemoSource, convert_dataset
     from meddiffuse_stream.augment import AugmentStage
 
-    convert_dataset(DemoSource(n=48, size=16), None, str(tmp_path / "d"), ConvertOptions(splits={"train": 1.0}),
-                    progress=False)  # fmt: skip
+    convert_dataset(
+        DemoSource(n=48, size=16), None, str(tmp_path / "d"), ConvertOptions(splits={"train": 1.0}), progress=False
+    )
 
     def make():
-        stage = AugmentStage("meddiffusemix", 2, teacher=Energy(), saliency_method="gradients", generator=Nudge(),
-                             variant_cache=str(tmp_path / "cache"), seed=5)  # fmt: skip
+        stage = AugmentStage(
+            "meddiffusemix",
+            2,
+            teacher=Energy(),
+            saliency_method="gradients",
+            generator=Nudge(),
+            variant_cache=str(tmp_path / "cache"),
+            seed=5,
+        )
         return MedDiffuseLoader(str(tmp_path / "d"), 8, as_dict=True, augment=stage, num_workers=2, seed=1)
 
     with make() as reference:

@@ -40,8 +40,15 @@ def _write(root: Path, shards: list[list[EncodedSample]], *, record_sha: bool = 
         path = f"train/train-{index:06d}.tar"
         (root / "train").mkdir(parents=True, exist_ok=True)
         (root / path).write_bytes(buffer.getvalue())
-        entries.append({"path": path, "split": "train", "samples": len(samples), "bytes": size,
-                        "sha256": digest if record_sha else None})  # fmt: skip
+        entries.append(
+            {
+                "path": path,
+                "split": "train",
+                "samples": len(samples),
+                "bytes": size,
+                "sha256": digest if record_sha else None,
+            }
+        )
     (root / "dataset.json").write_text(json.dumps({"format_version": 1, "class_names": ["a", "b"], "shards": entries}))
     return root
 

@@ -23,16 +23,24 @@ from meddiffuse_stream.nodes import Map
 def _folder_dataset(root: Path, images: dict[str, np.ndarray]) -> str:
     for name, array in images.items():
         write_image(root / "in" / ("a" if int(name) % 2 else "b") / f"{name}.png", array)
-    convert_dataset(ImageFolderSource(), str(root / "in"), str(root / "ds"),
-                    ConvertOptions(splits={"train": 1.0}, shard_size=5), progress=False)  # fmt: skip
+    convert_dataset(
+        ImageFolderSource(),
+        str(root / "in"),
+        str(root / "ds"),
+        ConvertOptions(splits={"train": 1.0}, shard_size=5),
+        progress=False,
+    )
     return str(root / "ds")
 
 
 def _all(source: str, **settings) -> dict[str, torch.Tensor]:
     with MedDiffuseLoader(source, 4, shuffle=False, as_dict=True, **settings) as loader:
         batches = list(loader)
-    return {"image": torch.cat([b["image"] for b in batches]), "label": torch.cat([b["label"] for b in batches]),
-            "key": [k for b in batches for k in b["key"]]}  # fmt: skip
+    return {
+        "image": torch.cat([b["image"] for b in batches]),
+        "label": torch.cat([b["label"] for b in batches]),
+        "key": [k for b in batches for k in b["key"]],
+    }
 
 
 @pytest.fixture(scope="module")
@@ -147,12 +155,29 @@ def test_training_on_uint8_batches_ends_with_the_float_run_weights(tmp_path):
     from meddiffuse_stream import DemoSource
     from meddiffuse_stream.train import TrainConfig, train
 
-    convert_dataset(DemoSource(n=40, size=16), None, str(tmp_path / "demo"),
-                    ConvertOptions(splits={"train": 0.8, "val": 0.2}, shard_size=9), progress=False)  # fmt: skip
+    convert_dataset(
+        DemoSource(n=40, size=16),
+        None,
+        str(tmp_path / "demo"),
+        ConvertOptions(splits={"train": 0.8, "val": 0.2}, shard_size=9),
+        progress=False,
+    )
     fingerprints = []
     for dtype in ("float32", "uint8"):
         out = tmp_path / dtype
-        train(TrainConfig(str(tmp_path / "demo"), str(out), epochs=1, batch_size=8, augment="mixup", device="cpu",
-                          progress=False, loader_dtype=dtype, eval_splits=["val"], key_log=True))  # fmt: skip
+        train(
+            TrainConfig(
+                str(tmp_path / "demo"),
+                str(out),
+                epochs=1,
+                batch_size=8,
+                augment="mixup",
+                device="cpu",
+                progress=False,
+                loader_dtype=dtype,
+                eval_splits=["val"],
+                key_log=True,
+            )
+        )
         fingerprints.append(json.loads((out / "rank0.json").read_text())["param_sha256"])
     assert fingerprints[0] == fingerprints[1]

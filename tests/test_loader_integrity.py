@@ -32,8 +32,15 @@ def _write(root: Path, shards: list[bytes], counts: list[int], tamper: int | Non
     entries = []
     for index, (data, count) in enumerate(zip(shards, counts, strict=True)):
         path = f"train/train-{index:06d}.tar"
-        entries.append({"path": path, "split": "train", "samples": count, "bytes": len(data),
-                        "sha256": hashlib.sha256(data).hexdigest()})  # fmt: skip
+        entries.append(
+            {
+                "path": path,
+                "split": "train",
+                "samples": count,
+                "bytes": len(data),
+                "sha256": hashlib.sha256(data).hexdigest(),
+            }
+        )
         if index == tamper:
             where = 512 + len(PNG) + 3  # in the first member's padding: still a valid tar, another sha256
             assert len(PNG) % 512 < 509
@@ -73,7 +80,7 @@ def test_skip_skips_the_whole_unverified_shard_and_counts_it(tmp_path, workers):
 
 @pytest.mark.parametrize("workers", [0, 2])
 def test_a_pax_record_of_length_zero_is_a_named_error_and_a_counted_skip(tmp_path, workers):
-    """"0 a=b" once made the reader loop forever, with raise, with skip, and in worker processes."""
+    """ "0 a=b" once made the reader loop forever, with raise, with skip, and in worker processes."""
     bad = _sample("b000") + pax(b"0 a=b\n") + _sample("b001") + END
     root = _write(tmp_path, [_shards("a")[0], bad, _shards("c")[0]], [8, 1, 8])
     with MedDiffuseLoader(str(root), 4, shuffle=False, num_workers=workers) as loader:
@@ -128,8 +135,11 @@ def test_a_truncated_shard_without_sha256_yields_what_precedes_the_cut(tmp_path)
     root = tmp_path / "t"
     (root / "train").mkdir(parents=True)
     (root / "train" / "train-000000.tar").write_bytes(data[: len(_sample("x")) * 5 + 600])  # inside a005.png
-    (root / "dataset.json").write_text(json.dumps({"format_version": 1, "shards": [
-        {"path": "train/train-000000.tar", "split": "train", "samples": 8}]}))  # fmt: skip
+    (root / "dataset.json").write_text(
+        json.dumps(
+            {"format_version": 1, "shards": [{"path": "train/train-000000.tar", "split": "train", "samples": 8}]}
+        )
+    )
     with MedDiffuseLoader(str(root), 4, shuffle=False, on_error="skip", as_dict=True) as loader:
         keys = [k for batch in loader for k in batch["key"]]
         assert loader.counters["skipped:truncated or corrupt tar"] == 3 and loader.counters["yielded"] == 5

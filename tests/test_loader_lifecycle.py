@@ -158,7 +158,8 @@ def test_a_loader_with_a_device_stage_pickles(dataset):
 @pytest.mark.slow
 def test_mp_spawn_gets_the_loader_pickled_and_each_rank_its_share(dataset, tmp_path):
     """Built in the parent before any process group exists, passed to mp.spawn: each rank shards by its rank."""
-    result = _run(f"""
+    result = _run(
+        f"""
         import os, sys, torch, torch.distributed as dist, torch.multiprocessing as mp
         from meddiffuse_stream import MedDiffuseLoader
 
@@ -176,7 +177,10 @@ def test_mp_spawn_gets_the_loader_pickled_and_each_rank_its_share(dataset, tmp_p
             next(iter(loader))  # workers are running in the parent
             mp.spawn(work, args=(loader, {str(tmp_path)!r}), nprocs=2, join=True)
             loader.close()
-    """, timeout=180, folder=tmp_path)
+    """,
+        timeout=180,
+        folder=tmp_path,
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     ranks = [(tmp_path / f"rank{r}.txt").read_text().split() for r in (0, 1)]
     assert len(ranks[0]) == len(ranks[1]) == 300 and not set(ranks[0]) & set(ranks[1])
@@ -184,7 +188,8 @@ def test_mp_spawn_gets_the_loader_pickled_and_each_rank_its_share(dataset, tmp_p
 
 def test_exit_does_not_wait_for_a_prefetch_in_its_back_off():
     """A shard fetch retrying in a daemon thread does not hold the interpreter's exit (an executor's would)."""
-    result = _run("""
+    result = _run(
+        """
         import threading, time
         from meddiffuse_stream.nodes.prefetch import ShardPrefetcher
         never = threading.Event()
@@ -192,7 +197,9 @@ def test_exit_does_not_wait_for_a_prefetch_in_its_back_off():
         prefetcher.get(0)  # returns at once and starts fetching shard 1, which never ends
         time.sleep(0.2)
         print("leaving", flush=True)
-    """, timeout=30)
+    """,
+        timeout=30,
+    )
     assert result.returncode == 0 and "leaving" in result.stdout, result.stderr
 
 
@@ -236,7 +243,8 @@ def test_a_worker_process_keeps_what_its_parent_built_out_of_the_collector(datas
     assert sorted(counts) == ["0", "1"] and all(int(count) > 10_000 for count in counts.values()), counts
     record.unlink()
     before = gc.get_freeze_count()
-    with MedDiffuseLoader(dataset, 8, num_workers=2, worker_method="thread",
-                          worker_init_fn=_record_frozen_objects) as loader:  # fmt: skip
+    with MedDiffuseLoader(
+        dataset, 8, num_workers=2, worker_method="thread", worker_init_fn=_record_frozen_objects
+    ) as loader:
         next(iter(loader))
     assert gc.get_freeze_count() == before

@@ -40,8 +40,9 @@ def test_same_epoch_from_s3_and_from_disk(tmp_path, s3_server, s3_bucket, worker
     else:
         assert via_obstore == 0
     cache = str(tmp_path / "cache")
-    with MedDiffuseLoader(f"{s3_bucket}/ds", 8, storage_options=s3_server.storage_options, cache_dir=cache,
-                          **options) as cached:  # fmt: skip
+    with MedDiffuseLoader(
+        f"{s3_bucket}/ds", 8, storage_options=s3_server.storage_options, cache_dir=cache, **options
+    ) as cached:
         assert _keys(cached) == expected
         misses = cached.counters["cache_misses"]
         assert 7 <= misses <= 7 + 2 * workers  # a shard two workers share may be fetched by both at once
@@ -97,9 +98,13 @@ def test_resumable_reader_reopens_where_the_stream_broke():
     data = np.random.default_rng(0).bytes(10_000)
     failures: list[int] = []
     retries: list[BaseException] = []
-    reader = ResumableReader(lambda offset: _Flaky(data, offset, 1000, failures), what="shard x",
-                             policy=RetryPolicy(base=0.0), rng=np.random.default_rng(1),
-                             on_retry=retries.append)  # fmt: skip
+    reader = ResumableReader(
+        lambda offset: _Flaky(data, offset, 1000, failures),
+        what="shard x",
+        policy=RetryPolicy(base=0.0),
+        rng=np.random.default_rng(1),
+        on_retry=retries.append,
+    )
     received = b"".join(iter(lambda: reader.read(300), b""))
     assert received == data and len(retries) == 9
 

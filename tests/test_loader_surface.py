@@ -22,9 +22,14 @@ def _keys(loader) -> list[list[str]]:
 
 @pytest.mark.parametrize(
     ("value", "error", "message"),
-    [(None, TypeError, "always batches"), (2.0, TypeError, "got 2.0 \\(float\\)"), (True, TypeError, "bool"),
-     (0, ValueError, "at least 1"), (-3, ValueError, "at least 1")],
-)  # fmt: skip
+    [
+        (None, TypeError, "always batches"),
+        (2.0, TypeError, "got 2.0 \\(float\\)"),
+        (True, TypeError, "bool"),
+        (0, ValueError, "at least 1"),
+        (-3, ValueError, "at least 1"),
+    ],
+)
 def test_batch_size_must_be_a_positive_int(dataset, value, error, message):
     with pytest.raises(error, match=message):
         MedDiffuseLoader(dataset, value)
@@ -95,6 +100,7 @@ def test_set_epoch_keeps_a_restored_position_of_that_epoch(dataset):
 
 def test_any_ranks_state_resumes_every_rank(dataset):
     """Lightning and Accelerate save rank 0's loader state and load it on every rank."""
+
     def make(rank):
         return MedDiffuseLoader(dataset, 4, rank=rank, world_size=2, as_dict=True, num_workers=2, seed=5)
 
@@ -145,14 +151,17 @@ def test_dataloader_keywords_keep_their_meaning(dataset, tmp_path):
     def collate(samples):
         return torch.stack([s["image"] for s in samples]), [s["key"] for s in samples]
 
-    with MedDiffuseLoader(dataset, 8, collate_fn=collate, shuffle=False) as custom, \
-            MedDiffuseLoader(dataset, 8, shuffle=False) as plain:  # fmt: skip
+    with (
+        MedDiffuseLoader(dataset, 8, collate_fn=collate, shuffle=False) as custom,
+        MedDiffuseLoader(dataset, 8, shuffle=False) as plain,
+    ):
         images, keys = next(iter(custom))
         assert torch.equal(images, next(iter(plain))[0]) and len(keys) == 8
     marks = tmp_path / "init"
     marks.mkdir()
-    with MedDiffuseLoader(dataset, 8, num_workers=2, worker_init_fn=_MarkWorker(marks), persistent_workers=False,
-                          as_dict=True) as loader:  # fmt: skip
+    with MedDiffuseLoader(
+        dataset, 8, num_workers=2, worker_init_fn=_MarkWorker(marks), persistent_workers=False, as_dict=True
+    ) as loader:
         assert len(_keys(loader)) == len(loader)
         assert not loader.graph.workers.pool.started, "persistent_workers=False: workers end with the pass"
         assert len(_keys(loader)) == len(loader)
@@ -170,8 +179,12 @@ def test_stages_run_in_the_workers_of_the_one_line_loader(dataset):
 
     from meddiffuse_stream.nodes import ImageMap
 
-    with MedDiffuseLoader(dataset, 8, shuffle=False, num_workers=2, stages=[functools.partial(ImageMap, fn=_mirror)]) \
-            as mirrored, MedDiffuseLoader(dataset, 8, shuffle=False, num_workers=2) as plain:  # fmt: skip
+    with (
+        MedDiffuseLoader(
+            dataset, 8, shuffle=False, num_workers=2, stages=[functools.partial(ImageMap, fn=_mirror)]
+        ) as mirrored,
+        MedDiffuseLoader(dataset, 8, shuffle=False, num_workers=2) as plain,
+    ):
         assert torch.equal(next(iter(mirrored))[0], next(iter(plain))[0].flip(-1))
 
 
@@ -183,9 +196,11 @@ def _stall(sample):
 
 
 def test_timeout_bounds_the_wait_for_a_batch(dataset):
-    with MedDiffuseLoader(dataset, 4, num_workers=1, worker_method="thread", transform=_stall, timeout=0.5) as loader, \
-            pytest.raises(TimeoutError, match=r"decode worker 0 \(thread\) sent no batch in 0.5 s .*epoch 0, batch 0"):
-        next(iter(loader))  # fmt: skip
+    with (
+        MedDiffuseLoader(dataset, 4, num_workers=1, worker_method="thread", transform=_stall, timeout=0.5) as loader,
+        pytest.raises(TimeoutError, match=r"decode worker 0 \(thread\) sent no batch in 0.5 s .*epoch 0, batch 0"),
+    ):
+        next(iter(loader))
 
 
 class _MarkWorker:
@@ -224,8 +239,9 @@ def mixed(tmp_path_factory):
         height, width, channels = shapes[index % 4]
         write_image(root / "in" / "ab"[index % 2] / f"i{index:02d}.png", noise_image(rng, height, width, channels))
     write_image(root / "in" / "a" / "deep.png", noise_image(rng, 10, 10, 0, np.uint16))
-    convert_dataset(ImageFolderSource(), str(root / "in"), str(root / "ds"), ConvertOptions(splits={"train": 1.0}),
-                    progress=False)  # fmt: skip
+    convert_dataset(
+        ImageFolderSource(), str(root / "in"), str(root / "ds"), ConvertOptions(splits={"train": 1.0}), progress=False
+    )
     return str(root / "ds")
 
 
@@ -233,8 +249,9 @@ def mixed(tmp_path_factory):
 def test_resize_and_channels_make_uniform_batches(mixed, mode):
     with MedDiffuseLoader(mixed, 13, shuffle=False) as loader, pytest.raises(ValueError, match="pass resize="):
         next(iter(loader))
-    with MedDiffuseLoader(mixed, 13, shuffle=False, resize=(8, 10), resize_mode=mode, channels=3,
-                          num_workers=2) as loader:  # fmt: skip
+    with MedDiffuseLoader(
+        mixed, 13, shuffle=False, resize=(8, 10), resize_mode=mode, channels=3, num_workers=2
+    ) as loader:
         images, _ = next(iter(loader))
     assert images.shape == (13, 3, 8, 10) and images.dtype == torch.float32 and 0 <= images.min() <= images.max() <= 1
     if mode == "letterbox":

@@ -33,23 +33,50 @@ def _in_fresh_process(function, *args):
 @pytest.mark.parametrize(
     ("options", "environ", "expected"),
     [
-        ({**KEYS, **ENDPOINT}, {},
-         {**TRANSLATED, "endpoint": "http://127.0.0.1:8333", "region": "us-east-1"}),
-        ({**KEYS, "token": "T", "client_kwargs": {"region_name": "eu-west-1"}}, {},
-         {**TRANSLATED, "session_token": "T", "region": "eu-west-1"}),
-        ({**KEYS, "endpoint_url": "https://minio.example", "skip_instance_cache": True}, {"AWS_REGION": "eu-west-2"},
-         {**TRANSLATED, "endpoint": "https://minio.example", "region": "eu-west-2"}),
-        ({}, {"AWS_ACCESS_KEY_ID": "EK", "AWS_SECRET_ACCESS_KEY": "ES", "AWS_SESSION_TOKEN": "ET",
-              "AWS_ENDPOINT_URL": "http://h:1"},
-         {"access_key_id": "EK", "secret_access_key": "ES", "session_token": "ET", "endpoint": "http://h:1",
-          "region": "us-east-1"}),
-        ({}, {"AWS_ACCESS_KEY_ID": "EK", "AWS_SECRET_ACCESS_KEY": "ES", "AWS_ENDPOINT_URL": "http://general:1",
-              "AWS_ENDPOINT_URL_S3": "http://s3-only:1"},
-         {"access_key_id": "EK", "secret_access_key": "ES", "endpoint": "http://s3-only:1", "region": "us-east-1"}),
-        ({"anon": True, "client_kwargs": {"region_name": "us-west-2"}}, {},
-         {"skip_signature": True, "region": "us-west-2"}),
+        ({**KEYS, **ENDPOINT}, {}, {**TRANSLATED, "endpoint": "http://127.0.0.1:8333", "region": "us-east-1"}),
+        (
+            {**KEYS, "token": "T", "client_kwargs": {"region_name": "eu-west-1"}},
+            {},
+            {**TRANSLATED, "session_token": "T", "region": "eu-west-1"},
+        ),
+        (
+            {**KEYS, "endpoint_url": "https://minio.example", "skip_instance_cache": True},
+            {"AWS_REGION": "eu-west-2"},
+            {**TRANSLATED, "endpoint": "https://minio.example", "region": "eu-west-2"},
+        ),
+        (
+            {},
+            {
+                "AWS_ACCESS_KEY_ID": "EK",
+                "AWS_SECRET_ACCESS_KEY": "ES",
+                "AWS_SESSION_TOKEN": "ET",
+                "AWS_ENDPOINT_URL": "http://h:1",
+            },
+            {
+                "access_key_id": "EK",
+                "secret_access_key": "ES",
+                "session_token": "ET",
+                "endpoint": "http://h:1",
+                "region": "us-east-1",
+            },
+        ),
+        (
+            {},
+            {
+                "AWS_ACCESS_KEY_ID": "EK",
+                "AWS_SECRET_ACCESS_KEY": "ES",
+                "AWS_ENDPOINT_URL": "http://general:1",
+                "AWS_ENDPOINT_URL_S3": "http://s3-only:1",
+            },
+            {"access_key_id": "EK", "secret_access_key": "ES", "endpoint": "http://s3-only:1", "region": "us-east-1"},
+        ),
+        (
+            {"anon": True, "client_kwargs": {"region_name": "us-west-2"}},
+            {},
+            {"skip_signature": True, "region": "us-west-2"},
+        ),
     ],
-)  # fmt: skip
+)
 def test_settings_that_reach_what_s3fs_would_reach_are_translated(options, environ, expected):
     assert s3_config(options, environ) == (expected, "")
 
@@ -71,13 +98,16 @@ def test_store_settings_address_like_botocore_and_leave_retries_to_the_loader():
         ({**KEYS, "client_kwargs": {"endpoint_url": "https://h", "verify": False}}, {}, "'verify'"),
         ({"key": "AK", **ENDPOINT}, {}, "only one of key and secret"),
         ({**KEYS, **ENDPOINT}, {"AWS_SESSION_TOKEN": "T"}, "AWS_SESSION_TOKEN"),
-        ({}, {"AWS_ACCESS_KEY_ID": "EK", "AWS_SECRET_ACCESS_KEY": "ES", "AWS_PROFILE": "p", "AWS_REGION": "r"},
-         "profile"),
+        (
+            {},
+            {"AWS_ACCESS_KEY_ID": "EK", "AWS_SECRET_ACCESS_KEY": "ES", "AWS_PROFILE": "p", "AWS_REGION": "r"},
+            "profile",
+        ),
         (ENDPOINT, {}, "instance role"),
         (KEYS, {}, "no endpoint and no region"),
         (KEYS, {"AWS_ENDPOINT_URL": "http://h:1", "AWS_IGNORE_CONFIGURED_ENDPOINT_URLS": "true"}, "no endpoint"),
     ],
-)  # fmt: skip
+)
 def test_anything_else_keeps_s3fs_and_says_why(options, environ, why):
     config, reason = s3_config(options, environ)
     assert config is None and why in reason
@@ -99,16 +129,22 @@ class PermissionDeniedError(Exception):
         (GenericError("Server returned non-2xx status code: 503 Service Unavailable: SlowDown"), ConnectionError, True),
         (GenericError("HTTP error: request or response body error"), ConnectionError, True),
         (GenericError("HTTP error: error sending request"), ConnectionError, True),
-        (GenericError("Error performing GET http://h/b/k in 403.357µs - HTTP error: error sending request"),
-         ConnectionError, True),
+        (
+            GenericError("Error performing GET http://h/b/k in 403.357µs - HTTP error: error sending request"),
+            ConnectionError,
+            True,
+        ),
         (GenericError("Server returned non-2xx status code: 429 Too Many Requests"), ConnectionError, True),
         (GenericError("Server returned non-2xx status code: 301 Moved Permanently"), OSError, False),
-        (GenericError("Server returned non-2xx status code: 400 Bad Request: AuthorizationHeaderMalformed"), OSError,
-         False),
+        (
+            GenericError("Server returned non-2xx status code: 400 Bad Request: AuthorizationHeaderMalformed"),
+            OSError,
+            False,
+        ),
         (PermissionDeniedError("403 Forbidden: SignatureDoesNotMatch"), PermissionError, False),
         (FileNotFoundError("Object at location x not found"), FileNotFoundError, False),
     ],
-)  # fmt: skip
+)
 def test_obstore_errors_become_what_the_retry_policy_reads(error, kind, transient):
     translated = object_reader._translate(error, "bucket/train/train-000001.tar")
     assert type(translated) is kind and is_transient(translated) is transient
@@ -163,10 +199,15 @@ def test_reads_whole_in_pieces_from_an_offset_and_at_the_end(s3_server, s3_bucke
     path = f"{s3_bucket.removeprefix('s3://')}/reader/shard-000000.tar"
     s3fs.S3FileSystem(**s3_server.storage_options).pipe(path, data)
     options = s3_server.storage_options
-    _in_fresh_process(obstore_checks.reads_whole_in_pieces_and_from_an_offset, s3_server.endpoint, path,
-                      hashlib.sha256(data).hexdigest(), options["key"], options["secret"])  # fmt: skip
-    _in_fresh_process(obstore_checks.errors_are_classified, s3_server.endpoint, path, options["key"],
-                      options["secret"])  # fmt: skip
+    _in_fresh_process(
+        obstore_checks.reads_whole_in_pieces_and_from_an_offset,
+        s3_server.endpoint,
+        path,
+        hashlib.sha256(data).hexdigest(),
+        options["key"],
+        options["secret"],
+    )
+    _in_fresh_process(obstore_checks.errors_are_classified, s3_server.endpoint, path, options["key"], options["secret"])
 
 
 @pytest.mark.s3
@@ -180,6 +221,7 @@ def test_slowdown_and_a_body_cut_short_are_errors_the_loader_retries(s3_server, 
     options = s3_server.storage_options
     with fault_proxy(s3_server.endpoint) as (endpoint, plan):
         setattr(plan, kind, 1)
-        name = _in_fresh_process(obstore_checks.proxy_faults_are_transient, endpoint, path, options["key"],
-                                 options["secret"], kind)  # fmt: skip
+        name = _in_fresh_process(
+            obstore_checks.proxy_faults_are_transient, endpoint, path, options["key"], options["secret"], kind
+        )
     assert name == "ConnectionError" and plan.sent[kind.rstrip("s")] == 1

@@ -22,8 +22,14 @@ def test_breakhis_to_s3_with_two_workers_matches_local_bytes(tmp_path, s3_server
     args = ["tools/shard.py", "breakhis", str(src), "--workers", "2", "--shard-size", "5", "--quiet"]
     env = {**os.environ, **s3_server.env}
     remote = f"{s3_bucket}/breakhis"
-    result = subprocess.run([sys.executable, args[0], *args[1:3], remote, *args[3:]], env=env,
-                            capture_output=True, text=True, cwd=REPO, timeout=300)  # fmt: skip
+    result = subprocess.run(
+        [sys.executable, args[0], *args[1:3], remote, *args[3:]],
+        env=env,
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+        timeout=300,
+    )
     assert result.returncode == 0, result.stderr
     assert s3_server.env["AWS_SECRET_ACCESS_KEY"] not in result.stdout + result.stderr
     local = tmp_path / "local"
@@ -50,8 +56,14 @@ def test_source_on_s3_converts_like_a_local_source(tmp_path, s3_server, s3_bucke
     fs = s3fs.S3FileSystem(**s3_server.storage_options)
     fs.put(str(src), f"{s3_bucket}/BreaKHis_v1", recursive=True)
     options = ConvertOptions(shard_size=6)
-    convert_dataset(BreakHisSource(), f"{s3_bucket}/BreaKHis_v1", str(tmp_path / "a"), options,
-                    storage_options=s3_server.storage_options, progress=False)  # fmt: skip
+    convert_dataset(
+        BreakHisSource(),
+        f"{s3_bucket}/BreaKHis_v1",
+        str(tmp_path / "a"),
+        options,
+        storage_options=s3_server.storage_options,
+        progress=False,
+    )
     convert_dataset(BreakHisSource(), str(src), str(tmp_path / "b"), options, progress=False)
     from_s3, from_disk = load_dataset(tmp_path / "a"), load_dataset(tmp_path / "b")
     assert from_s3["info"]["shards"] == from_disk["info"]["shards"]

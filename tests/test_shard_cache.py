@@ -51,8 +51,15 @@ def test_a_read_only_cache_folder_warns_once_and_streams(tmp_path, workers):
     cache.mkdir()
     with read_only(cache), warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        with MedDiffuseLoader(str(local), 8, as_dict=True, seed=5, num_workers=workers, cache_dir=str(cache),
-                              worker_method="thread" if workers else "process") as loader:  # fmt: skip
+        with MedDiffuseLoader(
+            str(local),
+            8,
+            as_dict=True,
+            seed=5,
+            num_workers=workers,
+            cache_dir=str(cache),
+            worker_method="thread" if workers else "process",
+        ) as loader:
             assert _epoch(loader) == expected
             counters = dict(loader.counters)
     messages = [str(w.message) for w in caught if "cannot be written" in str(w.message)]
@@ -79,8 +86,12 @@ def test_a_full_disk_under_the_cache_warns_once_per_process_and_streams(tmp_path
     with MedDiffuseLoader(str(local), 8, as_dict=True, seed=5, num_workers=workers) as loader:
         expected = _epoch(loader)
     cache = tmp_path / "cache"
-    result = subprocess.run([sys.executable, "-c", _FULL_DISK, str(local), str(cache), str(workers)],
-                            capture_output=True, text=True, timeout=100)  # fmt: skip
+    result = subprocess.run(
+        [sys.executable, "-c", _FULL_DISK, str(local), str(cache), str(workers)],
+        capture_output=True,
+        text=True,
+        timeout=100,
+    )
     assert result.returncode == 0, result.stderr
     rows, counters = json.loads(result.stdout.strip().splitlines()[-1])
     assert [tuple(row) for row in rows] == expected

@@ -97,8 +97,9 @@ def test_without_an_index_remote_shards_are_read_whole_with_a_warning_saying_how
         keys = {k for batch in loader for k in batch["key"]}
         loader.close()
     assert len(keys) == 10 and total > 0
-    with MedDiffuseLoader(f"{prefix}/train-{{000000..000004}}.tar", 4, storage_options=s3_server.storage_options,
-                          as_dict=True) as pattern:  # fmt: skip
+    with MedDiffuseLoader(
+        f"{prefix}/train-{{000000..000004}}.tar", 4, storage_options=s3_server.storage_options, as_dict=True
+    ) as pattern:
         assert {k for batch in pattern for k in batch["key"]} == keys
 
 

@@ -26,8 +26,9 @@ def _options(endpoint: str) -> dict:
 
 
 def _keys(loader) -> list[tuple[str, float]]:
-    return [(key, float(image.sum())) for batch in loader for key, image in zip(batch["key"], batch["image"],
-                                                                                strict=True)]  # fmt: skip
+    return [
+        (key, float(image.sum())) for batch in loader for key, image in zip(batch["key"], batch["image"], strict=True)
+    ]
 
 
 @pytest.mark.timeout(60)
@@ -62,8 +63,12 @@ def test_location_operations_are_bounded_too(tmp_path):
     with silent_endpoint() as (endpoint, _):
         s3fs.S3FileSystem.clear_instance_cache()
         location = Location("s3://bucket/cache", _options(endpoint), retry=FAST)
-        for action in (lambda: location.read_bytes("x.bin"), lambda: location.write_bytes("x.bin", b"1"),
-                       lambda: location.file_sizes(), lambda: location.exists("x.bin")):  # fmt: skip
+        for action in (
+            lambda: location.read_bytes("x.bin"),
+            lambda: location.write_bytes("x.bin", b"1"),
+            lambda: location.file_sizes(),
+            lambda: location.exists("x.bin"),
+        ):
             started = time.monotonic()
             with pytest.raises(ShardReadError, match="still failing"):
                 action()
@@ -84,8 +89,15 @@ def test_hanging_shard_requests_time_out_and_every_retry_is_counted(tmp_path, s3
         s3fs.S3FileSystem.clear_instance_cache()
         plan.only_suffix, plan.hangs, plan.slowdowns = ".tar", 2, 2
         started = time.monotonic()
-        with MedDiffuseLoader(f"{s3_bucket}/ds", 8, as_dict=True, seed=4, num_workers=workers, retry=policy,
-                              storage_options=_options(endpoint)) as loader:  # fmt: skip
+        with MedDiffuseLoader(
+            f"{s3_bucket}/ds",
+            8,
+            as_dict=True,
+            seed=4,
+            num_workers=workers,
+            retry=policy,
+            storage_options=_options(endpoint),
+        ) as loader:
             assert _keys(loader) == expected
             counters = dict(loader.counters)
         elapsed = time.monotonic() - started

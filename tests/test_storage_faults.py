@@ -58,8 +58,15 @@ def test_an_outage_of_a_minute_mid_epoch_loses_nothing(tmp_path, reader, workers
         seen = []
         restarter = threading.Thread(target=restart_later)
         try:
-            with MedDiffuseLoader("s3://outage/ds", 8, as_dict=True, seed=3, num_workers=workers, prefetch=1,
-                                  storage_options=server.storage_options) as loader:  # fmt: skip
+            with MedDiffuseLoader(
+                "s3://outage/ds",
+                8,
+                as_dict=True,
+                seed=3,
+                num_workers=workers,
+                prefetch=1,
+                storage_options=server.storage_options,
+            ) as loader:
                 for index, batch in enumerate(loader):
                     seen += _rows(batch)
                     if index == 2:
@@ -88,8 +95,7 @@ def test_slowdown_and_streams_cut_short_are_retried_and_lose_nothing(tmp_path, s
         expected = _epoch(loader)
     with fault_proxy(s3_server.endpoint) as (endpoint, plan):
         s3fs.S3FileSystem.clear_instance_cache()
-        with MedDiffuseLoader(f"{s3_bucket}/ds", 8, as_dict=True, seed=1,
-                              storage_options=_options(endpoint)) as loader:  # fmt: skip
+        with MedDiffuseLoader(f"{s3_bucket}/ds", 8, as_dict=True, seed=1, storage_options=_options(endpoint)) as loader:
             plan.slowdowns, plan.cuts = 6, 4
             assert _epoch(loader) == expected
             counters = dict(loader.counters)
@@ -107,8 +113,9 @@ def test_obstore_reads_leave_every_fault_to_the_loaders_retries_and_lose_nothing
         expected = _epoch(loader)
     with fault_proxy(s3_server.endpoint) as (endpoint, plan):
         plan.only_suffix, plan.slowdowns, plan.cuts = ".tar", 3, 3  # the workers start reading on construction
-        with MedDiffuseLoader(f"{s3_bucket}/ds", 8, as_dict=True, seed=1, num_workers=1,
-                              storage_options=_options(endpoint)) as loader:  # fmt: skip
+        with MedDiffuseLoader(
+            f"{s3_bucket}/ds", 8, as_dict=True, seed=1, num_workers=1, storage_options=_options(endpoint)
+        ) as loader:
             assert _epoch(loader) == expected
             counters = dict(loader.counters)
     assert plan.sent["slowdown"] == 3 and plan.sent["cut"] == 3, plan.sent
@@ -150,8 +157,13 @@ def test_a_variant_cache_that_becomes_read_only_is_generated_around_with_one_war
     generator = _Generator()
     with fault_proxy(s3_server.endpoint) as (endpoint, plan):
         s3fs.S3FileSystem.clear_instance_cache()
-        stage = AugmentStage("dafusion", 2, generator=generator, variant_cache=f"{s3_bucket}/variants",
-                             storage_options=_options(endpoint))  # fmt: skip
+        stage = AugmentStage(
+            "dafusion",
+            2,
+            generator=generator,
+            variant_cache=f"{s3_bucket}/variants",
+            storage_options=_options(endpoint),
+        )
         with warnings.catch_warnings(record=True) as caught, MedDiffuseLoader(str(local), 8, augment=stage) as loader:
             warnings.simplefilter("always")
             batches = iter(loader)
@@ -165,8 +177,13 @@ def test_a_variant_cache_that_becomes_read_only_is_generated_around_with_one_war
     assert plan.sent["denied"] >= 1 and generator.calls == len(loader), "every batch still got its variants"
     assert written is None or written > 0
     # read-only from the start (SeaweedFS's own refusal for an identity without Write): the same single warning
-    reader = AugmentStage("dafusion", 2, generator=_Generator(), variant_cache=f"{s3_bucket}/variants-2",
-                          storage_options=s3_server.read_only_storage_options)  # fmt: skip
+    reader = AugmentStage(
+        "dafusion",
+        2,
+        generator=_Generator(),
+        variant_cache=f"{s3_bucket}/variants-2",
+        storage_options=s3_server.read_only_storage_options,
+    )
     with warnings.catch_warnings(record=True) as caught, MedDiffuseLoader(str(local), 8, augment=reader) as loader:
         warnings.simplefilter("always")
         assert len(list(loader)) == len(loader)

@@ -22,17 +22,41 @@ ENV = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONHASHSEED": "0"}  # one threa
 @pytest.fixture(scope="module")
 def demo(tmp_path_factory):
     root = tmp_path_factory.mktemp("train")
-    convert_dataset(DemoSource(n=120, size=16), None, str(root / "demo"),
-                    ConvertOptions(splits={"train": 0.8, "val": 0.2}, shard_size=17), progress=False)  # fmt: skip
+    convert_dataset(
+        DemoSource(n=120, size=16),
+        None,
+        str(root / "demo"),
+        ConvertOptions(splits={"train": 0.8, "val": 0.2}, shard_size=17),
+        progress=False,
+    )
     return root / "demo"
 
 
 @pytest.mark.slow
 def test_two_torchrun_processes_see_disjoint_data_and_end_equal(demo, tmp_path):
     out = tmp_path / "ddp"
-    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
-               "-m", "meddiffuse_stream.cli", "train", str(demo), "--out", str(out), "--epochs", "2",
-               "--batch-size", "8", "--augment", "standard", "--key-log", "--device", "cpu"]  # fmt: skip
+    command = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        "--nproc_per_node=2",
+        "-m",
+        "meddiffuse_stream.cli",
+        "train",
+        str(demo),
+        "--out",
+        str(out),
+        "--epochs",
+        "2",
+        "--batch-size",
+        "8",
+        "--augment",
+        "standard",
+        "--key-log",
+        "--device",
+        "cpu",
+    ]
     result = subprocess.run(command, capture_output=True, text=True, cwd=REPO, env=ENV, timeout=300)
     assert result.returncode == 0, result.stderr[-3000:]
     train_keys = {row["key"] for row in _index(demo) if row["split"] == "train"}
@@ -54,17 +78,43 @@ def _index(root):
 
 
 def _train(demo, out, *extra):
-    return [sys.executable, "-m", "meddiffuse_stream.cli", "train", str(demo), "--out", str(out), "--epochs", "3",
-            "--batch-size", "4", "--augment", "mixup", "--checkpoint-every", "5", "--device", "cpu",
-            "--workers", "2", "--key-log", *extra]  # fmt: skip
+    return [
+        sys.executable,
+        "-m",
+        "meddiffuse_stream.cli",
+        "train",
+        str(demo),
+        "--out",
+        str(out),
+        "--epochs",
+        "3",
+        "--batch-size",
+        "4",
+        "--augment",
+        "mixup",
+        "--checkpoint-every",
+        "5",
+        "--device",
+        "cpu",
+        "--workers",
+        "2",
+        "--key-log",
+        *extra,
+    ]
 
 
 @pytest.mark.slow
 def test_killed_training_resumes_to_the_same_weights(demo, tmp_path):
     straight = subprocess.run(_train(demo, tmp_path / "a"), capture_output=True, text=True, cwd=REPO, env=ENV)
     assert straight.returncode == 0, straight.stderr[-3000:]
-    process = subprocess.Popen(_train(demo, tmp_path / "b"), cwd=REPO, env=ENV, stdout=subprocess.DEVNULL,
-                               stderr=subprocess.DEVNULL, start_new_session=True)  # fmt: skip
+    process = subprocess.Popen(
+        _train(demo, tmp_path / "b"),
+        cwd=REPO,
+        env=ENV,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
     deadline = time.monotonic() + 120
     while not (tmp_path / "b" / "checkpoint.pt").exists() and time.monotonic() < deadline:
         time.sleep(0.005)
@@ -72,8 +122,9 @@ def test_killed_training_resumes_to_the_same_weights(demo, tmp_path):
     process.wait()
     killed_at = torch.load(tmp_path / "b" / "checkpoint.pt", weights_only=True)["step"]
     assert 0 < killed_at < 72, "the kill must land mid-run"
-    resumed = subprocess.run([*_train(demo, tmp_path / "b"), "--resume"], capture_output=True, text=True, cwd=REPO,
-                             env=ENV)  # fmt: skip
+    resumed = subprocess.run(
+        [*_train(demo, tmp_path / "b"), "--resume"], capture_output=True, text=True, cwd=REPO, env=ENV
+    )
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     final = [torch.load(tmp_path / d / "checkpoint.pt", weights_only=True) for d in ("a", "b")]
     assert final[0]["step"] == final[1]["step"] == 72

@@ -33,8 +33,17 @@ def _encoded(array: np.ndarray, fmt: str) -> bytes:
     return buffer.getvalue()
 
 
-def write_stock_shards(folder: Path, pattern: str, count: int, *, per_shard: int = 7, fmt: str = "WEBP",
-                       image: str = "webp", label: str = "class", start: int = 0) -> dict[str, int]:  # fmt: skip
+def write_stock_shards(
+    folder: Path,
+    pattern: str,
+    count: int,
+    *,
+    per_shard: int = 7,
+    fmt: str = "WEBP",
+    image: str = "webp",
+    label: str = "class",
+    start: int = 0,
+) -> dict[str, int]:
     """``count`` samples through webdataset's own ShardWriter; returns ``{key: label}``."""
     folder.mkdir(parents=True, exist_ok=True)
     labels = {}
@@ -43,8 +52,14 @@ def write_stock_shards(folder: Path, pattern: str, count: int, *, per_shard: int
             key = f"sample{index:05d}"
             labels[key] = index % 3
             value = index % 3 if label in ("cls", "class") else str(index % 3).encode()  # stock encodes ints for these
-            sink.write({"__key__": key, image: _encoded(_image(index), fmt), label: value,
-                        "json": {"finding": {"class": index % 3}, "index": index}})  # fmt: skip
+            sink.write(
+                {
+                    "__key__": key,
+                    image: _encoded(_image(index), fmt),
+                    label: value,
+                    "json": {"finding": {"class": index % 3}, "index": index},
+                }
+            )
     return labels
 
 
@@ -170,11 +185,19 @@ def test_an_index_written_elsewhere_and_a_stock_wids_index_are_sources(stock, tm
     with MedDiffuseLoader(str(out), 8, as_dict=True) as loader:
         assert loader.dataset.origin == "shard index" and {k: v[0] for k, v in _epoch(loader).items()} == labels
     wids = {  # what webdataset's widsindex writes: relative URLs, md5sum, no sha256
-        "__kind__": "wids-shard-index-v1", "wids_version": 1, "name": "stock",
-        "shardlist": [{"url": p.name, "nsamples": n, "filesize": p.stat().st_size,
-                       "md5sum": hashlib.md5(p.read_bytes()).hexdigest()}
-                      for p, n in zip(sorted(folder.glob("*.tar")), [7, 7, 7, 7, 2], strict=True)],
-    }  # fmt: skip
+        "__kind__": "wids-shard-index-v1",
+        "wids_version": 1,
+        "name": "stock",
+        "shardlist": [
+            {
+                "url": p.name,
+                "nsamples": n,
+                "filesize": p.stat().st_size,
+                "md5sum": hashlib.md5(p.read_bytes()).hexdigest(),
+            }
+            for p, n in zip(sorted(folder.glob("*.tar")), [7, 7, 7, 7, 2], strict=True)
+        ],
+    }
     (folder.parent / "wids.json").write_text(json.dumps({**wids, "base": str(folder)}))
     with MedDiffuseLoader(str(folder.parent / "wids.json"), 8, as_dict=True) as loader:
         assert {k: v[0] for k, v in _epoch(loader).items()} == labels
@@ -214,9 +237,15 @@ def test_image_key_picks_among_several_images_and_16_bit_tiffs_keep_their_bits(t
     deep = (np.arange(64, dtype=np.uint16).reshape(8, 8) * 1000 + 7).astype(np.uint16)
     with wds.ShardWriter(str(folder / "m-%06d.tar"), maxcount=10, verbose=0) as sink:
         for index in range(4):
-            sink.write({"__key__": f"k{index}", "png": _encoded(_image(index), "PNG"),
-                        "seg.png": _encoded(np.zeros((8, 8), np.uint8), "PNG"),
-                        "tif": _encoded(deep, "TIFF"), "cls": 1})  # fmt: skip
+            sink.write(
+                {
+                    "__key__": f"k{index}",
+                    "png": _encoded(_image(index), "PNG"),
+                    "seg.png": _encoded(np.zeros((8, 8), np.uint8), "PNG"),
+                    "tif": _encoded(deep, "TIFF"),
+                    "cls": 1,
+                }
+            )
     with MedDiffuseLoader(str(folder), 4, as_dict=True, shuffle=False) as loader:
         first = next(iter(loader))
     assert np.allclose(first["image"][0, 0].numpy(), _image(0) / 255.0, atol=1e-6)  # png comes first

@@ -27,8 +27,9 @@ from meddiffuse_stream.augment.diffusion import ClassConditionalGenerator
 from meddiffuse_stream.models import SmallCNN
 
 
-def make_demo(root: Path, samples: int, size: int, workers: int = 1, shard_size: int = 1000,
-              val_fraction: float = 0.0) -> str:  # fmt: skip
+def make_demo(
+    root: Path, samples: int, size: int, workers: int = 1, shard_size: int = 1000, val_fraction: float = 0.0
+) -> str:
     """A demo dataset of ``samples`` images of ``size`` px under ``root`` (train split only, or train and val);
     reused if there."""
     data = root / (f"demo-{size}px-{samples}" + (f"-val{val_fraction:g}" if val_fraction else ""))
@@ -46,8 +47,7 @@ def tiny_models(size: int) -> tuple[torch.nn.Module, ClassConditionalGenerator]:
 
 
 def meddiffusemix_stage(teacher, generator, cache: str | None, **kwargs) -> AugmentStage:
-    return AugmentStage("meddiffusemix", 2, teacher=teacher, generator=generator, variant_cache=cache, seed=0,
-                        **kwargs)  # fmt: skip
+    return AugmentStage("meddiffusemix", 2, teacher=teacher, generator=generator, variant_cache=cache, seed=0, **kwargs)
 
 
 def synchronize(device: str) -> None:
@@ -73,8 +73,16 @@ def batched_vs_per_sample(data: str, teacher, generator, cache: str, device: str
         batch = next(iter(loader))
     # every sample mixed and checked (no originals, no confidence gate with this untrained teacher), results and
     # maps recomputed each call: the work itself, not a cache read
-    stage = meddiffusemix_stage(teacher, generator, cache, device=device, cache_results=False, cache_saliency=False,
-                                original_probability=0.0, mix_config=MixConfig(min_confidence=0.0))  # fmt: skip
+    stage = meddiffusemix_stage(
+        teacher,
+        generator,
+        cache,
+        device=device,
+        cache_results=False,
+        cache_saliency=False,
+        original_probability=0.0,
+        mix_config=MixConfig(min_confidence=0.0),
+    )
     stage(dict(batch))  # fills the variant cache: both timings below read variants from it
     synchronize(device)
     batched, single = [], []
@@ -85,17 +93,26 @@ def batched_vs_per_sample(data: str, teacher, generator, cache: str, device: str
         batched.append(batch_size / (time.perf_counter() - started))
         started = time.perf_counter()
         for row in range(batch_size):
-            stage({"image": batch["image"][row : row + 1], "label": batch["label"][row : row + 1],
-                   "key": batch["key"][row : row + 1]})  # fmt: skip
+            stage(
+                {
+                    "image": batch["image"][row : row + 1],
+                    "label": batch["label"][row : row + 1],
+                    "key": batch["key"][row : row + 1],
+                }
+            )
         synchronize(device)
         single.append(batch_size / (time.perf_counter() - started))
     rate, single_rate = statistics.median(batched), statistics.median(single)
-    return {"stage_images_per_s_batched": round(rate, 1), "stage_images_per_s_per_sample": round(single_rate, 1),
-            "ratio_batched_vs_per_sample": round(rate / single_rate, 2)}  # fmt: skip
+    return {
+        "stage_images_per_s_batched": round(rate, 1),
+        "stage_images_per_s_per_sample": round(single_rate, 1),
+        "ratio_batched_vs_per_sample": round(rate / single_rate, 2),
+    }
 
 
-def warm_vs_cold(data: str, teacher, generator, cache: str, device: str, workers: int, repeats: int,
-                 batch_size: int) -> dict[str, float]:  # fmt: skip
+def warm_vs_cold(
+    data: str, teacher, generator, cache: str, device: str, workers: int, repeats: int, batch_size: int
+) -> dict[str, float]:
     """An epoch that generates every variant it needs (and fills ``cache``) against epochs that read them all
     (fresh stages, the same draws)."""
     cold_stage = meddiffusemix_stage(teacher, generator, cache, device=device)
@@ -108,15 +125,19 @@ def warm_vs_cold(data: str, teacher, generator, cache: str, device: str, workers
             warm_rates.append(epoch_rate(loader))
             assert warm_stage.counters["generator_calls"] == 0, "a warm epoch must not generate"
     warm = statistics.median(warm_rates)
-    return {"cold_images_per_s": round(cold, 1), "warm_images_per_s": round(warm, 1),
-            "ratio_warm_vs_cold": round(warm / cold, 2)}  # fmt: skip
+    return {
+        "cold_images_per_s": round(cold, 1),
+        "warm_images_per_s": round(warm, 1),
+        "ratio_warm_vs_cold": round(warm / cold, 2),
+    }
 
 
 def fill_results(data: str, teacher, generator, cache: str, device: str, workers: int, batch_size: int) -> None:
     """One epoch that leaves in ``cache`` the checked result of every sample for variant 0 and mask draw 0: what
     :func:`warm_stage` reads in any epoch (whatever its draws of originals)."""
-    stage = meddiffusemix_stage(teacher, generator, cache, device=device, variants_per_sample=1, mask_draws=1,
-                                original_probability=0.0)  # fmt: skip
+    stage = meddiffusemix_stage(
+        teacher, generator, cache, device=device, variants_per_sample=1, mask_draws=1, original_probability=0.0
+    )
     with MedDiffuseLoader(data, batch_size, augment=stage, num_workers=workers) as loader:
         epoch_rate(loader)
 
@@ -127,8 +148,9 @@ def warm_stage(teacher, generator, cache: str, device: str) -> AugmentStage:
     return meddiffusemix_stage(teacher, generator, cache, device=device, variants_per_sample=1, mask_draws=1)
 
 
-def with_vs_without_stage(data: str, teacher, generator, cache: str, device: str, workers: int, repeats: int,
-                          batch_size: int) -> dict[str, float]:  # fmt: skip
+def with_vs_without_stage(
+    data: str, teacher, generator, cache: str, device: str, workers: int, repeats: int, batch_size: int
+) -> dict[str, float]:
     """The loader with a warm MedDiffuseMix stage against the loader alone, on the same device, each timed on its
     second epoch (workers started; the stage's results filled first)."""
     fill_results(data, teacher, generator, cache, device, workers, batch_size)
@@ -145,8 +167,11 @@ def with_vs_without_stage(data: str, teacher, generator, cache: str, device: str
             mixed_rates.append(epoch_rate(loader))
             assert stage.counters["generator_calls"] == 0, "the warm stage generated"
     plain, mixed = statistics.median(plain_rates), statistics.median(mixed_rates)
-    return {"none_images_per_s": round(plain, 1), "meddiffusemix_images_per_s": round(mixed, 1),
-            "ratio_meddiffusemix_vs_none": round(mixed / plain, 3)}  # fmt: skip
+    return {
+        "none_images_per_s": round(plain, 1),
+        "meddiffusemix_images_per_s": round(mixed, 1),
+        "ratio_meddiffusemix_vs_none": round(mixed / plain, 3),
+    }
 
 
 def main() -> None:

@@ -73,6 +73,11 @@ def build_litdata(shards: Path, out: Path) -> Path:
     """The same PNG bytes and labels as a litdata dataset (litdata's ``optimize``)."""
     script = shards.parent / "optimize_litdata.py"
     script.write_text(_OPTIMIZE)
-    subprocess.run([sys.executable, str(script), str(shards), str(out)], check=True, capture_output=True,
-                   cwd=shards.parent, timeout=1200)  # fmt: skip
+    subprocess.run(
+        [sys.executable, str(script), str(shards), str(out)],
+        check=True,
+        capture_output=True,
+        cwd=shards.parent,
+        timeout=1200,
+    )
     return out

@@ -93,8 +93,15 @@ def run(
     )
     code = header + RUNNERS[name] + TIMER
     pin = (lambda: os.sched_setaffinity(0, cores)) if cores else None  # workers inherit it
-    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, timeout=1200,
-                            env={**os.environ, **(env or {})}, preexec_fn=pin)  # fmt: skip
+    result = subprocess.run(
+        [sys.executable, "-c", code],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        timeout=1200,
+        env={**os.environ, **(env or {})},
+        preexec_fn=pin,
+    )
     if result.returncode != 0:
         raise RuntimeError(f"{name} failed:\n{result.stderr[-3000:]}")
     figures = json.loads(result.stdout.strip().splitlines()[-1])
@@ -132,18 +139,33 @@ def main() -> None:
         args.profile_rounds = 1
     counts = {64: args.count, 224: args.count_224, 512: args.count_512}
     common = {"BATCH": args.batch, "WORKERS": args.workers, "EPOCHS": args.epochs}
-    results: dict[str, object] = {"setup": {**common, "counts": counts, "rounds": args.rounds,
-                                            "profile_rounds": args.profile_rounds,
-                                            "cpu_count": os.cpu_count()}}  # fmt: skip
+    results: dict[str, object] = {
+        "setup": {
+            **common,
+            "counts": counts,
+            "rounds": args.rounds,
+            "profile_rounds": args.profile_rounds,
+            "cpu_count": os.cpu_count(),
+        }
+    }
     with tempfile.TemporaryDirectory() as scratch_name:
         scratch = Path(scratch_name)
-        shards = {(size, kind): build_shards(scratch, counts[size], size, kind, _shard_size(counts[size], args))
-                  for size in SIZES for kind in KINDS}  # fmt: skip
+        shards = {
+            (size, kind): build_shards(scratch, counts[size], size, kind, _shard_size(counts[size], args))
+            for size in SIZES
+            for kind in KINDS
+        }
         results["profile"] = profile(shards, args)
-        results["peers"] = {f"{size}-grey8": peers(scratch, shards[size, "grey8"], size, common, args.rounds)
-                            for size in (64, 224)}  # fmt: skip
-        results.update(s3_figures(shards[64, "grey8"], {"SOURCE": str(shards[64, "grey8"]), "OPTIONS": None,
-                                                        "SIZE": 64, **common}, args.rounds))  # fmt: skip
+        results["peers"] = {
+            f"{size}-grey8": peers(scratch, shards[size, "grey8"], size, common, args.rounds) for size in (64, 224)
+        }
+        results.update(
+            s3_figures(
+                shards[64, "grey8"],
+                {"SOURCE": str(shards[64, "grey8"]), "OPTIONS": None, "SIZE": 64, **common},
+                args.rounds,
+            )
+        )
         results["rss_growth_10_epochs"] = round(rss_growth(str(shards[64, "grey8"]), args.batch, args.workers), 4)
     results["goals"] = goals(results)
     for goal in results["goals"]:  # type: ignore[union-attr]
@@ -164,9 +186,17 @@ def profile(shards: dict[tuple[int, str], Path], args: argparse.Namespace) -> di
         name = f"{size}-{kind}"
         entry = {"stages": stage_profile(str(path), args.batch, repeats=1 if args.quick or size == 512 else 3)}
         integers = "uint16" if kind == "grey16" else "uint8"  # the stored integers, converted on the device
-        entry.update(against_limit(str(path), image_bytes(str(path)), batch=args.batch, workers=args.workers,
-                                   epochs=args.epochs, rounds=args.profile_rounds,
-                                   dtypes=("float32", integers)))  # fmt: skip
+        entry.update(
+            against_limit(
+                str(path),
+                image_bytes(str(path)),
+                batch=args.batch,
+                workers=args.workers,
+                epochs=args.epochs,
+                rounds=args.profile_rounds,
+                dtypes=("float32", integers),
+            )
+        )
         found[name] = entry
         ratios = {k: v["ratio_vs_decode_limit"] for k, v in entry.items() if k.startswith("loader_")}
         print(f"{name:10s} decode limit {entry['decode_limit']['samples_per_s']:9.0f}/s  {ratios}")
@@ -211,8 +241,15 @@ def goals(results: dict[str, object]) -> list[dict[str, object]]:
     rows.append(("ratio_vs_litdata 64-grey8", peers_["64-grey8"]["ratio_vs_litdata"], 1.0, True))  # type: ignore[index]
     rows.append(("ratio_s3_vs_local", results["ratio_s3_vs_local"], 0.9, True))  # type: ignore[arg-type]
     rows.append(("rss_growth_10_epochs", results["rss_growth_10_epochs"], 0.05, False))  # type: ignore[arg-type]
-    return [{"name": name, "value": value, "goal": (">= " if at_least else "< ") + str(goal),
-             "met": value >= goal if at_least else value < goal} for name, value, goal, at_least in rows]  # fmt: skip
+    return [
+        {
+            "name": name,
+            "value": value,
+            "goal": (">= " if at_least else "< ") + str(goal),
+            "met": value >= goal if at_least else value < goal,
+        }
+        for name, value, goal, at_least in rows
+    ]
 
 
 def s3_figures(shards: Path, settings: dict[str, object], rounds: int) -> dict[str, object]:

@@ -42,12 +42,19 @@ def main() -> None:
 
     torch.manual_seed(0)
     torch.set_num_threads(1)  # the decode workers get the other cores, as in training here
-    stage = build_stage("meddiffusemix", args.dataset, teacher=args.teacher, generator=args.generator,
-                        variant_cache=args.variant_cache, seed=0)  # fmt: skip
+    stage = build_stage(
+        "meddiffusemix",
+        args.dataset,
+        teacher=args.teacher,
+        generator=args.generator,
+        variant_cache=args.variant_cache,
+        seed=0,
+    )
     channels, size, classes = sample_shape(args.dataset)
     rows = []
-    with MedDiffuseLoader(args.dataset, args.batch, num_workers=args.workers, augment=stage, as_dict=True,
-                          seed=0) as loader:  # fmt: skip
+    with MedDiffuseLoader(
+        args.dataset, args.batch, num_workers=args.workers, augment=stage, as_dict=True, seed=0
+    ) as loader:
         model = build_model("cnn", channels, classes, size)
         optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3)
         for epoch in range(args.epochs):
@@ -61,8 +68,13 @@ def main() -> None:
                 optimizer.step()
                 samples += len(batch["image"])
             seconds = time.perf_counter() - started
-            rows.append({"epoch": epoch + 1, "rss_mb": round(rss_of_tree(os.getpid()) / 1024, 1),
-                         "samples_per_s": round(samples / seconds, 1)})  # fmt: skip
+            rows.append(
+                {
+                    "epoch": epoch + 1,
+                    "rss_mb": round(rss_of_tree(os.getpid()) / 1024, 1),
+                    "samples_per_s": round(samples / seconds, 1),
+                }
+            )
             print(f"epoch {epoch + 1:2d}: {rows[-1]['rss_mb']:7.1f} MB  {rows[-1]['samples_per_s']:7.1f} samples/s")
         counters = stage.counters.as_dict()
     baseline = rows[1]["rss_mb"]
@@ -83,8 +95,10 @@ def main() -> None:
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(results, indent=1) + "\n")
     verdict = "ok" if growth < 0.05 else "OVER THE GOAL"
-    print(f"rss_growth {growth:+.4f} after epoch 2 (goal < 0.05: {verdict}); diffusion calls "
-          f"{results['diffusion_calls']}; wrote {args.out}")  # fmt: skip
+    print(
+        f"rss_growth {growth:+.4f} after epoch 2 (goal < 0.05: {verdict}); diffusion calls "
+        f"{results['diffusion_calls']}; wrote {args.out}"
+    )
 
 
 if __name__ == "__main__":

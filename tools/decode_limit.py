@@ -44,8 +44,10 @@ def decode_limit(pngs: list[bytes], processes: int, epochs: int = 2) -> dict[str
     memory ``epochs`` times), and its CPU per decode."""
     context = multiprocessing.get_context("fork")
     start, results = context.Event(), context.Queue()
-    workers = [context.Process(target=_decode_share, args=(pngs[i::processes], epochs, start, results))
-               for i in range(processes)]  # fmt: skip
+    workers = [
+        context.Process(target=_decode_share, args=(pngs[i::processes], epochs, start, results))
+        for i in range(processes)
+    ]
     for worker in workers:
         worker.start()
     time.sleep(0.2)  # every process forked and waiting
@@ -96,19 +98,35 @@ def loader_run(source: str, batch: int, workers: int, epochs: int, dtype: str = 
     process and in the worker processes (steady state: the next epoch's read-ahead at the end of the measured
     epochs matches the one at their start)."""
     settings = json.dumps({"source": source, "batch": batch, "workers": workers, "epochs": epochs, "dtype": dtype})
-    result = subprocess.run([sys.executable, "-c", _RUN, settings], capture_output=True, text=True, cwd=ROOT,
-                            timeout=3600, env={**os.environ, "PYTHONPATH": str(ROOT)})  # fmt: skip
+    result = subprocess.run(
+        [sys.executable, "-c", _RUN, settings],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        timeout=3600,
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+    )
     if result.returncode != 0:
         raise RuntimeError(f"loader run failed:\n{result.stderr[-3000:]}")
     figures = json.loads(result.stdout.strip().splitlines()[-1])
     samples = figures["samples"]
-    return {"samples_per_s": round(samples / figures["seconds"], 1),
-            "us_cpu_per_sample_main": round(figures["main"] * 1e6 / samples, 2),
-            "us_cpu_per_sample_workers": round(figures["workers"] * 1e6 / samples, 2)}  # fmt: skip
+    return {
+        "samples_per_s": round(samples / figures["seconds"], 1),
+        "us_cpu_per_sample_main": round(figures["main"] * 1e6 / samples, 2),
+        "us_cpu_per_sample_workers": round(figures["workers"] * 1e6 / samples, 2),
+    }
 
 
-def against_limit(source: str, pngs: list[bytes], *, batch: int, workers: int, epochs: int, rounds: int,
-                  dtypes: tuple[str, ...] = ("float32", "uint8")) -> dict[str, Any]:  # fmt: skip
+def against_limit(
+    source: str,
+    pngs: list[bytes],
+    *,
+    batch: int,
+    workers: int,
+    epochs: int,
+    rounds: int,
+    dtypes: tuple[str, ...] = ("float32", "uint8"),
+) -> dict[str, Any]:
     """The decode limit and the loader in each of ``dtypes``, alternating for ``rounds``; medians and ratios."""
     limits: list[dict[str, float]] = []
     runs: dict[str, list[dict[str, float]]] = {dtype: [] for dtype in dtypes}
@@ -118,9 +136,12 @@ def against_limit(source: str, pngs: list[bytes], *, batch: int, workers: int, e
             runs[dtype].append(loader_run(source, batch, workers, epochs, dtype))
     limit = statistics.median(r["samples_per_s"] for r in limits)
     result: dict[str, Any] = {
-        "decode_limit": {"samples_per_s": round(limit, 1), "processes": workers,
-                         "us_cpu_per_decode": statistics.median(r["us_cpu_per_decode"] for r in limits)},
-    }  # fmt: skip
+        "decode_limit": {
+            "samples_per_s": round(limit, 1),
+            "processes": workers,
+            "us_cpu_per_decode": statistics.median(r["us_cpu_per_decode"] for r in limits),
+        },
+    }
     decode_cpu = result["decode_limit"]["us_cpu_per_decode"]
     for dtype, values in runs.items():
         median = {key: round(statistics.median(v[key] for v in values), 2) for key in values[0]}
@@ -128,8 +149,11 @@ def against_limit(source: str, pngs: list[bytes], *, batch: int, workers: int, e
         # each run against the limit measured just before it: this machine's speed drifts by 10 % and more
         # between minutes, which a ratio of two medians taken across rounds would carry into the goal's figure
         paired = [run["samples_per_s"] / at["samples_per_s"] for run, at in zip(values, limits, strict=True)]
-        result[f"loader_{dtype}"] = {**median, "ratio_vs_decode_limit": round(statistics.median(paired), 3),
-                                     "ratio_per_round": [round(r, 3) for r in paired],
-                                     "ratio_of_medians": round(median["samples_per_s"] / limit, 3),
-                                     "cpu_ratio_vs_decoder": round(decode_cpu / spent, 3)}  # fmt: skip
+        result[f"loader_{dtype}"] = {
+            **median,
+            "ratio_vs_decode_limit": round(statistics.median(paired), 3),
+            "ratio_per_round": [round(r, 3) for r in paired],
+            "ratio_of_medians": round(median["samples_per_s"] / limit, 3),
+            "cpu_ratio_vs_decoder": round(decode_cpu / spent, 3),
+        }
     return result

@@ -50,8 +50,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--dry-run", action="store_true", help="the same parts on the CPU at tiny sizes")
     parser.add_argument("--out", help="report (default .bench/gpu.json; .bench/gpu-dry-run.json with --dry-run)")
     parser.add_argument("--budget", type=float, default=480, help="seconds for the whole run, set-up included")
-    parser.add_argument("--parts", default=",".join(BOXES), help="comma-separated parts to run (default: all); "
-                        "with a subset the other parts' figures already in the report are kept")  # fmt: skip
+    parser.add_argument(
+        "--parts",
+        default=",".join(BOXES),
+        help="comma-separated parts to run (default: all); "
+        "with a subset the other parts' figures already in the report are kept",
+    )
     parser.add_argument("--work", default=str(REPO / ".gpu" / "work"), help="scratch folder shared by the parts")
     parser.add_argument("--part", help=argparse.SUPPRESS)  # internal: run one part in this process
     parser.add_argument("--result", help=argparse.SUPPRESS)
@@ -86,8 +90,12 @@ def _run(args: argparse.Namespace) -> int:
             _write(out, report, started)
             say(f"set-up failed: {error}")
             return 1
-        report["setup"] = {"status": "ok", "python": chain.python, "installed": chain.installed,
-                           "seconds": round(time.monotonic() - started, 1)}  # fmt: skip
+        report["setup"] = {
+            "status": "ok",
+            "python": chain.python,
+            "installed": chain.installed,
+            "seconds": round(time.monotonic() - started, 1),
+        }
         report["machine"] = _machine(chain)
         _write(out, report, started)
         boxes = DRY_BOXES if args.dry_run else BOXES
@@ -99,24 +107,39 @@ def _run(args: argparse.Namespace) -> int:
                 report["parts"][name] = _run_part(chain, name, min(boxes[name], left), args, work, log, say)
             _write(out, report, started)
     failed = [name for name in names if report["parts"][name]["status"] != "ok"]
-    print(f"gpu-check: {len(names) - len(failed)} of {len(names)} parts passed"
-          + (f"; failed: {', '.join(failed)}" if failed else "") + f"; report {out}")  # fmt: skip
+    print(
+        f"gpu-check: {len(names) - len(failed)} of {len(names)} parts passed"
+        + (f"; failed: {', '.join(failed)}" if failed else "")
+        + f"; report {out}"
+    )
     return 1 if failed else 0
 
 
-def _run_part(chain: Toolchain, name: str, box: float, args: argparse.Namespace, work: Path, log: Any,
-              say: Any) -> dict[str, Any]:  # fmt: skip
+def _run_part(
+    chain: Toolchain, name: str, box: float, args: argparse.Namespace, work: Path, log: Any, say: Any
+) -> dict[str, Any]:
     """One part in its own process group, killed at the end of its box; what it saved is kept either way."""
     result_file = work / f"part-{name}.json"
     result_file.unlink(missing_ok=True)
-    command = [chain.python, str(TOOLS / "gpu_check.py"), "--part", name, "--work", str(work), "--result",
-               str(result_file), "--deadline", str(time.time() + box - 5)]  # fmt: skip
+    command = [
+        chain.python,
+        str(TOOLS / "gpu_check.py"),
+        "--part",
+        name,
+        "--work",
+        str(work),
+        "--result",
+        str(result_file),
+        "--deadline",
+        str(time.time() + box - 5),
+    ]
     command += ["--dry-run"] if args.dry_run else []
     say(f"part {name}: up to {box:.0f} s")
     log.flush()
     started = time.monotonic()
-    process = subprocess.Popen(command, cwd=REPO, env=chain.environ(), stdout=log, stderr=subprocess.STDOUT,
-                               start_new_session=True)  # fmt: skip
+    process = subprocess.Popen(
+        command, cwd=REPO, env=chain.environ(), stdout=log, stderr=subprocess.STDOUT, start_new_session=True
+    )
     try:
         code = process.wait(timeout=box)
         timed_out = False
@@ -133,8 +156,10 @@ def _run_part(chain: Toolchain, name: str, box: float, args: argparse.Namespace,
         record.update(status="timed_out", error=f"killed after its {box:.0f} s box; results are what it had saved")
     elif code != 0 and record.get("status") != "failed":
         record.update(status="failed", error=f"exited {code} without a result: see {log.name}")
-    say(f"part {name}: {record.get('status')} in {record['seconds']} s" + (f" — {record['error']}"
-        if record.get("error") else ""))  # fmt: skip
+    say(
+        f"part {name}: {record.get('status')} in {record['seconds']} s"
+        + (f" — {record['error']}" if record.get("error") else "")
+    )
     return record
 
 
@@ -159,8 +184,9 @@ def _run_one_part(name: str, dry_run: bool, work: Path, result_file: Path, deadl
         save(results)
         return 0
     except BaseException as error:
-        record.update(status="failed", error=f"{type(error).__name__}: {error}",
-                      traceback=traceback.format_exc()[-4000:])  # fmt: skip
+        record.update(
+            status="failed", error=f"{type(error).__name__}: {error}", traceback=traceback.format_exc()[-4000:]
+        )
         save(record["results"])
         traceback.print_exc()
         return 1
@@ -172,8 +198,7 @@ def _machine(chain: Toolchain) -> dict[str, Any]:
     info["cpu_cores"] = len(os.sched_getaffinity(0))
     try:
         query = "--query-gpu=name,driver_version,memory.total"
-        smi = subprocess.run(["nvidia-smi", query, "--format=csv,noheader"], capture_output=True, text=True,
-                             timeout=30)  # fmt: skip
+        smi = subprocess.run(["nvidia-smi", query, "--format=csv,noheader"], capture_output=True, text=True, timeout=30)
         if smi.returncode == 0:
             info["nvidia_smi"] = smi.stdout.strip()
     except (OSError, subprocess.TimeoutExpired):

@@ -53,11 +53,35 @@ class Settings:
     @classmethod
     def for_run(cls, dry_run: bool) -> Settings:
         if dry_run:  # small enough for a loaded 2-core machine
-            return cls(device="cpu", sizes=(16,), samples=32, batch=8, repeats=1, workers=1, warmup_steps=1,
-                       timed_steps=2, model="cnn", smoke_size=16, smoke_samples=48, smoke_batch=8)  # fmt: skip
+            return cls(
+                device="cpu",
+                sizes=(16,),
+                samples=32,
+                batch=8,
+                repeats=1,
+                workers=1,
+                warmup_steps=1,
+                timed_steps=2,
+                model="cnn",
+                smoke_size=16,
+                smoke_samples=48,
+                smoke_batch=8,
+            )
         workers = max(1, min(8, len(os.sched_getaffinity(0)) - 4))  # the rest: main process, stage thread, torchrun
-        return cls(device="cuda", sizes=(64, 224), samples=1024, batch=64, repeats=2, workers=workers, warmup_steps=5,
-                   timed_steps=40, model="resnet18", smoke_size=64, smoke_samples=512, smoke_batch=32)  # fmt: skip
+        return cls(
+            device="cuda",
+            sizes=(64, 224),
+            samples=1024,
+            batch=64,
+            repeats=2,
+            workers=workers,
+            warmup_steps=5,
+            timed_steps=40,
+            model="resnet18",
+            smoke_size=64,
+            smoke_samples=512,
+            smoke_batch=32,
+        )
 
     def demo(self, work: Path, size: int) -> str:
         return make_demo(work, self.samples, size, workers=self.workers, shard_size=max(16, self.samples // 8))
@@ -69,16 +93,26 @@ def tests_part(settings: Settings, work: Path, save: Save, deadline: float) -> d
     report, figures = work / "tests-junit.xml", work / "tests-figures.jsonl"
     for path in (report, figures):
         path.unlink(missing_ok=True)
-    command = [sys.executable, "-m", "pytest", "tests/gpu", "-q", "-p", "no:cacheprovider", f"--junitxml={report}",
-               "--timeout=150"]  # fmt: skip
+    command = [
+        sys.executable,
+        "-m",
+        "pytest",
+        "tests/gpu",
+        "-q",
+        "-p",
+        "no:cacheprovider",
+        f"--junitxml={report}",
+        "--timeout=150",
+    ]
     env = {**os.environ, "MEDDIFFUSE_GPU_FIGURES": str(figures)}
     done = subprocess.run(command, cwd=REPO, env=env, timeout=max(1.0, deadline - time.time()))
     results: dict[str, Any] = {"returncode": done.returncode, **_junit(report)}
     if figures.exists():
         results["figures"] = {k: v for line in figures.read_text().splitlines() for k, v in json.loads(line).items()}
     if done.returncode not in (0, 5) or results.get("failed") or results.get("errors"):  # 5: nothing collected
-        results["problems"] = [f"{t['name']}: {t['message']}" for t in results.get("tests", []) if t["outcome"]
-                               in ("failed", "error")] or [f"pytest exited {done.returncode}"]  # fmt: skip
+        results["problems"] = [
+            f"{t['name']}: {t['message']}" for t in results.get("tests", []) if t["outcome"] in ("failed", "error")
+        ] or [f"pytest exited {done.returncode}"]
     save(results)
     return results
 
@@ -94,8 +128,9 @@ def _junit(path: Path) -> dict[str, Any]:
             if child.tag in ("failure", "error", "skipped"):
                 outcome = {"failure": "failed", "error": "error", "skipped": "skipped"}[child.tag]
                 message = (child.get("message") or child.text or "")[:600]
-        cases.append({"name": case.get("name"), "outcome": outcome, "seconds": float(case.get("time", 0)),
-                      "message": message})  # fmt: skip
+        cases.append(
+            {"name": case.get("name"), "outcome": outcome, "seconds": float(case.get("time", 0)), "message": message}
+        )
     counts = {key: sum(c["outcome"] == key for c in cases) for key in ("passed", "failed", "skipped")}
     return {**counts, "errors": sum(c["outcome"] == "error" for c in cases), "tests": cases}
 
@@ -106,8 +141,11 @@ def stage_part(settings: Settings, work: Path, save: Save, deadline: float) -> d
     the loader with the warm stage vs without."""
     results: dict[str, Any] = {}
     for size in settings.sizes:
-        entry = results[f"{size}px"] = {"samples": settings.samples, "batch": settings.batch,
-                                        "workers": settings.workers}  # fmt: skip
+        entry = results[f"{size}px"] = {
+            "samples": settings.samples,
+            "batch": settings.batch,
+            "workers": settings.workers,
+        }
         data = settings.demo(work, size)
         teacher, generator = tiny_models(size)
         common = (data, teacher, generator)
@@ -118,8 +156,9 @@ def stage_part(settings: Settings, work: Path, save: Save, deadline: float) -> d
         save(results)
         entry.update(warm_vs_cold(*common, cache, settings.device, settings.workers, settings.repeats, settings.batch))
         save(results)
-        entry.update(with_vs_without_stage(*common, cache, settings.device, settings.workers, settings.repeats,
-                                           settings.batch))  # fmt: skip
+        entry.update(
+            with_vs_without_stage(*common, cache, settings.device, settings.workers, settings.repeats, settings.batch)
+        )
         save(results)
     return results
 
@@ -142,20 +181,52 @@ def torchrun_part(settings: Settings, work: Path, save: Save, deadline: float) -
     """``torchrun --nproc_per_node=1 meddiffuse-stream train`` (NCCL on CUDA, gloo in the dry run), SIGKILLed after
     its first checkpoint, then run again with ``--resume`` to the end. ``--augment none``: this is about the process
     group, DDP and resuming; the device stage inside training on CUDA has a test of its own (tests/gpu)."""
-    data = make_demo(work, settings.smoke_samples, settings.smoke_size, workers=settings.workers,
-                     shard_size=max(8, settings.smoke_samples // 4), val_fraction=0.25)  # fmt: skip
+    data = make_demo(
+        work,
+        settings.smoke_samples,
+        settings.smoke_size,
+        workers=settings.workers,
+        shard_size=max(8, settings.smoke_samples // 4),
+        val_fraction=0.25,
+    )
     out = work / "torchrun"
     shutil.rmtree(out, ignore_errors=True)
     epochs = 2
-    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=1",
-               "-m", "meddiffuse_stream.cli", "train", data, "--out", str(out), "--model", settings.model,
-               "--epochs", str(epochs), "--batch-size", str(settings.smoke_batch), "--augment", "none",
-               "--checkpoint-every", "2", "--workers", "2", "--device", settings.device]  # fmt: skip
+    command = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        "--nproc_per_node=1",
+        "-m",
+        "meddiffuse_stream.cli",
+        "train",
+        data,
+        "--out",
+        str(out),
+        "--model",
+        settings.model,
+        "--epochs",
+        str(epochs),
+        "--batch-size",
+        str(settings.smoke_batch),
+        "--augment",
+        "none",
+        "--checkpoint-every",
+        "2",
+        "--workers",
+        "2",
+        "--device",
+        settings.device,
+    ]
     with MedDiffuseLoader(data, settings.smoke_batch) as probe:
         expected_steps = epochs * len(probe)
     backend = "nccl" if settings.device == "cuda" else "gloo"
-    results: dict[str, Any] = {"command": " ".join(command[2:]), "expected_steps": expected_steps,
-                               "expected_backend": backend}  # fmt: skip
+    results: dict[str, Any] = {
+        "command": " ".join(command[2:]),
+        "expected_steps": expected_steps,
+        "expected_backend": backend,
+    }
     problems = results["problems"] = []
     log_path = work / "torchrun.log"
     with open(log_path, "w") as log:
@@ -169,8 +240,11 @@ def torchrun_part(settings: Settings, work: Path, save: Save, deadline: float) -
         if killed:
             os.killpg(first.pid, signal.SIGKILL)
         first.wait()
-        results["first_run"] = {"killed": killed, "returncode": first.returncode,
-                                "seconds": round(time.perf_counter() - started, 2)}  # fmt: skip
+        results["first_run"] = {
+            "killed": killed,
+            "returncode": first.returncode,
+            "seconds": round(time.perf_counter() - started, 2),
+        }
         if not checkpoint.exists():
             problems.append(f"the first run wrote no checkpoint (exit {first.returncode}): {_tail(log_path)}")
             save(results)
@@ -184,8 +258,11 @@ def torchrun_part(settings: Settings, work: Path, save: Save, deadline: float) -
         problems.append(f"the resumed run exited {code}: {_tail(log_path)}")
     else:
         metrics = json.loads((out / "metrics.json").read_text())
-        results.update(steps=metrics["steps"], distributed=metrics.get("distributed"),
-                       val_accuracy=metrics.get("val", {}).get("accuracy"))  # fmt: skip
+        results.update(
+            steps=metrics["steps"],
+            distributed=metrics.get("distributed"),
+            val_accuracy=metrics.get("val", {}).get("accuracy"),
+        )
         if metrics["steps"] != expected_steps:
             problems.append(f"resumed run ended at step {metrics['steps']}, not {expected_steps}")
         ran = metrics.get("distributed") or {}

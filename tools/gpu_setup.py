@@ -117,8 +117,16 @@ def _pip(python: str, arguments: list[str], timeout: float, site: Path | None = 
         raise SetupError(f"pip took over {timeout:.0f} s: {' '.join(command)}") from error
 
 
-def plan(python: str, wanted: list[str], wheels: Path | None, torch_index: str | None, *, site: Path | None = None,
-         ignore_installed: bool = False, timeout: float = 180) -> list[str]:  # fmt: skip
+def plan(
+    python: str,
+    wanted: list[str],
+    wheels: Path | None,
+    torch_index: str | None,
+    *,
+    site: Path | None = None,
+    ignore_installed: bool = False,
+    timeout: float = 180,
+) -> list[str]:
     """``name==version`` of each distribution ``python`` (with ``site``) lacks for ``wanted``, as its pip resolves
     them."""
     arguments = ["install", "--dry-run", "--quiet", "--report", "-", *_sources(wheels, torch_index)]
@@ -134,8 +142,9 @@ def plan(python: str, wanted: list[str], wheels: Path | None, torch_index: str |
     return [f"{item['metadata']['name']}=={item['metadata']['version']}" for item in report.get("install", [])]
 
 
-def install(python: str, pins: list[str], target: Path, wheels: Path | None, torch_index: str | None,
-            timeout: float = 600) -> None:  # fmt: skip
+def install(
+    python: str, pins: list[str], target: Path, wheels: Path | None, torch_index: str | None, timeout: float = 600
+) -> None:
     """``pins`` into ``target``, exactly those (their needs were resolved by :func:`plan`)."""
     target.mkdir(parents=True, exist_ok=True)
     arguments = ["install", "--quiet", "--no-deps", "--no-compile", "--upgrade", "--target", str(target)]
@@ -180,14 +189,18 @@ def prepare(repo: Path, *, need_cuda: bool, log=print) -> Toolchain:
         chain.installed += pins
         chain.info = probe(python, chain.pythonpath) or {}
         if not chain.info.get("cuda"):
-            raise SetupError(f"torch {chain.info.get('torch')} is a CPU build: set TORCH_INDEX to a CUDA index, "
-                             "e.g. TORCH_INDEX=https://download.pytorch.org/whl/cu128")  # fmt: skip
+            raise SetupError(
+                f"torch {chain.info.get('torch')} is a CPU build: set TORCH_INDEX to a CUDA index, "
+                "e.g. TORCH_INDEX=https://download.pytorch.org/whl/cu128"
+            )
         if not chain.info.get("cuda_available"):
             raise SetupError(f"torch {chain.info.get('torch')} sees no GPU: {chain.info.get('torch_error', '')}")
     pins = plan(python, requirements(repo / "pyproject.toml"), wheels, torch_index, site=site)
     if any(pin.lower().startswith("torch==") for pin in pins):  # never replace the build found: refuse instead
-        raise SetupError(f"torch {chain.info.get('torch')} of {python} is older than pyproject.toml asks for: "
-                         "use an interpreter with a newer CUDA build (GPU_PYTHON=...)")  # fmt: skip
+        raise SetupError(
+            f"torch {chain.info.get('torch')} of {python} is older than pyproject.toml asks for: "
+            "use an interpreter with a newer CUDA build (GPU_PYTHON=...)"
+        )
     if pins:
         log(f"installing into {site}: {' '.join(pins)}")
         install(python, pins, site, wheels, torch_index)

@@ -27,14 +27,23 @@ __all__ = ["WAIT_GOAL", "train_step_part"]
 WAIT_GOAL = 0.10
 
 
-def train_step_part(settings: Any, work: Path, save: Callable[[dict], None], variant_cache: Callable[[int], str],
-                    ) -> dict[str, Any]:  # fmt: skip
+def train_step_part(
+    settings: Any,
+    work: Path,
+    save: Callable[[dict], None],
+    variant_cache: Callable[[int], str],
+) -> dict[str, Any]:
     """Per image size: compute-only step time, then step time and wait fraction for each augmentation."""
     device = torch.device(settings.device)
     results: dict[str, Any] = {}
     for size in settings.sizes:
-        entry = results[f"{size}px"] = {"model": settings.model, "batch": settings.batch, "amp": device.type == "cuda",
-                                        "workers": settings.workers, "timed_steps": settings.timed_steps}  # fmt: skip
+        entry = results[f"{size}px"] = {
+            "model": settings.model,
+            "batch": settings.batch,
+            "amp": device.type == "cuda",
+            "workers": settings.workers,
+            "timed_steps": settings.timed_steps,
+        }
         data = settings.demo(work, size)
         teacher, generator = tiny_models(size)
         cache = variant_cache(size)
@@ -46,12 +55,17 @@ def train_step_part(settings: Any, work: Path, save: Callable[[dict], None], var
         save(results)
         warm = warm_stage(teacher, generator, cache, settings.device)
         for name, augment in (("none", None), ("standard", "standard"), ("meddiffusemix", warm)):
-            with MedDiffuseLoader(data, settings.batch, num_workers=settings.workers, augment=augment,
-                                  device=device, seed=0) as loader:  # fmt: skip
+            with MedDiffuseLoader(
+                data, settings.batch, num_workers=settings.workers, augment=augment, device=device, seed=0
+            ) as loader:
                 entry[name] = trainer.fed_by(loader, settings, compute_ms)
             save(results)
-        entry["meddiffusemix"].update(generator_calls=warm.counters["generator_calls"], variants_per_sample=1,
-                                      mask_draws=1, original_probability=warm.original_probability)  # fmt: skip
+        entry["meddiffusemix"].update(
+            generator_calls=warm.counters["generator_calls"],
+            variants_per_sample=1,
+            mask_draws=1,
+            original_probability=warm.original_probability,
+        )
         waited = entry["meddiffusemix"]["loader_wait_fraction"]
         entry["meddiffusemix_wait_goal_met"] = waited < WAIT_GOAL
         if waited >= WAIT_GOAL and device.type == "cuda":
@@ -116,6 +130,9 @@ class _Trainer:
         finally:
             batches.close()  # stops the stage's thread while the loader's workers still run
         step_ms = wall / settings.timed_steps * 1000
-        return {"step_ms": round(step_ms, 3), "images_per_s": round(settings.timed_steps * settings.batch / wall, 1),
-                "loader_wait_fraction": round(max(0.0, 1 - compute_ms / step_ms), 4),
-                "blocked_in_next_fraction": round(blocked / wall, 4)}  # fmt: skip
+        return {
+            "step_ms": round(step_ms, 3),
+            "images_per_s": round(settings.timed_steps * settings.batch / wall, 1),
+            "loader_wait_fraction": round(max(0.0, 1 - compute_ms / step_ms), 4),
+            "blocked_in_next_fraction": round(blocked / wall, 4),
+        }

@@ -40,8 +40,9 @@ def image_bytes(root: str) -> list[bytes]:
     from meddiffuse_stream.shardfmt.tar import RawSample, iter_samples
 
     _, shards = _shards(root)
-    return [item.members["png"] for data in shards for item in iter_samples(io.BytesIO(data))
-            if isinstance(item, RawSample)]  # fmt: skip
+    return [
+        item.members["png"] for data in shards for item in iter_samples(io.BytesIO(data)) if isinstance(item, RawSample)
+    ]
 
 
 def _cpu(work: Any) -> tuple[float, Any]:
@@ -53,8 +54,18 @@ def _cpu(work: Any) -> tuple[float, Any]:
 def _plan(dataset: Any, batch_size: int) -> Any:
     from meddiffuse_stream.nodes.epochs import EpochSource
 
-    epochs = EpochSource(tuple(s.samples for s in dataset.shards), batch_size, seed=0, rank=0, world_size=1,
-                         num_workers=1, shuffle=False, drop_last=False, buffer_size=1000, even=True)  # fmt: skip
+    epochs = EpochSource(
+        tuple(s.samples for s in dataset.shards),
+        batch_size,
+        seed=0,
+        rank=0,
+        world_size=1,
+        num_workers=1,
+        shuffle=False,
+        drop_last=False,
+        buffer_size=1000,
+        even=True,
+    )
     return epochs.plan_for(0)
 
 
@@ -72,8 +83,7 @@ def stage_profile(root: str, batch_size: int = 64, dtype: str = "float32", repea
         return parse_plain(data, MAX_MEMBER_BYTES) or list(iter_samples(io.BytesIO(data)))
 
     def reuse_layouts() -> list[Any]:  # as the fused chain serves a shard it parsed before (every later epoch)
-        return [plain_samples(data, MAX_MEMBER_BYTES, sha, rows=True)
-                for data, sha in zip(shards, hashes, strict=True)]
+        return [plain_samples(data, MAX_MEMBER_BYTES, sha, rows=True) for data, sha in zip(shards, hashes, strict=True)]
 
     def decode(raw: RawSample) -> Any:  # as the default chain decodes: plain PNGs straight, the rest in full
         image = decode_plain_png(raw.members["png"], options.max_pixels)
@@ -114,7 +124,6 @@ def stage_profile(root: str, batch_size: int = 64, dtype: str = "float32", repea
         handoff.close()
         return handoff.spans
 
-
     timings: dict[str, list[float]] = {}
     for _ in range(repeats):
         measured = {
@@ -137,12 +146,17 @@ def stage_profile(root: str, batch_size: int = 64, dtype: str = "float32", repea
         "worker.read.bookkeeping": ("worker.read.total", "worker.read.file", "worker.read.tar_layout_reused"),
         "worker.decode.wrapper": ("worker.decode.total", "worker.decode.decoder"),
         "worker.batch.assemble": ("worker.chain.total", "worker.read.total", "worker.decode.total"),
-    }  # fmt: skip
+    }
     for name, (total, *rest) in parts.items():
         best[name] = max(0.0, best[total] - sum(best[part] for part in rest))
-    return {"samples": count, "png_bytes": int(np.mean([len(p) for p in pngs])), "shape": list(first.shape),
-            "stored_dtype": str(first.dtype), "dtype": dtype,
-            "us_per_sample": {name: round(value, 2) for name, value in sorted(best.items())}}  # fmt: skip
+    return {
+        "samples": count,
+        "png_bytes": int(np.mean([len(p) for p in pngs])),
+        "shape": list(first.shape),
+        "stored_dtype": str(first.dtype),
+        "dtype": dtype,
+        "us_per_sample": {name: round(value, 2) for name, value in sorted(best.items())},
+    }
 
 
 class _Handoff:

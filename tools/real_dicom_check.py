@@ -101,8 +101,21 @@ def lay_out(root: Path) -> dict[str, dict]:
 def run(work: Path, extra: list[str]) -> dict:
     src, out = work / "rsna", work / "shards"
     catalogue = lay_out(src)
-    command = [sys.executable, "-m", "meddiffuse_stream.cli", "shard", "rsna", str(src), str(out), "--quiet",
-               "--channels", "1", "--resize", "256", *extra]  # fmt: skip
+    command = [
+        sys.executable,
+        "-m",
+        "meddiffuse_stream.cli",
+        "shard",
+        "rsna",
+        str(src),
+        str(out),
+        "--quiet",
+        "--channels",
+        "1",
+        "--resize",
+        "256",
+        *extra,
+    ]
     result = subprocess.run(command, capture_output=True, text=True, cwd=Path(__file__).resolve().parents[1])
     rejects = {}
     if (out / "rejects.jsonl").exists():
@@ -145,9 +158,11 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     print(f"$ {report['command']}")
     print(report["summary"])
-    print(f"\n{report['files']} real image DICOMs ({report['zero_window_variants']} of them zero-window MR copies): "
-          f"{report['converted']} converted, {report['rejected']} rejected; plain pydicom with the same codecs "
-          f"decodes {report['plain_pydicom_decodes']}")  # fmt: skip
+    print(
+        f"\n{report['files']} real image DICOMs ({report['zero_window_variants']} of them zero-window MR copies): "
+        f"{report['converted']} converted, {report['rejected']} rejected; plain pydicom with the same codecs "
+        f"decodes {report['plain_pydicom_decodes']}"
+    )
     for row in report["rows"]:
         if not row["converted"]:
             print(f"  rejected  {row['name']:48s} {row['reason']}")

@@ -127,8 +127,9 @@ def cached_batch(
 class VariantCache:
     """Get and put arrays by entry name; counters ``cache_hits``, ``cache_misses``, ``cache_corrupt``."""
 
-    def __init__(self, url: str, storage_options: Mapping[str, Any] | None = None,
-                 counters: Counters | None = None) -> None:  # fmt: skip
+    def __init__(
+        self, url: str, storage_options: Mapping[str, Any] | None = None, counters: Counters | None = None
+    ) -> None:
         self.counters = counters if counters is not None else Counters()
         self.location = Location(url, storage_options, on_retry=self._count_retry)  # bounded, retried, counted
         self.writable = True

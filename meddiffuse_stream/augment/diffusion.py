@@ -47,10 +47,16 @@ class ClassConditionalGenerator:
         from diffusers import DDIMScheduler, UNet2DModel
 
         unet = UNet2DModel(
-            sample_size=image_size, in_channels=channels, out_channels=channels, layers_per_block=1,
-            block_out_channels=(width, width * 2), down_block_types=("DownBlock2D", "DownBlock2D"),
-            up_block_types=("UpBlock2D", "UpBlock2D"), num_class_embeds=num_classes, norm_num_groups=8,
-        )  # fmt: skip
+            sample_size=image_size,
+            in_channels=channels,
+            out_channels=channels,
+            layers_per_block=1,
+            block_out_channels=(width, width * 2),
+            down_block_types=("DownBlock2D", "DownBlock2D"),
+            up_block_types=("UpBlock2D", "UpBlock2D"),
+            num_class_embeds=num_classes,
+            norm_num_groups=8,
+        )
         return cls(unet, DDIMScheduler(num_train_timesteps=1000), **kwargs)
 
     @property
@@ -86,8 +92,9 @@ class ClassConditionalGenerator:
         if not (directory / GENERATOR_FILE).exists():
             raise _missing(directory, "a meddiffuse generator (meddiffuse_generator.json)")
         info = json.loads((directory / GENERATOR_FILE).read_text())
-        unet = UNet2DModel.from_pretrained(directory / "unet", local_files_only=True,
-                                            low_cpu_mem_usage=False)  # safetensors weights; no accelerate needed
+        unet = UNet2DModel.from_pretrained(
+            directory / "unet", local_files_only=True, low_cpu_mem_usage=False
+        )  # safetensors weights; no accelerate needed
         scheduler = DDIMScheduler.from_pretrained(directory / "scheduler", local_files_only=True)
         settings = {"strength": info["strength"], "steps": info["steps"], **overrides}
         return cls(unet, scheduler, **settings)
@@ -105,8 +112,9 @@ class ClassConditionalGenerator:
         start = int(self.strength * self.scheduler.config.num_train_timesteps)
         timesteps = [t for t in self.scheduler.timesteps if int(t) < start] or [self.scheduler.timesteps[-1]]
         sample = images * 2 - 1
-        noise = torch.stack([torch.randn(sample.shape[1:], generator=torch.Generator().manual_seed(int(seed)))
-                             for seed in seeds]).to(sample)  # fmt: skip
+        noise = torch.stack(
+            [torch.randn(sample.shape[1:], generator=torch.Generator().manual_seed(int(seed))) for seed in seeds]
+        ).to(sample)
         sample = self.scheduler.add_noise(sample, noise, torch.as_tensor([int(timesteps[0])], device=sample.device))
         for timestep in timesteps:
             prediction = self.unet(sample, timestep, class_labels=labels).sample
@@ -121,8 +129,15 @@ class PipelineGenerator:
 
     kind = "pipeline"
 
-    def __init__(self, directory: str | Path, *, prompts: list[str] | None = None, strength: float = 0.5,
-                 steps: int = 20, instruct: bool = False) -> None:  # fmt: skip
+    def __init__(
+        self,
+        directory: str | Path,
+        *,
+        prompts: list[str] | None = None,
+        strength: float = 0.5,
+        steps: int = 20,
+        instruct: bool = False,
+    ) -> None:
         directory = Path(directory)
         if not (directory / "model_index.json").exists():
             raise _missing(directory, "a diffusers pipeline (model_index.json)")

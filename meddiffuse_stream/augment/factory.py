@@ -66,10 +66,17 @@ def load_teacher(
 
 
 def build_stage(
-    method: str, dataset: str, *, teacher: str | None = None, teacher_model: str = "cnn",
-    generator: str | None = None, variant_cache: str | None = None, seed: int = 0,
-    settings: StageSettings | None = None, device: str | None = None,
-) -> AugmentStage | str | None:  # fmt: skip
+    method: str,
+    dataset: str,
+    *,
+    teacher: str | None = None,
+    teacher_model: str = "cnn",
+    generator: str | None = None,
+    variant_cache: str | None = None,
+    seed: int = 0,
+    settings: StageSettings | None = None,
+    device: str | None = None,
+) -> AugmentStage | str | None:
     """``None`` for ``none``, the name itself for methods that need no models and no settings, else a stage.
 
     ``method`` may be a preset (an ablation such as ``meddiffusemix-hard-mask``): its MixConfig settings are
@@ -91,10 +98,18 @@ def build_stage(
 
         variants = load_generator(generator)
     return AugmentStage(
-        spec.name, shape[2], teacher=model, generator=variants,
-        variant_cache=variant_cache if spec.needs_variants else None, seed=seed, mix_config=MixConfig(**settings.mix),
-        variants_per_sample=settings.variants_per_sample, mask_draws=settings.mask_draws,
-        original_probability=settings.original_probability, compose_standard=settings.compose_standard,
-        saliency_method=settings.saliency_method, saliency_layer=settings.saliency_layer,
+        spec.name,
+        shape[2],
+        teacher=model,
+        generator=variants,
+        variant_cache=variant_cache if spec.needs_variants else None,
+        seed=seed,
+        mix_config=MixConfig(**settings.mix),
+        variants_per_sample=settings.variants_per_sample,
+        mask_draws=settings.mask_draws,
+        original_probability=settings.original_probability,
+        compose_standard=settings.compose_standard,
+        saliency_method=settings.saliency_method,
+        saliency_layer=settings.saliency_layer,
         device=default_device(device),
-    )  # fmt: skip
+    )

@@ -44,9 +44,17 @@ def mask_rng(mask_seed: int, key: str, draw: int) -> np.random.Generator:
 class MedDiffuseMixer:
     """The method as the stage calls it: ``mixer(inputs) -> Augmented`` (statuses go to ``counters``)."""
 
-    def __init__(self, config: MixConfig, saliency: SaliencyProvider, variants: VariantProvider,
-                 cache: VariantCache | None, counters: Counters, *, mask_seed: int = 0,
-                 cache_results: bool = True) -> None:  # fmt: skip
+    def __init__(
+        self,
+        config: MixConfig,
+        saliency: SaliencyProvider,
+        variants: VariantProvider,
+        cache: VariantCache | None,
+        counters: Counters,
+        *,
+        mask_seed: int = 0,
+        cache_results: bool = True,
+    ) -> None:
         self.config = config
         self.saliency = saliency
         self.variants = variants
@@ -79,9 +87,10 @@ class MedDiffuseMixer:
         images = inputs.images
         channels, pixels = images.shape[1], images[0, 0].numel()
         contents = inputs.contents()
-        names = [entry_name(k, c, self.producer, self.variants.strength, f"{int(v)}.{int(d)}")
-                 for k, c, v, d in zip(inputs.keys, contents, inputs.variant_index, inputs.mask_draw,
-                                       strict=True)]  # fmt: skip
+        names = [
+            entry_name(k, c, self.producer, self.variants.strength, f"{int(v)}.{int(d)}")
+            for k, c, v, d in zip(inputs.keys, contents, inputs.variant_index, inputs.mask_draw, strict=True)
+        ]
         found: dict[int, np.ndarray] = {}
         for row, name in enumerate(names):
             entry = self.cache.get(name)
@@ -139,8 +148,7 @@ class MedDiffuseMixer:
         fields = torch.cat([random_field(1, height, width, self.config.field_floor, g) for g in generators])
         boxes = None
         if self.config.random_mask:
-            boxes = torch.cat([protected_region(saliency[i : i + 1], self.config, g)
-                               for i, g in enumerate(generators)])  # fmt: skip
+            boxes = torch.cat([protected_region(saliency[i : i + 1], self.config, g) for i, g in enumerate(generators)])
         return fields.to(saliency.device), boxes
 
     def _weight(self, saliency, scale, fields, boxes) -> torch.Tensor:
@@ -167,8 +175,9 @@ class MedDiffuseMixer:
                 break
             if attempt < config.retries:
                 scale[pending] *= 0.5
-                weight[pending] = self._weight(saliency[pending], scale[pending], fields[pending],
-                                               None if boxes is None else boxes[pending])  # fmt: skip
+                weight[pending] = self._weight(
+                    saliency[pending], scale[pending], fields[pending], None if boxes is None else boxes[pending]
+                )
                 out[pending] = mix(images[pending], variants[pending], weight[pending])
         if len(pending):
             status[pending] = STATUSES.index("rejected")

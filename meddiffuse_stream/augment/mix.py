@@ -67,10 +67,12 @@ class MixConfig:
             raise ValueError(f"alpha_max must be in (0, 1], got {self.alpha_max}")
         if self.sigma is not None and self.sigma <= 0:
             raise ValueError(f"sigma must be positive (or None: sized to the image), got {self.sigma}")
-        if self.margin is not None and (isinstance(self.margin, bool) or int(self.margin) != self.margin
-                                        or self.margin < 0):  # fmt: skip
-            raise ValueError(f"margin must be a whole number of pixels ≥ 0 (or None: sized to the image), "
-                             f"got {self.margin}")  # fmt: skip
+        if self.margin is not None and (
+            isinstance(self.margin, bool) or int(self.margin) != self.margin or self.margin < 0
+        ):
+            raise ValueError(
+                f"margin must be a whole number of pixels ≥ 0 (or None: sized to the image), got {self.margin}"
+            )
         if not 0 <= self.field_floor <= 1:
             raise ValueError(f"field_floor must be in [0, 1], got {self.field_floor}")
         if not 0 <= self.min_confidence < 1:

@@ -30,8 +30,14 @@ def variant_seed_of(variant_seed: int, key: str, index: int) -> int:
 class SaliencyProvider:
     """The teacher's maps for a batch; cached per sample when the teacher is frozen and a cache is given."""
 
-    def __init__(self, teacher: torch.nn.Module, extractor: SaliencyExtractor, cache: VariantCache | None,
-                 counters: Counters, use_cache: bool) -> None:  # fmt: skip
+    def __init__(
+        self,
+        teacher: torch.nn.Module,
+        extractor: SaliencyExtractor,
+        cache: VariantCache | None,
+        counters: Counters,
+        use_cache: bool,
+    ) -> None:
         self.teacher = teacher
         self.extractor = extractor
         self.cache = cache if use_cache else None
@@ -56,13 +62,15 @@ class SaliencyProvider:
             self.teacher.train(was_training)
         return probabilities.gather(1, labels.view(-1, 1)).squeeze(1)
 
-    def maps(self, images: torch.Tensor, labels: torch.Tensor, keys: Sequence[str],
-             contents: Callable[[], list[str]]) -> torch.Tensor:  # fmt: skip
+    def maps(
+        self, images: torch.Tensor, labels: torch.Tensor, keys: Sequence[str], contents: Callable[[], list[str]]
+    ) -> torch.Tensor:
         if self.cache is None:
             return self.extractor(images, labels)
         names = [entry_name(k, c, f"saliency-{self.identity}", 0, 0) for k, c in zip(keys, contents(), strict=True)]
-        return cached_batch(self.cache, names, lambda rows: self.extractor(images[rows], labels[rows]),
-                            images[:, :1], self.counters)  # fmt: skip
+        return cached_batch(
+            self.cache, names, lambda rows: self.extractor(images[rows], labels[rows]), images[:, :1], self.counters
+        )
 
 
 class VariantProvider:
@@ -83,11 +91,14 @@ class VariantProvider:
         return float(getattr(self.generator, "strength", 0.0))
 
     def names(self, keys: Sequence[str], contents: list[str], choices: np.ndarray) -> list[str]:
-        return [entry_name(k, c, self.identity, self.strength, int(v)) for k, c, v in zip(keys, contents, choices,
-                                                                                          strict=True)]  # fmt: skip
+        return [
+            entry_name(k, c, self.identity, self.strength, int(v))
+            for k, c, v in zip(keys, contents, choices, strict=True)
+        ]
 
-    def variants(self, images: torch.Tensor, labels: torch.Tensor, keys: Sequence[str], contents: list[str],
-                 choices: np.ndarray) -> torch.Tensor:  # fmt: skip
+    def variants(
+        self, images: torch.Tensor, labels: torch.Tensor, keys: Sequence[str], contents: list[str], choices: np.ndarray
+    ) -> torch.Tensor:
         seeds = [variant_seed_of(self.variant_seed, k, int(v)) for k, v in zip(keys, choices, strict=True)]
 
         def generate(rows: torch.Tensor) -> torch.Tensor:

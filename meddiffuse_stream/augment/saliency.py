@@ -80,8 +80,15 @@ class SaliencyExtractor:
     ``smooth`` is the Gaussian sigma in pixels applied to gradient maps (None: 3 % of the image side).
     """
 
-    def __init__(self, model: nn.Module, method: str = "gradcam", *, layer: int = 0, ig_steps: int = 16,
-                 smooth: float | None = None) -> None:  # fmt: skip
+    def __init__(
+        self,
+        model: nn.Module,
+        method: str = "gradcam",
+        *,
+        layer: int = 0,
+        ig_steps: int = 16,
+        smooth: float | None = None,
+    ) -> None:
         if method not in METHODS:
             raise ValueError(f"saliency method must be one of {METHODS}, got {method!r}")
         layers = saliency_layers(model)

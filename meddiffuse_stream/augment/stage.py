@@ -73,8 +73,10 @@ class AugmentStage:
         storage_options: dict[str, Any] | None = None,
     ) -> None:
         if method in PRESETS:
-            raise ValueError(f"{method!r} is a preset: build it with meddiffuse_stream.augment.factory.build_stage "
-                             f"or pass method={PRESETS[method].method!r} with mix_config=MixConfig(...)")  # fmt: skip
+            raise ValueError(
+                f"{method!r} is a preset: build it with meddiffuse_stream.augment.factory.build_stage "
+                f"or pass method={PRESETS[method].method!r} with mix_config=MixConfig(...)"
+            )
         self.spec = get_method(method)
         if self.spec.needs_saliency and teacher is None:
             raise ValueError(f"augment={method!r} needs a saliency teacher: pass teacher= (a trained classifier)")
@@ -89,8 +91,11 @@ class AugmentStage:
         self.num_classes = num_classes
         self.device = torch.device(device) if device is not None else torch.device("cpu")
         self.counters = Counters()
-        self.cache = VariantCache(variant_cache, storage_options, self.counters) if isinstance(variant_cache, str) \
-            else variant_cache  # fmt: skip
+        self.cache = (
+            VariantCache(variant_cache, storage_options, self.counters)
+            if isinstance(variant_cache, str)
+            else variant_cache
+        )
         self.variants_per_sample = variants_per_sample
         self.mask_draws = mask_draws
         self.original_probability = original_probability if self.spec.shows_originals else 0.0
@@ -139,8 +144,12 @@ class AugmentStage:
     # --- state -----------------------------------------------------------------------------------------------
     def state_dict(self) -> dict[str, Any]:
         teacher = self.teacher_identity
-        return {"rng": self.rng.bit_generator.state, "counters": self.counters.as_dict(), "teacher": teacher,
-                "method": self.method}  # fmt: skip
+        return {
+            "rng": self.rng.bit_generator.state,
+            "counters": self.counters.as_dict(),
+            "teacher": teacher,
+            "method": self.method,
+        }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         if state.get("method") != self.method:
@@ -212,8 +221,9 @@ class AugmentStage:
         keys: Sequence[str] = batch["key"]
         count = len(images)
         rng = self._generator_for(batch)
-        keep = rng.random(count) < self.original_probability if self.original_probability else \
-            np.zeros(count, dtype=bool)  # fmt: skip
+        keep = (
+            rng.random(count) < self.original_probability if self.original_probability else np.zeros(count, dtype=bool)
+        )
         variant_index = rng.integers(0, self.variants_per_sample, count)
         mask_draw = rng.integers(0, self.mask_draws, count)
         targets = F.one_hot(labels, self.num_classes).to(images.dtype)
@@ -222,9 +232,17 @@ class AugmentStage:
         soft = targets if self.spec.mixes_labels else labels
         moved_roi, extra, extra_roi = roi, {}, False
         if len(rows):
-            inputs = self._inputs(images[rows], labels[rows], targets[rows], [keys[i] for i in rows.tolist()],
-                                  variant_index[~keep], mask_draw[~keep], None if roi is None else roi[rows],
-                                  details, rng)  # fmt: skip
+            inputs = self._inputs(
+                images[rows],
+                labels[rows],
+                targets[rows],
+                [keys[i] for i in rows.tolist()],
+                variant_index[~keep],
+                mask_draw[~keep],
+                None if roi is None else roi[rows],
+                details,
+                rng,
+            )
             result = self._apply(inputs)
             out[rows], weight[rows] = result.images.to(out.dtype), result.weight.to(weight.dtype)
             if self.spec.mixes_labels:
@@ -242,8 +260,16 @@ class AugmentStage:
             augmented, extra_roi = torch.ones_like(augmented), roi is not None
         self.counters["originals"] += int(keep.sum())
         self.counters["batches"] += 1
-        result_batch = dict(batch, image=out, label=labels, target=soft, mix_weight=weight, original=images,
-                            augmented=augmented, shown_original=torch.as_tensor(keep, device=self.device))  # fmt: skip
+        result_batch = dict(
+            batch,
+            image=out,
+            label=labels,
+            target=soft,
+            mix_weight=weight,
+            original=images,
+            augmented=augmented,
+            shown_original=torch.as_tensor(keep, device=self.device),
+        )
         if extra_roi:  # pixels moved: the ROI moved with them (the ROI as decoded stays beside it)
             result_batch["roi"], result_batch["original_roi"] = moved_roi, roi
         elif roi is not None:
@@ -293,10 +319,25 @@ class AugmentStage:
             if "variants" in memo:
                 return memo["variants"][rows]
             picked = rows.tolist()
-            return self.variants.variants(images[rows], labels[rows], [keys[i] for i in picked],
-                                          [contents()[i] for i in picked], variant_index[picked])  # fmt: skip
+            return self.variants.variants(
+                images[rows],
+                labels[rows],
+                [keys[i] for i in picked],
+                [contents()[i] for i in picked],
+                variant_index[picked],
+            )
 
-        return BatchInputs(images, labels, targets, keys, rng, variant_index, mask_draw, roi,
-                           saliency=saliency if self.saliency is not None else None,
-                           variants=variants if self.spec.needs_variants else None, contents=contents,
-                           details=details)  # fmt: skip
+        return BatchInputs(
+            images,
+            labels,
+            targets,
+            keys,
+            rng,
+            variant_index,
+            mask_draw,
+            roi,
+            saliency=saliency if self.saliency is not None else None,
+            variants=variants if self.spec.needs_variants else None,
+            contents=contents,
+            details=details,
+        )

@@ -32,8 +32,7 @@ def random_crops(images: torch.Tensor, size: int, generator: torch.Generator) ->
         return images
     tops = torch.randint(0, height - size + 1, (len(images),), generator=generator).tolist()
     lefts = torch.randint(0, width - size + 1, (len(images),), generator=generator).tolist()
-    return torch.stack([image[:, t : t + size, x : x + size] for image, t, x in zip(images, tops, lefts,
-                                                                                      strict=True)])  # fmt: skip
+    return torch.stack([image[:, t : t + size, x : x + size] for image, t, x in zip(images, tops, lefts, strict=True)])
 
 
 def train_generator(
@@ -63,15 +62,17 @@ def train_generator(
     if not 0 <= ema < 1:
         raise ValueError(f"--ema must be in [0, 1), got {ema}")
     target = default_device(device)
-    loader = MedDiffuseLoader(dataset, batch_size, num_workers=num_workers, seed=seed, drop_last=True,
-                              storage_options=storage_options)  # fmt: skip
+    loader = MedDiffuseLoader(
+        dataset, batch_size, num_workers=num_workers, seed=seed, drop_last=True, storage_options=storage_options
+    )
     if len(loader) == 0:
         raise ValueError(f"{dataset}: fewer training samples than one batch of {batch_size}; lower --batch-size")
     first, _ = next(iter(loader))
     loader.set_epoch(0)
     torch.manual_seed(seed)
-    generator = ClassConditionalGenerator.create(first.shape[-1], first.shape[1], len(loader.dataset.class_names),
-                                                 width=width, strength=strength, steps=steps).to(target)  # fmt: skip
+    generator = ClassConditionalGenerator.create(
+        first.shape[-1], first.shape[1], len(loader.dataset.class_names), width=width, strength=strength, steps=steps
+    ).to(target)
     average = {k: v.detach().clone() for k, v in generator.unet.state_dict().items()}
     optimizer = torch.optim.AdamW(generator.unet.parameters(), lr=learning_rate)
     draws = torch.Generator().manual_seed(seed)

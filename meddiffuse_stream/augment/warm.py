@@ -53,8 +53,16 @@ def warm_cache(
     target = default_device(device)
     generator = load_generator(generator_path).to(target)
     cache = VariantCache(cache_url, storage_options)
-    loader = MedDiffuseLoader(dataset, batch_size, split=split, shuffle=False, rank=index, world_size=count,
-                              as_dict=True, storage_options=storage_options)  # fmt: skip
+    loader = MedDiffuseLoader(
+        dataset,
+        batch_size,
+        split=split,
+        shuffle=False,
+        rank=index,
+        world_size=count,
+        as_dict=True,
+        storage_options=storage_options,
+    )
     identity, strength = generator.identity, getattr(generator, "strength", 0.0)
     totals = {"samples": 0, "generated": 0, "already_cached": 0}
     bar = tqdm(total=len(loader), desc=f"warm-cache {index + 1}/{count}", unit="batch", disable=not progress)
@@ -64,8 +72,7 @@ def warm_cache(
         totals["samples"] += len(images)
         contents = content_hashes(batch["image"])  # once per batch, for all M variants
         for variant in range(variants):
-            names = [entry_name(k, c, identity, strength, variant)
-                     for k, c in zip(batch["key"], contents, strict=True)]  # fmt: skip
+            names = [entry_name(k, c, identity, strength, variant) for k, c in zip(batch["key"], contents, strict=True)]
             missing = [row for row, name in enumerate(names) if not cache.location.exists(name)]
             totals["already_cached"] += len(names) - len(missing)
             if not missing:

@@ -86,6 +86,7 @@ class BreakHisSource(FileSource):
             label = int(parsed["malignant"]) if self.label == "binary" else class_names.index(parsed["subtype"])
             meta = {k: parsed[k] for k in ("subtype", "magnification")}
             key = keys(path, "breakhis", posixpath.splitext(posixpath.basename(path))[0])
-            items.append(SourceItem(key, label, path, src.path(path), parsed["patient_id"], None, meta, found.size,
-                                    found.stamp))  # fmt: skip
+            items.append(
+                SourceItem(key, label, path, src.path(path), parsed["patient_id"], None, meta, found.size, found.stamp)
+            )
         return Discovery(class_names, items, rejects, notes=scan_notes(scan))

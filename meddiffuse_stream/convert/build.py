@@ -21,9 +21,20 @@ from .images import resize_square, to_channels
 __all__ = ["RESERVED_FIELDS", "ShardResult", "ShardTask", "build_shard"]
 
 RESERVED_FIELDS = (
-    "key", "split", "label", "class_name", "patient_id", "source", "height", "width", "channels", "bit_depth",
-    "shard", "offset", "dataset",
-)  # fmt: skip
+    "key",
+    "split",
+    "label",
+    "class_name",
+    "patient_id",
+    "source",
+    "height",
+    "width",
+    "channels",
+    "bit_depth",
+    "shard",
+    "offset",
+    "dataset",
+)
 
 
 @dataclass(frozen=True)
@@ -94,8 +105,9 @@ def build_shard(
     if not rows:
         out.remove(task.name)
         size, sha256 = 0, ""
-    return ShardResult(task.name, task.split, task.fingerprint, len(rows), size, sha256, rows, rejects, inputs,
-                       dict(notes))  # fmt: skip
+    return ShardResult(
+        task.name, task.split, task.fingerprint, len(rows), size, sha256, rows, rejects, inputs, dict(notes)
+    )
 
 
 def _channels_of(image: np.ndarray) -> int:

@@ -56,8 +56,13 @@ class CsvSource(FileSource):
             elif isinstance(label, str):
                 rejects.append(Reject(source, label))
             elif full is None:
-                rejects.append(Reject(source, f"line {row.line}: absolute path in a manifest on object storage; "
-                                              "give paths relative to the manifest"))  # fmt: skip
+                rejects.append(
+                    Reject(
+                        source,
+                        f"line {row.line}: absolute path in a manifest on object storage; "
+                        "give paths relative to the manifest",
+                    )
+                )
             elif not isinstance(found, FoundFile):
                 rejects.append(Reject(source, f"line {row.line}: {found}"))
             elif full in first_line:

@@ -100,17 +100,20 @@ def _row(line: int, fields: list[str], header: list[str], encoding: str) -> Mani
         return row
     for name, value in zip(header, fields, strict=False):
         if len(value) > MAX_CELL_CHARS:
-            row.problem = (f"line {line}: column {name!r} holds {len(value)} characters, over the limit of "
-                           f"{MAX_CELL_CHARS} (an unclosed quote?)")  # fmt: skip
+            row.problem = (
+                f"line {line}: column {name!r} holds {len(value)} characters, over the limit of "
+                f"{MAX_CELL_CHARS} (an unclosed quote?)"
+            )
             return row
         bad = next((ch for ch in value if 0xDC00 <= ord(ch) <= 0xDCFF), None)
         if bad is not None:
             byte = ord(bad) - 0xDC00
             row.problem = (
-                f"line {line}: a NUL byte in column {name!r}" if byte == 0 else
-                f"line {line}: byte 0x{byte:02x} in column {name!r} is not valid {encoding}; pass --encoding with "
+                f"line {line}: a NUL byte in column {name!r}"
+                if byte == 0
+                else f"line {line}: byte 0x{byte:02x} in column {name!r} is not valid {encoding}; pass --encoding with "
                 "the manifest's encoding (e.g. --encoding latin-1)"
-            )  # fmt: skip
+            )
             return row
         row.cells[name] = value
     for name in header[len(fields) :]:
@@ -169,8 +172,10 @@ def resolve_labels(
         if value < 0:
             result[line] = f"line {line}: label {value} is negative"
         elif value > bound:
-            result[line] = (f"line {line}: label {value} is far above the other labels (more than {bound}); a typo? "
-                            "pass --classes to declare that many classes")  # fmt: skip
+            result[line] = (
+                f"line {line}: label {value} is far above the other labels (more than {bound}); a typo? "
+                "pass --classes to declare that many classes"
+            )
         else:
             result[line] = value
     kept = [v for v in result.values() if isinstance(v, int)]

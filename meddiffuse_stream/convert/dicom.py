@@ -95,8 +95,10 @@ def _frame_indices(count: int, frames: str, per_frame: int, max_pixels: int) -> 
     if frames == "middle":
         return [(count - 1) // 2]
     if per_frame * count > max_pixels:
-        raise RejectError(f"multi-frame DICOM of {count} frames, {per_frame * count} pixels in all, is over the limit "
-                          f"of {max_pixels} (--max-pixels); use --frames middle")  # fmt: skip
+        raise RejectError(
+            f"multi-frame DICOM of {count} frames, {per_frame * count} pixels in all, is over the limit "
+            f"of {max_pixels} (--max-pixels); use --frames middle"
+        )
     return list(range(count))
 
 
@@ -126,8 +128,9 @@ def _read(data: bytes, max_pixels: int) -> Any:
         except Exception:
             usable = False
         if not usable:
-            raise RejectError("not a DICOM file with pixel data (no DICM preamble, and no pixel data when read as a "
-                              "headerless one)")  # fmt: skip
+            raise RejectError(
+                "not a DICOM file with pixel data (no DICM preamble, and no pixel data when read as a headerless one)"
+            )
     _ensure_transfer_syntax(ds)
     return ds
 
@@ -225,8 +228,10 @@ def _pixels(ds: Any, syntax: Any, index: int | None) -> tuple[np.ndarray, str]:
         message = " ".join(str(error).split())
         hint = ""
         if "12-bit" in message or "precision" in message:
-            hint = ("; 12-bit JPEG needs pylibjpeg-libjpeg, which is GPL-3.0 and so not in the dicom extra: "
-                    "install it yourself if its licence suits you")  # fmt: skip
+            hint = (
+                "; 12-bit JPEG needs pylibjpeg-libjpeg, which is GPL-3.0 and so not in the dicom extra: "
+                "install it yourself if its licence suits you"
+            )
         raise RejectError(f"pixel data cannot be decoded ({name}): {message[:300]}{hint}") from error
     return pixels, str(info.get("photometric_interpretation", ds.get("PhotometricInterpretation", ""))).strip()
 
@@ -259,8 +264,10 @@ def voi_of(ds: Any) -> tuple[str | None, Any]:
     if function not in ("LINEAR", "LINEAR_EXACT", "SIGMOID"):
         return None, f"DICOM window ignored (unknown VOI LUT function {function}): stored range kept"
     if width < 1 if function == "LINEAR" else width <= 0:
-        return None, f"DICOM window ignored (width {width:g} {'< 1' if function == 'LINEAR' else '<= 0'}): " \
-            "stored range kept"  # fmt: skip
+        return (
+            None,
+            f"DICOM window ignored (width {width:g} {'< 1' if function == 'LINEAR' else '<= 0'}): stored range kept",
+        )
     return "window", (centre, width, function)
 
 

@@ -21,8 +21,10 @@ def colour_pixels(ds: Any, pixels: np.ndarray, photometric: str, meta: dict[str,
 
         pixels = convert_color_space(pixels, photometric, "RGB")
     elif photometric != "RGB":
-        raise RejectError(f"DICOM photometric interpretation {photometric} is not supported (RGB, YBR_FULL, "
-                          "YBR_FULL_422, YBR_ICT, YBR_RCT, PALETTE COLOR and MONOCHROME are)")  # fmt: skip
+        raise RejectError(
+            f"DICOM photometric interpretation {photometric} is not supported (RGB, YBR_FULL, "
+            "YBR_FULL_422, YBR_ICT, YBR_RCT, PALETTE COLOR and MONOCHROME are)"
+        )
     if pixels.ndim != 3 or pixels.shape[2] != 3:
         raise RejectError(f"DICOM colour pixels of shape {pixels.shape}: expected rows x columns x 3")
     meta["decoded_as"] = "RGB"
@@ -30,8 +32,9 @@ def colour_pixels(ds: Any, pixels: np.ndarray, photometric: str, meta: dict[str,
     if pixels.dtype.itemsize == 1 or bits <= 8:
         return pixels.astype(np.uint8)
     if bits > 16 or pixels.dtype.itemsize > 2:
-        raise RejectError(f"{bits}-bit colour DICOM: the shard format keeps at most 16 bits per channel; "
-                          "convert it first")  # fmt: skip
+        raise RejectError(
+            f"{bits}-bit colour DICOM: the shard format keeps at most 16 bits per channel; convert it first"
+        )
     meta["significant_bits"] = bits
     notes.append("16-bit colour kept at 16 bits")
     return (np.clip(pixels.astype(np.uint32), 0, 2**bits - 1) << (16 - bits)).astype(np.uint16)

@@ -140,13 +140,17 @@ def shape_warnings(rows: list[dict[str, Any]]) -> list[str]:
     if len(sizes) > 1:
         common = ", ".join(f"{size}: {count}" for size, count in sizes.most_common(4))
         more = f" and {len(sizes) - 4} more" if len(sizes) > 4 else ""
-        warnings.append(f"images have {len(sizes)} different sizes ({common}{more}); batches need one size: "
-                        "convert again with --resize N, or resize in the loader")  # fmt: skip
+        warnings.append(
+            f"images have {len(sizes)} different sizes ({common}{more}); batches need one size: "
+            "convert again with --resize N, or resize in the loader"
+        )
     channels = Counter(int(row["channels"]) for row in rows)
     if len(channels) > 1:
         mix = ", ".join(f"{c} channel{'s' if c > 1 else ''}: {n}" for c, n in sorted(channels.items()))
-        warnings.append(f"grey and colour images are mixed ({mix}); batches need one channel count: convert "
-                        "again with --channels 1 or --channels 3")  # fmt: skip
+        warnings.append(
+            f"grey and colour images are mixed ({mix}); batches need one channel count: convert "
+            "again with --channels 1 or --channels 3"
+        )
     return warnings
 
 

@@ -53,6 +53,15 @@ class ImageFolderSource(FileSource):
                 continue
             stem = posixpath.splitext(path)[0]
             key = keys(path, *stem.split("/"))
-            items.append(SourceItem(key, index[class_name], path, src.path(path), patient_id=patient,
-                                    size_hint=found.size, stamp=found.stamp))  # fmt: skip
+            items.append(
+                SourceItem(
+                    key,
+                    index[class_name],
+                    path,
+                    src.path(path),
+                    patient_id=patient,
+                    size_hint=found.size,
+                    stamp=found.stamp,
+                )
+            )
         return Discovery(class_names, items, rejects, notes=scan_notes(scan))

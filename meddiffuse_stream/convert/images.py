@@ -49,8 +49,10 @@ def image_from_bytes(data: bytes, max_pixels: int | None = None, *, rules: ReadR
 
 def _check_size(width: int, height: int, limit: int) -> None:
     if width * height > limit:
-        raise RejectError(f"image of {width}x{height} pixels is over the limit of {limit} (--max-pixels): a possible "
-                          "decompression bomb")  # fmt: skip
+        raise RejectError(
+            f"image of {width}x{height} pixels is over the limit of {limit} (--max-pixels): a possible "
+            "decompression bomb"
+        )
 
 
 def _frames(image: Image.Image, limit: int, frames: str) -> LoadedImage:
@@ -82,8 +84,9 @@ def _frames(image: Image.Image, limit: int, frames: str) -> LoadedImage:
         return LoadedImage(_to_array(image), meta=meta, notes=[f"multi-page {image.format}: middle page kept"])
     total = sum(w * h for w, h in sizes)
     if total > limit:
-        raise RejectError(f"{kind} of {total} pixels in all is over the limit of {limit} (--max-pixels); "
-                          "use --frames middle")  # fmt: skip
+        raise RejectError(
+            f"{kind} of {total} pixels in all is over the limit of {limit} (--max-pixels); use --frames middle"
+        )
     arrays = []
     for index in range(count):
         image.seek(index)
@@ -95,8 +98,12 @@ def _frames(image: Image.Image, limit: int, frames: str) -> LoadedImage:
 
 def _is_16_bit_colour_png(data: bytes) -> bool:
     """IHDR bit depth 16 with colour type 2 (RGB) or 6 (RGBA)."""
-    return len(data) > 33 and data[:8] == _PNG_SIGNATURE and data[12:16] == b"IHDR" and data[24] == 16 and (
-        data[25] in (2, 6)
+    return (
+        len(data) > 33
+        and data[:8] == _PNG_SIGNATURE
+        and data[12:16] == b"IHDR"
+        and data[24] == 16
+        and (data[25] in (2, 6))
     )
 
 

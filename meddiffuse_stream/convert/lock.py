@@ -128,8 +128,10 @@ class _FlockLock(OutputLock):
         except FileNotFoundError:
             ours = False
         if not ours:
-            raise OutputLockedError(f"the lock file {self._path} was removed or replaced during the conversion: "
-                                    "another run may be writing OUT; dataset.json is not written")  # fmt: skip
+            raise OutputLockedError(
+                f"the lock file {self._path} was removed or replaced during the conversion: "
+                "another run may be writing OUT; dataset.json is not written"
+            )
 
     def release(self) -> None:
         if self._descriptor < 0:
@@ -178,8 +180,10 @@ class _LeaseLock(OutputLock):
         try:
             new_etag = _put(self._out, self._path, self._encoded(), match=etag)
         except _ConditionFailed:
-            message = (f"{self._out.display()}: another conversion took over the stale lock of {holder} first; "
-                       "a second conversion into the same OUT is refused")  # fmt: skip
+            message = (
+                f"{self._out.display()}: another conversion took over the stale lock of {holder} first; "
+                "a second conversion into the same OUT is refused"
+            )
             raise OutputLockedError(message) from None
         self.stale = f"{holder}, last heartbeat {age:.0f} s ago"
         return new_etag
@@ -203,8 +207,9 @@ class _LeaseLock(OutputLock):
     def verify(self) -> None:
         self._renew()
         if self._lost is not None:
-            raise OutputLockedError(f"this conversion lost its lock on {self._out.display()}: {self._lost}; "
-                                    "dataset.json is not written")  # fmt: skip
+            raise OutputLockedError(
+                f"this conversion lost its lock on {self._out.display()}: {self._lost}; dataset.json is not written"
+            )
 
     def release(self) -> None:
         if self._stop.is_set():
@@ -228,8 +233,11 @@ def _put(out: Location, path: str, data: bytes, *, create: bool = False, match: 
     if type(fs).__module__.startswith("s3fs"):
         try:
             limit = {"timeout": out.retry.write_timeout(len(data))}  # a PUT waits for 100-continue unbounded
-            response = (fs.pipe_file(path, data, mode="create", **limit) if create
-                        else fs.pipe_file(path, data, IfMatch=match, **limit))  # fmt: skip
+            response = (
+                fs.pipe_file(path, data, mode="create", **limit)
+                if create
+                else fs.pipe_file(path, data, IfMatch=match, **limit)
+            )
         except FileExistsError:
             raise _ConditionFailed() from None
         except OSError as error:

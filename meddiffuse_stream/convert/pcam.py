@@ -86,8 +86,10 @@ class PcamSource(SourceFormat):
                 raise ValueError(f"{src.display(missing)} is missing; PCam needs the _x and _y file of each split")
             labels, shape = self._labels_and_shape(src, x_name, y_name)
             if shape[1] * shape[2] > rules.max_pixels:
-                raise ValueError(f"{src.display(x_name)}: patches of {shape[2]}x{shape[1]} pixels are over the limit "
-                                 f"of {rules.max_pixels} (--max-pixels)")  # fmt: skip
+                raise ValueError(
+                    f"{src.display(x_name)}: patches of {shape[2]}x{shape[1]} pixels are over the limit "
+                    f"of {rules.max_pixels} (--max-pixels)"
+                )
             stamp = f"{stamp_of(src, src.path(x_name))}/{stamp_of(src, src.path(y_name))}"
             slides = self._slides(src, f"{_PREFIX}{official}_meta.csv", present)
             for row, value in enumerate(labels):

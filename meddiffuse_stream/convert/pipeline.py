@@ -131,8 +131,10 @@ def convert_dataset(
             seconds=time.perf_counter() - started,
         )
         if lock.stale:  # told to the user, not written into dataset.json (it names a host and a time)
-            summary.notes[f"OUT was locked by a conversion that ended without releasing it ({lock.stale}): "
-                          "its stale lock was taken over"] = 1  # fmt: skip
+            summary.notes[
+                f"OUT was locked by a conversion that ended without releasing it ({lock.stale}): "
+                "its stale lock was taken over"
+            ] = 1
     if summary.converted == 0:
         raise ConversionError(
             f"nothing could be converted from {src_url}: all {summary.found} inputs were rejected "

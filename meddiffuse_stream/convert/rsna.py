@@ -106,7 +106,9 @@ class RsnaSource(FileSource):
     def load_one(self, src: Location, item: SourceItem, rules: ReadRules = DEFAULT_RULES) -> LoadedImage:
         loaded = super().load_one(src, item, rules)
         if loaded.image.ndim != 2 and rules.channels != 1:
-            raise RejectError(f"expected a grey radiograph, got shape {loaded.image.shape}; "
-                              "--channels 1 converts colour files to grey")  # fmt: skip
+            raise RejectError(
+                f"expected a grey radiograph, got shape {loaded.image.shape}; "
+                "--channels 1 converts colour files to grey"
+            )
         loaded.roi = rasterise_boxes([tuple(b) for b in item.meta["boxes"]], *loaded.image.shape[:2])
         return loaded

@@ -82,20 +82,43 @@ class WorkerChain:
         where = f"worker {worker}"
         conform = self.resize is not None or self.channels is not None
         rows = self.fused and takes_plain_samples(self.decode, conform)  # plain shards as rows: DecodeBatch's way
-        node: BaseNode[Any] = ReadSamples(self.source, plan, worker, start=start, counters=counters,
-                                          policy=self.policy, cache_dir=self.cache_dir,
-                                          cache_bytes=self.cache_bytes, rows=rows)  # fmt: skip
+        node: BaseNode[Any] = ReadSamples(
+            self.source,
+            plan,
+            worker,
+            start=start,
+            counters=counters,
+            policy=self.policy,
+            cache_dir=self.cache_dir,
+            cache_bytes=self.cache_bytes,
+            rows=rows,
+        )
         if self.fused:
             size = check_conform(self.resize, self.resize_mode, self.channels)
             fit = functools.partial(conform_sample, size=size, mode=self.resize_mode, channels=self.channels)
-            return DecodeBatch(node, self.source, self.decode, plan.batch_size, dtype=self.dtype,
-                               on_error=self.on_error, conform=fit if conform else None, allocate=allocate,
-                               counters=counters, where=where)  # fmt: skip
+            return DecodeBatch(
+                node,
+                self.source,
+                self.decode,
+                plan.batch_size,
+                dtype=self.dtype,
+                on_error=self.on_error,
+                conform=fit if conform else None,
+                allocate=allocate,
+                counters=counters,
+                where=where,
+            )
         node = Decode(node, self.source, self.decode, self.on_error)
         if conform:
             node = Conform(node, self.resize, self.resize_mode, self.channels)
         for stage in self.stages:
             node = stage(node)
-        return Batch(node, plan.batch_size, counters=counters, collate_fn=self.collate_fn, where=where,
-                     dtype=self.dtype, allocate=allocate)  # fmt: skip
-
+        return Batch(
+            node,
+            plan.batch_size,
+            counters=counters,
+            collate_fn=self.collate_fn,
+            where=where,
+            dtype=self.dtype,
+            allocate=allocate,
+        )

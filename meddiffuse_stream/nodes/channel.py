@@ -55,8 +55,14 @@ class BatchSender:
         self._unacknowledged = 0
 
     def __getstate__(self) -> dict[str, Any]:
-        return {"_connection": self._connection, "_capacity": self._capacity, "_share": self._share,
-                "_socket": None, "_pool": None, "_unacknowledged": 0}  # fmt: skip
+        return {
+            "_connection": self._connection,
+            "_capacity": self._capacity,
+            "_share": self._share,
+            "_socket": None,
+            "_pool": None,
+            "_unacknowledged": 0,
+        }
 
     def _segments(self) -> SegmentPool | None:
         if self._share and self._pool is None:  # made in the worker, after the fork
@@ -79,9 +85,13 @@ class BatchSender:
         """A segment could not be made (a file-size limit — ``ulimit -f`` applies to memfd too —, no memory for
         tmpfs, no descriptors left): this worker's batches go through its socket from now on, slower, never lost."""
         self._share = False
-        warnings.warn(f"decode worker {os.getpid()}: shared batch memory unavailable ({type(error).__name__}: "
-                      f"{error}); its batches are sent through its socket from now on, slower (check `ulimit -f`, "
-                      "`ulimit -n` and free memory)", RuntimeWarning, stacklevel=3)  # fmt: skip
+        warnings.warn(
+            f"decode worker {os.getpid()}: shared batch memory unavailable ({type(error).__name__}: "
+            f"{error}); its batches are sent through its socket from now on, slower (check `ulimit -f`, "
+            "`ulimit -n` and free memory)",
+            RuntimeWarning,
+            stacklevel=3,
+        )
 
     def _pack(self, item: Any) -> tuple[bytes, list[Any]]:
         if self._share and self._pool is not None:
@@ -115,8 +125,9 @@ class BatchSender:
         try:
             message, segments = self._pack(item)
         except Exception as error:  # e.g. a collate_fn result that cannot be pickled: the loader raises it
-            message, segments = pack((item[0], "error", f"the batch cannot be sent to the loader: "
-                                      f"{type(error).__name__}: {error}", {}))  # fmt: skip
+            message, segments = pack(
+                (item[0], "error", f"the batch cannot be sent to the loader: {type(error).__name__}: {error}", {})
+            )
         try:
             self._connection.send_bytes(message)
             if segments:

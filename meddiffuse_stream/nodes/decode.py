@@ -85,13 +85,17 @@ def _image(data: bytes, key: str, suffix: str, max_pixels: int) -> np.ndarray:
     plain = _plain_8_bit_png(data)  # the common case first: one check per sample
     deep_colour = not plain and _deep_colour_png(data)
     if deep_colour and _spng is None:
-        raise SampleError(f"{key}.{suffix}: a 16-bit colour PNG needs pyspng (pip install 'meddiffuse-stream[torch]');"
-                          " Pillow would keep only 8 bits of it", "unreadable image")  # fmt: skip
+        raise SampleError(
+            f"{key}.{suffix}: a 16-bit colour PNG needs pyspng (pip install 'meddiffuse-stream[torch]');"
+            " Pillow would keep only 8 bits of it",
+            "unreadable image",
+        )
     if _spng is not None and (plain or deep_colour):
         width, height = struct.unpack(">II", data[16:24])
         if width * height > max_pixels:
-            raise SampleError(f"{key}.{suffix}: {width}x{height} is over the pixel limit ({max_pixels})",
-                              "too many pixels")  # fmt: skip
+            raise SampleError(
+                f"{key}.{suffix}: {width}x{height} is over the pixel limit ({max_pixels})", "too many pixels"
+            )
         try:
             array = _spng.load(data)
         except Exception as error:
@@ -104,20 +108,24 @@ def _image(data: bytes, key: str, suffix: str, max_pixels: int) -> np.ndarray:
             warnings.simplefilter("error", Image.DecompressionBombWarning)
             with Image.open(io.BytesIO(data)) as image:
                 if image.width * image.height > max_pixels:
-                    raise SampleError(f"{key}.{suffix}: {image.width}x{image.height} is over the pixel limit "
-                                      f"({max_pixels})", "too many pixels")  # fmt: skip
+                    raise SampleError(
+                        f"{key}.{suffix}: {image.width}x{image.height} is over the pixel limit ({max_pixels})",
+                        "too many pixels",
+                    )
                 image.load()
                 if image.mode == "I":  # 32-bit integers (some TIFFs, 16-bit PNGs): kept if they fit 16 bits
                     wide = np.asarray(image)
                     if wide.size and (wide.min() < 0 or wide.max() > 65535):
-                        raise SampleError(f"{key}.{suffix}: values {wide.min()}..{wide.max()} do not fit 16 bits",
-                                          "unsupported image")  # fmt: skip
+                        raise SampleError(
+                            f"{key}.{suffix}: values {wide.min()}..{wide.max()} do not fit 16 bits", "unsupported image"
+                        )
                     array = wide.astype(np.uint16)
                 elif image.mode in ("I;16", "I;16B", "I;16L"):
                     array = np.asarray(image).astype(np.uint16)
                 elif image.mode == "F":
-                    raise SampleError(f"{key}.{suffix}: floating-point pixels are not read (store 8 or 16 bits)",
-                                      "unsupported image")  # fmt: skip
+                    raise SampleError(
+                        f"{key}.{suffix}: floating-point pixels are not read (store 8 or 16 bits)", "unsupported image"
+                    )
                 elif image.mode in ("L", "RGB"):
                     array = np.asarray(image)
                 elif image.mode in ("1", "LA") or (image.mode == "P" and _grey_palette(image)):
@@ -184,8 +192,9 @@ def _member(raw: RawSample, key: str | None, choices: tuple[str, ...]) -> str | 
 def _json(raw: RawSample, options: DecodeOptions) -> Any:
     text = raw.members.get("json", b"{}")
     if len(text) > options.max_json_bytes:
-        raise SampleError(f"{raw.key}.json: {len(text)} bytes is over the {options.max_json_bytes}-byte limit",
-                          "json too large")  # fmt: skip
+        raise SampleError(
+            f"{raw.key}.json: {len(text)} bytes is over the {options.max_json_bytes}-byte limit", "json too large"
+        )
     try:
         return loads_limited(text, max_bytes=options.max_json_bytes)
     except ValueError as error:  # never RecursionError: nesting is limited before parsing
@@ -199,8 +208,9 @@ def _label(raw: RawSample, options: DecodeOptions, meta: Any) -> int:
         value: Any = meta if meta is not None else _json(raw, options)
         for part in field_path.split("."):
             if not isinstance(value, dict) or part not in value:
-                raise SampleError(f"{key}.json: no field {field_path!r} (label_key={options.label_key!r})",
-                                  "missing label")  # fmt: skip
+                raise SampleError(
+                    f"{key}.json: no field {field_path!r} (label_key={options.label_key!r})", "missing label"
+                )
             value = value[part]
         where = f"{key}.json:{field_path}"
     else:
@@ -208,8 +218,11 @@ def _label(raw: RawSample, options: DecodeOptions, meta: Any) -> int:
         if suffix is None:
             if options.label_key:
                 raise SampleError(f"{key}: missing label: no .{options.label_key} member (label_key=)", "missing label")
-            raise SampleError(f"{key}: missing label: no .cls, .class, .label or .txt member (label_key= picks "
-                              "another member or a JSON field)", "missing label")  # fmt: skip
+            raise SampleError(
+                f"{key}: missing label: no .cls, .class, .label or .txt member (label_key= picks "
+                "another member or a JSON field)",
+                "missing label",
+            )
         value, where = raw.members[suffix], f"{key}.{suffix}"
     if isinstance(value, (bytes, str)):  # a member's text (the hot path) or a JSON string
         try:
@@ -221,8 +234,9 @@ def _label(raw: RawSample, options: DecodeOptions, meta: Any) -> int:
     else:
         raise SampleError(f"{where}: label {value!r:.40} is not an integer", "bad label")
     if label < 0 or (options.num_classes is not None and label >= options.num_classes):
-        raise SampleError(f"{where}: label {label} is outside 0..{(options.num_classes or 1) - 1}",
-                          "label out of range")  # fmt: skip
+        raise SampleError(
+            f"{where}: label {label} is outside 0..{(options.num_classes or 1) - 1}", "label out of range"
+        )
     return label
 
 

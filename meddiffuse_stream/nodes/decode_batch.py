@@ -39,8 +39,13 @@ Sample = dict[str, Any]
 def takes_plain_samples(options: DecodeOptions, conforms: bool) -> bool:
     """Whether the stage decodes a plain sample (a ``.png`` and an integer ``.cls``, nothing else asked for) straight
     into its slot, skipping the per-sample dict — and so whether its reader should hand plain shards over as rows."""
-    return (options.image_key in (None, "png") and options.label_key in (None, "cls") and not options.with_roi
-            and not options.with_meta and not conforms)  # fmt: skip
+    return (
+        options.image_key in (None, "png")
+        and options.label_key in (None, "cls")
+        and not options.with_roi
+        and not options.with_meta
+        and not conforms
+    )
 
 
 class DecodeBatch(ChunkNode[dict[str, Any]]):
@@ -167,8 +172,12 @@ class _Builder:
         if slot is None:
             return self._last_sample
         assert self.images is not None
-        return {"image": self.images[slot], "label": self.labels[slot], "key": self.keys[slot],
-                "is_padding": self.padding[slot]}  # fmt: skip
+        return {
+            "image": self.images[slot],
+            "label": self.labels[slot],
+            "key": self.keys[slot],
+            "is_padding": self.padding[slot],
+        }
 
     def place_plain(self, slot: int, planned: PlannedSample) -> bool:
         """Decode and place a plain sample — a plain 8-bit ``.png`` and an in-range integer ``.cls`` — straight
@@ -250,8 +259,12 @@ class _Builder:
             self.place(slot, stand_in)
             self.padding[slot] = True
         counters["padded"] += len(self.skipped)
-        chunk: dict[str, Any] = {"image": self.images, "label": np.array(self.labels, dtype=np.int64),
-                                 "key": self.keys, "is_padding": np.array(self.padding, dtype=bool)}  # fmt: skip
+        chunk: dict[str, Any] = {
+            "image": self.images,
+            "label": np.array(self.labels, dtype=np.int64),
+            "key": self.keys,
+            "is_padding": np.array(self.padding, dtype=bool),
+        }
         if self.roi is not None:
             chunk["roi"] = self.roi
         if self.with_meta:

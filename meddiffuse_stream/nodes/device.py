@@ -182,8 +182,9 @@ class _Runner:
                 if not self.thread.is_alive():
                     raise RuntimeError("the device stage's thread ended without a result") from None
         if isinstance(item, BaseException):
-            raise RuntimeError(f"device stage ({getattr(self.stage, 'method', type(self.stage).__name__)}) failed: "
-                               f"{item}") from item  # fmt: skip
+            raise RuntimeError(
+                f"device stage ({getattr(self.stage, 'method', type(self.stage).__name__)}) failed: {item}"
+            ) from item
         out, state, ready = item
         if ready is not None:
             current = torch.cuda.current_stream(self.device)

@@ -50,8 +50,15 @@ class EpochSource(BaseNode[EpochPlan]):
     ) -> None:
         super().__init__()
         self.shard_sizes = tuple(int(s) for s in shard_sizes)
-        self.settings = {"batch_size": batch_size, "seed": seed, "num_workers": num_workers, "shuffle": shuffle,
-                         "drop_last": drop_last, "buffer_size": buffer_size, "even": even}  # fmt: skip
+        self.settings = {
+            "batch_size": batch_size,
+            "seed": seed,
+            "num_workers": num_workers,
+            "shuffle": shuffle,
+            "drop_last": drop_last,
+            "buffer_size": buffer_size,
+            "even": even,
+        }
         self.rank = rank
         self.world_size = world_size
         self.plan_for(initial_epoch)  # bad settings fail here, not at the first batch

@@ -39,8 +39,11 @@ class Graph:
 
     def state_at(self, epoch: int, batches: int, layout: dict[str, Any] | None, stage: Any = None) -> dict[str, Any]:
         """The root's state for ``batches`` into ``epoch`` (what ``root.reset`` takes)."""
-        workers = {Workers.SOURCE_KEY: {EpochSource.EPOCH_KEY: epoch, EpochSource.YIELDED_KEY: False},
-                   Workers.BATCHES_KEY: batches, Workers.LAYOUT_KEY: layout}  # fmt: skip
+        workers = {
+            Workers.SOURCE_KEY: {EpochSource.EPOCH_KEY: epoch, EpochSource.YIELDED_KEY: False},
+            Workers.BATCHES_KEY: batches,
+            Workers.LAYOUT_KEY: layout,
+        }
         state = {ToTorch.SOURCE_KEY: workers}
         if self.device is not None:
             state = {DeviceStage.SOURCE_KEY: state, DeviceStage.STAGE_KEY: stage}
@@ -94,10 +97,21 @@ def default_graph(
 ) -> Graph:
     """Wire the default graph; with ``augment`` the device stage makes the device copy (on its own stream) and
     gets ``details`` and ``cpu_threads`` (see :class:`DeviceStage`)."""
-    workers = Workers(epochs, chain, method=method, prefetch=prefetch, mp_context=mp_context, counters=counters,
-                      persistent=persistent, timeout=timeout, worker_init_fn=worker_init_fn)  # fmt: skip
-    to_torch = ToTorch(workers, pin_memory=pin_memory, device=None if augment is not None else device,
-                       dtype=chain.dtype)  # fmt: skip
-    device_stage = DeviceStage(to_torch, augment, details=details, cpu_threads=cpu_threads) if augment is not None \
-        else None  # fmt: skip
+    workers = Workers(
+        epochs,
+        chain,
+        method=method,
+        prefetch=prefetch,
+        mp_context=mp_context,
+        counters=counters,
+        persistent=persistent,
+        timeout=timeout,
+        worker_init_fn=worker_init_fn,
+    )
+    to_torch = ToTorch(
+        workers, pin_memory=pin_memory, device=None if augment is not None else device, dtype=chain.dtype
+    )
+    device_stage = (
+        DeviceStage(to_torch, augment, details=details, cpu_threads=cpu_threads) if augment is not None else None
+    )
     return Graph(epochs, workers, to_torch, device_stage)

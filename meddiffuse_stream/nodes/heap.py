@@ -30,5 +30,8 @@ def keep_freed_memory(largest_block: int) -> bool:
         mallopt = ctypes.CDLL(None).mallopt
     except (OSError, AttributeError):
         return False
-    return bool(mallopt(_M_MMAP_THRESHOLD, largest_block) and mallopt(_M_TRIM_THRESHOLD, 2 * largest_block)
-                and mallopt(_M_ARENA_MAX, 1))  # fmt: skip
+    return bool(
+        mallopt(_M_MMAP_THRESHOLD, largest_block)
+        and mallopt(_M_TRIM_THRESHOLD, 2 * largest_block)
+        and mallopt(_M_ARENA_MAX, 1)
+    )

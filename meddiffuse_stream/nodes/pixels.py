@@ -24,14 +24,17 @@ def check_dtype(dtype: Any) -> str:
     """``dtype=`` as one of :data:`DTYPES` (numpy and torch dtypes of those names are accepted)."""
     name = str(dtype).removeprefix("torch.")
     if name not in DTYPES:
-        raise ValueError(f"dtype must be one of {DTYPES} (uint8/uint16: converted to float on the device), got "
-                         f"{dtype!r}")  # fmt: skip
+        raise ValueError(
+            f"dtype must be one of {DTYPES} (uint8/uint16: converted to float on the device), got {dtype!r}"
+        )
     return name
 
 
 def _too_deep(key: Any) -> ValueError:
-    return ValueError(f"{key}: a 16-bit image in a loader delivering dtype='uint8'; pass dtype='uint16' (converted "
-                      "on the device) or dtype='float32' to keep its depth")  # fmt: skip
+    return ValueError(
+        f"{key}: a 16-bit image in a loader delivering dtype='uint8'; pass dtype='uint16' (converted "
+        "on the device) or dtype='float32' to keep its depth"
+    )
 
 
 def write_image(out: np.ndarray, image: np.ndarray, key: Any) -> None:
@@ -68,9 +71,11 @@ def deliver(
         write_image(out, images, keys[0] if keys else "a batch")
         return out
     if images.dtype.kind == "f":
-        raise TypeError(f"dtype={dtype!r} delivers the stored integers, but a stage of the loader made float images "
-                        f"({keys[0] if keys else 'a batch'}...): drop dtype= or keep the stage's images "
-                        "integer")  # fmt: skip
+        raise TypeError(
+            f"dtype={dtype!r} delivers the stored integers, but a stage of the loader made float images "
+            f"({keys[0] if keys else 'a batch'}...): drop dtype= or keep the stage's images "
+            "integer"
+        )
     if dtype == "uint8":
         raise _too_deep(keys[0] if keys else "a batch")
     out = allocate(images.shape, np.uint16)

@@ -58,8 +58,9 @@ def png_columns(layout: PlainLayout, data: bytes) -> PngColumns | None:
     plain &= (head[:, 24] == 8) & ((head[:, 25] == 0) | (head[:, 25] == 2)) & (head[:, 28] == 0)
     width, height = head[:, 16:20].astype(np.int64) @ _BIG_ENDIAN, head[:, 20:24].astype(np.int64) @ _BIG_ENDIAN
     pixels = np.where(plain, width * height, 0)
-    labels = np.fromiter((_label(data[s:e]) for s, e in zip(*(c.tolist() for c in cls), strict=True)), np.int64,
-                         count=len(starts))  # fmt: skip
+    labels = np.fromiter(
+        (_label(data[s:e]) for s, e in zip(*(c.tolist() for c in cls), strict=True)), np.int64, count=len(starts)
+    )
     return PngColumns(starts, ends, pixels, labels)
 
 

@@ -64,8 +64,9 @@ def _check_sizes(shard_sizes: tuple[int, ...]) -> None:
     if any(not isinstance(n, (int, np.integer)) or isinstance(n, bool) or n < 0 for n in shard_sizes):
         raise ValueError("shard sizes must be non-negative integers")
     if sum(shard_sizes) > MAX_SPLIT_SAMPLES:
-        raise ValueError(f"{sum(shard_sizes)} samples in one split is more than the {MAX_SPLIT_SAMPLES} an epoch "
-                         "plan can hold")  # fmt: skip
+        raise ValueError(
+            f"{sum(shard_sizes)} samples in one split is more than the {MAX_SPLIT_SAMPLES} an epoch plan can hold"
+        )
 
 
 @dataclass(frozen=True)
@@ -193,9 +194,17 @@ class EpochPlan:
 
     def layout(self) -> dict[str, int | bool]:
         """What the order of an epoch depends on apart from rank and epoch: what a run resumed mid-epoch must share."""
-        return {"samples": self.total, "world_size": self.world_size, "num_workers": self.num_workers,
-                "batch_size": self.batch_size, "seed": self.seed, "shuffle": self.shuffle,
-                "drop_last": self.drop_last, "buffer_size": self.buffer_size, "even": self.even}  # fmt: skip
+        return {
+            "samples": self.total,
+            "world_size": self.world_size,
+            "num_workers": self.num_workers,
+            "batch_size": self.batch_size,
+            "seed": self.seed,
+            "shuffle": self.shuffle,
+            "drop_last": self.drop_last,
+            "buffer_size": self.buffer_size,
+            "even": self.even,
+        }
 
     def padded_count(self) -> int:
         """Samples this rank yields twice this epoch (padding to equal rank sizes)."""

@@ -110,8 +110,9 @@ class WorkerPool:
                 waited += _POLL_SECONDS
                 self._check_alive(worker, where)
                 if timeout and waited >= timeout:
-                    raise TimeoutError(f"decode worker {worker} ({self.method}) sent no batch in {timeout:g} s "
-                                       f"{where} (timeout=)") from None  # fmt: skip
+                    raise TimeoutError(
+                        f"decode worker {worker} ({self.method}) sent no batch in {timeout:g} s {where} (timeout=)"
+                    ) from None
                 continue
             if kind != "chunk" or generation != handles.generation.value:
                 if counters is not None:
@@ -144,9 +145,21 @@ class WorkerPool:
                 commands = context.Queue()
                 commands.cancel_join_thread()  # a command for a dead worker never holds up our exit
                 sender, receiver = batch_channel(context, self.prefetch)
-                process = context.Process(target=worker_loop, name=f"meddiffuse-decode-{worker}", daemon=True,
-                                          args=(worker, self.chain, commands, sender, handles.generation,
-                                                os.getpid(), use_pdeathsig, self.worker_init_fn))  # fmt: skip
+                process = context.Process(
+                    target=worker_loop,
+                    name=f"meddiffuse-decode-{worker}",
+                    daemon=True,
+                    args=(
+                        worker,
+                        self.chain,
+                        commands,
+                        sender,
+                        handles.generation,
+                        os.getpid(),
+                        use_pdeathsig,
+                        self.worker_init_fn,
+                    ),
+                )
                 process.start()
                 receiver.worker_started()
                 handles.add(process, commands, receiver)
@@ -154,9 +167,12 @@ class WorkerPool:
             handles.generation = Box()
             for worker in range(self.count):
                 commands, results = queue.Queue(), queue.Queue(self.prefetch)
-                thread = threading.Thread(target=worker_loop, name=f"meddiffuse-decode-{worker}", daemon=True,
-                                          args=(worker, self.chain, commands, results, handles.generation,
-                                                None, False, self.worker_init_fn))  # fmt: skip
+                thread = threading.Thread(
+                    target=worker_loop,
+                    name=f"meddiffuse-decode-{worker}",
+                    daemon=True,
+                    args=(worker, self.chain, commands, results, handles.generation, None, False, self.worker_init_fn),
+                )
                 thread.start()
                 handles.add(thread, commands, results)
         self._handles = handles

@@ -53,8 +53,9 @@ class ReadSamples(BaseNode[PlannedSample]):
         refs, padding = plan.worker_share(worker)
         self._padding: list[bool] = padding.tolist()  # a list: read once per sample
         cache = ShardCache(cache_dir, cache_bytes) if cache_dir else None
-        self._reader = PlannedSampleReader(source, refs, counters=self.counters, policy=policy, cache=cache,
-                                           seed=plan.seed, rows=rows)  # fmt: skip
+        self._reader = PlannedSampleReader(
+            source, refs, counters=self.counters, policy=policy, cache=cache, seed=plan.seed, rows=rows
+        )
         self._position = start
 
     def __len__(self) -> int:
@@ -78,8 +79,10 @@ class ReadSamples(BaseNode[PlannedSample]):
         """The next ``count`` planned samples at once (fewer at the end of the share): what ``count`` calls of
         ``next()`` give, without a node call per sample (the batching stage's way)."""
         items, padding = self.take_rows(count)
-        return [PlannedSample(build_row(item) if type(item) is tuple else item, pad)
-                for item, pad in zip(items, padding, strict=True)]  # fmt: skip
+        return [
+            PlannedSample(build_row(item) if type(item) is tuple else item, pad)
+            for item, pad in zip(items, padding, strict=True)
+        ]
 
     def take_rows(self, count: int) -> tuple[list[Any], list[bool]]:
         """The next ``count`` samples and whether each is padding, a plain shard's samples as

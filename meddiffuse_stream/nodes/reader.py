@@ -222,13 +222,24 @@ class PlannedSampleReader:
                 item.ref = position
                 held[position] = item
         if sample_index >= self.source.shards[shard_index].samples:
-            held[ref] = Skip(ref, f"{self.source.describe(shard_index)}: sample {sample_index} beyond the shard",
-                             kind="shard shorter than listed")  # fmt: skip
+            held[ref] = Skip(
+                ref,
+                f"{self.source.describe(shard_index)}: sample {sample_index} beyond the shard",
+                kind="shard shorter than listed",
+            )
 
     def _fetch(self, index: int) -> FetchedShard:
         rng = np.random.default_rng((self.seed, index, 7))
-        return fetch_shard(self.source, index, policy=self.policy, rng=rng, counters=self.counters, cache=self.cache,
-                          memory_limit=self.prefetch_bytes, max_member_bytes=self.max_member_bytes)  # fmt: skip
+        return fetch_shard(
+            self.source,
+            index,
+            policy=self.policy,
+            rng=rng,
+            counters=self.counters,
+            cache=self.cache,
+            memory_limit=self.prefetch_bytes,
+            max_member_bytes=self.max_member_bytes,
+        )
 
     def _open_shard(self, index: int, last_wanted: int) -> _OpenShard:
         """Shard ``index`` opened (or its failure recorded); refused members up to ``last_wanted`` are counted

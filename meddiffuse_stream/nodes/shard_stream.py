@@ -79,8 +79,14 @@ def open_shard(
             stream.seek(offset)
         return stream
 
-    return ResumableReader(open_at, what=source.describe(index), policy=policy, rng=rng,
-                           on_retry=lambda _: counters.add("retries"), hint=location.endpoint)  # fmt: skip
+    return ResumableReader(
+        open_at,
+        what=source.describe(index),
+        policy=policy,
+        rng=rng,
+        on_retry=lambda _: counters.add("retries"),
+        hint=location.endpoint,
+    )
 
 
 def _read_all(stream: Any) -> bytes:
@@ -152,8 +158,10 @@ def _check(what: str, expected_sha: str | None, actual_sha: str | None, origin: 
 
 def _check_count(what: str, found: int, listed: int, whole: bool, origin: str) -> None:
     if found > listed or (whole and found != listed):
-        raise ShardIntegrityError(f"{what}: holds {found} samples, {origin} lists {listed}; the shard and its record "
-                                  "disagree: re-run meddiffuse-stream shard (or index)")  # fmt: skip
+        raise ShardIntegrityError(
+            f"{what}: holds {found} samples, {origin} lists {listed}; the shard and its record "
+            "disagree: re-run meddiffuse-stream shard (or index)"
+        )
 
 
 class FetchedShard:
@@ -165,8 +173,16 @@ class FetchedShard:
     release the GIL) and :meth:`parse` runs where the samples are used.
     """
 
-    def __init__(self, what: str, origin: str, listed: int, data: bytes | None, spill: BinaryIO | None,
-                 max_member_bytes: int, sha256: str | None = None) -> None:  # fmt: skip
+    def __init__(
+        self,
+        what: str,
+        origin: str,
+        listed: int,
+        data: bytes | None,
+        spill: BinaryIO | None,
+        max_member_bytes: int,
+        sha256: str | None = None,
+    ) -> None:
         self.what, self.origin, self.listed = what, origin, listed
         self._data, self._spill = data, spill
         self.max_member_bytes = max_member_bytes

@@ -57,16 +57,28 @@ def open_dataset(
     splits = found.splits
     if not splits:
         if split is not None:
-            why = ("a glob, brace pattern or list of URLs names its shards itself" if found.named else
-                   "its shards carry no split (no train/, val/ folders, no train-/val- name prefixes, no split in "
-                   "its index)")  # fmt: skip
-            raise ValueError(f"split={split!r} has no meaning for {found.where}: {why}; leave split= out to read "
-                             "every shard, or point at the split's own shards")  # fmt: skip
+            why = (
+                "a glob, brace pattern or list of URLs names its shards itself"
+                if found.named
+                else "its shards carry no split (no train/, val/ folders, no train-/val- name prefixes, no split in "
+                "its index)"
+            )
+            raise ValueError(
+                f"split={split!r} has no meaning for {found.where}: {why}; leave split= out to read "
+                "every shard, or point at the split's own shards"
+            )
         return DatasetSource(found.location, None, found.shards, found.class_names, found.has_roi, None, found.origin)
     chosen = split or "train"
     shards = tuple(s for s in found.shards if s.split == chosen)
     if not shards:
         raise ValueError(f"{found.where}: no shards for split {chosen!r}; the dataset has {splits}")
     counts = found.manifest.class_counts(chosen) if found.manifest is not None else None
-    return DatasetSource(found.location, chosen, shards, found.class_names, found.has_roi,
-                         tuple(counts) if counts is not None else None, found.origin)  # fmt: skip
+    return DatasetSource(
+        found.location,
+        chosen,
+        shards,
+        found.class_names,
+        found.has_roi,
+        tuple(counts) if counts is not None else None,
+        found.origin,
+    )

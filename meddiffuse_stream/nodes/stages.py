@@ -134,5 +134,9 @@ class Filter(_OneToOne):
     def apply(self, sample: Sample) -> Sample | Skipped:
         if self.predicate(as_tensor_sample(sample)):
             return sample
-        return Skipped(self.kind, f"{sample.get('key')}: dropped by a filter", sample.get("key"),
-                       bool(sample.get("is_padding", False)))  # fmt: skip
+        return Skipped(
+            self.kind,
+            f"{sample.get('key')}: dropped by a filter",
+            sample.get("key"),
+            bool(sample.get("is_padding", False)),
+        )

@@ -109,8 +109,10 @@ def convert_chunk(chunk: dict[str, Any], dtype: str = "float32") -> dict[str, An
     image = chunk["image"]
     if isinstance(image, torch.Tensor):
         if dtype != "float32" and image.is_floating_point():
-            raise TypeError(f"dtype={dtype!r} delivers the stored integers, but a stage of the loader made float "
-                            "images: drop dtype= or keep the stage's images integer")  # fmt: skip
+            raise TypeError(
+                f"dtype={dtype!r} delivers the stored integers, but a stage of the loader made float "
+                "images: drop dtype= or keep the stage's images integer"
+            )
         tensor = image.to(torch.float32) if dtype == "float32" else image
     elif dtype == "float32":
         tensor = torch.from_numpy(to_unit_float(image))

@@ -57,8 +57,9 @@ class Workers(BaseNode[Any]):
         self.persistent = persistent
         self.timeout = timeout
         count = source.settings["num_workers"]
-        self.pool = WorkerPool(chain, count, method=method, prefetch=prefetch, mp_context=mp_context,
-                               worker_init_fn=worker_init_fn)  # fmt: skip
+        self.pool = WorkerPool(
+            chain, count, method=method, prefetch=prefetch, mp_context=mp_context, worker_init_fn=worker_init_fn
+        )
         self._plan: EpochPlan | None = None
         self._source_state: dict[str, Any] = {}
         self._batches = 0
@@ -141,8 +142,11 @@ class Workers(BaseNode[Any]):
     def get_state(self) -> dict[str, Any]:
         if self._plan is None:
             return {self.SOURCE_KEY: self.source.state_dict(), self.BATCHES_KEY: 0, self.LAYOUT_KEY: None}
-        return {self.SOURCE_KEY: self._source_state, self.BATCHES_KEY: self._batches,
-                self.LAYOUT_KEY: self._plan.layout()}  # fmt: skip
+        return {
+            self.SOURCE_KEY: self._source_state,
+            self.BATCHES_KEY: self._batches,
+            self.LAYOUT_KEY: self._plan.layout(),
+        }
 
     def close(self) -> None:
         """Stop the workers (they start again if the node is used again)."""
@@ -164,8 +168,9 @@ def resume_position(plan: EpochPlan, batches: int, layout: dict[str, Any] | None
         return 0
     if batches >= saved.num_batches:
         return plan.num_batches  # the epoch was over: the next pass starts the next one, in the new layout
-    changed = ", ".join(f"{k}: saved {v!r}, now {plan.layout()[k]!r}" for k, v in layout.items()
-                        if plan.layout()[k] != v)  # fmt: skip
+    changed = ", ".join(
+        f"{k}: saved {v!r}, now {plan.layout()[k]!r}" for k, v in layout.items() if plan.layout()[k] != v
+    )
     raise ValueError(
         f"cannot resume in the middle of epoch {plan.epoch} (batch {batches} of {saved.num_batches}) with another "
         f"layout ({changed}): which samples are left depends on it. Resume with the saved settings, or from a state "

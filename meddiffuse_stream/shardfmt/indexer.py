@@ -34,8 +34,10 @@ class IndexSummary:
 
     def table(self) -> str:
         parts = "  ".join(f"{name} {count}" for name, count in self.splits.items())
-        return (f"indexed {self.shards} shards, {self.samples} samples, {self.bytes / 1e6:.1f} MB"
-                f"{'  (' + parts + ')' if parts else ''}\nwrote {self.written}")  # fmt: skip
+        return (
+            f"indexed {self.shards} shards, {self.samples} samples, {self.bytes / 1e6:.1f} MB"
+            f"{'  (' + parts + ')' if parts else ''}\nwrote {self.written}"
+        )
 
 
 def _out_target(out: str | None, root: Location) -> tuple[str, str]:
@@ -66,8 +68,10 @@ def build_shard_index(
 
     root, found, where, named = list_shards(source, locate)
     if any(path == DATASET_JSON for path, _ in found):
-        raise ValueError(f"{where} is a meddiffuse-stream dataset: its dataset.json already lists every shard with "
-                         "its count and sha256, no index is needed")  # fmt: skip
+        raise ValueError(
+            f"{where} is a meddiffuse-stream dataset: its dataset.json already lists every shard with "
+            "its count and sha256, no index is needed"
+        )
     paths = [path for path, _ in found if path.endswith(".tar")]
     if not paths:
         raise FileNotFoundError(f"{where}: no .tar shards to index")
@@ -82,8 +86,9 @@ def build_shard_index(
         results = list(pool.map(one, paths))
     damaged = [f"{root.display(info.path)}: {problem.reason}" for info, problem in results if problem is not None]
     if damaged:
-        raise ManifestError(f"{len(damaged)} damaged shard(s), no index written (fix or remove them first): "
-                            + "; ".join(damaged[:5]))  # fmt: skip
+        raise ManifestError(
+            f"{len(damaged)} damaged shard(s), no index written (fix or remove them first): " + "; ".join(damaged[:5])
+        )
     shards = [info for info, _ in results]
     shards = list(with_path_splits(shards)) if not named else shards
     folder_url, file_name = _out_target(out, root)
@@ -99,5 +104,10 @@ def build_shard_index(
     for shard in shards:
         if shard.split is not None:
             splits[shard.split] = splits.get(shard.split, 0) + shard.samples
-    return IndexSummary(target.display(file_name), len(shards), sum(s.samples for s in shards),
-                        sum(s.bytes or 0 for s in shards), splits)  # fmt: skip
+    return IndexSummary(
+        target.display(file_name),
+        len(shards),
+        sum(s.samples for s in shards),
+        sum(s.bytes or 0 for s in shards),
+        splits,
+    )

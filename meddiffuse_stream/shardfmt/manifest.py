@@ -200,8 +200,11 @@ def parse_manifest(data: bytes, where: str) -> Manifest:
         raise _fail(where, "format_version", "missing: is this a dataset written by meddiffuse-stream shard?")
     _count(version, where, "format_version")
     if version > FORMAT_VERSION:
-        raise _fail(where, "format_version", f"{version}; this meddiffuse-stream reads up to {FORMAT_VERSION}: "
-                    "upgrade the package")  # fmt: skip
+        raise _fail(
+            where,
+            "format_version",
+            f"{version}; this meddiffuse-stream reads up to {FORMAT_VERSION}: upgrade the package",
+        )
     if "shards" not in document:
         raise _fail(where, "shards", "missing")
     if not isinstance(document["shards"], list):

@@ -80,8 +80,9 @@ def parse_shard_index(data: bytes, where: str, *, confined: bool) -> ShardIndex:
     if document.get("wids_version") != 1:
         raise _fail(where, "wids_version", f"expected 1 (a wids shard index), got {document.get('wids_version')!r:.40}")
     if document.get("datasets"):
-        raise _fail(where, "datasets", "sub-datasets (source_url indirection) are not read: list every shard in "
-                    "one shardlist")  # fmt: skip
+        raise _fail(
+            where, "datasets", "sub-datasets (source_url indirection) are not read: list every shard in one shardlist"
+        )
     entries = document.get("shardlist")
     if not isinstance(entries, list) or not entries:
         raise _fail(where, "shardlist", "expected a non-empty list of {url, nsamples} objects")

@@ -144,8 +144,9 @@ def _common_root(urls: Sequence[str]) -> tuple[str, list[str]]:
     folders = [posixpath.dirname(p) for _, p in split]
     root = posixpath.commonpath(folders) if protocol == "file" else _common_prefix_folder(folders)
     if protocol != "file" and not root:
-        raise ValueError(f"shards in several buckets ({sorted({f.split('/', 1)[0] for f in folders})}): "
-                         "a dataset lives in one")  # fmt: skip
+        raise ValueError(
+            f"shards in several buckets ({sorted({f.split('/', 1)[0] for f in folders})}): a dataset lives in one"
+        )
     relative = [posixpath.relpath(p, root) for _, p in split]
     return (root if protocol == "file" else f"{protocol}://{root}"), relative
 
@@ -196,6 +197,7 @@ def inspect_shard(location: Location, path: str, *, digest: bool) -> tuple[Shard
 
 def _count_all(location: Location, paths: list[str], sizes: Mapping[str, int], where: str, workers: int = 4):
     """Sample counts of ``paths`` (no index): headers of local shards, whole remote ones (with a warning)."""
+
     def one(path: str) -> tuple[ShardInfo, TarProblem | None, int]:
         return inspect_shard(location, path, digest=False)
 
@@ -203,8 +205,11 @@ def _count_all(location: Location, paths: list[str], sizes: Mapping[str, int], w
         results = list(pool.map(one, paths))
     for info, problem, _ in results:
         if problem is not None:
-            warnings.warn(f"{location.display(info.path)}: {problem.reason}; its first {info.samples} samples are "
-                          "used", RuntimeWarning, stacklevel=3)  # fmt: skip
+            warnings.warn(
+                f"{location.display(info.path)}: {problem.reason}; its first {info.samples} samples are used",
+                RuntimeWarning,
+                stacklevel=3,
+            )
     read = sum(r[2] for r in results)
     if read:
         warnings.warn(
@@ -226,8 +231,10 @@ def list_shards(
         location = locate(source)
         files = location.file_sizes()
         if any(p.startswith(".progress/") for p in files) and DATASET_JSON not in files:
-            raise FileNotFoundError(f"{location.url} holds an unfinished conversion (.progress/ without "
-                                    "dataset.json): re-run meddiffuse-stream shard to finish it")  # fmt: skip
+            raise FileNotFoundError(
+                f"{location.url} holds an unfinished conversion (.progress/ without "
+                "dataset.json): re-run meddiffuse-stream shard to finish it"
+            )
         keep = [(p, n) for p, n in files.items() if p in (DATASET_JSON, SHARD_INDEX) or _is_shard(p)]
         return location, keep, location.url, False
     names = [source] if isinstance(source, str) else [str(u) for u in source]
@@ -291,14 +298,20 @@ def find_shards(
         return ShardSet(location, with_path_splits(list(index.shards)), "shard index", location.display(SHARD_INDEX))
     shards = _count_all(location, paths, sizes, where)
     origin = "read to count" if not location.is_local else "counted"
-    return ShardSet(location, tuple(replace(s, split=None) for s in shards) if named else with_path_splits(shards),
-                    origin, where, named=named)  # fmt: skip
+    return ShardSet(
+        location,
+        tuple(replace(s, split=None) for s in shards) if named else with_path_splits(shards),
+        origin,
+        where,
+        named=named,
+    )
 
 
 def _from_dataset(location: Location) -> ShardSet:
     manifest = read_manifest(location)
-    return ShardSet(location, manifest.shards, "dataset.json", manifest.where, manifest.class_names,
-                    manifest.has_roi, manifest)  # fmt: skip
+    return ShardSet(
+        location, manifest.shards, "dataset.json", manifest.where, manifest.class_names, manifest.has_roi, manifest
+    )
 
 
 def _from_index_file(folder: Location, name: str, locate: Callable[[str], Location]) -> ShardSet:
@@ -316,10 +329,13 @@ def _check_index_matches(listed: Sequence[ShardInfo], sizes: Mapping[str, int], 
     missing = sorted(indexed - set(paths))
     extra = sorted(set(paths) - indexed)
     changed = sorted(s.path for s in listed if s.bytes is not None and sizes.get(s.path, s.bytes) != s.bytes)
-    for problem, items in (("lists shards the folder does not hold", missing),
-                           ("does not list shards the folder holds", extra),
-                           ("lists other sizes than the folder's for", changed)):  # fmt: skip
+    for problem, items in (
+        ("lists shards the folder does not hold", missing),
+        ("does not list shards the folder holds", extra),
+        ("lists other sizes than the folder's for", changed),
+    ):
         if items:
-            raise ManifestError(f"{where}: {problem}: {items[:5]}{' …' if len(items) > 5 else ''}; the shards "
-                                "changed since it was written: re-run meddiffuse-stream index")  # fmt: skip
-
+            raise ManifestError(
+                f"{where}: {problem}: {items[:5]}{' …' if len(items) > 5 else ''}; the shards "
+                "changed since it was written: re-run meddiffuse-stream index"
+            )

@@ -42,12 +42,14 @@ class PlainLayout:
     ones parsed (the caller keys it by their sha256). :meth:`samples` builds the samples from such bytes without
     parsing again."""
 
-    def __init__(self, keys: list[str], suffixes: list[str], bounds: list[int], starts: np.ndarray,
-                 ends: np.ndarray) -> None:  # fmt: skip
+    def __init__(
+        self, keys: list[str], suffixes: list[str], bounds: list[int], starts: np.ndarray, ends: np.ndarray
+    ) -> None:
         width = bounds[1] - bounds[0]
         pattern = suffixes[:width]
-        alike = (len(set(pattern)) == width and bool((np.diff(bounds) == width).all())
-                 and suffixes == pattern * len(keys))  # every sample: the same members, in the same order
+        alike = (
+            len(set(pattern)) == width and bool((np.diff(bounds) == width).all()) and suffixes == pattern * len(keys)
+        )  # every sample: the same members, in the same order
         self._keys = "\n".join(keys)  # one string, not one per sample: a layout is kept across epochs
         self._pattern = pattern if alike else None
         self._suffixes = None if alike else suffixes
@@ -89,8 +91,10 @@ class PlainLayout:
             return list(map(RawSample, keys, map(dict, map(zip, itertools.repeat(self._pattern), groups))))
         bounds = self._bounds.tolist()  # type: ignore[union-attr]
         suffixes = self._suffixes
-        return [RawSample(key, dict(zip(suffixes[a:b], contents[a:b], strict=True)))  # type: ignore[index]
-                for key, (a, b) in zip(keys, itertools.pairwise(bounds), strict=True)]  # fmt: skip
+        return [
+            RawSample(key, dict(zip(suffixes[a:b], contents[a:b], strict=True)))  # type: ignore[index]
+            for key, (a, b) in zip(keys, itertools.pairwise(bounds), strict=True)
+        ]
 
 
 def parse_plain(data: bytes, max_member_bytes: int) -> list[RawSample] | None:

@@ -99,10 +99,17 @@ def ustar_header(name: str, size: int) -> bytes:
         raise ValueError(f"member {name!r} of {size} bytes is too large for a USTAR header")
     header = bytearray(
         encoded.ljust(100, b"\0")
-        + b"0000444\0" + b"0000000\0" + b"0000000\0"
-        + b"%011o\0" % size + b"%011o\0" % SHARD_MTIME
-        + b" " * 8 + b"0" + b"\0" * 100 + b"ustar\x0000" + b"\0" * 247
-    )  # fmt: skip
+        + b"0000444\0"
+        + b"0000000\0"
+        + b"0000000\0"
+        + b"%011o\0" % size
+        + b"%011o\0" % SHARD_MTIME
+        + b" " * 8
+        + b"0"
+        + b"\0" * 100
+        + b"ustar\x0000"
+        + b"\0" * 247
+    )
     header[148:155] = b"%06o\0" % sum(header)
     return bytes(header)
 

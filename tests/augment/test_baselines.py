@@ -18,10 +18,17 @@ def _inputs(seed=0, rng_seed=3):
     variants = (images + 0.05 * torch.randn(6, 1, 32, 32, generator=generator)).clamp(0, 1)
     saliency = gaussian_blur(torch.rand(6, 1, 32, 32, generator=generator), 2.0)
     zeros = np.zeros(6, dtype=np.int64)
-    return BatchInputs(images, labels, F.one_hot(labels, 2).float(), [f"k{i}" for i in range(6)],
-                       np.random.default_rng(rng_seed), zeros, zeros,
-                       saliency=lambda rows: saliency if rows is None else saliency[rows],
-                       variants=lambda rows: variants if rows is None else variants[rows])  # fmt: skip
+    return BatchInputs(
+        images,
+        labels,
+        F.one_hot(labels, 2).float(),
+        [f"k{i}" for i in range(6)],
+        np.random.default_rng(rng_seed),
+        zeros,
+        zeros,
+        saliency=lambda rows: saliency if rows is None else saliency[rows],
+        variants=lambda rows: variants if rows is None else variants[rows],
+    )
 
 
 PLAIN = [name for name, spec in METHODS.items() if spec.family != "meddiffusemix"]

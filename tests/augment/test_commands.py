@@ -18,27 +18,69 @@ pytestmark = pytest.mark.slow
 def _cli(*args: str, env: dict | None = None) -> subprocess.CompletedProcess:
     import os
 
-    return subprocess.run([sys.executable, "-m", "meddiffuse_stream.cli", *args], capture_output=True, text=True,
-                          cwd=REPO, timeout=600, env={**os.environ, **(env or {})})  # fmt: skip
+    return subprocess.run(
+        [sys.executable, "-m", "meddiffuse_stream.cli", *args],
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+        timeout=600,
+        env={**os.environ, **(env or {})},
+    )
 
 
 def test_train_then_warm_in_two_parts_then_no_generator_call(tmp_path):
     data = tmp_path / "demo"
-    convert_dataset(DemoSource(n=48, size=16), None, str(data), ConvertOptions(splits={"train": 1.0}),
-                    progress=False)  # fmt: skip
-    trained = _cli("train-diffusion", str(data), str(tmp_path / "gen"), "--epochs", "1", "--batch-size", "16",
-                   "--width", "8", "--steps", "2", "--quiet")  # fmt: skip
+    convert_dataset(DemoSource(n=48, size=16), None, str(data), ConvertOptions(splits={"train": 1.0}), progress=False)
+    trained = _cli(
+        "train-diffusion",
+        str(data),
+        str(tmp_path / "gen"),
+        "--epochs",
+        "1",
+        "--batch-size",
+        "16",
+        "--width",
+        "8",
+        "--steps",
+        "2",
+        "--quiet",
+    )
     assert trained.returncode == 0, trained.stderr
     assert "saved to" in trained.stdout and (tmp_path / "gen" / "meddiffuse_generator.json").exists()
     cache = str(tmp_path / "cache")
     for index in ("0", "1"):  # an Indexed Job of two completions
         job = {"JOB_COMPLETION_INDEX": index, "JOB_COMPLETIONS": "2"}
-        part = _cli("warm-cache", str(data), "--generator", str(tmp_path / "gen"), "--cache", cache, "--variants",
-                    "2", "--batch-size", "16", "--quiet", env=job)  # fmt: skip
+        part = _cli(
+            "warm-cache",
+            str(data),
+            "--generator",
+            str(tmp_path / "gen"),
+            "--cache",
+            cache,
+            "--variants",
+            "2",
+            "--batch-size",
+            "16",
+            "--quiet",
+            env=job,
+        )
         assert part.returncode == 0, part.stderr
         assert "samples 24  generated 48" in part.stdout
-    again = _cli("warm-cache", str(data), "--generator", str(tmp_path / "gen"), "--cache", cache, "--variants", "2",
-                 "--index", "0", "--count", "1", "--quiet")  # fmt: skip
+    again = _cli(
+        "warm-cache",
+        str(data),
+        "--generator",
+        str(tmp_path / "gen"),
+        "--cache",
+        cache,
+        "--variants",
+        "2",
+        "--index",
+        "0",
+        "--count",
+        "1",
+        "--quiet",
+    )
     assert "generated 0  already cached 96" in again.stdout
 
     generator = load_generator(tmp_path / "gen")
@@ -55,8 +97,9 @@ def test_train_then_warm_in_two_parts_then_no_generator_call(tmp_path):
             calls.append(1)
             return original(*args)
 
-    stage = AugmentStage("dafusion", 2, generator=Counting(), variant_cache=cache, variants_per_sample=2,
-                         original_probability=0.0)
+    stage = AugmentStage(
+        "dafusion", 2, generator=Counting(), variant_cache=cache, variants_per_sample=2, original_probability=0.0
+    )
     with MedDiffuseLoader(str(data), 16, augment=stage, as_dict=True) as loader:
         batches = list(loader)
     assert len(batches) == 3 and not calls and stage.counters["cache_hits"] == 48

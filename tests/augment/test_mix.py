@@ -52,8 +52,9 @@ def test_weight_is_exactly_zero_on_the_evidence_and_its_margin(size, quantile, m
     generator = torch.Generator().manual_seed(seed)
     maps = torch.rand(3, 1, size, size, generator=generator)
     maps = torch.where(maps < sparsity, torch.zeros_like(maps), maps)  # sparse maps: many ties at zero
-    config = MixConfig(quantile=quantile, margin=margin, soft_mask=soft, sigma=sigma, adaptive_alpha=False,
-                       alpha_max=1.0)  # fmt: skip
+    config = MixConfig(
+        quantile=quantile, margin=margin, soft_mask=soft, sigma=sigma, adaptive_alpha=False, alpha_max=1.0
+    )
     weight = mix_weight(maps, config, torch.ones(3))
     evidence = maps > per_image_quantile(maps, quantile)
     assert torch.all(weight[evidence] == 0)
@@ -78,10 +79,17 @@ def _blob(size=64):
 def test_weight_is_smooth_everywhere(sigma):
     config = MixConfig(sigma=sigma, alpha_max=1.0, adaptive_alpha=False, margin=1, quantile=0.9)
     weight = mix_weight(_blob(), config, torch.ones(4))
-    steps = torch.cat([(weight[..., 1:, :] - weight[..., :-1, :]).abs().flatten(),
-                       (weight[..., :, 1:] - weight[..., :, :-1]).abs().flatten()])  # fmt: skip
-    hard = mix_weight(_blob(), MixConfig(sigma=sigma, alpha_max=1.0, adaptive_alpha=False, soft_mask=False, margin=1,
-                                         quantile=0.9), torch.ones(4))  # fmt: skip
+    steps = torch.cat(
+        [
+            (weight[..., 1:, :] - weight[..., :-1, :]).abs().flatten(),
+            (weight[..., :, 1:] - weight[..., :, :-1]).abs().flatten(),
+        ]
+    )
+    hard = mix_weight(
+        _blob(),
+        MixConfig(sigma=sigma, alpha_max=1.0, adaptive_alpha=False, soft_mask=False, margin=1, quantile=0.9),
+        torch.ones(4),
+    )
     hard_steps = (hard[..., :, 1:] - hard[..., :, :-1]).abs().max()
     assert weight.max() > 0
     assert steps.max() <= config.max_step(64) + 1e-6 < hard_steps
@@ -110,8 +118,10 @@ def test_the_random_field_changes_where_the_background_is_replaced():
     first = random_field(4, 32, 32, 0.3, np.random.default_rng(1))
     second = random_field(4, 32, 32, 0.3, np.random.default_rng(2))
     assert first.min() >= 0.3 and first.max() <= 1
-    one, two = mix_weight(saliency, config, torch.ones(4), field=first), mix_weight(saliency, config, torch.ones(4),
-                                                                                     field=second)  # fmt: skip
+    one, two = (
+        mix_weight(saliency, config, torch.ones(4), field=first),
+        mix_weight(saliency, config, torch.ones(4), field=second),
+    )
     assert not torch.equal(one, two)
     assert torch.equal(one == 0, two == 0), "the protected region does not depend on the field"
 

@@ -54,13 +54,11 @@ def _batch(n=4, size=32, seed=0):
     images[:, :, 8:14, 8:14] = 0.9  # the evidence: a bright blob top-left
     roi = torch.zeros(n, 1, size, size)
     roi[:, :, 8:14, 8:14] = 1
-    return {"image": images, "label": torch.ones(n, dtype=torch.long), "key": [f"k{i}" for i in range(n)],
-            "roi": roi}  # fmt: skip
+    return {"image": images, "label": torch.ones(n, dtype=torch.long), "key": [f"k{i}" for i in range(n)], "roi": roi}
 
 
 def _stage(method="meddiffusemix", **kwargs):
-    settings = dict(teacher=Energy(), saliency_method="gradients", generator=Nudge(), seed=3,
-                    original_probability=0.0)  # fmt: skip
+    settings = dict(teacher=Energy(), saliency_method="gradients", generator=Nudge(), seed=3, original_probability=0.0)
     settings.update(kwargs)
     if method not in ("meddiffusemix", "diffusemix", "genmix", "dafusion"):
         settings.pop("original_probability")
@@ -220,8 +218,16 @@ def test_methods_that_need_models_say_so():
         AugmentStage("meddiffusemix-hard-mask", 2)
 
 
-@pytest.mark.parametrize("config", [MixConfig(random_mask=True), MixConfig(adaptive_alpha=False),
-                                    MixConfig(soft_mask=False), MixConfig(check=False), MixConfig(margin=0)])
+@pytest.mark.parametrize(
+    "config",
+    [
+        MixConfig(random_mask=True),
+        MixConfig(adaptive_alpha=False),
+        MixConfig(soft_mask=False),
+        MixConfig(check=False),
+        MixConfig(margin=0),
+    ],
+)
 def test_ablations_run_and_are_deterministic(config):
     out = _stage(mix_config=config)(_batch())
     again = _stage(mix_config=config)(_batch())

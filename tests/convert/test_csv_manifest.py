@@ -20,8 +20,9 @@ def _images(root, names):
 def _convert(tmp_path, text: str | bytes, source=None, **options):
     manifest = tmp_path / "m.csv"
     manifest.write_bytes(text if isinstance(text, bytes) else text.encode())
-    convert_dataset(source or CsvSource(), str(manifest), str(tmp_path / "out"), ConvertOptions(**options),
-                    progress=False)  # fmt: skip
+    convert_dataset(
+        source or CsvSource(), str(manifest), str(tmp_path / "out"), ConvertOptions(**options), progress=False
+    )
     dataset = load_dataset(tmp_path / "out")
     check_accounting(dataset)
     return dataset
@@ -33,15 +34,28 @@ def _reasons(dataset) -> list[str]:
 
 def test_columns_named_like_pipeline_fields_are_kept_under_their_names_and_change_nothing(tmp_path):
     _images(tmp_path, "abcdefgh")
-    rows = "".join(f"{n}.png,{'x' if i % 2 else 'y'},test,k{i},99,bogus.tar,{n}.jpg,1,p{i}\n"
-                   for i, n in enumerate("abcdefgh"))  # fmt: skip
-    dataset = _convert(tmp_path, "path,label,split,key,offset,shard,source,height,patient_id\n" + rows,
-                       splits={"train": 0.5, "val": 0.5})  # fmt: skip
+    rows = "".join(
+        f"{n}.png,{'x' if i % 2 else 'y'},test,k{i},99,bogus.tar,{n}.jpg,1,p{i}\n" for i, n in enumerate("abcdefgh")
+    )
+    dataset = _convert(
+        tmp_path,
+        "path,label,split,key,offset,shard,source,height,patient_id\n" + rows,
+        splits={"train": 0.5, "val": 0.5},
+    )
     index = dataset["index"]
     assert {row["split"] for row in index} <= {"train", "val"}  # the pipeline's split, not the column's "test"
-    assert all(row["columns"] == {"split": "test", "key": f"k{row['patient_id'][1:]}", "offset": "99",
-                                  "shard": "bogus.tar", "source": row["source"][:1] + ".jpg", "height": "1"}
-               for row in index)  # fmt: skip
+    assert all(
+        row["columns"]
+        == {
+            "split": "test",
+            "key": f"k{row['patient_id'][1:]}",
+            "offset": "99",
+            "shard": "bogus.tar",
+            "source": row["source"][:1] + ".jpg",
+            "height": "1",
+        }
+        for row in index
+    )
     for row in index:
         assert row["shard"].endswith(".tar") and row["shard"] != "bogus.tar" and row["height"] == 8
         assert row["source"] == row["key"] + ".png"
@@ -64,11 +78,15 @@ def test_blank_and_unknown_labels_are_rejected_per_row_without_shifting_the_othe
 
 def test_names_mixed_with_integers_are_refused_asking_for_classes(tmp_path):
     _images(tmp_path, "abc")
-    with pytest.raises(ValueError, match=r"labels mix class names \('normal' on line 2\) and integers \('1' on line "
-                                         r"3\); pass --classes"):  # fmt: skip
+    with pytest.raises(
+        ValueError,
+        match=r"labels mix class names \('normal' on line 2\) and integers \('1' on line "
+        r"3\); pass --classes",
+    ):
         _convert(tmp_path, "path,label\na.png,normal\nb.png,1\nc.png,pneumonia\n")
-    dataset = _convert(tmp_path, "path,label\na.png,normal\nb.png,1\nc.png,pneumonia\n",
-                       CsvSource(classes=("normal", "pneumonia")))  # fmt: skip
+    dataset = _convert(
+        tmp_path, "path,label\na.png,normal\nb.png,1\nc.png,pneumonia\n", CsvSource(classes=("normal", "pneumonia"))
+    )
     assert {row["source"]: row["label"] for row in dataset["index"]} == {"a.png": 0, "b.png": 1, "c.png": 1}
 
 

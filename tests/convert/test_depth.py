@@ -26,13 +26,25 @@ def _tiff48(array: np.ndarray) -> bytes:
     """A minimal uncompressed 16-bit-per-channel RGB TIFF (Pillow reads only the high byte of each channel)."""
     height, width, _ = array.shape
     data = array.astype("<u2").tobytes()
-    entries = [(256, 3, 1, width), (257, 3, 1, height), (258, 3, 3, 134), (259, 3, 1, 1), (262, 3, 1, 2),
-               (273, 4, 1, 140), (277, 3, 1, 3), (278, 3, 1, height), (279, 4, 1, len(data)),
-               (284, 3, 1, 1)]  # fmt: skip
+    entries = [
+        (256, 3, 1, width),
+        (257, 3, 1, height),
+        (258, 3, 3, 134),
+        (259, 3, 1, 1),
+        (262, 3, 1, 2),
+        (273, 4, 1, 140),
+        (277, 3, 1, 3),
+        (278, 3, 1, height),
+        (279, 4, 1, len(data)),
+        (284, 3, 1, 1),
+    ]
     out = b"II*\0" + struct.pack("<IH", 8, len(entries))
     for tag, kind, count, value in entries:
-        out += struct.pack("<HHIHH", tag, kind, count, value, 0) if kind == 3 and count == 1 else struct.pack(
-            "<HHII", tag, kind, count, value)  # fmt: skip
+        out += (
+            struct.pack("<HHIHH", tag, kind, count, value, 0)
+            if kind == 3 and count == 1
+            else struct.pack("<HHII", tag, kind, count, value)
+        )
     return out + struct.pack("<I", 0) + struct.pack("<HHH", 16, 16, 16) + data
 
 
@@ -45,8 +57,13 @@ def test_48_bit_png_is_stored_at_16_bits_and_read_back_exactly(tmp_path):
     loaded = image_from_bytes(_png48(deep))
     assert loaded.image.dtype == np.uint16 and np.array_equal(loaded.image, deep)
     out = tmp_path / "out"
-    convert_dataset(ImageFolderSource(), str(tmp_path / "in"), str(out), ConvertOptions(splits={"train": 1.0},
-                    channels=3), progress=False)  # fmt: skip
+    convert_dataset(
+        ImageFolderSource(),
+        str(tmp_path / "in"),
+        str(out),
+        ConvertOptions(splits={"train": 1.0}, channels=3),
+        progress=False,
+    )
     dataset = load_dataset(out)
     check_accounting(dataset)
     assert np.array_equal(decode_png(dataset["samples"]["a_deep"]["png"]), deep)
@@ -90,15 +107,22 @@ def test_a_tiff_pyramid_is_not_silently_reduced_to_a_thumbnail():
     with pytest.raises(RejectError, match="pages differ in size"):
         image_from_bytes(pyramid)
     assert [f.shape for f in image_from_bytes(pyramid, rules=ReadRules(frames="all")).frames] == [
-        (16, 16), (8, 8), (4, 4)
-    ]  # fmt: skip
+        (16, 16),
+        (8, 8),
+        (4, 4),
+    ]
 
 
 def test_every_frame_becomes_a_sample_and_the_books_count_inputs(tmp_path):
     src = make_imagefolder(tmp_path / "in", {"a": 2, "b": 2}, size=8)
     (src / "a" / "stack.tif").write_bytes(_pages("TIFF", [(8, 8)] * 3))
-    summary = convert_dataset(ImageFolderSource(), str(src), str(tmp_path / "out"),
-                              ConvertOptions(splits={"train": 1.0}, frames="all"), progress=False)  # fmt: skip
+    summary = convert_dataset(
+        ImageFolderSource(),
+        str(src),
+        str(tmp_path / "out"),
+        ConvertOptions(splits={"train": 1.0}, frames="all"),
+        progress=False,
+    )
     assert (summary.found, summary.converted, summary.samples) == (5, 5, 7)
     dataset = load_dataset(tmp_path / "out")
     assert dataset["info"]["counts"] == {"found": 5, "converted": 5, "rejected": 0, "samples": 7}
@@ -135,8 +159,9 @@ def test_float_pcam_patches_are_scaled_by_their_documented_range_or_rejected(tmp
     assert "pass --float-range" in (tmp_path / "o2" / "rejects.jsonl").read_text()
     fine = [rng.random((96, 96, 3)), rng.random((96, 96, 3))]  # not 8-bit values: kept at 16 bits
     src = _float_pcam(tmp_path / "fine", fine)
-    convert_dataset(PcamSource(float_range=(0.0, 1.0)), str(src), str(tmp_path / "o3"), ConvertOptions(),
-                    progress=False)  # fmt: skip
+    convert_dataset(
+        PcamSource(float_range=(0.0, 1.0)), str(src), str(tmp_path / "o3"), ConvertOptions(), progress=False
+    )
     stored = decode_png(load_dataset(tmp_path / "o3")["samples"]["pcam_val_0000001"]["png"])
     assert stored.dtype == np.uint16 and np.abs(stored / 65535 - fine[1]).max() < 1e-4
 
@@ -145,18 +170,19 @@ def test_mixed_sizes_and_channels_are_warned_and_channels_unify_them(tmp_path):
     src = make_imagefolder(tmp_path / "in", {"a": 3, "b": 3}, size=8)
     write_image(src / "a" / "wide.png", np.zeros((8, 12), np.uint8))
     write_image(src / "b" / "colour.png", np.full((8, 8, 3), (200, 10, 10), np.uint8))
-    summary = convert_dataset(ImageFolderSource(), str(src), str(tmp_path / "o1"), ConvertOptions(),
-                              progress=False)  # fmt: skip
+    summary = convert_dataset(ImageFolderSource(), str(src), str(tmp_path / "o1"), ConvertOptions(), progress=False)
     text = summary.table()
     assert "warning: images have 2 different sizes (8x8: 7, 12x8: 1)" in text and "--resize" in text
     assert "warning: grey and colour images are mixed (1 channel: 7, 3 channels: 1)" in text
     assert "--channels 1 or --channels 3" in text
-    summary = convert_dataset(ImageFolderSource(), str(src), str(tmp_path / "o2"),
-                              ConvertOptions(resize=8, channels=1), progress=False)  # fmt: skip
+    summary = convert_dataset(
+        ImageFolderSource(), str(src), str(tmp_path / "o2"), ConvertOptions(resize=8, channels=1), progress=False
+    )
     assert summary.warnings == [] and summary.notes["converted to 1 channel(s) (--channels)"] == 1
     dataset = load_dataset(tmp_path / "o2")
     grey = next(decode_png(s["png"]) for k, s in dataset["samples"].items() if k == "b_colour")
     assert grey.shape == (8, 8) and int(grey[0, 0]) == round(0.299 * 200 + 0.587 * 10 + 0.114 * 10)
-    summary = convert_dataset(ImageFolderSource(), str(src), str(tmp_path / "o3"),
-                              ConvertOptions(resize=8, channels=3), progress=False)  # fmt: skip
+    summary = convert_dataset(
+        ImageFolderSource(), str(src), str(tmp_path / "o3"), ConvertOptions(resize=8, channels=3), progress=False
+    )
     assert summary.warnings == [] and {r["channels"] for r in load_dataset(tmp_path / "o3")["index"]} == {3}

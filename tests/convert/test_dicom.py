@@ -83,8 +83,13 @@ def test_a_window_a_viewer_ignores_is_ignored_counted_and_the_stored_range_kept(
 
 
 def test_zero_window_mr_in_every_transfer_syntax_converts():
-    for name in ("MR_small_RLE.dcm", "MR_small_jpeg_ls_lossless.dcm", "MR_small_jp2klossless.dcm",
-                 "MR_small_bigendian.dcm", "MR2_J2KR.dcm"):  # fmt: skip
+    for name in (
+        "MR_small_RLE.dcm",
+        "MR_small_jpeg_ls_lossless.dcm",
+        "MR_small_jp2klossless.dcm",
+        "MR_small_bigendian.dcm",
+        "MR2_J2KR.dcm",
+    ):
         ds = pydicom.dcmread(get_testdata_file(name))
         ds.WindowCenter, ds.WindowWidth = 0, 0
         loaded = dicom_from_bytes(_bytes(ds))
@@ -144,8 +149,9 @@ def test_colour_is_decoded_once_and_matches_the_rgb_reference(name, reference):
     assert np.array_equal(loaded.image, expected)
 
 
-@pytest.mark.parametrize("name", ["SC_ybr_full_uncompressed.dcm", "SC_ybr_full_422_uncompressed.dcm",
-                                  "SC_rgb_jpeg_dcmtk.dcm"])  # fmt: skip
+@pytest.mark.parametrize(
+    "name", ["SC_ybr_full_uncompressed.dcm", "SC_ybr_full_422_uncompressed.dcm", "SC_rgb_jpeg_dcmtk.dcm"]
+)
 def test_ybr_colour_matches_the_original_rgb_within_conversion_rounding(name):
     loaded = dicom_from_bytes(_file(name)).image.astype(np.int64)
     original = _reference("SC_rgb.dcm").astype(np.int64)
@@ -162,8 +168,9 @@ def test_palette_colour_is_the_same_in_every_encoding_and_kept_at_8_bits_when_ex
     from pydicom.pixels import apply_color_lut
 
     assert np.array_equal(little.image, (apply_color_lut(ds.pixel_array, ds) >> 8).astype(np.uint8))
-    assert np.array_equal(dicom_from_bytes(_file("gdcm-US-ALOKA-16.dcm")).image,
-                          dicom_from_bytes(_file("gdcm-US-ALOKA-16_big.dcm")).image)  # fmt: skip
+    assert np.array_equal(
+        dicom_from_bytes(_file("gdcm-US-ALOKA-16.dcm")).image, dicom_from_bytes(_file("gdcm-US-ALOKA-16_big.dcm")).image
+    )
 
 
 def test_16_bit_colour_is_kept_at_16_bits_and_32_bit_is_refused():

@@ -54,8 +54,11 @@ def test_breakhis_labels_subtypes_patients_and_no_leak(tmp_path):
     assert "unknown tumour type 'X'" in dataset["rejects"][0]["reason"]
     row = next(r for r in dataset["index"] if r["source"].endswith("SOB_M_DC-14-22551AB-100-002.png"))
     assert (row["label"], row["subtype"], row["magnification"], row["patient_id"]) == (
-        1, "ductal_carcinoma", 100, "14-22551AB"
-    )  # fmt: skip
+        1,
+        "ductal_carcinoma",
+        100,
+        "14-22551AB",
+    )
     _assert_no_patient_leak(dataset)
     subtype = _convert(BreakHisSource(label="subtype", magnifications=(40,)), src, tmp_path / "sub")
     assert subtype["info"]["num_classes"] == 8 and {r["magnification"] for r in subtype["index"]} == {40}
@@ -77,9 +80,12 @@ def test_mura_keeps_official_split_and_study_labels(tmp_path):
     dataset = _convert(MuraSource(), root, tmp_path / "out")
     assert dataset["info"]["official_splits"] and set(dataset["info"]["splits"]) == {"train", "val"}
     assert dataset["rejects"] == [
-        {"key": None, "path": "MURA-v1.1/valid/XR_ELBOW/patient11185/study1_positive/image9.png",
-         "reason": "referenced file is missing"}
-    ]  # fmt: skip
+        {
+            "key": None,
+            "path": "MURA-v1.1/valid/XR_ELBOW/patient11185/study1_positive/image9.png",
+            "reason": "referenced file is missing",
+        }
+    ]
     by_patient = {r["patient_id"]: (r["split"], r["label"], r["body_part"]) for r in dataset["index"]}
     assert by_patient == {
         "patient00001": ("train", 1, "shoulder"),

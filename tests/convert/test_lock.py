@@ -22,8 +22,14 @@ pytestmark = pytest.mark.timeout(180)
 
 
 def _cli(*args: str, env: dict | None = None) -> subprocess.Popen:
-    return subprocess.Popen([sys.executable, "-m", "meddiffuse_stream.cli", *args], cwd=REPO, text=True,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env)  # fmt: skip
+    return subprocess.Popen(
+        [sys.executable, "-m", "meddiffuse_stream.cli", *args],
+        cwd=REPO,
+        text=True,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        env=env,
+    )
 
 
 def test_a_second_conversion_into_a_locked_out_fails_at_once_naming_the_holder(tmp_path):
@@ -105,8 +111,9 @@ def test_lease_lock_on_memory_storage_refuses_a_second_holder_and_detects_stalen
 
 
 @pytest.mark.s3
-def test_s3_second_conversion_fails_at_once_and_a_stale_lease_is_taken_over(s3_server, s3_bucket, tmp_path,
-                                                                             monkeypatch):  # fmt: skip
+def test_s3_second_conversion_fails_at_once_and_a_stale_lease_is_taken_over(
+    s3_server, s3_bucket, tmp_path, monkeypatch
+):
     src = make_imagefolder(tmp_path / "in", {"a": 3, "b": 3}, size=8)
     out_url = f"{s3_bucket}/ds"
     options = s3_server.storage_options
@@ -115,8 +122,9 @@ def test_s3_second_conversion_fails_at_once_and_a_stale_lease_is_taken_over(s3_s
     holder = acquire_lock(out)
     started = time.monotonic()
     with pytest.raises(OutputLockedError, match="is being written by another conversion"):
-        convert_dataset(ImageFolderSource(), str(src), out_url, ConvertOptions(), storage_options=options,
-                        progress=False)  # fmt: skip
+        convert_dataset(
+            ImageFolderSource(), str(src), out_url, ConvertOptions(), storage_options=options, progress=False
+        )
     env = {**os.environ, **s3_server.env}
     process = _cli("shard", "imagefolder", str(src), out_url, "--quiet", env=env)
     _, stderr = process.communicate(timeout=60)
@@ -125,8 +133,9 @@ def test_s3_second_conversion_fails_at_once_and_a_stale_lease_is_taken_over(s3_s
     holder._stop.set()  # killed without releasing
     monkeypatch.setattr(lock_module, "STALE_AFTER_SECONDS", 1.0)
     time.sleep(1.5)
-    summary = convert_dataset(ImageFolderSource(), str(src), out_url, ConvertOptions(), storage_options=options,
-                              progress=False)  # fmt: skip
+    summary = convert_dataset(
+        ImageFolderSource(), str(src), out_url, ConvertOptions(), storage_options=options, progress=False
+    )
     assert summary.converted == 6 and any(n.startswith("OUT was locked") for n in summary.notes)
     with pytest.raises(OutputLockedError, match="lost its lock"):
         holder.verify()  # the old holder, were it alive, must not commit

@@ -50,7 +50,15 @@ if __name__ == "__main__":  # ddp_spawn imports this file again in each rank
         ModelCheckpoint(dirpath=out / "ckpt", filename="{step}", every_n_train_steps=5, save_top_k=-1),
         ModelCheckpoint(dirpath=out / "ckpt", filename="end-{epoch}", save_on_train_epoch_end=True, save_top_k=-1),
     ]
-    trainer = L.Trainer(accelerator="cpu", devices=devices, strategy=strategy, max_epochs=2, logger=False,
-                        enable_progress_bar=False, enable_model_summary=False, callbacks=checkpoints,
-                        default_root_dir=out)  # fmt: skip
+    trainer = L.Trainer(
+        accelerator="cpu",
+        devices=devices,
+        strategy=strategy,
+        max_epochs=2,
+        logger=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        callbacks=checkpoints,
+        default_root_dir=out,
+    )
     trainer.fit(Model(out, (len(train), len(val))), train_dataloaders=train, val_dataloaders=val, ckpt_path=resume)

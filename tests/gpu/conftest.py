@@ -29,8 +29,13 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
 def demo(tmp_path_factory: pytest.TempPathFactory) -> str:
     """Demo data with lesion masks (ROI), 32 px: 96 train and 24 val samples in shards of 17."""
     root = tmp_path_factory.mktemp("gpu") / "demo"
-    convert_dataset(DemoSource(n=120, size=32), None, str(root),
-                    ConvertOptions(splits={"train": 0.8, "val": 0.2}, shard_size=17), progress=False)  # fmt: skip
+    convert_dataset(
+        DemoSource(n=120, size=32),
+        None,
+        str(root),
+        ConvertOptions(splits={"train": 0.8, "val": 0.2}, shard_size=17),
+        progress=False,
+    )
     return str(root)
 
 

@@ -49,8 +49,9 @@ class TimedStage(AugmentStage):
 
 
 def _overlap(first: list[tuple[float, float]], second: list[tuple[float, float]]) -> float:
-    return sum(max(0.0, min(a_end, b_end) - max(a_start, b_start)) for a_start, a_end in first
-               for b_start, b_end in second)  # fmt: skip
+    return sum(
+        max(0.0, min(a_end, b_end) - max(a_start, b_start)) for a_start, a_end in first for b_start, b_end in second
+    )
 
 
 def test_the_stage_runs_on_a_side_stream_overlapping_the_training_stream(demo, record_figure):
@@ -107,9 +108,19 @@ def _meddiffusemix(cache: str) -> AugmentStage:
     teacher = SmallCNN(1, 2, width=8).eval()
     generator = ClassConditionalGenerator.create(32, 1, 2, width=16, steps=3)
     # every sample mixed (no originals, no confidence gate for this untrained teacher), one result per sample
-    return AugmentStage("meddiffusemix", 2, teacher=teacher, generator=generator, variant_cache=cache, device="cuda",
-                        seed=0, variants_per_sample=1, mask_draws=1, original_probability=0.0,
-                        mix_config=MixConfig(min_confidence=0.0))  # fmt: skip
+    return AugmentStage(
+        "meddiffusemix",
+        2,
+        teacher=teacher,
+        generator=generator,
+        variant_cache=cache,
+        device="cuda",
+        seed=0,
+        variants_per_sample=1,
+        mask_draws=1,
+        original_probability=0.0,
+        mix_config=MixConfig(min_confidence=0.0),
+    )
 
 
 def test_meddiffusemix_on_cuda_gives_the_same_bytes_cold_and_warm(demo, tmp_path):

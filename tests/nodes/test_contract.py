@@ -41,8 +41,16 @@ def plan(source):
 
 
 def _epochs(source, workers=2, **settings):
-    return EpochSource(tuple(s.samples for s in source.shards), 8, seed=3, num_workers=workers, buffer_size=16,
-                       rank=0, world_size=1, **settings)  # fmt: skip
+    return EpochSource(
+        tuple(s.samples for s in source.shards),
+        8,
+        seed=3,
+        num_workers=workers,
+        buffer_size=16,
+        rank=0,
+        world_size=1,
+        **settings,
+    )
 
 
 def _brighter(image):
@@ -192,8 +200,9 @@ def test_resume_mid_epoch_with_another_world_size_is_refused_at_the_end_allowed(
     for _ in node:
         pass
     end = node.state_dict()
-    other = Workers(EpochSource(tuple(s.samples for s in source.shards), 8, seed=3, buffer_size=16, rank=1,
-                                world_size=2), chain)  # fmt: skip
+    other = Workers(
+        EpochSource(tuple(s.samples for s in source.shards), 8, seed=3, buffer_size=16, rank=1, world_size=2), chain
+    )
     with pytest.raises(ValueError, match=r"world_size: saved 1, now 2"):
         other.reset(mid)
     other.reset(end)
@@ -204,8 +213,9 @@ def test_resume_mid_epoch_with_another_world_size_is_refused_at_the_end_allowed(
 
 def test_filter_drops_are_skipped_and_filled(source, plan):
     counters = Counters()
-    node = Batch(Filter(Decode(_read(source, plan), source, DecodeOptions()), _odd_keys, kind="even key"), 8,
-                 counters=counters)  # fmt: skip
+    node = Batch(
+        Filter(Decode(_read(source, plan), source, DecodeOptions()), _odd_keys, kind="even key"), 8, counters=counters
+    )
     chunks = list(node)
     planned = len(plan.worker_refs(1))
     assert sum(len(c["key"]) for c in chunks) == planned, "batch sizes do not change"
@@ -217,7 +227,10 @@ def test_filter_drops_are_skipped_and_filled(source, plan):
 
 def test_plan_marks_rank_padding(source):
     sizes = tuple(s.samples for s in source.shards)
-    marked = sum(int(EpochPlan(sizes, 8, rank=r, world_size=3, num_workers=2).worker_padding(w).sum())
-                 for r in range(3) for w in range(2))  # fmt: skip
+    marked = sum(
+        int(EpochPlan(sizes, 8, rank=r, world_size=3, num_workers=2).worker_padding(w).sum())
+        for r in range(3)
+        for w in range(2)
+    )
     assert marked == (-sum(sizes)) % 3 == 2
     assert not dataclasses.replace(EpochPlan(sizes, 8, rank=2, world_size=3), even=False).worker_padding(0).any()

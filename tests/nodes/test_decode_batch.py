@@ -64,8 +64,9 @@ def _grey_items() -> list[PlannedSample]:
 
 def _run(items: list[PlannedSample], dtype: str, fast: bool, on_error: str = "skip", batch: int = 5) -> tuple:
     counters = Counters()
-    node = DecodeBatch(IterableWrapper(items), SOURCE, OPTIONS, batch, dtype=dtype, on_error=on_error,
-                       counters=counters)  # fmt: skip
+    node = DecodeBatch(
+        IterableWrapper(items), SOURCE, OPTIONS, batch, dtype=dtype, on_error=on_error, counters=counters
+    )
     node._plain = fast
     node.reset(None)
     return [{k: (v.copy() if isinstance(v, np.ndarray) else v) for k, v in chunk.items()} for chunk in node], counters
@@ -75,8 +76,9 @@ def _run(items: list[PlannedSample], dtype: str, fast: bool, on_error: str = "sk
 def test_the_fast_path_gives_the_full_decodes_batches_and_counts(dtype, monkeypatch):
     items = _grey_items()[:10] + [_sample(12, b"not a png at all")] * 2  # the second batch ends in two skips
     full_decodes = []
-    monkeypatch.setattr(decode_batch, "decode_planned", lambda item, *rest: full_decodes.append(item) or
-                        decode_planned(item, *rest))  # fmt: skip
+    monkeypatch.setattr(
+        decode_batch, "decode_planned", lambda item, *rest: full_decodes.append(item) or decode_planned(item, *rest)
+    )
     fast, fast_counts = _run(items, dtype, fast=True)
     assert [item.item.key for item in full_decodes[1:]] == ["k1", "k3", "k5", "k6", "k7", "k12", "k12"]  # others: fast
     full, full_counts = _run(items, dtype, fast=False)

@@ -26,10 +26,15 @@ def not_seven(sample):
 
 def _graph(source, shuffle=True):
     epochs = nodes.EpochSource([s.samples for s in source.shards], 8, seed=0, num_workers=2, shuffle=shuffle)
-    chain = nodes.WorkerChain(source, nodes.DecodeOptions(num_classes=len(source.class_names)),
-                              stages=(functools.partial(nodes.Map, fn=window),
-                                      functools.partial(nodes.ImageMap, fn=mirror),
-                                      functools.partial(nodes.Filter, predicate=not_seven, kind="sevens")))  # fmt: skip
+    chain = nodes.WorkerChain(
+        source,
+        nodes.DecodeOptions(num_classes=len(source.class_names)),
+        stages=(
+            functools.partial(nodes.Map, fn=window),
+            functools.partial(nodes.ImageMap, fn=mirror),
+            functools.partial(nodes.Filter, predicate=not_seven, kind="sevens"),
+        ),
+    )
     return nodes.Workers(epochs, chain), nodes.ToTorch
 
 
@@ -49,7 +54,8 @@ def test_readme_custom_graph(tmp_path):
     batch = next(iter(Loader(to_torch(ordered))))
     keep = ~batch["is_padding"]  # a dropped seven's slot holds a stand-in
     assert [k.split("@")[0] for k, kept in zip(batch["key"], keep, strict=True) if kept] == [
-        k for k in first["key"] if not k.endswith("7")]
+        k for k in first["key"] if not k.endswith("7")
+    ]
     expected = ((first["image"] - 0.1) / 0.8).clamp(0, 1).flip(-1)
     assert torch.allclose(batch["image"][keep], expected[keep]), "Map then ImageMap ran on the decoded images"
 

@@ -157,8 +157,9 @@ def test_a_reader_asked_for_rows_hands_them_over_only_through_take_rows(tmp_path
     source = DatasetSource(Location(str(tmp_path)), "train", (ShardInfo("s.tar", samples=12, bytes=len(SHARD)),))
     from meddiffuse_stream.nodes.epochs import EpochSource
 
-    plan = EpochSource((12,), 4, seed=3, rank=0, world_size=1, num_workers=1, shuffle=True, drop_last=False,
-                       buffer_size=12, even=True).plan_for(0)  # fmt: skip
+    plan = EpochSource(
+        (12,), 4, seed=3, rank=0, world_size=1, num_workers=1, shuffle=True, drop_last=False, buffer_size=12, even=True
+    ).plan_for(0)
     as_rows, built, plain = (ReadSamples(source, plan, rows=rows) for rows in (True, True, False))
     for node in (as_rows, built, plain):
         node.reset(None)
@@ -167,7 +168,8 @@ def test_a_reader_asked_for_rows_hands_them_over_only_through_take_rows(tmp_path
     assert plain._reader.rows is False  # the old way: the parsed list, no rows anywhere
     taken = built.take(5) + [next(built) for _ in range(7)]
     expected = [next(plain) for _ in range(12)]
-    assert [(p.item.key, p.item.ref, p.padding) for p in taken] == [(p.item.key, p.item.ref, p.padding)
-                                                                      for p in expected]  # fmt: skip
+    assert [(p.item.key, p.item.ref, p.padding) for p in taken] == [
+        (p.item.key, p.item.ref, p.padding) for p in expected
+    ]
     assert [(rows.keys[index], ref) for rows, index, ref in items] == [(p.item.key, p.item.ref) for p in expected]
     assert all(type(p.item) is RawSample for p in taken) and padding == [p.padding for p in expected]

@@ -38,8 +38,18 @@ def test_every_sample_once_per_epoch_and_equal_batches_on_every_rank(
     seen: Counter = Counter()
     counts = set()
     for rank in range(world):
-        plan = EpochPlan(tuple(sizes), batch, seed=5, epoch=epoch, rank=rank, world_size=world,
-                         num_workers=workers, shuffle=shuffle, drop_last=drop_last, buffer_size=7)  # fmt: skip
+        plan = EpochPlan(
+            tuple(sizes),
+            batch,
+            seed=5,
+            epoch=epoch,
+            rank=rank,
+            world_size=world,
+            num_workers=workers,
+            shuffle=shuffle,
+            drop_last=drop_last,
+            buffer_size=7,
+        )
         batches = _rank_batches(plan)
         counts.add(len(batches))
         assert len(batches) == plan.num_batches

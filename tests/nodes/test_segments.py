@@ -132,8 +132,9 @@ def dataset(tmp_path_factory):
 
 def _reference(dataset, dtype):
     """The same batches from thread workers, which share memory without segments."""
-    with MedDiffuseLoader(dataset, 8, num_workers=2, worker_method="thread", shuffle=True, seed=5, as_dict=True,
-                          dtype=dtype) as loader:
+    with MedDiffuseLoader(
+        dataset, 8, num_workers=2, worker_method="thread", shuffle=True, seed=5, as_dict=True, dtype=dtype
+    ) as loader:
         return [{k: b[k].clone() for k in ("image", "label")} | {"key": b["key"]} for _ in range(2) for b in loader]
 
 
@@ -227,13 +228,18 @@ def test_without_shared_memory_batches_go_through_the_socket_with_a_warning(data
     import subprocess
     import sys
 
-    with MedDiffuseLoader(dataset, 96, num_workers=2, worker_method="thread", shuffle=True, seed=5,
-                          as_dict=True) as loader:  # fmt: skip
-        expected = [(k, hashlib.sha256(i.numpy().tobytes()).hexdigest())
-                    for b in loader for k, i in zip(b["key"], b["image"], strict=True)]  # fmt: skip
+    with MedDiffuseLoader(
+        dataset, 96, num_workers=2, worker_method="thread", shuffle=True, seed=5, as_dict=True
+    ) as loader:
+        expected = [
+            (k, hashlib.sha256(i.numpy().tobytes()).hexdigest())
+            for b in loader
+            for k, i in zip(b["key"], b["image"], strict=True)
+        ]
     assert 96 * 32 * 32 * 4 > COPY_THRESHOLD, "batches must be large enough to want a segment"
-    result = subprocess.run([sys.executable, "-c", _NO_FILE_GROWTH, dataset, chain], capture_output=True, text=True,
-                            timeout=100)  # fmt: skip
+    result = subprocess.run(
+        [sys.executable, "-c", _NO_FILE_GROWTH, dataset, chain], capture_output=True, text=True, timeout=100
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     assert [tuple(row) for row in json.loads(result.stdout.strip().splitlines()[-1])] == expected
     warned = result.stderr.count("shared batch memory unavailable")

@@ -39,8 +39,9 @@ def _where(kind: str, tmp_path) -> str:
 
 def _load(source: DatasetSource, limit: int) -> tuple[list, Counters]:
     counters = Counters()
-    loaded = fetch_shard(source, 0, policy=RetryPolicy(), rng=np.random.default_rng(0), counters=counters,
-                        memory_limit=limit).parse()  # fmt: skip
+    loaded = fetch_shard(
+        source, 0, policy=RetryPolicy(), rng=np.random.default_rng(0), counters=counters, memory_limit=limit
+    ).parse()
     try:
         return list(loaded.items), counters
     finally:

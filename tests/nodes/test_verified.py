@@ -26,8 +26,9 @@ def _load(root, memory_limit: int = 1 << 20) -> tuple[list[str], Counters]:
     info = ShardInfo("s.tar", samples=4, bytes=len(SHARD), sha256=hashlib.sha256(SHARD).hexdigest())
     source = DatasetSource(Location(str(root)), "train", (info,))
     counters = Counters()
-    loaded = fetch_shard(source, 0, policy=RetryPolicy(), rng=np.random.default_rng(0), counters=counters,
-                        memory_limit=memory_limit).parse()  # fmt: skip
+    loaded = fetch_shard(
+        source, 0, policy=RetryPolicy(), rng=np.random.default_rng(0), counters=counters, memory_limit=memory_limit
+    ).parse()
     try:
         return [item.key for item in loaded.items if isinstance(item, RawSample)], counters
     finally:

@@ -19,8 +19,13 @@ SHA = "0" * 64
 
 def _doc(**changes) -> dict:
     shard = {"path": "train/train-000000.tar", "split": "train", "samples": 10, "bytes": 20480, "sha256": SHA}
-    document = {"format_version": 1, "class_names": ["a", "b"], "num_classes": 2, "shards": [shard],
-                "splits": {"train": {"samples": 10, "classes": {"a": 4, "b": 6}}}}  # fmt: skip
+    document = {
+        "format_version": 1,
+        "class_names": ["a", "b"],
+        "num_classes": 2,
+        "shards": [shard],
+        "splits": {"train": {"samples": 10, "classes": {"a": 4, "b": 6}}},
+    }
     document.update(changes)
     return document
 
@@ -49,7 +54,9 @@ BAD = {
     "bool samples": (_doc(shards=[_shard(samples=True)], splits={}), "shards[0].samples", "integer"),
     "absurd samples": (_doc(shards=[_shard(samples=10**12, bytes=None)], splits={}), "shards[0].samples", "allows"),
     "more samples than bytes": (
-        _doc(shards=[_shard(samples=100, bytes=5000)], splits={}), "shards[0].samples", "cannot fit"
+        _doc(shards=[_shard(samples=100, bytes=5000)], splits={}),
+        "shards[0].samples",
+        "cannot fit",
     ),
     "absolute path": (_doc(shards=[_shard(path="/etc/passwd")]), "shards[0].path", "absolute"),
     "other bucket": (_doc(shards=[_shard(path="/other-bucket/key.tar")]), "shards[0].path", "absolute"),
@@ -64,10 +71,14 @@ BAD = {
     "unknown split": (_doc(shards=[_shard(split="val")]), "shards[0].split", "not among splits"),
     "split total": (_doc(splits={"train": {"samples": 9}}), "splits.train.samples", "its shards hold 10"),
     "class counts": (
-        _doc(splits={"train": {"samples": 10, "classes": {"a": 1, "b": 2}}}), "splits.train.classes", "add up"
+        _doc(splits={"train": {"samples": 10, "classes": {"a": 1, "b": 2}}}),
+        "splits.train.classes",
+        "add up",
     ),
     "unknown class": (
-        _doc(splits={"train": {"samples": 10, "classes": {"z": 10}}}), "splits.train.classes", "not among class_names"
+        _doc(splits={"train": {"samples": 10, "classes": {"z": 10}}}),
+        "splits.train.classes",
+        "not among class_names",
     ),
     "class names repeat": (_doc(class_names=["a", "a"], num_classes=2), "class_names", "repeat"),
     "class names not strings": (_doc(class_names=[1, 2]), "class_names", "strings"),
@@ -114,8 +125,9 @@ def _dataset_dir(root: Path, document) -> Path:
 
 
 @pytest.mark.timeout(30)
-@pytest.mark.parametrize("case", ["not json", "no shards", "negative samples", "absurd samples", "dot dot",
-                                  "absolute path", "listed twice"])  # fmt: skip
+@pytest.mark.parametrize(
+    "case", ["not json", "no shards", "negative samples", "absurd samples", "dot dot", "absolute path", "listed twice"]
+)
 def test_the_loader_refuses_a_bad_manifest_before_reading_anything(tmp_path, case):
     document, _, words = BAD[case]
     root = _dataset_dir(tmp_path / "ds", document)

@@ -125,11 +125,23 @@ def test_members_per_sample_are_bounded_and_the_sample_is_one_refused_position()
 
 
 def test_a_refused_member_makes_its_whole_sample_one_position():
-    shard = (sample("a") + member("b.png", b"1") + member("b.png", b"2") + member("b.cls", b"0")
-             + member("c.png", b"x", kind=b"2") + member("c.cls", b"0") + sample("d") + END)  # fmt: skip
+    shard = (
+        sample("a")
+        + member("b.png", b"1")
+        + member("b.png", b"2")
+        + member("b.cls", b"0")
+        + member("c.png", b"x", kind=b"2")
+        + member("c.cls", b"0")
+        + sample("d")
+        + END
+    )
     items = _read(shard)
-    assert _shape(items) == [("sample", "a", False), ("problem", "b", False), ("problem", "c", False),
-                             ("sample", "d", False)]  # fmt: skip
+    assert _shape(items) == [
+        ("sample", "a", False),
+        ("problem", "b", False),
+        ("problem", "c", False),
+        ("sample", "d", False),
+    ]
 
 
 class _CountingFile(io.BytesIO):
@@ -157,8 +169,14 @@ def test_count_samples_reads_headers_only_and_agrees_with_the_reader():
 
 
 def test_every_read_terminates_on_every_cut_of_a_hostile_shard():
-    shard = (pax(pax_record("path", "p" * 200 + ".png")) + member("x", b"abc") + gnu_long_name("q" * 200 + ".cls")
-             + member("y", b"1") + sample("z") + END)  # fmt: skip
+    shard = (
+        pax(pax_record("path", "p" * 200 + ".png"))
+        + member("x", b"abc")
+        + gnu_long_name("q" * 200 + ".cls")
+        + member("y", b"1")
+        + sample("z")
+        + END
+    )
     for cut in range(0, len(shard), 7):
         items = _read(shard[:cut])
         assert all(isinstance(i, (RawSample, TarProblem)) for i in items)

@@ -72,7 +72,8 @@ ODDITIES = {
     "over the member limit": member("a.png", b"1" * 2000) + END,
     "uneven samples, suffixes in a repeating order": b"".join(
         member(name, b"1") for name in ("a.png", "a.cls", "b.png", "c.cls", "c.png", "c.cls")
-    ) + END,
+    )
+    + END,
     "trailing bytes after the end": sample("a") + END + member("z.png", b"1"),
     "a NUL inside a name": member("a.png", b"1")[:3] + b"\0" + member("a.png", b"1")[4:] + END,
 }
@@ -85,8 +86,17 @@ def test_every_oddity_steps_aside_or_agrees(case):
 
 
 def test_refusals_are_left_to_the_streaming_reader():
-    for case in ("absolute path", "parent path", "duplicate suffix", "key comes back", "truncated member",
-                 "bad checksum", "over the member limit", "pax path", "gnu long name"):  # fmt: skip
+    for case in (
+        "absolute path",
+        "parent path",
+        "duplicate suffix",
+        "key comes back",
+        "truncated member",
+        "bad checksum",
+        "over the member limit",
+        "pax path",
+        "gnu long name",
+    ):
         assert parse_plain(ODDITIES[case], 1000) is None, case
 
 
@@ -114,11 +124,14 @@ def _ustar_inside(data: bytes) -> bytes:
     return bytes(block)
 
 
-@pytest.mark.parametrize("samples", [
-    sample("a") + member("b.png", _ustar_inside(b"")) + member("b.cls", b"1") + END,  # a false header: walked
-    member("a.png", b"1") + member("a.cls", b"0") + member("b.png", b"2") + member("c.cls", b"1") + END,  # uneven
-    member("d/a.png", b"1") + member("d/a.seg.png", b"2") + member("e.f/b.png", b"3") + END,  # folders, dots
-])  # fmt: skip
+@pytest.mark.parametrize(
+    "samples",
+    [
+        sample("a") + member("b.png", _ustar_inside(b"")) + member("b.cls", b"1") + END,  # a false header: walked
+        member("a.png", b"1") + member("a.cls", b"0") + member("b.png", b"2") + member("c.cls", b"1") + END,  # uneven
+        member("d/a.png", b"1") + member("d/a.seg.png", b"2") + member("e.f/b.png", b"3") + END,  # folders, dots
+    ],
+)
 def test_shards_found_at_once_or_walked_give_the_streaming_readers_samples(samples):
     fast = parse_plain(samples, MAX_MEMBER_BYTES)
     assert fast is not None and fast == _slow(samples)

@@ -40,8 +40,15 @@ def _identity(inputs: BatchInputs) -> Augmented:
 def _meddiffusemix(stage: Any) -> Apply:
     from ..meddiffusemix import MedDiffuseMixer
 
-    return MedDiffuseMixer(stage.mix_config, stage.saliency, stage.variants, stage.cache, stage.counters,
-                           mask_seed=stage.variant_seed, cache_results=stage.cache_results)  # fmt: skip
+    return MedDiffuseMixer(
+        stage.mix_config,
+        stage.saliency,
+        stage.variants,
+        stage.cache,
+        stage.counters,
+        mask_seed=stage.variant_seed,
+        cache_results=stage.cache_results,
+    )
 
 
 def _plain(apply: Apply) -> Callable[[Any], Apply]:
@@ -71,8 +78,14 @@ METHODS: dict[str, MethodSpec] = {
         MethodSpec("diffusemix", "generative", _plain(diffusemix), needs_variants=True, shows_originals=True),
         MethodSpec("genmix", "generative", _plain(genmix), needs_variants=True, shows_originals=True),
         MethodSpec("dafusion", "generative", _plain(dafusion), needs_variants=True, shows_originals=True),
-        MethodSpec("meddiffusemix", "meddiffusemix", _meddiffusemix, needs_saliency=True, needs_variants=True,
-                   shows_originals=True),
+        MethodSpec(
+            "meddiffusemix",
+            "meddiffusemix",
+            _meddiffusemix,
+            needs_saliency=True,
+            needs_variants=True,
+            shows_originals=True,
+        ),
     )
 }
 
@@ -87,19 +100,21 @@ class Preset:
 
 
 PRESETS: dict[str, Preset] = {
-    "meddiffusemix-random-mask": Preset("meddiffusemix", {"random_mask": True},
-                                        "a random box of the evidence's area is protected instead"),
+    "meddiffusemix-random-mask": Preset(
+        "meddiffusemix", {"random_mask": True}, "a random box of the evidence's area is protected instead"
+    ),
     "meddiffusemix-fixed-alpha": Preset("meddiffusemix", {"adaptive_alpha": False}, "strength not adapted"),
     "meddiffusemix-hard-mask": Preset("meddiffusemix", {"soft_mask": False}, "no blur at the mask's edge"),
     "meddiffusemix-no-margin": Preset("meddiffusemix", {"margin": 0}, "no margin around the evidence"),
     "meddiffusemix-no-check": Preset("meddiffusemix", {"check": False}, "no preservation check"),
-}  # fmt: skip
+}
 
 
 def get_method(name: str) -> MethodSpec:
     if name not in METHODS:
-        raise ValueError(f"unknown augment method {name!r}; choose from {sorted(METHODS)} "
-                         f"or a preset {sorted(PRESETS)}")  # fmt: skip
+        raise ValueError(
+            f"unknown augment method {name!r}; choose from {sorted(METHODS)} or a preset {sorted(PRESETS)}"
+        )
     return METHODS[name]
 
 
