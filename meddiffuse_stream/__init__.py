@@ -1,20 +1,22 @@
 """meddiffuse-stream: medical image datasets as WebDataset shards, streamed for training with MedDiffuseMix.
 
-Importing the package is cheap: the conversion API needs no torch; torch-based parts load on first use.
+Importing the package is cheap and needs no torch: every public name is loaded on first use, so the conversion
+tools start fast and install without torch.
 """
 
 from __future__ import annotations
 
-import importlib.metadata
+import importlib
+from typing import TYPE_CHECKING, Any
 
-try:  # one version, the one pyproject.toml declares and the installed package carries
-    __version__ = importlib.metadata.version("meddiffuse-stream")
-except importlib.metadata.PackageNotFoundError:  # pragma: no cover - a source tree on sys.path, never installed
-    __version__ = "0+unknown"
+from ._version import __version__
 
-from .convert import FORMATS, ConversionError, ConvertOptions, convert_dataset
-from .demo_data import DemoSource
-from .storage import Location
+if TYPE_CHECKING:
+    from .convert import FORMATS, ConversionError, ConvertOptions, convert_dataset
+    from .jobs.demo_data import DemoSource
+    from .loader import MedDiffuseLoader
+    from .nodes.to_torch import unit_float
+    from .storage import Location, RetryPolicy
 
 __all__ = [
     "FORMATS",
@@ -29,20 +31,28 @@ __all__ = [
     "unit_float",
 ]
 
+# public name -> the module that defines it (torch-based ones import torch when first used)
+_HOMES = {
+    "FORMATS": ".convert",
+    "ConversionError": ".convert",
+    "ConvertOptions": ".convert",
+    "DemoSource": ".jobs.demo_data",
+    "Location": ".storage",
+    "MedDiffuseLoader": ".loader",
+    "RetryPolicy": ".storage",
+    "convert_dataset": ".convert",
+    "unit_float": ".nodes.to_torch",
+}
 
-def __getattr__(name: str):
-    """``MedDiffuseLoader`` and ``unit_float`` import torch: loaded on first use, so conversion tools start fast
-    without it."""
-    if name == "MedDiffuseLoader":
-        from .loader import MedDiffuseLoader
 
-        return MedDiffuseLoader
-    if name == "unit_float":
-        from .nodes.to_torch import unit_float
+def __getattr__(name: str) -> Any:
+    home = _HOMES.get(name)
+    if home is None:
+        raise AttributeError(f"module 'meddiffuse_stream' has no attribute {name!r}")
+    value = getattr(importlib.import_module(home, __name__), name)
+    globals()[name] = value  # later lookups skip this function
+    return value
 
-        return unit_float
-    if name == "RetryPolicy":
-        from .retry import RetryPolicy
 
-        return RetryPolicy
-    raise AttributeError(f"module 'meddiffuse_stream' has no attribute {name!r}")
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(__all__))

@@ -8,11 +8,11 @@ import re
 import sys
 from collections.abc import Sequence
 
-from .cli_augment import add_augment_options, stage_from_args
 from .convert import FORMATS, FRAME_CHOICES, ConversionError, ConvertOptions, convert_dataset
 from .convert.base import DEFAULT_MAX_FILE_BYTES, DEFAULT_MAX_PIXELS
 from .convert.splits import parse_split_spec
-from .demo_data import MODALITIES, DemoSource
+from .jobs.augment_options import add_augment_options, stage_from_args
+from .jobs.demo_data import MODALITIES, DemoSource
 from .storage import parse_storage_options
 from .user_errors import one_line_error
 
@@ -276,7 +276,7 @@ def _run_demo(args: argparse.Namespace) -> int:
 
 
 def _run_train_diffusion(args: argparse.Namespace) -> int:
-    from .augment.train_generator import train_generator
+    from .jobs.train_generator import train_generator
 
     result = train_generator(
         args.dataset,
@@ -302,7 +302,7 @@ def _run_train_diffusion(args: argparse.Namespace) -> int:
 
 
 def _run_warm_cache(args: argparse.Namespace) -> int:
-    from .augment.warm import warm_cache
+    from .jobs.warm_cache import warm_cache
 
     totals = warm_cache(
         args.dataset,
@@ -323,7 +323,7 @@ def _run_warm_cache(args: argparse.Namespace) -> int:
 
 
 def _configured_stage(args: argparse.Namespace):
-    from .train import training_device
+    from .jobs.train import training_device
 
     # the device training will use (cuda:LOCAL_RANK under torchrun), not CUDA's current device: every rank's
     # stage would otherwise run on cuda:0
@@ -332,7 +332,7 @@ def _configured_stage(args: argparse.Namespace):
 
 
 def _run_train(args: argparse.Namespace) -> int:
-    from .train import TrainConfig, train
+    from .jobs.train import TrainConfig, train
 
     config = TrainConfig(
         args.dataset,
@@ -374,8 +374,8 @@ def _run_train(args: argparse.Namespace) -> int:
 
 
 def _run_preview(args: argparse.Namespace) -> int:
+    from .jobs.preview import render_preview
     from .loader import MedDiffuseLoader
-    from .preview import render_preview
 
     stage = stage_from_args(args, args.dataset) or args.augment
     with MedDiffuseLoader(
@@ -407,7 +407,7 @@ def _run_index(args: argparse.Namespace) -> int:
 
 
 def _run_experiment(args: argparse.Namespace) -> int:
-    from .experiment import run_experiment
+    from .jobs.experiment import run_experiment
 
     out = run_experiment(args.config)
     print((out / "results.md").read_text())

@@ -23,7 +23,6 @@ from typing import Any
 import torch
 
 from .counters import Counters
-from .loader_args import check_count, either, reject_unknown
 from .nodes.chain import Stage, WorkerChain
 from .nodes.decode import DecodeOptions, check_member_keys
 from .nodes.epochs import EpochSource
@@ -33,7 +32,8 @@ from .nodes.plan import EpochPlan
 from .nodes.source import DatasetSource, open_dataset
 from .nodes.stages import Map
 from .nodes.workers import resume_position
-from .retry import RetryPolicy
+from .options import check_count, either, reject_unknown
+from .storage import RetryPolicy
 
 __all__ = ["MedDiffuseLoader", "sample_shape"]
 

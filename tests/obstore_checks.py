@@ -11,8 +11,8 @@ import time
 
 import numpy as np
 
-from meddiffuse_stream.object_reader import ObstoreReader, s3_config
-from meddiffuse_stream.retry import is_transient
+from meddiffuse_stream.storage.object_reader import ObstoreReader, s3_config
+from meddiffuse_stream.storage.retry import is_transient
 
 
 def _reader(endpoint: str, bucket: str, key: str, secret: str) -> ObstoreReader:

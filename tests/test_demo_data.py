@@ -5,7 +5,7 @@ import pytest
 from readback import check_accounting, load_dataset, pixels
 
 from meddiffuse_stream import ConvertOptions, DemoSource, convert_dataset
-from meddiffuse_stream.demo_data import render_sample
+from meddiffuse_stream.jobs.demo_data import render_sample
 
 
 def test_same_seed_same_pixels_another_seed_others():

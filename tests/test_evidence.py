@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from meddiffuse_stream import ConvertOptions, DemoSource, convert_dataset
-from meddiffuse_stream.evidence import evidence_metrics
+from meddiffuse_stream.jobs.evidence import evidence_metrics
 from meddiffuse_stream.models import SmallCNN
 
 

@@ -13,7 +13,7 @@ from PIL import Image
 
 from meddiffuse_stream import ConvertOptions, DemoSource, convert_dataset
 from meddiffuse_stream.augment.diffusion import ClassConditionalGenerator
-from meddiffuse_stream.experiment import summarise
+from meddiffuse_stream.jobs.experiment import summarise
 from meddiffuse_stream.models import SmallCNN
 
 REPO = Path(__file__).resolve().parents[1]
@@ -111,7 +111,7 @@ def test_subset_keeps_whole_patients_and_other_splits(setup, tmp_path):
     import json
 
     from meddiffuse_stream import MedDiffuseLoader
-    from meddiffuse_stream.subset import subset_dataset
+    from meddiffuse_stream.jobs.subset import subset_dataset
 
     info = subset_dataset(str(setup / "demo"), str(tmp_path / "half"), 0.5, seed=3, shard_size=7)
     original = json.loads((setup / "demo" / "dataset.json").read_text())
@@ -196,7 +196,7 @@ def test_reading_reads_each_comparison_once_at_the_largest_fraction_and_against_
 
 
 def test_experiment_config_is_strict(tmp_path):
-    from meddiffuse_stream.experiment_config import load_experiment_config
+    from meddiffuse_stream.jobs.experiment_config import load_experiment_config
 
     def load(extra):
         path = tmp_path / "c.yaml"
@@ -235,7 +235,7 @@ def test_experiment_config_is_strict(tmp_path):
 
 
 def test_subset_choice_takes_whole_patients():
-    from meddiffuse_stream.subset import _choose_keys
+    from meddiffuse_stream.jobs.subset import _choose_keys
 
     rows = [{"key": f"k{i}", "patient_id": f"p{i // 3}"} for i in range(60)]  # 20 patients, 3 images each
     chosen = _choose_keys(rows, 0.3, seed=1)

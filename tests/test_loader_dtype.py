@@ -153,7 +153,7 @@ def test_the_device_stage_takes_uint8_batches_as_their_float_values(grey):
 
 def test_training_on_uint8_batches_ends_with_the_float_run_weights(tmp_path):
     from meddiffuse_stream import DemoSource
-    from meddiffuse_stream.train import TrainConfig, train
+    from meddiffuse_stream.jobs.train import TrainConfig, train
 
     convert_dataset(
         DemoSource(n=40, size=16),

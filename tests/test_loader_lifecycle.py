@@ -191,7 +191,7 @@ def test_exit_does_not_wait_for_a_prefetch_in_its_back_off():
     result = _run(
         """
         import threading, time
-        from meddiffuse_stream.nodes.prefetch import ShardPrefetcher
+        from meddiffuse_stream.nodes.reading.prefetch import ShardPrefetcher
         never = threading.Event()
         prefetcher = ShardPrefetcher(lambda index: None if index == 0 else never.wait(600), [0, 1], {0, 1})
         prefetcher.get(0)  # returns at once and starts fetching shard 1, which never ends

@@ -10,7 +10,7 @@ import pytest
 from loader_helpers import uneven_dataset
 
 from meddiffuse_stream import MedDiffuseLoader
-from meddiffuse_stream.retry import ResumableReader, RetryPolicy, ShardReadError, is_transient
+from meddiffuse_stream.storage.retry import ResumableReader, RetryPolicy, ShardReadError, is_transient
 
 
 def _keys(loader):

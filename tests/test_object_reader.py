@@ -15,10 +15,10 @@ import numpy as np
 import obstore_checks
 import pytest
 
-from meddiffuse_stream import object_reader
-from meddiffuse_stream.object_reader import MODE_VARIABLE, reader_for, s3_config, store_settings
-from meddiffuse_stream.retry import is_transient
-from meddiffuse_stream.storage import Location
+from meddiffuse_stream.storage import object_reader
+from meddiffuse_stream.storage.location import Location
+from meddiffuse_stream.storage.object_reader import MODE_VARIABLE, reader_for, s3_config, store_settings
+from meddiffuse_stream.storage.retry import is_transient
 
 KEYS = {"key": "AK", "secret": "SK"}
 TRANSLATED = {"access_key_id": "AK", "secret_access_key": "SK"}

@@ -12,9 +12,9 @@ from loader_helpers import uneven_dataset
 from s3_proxy import fault_proxy, silent_endpoint
 
 from meddiffuse_stream import MedDiffuseLoader, RetryPolicy
-from meddiffuse_stream.retry import ShardReadError
 from meddiffuse_stream.shardfmt.manifest import ManifestError
-from meddiffuse_stream.storage import Location
+from meddiffuse_stream.storage.location import Location
+from meddiffuse_stream.storage.retry import ShardReadError
 
 pytestmark = [pytest.mark.s3]
 

@@ -13,7 +13,7 @@ import pytest
 import torch
 
 from meddiffuse_stream import ConvertOptions, DemoSource, convert_dataset
-from meddiffuse_stream.metrics import classification_metrics, roc_auc
+from meddiffuse_stream.jobs.metrics import classification_metrics, roc_auc
 
 REPO = Path(__file__).resolve().parents[1]
 ENV = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONHASHSEED": "0"}  # one thread: bit-reproducible CPU training

@@ -20,7 +20,7 @@ import torch
 import torch.nn.functional as F
 from process_memory import rss_of_tree
 
-from meddiffuse_stream.augment.factory import build_stage
+from meddiffuse_stream.jobs.stage_factory import build_stage
 from meddiffuse_stream.loader import MedDiffuseLoader, sample_shape
 from meddiffuse_stream.models import build_model
 

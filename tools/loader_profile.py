@@ -73,9 +73,9 @@ def stage_profile(root: str, batch_size: int = 64, dtype: str = "float32", repea
     """µs of CPU per sample for each stage (the least of ``repeats`` passes), decoded the default chain's way."""
     from meddiffuse_stream.nodes.chain import WorkerChain
     from meddiffuse_stream.nodes.decode import DecodeOptions, decode_plain_png, decode_sample
-    from meddiffuse_stream.nodes.layouts import plain_samples
     from meddiffuse_stream.nodes.pixels import write_image
     from meddiffuse_stream.nodes.read import ReadSamples
+    from meddiffuse_stream.nodes.reading.layouts import plain_samples
     from meddiffuse_stream.shardfmt.tar import MAX_MEMBER_BYTES, RawSample, iter_samples
     from meddiffuse_stream.shardfmt.tar_fast import parse_plain
 
@@ -164,7 +164,7 @@ class _Handoff:
     received, converted to tensors (and pinned, with CUDA), dropped, and its segment goes back to the pool."""
 
     def __init__(self, dtype: str) -> None:
-        from meddiffuse_stream.nodes.segments import SegmentMaps, SegmentPool
+        from meddiffuse_stream.nodes.transport.segments import SegmentMaps, SegmentPool
 
         self.dtype = dtype
         self.pool, self.maps = SegmentPool(keep=4), SegmentMaps()
@@ -175,7 +175,7 @@ class _Handoff:
         import torch
 
         from meddiffuse_stream.nodes.to_torch import convert_chunk
-        from meddiffuse_stream.nodes.wire import pack, unpack
+        from meddiffuse_stream.nodes.transport.wire import pack, unpack
 
         marks = [time.process_time()]
         message, segments = pack(chunk, self.pool)

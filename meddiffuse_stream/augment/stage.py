@@ -74,7 +74,7 @@ class AugmentStage:
     ) -> None:
         if method in PRESETS:
             raise ValueError(
-                f"{method!r} is a preset: build it with meddiffuse_stream.augment.factory.build_stage "
+                f"{method!r} is a preset: build it with meddiffuse_stream.jobs.stage_factory.build_stage "
                 f"or pass method={PRESETS[method].method!r} with mix_config=MixConfig(...)"
             )
         self.spec = get_method(method)

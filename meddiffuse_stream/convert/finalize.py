@@ -8,7 +8,7 @@ from collections import Counter
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from .. import __version__
+from .._version import __version__
 from ..shardfmt.manifest import FORMAT_VERSION, REJECTS_JSONL, write_manifest
 from ..shardfmt.parquet import write_sample_index
 from ..storage import Location

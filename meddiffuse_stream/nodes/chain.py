@@ -15,7 +15,7 @@ from typing import Any
 from torchdata.nodes import BaseNode
 
 from ..counters import Counters
-from ..retry import RetryPolicy
+from ..storage import RetryPolicy
 from .batch import Batch
 from .conform import Conform, check_conform, conform_sample
 from .decode import DecodeOptions

@@ -6,7 +6,7 @@ the same pass (see :mod:`~meddiffuse_stream.nodes.pixels`), and that array is al
 it (a shared segment in a worker process: nothing is stacked, pickled or copied again). Skips, padding, counters
 and state are :class:`~meddiffuse_stream.nodes.batch.Batch`'s: a skipped slot holds a copy of the last good
 sample of the worker, marked ``is_padding``. Samples of plain shards come from the reader as rows
-(:mod:`~meddiffuse_stream.nodes.plain_rows`): their headers and labels were checked once per shard, so a plain
+(:mod:`~meddiffuse_stream.nodes.reading.plain_rows`): their headers and labels were checked once per shard, so a plain
 row costs its decode and its copy into the batch and little else.
 """
 
@@ -26,7 +26,7 @@ from .decode import DecodeOptions, decode_plain_png, spng_decoder
 from .errors import LoaderDataError
 from .items import PlannedSample, Skipped
 from .pixels import write_image
-from .plain_rows import Row, build_row
+from .reading.plain_rows import Row, build_row
 from .source import DatasetSource
 from .stages import decode_planned
 
@@ -202,7 +202,7 @@ class _Builder:
 
     def place_row(self, slot: int, row: Row, padding: bool) -> bool:
         """:meth:`place_plain` for a row of a plain shard: its header and label were checked once for the shard
-        (:func:`~meddiffuse_stream.nodes.plain_rows.png_columns`), so only the decode is left per sample; False
+        (:func:`~meddiffuse_stream.nodes.reading.plain_rows.png_columns`), so only the decode is left per sample; False
         (nothing placed) where the row is not plain, which then takes the way of any other sample."""
         rows, index, _ = row
         label, pixels = rows.labels[index], rows.pixels[index]

@@ -27,8 +27,8 @@ from typing import Any
 import torch
 from torchdata.nodes import BaseNode
 
-from .lifecycle import close_at_exit
 from .to_torch import to_device
+from .transport.lifecycle import close_at_exit
 
 __all__ = ["DeviceStage", "torch_threads"]
 

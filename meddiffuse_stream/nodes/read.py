@@ -7,12 +7,11 @@ from typing import Any
 from torchdata.nodes import BaseNode
 
 from ..counters import Counters
-from ..retry import RetryPolicy
-from ..shard_cache import ShardCache
+from ..storage import RetryPolicy, ShardCache
 from .items import PlannedSample
-from .plain_rows import build_row
 from .plan import EpochPlan
-from .reader import PlannedSampleReader
+from .reading.plain_rows import build_row
+from .reading.reader import PlannedSampleReader
 from .source import DatasetSource
 
 __all__ = ["ReadSamples"]
@@ -26,7 +25,7 @@ class ReadSamples(BaseNode[PlannedSample]):
     of its samples is yielded. State ``{"position": samples yielded from the worker's share}``.
 
     ``rows=True`` lets :meth:`take_rows` hand samples of plain shards over as unbuilt rows (see
-    :mod:`~meddiffuse_stream.nodes.plain_rows`); ``next()`` and :meth:`take` give ``RawSample`` either way.
+    :mod:`~meddiffuse_stream.nodes.reading.plain_rows`); ``next()`` and :meth:`take` give ``RawSample`` either way.
     """
 
     POSITION_KEY = "position"
@@ -86,7 +85,7 @@ class ReadSamples(BaseNode[PlannedSample]):
 
     def take_rows(self, count: int) -> tuple[list[Any], list[bool]]:
         """The next ``count`` samples and whether each is padding, a plain shard's samples as
-        :data:`~meddiffuse_stream.nodes.plain_rows.Row` where ``rows=True``: the fused batch stage's way."""
+        :data:`~meddiffuse_stream.nodes.reading.plain_rows.Row` where ``rows=True``: the fused batch stage's way."""
         items = self._reader.take(count)
         start, self._position = self._position, self._position + len(items)
         return items, self._padding[start : self._position]

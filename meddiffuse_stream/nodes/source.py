@@ -12,10 +12,9 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from ..retry import RetryPolicy
 from ..shardfmt.manifest import ShardInfo
 from ..shardfmt.sources import find_shards
-from ..storage import Location
+from ..storage import Location, RetryPolicy
 
 __all__ = ["DatasetSource", "ShardInfo", "open_dataset"]
 

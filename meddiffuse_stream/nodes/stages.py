@@ -15,7 +15,7 @@ from torchdata.nodes import BaseNode
 from .decode import DecodeOptions, SampleError, decode_sample
 from .errors import LoaderDataError
 from .items import PlannedSample, Skipped, as_tensor_sample
-from .reader import Skip
+from .reading.reader import Skip
 from .source import DatasetSource
 
 __all__ = ["Decode", "Filter", "ImageMap", "Map", "decode_planned"]

@@ -22,7 +22,7 @@ from ..counters import Counters
 from .chain import WorkerChain
 from .epochs import EpochSource
 from .plan import EpochPlan
-from .pool import WorkerPool
+from .transport.pool import WorkerPool
 
 __all__ = ["Workers", "resume_position"]
 

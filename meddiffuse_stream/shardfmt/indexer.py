@@ -15,8 +15,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from typing import Any
 
-from ..retry import RetryPolicy
-from ..storage import Location
+from ..storage import Location, RetryPolicy
 from .manifest import DATASET_JSON, ManifestError, ShardInfo
 from .shardindex import SHARD_INDEX, dump_shard_index, parse_shard_index, shard_index_document
 from .sources import inspect_shard, list_shards, with_path_splits
@@ -61,7 +60,7 @@ def build_shard_index(
     progress: Callable[[int], None] | None = None,
 ) -> IndexSummary:
     """Read every shard of ``source`` and write its shard index (see the module docstring)."""
-    from .. import __version__
+    from .._version import __version__
 
     def locate(url: str) -> Location:
         return Location(url, storage_options, retry=retry)

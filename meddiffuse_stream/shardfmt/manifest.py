@@ -229,7 +229,7 @@ def parse_manifest(data: bytes, where: str) -> Manifest:
 
 
 def read_manifest(location: Any) -> Manifest:
-    """The validated ``dataset.json`` of a dataset :class:`~meddiffuse_stream.storage.Location`."""
+    """The validated ``dataset.json`` of a dataset :class:`~meddiffuse_stream.storage.location.Location`."""
     return parse_manifest(location.read_bytes(DATASET_JSON), location.display(DATASET_JSON))
 
 

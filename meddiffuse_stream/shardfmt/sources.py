@@ -31,8 +31,7 @@ from typing import Any
 
 import fsspec
 
-from ..retry import RetryPolicy
-from ..storage import Location
+from ..storage import Location, RetryPolicy
 from .manifest import DATASET_JSON, Manifest, ManifestError, ShardInfo, read_manifest
 from .shardindex import SHARD_INDEX, parse_shard_index
 from .tar import TarProblem, count_samples

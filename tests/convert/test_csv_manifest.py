@@ -163,7 +163,7 @@ def test_paths_outside_the_manifest_folder_and_absolute_paths_work_locally(tmp_p
 
 def test_train_fraction_subset_of_a_manifest_with_a_split_column_keeps_train_shards(tmp_path):
     """Before, a ``split`` column overwrote the index's split: the subset found no train rows."""
-    from meddiffuse_stream.subset import subset_dataset
+    from meddiffuse_stream.jobs.subset import subset_dataset
 
     names = [f"i{n:02d}" for n in range(20)]
     _images(tmp_path, names)

@@ -15,7 +15,7 @@ from builders import make_imagefolder
 from meddiffuse_stream.convert import ConvertOptions, ImageFolderSource, OutputLockedError, convert_dataset
 from meddiffuse_stream.convert import lock as lock_module
 from meddiffuse_stream.convert.lock import LOCK_NAME, acquire_lock
-from meddiffuse_stream.storage import Location
+from meddiffuse_stream.storage.location import Location
 
 REPO = Path(__file__).resolve().parents[2]
 pytestmark = pytest.mark.timeout(180)

@@ -12,8 +12,8 @@ from pathlib import Path
 
 import torch
 
-import meddiffuse_stream.train as training
-from meddiffuse_stream.train import TrainConfig, train
+import meddiffuse_stream.jobs.train as training
+from meddiffuse_stream.jobs.train import TrainConfig, train
 
 REPO = Path(__file__).resolve().parents[2]
 

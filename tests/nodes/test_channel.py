@@ -7,7 +7,7 @@ import struct
 
 import pytest
 
-from meddiffuse_stream.nodes.channel import WorkerGone, batch_channel
+from meddiffuse_stream.nodes.transport.channel import WorkerGone, batch_channel
 
 
 def _half_a_message(sender) -> None:

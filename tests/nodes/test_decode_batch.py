@@ -17,12 +17,12 @@ from meddiffuse_stream.nodes.decode import DecodeOptions
 from meddiffuse_stream.nodes.decode_batch import DecodeBatch
 from meddiffuse_stream.nodes.errors import LoaderDataError
 from meddiffuse_stream.nodes.items import PlannedSample
-from meddiffuse_stream.nodes.reader import Skip
+from meddiffuse_stream.nodes.reading.reader import Skip
 from meddiffuse_stream.nodes.source import DatasetSource
 from meddiffuse_stream.nodes.stages import decode_planned
 from meddiffuse_stream.shardfmt.manifest import ShardInfo
 from meddiffuse_stream.shardfmt.tar import RawSample
-from meddiffuse_stream.storage import Location
+from meddiffuse_stream.storage.location import Location
 
 SOURCE = DatasetSource(Location("/nonexistent"), "train", (ShardInfo("s.tar", samples=99),))
 OPTIONS = DecodeOptions(num_classes=3, class_names=("a", "b", "c"))

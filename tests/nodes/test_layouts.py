@@ -9,8 +9,8 @@ import io
 import pytest
 from tar_bytes import END, member, sample
 
-from meddiffuse_stream.nodes import layouts
-from meddiffuse_stream.nodes.plain_rows import PlainRows
+from meddiffuse_stream.nodes.reading import layouts
+from meddiffuse_stream.nodes.reading.plain_rows import PlainRows
 from meddiffuse_stream.shardfmt.tar import MAX_MEMBER_BYTES, iter_samples
 
 ALIKE = b"".join(sample(f"k{i}", png=bytes([i]) * 700) for i in range(5)) + END

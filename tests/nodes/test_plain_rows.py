@@ -17,13 +17,13 @@ from meddiffuse_stream.nodes.decode import DecodeOptions
 from meddiffuse_stream.nodes.decode_batch import DecodeBatch
 from meddiffuse_stream.nodes.errors import LoaderDataError
 from meddiffuse_stream.nodes.items import PlannedSample
-from meddiffuse_stream.nodes.plain_rows import PlainRows, png_columns
 from meddiffuse_stream.nodes.read import ReadSamples
+from meddiffuse_stream.nodes.reading.plain_rows import PlainRows, png_columns
 from meddiffuse_stream.nodes.source import DatasetSource
 from meddiffuse_stream.shardfmt.manifest import ShardInfo
 from meddiffuse_stream.shardfmt.tar import MAX_MEMBER_BYTES, RawSample, iter_samples
 from meddiffuse_stream.shardfmt.tar_fast import plain_layout
-from meddiffuse_stream.storage import Location
+from meddiffuse_stream.storage.location import Location
 
 OPTIONS = DecodeOptions(num_classes=3, class_names=("a", "b", "c"))
 

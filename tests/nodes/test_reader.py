@@ -7,11 +7,11 @@ import pytest
 from tar_bytes import END, member, sample
 
 from meddiffuse_stream.counters import Counters
-from meddiffuse_stream.nodes.reader import PlannedSampleReader, Skip
+from meddiffuse_stream.nodes.reading.reader import PlannedSampleReader, Skip
 from meddiffuse_stream.nodes.source import DatasetSource
 from meddiffuse_stream.shardfmt.manifest import ShardInfo
 from meddiffuse_stream.shardfmt.tar import RawSample
-from meddiffuse_stream.storage import Location
+from meddiffuse_stream.storage.location import Location
 
 WHOLE = b"".join(sample(f"k{i}", png=bytes([i]) * 2000) for i in range(2))
 REFUSED = member("k2.png", b"x" * 100) + member("k2.lnk", b"", kind=b"2")  # a link: the whole sample is refused

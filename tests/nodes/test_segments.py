@@ -14,8 +14,8 @@ from loader_helpers import uneven_dataset
 
 from meddiffuse_stream import MedDiffuseLoader
 from meddiffuse_stream.nodes import WorkerDiedError
-from meddiffuse_stream.nodes.segments import SegmentMaps, SegmentPool, supported
-from meddiffuse_stream.nodes.wire import COPY_THRESHOLD, pack, unpack
+from meddiffuse_stream.nodes.transport.segments import SegmentMaps, SegmentPool, supported
+from meddiffuse_stream.nodes.transport.wire import COPY_THRESHOLD, pack, unpack
 
 pytestmark = pytest.mark.skipif(not supported(), reason="shared segments need descriptor passing (Unix)")
 

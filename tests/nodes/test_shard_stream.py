@@ -12,13 +12,13 @@ import pytest
 from tar_bytes import END, sample
 
 from meddiffuse_stream.counters import Counters
-from meddiffuse_stream.nodes.shard_stream import fetch_shard
+from meddiffuse_stream.nodes.reading.shard_stream import fetch_shard
 from meddiffuse_stream.nodes.source import DatasetSource
-from meddiffuse_stream.retry import RetryPolicy
-from meddiffuse_stream.shard_cache import ShardIntegrityError
 from meddiffuse_stream.shardfmt.manifest import ShardInfo
 from meddiffuse_stream.shardfmt.tar import RawSample
-from meddiffuse_stream.storage import Location
+from meddiffuse_stream.storage.location import Location
+from meddiffuse_stream.storage.retry import RetryPolicy
+from meddiffuse_stream.storage.shard_cache import ShardIntegrityError
 
 SHARD = b"".join(sample(f"k{i}", png=bytes([i]) * 3000) for i in range(6)) + END
 

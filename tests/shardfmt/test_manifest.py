@@ -12,7 +12,7 @@ import pytest
 from meddiffuse_stream import MedDiffuseLoader
 from meddiffuse_stream.shardfmt.manifest import MAX_SPLIT_SAMPLES, ManifestError, parse_manifest, write_manifest
 from meddiffuse_stream.shardfmt.shardindex import parse_shard_index
-from meddiffuse_stream.storage import Location
+from meddiffuse_stream.storage.location import Location
 
 SHA = "0" * 64
 

@@ -8,10 +8,10 @@ from typing import Any
 
 import torch
 
+from ..augment.methods import PRESETS, resolve
+from ..augment.mix import MixConfig
+from ..augment.stage import AugmentStage
 from ..loader import sample_shape
-from .methods import PRESETS, resolve
-from .mix import MixConfig
-from .stage import AugmentStage
 
 __all__ = ["ABLATIONS", "StageSettings", "build_stage", "default_device", "load_teacher"]
 
@@ -94,7 +94,7 @@ def build_stage(
     model = load_teacher(dataset, teacher, teacher_model, shape) if spec.needs_saliency else None
     variants = None
     if generator and spec.needs_variants:
-        from .diffusion import load_generator
+        from ..augment.diffusion import load_generator
 
         variants = load_generator(generator)
     return AugmentStage(

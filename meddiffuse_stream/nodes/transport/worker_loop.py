@@ -10,13 +10,13 @@ import traceback
 from collections.abc import Callable
 from typing import Any
 
-from .. import object_reader
-from ..counters import Counters, is_sample_counter
-from .chain import WorkerChain
-from .errors import LoaderDataError
+from ...counters import Counters, is_sample_counter
+from ...storage import object_reader
+from ..errors import LoaderDataError
+from ..reading.shard_stream import DEFAULT_MEMORY_LIMIT
+from .chain_protocol import BuildsWorkerNodes
 from .heap import keep_freed_memory
 from .lifecycle import die_with_parent, restore_default_signals
-from .shard_stream import DEFAULT_MEMORY_LIMIT
 
 __all__ = ["Box", "worker_loop"]
 
@@ -50,7 +50,7 @@ def _keep_storage_counts(counters: Counters, delta: dict[str, int]) -> None:
 
 def worker_loop(
     worker: int,
-    chain: WorkerChain,
+    chain: BuildsWorkerNodes,
     commands: Any,
     results: Any,
     generation: Any,

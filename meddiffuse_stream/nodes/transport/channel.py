@@ -4,7 +4,7 @@ Not a ``multiprocessing.Queue``: its pipe's write end stays open in the reading 
 in the middle of a message leaves the reader blocked forever on the rest. Here the loader closes its copy of the
 worker's end once the worker has started: a worker's death is an end of file, never a hang.
 
-A batch is a short message (:mod:`~meddiffuse_stream.nodes.wire`) and the descriptors of the shared segments its
+A batch is a short message (:mod:`.wire`) and the descriptors of the shared segments its
 arrays live in (``SCM_RIGHTS``), so megabytes of pixels are never written through the socket. The other way, the
 loader acknowledges each message it took and names the segments it is done with, for the worker to reuse. A
 worker sends a batch only while fewer than ``capacity`` are unacknowledged (``put`` waits in bounded steps), so

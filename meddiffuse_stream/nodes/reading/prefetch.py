@@ -1,8 +1,8 @@
 """Read-ahead of whole shards in a background thread, so reading and hashing overlap decoding.
 
 The worker's main thread decodes the samples of one shard while this thread fetches the next (read with retries,
-hash-checked: :func:`~meddiffuse_stream.nodes.shard_stream.fetch_shard`). Work that holds the GIL (parsing) stays
-out of this thread: see :class:`~meddiffuse_stream.nodes.shard_stream.FetchedShard`.
+hash-checked: :func:`.shard_stream.fetch_shard`). Work that holds the GIL (parsing) stays
+out of this thread: see :class:`~meddiffuse_stream.nodes.reading.shard_stream.FetchedShard`.
 
 Each fetch runs in a daemon thread of its own, not a ``ThreadPoolExecutor``: the executor's threads are joined at
 interpreter exit, so a fetch in its retry back-off (up to minutes) held the whole process up after training ended.

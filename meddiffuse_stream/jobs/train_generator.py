@@ -19,8 +19,8 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
-from .diffusion import ClassConditionalGenerator
-from .factory import default_device
+from ..augment.diffusion import ClassConditionalGenerator
+from .stage_factory import default_device
 
 __all__ = ["random_crops", "train_generator"]
 

@@ -13,11 +13,11 @@ from typing import Any
 
 import numpy as np
 
-from .shardfmt.manifest import REJECTS_JSONL, read_manifest, write_manifest
-from .shardfmt.parquet import read_sample_index, write_sample_index
-from .shardfmt.tar import RawSample, iter_samples
-from .shardfmt.writer import EncodedSample, ShardWriter, shard_name
-from .storage import Location
+from ..shardfmt.manifest import REJECTS_JSONL, read_manifest, write_manifest
+from ..shardfmt.parquet import read_sample_index, write_sample_index
+from ..shardfmt.tar import RawSample, iter_samples
+from ..shardfmt.writer import EncodedSample, ShardWriter, shard_name
+from ..storage import Location
 
 __all__ = ["subset_dataset"]
 

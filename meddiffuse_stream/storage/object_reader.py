@@ -10,7 +10,7 @@ and a child of a process that used it hangs on its first request. Thread workers
 When: only if the identity, endpoint and region obstore would use are certainly those s3fs would use: keys
 (``storage_options`` or the ``AWS_*`` variables) or anonymous access, and an endpoint or a region. Profiles, config
 files, instance roles and other client settings keep s3fs. ``MEDDIFFUSE_S3_READER=fsspec`` turns obstore off.
-obstore's own retries are off: the loader's :class:`~meddiffuse_stream.retry.RetryPolicy` retries and counts.
+obstore's own retries are off: the loader's :class:`~meddiffuse_stream.storage.retry.RetryPolicy` retries and counts.
 """
 
 from __future__ import annotations
@@ -234,7 +234,7 @@ def _status(error: BaseException) -> int | None:
 
 
 def _translate(error: BaseException, path: str) -> Exception:
-    """obstore's errors as the builtin kinds :func:`~meddiffuse_stream.retry.is_transient` reads."""
+    """obstore's errors as the builtin kinds :func:`~meddiffuse_stream.storage.retry.is_transient` reads."""
     if not isinstance(error, FileNotFoundError) and not type(error).__module__.startswith("obstore"):
         return error  # not a storage error (a bug, an interrupt): never disguised as a retryable one
     text = _DURATION.sub("", str(error).split("Debug source", 1)[0]).strip()

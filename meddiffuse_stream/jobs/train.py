@@ -22,12 +22,12 @@ import torch.distributed as dist
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
-from .loader import MedDiffuseLoader, sample_shape
+from ..loader import MedDiffuseLoader, sample_shape
+from ..models import build_model
+from ..nodes.to_torch import unit_float
+from ..shardfmt.manifest import DATASET_JSON, read_manifest
+from ..storage import Location
 from .metrics import classification_metrics
-from .models import build_model
-from .nodes.to_torch import unit_float
-from .shardfmt.manifest import DATASET_JSON, read_manifest
-from .storage import Location
 
 __all__ = ["TargetNotReachedError", "TrainConfig", "require_classes", "train", "training_device"]
 

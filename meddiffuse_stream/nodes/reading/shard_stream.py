@@ -20,13 +20,11 @@ from typing import Any, BinaryIO
 
 import numpy as np
 
-from .. import object_reader
-from ..counters import Counters
-from ..retry import ResumableReader, RetryPolicy
-from ..shard_cache import ShardCache, ShardIntegrityError
-from ..shardfmt.tar import MAX_MEMBER_BYTES, RawSample, TarProblem, count_samples, iter_samples
+from ...counters import Counters
+from ...shardfmt.tar import MAX_MEMBER_BYTES, RawSample, TarProblem, count_samples, iter_samples
+from ...storage import ResumableReader, RetryPolicy, ShardCache, ShardIntegrityError, object_reader
+from ..source import DatasetSource
 from .layouts import plain_samples
-from .source import DatasetSource
 from .verified import already_verified, remember_verified
 
 __all__ = ["DEFAULT_MEMORY_LIMIT", "FetchedShard", "LoadedShard", "fetch_shard", "open_shard"]
@@ -190,7 +188,7 @@ class FetchedShard:
 
     def parse(self, rows: bool = False) -> LoadedShard:
         """The checked shard: :class:`ShardIntegrityError` if its sample count is not the listed one. ``rows``: a
-        plain shard's samples as :class:`~meddiffuse_stream.nodes.plain_rows.PlainRows` where they can be."""
+        plain shard's samples as :class:`~meddiffuse_stream.nodes.reading.plain_rows.PlainRows` where they can be."""
         data, spill, self._data, self._spill = self._data, self._spill, None, None
         if data is None and spill is None:
             raise RuntimeError(f"{self.what}: parsed twice or after close()")

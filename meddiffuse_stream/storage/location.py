@@ -4,7 +4,7 @@ Credentials come from ``storage_options`` or the usual environment variables (``
 ``AWS_SECRET_ACCESS_KEY``, ``AWS_ENDPOINT_URL``) and are never logged or written into a dataset.
 
 Every request to object storage is bounded: S3 clients get the connect and read timeouts of the location's
-:class:`~meddiffuse_stream.retry.RetryPolicy` and no retries of their own (botocore's and s3fs's retry loops
+:class:`~meddiffuse_stream.storage.retry.RetryPolicy` and no retries of their own (botocore's and s3fs's retry loops
 would otherwise multiply into minutes of silence), and every operation here is retried by that policy instead,
 each retry reported to ``on_retry`` so it can be counted.
 """

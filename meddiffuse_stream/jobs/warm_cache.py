@@ -13,10 +13,10 @@ from typing import Any
 import torch
 from tqdm.auto import tqdm
 
-from .cache import VariantCache, content_hashes, entry_name
-from .diffusion import load_generator
-from .factory import default_device
-from .stage import variant_seed_of
+from ..augment.cache import VariantCache, content_hashes, entry_name
+from ..augment.diffusion import load_generator
+from ..augment.stage import variant_seed_of
+from .stage_factory import default_device
 
 __all__ = ["default_part", "warm_cache"]
 

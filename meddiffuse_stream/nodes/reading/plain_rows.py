@@ -19,8 +19,8 @@ from typing import Any, overload
 
 import numpy as np
 
-from ..shardfmt.tar import RawSample
-from ..shardfmt.tar_fast import PlainLayout
+from ...shardfmt.tar import RawSample
+from ...shardfmt.tar_fast import PlainLayout
 
 __all__ = ["PlainRows", "PngColumns", "Row", "build_row", "png_columns"]
 

@@ -20,8 +20,8 @@ from typing import Any
 
 import yaml
 
-from .augment.factory import StageSettings
-from .augment.methods import resolve
+from ..augment.methods import resolve
+from .stage_factory import StageSettings
 
 __all__ = ["ExperimentConfig", "MethodConfig", "load_experiment_config"]
 
@@ -74,7 +74,7 @@ class ExperimentConfig:
         names = [m.name for m in self.methods]
         if len(set(names)) != len(names):
             raise ValueError(f"methods: names must be unique, got {names}")
-        from .augment.saliency import METHODS as SALIENCY_METHODS
+        from ..augment.saliency import METHODS as SALIENCY_METHODS
 
         unknown = sorted(set(self.saliency_methods) - set(SALIENCY_METHODS))
         if unknown:

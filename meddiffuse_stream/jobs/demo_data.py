@@ -16,9 +16,9 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from .convert.base import DEFAULT_RULES, Discovery, LoadedImage, ReadRules, SourceFormat, SourceItem
-from .convert.dicom import dicom_from_bytes
-from .storage import Location
+from ..convert.base import DEFAULT_RULES, Discovery, LoadedImage, ReadRules, SourceFormat, SourceItem
+from ..convert.dicom import dicom_from_bytes
+from ..storage import Location
 
 __all__ = ["MODALITIES", "DemoSource", "render_sample"]
 

@@ -1,6 +1,6 @@
 """The batch message between a worker process and the loader: pickle protocol 5 with its large buffers outside.
 
-Arrays in the worker's shared segments (:mod:`~meddiffuse_stream.nodes.segments`, where the default chain decodes
+Arrays in the worker's shared segments (:mod:`.segments`, where the default chain decodes
 into) travel as ``(segment id, offset, length)`` — the segment's descriptor follows the first message that uses
 it — and the loader reads them where they are, nothing copied; other large buffers (a user's ``collate_fn``
 output) are copied once into a segment; small ones stay inside the pickle. Only the loader's own worker

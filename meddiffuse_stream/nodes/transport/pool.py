@@ -18,12 +18,12 @@ import weakref
 from collections.abc import Callable
 from typing import Any
 
-from ..counters import Counters, is_sample_counter
-from .chain import WorkerChain
+from ...counters import Counters, is_sample_counter
+from ..errors import LoaderDataError, WorkerDiedError
+from ..plan import EpochPlan
+from .chain_protocol import BuildsWorkerNodes
 from .channel import WorkerGone, batch_channel
-from .errors import LoaderDataError, WorkerDiedError
 from .lifecycle import close_at_exit
-from .plan import EpochPlan
 from .worker_loop import Box, worker_loop
 
 __all__ = ["METHODS", "WorkerPool"]
@@ -38,7 +38,7 @@ class WorkerPool:
 
     def __init__(
         self,
-        chain: WorkerChain,
+        chain: BuildsWorkerNodes,
         count: int,
         *,
         method: str = "process",

@@ -19,7 +19,7 @@ def _setting(text: str) -> tuple[str, Any]:
 
 def add_augment_options(parser: argparse.ArgumentParser) -> None:
     """The models an augmentation may need, and the stage's settings."""
-    from .augment.saliency import METHODS as SALIENCY_METHODS
+    from ..augment.saliency import METHODS as SALIENCY_METHODS
 
     group = parser.add_argument_group("augmentation models and settings")
     group.add_argument("--teacher", help="saliency teacher checkpoint (saliency methods)")
@@ -45,7 +45,7 @@ def add_augment_options(parser: argparse.ArgumentParser) -> None:
 
 def stage_from_args(args: argparse.Namespace, dataset: str, *, device: str | None = None):
     """A configured AugmentStage, the method name for model-free methods, or None."""
-    from .augment.factory import StageSettings, build_stage
+    from .stage_factory import StageSettings, build_stage
 
     settings = StageSettings(
         mix=dict(args.mix),

@@ -24,7 +24,7 @@ METRICS = ("accuracy", "macro_f1", "roc_auc", "cohen_kappa")
 
 
 def _stage_for(method: MethodConfig, config: ExperimentConfig, seed: int) -> Any:
-    from .augment.factory import build_stage
+    from .stage_factory import build_stage
 
     return build_stage(
         method.method,
@@ -72,7 +72,7 @@ def _digest(path: str | None, name: str = "") -> str | None:
         return None
     import hashlib
 
-    from .storage import Location
+    from ..storage import Location
 
     try:
         data = Location(path).read_bytes(name) if name else Path(path).read_bytes()
@@ -188,8 +188,8 @@ def _variant_report(config: ExperimentConfig, teacher: Any, out: Path) -> dict[s
     """The generator's label consistency (teacher accuracy on raw variants per class), once per experiment."""
     if teacher is None or not (config.generator or config.variant_cache):
         return None
-    from .augment.factory import build_stage
     from .evidence import variant_consistency
+    from .stage_factory import build_stage
 
     stage = build_stage(
         "dafusion", config.dataset, generator=config.generator, variant_cache=config.variant_cache, device=config.device
@@ -213,9 +213,9 @@ def _variant_report(config: ExperimentConfig, teacher: Any, out: Path) -> dict[s
 
 def _saliency_report(config: ExperimentConfig, teacher: Any, out: Path) -> dict[str, Any] | None:
     """How much of each lesion each saliency method's mask covers, with the experiment's teacher (once)."""
-    from .augment.saliency import model_identity
+    from ..augment.saliency import model_identity
+    from ..nodes.source import open_dataset
     from .evidence import saliency_coverage
-    from .nodes.source import open_dataset
 
     if teacher is None or not config.saliency_methods:
         return None
@@ -242,7 +242,7 @@ def _cell(
     worker process with ``jobs`` > 1: everything it needs is read from disk)."""
     import torch
 
-    from .augment.factory import load_teacher
+    from .stage_factory import load_teacher
 
     if threads:
         torch.set_num_threads(threads)
@@ -287,7 +287,7 @@ def _run_cells(config: ExperimentConfig, work: list[tuple[MethodConfig, float, i
 
 
 def run_experiment(config_path: str | Path, *, progress: bool = True) -> Path:
-    from .augment.factory import load_teacher
+    from .stage_factory import load_teacher
 
     config = load_experiment_config(config_path)
     check_teacher(config)

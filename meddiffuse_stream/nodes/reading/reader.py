@@ -1,7 +1,7 @@
 """The reading stage: one worker's planned samples, in plan order, streamed from their shards.
 
 Shards are read whole, one ahead in a background thread, and checked before any of their samples is used
-(sha256 and sample count, see :mod:`~meddiffuse_stream.nodes.shard_stream`); samples that are read before their
+(sha256 and sample count, see :mod:`~meddiffuse_stream.nodes.reading.shard_stream`); samples that are read before their
 turn wait in a holding area whose size the plan bounds (the shuffle buffer). Samples the plan does not need —
 other workers' or already yielded ones after a restore — are passed over undecoded, and a shard whose samples are
 all behind the restore point is never opened.
@@ -17,15 +17,14 @@ from typing import Any
 
 import numpy as np
 
-from ..counters import Counters
-from ..retry import RetryPolicy
-from ..shard_cache import ShardCache, ShardIntegrityError
-from ..shardfmt.tar import MAX_MEMBER_BYTES, RawSample, TarProblem
+from ...counters import Counters
+from ...shardfmt.tar import MAX_MEMBER_BYTES, RawSample, TarProblem
+from ...storage import RetryPolicy, ShardCache, ShardIntegrityError
+from ..plan import SampleRef
+from ..source import DatasetSource
 from .plain_rows import PlainRows, Row
-from .plan import SampleRef
 from .prefetch import ShardPrefetcher
 from .shard_stream import DEFAULT_MEMORY_LIMIT, FetchedShard, LoadedShard, fetch_shard
-from .source import DatasetSource
 
 __all__ = ["PlannedSampleReader", "Skip"]
 

@@ -23,9 +23,9 @@ from typing import Any
 
 import torch
 
-from .augment.mix import top_fraction_iou
-from .augment.saliency import SaliencyExtractor
-from .loader import MedDiffuseLoader
+from ..augment.mix import top_fraction_iou
+from ..augment.saliency import SaliencyExtractor
+from ..loader import MedDiffuseLoader
 
 __all__ = ["EVIDENCE_METRICS", "evidence_metrics", "saliency_coverage", "variant_consistency"]
 
@@ -155,7 +155,7 @@ def variant_consistency(
 ) -> dict[str, Any]:
     """The teacher's accuracy per class on the originals and on every cached variant of each (from ``stage``'s
     variant provider: every variant index 0..M-1)."""
-    from .augment.cache import content_hashes
+    from ..augment.cache import content_hashes
 
     correct: dict[str, list[float]] = defaultdict(lambda: [0.0, 0.0])
     with MedDiffuseLoader(dataset, batch_size, split=split, as_dict=True, shuffle=False) as loader:
@@ -194,7 +194,7 @@ def saliency_coverage(
     mask (``S > quantile``) and inside the protected region (the mask and its margin), flat maps, seconds."""
     import time
 
-    from .augment.mix import MixConfig, dilate, evidence_mask, is_flat
+    from ..augment.mix import MixConfig, dilate, evidence_mask, is_flat
 
     config = config or MixConfig()
     extractors = {method: SaliencyExtractor(teacher, method) for method in methods}

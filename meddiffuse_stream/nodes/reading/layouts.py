@@ -6,7 +6,7 @@ shard's sha256 (and the member limit it was parsed with), and only for bytes che
 now, unchanged since they were hashed, or from the verifying shard cache): equal bytes, same samples. Bounded by
 :data:`LAYOUT_BYTES` (least recently used go first); shards without a sha256 are parsed every time. With the layout
 goes what the fused batch stage reads of a shard whose samples all hold a ``.png`` and a ``.cls`` (see
-:mod:`~meddiffuse_stream.nodes.plain_rows`): such a shard comes back as :class:`~.plain_rows.PlainRows`.
+:mod:`~meddiffuse_stream.nodes.reading.plain_rows`): such a shard comes back as :class:`~.plain_rows.PlainRows`.
 """
 
 from __future__ import annotations
@@ -15,8 +15,8 @@ import threading
 from collections import OrderedDict
 from collections.abc import Sequence
 
-from ..shardfmt.tar import RawSample
-from ..shardfmt.tar_fast import PlainLayout, plain_layout
+from ...shardfmt.tar import RawSample
+from ...shardfmt.tar_fast import PlainLayout, plain_layout
 from .plain_rows import PlainRows, PngColumns, png_columns
 
 __all__ = ["LAYOUT_BYTES", "plain_samples"]

@@ -1,0 +1,22 @@
+"""Where bytes live and how they are fetched: locations (local paths and fsspec URLs), bounded retries, object
+reads and the local shard cache. Nothing here imports torch or knows the shard format."""
+
+from __future__ import annotations
+
+from .location import Location, atomic_write, bounded_options, parse_storage_options, sha256_of
+from .retry import ResumableReader, RetryPolicy, ShardReadError, is_transient
+from .shard_cache import ShardCache, ShardIntegrityError
+
+__all__ = [
+    "Location",
+    "ResumableReader",
+    "RetryPolicy",
+    "ShardCache",
+    "ShardIntegrityError",
+    "ShardReadError",
+    "atomic_write",
+    "bounded_options",
+    "is_transient",
+    "parse_storage_options",
+    "sha256_of",
+]
