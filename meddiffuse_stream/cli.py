@@ -7,7 +7,9 @@ import os
 import re
 import sys
 from collections.abc import Sequence
+from typing import Any
 
+from ._version import __version__
 from .convert import FORMATS, FRAME_CHOICES, ConversionError, ConvertOptions, convert_dataset
 from .convert.base import DEFAULT_MAX_FILE_BYTES, DEFAULT_MAX_PIXELS
 from .convert.splits import parse_split_spec
@@ -31,6 +33,20 @@ def parse_bytes(text: str) -> int:
     return int(float(match.group(1)) * _UNITS[unit])
 
 
+class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """Every option's default in ``--help``, without repeating "None" for options that have none."""
+
+    def _get_help_string(self, action: argparse.Action) -> str | None:
+        if action.default in (None, False, [], argparse.SUPPRESS):
+            return action.help
+        return super()._get_help_string(action)
+
+
+def _command(commands: Any, name: str, help_text: str) -> argparse.ArgumentParser:
+    parser: argparse.ArgumentParser = commands.add_parser(name, formatter_class=_HelpFormatter, help=help_text)
+    return parser
+
+
 def _common_shard_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--seed", type=int, default=0, help="seed of the split and the order within shards")
     parser.add_argument("--workers", type=int, default=1, help="processes encoding shards in parallel")
@@ -38,8 +54,8 @@ def _common_shard_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--shard-bytes",
         type=parse_bytes,
-        default=1 << 30,
-        help="bytes per shard at most, estimated from the inputs' sizes (default 1GiB)",
+        default="1GiB",
+        help="bytes per shard at most, estimated from the inputs' sizes",
     )
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
     parser.add_argument(
@@ -52,10 +68,13 @@ def _common_shard_options(parser: argparse.ArgumentParser) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="meddiffuse-stream", description=__doc__)
+    parser = argparse.ArgumentParser(prog="meddiffuse-stream", description=__doc__, formatter_class=_HelpFormatter)
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     commands = parser.add_subparsers(dest="command", required=True)
 
-    shard = commands.add_parser("shard", help="convert a dataset into WebDataset shards")
+    shard = commands.add_parser(
+        "shard", formatter_class=_HelpFormatter, help="convert a dataset into WebDataset shards"
+    )
     shard.add_argument("format", choices=sorted(FORMATS))
     shard.add_argument("src", help="source folder (or manifest file for csv); a local path or fsspec URL")
     shard.add_argument("out", help="output dataset folder; a local path or fsspec URL such as s3://bucket/name")
@@ -68,36 +87,31 @@ def build_parser() -> argparse.ArgumentParser:
         "--frames",
         choices=FRAME_CHOICES,
         default="middle",
-        help="multi-frame DICOM and multi-page images: keep the middle frame (default), every frame "
+        help="multi-frame DICOM and multi-page images: keep the middle frame, every frame "
         "as its own sample, or reject the file",
     )
     shard.add_argument(
         "--max-pixels",
         type=int,
         default=DEFAULT_MAX_PIXELS,
-        help="pixels per input (all kept frames), checked from headers before decoding "
-        f"(default {DEFAULT_MAX_PIXELS:,})",
+        help="pixels per input (all kept frames), checked from headers before decoding",
     )
     shard.add_argument(
         "--max-file-bytes",
         type=parse_bytes,
-        default=DEFAULT_MAX_FILE_BYTES,
-        help="largest input file read (default 2GiB); larger files are rejected unread",
+        default=f"{DEFAULT_MAX_FILE_BYTES >> 30}GiB",
+        help="largest input file read; larger files are rejected unread",
     )
     shard.add_argument("--name", help="dataset name recorded in dataset.json")
     shard.add_argument("--no-window", action="store_true", help="DICOM: keep stored values, skip the VOI window")
-    shard.add_argument("--label", default="binary", choices=["binary", "subtype"], help="breakhis: label to use")
-    shard.add_argument("--magnification", help="breakhis: only these magnifications, e.g. 40,100")
-    shard.add_argument("--patient-regex", help="imagefolder: regex whose group 'patient' (or 1) is the patient id")
-    shard.add_argument("--classes", help="csv: class names in label order, e.g. normal,pneumonia")
-    shard.add_argument("--encoding", default="utf-8", help="csv: the manifest's text encoding (default utf-8)")
-    shard.add_argument("--float-range", help="pcam: value range LO,HI of float patches, e.g. 0,1")
-    shard.add_argument("--labels-csv", default="stage_2_train_labels.csv", help="rsna: label CSV below SRC")
-    shard.add_argument("--images-dir", default="stage_2_train_images", help="rsna: DICOM folder below SRC")
+    for name, source_format in sorted(FORMATS.items()):
+        source_format.add_cli_options(shard.add_argument_group(f"{name} options"))
     _common_shard_options(shard)
     shard.set_defaults(handler=_run_shard)
 
-    demo = commands.add_parser("demo-data", help="build the lesion-insertion demo dataset on real anatomy")
+    demo = commands.add_parser(
+        "demo-data", formatter_class=_HelpFormatter, help="build the lesion-insertion demo dataset on real anatomy"
+    )
     demo.add_argument("out", help="output dataset folder (local path or fsspec URL)")
     demo.add_argument("--n", type=int, default=2000, help="number of samples")
     demo.add_argument("--size", type=int, default=64, help="image side in pixels")
@@ -109,7 +123,11 @@ def build_parser() -> argparse.ArgumentParser:
     _common_shard_options(demo)
     demo.set_defaults(handler=_run_demo)
 
-    train = commands.add_parser("train-diffusion", help="train the built-in class-conditional diffusion generator")
+    train = commands.add_parser(
+        "train-diffusion",
+        formatter_class=_HelpFormatter,
+        help="train the built-in class-conditional diffusion generator",
+    )
     train.add_argument("dataset", help="shard dataset folder or URL")
     train.add_argument("out", help="folder to save the generator in (save_pretrained)")
     train.add_argument("--epochs", type=int, default=5)
@@ -126,7 +144,9 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--quiet", action="store_true")
     train.set_defaults(handler=_run_train_diffusion)
 
-    warm = commands.add_parser("warm-cache", help="precompute diffusion variants into the variant cache")
+    warm = commands.add_parser(
+        "warm-cache", formatter_class=_HelpFormatter, help="precompute diffusion variants into the variant cache"
+    )
     warm.add_argument("dataset", help="shard dataset folder or URL")
     warm.add_argument("--generator", required=True, help="generator folder (train-diffusion output or diffusers)")
     warm.add_argument("--cache", required=True, help="variant cache folder or URL")
@@ -141,7 +161,9 @@ def build_parser() -> argparse.ArgumentParser:
     warm.add_argument("--storage-option", action="append", metavar="NAME=VALUE")
     warm.set_defaults(handler=_run_warm_cache)
 
-    fit = commands.add_parser("train", help="train a classifier (alone or under torchrun)")
+    fit = commands.add_parser(
+        "train", formatter_class=_HelpFormatter, help="train a classifier (alone or under torchrun)"
+    )
     fit.add_argument("dataset", help="shard dataset folder or URL")
     fit.add_argument("--out", required=True, help="folder for checkpoint.pt and metrics.json")
     fit.add_argument("--model", default="cnn", choices=["cnn", "cnn-small", "resnet18", "vit-tiny"])
@@ -169,7 +191,7 @@ def build_parser() -> argparse.ArgumentParser:
     fit.add_argument("--resume", action="store_true", help="continue from OUT/checkpoint.pt exactly")
     fit.add_argument("--device", help="cpu or cuda (default: cuda when present)")
     fit.add_argument("--shard-cache", help="local folder caching remote shards across epochs and restarts")
-    fit.add_argument("--shard-cache-bytes", type=parse_bytes, default=50 << 30, help="shard cache limit (50GiB)")
+    fit.add_argument("--shard-cache-bytes", type=parse_bytes, default="50GiB", help="shard cache limit")
     add_augment_options(fit)
     fit.add_argument("--key-log", action="store_true", help="write the keys each rank trained on")
     fit.add_argument("--min-val-auc", type=float, help="fail (exit 1, model kept) if the val AUC ends below this")
@@ -181,7 +203,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     fit.set_defaults(handler=_run_train)
 
-    show = commands.add_parser("preview", help="a picture of what an augmentation does to real samples")
+    show = commands.add_parser(
+        "preview", formatter_class=_HelpFormatter, help="a picture of what an augmentation does to real samples"
+    )
     show.add_argument("dataset", help="shard dataset folder or URL")
     show.add_argument("--augment", default="meddiffusemix")
     show.add_argument("-n", type=int, default=16, help="samples to show")
@@ -191,7 +215,9 @@ def build_parser() -> argparse.ArgumentParser:
     add_augment_options(show)
     show.set_defaults(handler=_run_preview)
 
-    index = commands.add_parser("index", help="write a shard index for WebDataset shards written by anyone")
+    index = commands.add_parser(
+        "index", formatter_class=_HelpFormatter, help="write a shard index for WebDataset shards written by anyone"
+    )
     index.add_argument("src", help="folder or prefix of .tar shards, a glob or a brace pattern (local or URL)")
     index.add_argument(
         "--out",
@@ -204,37 +230,12 @@ def build_parser() -> argparse.ArgumentParser:
     index.add_argument("--storage-option", action="append", metavar="NAME=VALUE")
     index.set_defaults(handler=_run_index)
 
-    runner = commands.add_parser("experiment", help="methods x seeds on one dataset: results.csv, table, plots")
+    runner = commands.add_parser(
+        "experiment", formatter_class=_HelpFormatter, help="methods x seeds on one dataset: results.csv, table, plots"
+    )
     runner.add_argument("config", help="experiment YAML (dataset, out, methods, seeds, epochs, teacher, ...)")
     runner.set_defaults(handler=_run_experiment)
     return parser
-
-
-def _source_for(args: argparse.Namespace):
-    window = not args.no_window
-    if args.format == "breakhis":
-        mags = tuple(int(m) for m in args.magnification.split(",")) if args.magnification else None
-        return FORMATS["breakhis"](apply_window=window, label=args.label, magnifications=mags)
-    if args.format == "imagefolder":
-        return FORMATS["imagefolder"](apply_window=window, patient_regex=args.patient_regex)
-    if args.format == "csv":
-        classes = tuple(c.strip() for c in args.classes.split(",")) if args.classes else None
-        return FORMATS["csv"](apply_window=window, classes=classes, encoding=args.encoding)
-    if args.format == "rsna":
-        return FORMATS["rsna"](apply_window=window, labels_csv=args.labels_csv, images_dir=args.images_dir)
-    if args.format == "pcam":
-        return FORMATS["pcam"](float_range=_float_range(args.float_range))
-    return FORMATS[args.format](apply_window=window)
-
-
-def _float_range(text: str | None) -> tuple[float, float] | None:
-    if not text:
-        return None
-    try:
-        low, high = (float(part) for part in text.split(","))
-    except ValueError:
-        raise ValueError(f"--float-range {text!r}: expected LO,HI such as 0,1") from None
-    return low, high
 
 
 def _options(args: argparse.Namespace, **extra) -> ConvertOptions:
@@ -250,7 +251,7 @@ def _run_shard(args: argparse.Namespace) -> int:
         args, splits=splits, resize=args.resize, name=args.name, frames=args.frames, channels=args.channels, **limits
     )
     summary = convert_dataset(
-        _source_for(args),
+        FORMATS[args.format].from_cli(args),
         args.src,
         args.out,
         options,

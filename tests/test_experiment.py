@@ -115,11 +115,11 @@ def test_subset_keeps_whole_patients_and_other_splits(setup, tmp_path):
 
     info = subset_dataset(str(setup / "demo"), str(tmp_path / "half"), 0.5, seed=3, shard_size=7)
     original = json.loads((setup / "demo" / "dataset.json").read_text())
-    assert abs(info["splits"]["train"]["samples"] - original["splits"]["train"]["samples"] / 2) <= 1
-    assert info["splits"]["test"] == original["splits"]["test"]
+    assert abs(info.split_stats["train"].samples - original["splits"]["train"]["samples"] / 2) <= 1
+    assert info.split_stats["test"].to_document() == original["splits"]["test"]
     with MedDiffuseLoader(str(tmp_path / "half"), 4, as_dict=True) as loader:  # shards verify against dataset.json
         keys = [k for batch in loader for k in batch["key"]]
-    assert len(keys) == info["splits"]["train"]["samples"] == len(set(keys))
+    assert len(keys) == info.split_stats["train"].samples == len(set(keys))
     with pytest.raises(ValueError, match="train-fraction"):
         subset_dataset(str(setup / "demo"), str(tmp_path / "none"), 0.0)
 

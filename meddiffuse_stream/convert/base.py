@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import abc
+import argparse
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -137,6 +138,22 @@ class SourceFormat(abc.ABC):
     """A dataset layout. Subclasses are small picklable dataclasses so worker processes can load inputs."""
 
     name: str = ""
+
+    @classmethod
+    def add_cli_options(cls, group: argparse._ArgumentGroup) -> None:
+        """Add this format's own ``shard`` flags to ``group`` (shown under the format's heading in ``--help``); a
+        format without flags of its own adds none."""
+        return None
+
+    @classmethod
+    def cli_fields(cls, args: argparse.Namespace) -> dict[str, Any]:
+        """Constructor arguments from parsed ``shard`` flags (subclasses extend their parent's)."""
+        return {}
+
+    @classmethod
+    def from_cli(cls, args: argparse.Namespace) -> SourceFormat:
+        """The format configured from the command line."""
+        return cls(**cls.cli_fields(args))
 
     @abc.abstractmethod
     def discover(self, src: Location, rules: ReadRules = DEFAULT_RULES) -> Discovery:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import posixpath
 import re
 from dataclasses import dataclass
@@ -62,6 +63,16 @@ class BreakHisSource(FileSource):
     name = "breakhis"
     label: str = "binary"
     magnifications: tuple[int, ...] | None = None  # only these become inputs, e.g. (40,)
+
+    @classmethod
+    def add_cli_options(cls, group: argparse._ArgumentGroup) -> None:
+        group.add_argument("--label", default="binary", choices=["binary", "subtype"], help="breakhis: label to use")
+        group.add_argument("--magnification", help="breakhis: only these magnifications, e.g. 40,100")
+
+    @classmethod
+    def cli_fields(cls, args: argparse.Namespace) -> dict[str, Any]:
+        mags = tuple(int(m) for m in args.magnification.split(",")) if args.magnification else None
+        return {**super().cli_fields(args), "label": args.label, "magnifications": mags}
 
     def discover(self, src: Location, rules: ReadRules = DEFAULT_RULES) -> Discovery:
         if self.label not in ("binary", "subtype"):

@@ -7,6 +7,7 @@ never overwrite the fields the pipeline writes. How rows are read and labels res
 
 from __future__ import annotations
 
+import argparse
 import posixpath
 from dataclasses import dataclass
 from typing import Any
@@ -29,6 +30,16 @@ class CsvSource(FileSource):
     name = "csv"
     classes: tuple[str, ...] | None = None
     encoding: str = "utf-8"
+
+    @classmethod
+    def add_cli_options(cls, group: argparse._ArgumentGroup) -> None:
+        group.add_argument("--classes", help="csv: class names in label order, e.g. normal,pneumonia")
+        group.add_argument("--encoding", default="utf-8", help="csv: the manifest's text encoding")
+
+    @classmethod
+    def cli_fields(cls, args: argparse.Namespace) -> dict[str, Any]:
+        classes = tuple(c.strip() for c in args.classes.split(",")) if args.classes else None
+        return {**super().cli_fields(args), "classes": classes, "encoding": args.encoding}
 
     def discover(self, src: Location, rules: ReadRules = DEFAULT_RULES) -> Discovery:
         if not src.isfile():

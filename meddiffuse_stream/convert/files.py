@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import argparse
 import hashlib
 import posixpath
 from dataclasses import dataclass
+from typing import Any
 
 from ..shardfmt.writer import make_key
 from ..storage import Location
@@ -38,6 +40,10 @@ class FileSource(SourceFormat):
     """A format whose item ``ref`` is a file path on the source filesystem."""
 
     apply_window: bool = True  # DICOM inputs: apply the VOI LUT / window when the file has a usable one
+
+    @classmethod
+    def cli_fields(cls, args: argparse.Namespace) -> dict[str, Any]:
+        return {**super().cli_fields(args), "apply_window": not args.no_window}
 
     def load_one(self, src: Location, item: SourceItem, rules: ReadRules = DEFAULT_RULES) -> LoadedImage:
         data = read_input(src, item.ref, rules)

@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from .._version import __version__
-from ..shardfmt.manifest import FORMAT_VERSION, REJECTS_JSONL, write_manifest
+from ..shardfmt.manifest import REJECTS_JSONL, ShardInfo, build_manifest, split_stats, write_manifest
 from ..shardfmt.parquet import write_sample_index
 from ..storage import Location
 from .base import Discovery
@@ -95,28 +95,24 @@ def write_dataset_files(
         raise AssertionError(f"accounting broke: {converted} converted + {len(rejects)} rejected != {discovery.found}")
     write_sample_index(out, rows)
     out.write_bytes(REJECTS_JSONL, "".join(json.dumps(r, sort_keys=True) + "\n" for r in rejects).encode())
-    shards = [r for r in results if r.samples]
-    splits = _split_stats(rows, shards, discovery.class_names)
-    info = {
-        "format_version": FORMAT_VERSION,
-        "name": name,
-        "source_format": source_format,
-        "created_by": f"meddiffuse-stream {__version__}",
-        "class_names": discovery.class_names,
-        "num_classes": len(discovery.class_names),
-        "has_roi": discovery.has_roi,
-        "official_splits": discovery.official_splits,
-        "options": options,
-        "counts": {"found": discovery.found, "converted": converted, "rejected": len(rejects), "samples": len(rows)},
-        "notes": dict(sorted(notes.items())),
-        "warnings": warnings,
-        "splits": splits,
-        "shards": [
-            {"path": r.name, "split": r.split, "samples": r.samples, "bytes": r.bytes, "sha256": r.sha256}
-            for r in shards
-        ],
-    }
-    write_manifest(out, info)  # validated as a loader will read it
+    shards = [ShardInfo(r.name, r.samples, r.bytes, r.sha256, r.split) for r in results if r.samples]
+    stats = split_stats(rows, shards, discovery.class_names)
+    manifest = build_manifest(
+        shards,
+        name=name,
+        source_format=source_format,
+        created_by=f"meddiffuse-stream {__version__}",
+        class_names=tuple(discovery.class_names),
+        has_roi=discovery.has_roi,
+        official_splits=discovery.official_splits,
+        options=options,
+        counts={"found": discovery.found, "converted": converted, "rejected": len(rejects), "samples": len(rows)},
+        notes=dict(notes),
+        warnings=tuple(warnings),
+        split_stats=stats,
+    )
+    splits = {split: entry.to_document() for split, entry in stats.items()}
+    write_manifest(out, manifest)  # validated as a loader will read it
     return ConversionSummary(
         out=out.url,
         found=discovery.found,
@@ -152,20 +148,6 @@ def shape_warnings(rows: list[dict[str, Any]]) -> list[str]:
             "again with --channels 1 or --channels 3"
         )
     return warnings
-
-
-def _split_stats(rows: list[dict[str, Any]], shards: list[ShardResult], class_names: list[str]) -> dict[str, Any]:
-    stats: dict[str, dict[str, Any]] = {}
-    for split in dict.fromkeys(r.split for r in shards):
-        in_split = [row for row in rows if row["split"] == split]
-        counts = Counter(row["class_name"] for row in in_split)
-        stats[split] = {
-            "samples": len(in_split),
-            "patients": len({row["patient_id"] or row["source"] for row in in_split}),  # frames share a source
-            "shards": sum(1 for r in shards if r.split == split),
-            "classes": {c: counts.get(c, 0) for c in class_names},
-        }
-    return stats
 
 
 def _reason_kind(reason: str) -> str:

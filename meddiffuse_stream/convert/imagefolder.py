@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import argparse
 import posixpath
 import re
 from dataclasses import dataclass
+from typing import Any
 
 from ..storage import Location
 from .base import DEFAULT_RULES, Discovery, ReadRules, Reject, SourceItem
@@ -30,6 +32,14 @@ class ImageFolderSource(FileSource):
 
     name = "imagefolder"
     patient_regex: str | None = None
+
+    @classmethod
+    def add_cli_options(cls, group: argparse._ArgumentGroup) -> None:
+        group.add_argument("--patient-regex", help="imagefolder: regex whose group 'patient' (or 1) is the patient id")
+
+    @classmethod
+    def cli_fields(cls, args: argparse.Namespace) -> dict[str, Any]:
+        return {**super().cli_fields(args), "patient_regex": args.patient_regex}
 
     def discover(self, src: Location, rules: ReadRules = DEFAULT_RULES) -> Discovery:
         scan = scan_files(src, "", rules)

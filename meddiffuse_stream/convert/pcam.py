@@ -9,6 +9,7 @@ patch is rejected with that reason, never guessed.
 
 from __future__ import annotations
 
+import argparse
 import csv
 import io
 from collections.abc import Iterator, Sequence
@@ -70,6 +71,14 @@ class PcamSource(SourceFormat):
 
     name = "pcam"
     float_range: tuple[float, float] | None = None  # the value range of float patches, when the files do not say
+
+    @classmethod
+    def add_cli_options(cls, group: argparse._ArgumentGroup) -> None:
+        group.add_argument("--float-range", help="pcam: value range LO,HI of float patches, e.g. 0,1")
+
+    @classmethod
+    def cli_fields(cls, args: argparse.Namespace) -> dict[str, Any]:
+        return {**super().cli_fields(args), "float_range": parse_float_range(args.float_range)}
 
     def discover(self, src: Location, rules: ReadRules = DEFAULT_RULES) -> Discovery:
         present = set(src.list_files())
@@ -213,3 +222,14 @@ def patch_to_stored(patch: np.ndarray, value_range: tuple[float, float] | None) 
     if np.abs(as_8_bit - np.rint(as_8_bit)).max() < 1e-3:  # floats made from 8-bit values: exact at 8 bits
         return np.rint(as_8_bit).astype(np.uint8), {"float_range": [low, high]}
     return np.rint(unit * 65535).astype(np.uint16), {"float_range": [low, high]}
+
+
+def parse_float_range(text: str | None) -> tuple[float, float] | None:
+    """``--float-range LO,HI`` → ``(LO, HI)``; ``None`` when not given."""
+    if not text:
+        return None
+    try:
+        low, high = (float(part) for part in text.split(","))
+    except ValueError:
+        raise ValueError(f"--float-range {text!r}: expected LO,HI such as 0,1") from None
+    return low, high

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import argparse
 import csv
 import io
 import math
 import posixpath
 from collections import defaultdict
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
@@ -76,6 +78,15 @@ class RsnaSource(FileSource):
     name = "rsna"
     labels_csv: str = "stage_2_train_labels.csv"
     images_dir: str = "stage_2_train_images"
+
+    @classmethod
+    def add_cli_options(cls, group: argparse._ArgumentGroup) -> None:
+        group.add_argument("--labels-csv", default="stage_2_train_labels.csv", help="rsna: label CSV below SRC")
+        group.add_argument("--images-dir", default="stage_2_train_images", help="rsna: DICOM folder below SRC")
+
+    @classmethod
+    def cli_fields(cls, args: argparse.Namespace) -> dict[str, Any]:
+        return {**super().cli_fields(args), "labels_csv": args.labels_csv, "images_dir": args.images_dir}
 
     def discover(self, src: Location, rules: ReadRules = DEFAULT_RULES) -> Discovery:
         if not src.exists(self.labels_csv):

@@ -6,14 +6,14 @@ between kept and dropped. The other splits' shards are copied unchanged, so eval
 
 from __future__ import annotations
 
-import copy
 import io
 from collections import defaultdict
+from dataclasses import replace
 from typing import Any
 
 import numpy as np
 
-from ..shardfmt.manifest import REJECTS_JSONL, read_manifest, write_manifest
+from ..shardfmt.manifest import REJECTS_JSONL, Manifest, ShardInfo, read_manifest, split_stats, write_manifest
 from ..shardfmt.parquet import read_sample_index, write_sample_index
 from ..shardfmt.tar import RawSample, iter_samples
 from ..shardfmt.writer import EncodedSample, ShardWriter, shard_name
@@ -36,16 +36,19 @@ def _choose_keys(rows: list[dict[str, Any]], fraction: float, seed: int) -> set[
     return chosen
 
 
-def subset_dataset(source: str, out: str, fraction: float, seed: int = 0, shard_size: int = 1000) -> dict[str, Any]:
-    """Write ``out`` with ``fraction`` of ``source``'s train split (whole patients); returns its dataset.json."""
+def subset_dataset(source: str, out: str, fraction: float, seed: int = 0, shard_size: int = 1000) -> Manifest:
+    """Write ``out`` with ``fraction`` of ``source``'s train split (whole patients); returns its manifest."""
     if not 0 < fraction <= 1:
         raise ValueError(f"--train-fraction must be in (0, 1], got {fraction}")
     src, dst = Location(source), Location(out)
-    info = copy.deepcopy(dict(read_manifest(src).document))
+    manifest = read_manifest(src)
     rows = read_sample_index(src)
     keep = _choose_keys([r for r in rows if r["split"] == "train"], fraction, seed)
     by_key = {r["key"]: r for r in rows}
-    new_rows, shards, buffer, index = [], [], [], 0
+    new_rows: list[dict[str, Any]] = []
+    shards: list[ShardInfo] = []
+    buffer: list[RawSample] = []
+    index = 0
 
     def flush() -> None:
         nonlocal buffer, index
@@ -60,32 +63,29 @@ def subset_dataset(source: str, out: str, fraction: float, seed: int = 0, shard_
             new_rows.append({**by_key[sample.key], "shard": name, "offset": offset})
         size, digest = writer.close()
         dst.write_bytes(name, stream.getvalue())
-        shards.append({"path": name, "split": "train", "samples": len(buffer), "bytes": size, "sha256": digest})
+        shards.append(ShardInfo(name, len(buffer), size, digest, "train"))
         buffer, index = [], index + 1
 
-    for shard in info["shards"]:
-        if shard["split"] != "train":
-            dst.write_bytes(shard["path"], src.read_bytes(shard["path"]))
+    for shard in manifest.shards:
+        if shard.split != "train":
+            dst.write_bytes(shard.path, src.read_bytes(shard.path))
             shards.append(shard)
-            new_rows.extend(r for r in rows if r["shard"] == shard["path"])
+            new_rows.extend(r for r in rows if r["shard"] == shard.path)
             continue
-        with src.open(shard["path"]) as stream:
+        with src.open(shard.path) as stream:
             for item in iter_samples(stream):
                 if isinstance(item, RawSample) and item.key in keep:
                     buffer.append(item)
                     if len(buffer) == shard_size:
                         flush()
     flush()
-    train_rows = [r for r in new_rows if r["split"] == "train"]
-    info["shards"] = shards
-    info["splits"]["train"] = {
-        "samples": len(train_rows),
-        "patients": len({r["patient_id"] or r["key"] for r in train_rows}),
-        "shards": sum(1 for s in shards if s["split"] == "train"),
-        "classes": {c: sum(1 for r in train_rows if r["class_name"] == c) for c in info["class_names"]},
-    }
-    info["subset_of"] = {"source": source, "train_fraction": fraction, "seed": seed}
+    train_stats = split_stats(new_rows, [s for s in shards if s.split == "train"], manifest.class_names)
+    subset = replace(
+        manifest,
+        shards=tuple(shards),
+        split_stats={**manifest.split_stats, **train_stats},
+        extra={**manifest.extra, "subset_of": {"source": source, "train_fraction": fraction, "seed": seed}},
+    )
     write_sample_index(dst, new_rows)
     dst.write_bytes(REJECTS_JSONL, src.read_bytes(REJECTS_JSONL) if src.exists(REJECTS_JSONL) else b"")
-    write_manifest(dst, info)
-    return info
+    return write_manifest(dst, subset)

@@ -110,7 +110,6 @@ def require_classes(dataset: str) -> None:
         manifest = read_manifest(Location(dataset))  # validated: a bad dataset.json is an error naming the field
     except FileNotFoundError:
         return  # the loader names what is missing
-    info = manifest.document
     names = list(manifest.class_names)
     if len(names) < 2:
         found = f"only {names}" if names else "no class_names"
@@ -118,9 +117,9 @@ def require_classes(dataset: str) -> None:
             f"{dataset}: dataset.json has {found}; a classifier needs at least two named classes "
             "(convert with --classes, or fix class_names)"
         )
-    counts = (info.get("splits") or {}).get("train", {}).get("classes")
-    if counts is not None and sum(1 for n in counts.values() if n) < 2:
-        present = [c for c, n in counts.items() if n] or "none"
+    counts = manifest.class_counts("train")
+    if counts is not None and sum(1 for n in counts if n) < 2:
+        present = [c for c, n in zip(names, counts, strict=True) if n] or "none"
         raise ValueError(
             f"{dataset}: the train split holds samples of {present} only; a classifier needs at least "
             "two classes to learn from"

@@ -18,6 +18,7 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
+from ..shardfmt.members import META, READ_IMAGE_SUFFIXES, READ_LABEL_SUFFIXES, ROI
 from ..shardfmt.safejson import loads_limited
 from ..shardfmt.tar import RawSample
 
@@ -32,8 +33,8 @@ __all__ = [
     "spng_decoder",
 ]
 
-IMAGE_SUFFIXES = ("png", "jpg", "jpeg", "webp", "tif", "tiff")
-LABEL_SUFFIXES = ("cls", "class", "label", "txt")
+IMAGE_SUFFIXES = READ_IMAGE_SUFFIXES
+LABEL_SUFFIXES = READ_LABEL_SUFFIXES
 _PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
 try:  # optional fast path (the "torch" extra installs it)
@@ -190,7 +191,7 @@ def _member(raw: RawSample, key: str | None, choices: tuple[str, ...]) -> str | 
 
 
 def _json(raw: RawSample, options: DecodeOptions) -> Any:
-    text = raw.members.get("json", b"{}")
+    text = raw.members.get(META, b"{}")
     if len(text) > options.max_json_bytes:
         raise SampleError(
             f"{raw.key}.json: {len(text)} bytes is over the {options.max_json_bytes}-byte limit", "json too large"
@@ -266,8 +267,8 @@ def decode_sample(raw: RawSample, options: DecodeOptions) -> dict[str, Any]:
         "label": _label(raw, options, meta),
         "image": _image(raw.members[suffix], key, suffix, options.max_pixels),
     }
-    if options.with_roi and "roi.png" in raw.members:
-        roi = _image(raw.members["roi.png"], key, "roi.png", options.max_pixels)
+    if options.with_roi and ROI in raw.members:
+        roi = _image(raw.members[ROI], key, ROI, options.max_pixels)
         if roi.shape[1:] != sample["image"].shape[1:]:
             raise SampleError(
                 f"{key}.roi.png: mask {roi.shape[1:]} does not match image {sample['image'].shape[1:]}", "roi mismatch"

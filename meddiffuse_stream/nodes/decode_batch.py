@@ -20,6 +20,7 @@ import numpy as np
 from torchdata.nodes import BaseNode
 
 from ..counters import Counters
+from ..shardfmt.members import IMAGE, LABEL
 from ..shardfmt.tar import RawSample
 from .chunked import ChunkNode
 from .decode import DecodeOptions, decode_plain_png, spng_decoder
@@ -40,8 +41,8 @@ def takes_plain_samples(options: DecodeOptions, conforms: bool) -> bool:
     """Whether the stage decodes a plain sample (a ``.png`` and an integer ``.cls``, nothing else asked for) straight
     into its slot, skipping the per-sample dict — and so whether its reader should hand plain shards over as rows."""
     return (
-        options.image_key in (None, "png")
-        and options.label_key in (None, "cls")
+        options.image_key in (None, IMAGE)
+        and options.label_key in (None, LABEL)
         and not options.with_roi
         and not options.with_meta
         and not conforms
@@ -187,7 +188,7 @@ class _Builder:
         if type(raw) is not RawSample:
             return False
         members = raw.members
-        data, text = members.get("png"), members.get("cls")
+        data, text = members.get(IMAGE), members.get(LABEL)
         if data is None or text is None:
             return False
         try:

@@ -10,7 +10,8 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import Mapping
+from collections import Counter
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -23,14 +24,18 @@ __all__ = [
     "MAX_MANIFEST_BYTES",
     "MAX_SPLIT_SAMPLES",
     "REJECTS_JSONL",
+    "TASKS",
     "Manifest",
     "ManifestError",
     "ShardInfo",
+    "SplitStats",
+    "build_manifest",
     "check_relative_path",
     "check_split_name",
     "dump_manifest",
     "parse_manifest",
     "read_manifest",
+    "split_stats",
     "write_manifest",
 ]
 
@@ -61,15 +66,49 @@ class ShardInfo:
     split: str | None = None
 
 
+TASKS = ("multi_class", "multi_label")
+
+
+@dataclass(frozen=True)
+class SplitStats:
+    """What ``dataset.json`` records of one split: samples, patients, shards and samples per class."""
+
+    samples: int | None = None
+    patients: int | None = None
+    shards: int | None = None
+    classes: Mapping[str, int] | None = None
+
+    def to_document(self) -> dict[str, Any]:
+        entry: dict[str, Any] = {"samples": self.samples, "patients": self.patients, "shards": self.shards}
+        if self.classes is not None:
+            entry["classes"] = dict(self.classes)
+        return {k: v for k, v in entry.items() if v is not None}
+
+
 @dataclass(frozen=True)
 class Manifest:
-    """A validated ``dataset.json``; ``document`` is the whole parsed file (for fields only some jobs read)."""
+    """A validated ``dataset.json``: the one typed schema every writer builds and every reader gets.
+
+    Build one with :func:`build_manifest`, change one with :func:`dataclasses.replace`, write it with
+    :func:`write_manifest`; ``extra`` keeps fields this version does not know (a newer writer's, or a job's such as
+    ``subset_of``) so an edit never drops them.
+    """
 
     where: str
     shards: tuple[ShardInfo, ...]
     class_names: tuple[str, ...] = ()
     has_roi: bool = False
-    document: Mapping[str, Any] = field(default_factory=dict, repr=False)
+    task: str = "multi_class"
+    split_stats: Mapping[str, SplitStats] = field(default_factory=dict)
+    name: str | None = None
+    source_format: str | None = None
+    created_by: str | None = None
+    official_splits: bool = False
+    options: Mapping[str, Any] = field(default_factory=dict)
+    counts: Mapping[str, int] = field(default_factory=dict)
+    notes: Mapping[str, int] = field(default_factory=dict)
+    warnings: tuple[str, ...] = ()
+    extra: Mapping[str, Any] = field(default_factory=dict, repr=False)
 
     @property
     def splits(self) -> list[str]:
@@ -80,10 +119,58 @@ class Manifest:
 
     def class_counts(self, split: str) -> list[int] | None:
         """Samples per class (in ``class_names`` order) of ``split``, when ``dataset.json`` records them."""
-        classes = (self.document.get("splits") or {}).get(split, {}).get("classes")
-        if classes is None:
+        stats = self.split_stats.get(split)
+        if stats is None or stats.classes is None:
             return None
-        return [int(classes.get(name, 0)) for name in self.class_names]
+        return [int(stats.classes.get(name, 0)) for name in self.class_names]
+
+    def to_document(self) -> dict[str, Any]:
+        """The JSON object written as ``dataset.json``."""
+        document: dict[str, Any] = {
+            **self.extra,
+            "format_version": FORMAT_VERSION,
+            "name": self.name,
+            "source_format": self.source_format,
+            "created_by": self.created_by,
+            "task": self.task,
+            "class_names": list(self.class_names),
+            "num_classes": len(self.class_names),
+            "has_roi": self.has_roi,
+            "official_splits": self.official_splits,
+            "options": dict(self.options),
+            "counts": dict(self.counts),
+            "notes": dict(sorted(self.notes.items())),
+            "warnings": list(self.warnings),
+            "splits": {name: stats.to_document() for name, stats in self.split_stats.items()},
+            "shards": [
+                {"path": s.path, "split": s.split, "samples": s.samples, "bytes": s.bytes, "sha256": s.sha256}
+                for s in self.shards
+            ],
+        }
+        return document
+
+
+def build_manifest(shards: Sequence[ShardInfo], **fields_: Any) -> Manifest:
+    """A new :class:`Manifest` for a writer (validated when written); ``where`` is set from where it is written."""
+    return Manifest(where="(not yet written)", shards=tuple(shards), **fields_)
+
+
+def split_stats(
+    rows: Sequence[Mapping[str, Any]], shards: Sequence[ShardInfo], class_names: Sequence[str]
+) -> dict[str, SplitStats]:
+    """Per-split statistics from ``index.parquet`` rows (``split``, ``class_name``, ``patient_id``, ``source``)."""
+    stats: dict[str, SplitStats] = {}
+    for split in dict.fromkeys(s.split for s in shards if s.split is not None):
+        in_split = [row for row in rows if row["split"] == split]
+        counts = Counter(row["class_name"] for row in in_split)
+        stats[split] = SplitStats(
+            samples=len(in_split),
+            # frames of one file share a source; a sample without patient or source is its own patient
+            patients=len({row.get("patient_id") or row.get("source") or row["key"] for row in in_split}),
+            shards=sum(1 for s in shards if s.split == split),
+            classes={c: counts.get(c, 0) for c in class_names},
+        )
+    return stats
 
 
 def _fail(where: str, field_name: str, message: str) -> ManifestError:
@@ -156,17 +243,20 @@ def _class_names(document: Mapping[str, Any], where: str) -> tuple[str, ...]:
     return tuple(names)
 
 
-def _check_splits(document: Mapping[str, Any], shards: tuple[ShardInfo, ...], names: tuple[str, ...], where: str):
+def _split_stats(
+    document: Mapping[str, Any], shards: tuple[ShardInfo, ...], names: tuple[str, ...], where: str
+) -> dict[str, SplitStats]:
     stats = document.get("splits")
     if stats is None:
-        return
+        return {}
     if not isinstance(stats, dict):
         raise _fail(where, "splits", f"expected an object, got {type(stats).__name__}")
     totals: dict[str, int] = {}
     for index, shard in enumerate(shards):
         if shard.split not in stats:
             raise _fail(where, f"shards[{index}].split", f"{shard.split!r} is not among splits {sorted(stats)}")
-        totals[shard.split] = totals.get(shard.split, 0) + shard.samples  # type: ignore[index]
+        totals[shard.split] = totals.get(shard.split, 0) + shard.samples
+    typed: dict[str, SplitStats] = {}
     for split, entry in stats.items():
         check_split_name(split, where, f"splits.{split}")
         if not isinstance(entry, dict):
@@ -174,17 +264,79 @@ def _check_splits(document: Mapping[str, Any], shards: tuple[ShardInfo, ...], na
         samples = _count(entry.get("samples"), where, f"splits.{split}.samples", optional=True)
         if samples is not None and samples != totals.get(split, 0):
             raise _fail(where, f"splits.{split}.samples", f"{samples}, but its shards hold {totals.get(split, 0)}")
+        patients = _count(entry.get("patients"), where, f"splits.{split}.patients", optional=True)
+        shard_count = _count(entry.get("shards"), where, f"splits.{split}.shards", optional=True)
         classes = entry.get("classes")
-        if classes is None:
-            continue
-        if not isinstance(classes, dict):
-            raise _fail(where, f"splits.{split}.classes", "expected an object of class name to count")
-        for name, count in classes.items():
-            if names and name not in names:
-                raise _fail(where, f"splits.{split}.classes", f"{name!r} is not among class_names")
-            _count(count, where, f"splits.{split}.classes.{name}")
-        if samples is not None and sum(classes.values()) != samples:
-            raise _fail(where, f"splits.{split}.classes", f"add up to {sum(classes.values())}, not {samples}")
+        if classes is not None:
+            if not isinstance(classes, dict):
+                raise _fail(where, f"splits.{split}.classes", "expected an object of class name to count")
+            for name, count in classes.items():
+                if names and name not in names:
+                    raise _fail(where, f"splits.{split}.classes", f"{name!r} is not among class_names")
+                _count(count, where, f"splits.{split}.classes.{name}")
+            if samples is not None and sum(classes.values()) != samples:
+                raise _fail(where, f"splits.{split}.classes", f"add up to {sum(classes.values())}, not {samples}")
+        typed[split] = SplitStats(samples, patients, shard_count, classes)
+    return typed
+
+
+def _optional_text(document: Mapping[str, Any], key: str, where: str) -> str | None:
+    value = document.get(key)
+    if value is not None and not isinstance(value, str):
+        raise _fail(where, key, f"expected a string or null, got {type(value).__name__}")
+    return value
+
+
+def _flag(document: Mapping[str, Any], key: str, where: str) -> bool:
+    value = document.get(key, False)
+    if not isinstance(value, bool):
+        raise _fail(where, key, f"expected true or false, got {value!r:.40}")
+    return value
+
+
+def _object(document: Mapping[str, Any], key: str, where: str, *, counts: bool = False) -> dict[str, Any]:
+    value = document.get(key) or {}
+    if not isinstance(value, dict):
+        raise _fail(where, key, f"expected an object, got {type(value).__name__}")
+    if counts:
+        for name, count in value.items():
+            _count(count, where, f"{key}.{name}")
+    return value
+
+
+def _task(document: Mapping[str, Any], where: str) -> str:
+    task = document.get("task", "multi_class")
+    if task not in TASKS:
+        raise _fail(where, "task", f"{task!r:.40} is not one of {list(TASKS)}")
+    return str(task)
+
+
+def _warnings(document: Mapping[str, Any], where: str) -> tuple[str, ...]:
+    value = document.get("warnings") or []
+    if not isinstance(value, list) or not all(isinstance(w, str) for w in value):
+        raise _fail(where, "warnings", "expected a list of strings")
+    return tuple(value)
+
+
+_KNOWN_FIELDS = frozenset(
+    {
+        "format_version",
+        "name",
+        "source_format",
+        "created_by",
+        "task",
+        "class_names",
+        "num_classes",
+        "has_roi",
+        "official_splits",
+        "options",
+        "counts",
+        "notes",
+        "warnings",
+        "splits",
+        "shards",
+    }
+)
 
 
 def parse_manifest(data: bytes, where: str) -> Manifest:
@@ -221,11 +373,23 @@ def parse_manifest(data: bytes, where: str) -> Manifest:
         if total > MAX_SPLIT_SAMPLES:
             raise _fail(where, "shards", f"split {split!r} lists {total} samples, more than {MAX_SPLIT_SAMPLES}")
     names = _class_names(document, where)
-    _check_splits(document, shards, names, where)
-    has_roi = document.get("has_roi", False)
-    if not isinstance(has_roi, bool):
-        raise _fail(where, "has_roi", f"expected true or false, got {has_roi!r:.40}")
-    return Manifest(where, shards, names, has_roi, document)
+    return Manifest(
+        where,
+        shards,
+        names,
+        has_roi=_flag(document, "has_roi", where),
+        task=_task(document, where),
+        split_stats=_split_stats(document, shards, names, where),
+        name=_optional_text(document, "name", where),
+        source_format=_optional_text(document, "source_format", where),
+        created_by=_optional_text(document, "created_by", where),
+        official_splits=_flag(document, "official_splits", where),
+        options=_object(document, "options", where),
+        counts=_object(document, "counts", where, counts=True),
+        notes=_object(document, "notes", where, counts=True),
+        warnings=_warnings(document, where),
+        extra={k: v for k, v in document.items() if k not in _KNOWN_FIELDS},
+    )
 
 
 def read_manifest(location: Any) -> Manifest:
@@ -238,8 +402,10 @@ def dump_manifest(document: Mapping[str, Any]) -> bytes:
     return (json.dumps(document, indent=1, sort_keys=True) + "\n").encode()
 
 
-def write_manifest(location: Any, document: Mapping[str, Any]) -> Manifest:
-    """Validate ``document`` as a reader would, then write it as ``dataset.json`` (atomically)."""
+def write_manifest(location: Any, manifest: Manifest | Mapping[str, Any]) -> Manifest:
+    """Validate ``manifest`` as a reader would, then write it as ``dataset.json`` (atomically); returns it as read
+    back. A plain mapping is accepted for documents built by hand (tests, repairs)."""
+    document = manifest.to_document() if isinstance(manifest, Manifest) else manifest
     data = dump_manifest(document)
     manifest = parse_manifest(data, location.display(DATASET_JSON))
     location.write_bytes(DATASET_JSON, data)

@@ -15,6 +15,7 @@ from typing import Any, BinaryIO
 
 import numpy as np
 
+from .members import IMAGE, LABEL, META, ROI, member_name
 from .png import encode_png
 
 __all__ = [
@@ -76,14 +77,14 @@ def encode_sample(
     if not isinstance(label, (int, np.integer)) or isinstance(label, bool):
         raise ValueError(f"sample {key}: label must be an integer, got {label!r}")
     members = [
-        (f"{key}.png", encode_png(image)),
-        (f"{key}.cls", str(int(label)).encode("ascii")),
-        (f"{key}.json", json.dumps(dict(meta), sort_keys=True, separators=(",", ":")).encode("utf-8")),
+        (member_name(key, IMAGE), encode_png(image)),
+        (member_name(key, LABEL), str(int(label)).encode("ascii")),
+        (member_name(key, META), json.dumps(dict(meta), sort_keys=True, separators=(",", ":")).encode("utf-8")),
     ]
     if roi is not None:
         if roi.shape[:2] != image.shape[:2]:
             raise ValueError(f"sample {key}: ROI mask {roi.shape} does not match image {image.shape[:2]}")
-        members.append((f"{key}.roi.png", encode_png((roi > 0).astype(np.uint8) * 255)))
+        members.append((member_name(key, ROI), encode_png((roi > 0).astype(np.uint8) * 255)))
     return EncodedSample(key=key, members=tuple(members), label=int(label), meta=meta)
 
 

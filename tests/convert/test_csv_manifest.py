@@ -170,4 +170,4 @@ def test_train_fraction_subset_of_a_manifest_with_a_split_column_keeps_train_sha
     rows = "".join(f"{n}.png,{'ab'[i % 2]},test\n" for i, n in enumerate(names))
     _convert(tmp_path, "path,label,split\n" + rows, splits={"train": 0.5, "test": 0.5})
     info = subset_dataset(str(tmp_path / "out"), str(tmp_path / "half"), 0.5)
-    assert info["splits"]["train"]["samples"] == 5 and any(s["split"] == "train" for s in info["shards"])
+    assert info.split_stats["train"].samples == 5 and any(s.split == "train" for s in info.shards)

@@ -19,6 +19,7 @@ from typing import Any, overload
 
 import numpy as np
 
+from ...shardfmt.members import IMAGE, LABEL
 from ...shardfmt.tar import RawSample
 from ...shardfmt.tar_fast import PlainLayout
 
@@ -48,7 +49,7 @@ class PngColumns:
 def png_columns(layout: PlainLayout, data: bytes) -> PngColumns | None:
     """The columns of ``layout`` over ``data`` (the bytes it was parsed from, or equal ones); ``None`` where its
     samples differ in their members or lack a ``.png`` or a ``.cls``."""
-    png, cls = layout.member_bounds("png"), layout.member_bounds("cls")
+    png, cls = layout.member_bounds(IMAGE), layout.member_bounds(LABEL)
     if png is None or cls is None:
         return None
     starts, ends = png

@@ -1,0 +1,31 @@
+"""The names of a sample's members: what this project writes, and the stock WebDataset suffixes it also reads.
+
+A member is ``{key}.{suffix}`` inside a shard; the key ends at the first dot of the base name, so ``roi.png`` is one
+suffix. Every module that writes or looks up a member takes its name from here.
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "IMAGE",
+    "LABEL",
+    "META",
+    "READ_IMAGE_SUFFIXES",
+    "READ_LABEL_SUFFIXES",
+    "ROI",
+    "member_name",
+]
+
+IMAGE = "png"  # the image, 8- or 16-bit PNG (grey or RGB)
+LABEL = "cls"  # the class index as ASCII digits
+META = "json"  # per-sample metadata (patient, source, modality, ...)
+ROI = "roi.png"  # an optional region-of-interest mask, 0 / 255
+
+# what the loader accepts from shards written by anyone, in order of preference
+READ_IMAGE_SUFFIXES = (IMAGE, "jpg", "jpeg", "webp", "tif", "tiff")
+READ_LABEL_SUFFIXES = (LABEL, "class", "label", "txt")
+
+
+def member_name(key: str, suffix: str) -> str:
+    """``{key}.{suffix}``, the member's name inside the tar."""
+    return f"{key}.{suffix}"
