@@ -27,13 +27,23 @@ from .nodes.chain import Stage, WorkerChain
 from .nodes.decode import DecodeOptions, check_member_keys
 from .nodes.epochs import EpochSource
 from .nodes.graph import Graph, default_graph
-from .nodes.pixels import check_dtype
 from .nodes.plan import EpochPlan
 from .nodes.source import DatasetSource, open_dataset
 from .nodes.stages import Map
 from .nodes.workers import resume_position
-from .options import check_count, either, reject_unknown
-from .storage import RetryPolicy
+from .options import (
+    ConformOptions,
+    Dtype,
+    OnError,
+    ReadOptions,
+    ResizeMode,
+    WorkerMethod,
+    WorkerOptions,
+    check_count,
+    either,
+    reject_unknown,
+)
+from .storage import DEFAULT_CACHE_BYTES, RetryPolicy
 
 __all__ = ["MedDiffuseLoader", "sample_shape"]
 
@@ -66,19 +76,19 @@ class MedDiffuseLoader:
         transform: Callable[[dict[str, Any]], dict[str, Any]] | None = None,
         stages: Sequence[Stage] = (),
         resize: int | tuple[int, int] | None = None,
-        resize_mode: str = "crop",
+        resize_mode: ResizeMode = "crop",
         channels: int | None = None,
         augment: Any = None,
         device: str | torch.device | None = None,
         as_dict: bool = False,
         cache_dir: str | None = None,
         storage_options: Mapping[str, Any] | None = None,
-        on_error: str = "raise",
-        worker_method: str = "process",
+        on_error: OnError = "raise",
+        worker_method: WorkerMethod = "process",
         buffer_size: int = 1000,
         prefetch: int | None = None,
         retry: RetryPolicy | None = None,
-        cache_bytes: int = 50 << 30,
+        cache_bytes: int = DEFAULT_CACHE_BYTES,
         mp_context: str | None = None,
         pin_memory: bool = False,
         persistent_workers: bool = True,
@@ -89,28 +99,29 @@ class MedDiffuseLoader:
         multiprocessing_context: str | None = None,
         image_key: str | None = None,
         label_key: str | None = None,
-        dtype: str = "float32",
+        dtype: Dtype = "float32",
         **dataloader_only: Any,
     ) -> None:
         reject_unknown(dataloader_only)
         check_member_keys(image_key, label_key)
-        self.batch_size = check_count("batch_size", batch_size, 1)
-        self.num_workers = check_count("num_workers", num_workers, 0)
-        prefetch = check_count("prefetch", either("prefetch", prefetch, "prefetch_factor", prefetch_factor, 2), 1)
-        if not isinstance(timeout, (int, float)) or isinstance(timeout, bool) or timeout < 0:
-            raise TypeError(f"timeout must be a number of seconds >= 0 (0: no limit), got {timeout!r}")
         if collate_fn is not None and augment is not None:
             raise ValueError("collate_fn= and augment= do not go together: the device stage needs the default batch")
-        dtype = check_dtype(dtype)
-        if dtype != "float32" and transform is not None:
-            raise ValueError(
-                f"dtype={dtype!r} delivers the stored integers, but transform= sees and returns float "
-                "images: drop dtype= or run the transform on the device after unit_float"
-            )
+        self.batch_size = check_count("batch_size", batch_size, 1)
+        self.num_workers = check_count("num_workers", num_workers, 0)
+        mp_context = either("mp_context", mp_context, "multiprocessing_context", multiprocessing_context, "fork")
+        workers = WorkerOptions(
+            method=worker_method,
+            prefetch=either("prefetch", prefetch, "prefetch_factor", prefetch_factor, 2),
+            mp_context=mp_context,
+            persistent=persistent_workers,
+            timeout=timeout,
+            init_fn=worker_init_fn,
+        )
+        read = ReadOptions(retry or RetryPolicy(), cache_dir, cache_bytes)
+        conform = ConformOptions.of(resize, resize_mode, channels)
         self.counters = Counters()
-        policy = retry or RetryPolicy()
         self.dataset: DatasetSource = open_dataset(
-            source, split, storage_options, retry=policy, on_retry=lambda _: self.counters.add("retries")
+            source, split, storage_options, retry=read.retry, on_retry=lambda _: self.counters.add("retries")
         )
         self.source = source
         self.split = self.dataset.split  # None for shards without splits
@@ -143,28 +154,24 @@ class MedDiffuseLoader:
             self.dataset,
             decode,
             user_stages,
-            on_error,
-            resize,
-            resize_mode,
-            channels,
-            collate_fn,
-            policy,
-            cache_dir,
-            cache_bytes,
-            dtype,
+            on_error=on_error,
+            conform=conform,
+            collate_fn=collate_fn,
+            read=read,
+            dtype=dtype,
         )
-        self.dtype = dtype
+        if chain.dtype != "float32" and transform is not None:
+            raise ValueError(
+                f"dtype={chain.dtype!r} delivers the stored integers, but transform= sees and returns float "
+                "images: drop dtype= or run the transform on the device after unit_float"
+            )
+        self.dtype = chain.dtype
         self.augment = self._build_stage(augment, seed, device)
         cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
         self._graph: Graph = default_graph(
             self._epochs,
             chain,
-            method=worker_method,
-            prefetch=prefetch,
-            mp_context=either("mp_context", mp_context, "multiprocessing_context", multiprocessing_context, "fork"),
-            persistent=persistent_workers,
-            timeout=float(timeout),
-            worker_init_fn=worker_init_fn,
+            workers=workers,
             pin_memory=pin_memory,
             device=device,
             augment=self.augment,

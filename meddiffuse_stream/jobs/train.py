@@ -26,7 +26,7 @@ from ..loader import MedDiffuseLoader, sample_shape
 from ..models import build_model
 from ..nodes.to_torch import unit_float
 from ..shardfmt.manifest import DATASET_JSON, read_manifest
-from ..storage import Location
+from ..storage import DEFAULT_CACHE_BYTES, Location
 from .metrics import classification_metrics
 
 __all__ = ["TargetNotReachedError", "TrainConfig", "require_classes", "train", "training_device"]
@@ -61,7 +61,7 @@ class TrainConfig:
     progress: bool = True
     steps: int | None = None  # optimizer steps to make, whatever the epoch length (overrides ``epochs``)
     cache_dir: str | None = None  # local shard cache for remote datasets (LRU, sha256-verified)
-    cache_bytes: int = 50 << 30
+    cache_bytes: int = DEFAULT_CACHE_BYTES
     loader_dtype: str = "float32"  # uint8/uint16: the loader delivers stored integers, converted on the device
 
 

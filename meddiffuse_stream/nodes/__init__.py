@@ -9,6 +9,7 @@ are one-in-one-out — a skipped or filtered sample travels on as a ``Skipped`` 
 counts and every node resumes exactly from its state.
 """
 
+from ..options import ConformOptions, ReadOptions, WorkerOptions
 from .batch import Batch
 from .chain import Stage, WorkerChain
 from .conform import Conform
@@ -29,6 +30,7 @@ from .workers import Workers
 __all__ = [
     "Batch",
     "Conform",
+    "ConformOptions",
     "DatasetSource",
     "Decode",
     "DecodeBatch",
@@ -42,12 +44,14 @@ __all__ = [
     "LoaderDataError",
     "Map",
     "PlannedSample",
+    "ReadOptions",
     "ReadSamples",
     "Skipped",
     "Stage",
     "ToTorch",
     "WorkerChain",
     "WorkerDiedError",
+    "WorkerOptions",
     "Workers",
     "current_placement",
     "default_graph",

@@ -15,6 +15,7 @@ import numpy as np
 from torchdata.nodes import BaseNode
 
 from ..counters import Counters
+from ..options import Dtype
 from .chunked import ChunkNode
 from .collate import collate
 from .errors import LoaderDataError
@@ -42,12 +43,10 @@ class Batch(ChunkNode[Any]):
         counters: Counters | None = None,
         collate_fn: Callable[[list[Sample]], Any] | None = None,
         where: str = "this worker",
-        dtype: str = "float32",
+        dtype: Dtype = "float32",
         allocate: Callable[[tuple[int, ...], Any], Any] | None = None,
     ) -> None:
         super().__init__(source)
-        if batch_size < 1:
-            raise ValueError(f"batch_size must be at least 1, got {batch_size}")
         self.batch_size = batch_size
         self.counters = counters if counters is not None else Counters()
         self.collate_fn = collate_fn

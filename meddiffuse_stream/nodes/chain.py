@@ -9,22 +9,21 @@ from __future__ import annotations
 
 import functools
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from torchdata.nodes import BaseNode
 
 from ..counters import Counters
-from ..storage import RetryPolicy
+from ..options import ConformOptions, Dtype, OnError, ReadOptions, check_dtype, check_on_error
 from .batch import Batch
-from .conform import Conform, check_conform, conform_sample
+from .conform import Conform, conform_sample
 from .decode import DecodeOptions
 from .decode_batch import Allocate, DecodeBatch, takes_plain_samples
-from .pixels import check_dtype
 from .plan import EpochPlan
 from .read import ReadSamples
 from .source import DatasetSource
-from .stages import ON_ERROR, Decode
+from .stages import Decode
 
 __all__ = ["Stage", "WorkerChain"]
 
@@ -40,27 +39,23 @@ class WorkerChain:
     ``functools.partial(Map, fn=my_fn)``, ``partial(ImageMap, fn=my_transform)``, ``partial(Filter,
     predicate=...)`` or a ``BaseNode`` class of your own that passes :class:`~meddiffuse_stream.nodes.items.Skipped`
     markers through. With worker processes they must be picklable (module-level functions, not lambdas) unless the
-    workers are forked.
+    workers are forked. The chain is the public boundary of a composed graph: ``on_error`` and ``dtype`` are
+    checked here, once; the options objects check themselves when made.
     """
 
     source: DatasetSource
-    decode: DecodeOptions = DecodeOptions()  # noqa: RUF009 - frozen, so one shared default is safe
+    decode: DecodeOptions = field(default_factory=DecodeOptions)
     stages: tuple[Stage, ...] = ()
-    on_error: str = "raise"
-    resize: int | tuple[int, int] | None = None
-    resize_mode: str = "crop"
-    channels: int | None = None
+    on_error: OnError = "raise"
+    conform: ConformOptions = field(default_factory=ConformOptions)
     collate_fn: Callable[[list[dict[str, Any]]], Any] | None = None
-    policy: RetryPolicy = RetryPolicy()  # noqa: RUF009 - frozen, so one shared default is safe
-    cache_dir: str | None = None
-    cache_bytes: int = 50 << 30
-    dtype: str = "float32"
+    read: ReadOptions = field(default_factory=ReadOptions)
+    dtype: Dtype = "float32"
 
     def __post_init__(self) -> None:
-        if self.on_error not in ON_ERROR:
-            raise ValueError(f"on_error must be one of {ON_ERROR}, got {self.on_error!r}")
-        check_conform(self.resize, self.resize_mode, self.channels)  # bad values fail here, not in a worker
+        check_on_error(self.on_error)
         object.__setattr__(self, "dtype", check_dtype(self.dtype))
+        object.__setattr__(self, "stages", tuple(self.stages))
 
     @property
     def fused(self) -> bool:
@@ -80,22 +75,12 @@ class WorkerChain:
         process)."""
         counters = counters if counters is not None else Counters()
         where = f"worker {worker}"
-        conform = self.resize is not None or self.channels is not None
-        rows = self.fused and takes_plain_samples(self.decode, conform)  # plain shards as rows: DecodeBatch's way
+        rows = self.fused and takes_plain_samples(self.decode, self.conform.active)  # DecodeBatch's way
         node: BaseNode[Any] = ReadSamples(
-            self.source,
-            plan,
-            worker,
-            start=start,
-            counters=counters,
-            policy=self.policy,
-            cache_dir=self.cache_dir,
-            cache_bytes=self.cache_bytes,
-            rows=rows,
+            self.source, plan, worker, start=start, counters=counters, read=self.read, rows=rows
         )
         if self.fused:
-            size = check_conform(self.resize, self.resize_mode, self.channels)
-            fit = functools.partial(conform_sample, size=size, mode=self.resize_mode, channels=self.channels)
+            fit = functools.partial(conform_sample, options=self.conform)
             return DecodeBatch(
                 node,
                 self.source,
@@ -103,14 +88,14 @@ class WorkerChain:
                 plan.batch_size,
                 dtype=self.dtype,
                 on_error=self.on_error,
-                conform=fit if conform else None,
+                conform=fit if self.conform.active else None,
                 allocate=allocate,
                 counters=counters,
                 where=where,
             )
         node = Decode(node, self.source, self.decode, self.on_error)
-        if conform:
-            node = Conform(node, self.resize, self.resize_mode, self.channels)
+        if self.conform.active:
+            node = Conform(node, self.conform)
         for stage in self.stages:
             node = stage(node)
         return Batch(

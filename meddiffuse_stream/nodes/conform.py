@@ -14,56 +14,27 @@ import numpy as np
 from PIL import Image
 from torchdata.nodes import BaseNode
 
+from ..options import ConformOptions, ResizeMode
 from .stages import _OneToOne
 
-__all__ = [
-    "RESIZE_MODES",
-    "Conform",
-    "check_conform",
-    "conform_sample",
-    "convert_channels",
-    "resize_image",
-    "target_size",
-]
+__all__ = ["Conform", "conform_sample", "convert_channels", "resize_image"]
 
-RESIZE_MODES = ("crop", "letterbox")
 _LUMA = np.array([0.299, 0.587, 0.114], dtype=np.float32)
-
-
-def target_size(resize: int | tuple[int, int]) -> tuple[int, int]:
-    """``resize=`` as ``(height, width)``; an int is a square."""
-    if isinstance(resize, bool) or not isinstance(resize, (int, tuple, list)):
-        raise TypeError(f"resize must be an int or (height, width), got {resize!r}")
-    size = (resize, resize) if isinstance(resize, int) else tuple(resize)
-    if len(size) != 2 or not all(isinstance(s, int) and not isinstance(s, bool) and s > 0 for s in size):
-        raise ValueError(f"resize must be a positive int or two positive ints (height, width), got {resize!r}")
-    return size  # type: ignore[return-value]
-
-
-def check_conform(resize: Any, mode: str, channels: Any) -> tuple[int, int] | None:
-    """Validates ``resize=``, ``resize_mode=`` and ``channels=``; the target ``(height, width)`` or None."""
-    if mode not in RESIZE_MODES:
-        raise ValueError(f"resize_mode must be one of {RESIZE_MODES}, got {mode!r}")
-    if channels is not None and (isinstance(channels, bool) or channels not in (1, 3)):
-        raise ValueError(f"channels must be 1, 3 or None, got {channels!r}")
-    return target_size(resize) if resize is not None else None
 
 
 def _scaled(plane: np.ndarray, height: int, width: int, resample: int) -> np.ndarray:
     return np.asarray(Image.fromarray(plane).resize((width, height), resample))
 
 
-def resize_image(image: np.ndarray, size: tuple[int, int], mode: str = "crop", mask: bool = False) -> np.ndarray:
+def resize_image(image: np.ndarray, size: tuple[int, int], mode: ResizeMode = "crop", mask: bool = False) -> np.ndarray:
     """``(C, H, W)`` uint8/uint16 to ``(C, *size)``; bilinear with antialiasing, or nearest for a ``mask``."""
-    if mode not in RESIZE_MODES:
-        raise ValueError(f"resize_mode must be one of {RESIZE_MODES}, got {mode!r}")
     channels, height, width = image.shape
     target_h, target_w = size
     if (height, width) == (target_h, target_w):
         return image
     scale = (max if mode == "crop" else min)(target_h / height, target_w / width)
     new_h, new_w = max(1, round(height * scale)), max(1, round(width * scale))
-    resample = Image.NEAREST if mask else Image.BILINEAR
+    resample = Image.Resampling.NEAREST if mask else Image.Resampling.BILINEAR
     planes = np.stack([_scaled(image[c], new_h, new_w, resample) for c in range(channels)]).astype(image.dtype)
     if mode == "crop":
         top, left = (new_h - target_h) // 2, (new_w - target_w) // 2
@@ -88,28 +59,19 @@ def convert_channels(image: np.ndarray, channels: int) -> np.ndarray:
 
 
 class Conform(_OneToOne):
-    """Brings every sample to one ``resize`` size and/or ``channels`` count (numpy images, before user stages)."""
+    """Brings every sample to one size and/or channel count (numpy images, before user stages)."""
 
-    def __init__(
-        self,
-        source: BaseNode[Any],
-        resize: int | tuple[int, int] | None = None,
-        mode: str = "crop",
-        channels: int | None = None,
-    ) -> None:
+    def __init__(self, source: BaseNode[Any], options: ConformOptions) -> None:
         super().__init__(source)
-        self.size = check_conform(resize, mode, channels)
-        self.mode = mode
-        self.channels = channels
+        self.options = options
 
     def apply(self, sample: dict[str, Any]) -> dict[str, Any]:
-        return conform_sample(sample, self.size, self.mode, self.channels)
+        return conform_sample(sample, self.options)
 
 
-def conform_sample(
-    sample: dict[str, Any], size: tuple[int, int] | None, mode: str, channels: int | None
-) -> dict[str, Any]:
-    """A decoded sample (numpy image) at ``size`` and ``channels`` (None: as it is); its ROI follows."""
+def conform_sample(sample: dict[str, Any], options: ConformOptions) -> dict[str, Any]:
+    """A decoded sample (numpy image) at the options' size and channels (None: as it is); its ROI follows."""
+    size, mode, channels = options.size, options.mode, options.channels
     image = sample["image"]
     if not isinstance(image, np.ndarray):
         raise TypeError("Conform works on decoded numpy images: place it before stages that make tensors")

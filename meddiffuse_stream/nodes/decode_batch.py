@@ -20,6 +20,7 @@ import numpy as np
 from torchdata.nodes import BaseNode
 
 from ..counters import Counters
+from ..options import Dtype, OnError
 from ..shardfmt.members import IMAGE, LABEL
 from ..shardfmt.tar import RawSample
 from .chunked import ChunkNode
@@ -64,16 +65,14 @@ class DecodeBatch(ChunkNode[dict[str, Any]]):
         options: DecodeOptions,
         batch_size: int,
         *,
-        dtype: str = "float32",
-        on_error: str = "raise",
+        dtype: Dtype = "float32",
+        on_error: OnError = "raise",
         conform: Callable[[Sample], Sample] | None = None,
         allocate: Allocate | None = None,
         counters: Counters | None = None,
         where: str = "this worker",
     ) -> None:
         super().__init__(source)
-        if batch_size < 1:
-            raise ValueError(f"batch_size must be at least 1, got {batch_size}")
         self.dataset = dataset
         self.options = options
         self.batch_size = batch_size

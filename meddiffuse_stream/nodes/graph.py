@@ -7,7 +7,6 @@ decode into shared memory and the loader takes those arrays as they are (:mod:`.
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -15,6 +14,7 @@ import torch
 from torchdata.nodes import BaseNode
 
 from ..counters import Counters
+from ..options import WorkerOptions
 from .chain import WorkerChain
 from .device import DeviceStage
 from .epochs import EpochSource
@@ -82,12 +82,7 @@ def default_graph(
     epochs: EpochSource,
     chain: WorkerChain,
     *,
-    method: str = "process",
-    prefetch: int = 2,
-    mp_context: str = "fork",
-    persistent: bool = True,
-    timeout: float = 0.0,
-    worker_init_fn: Callable[[int], None] | None = None,
+    workers: WorkerOptions | None = None,
     pin_memory: bool = False,
     device: str | torch.device | None = None,
     augment: Any = None,
@@ -97,21 +92,11 @@ def default_graph(
 ) -> Graph:
     """Wire the default graph; with ``augment`` the device stage makes the device copy (on its own stream) and
     gets ``details`` and ``cpu_threads`` (see :class:`DeviceStage`)."""
-    workers = Workers(
-        epochs,
-        chain,
-        method=method,
-        prefetch=prefetch,
-        mp_context=mp_context,
-        counters=counters,
-        persistent=persistent,
-        timeout=timeout,
-        worker_init_fn=worker_init_fn,
-    )
+    parallel = Workers(epochs, chain, options=workers, counters=counters)
     to_torch = ToTorch(
-        workers, pin_memory=pin_memory, device=None if augment is not None else device, dtype=chain.dtype
+        parallel, pin_memory=pin_memory, device=None if augment is not None else device, dtype=chain.dtype
     )
     device_stage = (
         DeviceStage(to_torch, augment, details=details, cpu_threads=cpu_threads) if augment is not None else None
     )
-    return Graph(epochs, workers, to_torch, device_stage)
+    return Graph(epochs, parallel, to_torch, device_stage)

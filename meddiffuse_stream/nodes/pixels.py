@@ -14,20 +14,9 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["DTYPES", "check_dtype", "deliver", "write_image"]
+__all__ = ["deliver", "write_image"]
 
-DTYPES = ("float32", "uint8", "uint16")
 _SCALE = {np.dtype(np.uint8): np.float32(1 / 255), np.dtype(np.uint16): np.float32(1 / 65535)}
-
-
-def check_dtype(dtype: Any) -> str:
-    """``dtype=`` as one of :data:`DTYPES` (numpy and torch dtypes of those names are accepted)."""
-    name = str(dtype).removeprefix("torch.")
-    if name not in DTYPES:
-        raise ValueError(
-            f"dtype must be one of {DTYPES} (uint8/uint16: converted to float on the device), got {dtype!r}"
-        )
-    return name
 
 
 def _too_deep(key: Any) -> ValueError:

@@ -7,7 +7,8 @@ from typing import Any
 from torchdata.nodes import BaseNode
 
 from ..counters import Counters
-from ..storage import RetryPolicy, ShardCache
+from ..options import ReadOptions
+from ..storage import ShardCache
 from .items import PlannedSample
 from .plan import EpochPlan
 from .reading.plain_rows import build_row
@@ -38,9 +39,7 @@ class ReadSamples(BaseNode[PlannedSample]):
         *,
         start: int = 0,
         counters: Counters | None = None,
-        policy: RetryPolicy | None = None,
-        cache_dir: str | None = None,
-        cache_bytes: int = 50 << 30,
+        read: ReadOptions | None = None,
         rows: bool = False,
     ) -> None:
         super().__init__()
@@ -51,9 +50,10 @@ class ReadSamples(BaseNode[PlannedSample]):
         self.counters = counters if counters is not None else Counters()
         refs, padding = plan.worker_share(worker)
         self._padding: list[bool] = padding.tolist()  # a list: read once per sample
-        cache = ShardCache(cache_dir, cache_bytes) if cache_dir else None
+        read = read if read is not None else ReadOptions()
+        cache = ShardCache(read.cache_dir, read.cache_bytes) if read.cache_dir else None
         self._reader = PlannedSampleReader(
-            source, refs, counters=self.counters, policy=policy, cache=cache, seed=plan.seed, rows=rows
+            source, refs, counters=self.counters, policy=read.retry, cache=cache, seed=plan.seed, rows=rows
         )
         self._position = start
 

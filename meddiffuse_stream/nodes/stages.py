@@ -12,6 +12,7 @@ from typing import Any
 
 from torchdata.nodes import BaseNode
 
+from ..options import OnError
 from .decode import DecodeOptions, SampleError, decode_sample
 from .errors import LoaderDataError
 from .items import PlannedSample, Skipped, as_tensor_sample
@@ -21,7 +22,6 @@ from .source import DatasetSource
 __all__ = ["Decode", "Filter", "ImageMap", "Map", "decode_planned"]
 
 Sample = dict[str, Any]
-ON_ERROR = ("raise", "skip")
 
 
 class _OneToOne(BaseNode[Any]):
@@ -56,11 +56,13 @@ class Decode(_OneToOne):
     """
 
     def __init__(
-        self, source: BaseNode[PlannedSample], dataset: DatasetSource, options: DecodeOptions, on_error: str = "raise"
+        self,
+        source: BaseNode[PlannedSample],
+        dataset: DatasetSource,
+        options: DecodeOptions,
+        on_error: OnError = "raise",
     ) -> None:
         super().__init__(source)
-        if on_error not in ON_ERROR:
-            raise ValueError(f"on_error must be one of {ON_ERROR}, got {on_error!r}")
         self.dataset = dataset
         self.options = options
         self.on_error = on_error
@@ -69,7 +71,7 @@ class Decode(_OneToOne):
         return decode_planned(planned, self.dataset, self.options, self.on_error)
 
 
-def decode_planned(planned: PlannedSample, dataset: DatasetSource, options: DecodeOptions, on_error: str) -> Any:
+def decode_planned(planned: PlannedSample, dataset: DatasetSource, options: DecodeOptions, on_error: OnError) -> Any:
     """One planned sample decoded (``is_padding`` set), or a :class:`Skipped` naming shard and key; with
     ``on_error="raise"`` a :class:`LoaderDataError` instead."""
     item = planned.item

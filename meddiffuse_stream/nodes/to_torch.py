@@ -15,8 +15,9 @@ import numpy as np
 import torch
 from torchdata.nodes import BaseNode
 
+from ..options import Dtype
 from .collate import to_unit_float
-from .pixels import check_dtype, deliver
+from .pixels import deliver
 
 __all__ = ["ToTorch", "to_device", "unit_float"]
 
@@ -76,11 +77,11 @@ class ToTorch(BaseNode[Any]):
         *,
         pin_memory: bool = False,
         device: str | torch.device | None = None,
-        dtype: str = "float32",
+        dtype: Dtype = "float32",
     ) -> None:
         super().__init__()
         self.source = source
-        self.dtype = check_dtype(dtype)
+        self.dtype = dtype
         self.device = torch.device(device) if device is not None else None
         self.pin = pin_memory and torch.cuda.is_available()
         if pin_memory and not self.pin:
@@ -103,7 +104,7 @@ def _is_chunk(chunk: Any) -> bool:
     return isinstance(chunk, dict) and "image" in chunk and "label" in chunk and "key" in chunk
 
 
-def convert_chunk(chunk: dict[str, Any], dtype: str = "float32") -> dict[str, Any]:
+def convert_chunk(chunk: dict[str, Any], dtype: Dtype = "float32") -> dict[str, Any]:
     """A default chunk's arrays as tensors (no copy where they already are what is delivered): the image as
     float32 in [0, 1], or in the integer ``dtype`` asked for."""
     image = chunk["image"]

@@ -13,12 +13,12 @@ that (at most ``prefetch`` batches per worker).
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from typing import Any
 
 from torchdata.nodes import BaseNode
 
 from ..counters import Counters
+from ..options import WorkerOptions
 from .chain import WorkerChain
 from .epochs import EpochSource
 from .plan import EpochPlan
@@ -42,24 +42,17 @@ class Workers(BaseNode[Any]):
         source: EpochSource,
         chain: WorkerChain,
         *,
-        method: str = "process",
-        prefetch: int = 2,
-        mp_context: str = "fork",
+        options: WorkerOptions | None = None,
         counters: Counters | None = None,
-        persistent: bool = True,
-        timeout: float = 0.0,
-        worker_init_fn: Callable[[int], None] | None = None,
     ) -> None:
         super().__init__()
+        options = options if options is not None else WorkerOptions()
         self.source = source
         self.chain = chain
         self.counters = counters if counters is not None else Counters()
-        self.persistent = persistent
-        self.timeout = timeout
-        count = source.settings["num_workers"]
-        self.pool = WorkerPool(
-            chain, count, method=method, prefetch=prefetch, mp_context=mp_context, worker_init_fn=worker_init_fn
-        )
+        self.persistent = options.persistent
+        self.timeout = options.timeout
+        self.pool = WorkerPool(chain, source.settings["num_workers"], options)
         self._plan: EpochPlan | None = None
         self._source_state: dict[str, Any] = {}
         self._batches = 0

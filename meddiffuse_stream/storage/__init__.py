@@ -5,9 +5,10 @@ from __future__ import annotations
 
 from .location import Location, atomic_write, bounded_options, parse_storage_options, sha256_of
 from .retry import ResumableReader, RetryPolicy, ShardReadError, is_transient
-from .shard_cache import ShardCache, ShardIntegrityError
+from .shard_cache import DEFAULT_CACHE_BYTES, ShardCache, ShardIntegrityError
 
 __all__ = [
+    "DEFAULT_CACHE_BYTES",
     "Location",
     "ResumableReader",
     "RetryPolicy",

@@ -19,7 +19,9 @@ import warnings
 from pathlib import Path
 from typing import BinaryIO
 
-__all__ = ["ShardCache", "ShardIntegrityError"]
+__all__ = ["DEFAULT_CACHE_BYTES", "ShardCache", "ShardIntegrityError"]
+
+DEFAULT_CACHE_BYTES = 50 << 30  # the shard cache's default size limit
 
 _CHUNK = 1 << 20
 _warned: set[str] = set()  # cache folders this process has already warned about
@@ -30,7 +32,7 @@ class ShardIntegrityError(OSError):
 
 
 class ShardCache:
-    def __init__(self, directory: str | os.PathLike[str], max_bytes: int = 50 << 30) -> None:
+    def __init__(self, directory: str | os.PathLike[str], max_bytes: int = DEFAULT_CACHE_BYTES) -> None:
         if max_bytes <= 0:
             raise ValueError(f"cache size limit must be positive, got {max_bytes}")
         self.directory = Path(directory)

@@ -11,6 +11,8 @@ from torchdata.nodes import Loader
 
 from meddiffuse_stream.counters import Counters
 from meddiffuse_stream.nodes import (
+    ConformOptions,
+    WorkerOptions,
     Batch,
     Conform,
     Decode,
@@ -77,7 +79,7 @@ def test_reader_contract(source, plan):
     "stage",
     [
         lambda up, src: Decode(up, src, DecodeOptions(num_classes=2)),
-        lambda up, src: Conform(Decode(up, src, DecodeOptions()), resize=5, mode="letterbox", channels=3),
+        lambda up, src: Conform(Decode(up, src, DecodeOptions()), ConformOptions.of(5, "letterbox", 3)),
         lambda up, src: Map(Decode(up, src, DecodeOptions()), lambda s: dict(s, label=1 - s["label"])),
         lambda up, src: ImageMap(Decode(up, src, DecodeOptions()), _brighter),
         lambda up, src: Filter(Decode(up, src, DecodeOptions()), _odd_keys),
@@ -106,7 +108,7 @@ def test_workers_contract_and_next_epoch(source, workers, method, fused):
     assert chain.fused == fused
 
     def make():
-        return Workers(_epochs(source, workers), chain, method=method)
+        return Workers(_epochs(source, workers), chain, options=WorkerOptions(method=method))
 
     check_state_contract(make, [0, 3, 13])
     node = make()
@@ -176,16 +178,16 @@ def test_torchdata_loader_on_top_moves_on_each_epoch_and_resumes_exactly(source)
     """Under torchdata.nodes.Loader every iteration is the next epoch (it used to repeat epoch 0 forever) and a
     state from the middle of an epoch resumes exactly, then goes on to the next epoch."""
     chain = WorkerChain(source, DecodeOptions(num_classes=2))
-    root = ToTorch(Workers(_epochs(source, 2), chain, method="thread"))
+    root = ToTorch(Workers(_epochs(source, 2), chain, options=WorkerOptions(method="thread")))
     loader = Loader(root)
     epochs = [[keys_of(b) for b in loader] for _ in range(3)]
     assert epochs[0] != epochs[1] != epochs[2] and len({len(e) for e in epochs}) == 1
-    partial = Loader(ToTorch(Workers(_epochs(source, 2), chain, method="thread")))
+    partial = Loader(ToTorch(Workers(_epochs(source, 2), chain, options=WorkerOptions(method="thread"))))
     iterator = iter(partial)
     for _ in range(5):
         next(iterator)
     state = partial.state_dict()
-    resumed = Loader(ToTorch(Workers(_epochs(source, 2), chain, method="thread")))
+    resumed = Loader(ToTorch(Workers(_epochs(source, 2), chain, options=WorkerOptions(method="thread"))))
     resumed.load_state_dict(state)
     assert [keys_of(b) for b in resumed] == epochs[0][5:]
     assert [keys_of(b) for b in resumed] == epochs[1]

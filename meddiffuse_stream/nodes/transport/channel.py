@@ -24,6 +24,7 @@ from typing import Any
 
 import numpy as np
 
+from .messages import MessageKind, WorkerMessage
 from .segments import SegmentMaps, SegmentPool, supported
 from .wire import pack, unpack
 
@@ -125,9 +126,8 @@ class BatchSender:
         try:
             message, segments = self._pack(item)
         except Exception as error:  # e.g. a collate_fn result that cannot be pickled: the loader raises it
-            message, segments = pack(
-                (item[0], "error", f"the batch cannot be sent to the loader: {type(error).__name__}: {error}", {})
-            )
+            failure = f"the batch cannot be sent to the loader: {type(error).__name__}: {error}"
+            message, segments = pack(WorkerMessage(item.generation, MessageKind.FAILURE, failure, {}))
         try:
             self._connection.send_bytes(message)
             if segments:

@@ -15,20 +15,19 @@ import queue
 import threading
 import time
 import weakref
-from collections.abc import Callable
 from typing import Any
 
 from ...counters import Counters, is_sample_counter
+from ...options import WorkerOptions
 from ..errors import LoaderDataError, WorkerDiedError
 from ..plan import EpochPlan
 from .chain_protocol import BuildsWorkerNodes
 from .channel import WorkerGone, batch_channel
 from .lifecycle import close_at_exit
+from .messages import MessageKind
 from .worker_loop import Box, worker_loop
 
-__all__ = ["METHODS", "WorkerPool"]
-
-METHODS = ("process", "thread")
+__all__ = ["WorkerPool"]
 _POLL_SECONDS = 0.1
 _GRACE_SECONDS = 0.25
 
@@ -40,20 +39,14 @@ class WorkerPool:
         self,
         chain: BuildsWorkerNodes,
         count: int,
-        *,
-        method: str = "process",
-        prefetch: int = 2,
-        mp_context: str = "fork",
-        worker_init_fn: Callable[[int], None] | None = None,
+        options: WorkerOptions,
     ) -> None:
-        if method not in METHODS:
-            raise ValueError(f"worker method must be one of {METHODS}, got {method!r}")
         self.chain = chain
         self.count = count
-        self.method = method
-        self.prefetch = max(1, prefetch)
-        self.mp_context = mp_context
-        self.worker_init_fn = worker_init_fn
+        self.method = options.method
+        self.prefetch = options.prefetch
+        self.mp_context = options.mp_context
+        self.worker_init_fn = options.init_fn
         self._handles: _Handles | None = None
         self._finalizer: Any = None
 
@@ -114,14 +107,14 @@ class WorkerPool:
                         f"decode worker {worker} ({self.method}) sent no batch in {timeout:g} s {where} (timeout=)"
                     ) from None
                 continue
-            if kind != "chunk" or generation != handles.generation.value:
+            if kind != MessageKind.CHUNK or generation != handles.generation.value:
                 if counters is not None:
                     counters.update({name: value for name, value in delta.items() if not is_sample_counter(name)})
             if generation != handles.generation.value:
                 continue  # prefetched for an epoch or position that was left
-            if kind == "chunk":
+            if kind == MessageKind.CHUNK:
                 return payload, delta
-            if kind == "data":
+            if kind == MessageKind.DATA:
                 raise LoaderDataError(payload)
             raise RuntimeError(f"decode worker {worker} ({self.method}) failed {where}: {payload}")
 

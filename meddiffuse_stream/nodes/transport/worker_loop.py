@@ -17,6 +17,7 @@ from ..reading.shard_stream import DEFAULT_MEMORY_LIMIT
 from .chain_protocol import BuildsWorkerNodes
 from .heap import keep_freed_memory
 from .lifecycle import die_with_parent, restore_default_signals
+from .messages import MessageKind, WorkerMessage
 
 __all__ = ["Box", "worker_loop"]
 
@@ -30,7 +31,7 @@ class Box:
         self.value = 0
 
 
-def _hand_over(results: Any, item: tuple, generation: Any) -> bool:
+def _hand_over(results: Any, item: WorkerMessage, generation: Any) -> bool:
     """Put ``item`` (into a ``BatchSender`` or a thread's queue), waiting for room in bounded steps; False once its
     generation is over (nobody wants it)."""
     while True:
@@ -38,7 +39,7 @@ def _hand_over(results: Any, item: tuple, generation: Any) -> bool:
             results.put(item, timeout=_PUT_SECONDS)
             return True
         except queue.Full:
-            if generation.value != item[0]:
+            if generation.value != item.generation:
                 return False
 
 
@@ -89,7 +90,7 @@ def worker_loop(
             return
         current, plan, start = command
         if init_error is not None:
-            _hand_over(results, (current, "error", init_error, {}), generation)
+            _hand_over(results, WorkerMessage(current, MessageKind.FAILURE, init_error, {}), generation)
             continue
         try:
             node = chain.build(plan, worker, start, counters, allocate)
@@ -99,13 +100,13 @@ def worker_loop(
                     _keep_storage_counts(counters, {})  # read ahead for nothing
                     break
                 delta = counters.take()
-                if not _hand_over(results, (current, "chunk", chunk, delta), generation):
+                if not _hand_over(results, WorkerMessage(current, MessageKind.CHUNK, chunk, delta), generation):
                     _keep_storage_counts(counters, delta)
                     break
                 chunk = None  # its memory goes with the message, not kept here while the next batch decodes
         except BaseException as error:  # reported to the main process, which raises it with the worker named
-            kind = "data" if isinstance(error, LoaderDataError) else "error"
+            kind = MessageKind.DATA if isinstance(error, LoaderDataError) else MessageKind.FAILURE
             detail = f"{type(error).__name__}: {error}"
-            if kind == "error":
+            if kind == MessageKind.FAILURE:
                 detail += "\n" + traceback.format_exc(limit=6)
-            _hand_over(results, (current, kind, detail, counters.take()), generation)
+            _hand_over(results, WorkerMessage(current, kind, detail, counters.take()), generation)
