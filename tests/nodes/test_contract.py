@@ -11,10 +11,9 @@ from torchdata.nodes import Loader
 
 from meddiffuse_stream.counters import Counters
 from meddiffuse_stream.nodes import (
-    ConformOptions,
-    WorkerOptions,
     Batch,
     Conform,
+    ConformOptions,
     Decode,
     DecodeBatch,
     DecodeOptions,
@@ -27,6 +26,7 @@ from meddiffuse_stream.nodes import (
     ReadSamples,
     ToTorch,
     WorkerChain,
+    WorkerOptions,
     Workers,
     open_dataset,
 )
@@ -143,7 +143,7 @@ def test_to_torch_and_device_stage_contract(source, threaded):
 
 
 def test_a_failing_device_stage_names_itself_and_close_does_not_wait(source):
-    import time
+    import threading
 
     class Failing:
         device = "cpu"
@@ -161,17 +161,23 @@ def test_a_failing_device_stage_names_itself_and_close_does_not_wait(source):
     with pytest.raises(RuntimeError, match=r"device stage \(broken-method\) failed: no such thing"):
         next(node)
 
+    entered, release, finished = threading.Event(), threading.Event(), threading.Event()
+
     class Slow(Failing):
         def __call__(self, batch, details=True):
-            time.sleep(2)
+            entered.set()
+            release.wait(timeout=60)  # busy until the test lets it go
+            finished.set()
             return batch
 
     node = DeviceStage(ToTorch(Workers(_epochs(source, 0), chain)), Slow(), threaded=True)
     node.reset(None)
-    node._start_runner().submit({"image": torch.zeros(1)})  # the thread is now busy for 2 s
-    started = time.monotonic()
+    node._start_runner().submit({"image": torch.zeros(1)})
+    assert entered.wait(timeout=60)  # the stage's thread is now busy with that batch
     node.close()
-    assert time.monotonic() - started < 0.5
+    assert not finished.is_set(), "close() waited for the batch the stage was on"
+    release.set()
+    assert finished.wait(timeout=60)
 
 
 def test_torchdata_loader_on_top_moves_on_each_epoch_and_resumes_exactly(source):

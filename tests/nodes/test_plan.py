@@ -115,12 +115,8 @@ def test_buffer_order_is_what_a_streaming_buffer_emits_for_the_same_draws(count,
 
 
 def test_absurd_sizes_are_refused_before_anything_is_allocated():
-    import time
-
     from meddiffuse_stream.shardfmt.manifest import MAX_SPLIT_SAMPLES
 
-    started = time.monotonic()
     for sizes in ((10**12,), (MAX_SPLIT_SAMPLES, 1), (-5, 3), (2.5,)):
         with pytest.raises(ValueError, match=r"plan can hold|non-negative integers"):
-            EpochPlan(sizes, 4)
-    assert time.monotonic() - started < 1
+            EpochPlan(sizes, 4)  # an allocation of 10**12 entries would fail with MemoryError, not this

@@ -4,7 +4,6 @@ import gc
 import os
 import signal
 import socket
-import time
 from multiprocessing import reduction
 
 import numpy as np
@@ -184,15 +183,13 @@ def test_a_worker_killed_mid_epoch_is_an_error_and_leaks_nothing(dataset):
     iterator = iter(loader)
     first = next(iterator)
     os.kill(loader.graph.workers.pool.pids[1], signal.SIGKILL)
-    started = time.monotonic()
 
     def drain(batches) -> None:
         for _ in batches:  # batches the other worker had ready come first, then the error
             pass
 
     with pytest.raises(WorkerDiedError):
-        drain(iterator)
-    assert time.monotonic() - started < 30
+        drain(iterator)  # the test's timeout bounds the wait: a missed death would hang here
     assert first["image"].shape[0] == 8 and first["image"].isfinite().all()
     loader.close()
     del loader, iterator, first

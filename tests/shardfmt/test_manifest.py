@@ -4,7 +4,6 @@ shard paths stay inside the dataset root, and nothing a manifest says can make t
 from __future__ import annotations
 
 import json
-import time
 from pathlib import Path
 
 import pytest
@@ -96,14 +95,12 @@ BAD = {
 @pytest.mark.parametrize("case", sorted(BAD))
 def test_a_bad_manifest_is_an_error_naming_file_and_field(case):
     document, field, words = BAD[case]
-    started = time.monotonic()
     with pytest.raises(ManifestError) as info:
         _parse(document)
     message = str(info.value)
     assert message.startswith("s3://bucket/ds/dataset.json: "), message
     assert field is None or f": {field}: " in message, message
     assert words in message, message
-    assert time.monotonic() - started < 5
 
 
 def test_a_good_manifest_and_what_it_offers():
@@ -133,11 +130,9 @@ def test_the_loader_refuses_a_bad_manifest_before_reading_anything(tmp_path, cas
     root = _dataset_dir(tmp_path / "ds", document)
     secret = tmp_path / "x.tar"
     secret.write_bytes(b"outside the dataset")
-    started = time.monotonic()
     with pytest.raises(ManifestError) as info:
         MedDiffuseLoader(str(root), 4)
     assert str(root / "dataset.json") in str(info.value) and words in str(info.value)
-    assert time.monotonic() - started < 10
 
 
 def test_location_paths_cannot_leave_the_root(tmp_path):
