@@ -12,7 +12,7 @@ import inspect
 from collections.abc import Mapping
 from typing import Any
 
-__all__ = ["check_storage_options", "one_line_error"]
+__all__ = ["EXTRA_OF", "check_storage_options", "missing_extra", "one_line_error"]
 
 _OS_ADVICE = {
     errno.ENOSPC: "no space left on the device: free space there or choose another OUT",
@@ -28,10 +28,45 @@ _OS_ADVICE = {
 _NETWORK_MODULES = ("botocore", "aiobotocore", "aiohttp", "urllib3", "requests", "obstore", "s3fs", "gcsfs")
 
 
+# an optional package -> the extra of meddiffuse-stream that installs it
+EXTRA_OF = {
+    "torch": "torch",
+    "torchdata": "torch",
+    "pyspng": "torch",
+    "captum": "augment",
+    "diffusers": "augment",
+    "safetensors": "augment",
+    "matplotlib": "augment",
+    "sklearn": "torch",
+    "scipy": "torch",
+    "pydicom": "dicom",
+    "data_store": "demo",
+    "h5py": "hdf5",
+    "s3fs": "s3",
+    "obstore": "s3",
+}
+
+
+def missing_extra(error: BaseException) -> str | None:
+    """For an import of an optional package that failed: which extra to install, in one line; else ``None``."""
+    if not isinstance(error, ImportError):
+        return None
+    name = (getattr(error, "name", None) or "").split(".")[0]
+    extra = EXTRA_OF.get(name)
+    if extra is None:
+        return None
+    return (
+        f"this command needs {name}, which is not installed: install the '{extra}' extra, e.g. "
+        f"pip install -e '.[{extra}]' in a clone (a CUDA torch installed before is kept)"
+    )
+
+
 def one_line_error(error: BaseException) -> str | None:
     """A one-line message for an environment failure, or ``None`` for anything else (a bug keeps its traceback)."""
     from concurrent.futures.process import BrokenProcessPool
 
+    if isinstance(error, ImportError):
+        return missing_extra(error)
     if isinstance(error, BrokenProcessPool):
         return "a worker process died (killed for memory?): run again with fewer --workers; finished shards are kept"
     if isinstance(error, MemoryError):

@@ -17,6 +17,7 @@ import torch
 from torch import nn
 
 from .mix import gaussian_blur
+from .names import SALIENCY_METHODS
 
 __all__ = [
     "METHODS",
@@ -27,7 +28,7 @@ __all__ = [
     "weights_identity",
 ]
 
-METHODS = ("gradcam", "gradcam-multiscale", "gradients", "integrated-gradients")
+METHODS = SALIENCY_METHODS
 
 
 def normalise_per_image(maps: torch.Tensor, eps: float = 1e-8) -> torch.Tensor:

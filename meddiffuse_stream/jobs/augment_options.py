@@ -19,7 +19,7 @@ def _setting(text: str) -> tuple[str, Any]:
 
 def add_augment_options(parser: argparse.ArgumentParser) -> None:
     """The models an augmentation may need, and the stage's settings."""
-    from ..augment.saliency import METHODS as SALIENCY_METHODS
+    from ..augment.names import SALIENCY_METHODS
 
     group = parser.add_argument_group("augmentation models and settings")
     group.add_argument("--teacher", help="saliency teacher checkpoint (saliency methods)")
