@@ -5,11 +5,14 @@ from __future__ import annotations
 import copy
 import hashlib
 import json
+import os
 import re
+import subprocess
 
 import jsonschema
 import kubernetes_validate
 import pytest
+import yaml
 from k8s_manifests import (
     K8S,
     OVERLAYS,
@@ -30,7 +33,7 @@ pytestmark = pytest.mark.skipif(kubectl() is None, reason="kubectl is not instal
 
 # the oldest Kubernetes the manifests support (k8s/README.md, "Versions"), one between, and the newest known
 KUBERNETES_VERSIONS = ("1.29.0", "1.33.0", kubernetes_validate.utils.latest_version())
-CORE_KINDS = {"ConfigMap", "Service", "PersistentVolumeClaim", "Job"}
+CORE_KINDS = {"ConfigMap", "Service", "PersistentVolumeClaim", "Job", "NetworkPolicy"}
 VIOLATIONS = ["inline-secret", "latest", "untagged", "escalation", "writable-root", "cap-add", "no-limits", "no-shm",
               "undefined-var"]  # fmt: skip
 
@@ -366,3 +369,18 @@ def test_readme_documents_running_on_kubernetes():
     for topic in ("IRSA", "Workload Identity", "Pod Identity", "NetworkPolicy", "digest", "driver", "Kueue",
                   "evicted", "RUN_NAME", "SHARD_CACHE_SIZE"):  # fmt: skip
         assert topic in operators, f"k8s/README.md says nothing of {topic}"
+
+
+def test_an_overlay_can_pin_the_image_by_digest(tmp_path):
+    """What k8s/README.md tells operators to do: `images: digest:` in their overlay; every pod runs that digest."""
+    digest = "sha256:" + "0123456789abcdef" * 4
+    (tmp_path / "kustomization.yaml").write_text(yaml.safe_dump({
+        "resources": [os.path.relpath(K8S / "overlays" / "gpu-jobset", tmp_path)],
+        "images": [{"name": "ghcr.io/meddiffuse/meddiffuse-stream", "newName": "registry.example/meddiffuse-stream",
+                    "digest": digest}]}))  # fmt: skip
+    result = subprocess.run([kubectl(), "kustomize", str(tmp_path)], capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stderr
+    objects = tuple(doc for doc in yaml.safe_load_all(result.stdout) if doc)
+    images = {c["image"] for pod in pod_specs(objects) for c in pod.containers}
+    assert images == {f"registry.example/meddiffuse-stream@{digest}"}
+    assert violations(objects, gpu=True) == []

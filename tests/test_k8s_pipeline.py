@@ -165,13 +165,14 @@ def test_a_run_renames_labels_and_annotates_its_objects_and_keeps_the_policy(tmp
     run = "rsna-meddiffusemix-seed0"  # the longest run name the base's pipeline.env uses (24 characters allowed)
     objects = _rendered_run(tmp_path, overlay, run)
     names = {(o["kind"], o["metadata"]["name"]) for o in objects}
+    shared = ("PersistentVolumeClaim", "NetworkPolicy")  # the runs in a namespace share the claims and the policies
     for kind, name in names:
-        if kind == "PersistentVolumeClaim":
-            assert not name.endswith(run), "the claims are shared by every run"
+        if kind in shared:
+            assert not name.endswith(run), (kind, name)
         else:
             assert name.endswith(f"-{run}"), (kind, name)
     for obj in objects:
-        if obj["kind"] != "PersistentVolumeClaim":
+        if obj["kind"] not in shared:
             assert obj["metadata"]["labels"]["meddiffuse.io/run"] == run
             assert re.fullmatch(r"[0-9a-f]{16}", obj["metadata"]["annotations"]["meddiffuse.io/settings"])
     config = next(o for o in objects if o["metadata"]["name"] == f"meddiffuse-pipeline-{run}")
@@ -186,7 +187,7 @@ def test_a_run_renames_labels_and_annotates_its_objects_and_keeps_the_policy(tmp
             assert ("Service", pod.template["spec"]["subdomain"]) in names
             assert pod.template["spec"]["subdomain"] == pod.workload["metadata"]["name"], "JOB-0.JOB is the host"
     for obj in objects:
-        if obj["kind"] in ("Job", "ConfigMap", "Service", "PersistentVolumeClaim"):
+        if obj["kind"] in ("Job", "ConfigMap", "Service", "PersistentVolumeClaim", "NetworkPolicy"):
             kubernetes_validate.validate(obj, "1.29.0", strict=True)
         if obj["kind"] == "JobSet":
             jsonschema.Draft4Validator(crd_schema()).validate(obj)
