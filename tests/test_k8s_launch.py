@@ -44,7 +44,7 @@ def _run(*args: str, env: dict[str, str] | None = None, cwd: Path | None = None)
         (["--shard-cache-size=forty", *TRAIN, "--shard-cache=/tmp/c"], {}, "not a Kubernetes quantity"),
     ],
     ids=["train-flag", "train-choice", "plain-train-value", "torchrun-flag", "unexpanded", "nnodes", "module",
-         "other-program", "ddp-timeout", "cache-dir", "cache-both", "cache-quantity"],  # fmt: skip
+         "other-program", "ddp-timeout", "cache-dir", "cache-both", "cache-quantity"],
 )
 def test_usage_errors_exit_2_before_anything_starts(tmp_path, args, env, message):
     result = _run(*args, env=env, cwd=tmp_path)
