@@ -2,7 +2,11 @@
 #   docker build -t ghcr.io/meddiffuse/meddiffuse-stream:0.1.0-cpu .
 #   docker build --build-arg TORCH_INDEX=https://download.pytorch.org/whl/cu128 \
 #                -t ghcr.io/meddiffuse/meddiffuse-stream:0.1.0-cuda12.8 .
-# The CUDA wheels carry their own CUDA runtime; the node's NVIDIA container runtime supplies the driver.
+# The CUDA wheels carry their own CUDA runtime; the node's NVIDIA container runtime supplies the driver, which must be
+# 570 or later for CUDA 12.8 (k8s/README.md, "Versions"). Deploy by digest: after pushing,
+#   docker buildx imagetools inspect REGISTRY/meddiffuse-stream:TAG   -> images: digest: sha256:... in the overlay.
+# The pods run /opt/meddiffuse/launch.py from a ConfigMap (k8s/base): it needs this image's python, torch and the
+# meddiffuse-stream console script on PATH (torchrun --no-python meddiffuse-stream).
 FROM python:3.12.8-slim-bookworm
 
 ARG TORCH_VERSION=2.13.0
@@ -26,7 +30,8 @@ COPY meddiffuse_stream ./meddiffuse_stream
 COPY tools ./tools
 # the versions the tests ran with (constraints.txt, made by `make lock`); torch==X there matches X+cu128 too
 RUN pip install -c constraints.txt ".[all]" \
-    && python -c "import meddiffuse_stream, torch, captum, diffusers, s3fs, torchdata"
+    && python -c "import meddiffuse_stream, torch, torch.distributed.run, captum, diffusers, s3fs, torchdata" \
+    && meddiffuse-stream --help >/dev/null
 
 # Non-root; the mount points exist and belong to the user so emptyDirs and volumes inherit nothing from root.
 RUN groupadd --system --gid 10001 meddiffuse \

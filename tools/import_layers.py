@@ -158,7 +158,7 @@ def violations(root: Path) -> list[str]:
                 )
     # a package's __init__ importing its own modules is its face, not a circle
     acyclic = {
-        m: {t for t in ts if t not in _parents(m) and m not in _parents(t) or m == ""} for m, ts in graph.items()
+        m: {t for t in ts if (t not in _parents(m) and m not in _parents(t)) or m == ""} for m, ts in graph.items()
     }
     problems += [f"import circle: {' -> '.join(c)}" for c in _cycles(acyclic)]
     return problems

@@ -13,6 +13,7 @@ import math
 import os
 from collections import deque
 from dataclasses import dataclass, field, fields, replace
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
@@ -29,7 +30,14 @@ from ..shardfmt.manifest import DATASET_JSON, read_manifest
 from ..storage import DEFAULT_CACHE_BYTES, Location
 from .metrics import classification_metrics
 
-__all__ = ["TargetNotReachedError", "TrainConfig", "require_classes", "train", "training_device"]
+__all__ = [
+    "TargetNotReachedError",
+    "TrainConfig",
+    "process_group_timeout",
+    "require_classes",
+    "train",
+    "training_device",
+]
 
 CHECKPOINT = "checkpoint.pt"
 
@@ -77,6 +85,22 @@ def training_device(name: str | None = None) -> torch.device:
     return torch.device(name)
 
 
+def process_group_timeout() -> timedelta | None:
+    """How long a collective waits for its peers before it fails, from ``MEDDIFFUSE_DDP_TIMEOUT`` (seconds): a rank
+    whose peer died then fails (and torchrun restarts the ranks) instead of blocking for torch's default (30 minutes
+    for gloo). ``None`` when unset or empty: torch's default."""
+    text = os.environ.get("MEDDIFFUSE_DDP_TIMEOUT", "").strip()
+    if not text:
+        return None
+    try:
+        seconds = float(text)
+    except ValueError:
+        seconds = -1.0
+    if not math.isfinite(seconds) or seconds <= 0:
+        raise ValueError(f"MEDDIFFUSE_DDP_TIMEOUT={text!r}: give the process-group timeout as seconds > 0")
+    return timedelta(seconds=seconds)
+
+
 def _distributed(device: torch.device) -> tuple[int, int, bool]:
     """Under torchrun a process group always exists, one process included (so a 1-GPU run goes through NCCL and
     DDP as a cluster run does): NCCL when training on CUDA, gloo on the CPU whatever the machine has."""
@@ -84,7 +108,7 @@ def _distributed(device: torch.device) -> tuple[int, int, bool]:
     if launched and not dist.is_initialized():
         if device.type == "cuda":
             torch.cuda.set_device(device)  # before NCCL starts: otherwise every rank's collectives use cuda:0
-        dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+        dist.init_process_group("nccl" if device.type == "cuda" else "gloo", timeout=process_group_timeout())
         return dist.get_rank(), dist.get_world_size(), True
     return (dist.get_rank(), dist.get_world_size(), False) if dist.is_initialized() else (0, 1, False)
 
