@@ -84,8 +84,8 @@ paper: .demo/models.done .demo/variants.done
 
 # ruff (lint and format) and the type checker; .pre-commit-config.yaml runs the same on commit
 lint: setup
-	$(VENV)/bin/ruff check meddiffuse_stream tools tests
-	$(VENV)/bin/ruff format --check meddiffuse_stream tools tests
+	$(VENV)/bin/ruff check meddiffuse_stream tools tests k8s
+	$(VENV)/bin/ruff format --check meddiffuse_stream tools tests k8s
 
 # everything, as CI runs it: the S3 tests start a real SeaweedFS server, the slow ones train with torchrun
 test: lint
@@ -93,7 +93,7 @@ test: lint
 
 # the everyday subset (unit tests: no S3 server, no training in subprocesses; a few minutes on 2 cores)
 test-fast: setup
-	$(VENV)/bin/ruff check meddiffuse_stream tools tests
+	$(VENV)/bin/ruff check meddiffuse_stream tools tests k8s
 	$(PY) -m pytest -q -m "not slow and not s3"
 
 bench-shard: setup
