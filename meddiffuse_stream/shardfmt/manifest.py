@@ -15,6 +15,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from .labels import LabelCounts, count_findings, parse_label_counts
 from .safejson import loads_limited
 
 __all__ = [
@@ -71,17 +72,21 @@ TASKS = ("multi_class", "multi_label")
 
 @dataclass(frozen=True)
 class SplitStats:
-    """What ``dataset.json`` records of one split: samples, patients, shards and samples per class."""
+    """What ``dataset.json`` records of one split: samples, patients, shards and samples per class — or, for a
+    multi-label dataset, per class its positive / negative / unknown samples (``labels``)."""
 
     samples: int | None = None
     patients: int | None = None
     shards: int | None = None
     classes: Mapping[str, int] | None = None
+    labels: Mapping[str, LabelCounts] | None = None
 
     def to_document(self) -> dict[str, Any]:
         entry: dict[str, Any] = {"samples": self.samples, "patients": self.patients, "shards": self.shards}
         if self.classes is not None:
             entry["classes"] = dict(self.classes)
+        if self.labels is not None:
+            entry["labels"] = {name: counts.to_document() for name, counts in self.labels.items()}
         return {k: v for k, v in entry.items() if v is not None}
 
 
@@ -99,6 +104,7 @@ class Manifest:
     class_names: tuple[str, ...] = ()
     has_roi: bool = False
     task: str = "multi_class"
+    label_mask: bool = False  # multi-label samples carry a mask (some findings are unknown)
     split_stats: Mapping[str, SplitStats] = field(default_factory=dict)
     name: str | None = None
     source_format: str | None = None
@@ -118,11 +124,19 @@ class Manifest:
         return tuple(s for s in self.shards if s.split == split)
 
     def class_counts(self, split: str) -> list[int] | None:
-        """Samples per class (in ``class_names`` order) of ``split``, when ``dataset.json`` records them."""
+        """Samples per class (in ``class_names`` order) of ``split``, when ``dataset.json`` records them (a
+        multi-label dataset records :meth:`label_counts` instead)."""
         stats = self.split_stats.get(split)
         if stats is None or stats.classes is None:
             return None
         return [int(stats.classes.get(name, 0)) for name in self.class_names]
+
+    def label_counts(self, split: str) -> list[LabelCounts] | None:
+        """Multi-label: per class (in ``class_names`` order) the positive / negative / unknown samples of ``split``."""
+        stats = self.split_stats.get(split)
+        if stats is None or stats.labels is None:
+            return None
+        return [stats.labels[name] for name in self.class_names]
 
     def to_document(self) -> dict[str, Any]:
         """The JSON object written as ``dataset.json``."""
@@ -136,6 +150,7 @@ class Manifest:
             "class_names": list(self.class_names),
             "num_classes": len(self.class_names),
             "has_roi": self.has_roi,
+            "label_mask": self.label_mask,
             "official_splits": self.official_splits,
             "options": dict(self.options),
             "counts": dict(self.counts),
@@ -156,19 +171,29 @@ def build_manifest(shards: Sequence[ShardInfo], **fields_: Any) -> Manifest:
 
 
 def split_stats(
-    rows: Sequence[Mapping[str, Any]], shards: Sequence[ShardInfo], class_names: Sequence[str]
+    rows: Sequence[Mapping[str, Any]],
+    shards: Sequence[ShardInfo],
+    class_names: Sequence[str],
+    task: str = "multi_class",
 ) -> dict[str, SplitStats]:
-    """Per-split statistics from ``index.parquet`` rows (``split``, ``class_name``, ``patient_id``, ``source``)."""
+    """Per-split statistics from ``index.parquet`` rows (``split``, ``class_name`` or, multi-label, ``labels`` of
+    1 / 0 / -1, ``patient_id``, ``source``)."""
     stats: dict[str, SplitStats] = {}
     for split in dict.fromkeys(s.split for s in shards if s.split is not None):
         in_split = [row for row in rows if row["split"] == split]
-        counts = Counter(row["class_name"] for row in in_split)
+        classes, labels = None, None
+        if task == "multi_label":
+            labels = count_findings([row["labels"] for row in in_split], class_names)
+        else:
+            counts = Counter(row["class_name"] for row in in_split)
+            classes = {c: counts.get(c, 0) for c in class_names}
         stats[split] = SplitStats(
             samples=len(in_split),
             # frames of one file share a source; a sample without patient or source is its own patient
             patients=len({row.get("patient_id") or row.get("source") or row["key"] for row in in_split}),
             shards=sum(1 for s in shards if s.split == split),
-            classes={c: counts.get(c, 0) for c in class_names},
+            classes=classes,
+            labels=labels,
         )
     return stats
 
@@ -244,7 +269,7 @@ def _class_names(document: Mapping[str, Any], where: str) -> tuple[str, ...]:
 
 
 def _split_stats(
-    document: Mapping[str, Any], shards: tuple[ShardInfo, ...], names: tuple[str, ...], where: str
+    document: Mapping[str, Any], shards: tuple[ShardInfo, ...], names: tuple[str, ...], task: str, where: str
 ) -> dict[str, SplitStats]:
     stats = document.get("splits")
     if stats is None:
@@ -266,7 +291,15 @@ def _split_stats(
             raise _fail(where, f"splits.{split}.samples", f"{samples}, but its shards hold {totals.get(split, 0)}")
         patients = _count(entry.get("patients"), where, f"splits.{split}.patients", optional=True)
         shard_count = _count(entry.get("shards"), where, f"splits.{split}.shards", optional=True)
-        classes = entry.get("classes")
+        classes, labels = entry.get("classes"), entry.get("labels")
+        if (classes if task == "multi_label" else labels) is not None:
+            wrong = "classes" if task == "multi_label" else "labels"
+            raise _fail(where, f"splits.{split}.{wrong}", f"does not belong to a {task} dataset")
+        if labels is not None:
+            try:
+                labels = parse_label_counts(labels, names, samples, f"splits.{split}.labels")
+            except ValueError as error:
+                raise ManifestError(f"{where}: {error}") from None
         if classes is not None:
             if not isinstance(classes, dict):
                 raise _fail(where, f"splits.{split}.classes", "expected an object of class name to count")
@@ -276,7 +309,7 @@ def _split_stats(
                 _count(count, where, f"splits.{split}.classes.{name}")
             if samples is not None and sum(classes.values()) != samples:
                 raise _fail(where, f"splits.{split}.classes", f"add up to {sum(classes.values())}, not {samples}")
-        typed[split] = SplitStats(samples, patients, shard_count, classes)
+        typed[split] = SplitStats(samples, patients, shard_count, classes, labels)
     return typed
 
 
@@ -311,6 +344,16 @@ def _task(document: Mapping[str, Any], where: str) -> str:
     return str(task)
 
 
+def _label_mask(document: Mapping[str, Any], task: str, stats: Mapping[str, SplitStats], where: str) -> bool:
+    mask = _flag(document, "label_mask", where)
+    if mask and task != "multi_label":
+        raise _fail(where, "label_mask", "only a multi_label dataset has label masks")
+    unknown = [s for s, st in stats.items() if st.labels and any(c.unknown for c in st.labels.values())]
+    if unknown and not mask:
+        raise _fail(where, "label_mask", f"false, but split {unknown[0]!r} counts unknown labels")
+    return mask
+
+
 def _warnings(document: Mapping[str, Any], where: str) -> tuple[str, ...]:
     value = document.get("warnings") or []
     if not isinstance(value, list) or not all(isinstance(w, str) for w in value):
@@ -328,6 +371,7 @@ _KNOWN_FIELDS = frozenset(
         "class_names",
         "num_classes",
         "has_roi",
+        "label_mask",
         "official_splits",
         "options",
         "counts",
@@ -373,13 +417,18 @@ def parse_manifest(data: bytes, where: str) -> Manifest:
         if total > MAX_SPLIT_SAMPLES:
             raise _fail(where, "shards", f"split {split!r} lists {total} samples, more than {MAX_SPLIT_SAMPLES}")
     names = _class_names(document, where)
+    task = _task(document, where)
+    if task == "multi_label" and not names:
+        raise _fail(where, "class_names", "a multi_label dataset names its findings; the list is empty")
+    stats = _split_stats(document, shards, names, task, where)
     return Manifest(
         where,
         shards,
         names,
         has_roi=_flag(document, "has_roi", where),
-        task=_task(document, where),
-        split_stats=_split_stats(document, shards, names, where),
+        task=task,
+        label_mask=_label_mask(document, task, stats, where),
+        split_stats=stats,
         name=_optional_text(document, "name", where),
         source_format=_optional_text(document, "source_format", where),
         created_by=_optional_text(document, "created_by", where),
