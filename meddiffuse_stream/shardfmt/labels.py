@@ -16,7 +16,7 @@ from typing import Any
 
 import numpy as np
 
-from .members import LABEL_MASK, LABELS
+from .members import LABEL_MASK, LABELS, READ_LABEL_MASK_SUFFIXES, READ_LABELS_SUFFIXES
 from .safejson import loads_limited
 
 __all__ = [
@@ -30,6 +30,7 @@ __all__ = [
     "parse_label_counts",
     "parse_label_mask",
     "parse_label_vector",
+    "sample_findings",
 ]
 
 UNKNOWN = -1
@@ -125,6 +126,25 @@ def parse_label_mask(data: bytes, suffix: str, classes: int, where: str) -> np.n
     if not np.all((mask == 0) | (mask == 1)):
         raise ValueError(f"{where}: a label mask holds 0 (unknown) or 1 (known) only")
     return mask.astype(np.float32)
+
+
+def sample_findings(
+    members: Mapping[str, bytes], key: str, class_names: Sequence[str], label_key: str | None = None
+) -> tuple[np.ndarray, np.ndarray | None]:
+    """A sample's finding vector and mask (``None`` where it has no mask member: every finding known).
+
+    The vector is the ``label_key`` member, else the first of :data:`~.members.READ_LABELS_SUFFIXES` present; the
+    mask the first of :data:`~.members.READ_LABEL_MASK_SUFFIXES`. ``ValueError`` names the key and the member."""
+    choices = (label_key,) if label_key else READ_LABELS_SUFFIXES
+    suffix = next((s for s in choices if s in members), None)
+    if suffix is None:
+        wanted = f".{label_key}" if label_key else "." + ", .".join(READ_LABELS_SUFFIXES)
+        raise ValueError(f"{key}: missing label: no {wanted} member (label_key= picks another)")
+    vector = parse_label_vector(members[suffix], suffix, class_names, f"{key}.{suffix}")
+    mask_suffix = next((s for s in READ_LABEL_MASK_SUFFIXES if s in members), None)
+    if mask_suffix is None:
+        return vector, None
+    return vector, parse_label_mask(members[mask_suffix], mask_suffix, len(class_names), f"{key}.{mask_suffix}")
 
 
 def parse_label_counts(value: Any, names: Sequence[str], samples: int | None, where: str) -> dict[str, LabelCounts]:

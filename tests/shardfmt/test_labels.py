@@ -19,6 +19,7 @@ from meddiffuse_stream.shardfmt.labels import (
     mix_label_vectors,
     parse_label_mask,
     parse_label_vector,
+    sample_findings,
 )
 from meddiffuse_stream.shardfmt.manifest import ManifestError, parse_manifest
 
@@ -75,6 +76,24 @@ def test_a_pickled_npy_is_refused_never_unpickled():
     np.save(buffer, np.array([{"a": 1}, 0, 1], dtype=object), allow_pickle=True)
     with pytest.raises(ValueError, match=r"not a numeric \.npy"):
         parse_label_vector(buffer.getvalue(), "npy", NAMES, "k.npy")
+
+
+def test_a_sample_s_members_give_its_vector_and_mask_or_say_which_is_missing():
+    members = {"png": b"", **dict(finding_members((0, -1, 1), with_mask=True))}
+    vector, mask = sample_findings(members, "k1", NAMES)
+    assert vector.tolist() == [0, 0, 1] and mask.tolist() == [1, 0, 1]
+    vector, mask = sample_findings({"npy": _npy([1, 0, 0]), "labels.json": b"[0,0,1]"}, "k2", NAMES, "npy")
+    assert vector.tolist() == [1, 0, 0] and mask is None
+    with pytest.raises(ValueError, match=r"k3: missing label: no \.labels\.json, \.labels\.npy, \.npy member"):
+        sample_findings({"png": b"", "cls": b"1"}, "k3", NAMES)
+    with pytest.raises(ValueError, match=r"k4\.label_mask\.json: label mask of 2 entries"):
+        sample_findings({"labels.json": b"[0,0,1]", "label_mask.json": b"[1,1]"}, "k4", NAMES)
+
+
+def _npy(values) -> bytes:
+    buffer = io.BytesIO()
+    np.save(buffer, np.array(values, np.float32))
+    return buffer.getvalue()
 
 
 def test_masks_hold_zero_or_one_only():
