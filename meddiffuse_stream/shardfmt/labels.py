@@ -111,7 +111,7 @@ def _numbers(data: bytes, suffix: str, where: str, class_names: Sequence[str]) -
 def parse_label_vector(data: bytes, suffix: str, class_names: Sequence[str], where: str) -> np.ndarray:
     """A float32 ``(C,)`` vector in [0, 1] from a ``.json`` or ``.npy`` member; ``ValueError`` naming ``where``."""
     vector = _numbers(data, suffix, where, class_names)
-    if len(vector) != len(class_names):
+    if class_names and len(vector) != len(class_names):  # without class names (shards written elsewhere): any length
         raise ValueError(f"{where}: {len(vector)} labels, but the dataset has {len(class_names)} classes")
     if not np.all((vector >= 0) & (vector <= 1)):
         raise ValueError(f"{where}: labels must lie in [0, 1], got {vector[(vector < 0) | (vector > 1)][0]:g}")

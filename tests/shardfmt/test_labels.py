@@ -52,6 +52,7 @@ def test_vectors_written_elsewhere_are_read_npy_and_finding_names_included():
     assert parse_label_vector(buffer.getvalue(), "npy", NAMES, "k.npy").tolist() == [0, 1, 1]
     assert parse_label_vector(b'["Effusion", "Atelectasis"]', "labels.json", NAMES, "k").tolist() == [1, 0, 1]
     assert parse_label_vector(b'{"labels": [0.25, 0, 1]}', "json", NAMES, "k").tolist() == [0.25, 0, 1]
+    assert parse_label_vector(b"[1, 0, 0, 1, 1]", "json", (), "k").tolist() == [1, 0, 0, 1, 1]  # no names known
 
 
 @pytest.mark.parametrize(
