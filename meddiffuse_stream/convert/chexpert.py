@@ -106,7 +106,10 @@ class CheXpertSource(FileSource):
                 )
             for row in rows:
                 result = self._item(src, scan, images, row, csv_name, listed, values)
-                (items if isinstance(result, SourceItem) else rejects).append(result)
+                if isinstance(result, SourceItem):
+                    items.append(result)
+                else:
+                    rejects.append(result)
         rejects += [Reject(p, "no row in train.csv or valid.csv") for p in images if p not in listed]
         return Discovery(
             list(OBSERVATIONS),

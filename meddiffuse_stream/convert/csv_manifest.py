@@ -124,7 +124,7 @@ class CsvSource(FileSource):
                 key = keys(path, *posixpath.splitext(path.lstrip("/"))[0].split("/"))
                 patient = row.cells.get("patient_id", "").strip() or None
                 fields = (path, full, patient, None, meta, found.size, found.stamp)
-                if multi is None:
+                if isinstance(label, int):
                     items.append(SourceItem(key, label, *fields))
                 else:
                     items.append(SourceItem(key, -1, *fields, findings=label))

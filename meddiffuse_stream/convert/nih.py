@@ -176,14 +176,15 @@ class NihSource(FileSource):
                 )
             text = read_table(src, path).decode("utf-8-sig", errors="replace")
             lists[split] = {line.strip() for line in text.splitlines() if line.strip()}
-        listed, rejects = [], []
+        listed: list[SourceItem] = []
+        rejects: list[Reject] = []
         for item in items:
             name = posixpath.basename(item.source)
-            split = "test" if name in lists["test"] else "train_val" if name in lists["train_val"] else None
-            if split is None:
+            listed_in = "test" if name in lists["test"] else "train_val" if name in lists["train_val"] else None
+            if listed_in is None:
                 rejects.append(Reject(item.source, f"in neither {TEST_LIST} nor {TRAIN_VAL_LIST} (--split official)"))
             else:
-                listed.append(dataclasses.replace(item, split=split))
+                listed.append(dataclasses.replace(item, split=listed_in))
         fractions = {"train": 1 - self.val_fraction, "val": self.val_fraction}
         carved = assign_splits([i for i in listed if i.split == "train_val"], fractions, self.seed)
         return [dataclasses.replace(i, split=carved.get(i.key, i.split)) for i in listed], rejects

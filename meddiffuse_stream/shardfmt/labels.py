@@ -53,7 +53,7 @@ class LabelCounts:
         return {"positive": self.positive, "negative": self.negative, "unknown": self.unknown}
 
 
-def count_findings(vectors: np.ndarray, class_names: Sequence[str]) -> dict[str, LabelCounts]:
+def count_findings(vectors: Sequence[Sequence[int]] | np.ndarray, class_names: Sequence[str]) -> dict[str, LabelCounts]:
     """Per class, the counts of an ``(N, C)`` array of 1 / 0 / -1 findings."""
     vectors = np.asarray(vectors, dtype=np.int64).reshape(-1, len(class_names))
     return {

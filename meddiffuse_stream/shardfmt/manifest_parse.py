@@ -110,7 +110,7 @@ def _split_stats(
     for index, shard in enumerate(shards):
         if shard.split not in stats:
             raise _fail(where, f"shards[{index}].split", f"{shard.split!r} is not among splits {sorted(stats)}")
-        totals[shard.split] = totals.get(shard.split, 0) + shard.samples
+        totals[str(shard.split)] = totals.get(str(shard.split), 0) + shard.samples  # every parsed shard has one
     typed: dict[str, SplitStats] = {}
     for split, entry in stats.items():
         check_split_name(split, where, f"splits.{split}")
