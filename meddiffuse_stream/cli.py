@@ -176,7 +176,13 @@ def build_parser() -> argparse.ArgumentParser:
     fit.add_argument("--steps", type=int, help="optimizer steps to make (overrides --epochs; the last epoch is cut)")
     fit.add_argument("--batch-size", type=int, default=64)
     fit.add_argument("--lr", type=float, default=1e-3)
-    fit.add_argument("--loss", default="ce", choices=["ce", "weighted"], help="weighted: inverse class frequency")
+    fit.add_argument(
+        "--loss",
+        default="ce",
+        choices=["ce", "weighted"],
+        help="ce: cross-entropy, or masked BCE-with-logits for a multi-label dataset; weighted: inverse class "
+        "frequency (multi-label: pos_weight = negatives / positives per finding)",
+    )
     fit.add_argument("--seed", type=int, default=0)
     fit.add_argument("--workers", type=int, default=0)
     fit.add_argument(
@@ -362,14 +368,10 @@ def _run_train(args: argparse.Namespace) -> int:
     )
     results = train(config)
     if int(os.environ.get("RANK", "0")) == 0:
-        for split in ("val", "test"):
-            if split in results:
-                m = results[split]
-                auc = "n/a" if m["roc_auc"] is None else f"{m['roc_auc']:.3f}"
-                print(
-                    f"{split}: accuracy {m['accuracy']:.3f}  macro-F1 {m['macro_f1']:.3f}  AUC {auc}  "
-                    f"kappa {m['cohen_kappa']:.3f}  ({m['samples']} samples)"
-                )
+        from .jobs.metrics import metrics_table
+
+        table = metrics_table(results)
+        print(f"{table}\n" if table else "", end="")
         print(f"{results['steps']} steps; metrics in {args.out}/metrics.json")
     return 0
 

@@ -34,9 +34,11 @@ from .nodes.workers import resume_position
 from .options import (
     ConformOptions,
     Dtype,
+    LabelOptions,
     OnError,
     ReadOptions,
     ResizeMode,
+    Task,
     WorkerMethod,
     WorkerOptions,
     check_count,
@@ -58,6 +60,12 @@ class MedDiffuseLoader:
     ``as_dict=True`` dicts with ``image``, ``label``, ``key``, ``is_padding`` and, where the dataset has them,
     ``roi`` and ``meta``. ``dtype="uint8"`` (or ``"uint16"``) delivers the stored integers instead, a quarter (half)
     of the bytes, for the device to convert: ``meddiffuse_stream.unit_float(images.to(device))``.
+
+    A multi-label dataset (``task`` in dataset.json, or ``task="multi_label"`` for shards written elsewhere with a
+    vector member, e.g. ``label_key="npy"``) gives ``label`` as float32 ``(B, C)`` and, where some findings are
+    unknown, ``label_mask`` float32 ``(B, C)`` (1 = known): tuple mode is then ``for images, labels, label_mask in
+    loader``. ``labels=False`` reads images alone (self-supervised pretraining, unlabeled shards): tuple mode gives
+    the image tensor, dicts have no ``label``.
     """
 
     def __init__(
@@ -99,6 +107,8 @@ class MedDiffuseLoader:
         multiprocessing_context: str | None = None,
         image_key: str | None = None,
         label_key: str | None = None,
+        labels: bool = True,
+        task: Task | None = None,
         dtype: Dtype = "float32",
         **dataloader_only: Any,
     ) -> None:
@@ -141,6 +151,14 @@ class MedDiffuseLoader:
             buffer_size=check_count("buffer_size", buffer_size, 1),
             even=even_batches,
         )
+        self.labels = LabelOptions.of(labels, task, self.dataset.task, self.dataset.label_mask)
+        if augment is not None and self.labels.kind != "class":
+            raise ValueError(
+                "labels=False and augment= do not go together: the augmentations mix labels"
+                if self.labels.kind == "none"
+                else "augment= on a multi-label dataset: the augmentation stage mixes one-hot labels; multi-label "
+                "augmentation is not in this release (leave augment= out)"
+            )
         decode = DecodeOptions(
             num_classes=len(self.dataset.class_names) or None,
             with_roi=as_dict,
@@ -148,6 +166,7 @@ class MedDiffuseLoader:
             image_key=image_key,
             label_key=label_key,
             class_names=self.dataset.class_names,
+            labels=self.labels,
         )
         user_stages = ((functools.partial(Map, fn=transform),) if transform is not None else ()) + tuple(stages)
         chain = WorkerChain(
@@ -262,8 +281,14 @@ class MedDiffuseLoader:
                 return  # a newer iter() took over the graph; this iterator is spent
 
     def _present(self, batch: Any) -> Any:
+        """Tuple mode: ``(images, labels)``; ``(images, labels, label_mask)`` for multi-label datasets with
+        unknowns (a mask dropped silently would train on unknowns as negatives); images alone with labels=False."""
         if self.as_dict or self.collate_fn is not None:
             return batch
+        if self.labels.kind == "none":
+            return batch["image"]
+        if self.labels.mask:
+            return batch["image"], batch["label"], batch["label_mask"]
         return batch["image"], batch["target" if self.augment is not None else "label"]
 
     def close(self) -> None:
@@ -368,10 +393,13 @@ class _EpochSetter:
 
 
 def sample_shape(source: str | Sequence[str], storage_options: Mapping[str, Any] | None = None) -> tuple[int, int, int]:
-    """``(channels, image size, classes)`` of a dataset, from its first sample: what a model for it must take."""
-    probe = MedDiffuseLoader(source, 1, shuffle=False, storage_options=storage_options)
+    """``(channels, image size, classes)`` of a dataset, from its first sample: what a model for it must take (the
+    classes of a multi-label dataset: its findings)."""
+    probe = MedDiffuseLoader(source, 1, shuffle=False, storage_options=storage_options, as_dict=True)
     try:
-        images, _ = next(iter(probe))
+        batch = next(iter(probe))
     finally:
         probe.close()
-    return images.shape[1], images.shape[-1], len(probe.dataset.class_names)
+    images = batch["image"]
+    classes = len(probe.dataset.class_names) or (batch["label"].shape[-1] if batch["label"].ndim == 2 else 0)
+    return images.shape[1], images.shape[-1], classes

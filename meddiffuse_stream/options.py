@@ -17,14 +17,19 @@ from .storage import DEFAULT_CACHE_BYTES, RetryPolicy
 __all__ = [
     "DATALOADER_ONLY",
     "DTYPES",
+    "LABEL_KINDS",
     "ON_ERROR",
     "RESIZE_MODES",
+    "TASKS",
     "WORKER_METHODS",
     "ConformOptions",
     "Dtype",
+    "LabelKind",
+    "LabelOptions",
     "OnError",
     "ReadOptions",
     "ResizeMode",
+    "Task",
     "WorkerMethod",
     "WorkerOptions",
     "check_count",
@@ -38,10 +43,14 @@ OnError = Literal["raise", "skip"]
 Dtype = Literal["float32", "uint8", "uint16"]
 ResizeMode = Literal["crop", "letterbox"]
 WorkerMethod = Literal["process", "thread"]
+Task = Literal["multi_class", "multi_label"]
+LabelKind = Literal["class", "findings", "none"]  # a class index; a finding vector (and mask); no label
 ON_ERROR: tuple[OnError, ...] = get_args(OnError)
 DTYPES: tuple[Dtype, ...] = get_args(Dtype)
 RESIZE_MODES: tuple[ResizeMode, ...] = get_args(ResizeMode)
 WORKER_METHODS: tuple[WorkerMethod, ...] = get_args(WorkerMethod)
+TASKS: tuple[Task, ...] = get_args(Task)
+LABEL_KINDS: tuple[LabelKind, ...] = get_args(LabelKind)
 
 DATALOADER_ONLY = {
     "sampler": "the order is the loader's epoch plan: use shuffle= and seed= (and set_epoch); for a subset of a "
@@ -137,6 +146,35 @@ class ConformOptions:
     def active(self) -> bool:
         """Whether anything is changed at all."""
         return self.size is not None or self.channels is not None
+
+
+@dataclass(frozen=True)
+class LabelOptions:
+    """What a batch's ``label`` is: int64 class indices (``"class"``), float32 ``(B, C)`` finding vectors
+    (``"findings"``, with a float32 ``label_mask`` where ``mask``: 1 = known), or nothing (``"none"``)."""
+
+    kind: LabelKind = "class"
+    mask: bool = False
+
+    def __post_init__(self) -> None:
+        if self.kind not in LABEL_KINDS:
+            raise ValueError(f"label kind must be one of {LABEL_KINDS}, got {self.kind!r}")
+        if self.mask and self.kind != "findings":
+            raise ValueError("only finding vectors have a label mask")
+
+    @classmethod
+    def of(cls, labels: Any, task: Any, dataset_task: str, dataset_mask: bool) -> LabelOptions:
+        """From the loader's ``labels=`` (False: images only) and ``task=`` (None: what dataset.json says; shards
+        written elsewhere have none, and ``"multi_label"`` reads their finding vectors)."""
+        if not isinstance(labels, bool):
+            raise TypeError(f"labels must be True or False, got {labels!r}")
+        if task is not None and task not in TASKS:
+            raise ValueError(f"task must be one of {TASKS} or None (dataset.json's), got {task!r}")
+        if not labels:
+            return cls("none")
+        if (task or dataset_task) == "multi_label":
+            return cls("findings", dataset_mask)
+        return cls("class")
 
 
 @dataclass(frozen=True)

@@ -106,7 +106,8 @@ def test_disk_full_is_one_line(tmp_path):
     rng = np.random.default_rng(0)
     for label in ("a", "b"):
         for index in range(12):
-            write_image(src / label / f"{index}.png", noise_image(rng, 64, 64, 3))  # ~12 KiB each, 290 KiB in all
+            image = noise_image(rng, 64, 64, 3)  # ~12 KiB each, 290 KiB in all
+            write_image(src / label / f"p{index % 4}" / f"{index}.png", image)  # in patient folders: no warning
     result = _in_private_mount(
         tmp_path, "size=96k", False, "shard", "imagefolder", str(src), str(tmp_path / "mnt" / "out"), "--quiet"
     )

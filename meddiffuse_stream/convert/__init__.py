@@ -14,10 +14,12 @@ from .base import (
     SourceItem,
 )
 from .breakhis import BreakHisSource
+from .chexpert import CheXpertSource
 from .csv_manifest import CsvSource
 from .imagefolder import ImageFolderSource
 from .lock import OutputLockedError
 from .mura import MuraSource
+from .nih import NihSource
 from .pcam import PcamSource
 from .pipeline import ConvertOptions, convert_dataset
 from .rsna import RsnaSource
@@ -26,6 +28,7 @@ __all__ = [
     "FORMATS",
     "FRAME_CHOICES",
     "BreakHisSource",
+    "CheXpertSource",
     "ConversionError",
     "ConvertOptions",
     "CsvSource",
@@ -33,6 +36,7 @@ __all__ = [
     "ImageFolderSource",
     "LoadedImage",
     "MuraSource",
+    "NihSource",
     "OutputLockedError",
     "PcamSource",
     "ReadRules",
@@ -47,8 +51,10 @@ __all__ = [
 FORMATS: dict[str, type[SourceFormat]] = {
     "rsna": RsnaSource,
     "mura": MuraSource,
+    "nih": NihSource,
     "pcam": PcamSource,
     "breakhis": BreakHisSource,
+    "chexpert": CheXpertSource,
     "imagefolder": ImageFolderSource,
     "csv": CsvSource,
 }

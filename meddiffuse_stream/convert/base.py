@@ -51,7 +51,8 @@ class RejectError(ValueError):
 
 @dataclass(frozen=True)
 class SourceItem:
-    """One input found in the source, before it is read."""
+    """One input found in the source, before it is read. A multi-label input has ``label`` -1 and its
+    ``findings`` in class order: 1 positive, 0 negative, -1 unknown."""
 
     key: str
     label: int
@@ -62,6 +63,7 @@ class SourceItem:
     meta: Mapping[str, Any] = field(default_factory=dict)
     size_hint: int = 0  # bytes on disk, to plan shards under --shard-bytes
     stamp: str = ""  # what says the input changed (size and mtime_ns, or an ETag): part of the resume fingerprint
+    findings: tuple[int, ...] | None = None  # multi-label: 1 / 0 / -1 (unknown) per class
 
     def __post_init__(self) -> None:  # ``ref`` keeps the real name to read; what is written must be valid UTF-8
         object.__setattr__(self, "source", printable(self.source))
@@ -128,16 +130,24 @@ class Discovery:
     has_roi: bool = False
     preshuffle: bool = True  # PCam files are shuffled already and read in row order
     notes: dict[str, int] = field(default_factory=dict)  # facts of the scan for the summary (links followed, ...)
+    task: str = "multi_class"  # or "multi_label": items carry findings, not a class index
+    warnings: list[str] = field(default_factory=list)  # said on stderr at once and kept in the summary
 
     @property
     def found(self) -> int:
         return len(self.items) + len(self.rejects)
+
+    @property
+    def label_mask(self) -> bool:
+        """Multi-label samples carry a mask when any input has an unknown finding (then every sample has one)."""
+        return any(item.findings is not None and -1 in item.findings for item in self.items)
 
 
 class SourceFormat(abc.ABC):
     """A dataset layout. Subclasses are small picklable dataclasses so worker processes can load inputs."""
 
     name: str = ""
+    official_split_help: str = ""  # what ``--split official`` keeps, for formats whose release defines splits
 
     @classmethod
     def add_cli_options(cls, group: argparse._ArgumentGroup) -> None:
@@ -152,7 +162,12 @@ class SourceFormat(abc.ABC):
 
     @classmethod
     def from_cli(cls, args: argparse.Namespace) -> SourceFormat:
-        """The format configured from the command line."""
+        """The format configured from the command line; ``--split official`` only where the release has splits."""
+        if getattr(args, "split", None) == "official" and not cls.official_split_help:
+            raise ValueError(
+                f"--split official: the {cls.name} format has no official split; give fractions such as "
+                "--split train=0.8,val=0.1,test=0.1"
+            )
         return cls(**cls.cli_fields(args))
 
     @abc.abstractmethod

@@ -25,6 +25,8 @@ RESERVED_FIELDS = (
     "split",
     "label",
     "class_name",
+    "labels",
+    "findings",
     "patient_id",
     "source",
     "height",
@@ -43,6 +45,7 @@ class ShardTask:
     index: int
     items: tuple[SourceItem, ...]
     fingerprint: str
+    label_mask: bool = False  # multi-label datasets with unknown findings: every sample gets a label mask
 
     @property
     def name(self) -> str:
@@ -90,7 +93,7 @@ def build_shard(
                 rejects.append(loaded.as_row())
                 continue
             try:
-                samples = _samples(source.name, item, loaded, task.split, class_names, resize, rules.channels)
+                samples = _samples(source.name, item, loaded, task, class_names, resize, rules.channels)
             except Exception as error:
                 rejects.append(Reject(item.source, describe_error(error), item.key).as_row())
                 continue
@@ -118,7 +121,7 @@ def _samples(
     dataset: str,
     item: SourceItem,
     loaded: LoadedImage,
-    split: str,
+    task: ShardTask,
     class_names: list[str],
     resize: int | None,
     channels: int | None,
@@ -134,19 +137,30 @@ def _samples(
             image = resize_square(image, resize)
             roi = None if roi is None else resize_square(roi, resize, nearest=True)
         key = item.key if len(frames) == 1 else make_key(item.key, f"f{index:04d}")
-        columns = _columns(item, key, split, class_names, image)
+        columns = _columns(item, key, task.split, class_names, image)
         frame_meta = {"frame_index": index} if len(frames) > 1 else {}
         meta = {**item.meta, **loaded.meta, **frame_meta, **columns, "dataset": dataset}
-        encoded.append((encode_sample(key, image, item.label, meta, roi), {**frame_meta, **columns}))
+        label = item.label if item.findings is None else None
+        sample = encode_sample(key, image, label, meta, roi, findings=item.findings, label_mask=task.label_mask)
+        encoded.append((sample, {**frame_meta, **columns}))
     return encoded
+
+
+def _label_columns(item: SourceItem, class_names: list[str]) -> dict[str, Any]:
+    """``label`` and ``class_name``; multi-label: ``labels`` (1 / 0 / -1 per class) and the positive ``findings``."""
+    if item.findings is None:
+        return {"label": item.label, "class_name": class_names[item.label]}
+    if len(item.findings) != len(class_names):
+        raise ValueError(f"{len(item.findings)} findings for {len(class_names)} classes")
+    positive = [name for name, value in zip(class_names, item.findings, strict=True) if value == 1]
+    return {"labels": list(item.findings), "findings": positive}
 
 
 def _columns(item: SourceItem, key: str, split: str, class_names: list[str], image: np.ndarray) -> dict[str, Any]:
     return {
         "key": key,
         "split": split,
-        "label": item.label,
-        "class_name": class_names[item.label],
+        **_label_columns(item, class_names),
         "patient_id": item.patient_id,
         "source": item.source,
         "height": int(image.shape[0]),

@@ -2,7 +2,8 @@
 
 Columns other than ``path``, ``label`` and ``patient_id`` are kept, under their own names, in each sample's
 ``columns`` mapping (in ``{key}.json`` and ``index.parquet``): a column called ``split``, ``key`` or ``height`` can
-never overwrite the fields the pipeline writes. How rows are read and labels resolved: :mod:`.csv_rows`.
+never overwrite the fields the pipeline writes. How rows are read and labels resolved: :mod:`.csv_rows`; multi-label
+manifests (a column per finding, or one column listing the findings): :mod:`.csv_labels`.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from typing import Any
 
 from ..storage import Location
 from .base import DEFAULT_RULES, Discovery, ReadRules, Reject, SourceItem
+from .csv_labels import BLANK_CHOICES, MultiLabelColumns
 from .csv_rows import parse_manifest, resolve_labels
 from .files import FileSource, KeyAllocator
 from .scan import FoundFile, check_file, list_remote
@@ -30,23 +32,59 @@ class CsvSource(FileSource):
     name = "csv"
     classes: tuple[str, ...] | None = None
     encoding: str = "utf-8"
+    multi_label: MultiLabelColumns | None = None  # findings per row instead of one class label
 
     @classmethod
     def add_cli_options(cls, group: argparse._ArgumentGroup) -> None:
         group.add_argument("--classes", help="csv: class names in label order, e.g. normal,pneumonia")
         group.add_argument("--encoding", default="utf-8", help="csv: the manifest's text encoding")
+        group.add_argument(
+            "--label-columns",
+            help="csv, multi-label: one column per finding, e.g. Atelectasis,Edema; cells 1, 0, -1 or blank",
+        )
+        group.add_argument(
+            "--labels-column", help="csv, multi-label: the column listing each image's findings, e.g. findings"
+        )
+        group.add_argument("--label-separator", default="|", help="csv --labels-column: what separates findings")
+        group.add_argument(
+            "--blank-label",
+            choices=BLANK_CHOICES,
+            default="unknown",
+            help="csv --label-columns: a blank cell is unknown (masked) or negative (CheXpert / MIMIC-CXR tables)",
+        )
 
     @classmethod
     def cli_fields(cls, args: argparse.Namespace) -> dict[str, Any]:
         classes = tuple(c.strip() for c in args.classes.split(",")) if args.classes else None
-        return {**super().cli_fields(args), "classes": classes, "encoding": args.encoding}
+        multi = None
+        if args.label_columns or args.labels_column:
+            columns = tuple(c.strip() for c in (args.label_columns or "").split(",") if c.strip())
+            multi = MultiLabelColumns(
+                columns,
+                args.labels_column,
+                args.label_separator,
+                args.blank_label,
+                getattr(args, "uncertain", "ignore"),
+            )
+        fields = {"classes": classes, "encoding": args.encoding, "multi_label": multi}
+        return {**super().cli_fields(args), **fields}
 
     def discover(self, src: Location, rules: ReadRules = DEFAULT_RULES) -> Discovery:
         if not src.isfile():
             raise ValueError(f"{src.display()} is not a file: for the csv format SRC is the manifest, e.g. data.csv")
         where = src.display()
-        _header, rows = parse_manifest(src.read_path(src.root), self.encoding, where)
-        class_names, labels = resolve_labels(rows, self.classes, where)
+        multi = self.multi_label
+        required = multi.required if multi else ("path", "label")
+        _header, rows = parse_manifest(src.read_path(src.root), self.encoding, where, required)
+        labels: dict[int, Any]
+        if multi is None:
+            class_names, labels = resolve_labels(rows, self.classes, where)
+        else:
+            try:
+                class_names, labels = multi.resolve(rows, self.classes)
+            except ValueError as error:
+                raise ValueError(f"{where}: {error}") from None
+        consumed = (*CONSUMED_COLUMNS, *(multi.required if multi else ()))
         if not class_names:
             raise ValueError(f"{where}: no usable labels; pass --classes to name the classes")
         base = posixpath.dirname(src.root)
@@ -59,7 +97,8 @@ class CsvSource(FileSource):
             source = path or f"{where}:{row.line}"
             label = labels.get(row.line)
             full = _resolve(base, path, src.is_local) if path else None
-            found = files(full) if full and row.problem is None and isinstance(label, int) else None
+            usable = label is not None and not isinstance(label, str)
+            found = files(full) if full and row.problem is None and usable else None
             if row.problem is not None:
                 rejects.append(Reject(source, row.problem))
             elif not path:
@@ -80,13 +119,16 @@ class CsvSource(FileSource):
                 rejects.append(Reject(source, f"line {row.line}: duplicate of line {first_line[full]}"))
             else:
                 first_line[full] = row.line
-                columns = {k: v for k, v in row.cells.items() if k not in CONSUMED_COLUMNS}
+                columns = {k: v for k, v in row.cells.items() if k not in consumed}
                 meta: dict[str, Any] = {"columns": columns} if columns else {}
                 key = keys(path, *posixpath.splitext(path.lstrip("/"))[0].split("/"))
                 patient = row.cells.get("patient_id", "").strip() or None
-                assert isinstance(label, int)
-                items.append(SourceItem(key, label, path, full, patient, None, meta, found.size, found.stamp))
-        return Discovery(class_names, items, rejects)
+                fields = (path, full, patient, None, meta, found.size, found.stamp)
+                if isinstance(label, int):
+                    items.append(SourceItem(key, label, *fields))
+                else:
+                    items.append(SourceItem(key, -1, *fields, findings=label))
+        return Discovery(class_names, items, rejects, task="multi_class" if multi is None else "multi_label")
 
 
 def _resolve(base: str, path: str, local: bool) -> str | None:

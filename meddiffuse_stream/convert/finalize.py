@@ -13,6 +13,7 @@ from ..shardfmt.manifest import REJECTS_JSONL, ShardInfo, build_manifest, split_
 from ..shardfmt.parquet import write_sample_index
 from ..storage import Location
 from .base import Discovery
+from .finding_table import finding_lines
 
 if TYPE_CHECKING:
     from .build import ShardResult
@@ -41,7 +42,7 @@ class ConversionSummary:
 
     def table(self) -> str:
         """A plain-text summary for the end of a CLI run."""
-        classes = sorted({c for s in self.splits.values() for c in s["classes"]})
+        classes = sorted({c for s in self.splits.values() for c in s.get("classes", {})})
         header = ["split", "samples", "patients", "shards", *classes]
         rows = [
             [name, s["samples"], s["patients"], s["shards"], *(s["classes"].get(c, 0) for c in classes)]
@@ -49,6 +50,7 @@ class ConversionSummary:
         ]
         widths = [max(len(str(x)) for x in column) for column in zip(header, *rows, strict=True)]
         lines = ["  ".join(str(x).ljust(w) for x, w in zip(line, widths, strict=True)) for line in [header, *rows]]
+        lines.extend(finding_lines(self.splits))  # multi-label: positives (and unknowns) per finding and split
         rate = self.converted / self.seconds if self.seconds > 0 else 0.0
         samples = f" ({self.samples} samples)" if self.samples > self.converted else ""
         lines.append(
@@ -90,13 +92,13 @@ def write_dataset_files(
     notes = Counter(discovery.notes)
     for result in results:
         notes.update(result.notes)
-    warnings = shape_warnings(rows)
+    warnings = [*discovery.warnings, *shape_warnings(rows)]
     if converted + len(rejects) != discovery.found:
         raise AssertionError(f"accounting broke: {converted} converted + {len(rejects)} rejected != {discovery.found}")
     write_sample_index(out, rows)
     out.write_bytes(REJECTS_JSONL, "".join(json.dumps(r, sort_keys=True) + "\n" for r in rejects).encode())
     shards = [ShardInfo(r.name, r.samples, r.bytes, r.sha256, r.split) for r in results if r.samples]
-    stats = split_stats(rows, shards, discovery.class_names)
+    stats = split_stats(rows, shards, discovery.class_names, discovery.task)
     manifest = build_manifest(
         shards,
         name=name,
@@ -104,6 +106,8 @@ def write_dataset_files(
         created_by=f"meddiffuse-stream {__version__}",
         class_names=tuple(discovery.class_names),
         has_roi=discovery.has_roi,
+        task=discovery.task,
+        label_mask=discovery.label_mask,
         official_splits=discovery.official_splits,
         options=options,
         counts={"found": discovery.found, "converted": converted, "rejected": len(rejects), "samples": len(rows)},

@@ -1,4 +1,10 @@
-"""``SRC/<class name>/**/<image>``: the class is the top folder, the patient optionally parsed from the name."""
+"""``SRC/<class name>/**/<image>``: the class is the top folder; the patient is the folder below it
+(``<class>/<patient>/<image>``), or parsed from the file name with ``--patient-regex``.
+
+An image lying directly in its class folder has no patient anyone can know: it is split as a patient of its own,
+and the conversion says so on stderr and in the summary, since two images of one patient may then land in two
+splits (the leak a medical split must not have).
+"""
 
 from __future__ import annotations
 
@@ -26,9 +32,26 @@ def patient_from_name(pattern: str | None, path: str) -> str | None:
     return match.groupdict().get("patient") or (match.group(1) if match.groups() else match.group(0))
 
 
+def patient_folder(path: str) -> str | None:
+    """``<class>/<patient>/…/<image>`` → ``<patient>`` (the same patient under two classes is one patient)."""
+    parts = path.split("/")
+    return parts[1] if len(parts) >= 3 else None
+
+
+def _unknown_patients(items: list[SourceItem]) -> list[str]:
+    unknown = [item.source for item in items if item.patient_id is None]
+    if not unknown:
+        return []
+    return [
+        f"{len(unknown)} of {len(items)} images (e.g. {unknown[0]}) lie directly in their class folder, so no patient "
+        "is known: each is split as a patient of its own, and images of one patient may land in different splits; "
+        "put them in <class>/<patient>/ folders or pass --patient-regex"
+    ]
+
+
 @dataclass(frozen=True)
 class ImageFolderSource(FileSource):
-    """Class-named folders. Without ``patient_regex`` every image counts as its own patient."""
+    """Class-named folders; the patient from ``patient_regex``, else from the folder below the class folder."""
 
     name = "imagefolder"
     patient_regex: str | None = None
@@ -57,7 +80,7 @@ class ImageFolderSource(FileSource):
         for path, found in nested.items():
             class_name = path.split("/", 1)[0]
             try:
-                patient = patient_from_name(self.patient_regex, path)
+                patient = patient_from_name(self.patient_regex, path) or patient_folder(path)
             except ValueError as error:
                 rejects.append(Reject(path, str(error)))
                 continue
@@ -74,4 +97,4 @@ class ImageFolderSource(FileSource):
                     stamp=found.stamp,
                 )
             )
-        return Discovery(class_names, items, rejects, notes=scan_notes(scan))
+        return Discovery(class_names, items, rejects, notes=scan_notes(scan), warnings=_unknown_patients(items))

@@ -46,6 +46,7 @@ class MuraSource(FileSource):
     """SRC is ``MURA-v1.1`` or the folder holding it."""
 
     name = "mura"
+    official_split_help = "MURA-v1.1's train and valid (as val)"
 
     def discover(self, src: Location, rules: ReadRules = DEFAULT_RULES) -> Discovery:
         scan = scan_files(src, "", rules)

@@ -70,6 +70,7 @@ class PcamSource(SourceFormat):
     """SRC is the folder with the six .h5 files (decompressed); optional ``*_meta.csv`` gives the slide ids."""
 
     name = "pcam"
+    official_split_help = "the release's train, valid (as val) and test files"
     float_range: tuple[float, float] | None = None  # the value range of float patches, when the files do not say
 
     @classmethod

@@ -20,6 +20,7 @@ import concurrent.futures
 import hashlib
 import json
 import multiprocessing
+import sys
 import time
 import zlib
 from collections.abc import Mapping, Sequence
@@ -46,7 +47,7 @@ from .build import ShardResult, ShardTask, build_shard
 from .finalize import ConversionSummary, remove_orphans, write_dataset_files
 from .lock import acquire_lock
 from .preflight import check_destination, excluded_paths, probe
-from .splits import DEFAULT_SPLITS, assign_splits
+from .splits import DEFAULT_SPLITS, assign_splits, patients_in_several_splits
 
 __all__ = ["ConversionError", "ConvertOptions", "ShardResult", "convert_dataset"]
 
@@ -103,7 +104,10 @@ def convert_dataset(
         if not discovery.items:
             reasons = "; ".join(sorted({r.reason for r in discovery.rejects})[:3]) or "no inputs found"
             raise ConversionError(f"nothing to convert in {src_url} ({discovery.found} inputs found): {reasons}")
+        for warning in discovery.warnings:  # before the long part, so a wrong layout can be stopped at once
+            print(f"warning: {warning}", file=sys.stderr)
         tasks = plan_shards(source, discovery, options)
+        _warn_of_leaks(discovery, tasks)
         results: dict[str, ShardResult] = {}
         pending = []
         for task in tasks:
@@ -170,7 +174,11 @@ def plan_shards(source: SourceFormat, discovery: Discovery, options: ConvertOpti
         split_of = assign_splits(discovery.items, fractions, options.seed)
         names = list(fractions)
     decoding = [options.resize, options.frames, options.channels, options.max_pixels, options.max_file_bytes]
-    common = json.dumps([FORMAT_VERSION, repr(source), discovery.class_names, decoding], sort_keys=True, default=str)
+    # multi-label facts join the fingerprint only where they exist: multi-class plans keep their old fingerprints
+    labels = [[discovery.task, discovery.label_mask]] if discovery.task != "multi_class" else []
+    common = json.dumps(
+        [FORMAT_VERSION, repr(source), discovery.class_names, decoding, *labels], sort_keys=True, default=str
+    )
     tasks: list[ShardTask] = []
     for split in names:
         members = sorted((i for i in discovery.items if split_of[i.key] == split), key=lambda i: i.key)
@@ -190,10 +198,25 @@ def plan_shards(source: SourceFormat, discovery: Discovery, options: ConvertOpti
                     item.meta,
                     item.size_hint,
                     item.stamp,  # size and mtime_ns (ETag remotely): a changed source file rebuilds its shard
+                    *([item.findings] if item.findings is not None else []),
                 ]
                 digest.update(json.dumps(fields, sort_keys=True, default=str).encode())
-            tasks.append(ShardTask(split, index, tuple(chunk), digest.hexdigest()))
+            tasks.append(ShardTask(split, index, tuple(chunk), digest.hexdigest(), discovery.label_mask))
     return tasks
+
+
+def _warn_of_leaks(discovery: Discovery, tasks: Sequence[ShardTask]) -> None:
+    """An official split list that puts one patient on two sides is kept as released, and said loudly."""
+    split_of = {item.key: task.split for task in tasks for item in task.items}
+    leaks = patients_in_several_splits(discovery.items, split_of)
+    if leaks:
+        first = ", ".join(f"{p} ({'/'.join(s)})" for p, s in list(leaks.items())[:3])
+        warning = (
+            f"{len(leaks)} patient(s) have images in more than one split, e.g. {first}: the official split "
+            "lists disagree with the patient ids; use --split fractions for a patient-level split"
+        )
+        discovery.warnings.append(warning)
+        print(f"warning: {warning}", file=sys.stderr)
 
 
 def _split_rank(split: str) -> tuple[int, str]:

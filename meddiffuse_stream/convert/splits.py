@@ -10,14 +10,25 @@ import numpy as np
 
 from .base import SourceItem
 
-__all__ = ["DEFAULT_SPLITS", "assign_splits", "parse_split_spec"]
+__all__ = [
+    "DEFAULT_SPLITS",
+    "OFFICIAL",
+    "assign_splits",
+    "parse_split_spec",
+    "patient_of",
+    "patients_in_several_splits",
+]
 
 DEFAULT_SPLITS: dict[str, float] = {"train": 0.8, "val": 0.1, "test": 0.1}
+OFFICIAL = "official"  # --split official: the release's own split lists (formats say what they keep)
 _SPLIT_NAME = re.compile(r"^[a-z][a-z0-9_]*$")
 
 
-def parse_split_spec(spec: str) -> dict[str, float]:
-    """``"train=0.8,val=0.1,test=0.1"`` → ``{"train": 0.8, ...}``; fractions must be positive and sum to 1."""
+def parse_split_spec(spec: str) -> dict[str, float] | None:
+    """``"train=0.8,val=0.1,test=0.1"`` → ``{"train": 0.8, ...}``; fractions must be positive and sum to 1.
+    ``"official"`` → ``None``: the dataset's own splits (the format checks that it has them)."""
+    if spec.strip() == OFFICIAL:
+        return None
     fractions: dict[str, float] = {}
     for part in spec.split(","):
         name, sep, value = part.strip().partition("=")
@@ -66,3 +77,13 @@ def assign_splits(items: Iterable[SourceItem], fractions: Mapping[str, float], s
             assignment[key] = split
         position += len(keys)
     return assignment
+
+
+def patients_in_several_splits(items: Iterable[SourceItem], split_of: Mapping[str, str]) -> dict[str, list[str]]:
+    """Patients whose images lie in more than one split (``split_of``: item key → split), each with its splits:
+    empty for any split made here; an official split list can still put one patient on both sides."""
+    splits: dict[str, set[str]] = defaultdict(set)
+    for item in items:
+        if item.patient_id:
+            splits[item.patient_id].add(split_of[item.key])
+    return {patient: sorted(names) for patient, names in sorted(splits.items()) if len(names) > 1}

@@ -59,7 +59,8 @@ def subset_dataset(source: str, out: str, fraction: float, seed: int = 0, shard_
         writer = ShardWriter(stream)
         for sample in buffer:
             members = tuple((f"{sample.key}.{suffix}", data) for suffix, data in sample.members.items())
-            offset = writer.add(EncodedSample(sample.key, members, int(by_key[sample.key]["label"])))
+            label = by_key[sample.key].get("label")  # multi-label rows have labels, not a label
+            offset = writer.add(EncodedSample(sample.key, members, None if label is None else int(label)))
             new_rows.append({**by_key[sample.key], "shard": name, "offset": offset})
         size, digest = writer.close()
         dst.write_bytes(name, stream.getvalue())
@@ -79,7 +80,8 @@ def subset_dataset(source: str, out: str, fraction: float, seed: int = 0, shard_
                     if len(buffer) == shard_size:
                         flush()
     flush()
-    train_stats = split_stats(new_rows, [s for s in shards if s.split == "train"], manifest.class_names)
+    train_shards = [s for s in shards if s.split == "train"]
+    train_stats = split_stats(new_rows, train_shards, manifest.class_names, manifest.task)
     subset = replace(
         manifest,
         shards=tuple(shards),

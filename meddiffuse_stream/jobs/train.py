@@ -20,15 +20,14 @@ from typing import Any
 import numpy as np
 import torch
 import torch.distributed as dist
-import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from ..loader import MedDiffuseLoader, sample_shape
 from ..models import build_model
 from ..nodes.to_torch import unit_float
-from ..shardfmt.manifest import DATASET_JSON, read_manifest
+from ..shardfmt.manifest import DATASET_JSON, Manifest, read_manifest
 from ..storage import DEFAULT_CACHE_BYTES, Location
-from .metrics import classification_metrics
+from .objective import Objective, check_trainable, objective_for
 
 __all__ = [
     "TargetNotReachedError",
@@ -128,30 +127,33 @@ def _class_weights(loader: MedDiffuseLoader) -> torch.Tensor:
     return torch.as_tensor(weights, dtype=torch.float32)
 
 
-def require_classes(dataset: str) -> None:
-    """A classifier needs class names and two classes with training samples; say so before anything starts."""
+def _manifest(dataset: str) -> Manifest | None:
+    """The validated ``dataset.json`` (a bad one is an error naming the field); ``None`` for plain shards."""
     try:
-        manifest = read_manifest(Location(dataset))  # validated: a bad dataset.json is an error naming the field
+        return read_manifest(Location(dataset))
     except FileNotFoundError:
-        return  # the loader names what is missing
-    names = list(manifest.class_names)
-    if len(names) < 2:
-        found = f"only {names}" if names else "no class_names"
-        raise ValueError(
-            f"{dataset}: dataset.json has {found}; a classifier needs at least two named classes "
-            "(convert with --classes, or fix class_names)"
-        )
-    counts = manifest.class_counts("train")
-    if counts is not None and sum(1 for n in counts if n) < 2:
-        present = [c for c, n in zip(names, counts, strict=True) if n] or "none"
-        raise ValueError(
-            f"{dataset}: the train split holds samples of {present} only; a classifier needs at least "
-            "two classes to learn from"
-        )
+        return None  # shards without dataset.json: multi-class, and the loader names what is missing
+
+
+def require_classes(dataset: str, augment: str | None = None) -> Manifest | None:
+    """A classifier needs classes to tell apart (two classes, or a finding with positives and negatives); say so
+    before anything starts. Returns the dataset's manifest, where it has one."""
+    manifest = _manifest(dataset)
+    if manifest is not None:
+        check_trainable(manifest, dataset, augment)
+    return manifest
+
+
+def _objective(manifest: Manifest | None, config: TrainConfig, loader: MedDiffuseLoader, device) -> Objective:
+    if manifest is not None:
+        return objective_for(manifest, config.loss, config.dataset, device)
+    weight = _class_weights(loader).to(device) if config.loss == "weighted" else None
+    return Objective("multi_class", tuple(loader.dataset.class_names), weight)
 
 
 def train(config: TrainConfig) -> dict[str, Any]:
-    require_classes(config.dataset)
+    requested = "stage" if config.augment_stage is not None else config.augment_method or config.augment
+    manifest = require_classes(config.dataset, requested)
     if config.deterministic:
         _make_deterministic()
     device = training_device(config.device)
@@ -188,7 +190,7 @@ def train(config: TrainConfig) -> dict[str, Any]:
     total_steps = max(1, config.steps if config.steps is not None else config.epochs * len(loader))
     scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, total_steps)
     scaler = torch.amp.GradScaler("cuda", enabled=cuda and config.amp)
-    weights = _class_weights(loader).to(device) if config.loss == "weighted" else None
+    objective = _objective(manifest, config, loader, device)
     step = 0
     state: dict[str, Any] = {}
     if config.resume and (out / CHECKPOINT).exists():
@@ -214,11 +216,8 @@ def train(config: TrainConfig) -> dict[str, Any]:
         while loader.epoch < config.epochs and step < total_steps:
             for batch in loader:
                 images = unit_float(batch["image"].to(device, non_blocking=True))  # uint8/uint16 on the device
-                targets = (
-                    batch["target"].to(device, non_blocking=True) if "target" in batch else batch["label"].to(device)
-                )
                 with torch.autocast(device.type, enabled=cuda and config.amp):
-                    loss = F.cross_entropy(model(images), targets, weight=weights)
+                    loss = objective.loss(model(images), batch, device)
                 optimizer.zero_grad(set_to_none=True)
                 scaler.scale(loss).backward()
                 scaler.step(optimizer)
@@ -259,7 +258,7 @@ def train(config: TrainConfig) -> dict[str, Any]:
         },
     }
     for split in config.eval_splits:
-        metrics = evaluate(_unwrap(model), config.dataset, split, config.batch_size, device, rank, world)
+        metrics = evaluate(_unwrap(model), config.dataset, split, config.batch_size, device, rank, world, objective)
         if metrics is not None:
             results[split] = metrics
     if config.key_log:  # what each rank ended with: under DDP every rank must hold the same parameters
@@ -369,7 +368,9 @@ def _checkpoint(out, model, optimizer, scheduler, scaler, loader, step, rank, wo
 
 
 @torch.no_grad()
-def evaluate(model, dataset: str, split: str, batch_size: int, device, rank: int, world: int) -> dict | None:
+def evaluate(
+    model, dataset: str, split: str, batch_size: int, device, rank: int, world: int, objective: Objective | None = None
+) -> dict | None:
     """Metrics on ``split`` (None if the dataset has no such split); ranks share the work, padding removed."""
     try:
         loader = MedDiffuseLoader(
@@ -377,15 +378,12 @@ def evaluate(model, dataset: str, split: str, batch_size: int, device, rank: int
         )
     except ValueError:
         return None
+    objective = objective or Objective("multi_class", tuple(loader.dataset.class_names))
     model.eval()
-    rows: dict[str, tuple[int, list[float]]] = {}
+    rows: dict[str, Any] = {}
     for batch in loader:
-        probabilities = torch.softmax(model(unit_float(batch["image"].to(device))).float(), dim=1).cpu().numpy()
-        for key, label, row in zip(batch["key"], batch["label"].tolist(), probabilities, strict=True):
-            rows[key] = (label, row.tolist())
+        rows.update(objective.rows(batch, objective.scores(model(unit_float(batch["image"].to(device))))))
     loader.close()
     model.train()
     rows = {k: v for part in _gather(rows, world) for k, v in part.items()}  # duplicates (rank padding) collapse
-    labels = np.array([rows[k][0] for k in sorted(rows)])
-    probabilities = np.array([rows[k][1] for k in sorted(rows)])
-    return classification_metrics(labels, probabilities, list(loader.dataset.class_names))
+    return objective.metrics(rows)

@@ -7,7 +7,7 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["collate"]
+__all__ = ["collate", "stack_labels"]
 
 
 def collate(
@@ -35,17 +35,31 @@ def collate(
         stacked = np.stack(images, out=allocate((len(images), *first["image"].shape), images[0].dtype))
     else:
         stacked = np.stack(images)
-    chunk: dict[str, Any] = {
-        "image": stacked,
-        "label": np.asarray([s["label"] for s in samples], dtype=np.int64),
-        "key": [s["key"] for s in samples],
-        "is_padding": np.asarray([bool(s.get("is_padding", False)) for s in samples], dtype=bool),
-    }
+    chunk: dict[str, Any] = {"image": stacked}
+    if "label" in first:
+        chunk["label"] = stack_labels([s["label"] for s in samples], [s["key"] for s in samples])
+    if "label_mask" in first:
+        chunk["label_mask"] = stack_labels([s["label_mask"] for s in samples], [s["key"] for s in samples])
+    chunk["key"] = [s["key"] for s in samples]
+    chunk["is_padding"] = np.asarray([bool(s.get("is_padding", False)) for s in samples], dtype=bool)
     if "roi" in first:
         chunk["roi"] = np.stack([s.get("roi", np.zeros_like(first["roi"])) for s in samples])
     if "meta" in first:
         chunk["meta"] = [s.get("meta", {}) for s in samples]
     return chunk
+
+
+def stack_labels(labels: list[Any], keys: list[Any]) -> np.ndarray:
+    """Class indices as int64 ``(B,)``; finding vectors (or masks) as float32 ``(B, C)``, one length for all."""
+    if not labels or np.ndim(labels[0]) == 0:
+        return np.asarray(labels, dtype=np.int64)
+    lengths = {len(label) for label in labels}
+    if len(lengths) > 1:
+        odd = next(k for k, label in zip(keys, labels, strict=True) if len(label) != len(labels[0]))
+        raise ValueError(
+            f"samples {keys[0]} and {odd} hold label vectors of {sorted(lengths)} findings: one batch, one length"
+        )
+    return np.stack(labels).astype(np.float32, copy=False)
 
 
 def to_unit_float(image: np.ndarray) -> np.ndarray:

@@ -9,15 +9,18 @@ where a sample holds several (the conventions of WebDataset data written by othe
 from __future__ import annotations
 
 import io
+import json
 import struct
 import warnings
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 from PIL import Image
 
+from ..options import LabelOptions
+from ..shardfmt.labels import parse_label_vector, sample_findings
 from ..shardfmt.members import META, READ_IMAGE_SUFFIXES, READ_LABEL_SUFFIXES, ROI
 from ..shardfmt.safejson import loads_limited
 from ..shardfmt.tar import RawSample
@@ -61,7 +64,9 @@ class DecodeOptions:
     """What to decode. ``image_key``: the image member's suffix (``"jpg"``, ``"seg.png"``; default the first of
     :data:`IMAGE_SUFFIXES` present). ``label_key``: the label member's suffix, or ``"json:FIELD"`` (a dotted path
     into the ``.json`` member; default the first of :data:`LABEL_SUFFIXES` present). Text labels that are not
-    integers are looked up in ``class_names``."""
+    integers are looked up in ``class_names``. ``labels`` says what a label is (:class:`~..options.LabelOptions`):
+    a class, a float32 finding vector from ``labels.json`` / ``.npy`` (and its mask, all ones where a sample has
+    none), or none at all."""
 
     num_classes: int | None = None
     with_roi: bool = False
@@ -71,6 +76,7 @@ class DecodeOptions:
     image_key: str | None = None
     label_key: str | None = None
     class_names: tuple[str, ...] = ()
+    labels: LabelOptions = field(default_factory=LabelOptions)
 
 
 def check_member_keys(image_key: str | None, label_key: str | None) -> None:
@@ -241,6 +247,27 @@ def _label(raw: RawSample, options: DecodeOptions, meta: Any) -> int:
     return label
 
 
+def _findings(raw: RawSample, options: DecodeOptions, meta: Any) -> tuple[np.ndarray, np.ndarray | None]:
+    """A multi-label sample's vector and mask (see :func:`~meddiffuse_stream.shardfmt.labels.sample_findings`); a
+    ``json:FIELD`` label_key takes a list of numbers or finding names from the ``.json`` member."""
+    try:
+        if options.label_key is not None and options.label_key.startswith("json:"):
+            field_path = options.label_key[5:]
+            value: Any = meta if meta is not None else _json(raw, options)
+            for part in field_path.split("."):
+                if not isinstance(value, dict) or part not in value:
+                    raise SampleError(f"{raw.key}.json: no field {field_path!r} (label_key=)", "missing label")
+                value = value[part]
+            data = json.dumps(value).encode()
+            return parse_label_vector(data, "json", options.class_names, f"{raw.key}.json:{field_path}"), None
+        return sample_findings(raw.members, raw.key, options.class_names, options.label_key)
+    except SampleError:
+        raise
+    except ValueError as error:
+        kind = "missing label" if "missing label" in str(error) else "bad label"
+        raise SampleError(str(error), kind) from None
+
+
 def _class_index(text: bytes | str, where: str, options: DecodeOptions) -> int:
     """A label that is not an integer: its position in ``class_names``, or a "bad label" error."""
     name = (text.decode("utf-8", "replace") if isinstance(text, bytes) else text).strip()
@@ -262,11 +289,14 @@ def decode_sample(raw: RawSample, options: DecodeOptions) -> dict[str, Any]:
         meta = _json(raw, options)
         if not isinstance(meta, dict):
             raise SampleError(f"{key}.json: expected an object, got {type(meta).__name__}", "json not an object")
-    sample: dict[str, Any] = {
-        "key": key,
-        "label": _label(raw, options, meta),
-        "image": _image(raw.members[suffix], key, suffix, options.max_pixels),
-    }
+    sample: dict[str, Any] = {"key": key}
+    if options.labels.kind == "class":
+        sample["label"] = _label(raw, options, meta)
+    elif options.labels.kind == "findings":
+        sample["label"], mask = _findings(raw, options, meta)
+        if options.labels.mask:
+            sample["label_mask"] = mask if mask is not None else np.ones_like(sample["label"])
+    sample["image"] = _image(raw.members[suffix], key, suffix, options.max_pixels)
     if options.with_roi and ROI in raw.members:
         roi = _image(raw.members[ROI], key, ROI, options.max_pixels)
         if roi.shape[1:] != sample["image"].shape[1:]:

@@ -24,6 +24,7 @@ from ..options import Dtype, OnError
 from ..shardfmt.members import IMAGE, LABEL
 from ..shardfmt.tar import RawSample
 from .chunked import ChunkNode
+from .collate import stack_labels
 from .decode import DecodeOptions, decode_plain_png, spng_decoder
 from .errors import LoaderDataError
 from .items import PlannedSample, Skipped
@@ -44,6 +45,7 @@ def takes_plain_samples(options: DecodeOptions, conforms: bool) -> bool:
     return (
         options.image_key in (None, IMAGE)
         and options.label_key in (None, LABEL)
+        and options.labels.kind == "class"
         and not options.with_roi
         and not options.with_meta
         and not conforms
@@ -153,7 +155,8 @@ class _Builder:
         self.roi: np.ndarray | None = None
         self.options = options
         self.with_meta = options.with_meta
-        self.labels = [0] * count
+        self.labels: list[Any] = [0] * count
+        self.label_masks: list[Any] = [None] * count
         self.keys: list[Any] = [""] * count
         self.padding = [False] * count
         self.meta: list[Any] = [{}] * count
@@ -241,7 +244,8 @@ class _Builder:
                 "convert with --resize"
             )
         write_image(self.images[slot], image, sample["key"])
-        self.labels[slot] = sample["label"]
+        self.labels[slot] = sample.get("label", 0)
+        self.label_masks[slot] = sample.get("label_mask")
         self.keys[slot] = sample["key"]
         self.padding[slot] = sample.get("is_padding", False)
         if "roi" in sample:
@@ -259,12 +263,16 @@ class _Builder:
             self.place(slot, stand_in)
             self.padding[slot] = True
         counters["padded"] += len(self.skipped)
-        chunk: dict[str, Any] = {
-            "image": self.images,
-            "label": np.array(self.labels, dtype=np.int64),
-            "key": self.keys,
-            "is_padding": np.array(self.padding, dtype=bool),
-        }
+        chunk: dict[str, Any] = {"image": self.images}
+        kind = self.options.labels.kind
+        if kind != "none":
+            chunk["label"] = (
+                np.array(self.labels, np.int64) if kind == "class" else stack_labels(self.labels, self.keys)
+            )
+        if self.options.labels.mask:
+            chunk["label_mask"] = stack_labels(self.label_masks, self.keys)
+        chunk["key"] = self.keys
+        chunk["is_padding"] = np.array(self.padding, dtype=bool)
         if self.roi is not None:
             chunk["roi"] = self.roi
         if self.with_meta:

@@ -30,6 +30,8 @@ class DatasetSource:
     has_roi: bool = False
     class_counts: tuple[int, ...] | None = None  # samples per class in this split, where dataset.json has them
     origin: str = "dataset.json"
+    task: str = "multi_class"  # dataset.json's: "multi_label" samples carry finding vectors
+    label_mask: bool = False  # multi-label samples carry masks (some findings are unknown)
 
     @property
     def total(self) -> int:
@@ -66,7 +68,9 @@ def open_dataset(
                 f"split={split!r} has no meaning for {found.where}: {why}; leave split= out to read "
                 "every shard, or point at the split's own shards"
             )
-        return DatasetSource(found.location, None, found.shards, found.class_names, found.has_roi, None, found.origin)
+        return DatasetSource(
+            found.location, None, found.shards, found.class_names, found.has_roi, None, found.origin, *_labels(found)
+        )
     chosen = split or "train"
     shards = tuple(s for s in found.shards if s.split == chosen)
     if not shards:
@@ -80,4 +84,10 @@ def open_dataset(
         found.has_roi,
         tuple(counts) if counts is not None else None,
         found.origin,
+        *_labels(found),
     )
+
+
+def _labels(found: Any) -> tuple[str, bool]:
+    manifest = found.manifest
+    return (manifest.task, manifest.label_mask) if manifest is not None else ("multi_class", False)

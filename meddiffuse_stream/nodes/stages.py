@@ -90,8 +90,8 @@ def decode_planned(planned: PlannedSample, dataset: DatasetSource, options: Deco
 
 
 def _checked(result: Any, what: str) -> Sample:
-    if not isinstance(result, dict) or "image" not in result or "label" not in result:
-        raise TypeError(f"{what} must return the sample dict it was given, with 'image' and 'label'")
+    if not isinstance(result, dict) or "image" not in result or "key" not in result:
+        raise TypeError(f"{what} must return the sample dict it was given, with 'image', 'label' and 'key'")
     return result
 
 

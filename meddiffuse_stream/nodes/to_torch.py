@@ -101,7 +101,9 @@ class ToTorch(BaseNode[Any]):
 
 
 def _is_chunk(chunk: Any) -> bool:
-    return isinstance(chunk, dict) and "image" in chunk and "label" in chunk and "key" in chunk
+    if not isinstance(chunk, dict) or "image" not in chunk or "key" not in chunk:
+        return False
+    return "label" in chunk or "is_padding" in chunk  # labels=False: a default chunk without "label"
 
 
 def convert_chunk(chunk: dict[str, Any], dtype: Dtype = "float32") -> dict[str, Any]:
@@ -119,8 +121,11 @@ def convert_chunk(chunk: dict[str, Any], dtype: Dtype = "float32") -> dict[str, 
         tensor = torch.from_numpy(to_unit_float(image))
     else:
         tensor = torch.from_numpy(deliver(image, dtype, chunk["key"]))
-    label = chunk["label"]
-    batch: dict[str, Any] = {"image": tensor, "label": torch.as_tensor(label), "key": chunk["key"]}
+    batch: dict[str, Any] = {"image": tensor}
+    for name in ("label", "label_mask"):  # class indices (int64), or finding vectors and their mask (float32)
+        if name in chunk:
+            batch[name] = torch.as_tensor(chunk[name])
+    batch["key"] = chunk["key"]
     if "is_padding" in chunk:
         batch["is_padding"] = torch.as_tensor(chunk["is_padding"])
     if "roi" in chunk:

@@ -9,12 +9,13 @@ from __future__ import annotations
 import hashlib
 import json
 import re
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, BinaryIO
 
 import numpy as np
 
+from .labels import finding_members
 from .members import IMAGE, LABEL, META, ROI, member_name
 from .png import encode_png
 
@@ -31,7 +32,7 @@ __all__ = [
 SHARD_MTIME = 946684800  # 2000-01-01T00:00:00Z: fixed so rebuilt shards are byte-identical
 
 _KEY_UNSAFE = re.compile(r"[^A-Za-z0-9_-]+")
-_MAX_KEY_LEN = 90  # USTAR names are at most 100 bytes; the longest suffix is ".roi.png"
+_MAX_KEY_LEN = 84  # USTAR names are at most 100 bytes; the longest suffix is ".label_mask.json" (16)
 _BLOCK = 512
 
 
@@ -58,34 +59,48 @@ def make_key(*parts: str) -> str:
 
 @dataclass(frozen=True)
 class EncodedSample:
-    """One sample's members, ready for a shard: ``{key}.png``, ``.cls``, ``.json`` and maybe ``.roi.png``."""
+    """One sample's members, ready for a shard: ``{key}.png``, ``.cls`` (multi-label: ``.labels.json`` and maybe
+    ``.label_mask.json``), ``.json`` and maybe ``.roi.png``."""
 
     key: str
     members: tuple[tuple[str, bytes], ...]
-    label: int
+    label: int | None
     meta: Mapping[str, Any] = field(default_factory=dict)
 
 
 def encode_sample(
     key: str,
     image: np.ndarray,
-    label: int,
+    label: int | None,
     meta: Mapping[str, Any],
     roi: np.ndarray | None = None,
+    *,
+    findings: Sequence[int] | None = None,
+    label_mask: bool = False,
 ) -> EncodedSample:
-    """Encode one sample; ``meta`` goes into ``{key}.json`` and must be JSON-serialisable."""
-    if not isinstance(label, (int, np.integer)) or isinstance(label, bool):
+    """Encode one sample; ``meta`` goes into ``{key}.json`` and must be JSON-serialisable. A multi-label sample
+    passes ``label=None`` and its ``findings`` (1 / 0 / -1 unknown), with ``label_mask`` in datasets with unknowns."""
+    if findings is not None:
+        if label is not None:
+            raise ValueError(f"sample {key}: a multi-label sample has findings, not a class label ({label!r})")
+        try:
+            labels = [(member_name(key, suffix), data) for suffix, data in finding_members(findings, label_mask)]
+        except ValueError as error:
+            raise ValueError(f"sample {key}: {error}") from None
+    elif not isinstance(label, (int, np.integer)) or isinstance(label, bool):
         raise ValueError(f"sample {key}: label must be an integer, got {label!r}")
+    else:
+        labels = [(member_name(key, LABEL), str(int(label)).encode("ascii"))]
     members = [
         (member_name(key, IMAGE), encode_png(image)),
-        (member_name(key, LABEL), str(int(label)).encode("ascii")),
+        *labels,
         (member_name(key, META), json.dumps(dict(meta), sort_keys=True, separators=(",", ":")).encode("utf-8")),
     ]
     if roi is not None:
         if roi.shape[:2] != image.shape[:2]:
             raise ValueError(f"sample {key}: ROI mask {roi.shape} does not match image {image.shape[:2]}")
         members.append((member_name(key, ROI), encode_png((roi > 0).astype(np.uint8) * 255)))
-    return EncodedSample(key=key, members=tuple(members), label=int(label), meta=meta)
+    return EncodedSample(key=key, members=tuple(members), label=None if label is None else int(label), meta=meta)
 
 
 def ustar_header(name: str, size: int) -> bytes:
