@@ -78,7 +78,11 @@ def build_parser() -> argparse.ArgumentParser:
     shard.add_argument("format", choices=sorted(FORMATS))
     shard.add_argument("src", help="source folder (or manifest file for csv); a local path or fsspec URL")
     shard.add_argument("out", help="output dataset folder; a local path or fsspec URL such as s3://bucket/name")
-    shard.add_argument("--split", help="patient-level split fractions, default train=0.8,val=0.1,test=0.1")
+    shard.add_argument(
+        "--split",
+        help="patient-level split fractions, default train=0.8,val=0.1,test=0.1; 'official' keeps the release's",
+    )
+    shard.add_argument("--extra-splits", metavar="NAMES", help="split names beyond train,val,test, e.g. calib")
     shard.add_argument("--resize", type=int, help="resize every image (and ROI) to N x N pixels")
     shard.add_argument(
         "--channels", type=int, choices=[1, 3], help="convert every image to 1 (grey, BT.601 luma) or 3 (RGB) channels"
@@ -251,7 +255,8 @@ def _options(args: argparse.Namespace, **extra) -> ConvertOptions:
 
 
 def _run_shard(args: argparse.Namespace) -> int:
-    splits = parse_split_spec(args.split) if args.split else None
+    extra = tuple(s.strip() for s in args.extra_splits.split(",") if s.strip()) if args.extra_splits else ()
+    splits = parse_split_spec(args.split, extra) if args.split else None
     limits = {"max_pixels": args.max_pixels, "max_file_bytes": args.max_file_bytes}
     options = _options(
         args, splits=splits, resize=args.resize, name=args.name, frames=args.frames, channels=args.channels, **limits

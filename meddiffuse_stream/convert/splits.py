@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import difflib
 import re
 from collections import defaultdict
 from collections.abc import Iterable, Mapping
@@ -12,6 +13,7 @@ from .base import SourceItem
 
 __all__ = [
     "DEFAULT_SPLITS",
+    "KNOWN_SPLITS",
     "OFFICIAL",
     "assign_splits",
     "parse_split_spec",
@@ -20,20 +22,31 @@ __all__ = [
 ]
 
 DEFAULT_SPLITS: dict[str, float] = {"train": 0.8, "val": 0.1, "test": 0.1}
+KNOWN_SPLITS = ("train", "val", "test")  # what loaders, training and the experiment runner look for
 OFFICIAL = "official"  # --split official: the release's own split lists (formats say what they keep)
 _SPLIT_NAME = re.compile(r"^[a-z][a-z0-9_]*$")
 
 
-def parse_split_spec(spec: str) -> dict[str, float] | None:
+def parse_split_spec(spec: str, extra: Iterable[str] = ()) -> dict[str, float] | None:
     """``"train=0.8,val=0.1,test=0.1"`` → ``{"train": 0.8, ...}``; fractions must be positive and sum to 1.
-    ``"official"`` → ``None``: the dataset's own splits (the format checks that it has them)."""
+    ``"official"`` → ``None``: the dataset's own splits (the format checks that it has them). Names other than
+    train / val / test are refused unless listed in ``extra`` (``--extra-splits``): a misspelt ``vla`` would
+    otherwise become a split no loader asks for."""
     if spec.strip() == OFFICIAL:
         return None
+    allowed = (*KNOWN_SPLITS, *extra)
     fractions: dict[str, float] = {}
     for part in spec.split(","):
         name, sep, value = part.strip().partition("=")
         if not sep or not _SPLIT_NAME.match(name):
             raise ValueError(f"--split {spec!r}: each part must look like name=fraction with a lower-case name")
+        if name not in allowed:
+            close = difflib.get_close_matches(name, allowed, n=1)
+            hint = f"did you mean {close[0]!r}? " if close else ""
+            raise ValueError(
+                f"--split {spec!r}: unknown split {name!r}; {hint}splits are {', '.join(allowed)} "
+                "(name others with --extra-splits)"
+            )
         if name in fractions:
             raise ValueError(f"--split {spec!r}: split {name!r} appears twice")
         try:

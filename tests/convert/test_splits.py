@@ -49,3 +49,11 @@ def test_another_seed_gives_another_split():
     items = _items(list(range(200)))
     fractions = {"train": 0.5, "test": 0.5}
     assert assign_splits(items, fractions, 0) != assign_splits(items, fractions, 1)
+
+
+def test_a_misspelt_split_is_refused_with_a_suggestion_and_others_need_naming():
+    with pytest.raises(ValueError, match=r"unknown split 'vla'; did you mean 'val'\?"):
+        parse_split_spec("train=0.8,vla=0.2")
+    with pytest.raises(ValueError, match="--extra-splits"):
+        parse_split_spec("train=0.8,calib=0.2")
+    assert parse_split_spec("train=0.8,calib=0.2", extra=("calib",)) == {"train": 0.8, "calib": 0.2}
