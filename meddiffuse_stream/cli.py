@@ -408,7 +408,7 @@ def _run_index(args: argparse.Namespace) -> int:
             name=args.name,
             workers=args.workers,
             storage_options=parse_storage_options(args.storage_option),
-            progress=bar.update,
+            progress=bar.update,  # type: ignore[arg-type]  # tqdm's update returns a bool nobody reads
         )
     print(summary.table())
     return 0

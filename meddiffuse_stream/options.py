@@ -79,7 +79,7 @@ def check_count(name: str, value: Any, minimum: int) -> int:
 def check_on_error(value: Any) -> OnError:
     if value not in ON_ERROR:
         raise ValueError(f"on_error must be one of {ON_ERROR}, got {value!r}")
-    return value  # type: ignore[no-any-return]
+    return value
 
 
 def check_dtype(dtype: Any) -> Dtype:
@@ -89,7 +89,7 @@ def check_dtype(dtype: Any) -> Dtype:
         raise ValueError(
             f"dtype must be one of {DTYPES} (uint8/uint16: converted to float on the device), got {dtype!r}"
         )
-    return name  # type: ignore[return-value]
+    return name
 
 
 def either(ours: str, our_value: Any, theirs: str, their_value: Any, default: Any) -> Any:

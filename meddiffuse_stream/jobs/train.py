@@ -25,6 +25,7 @@ from tqdm.auto import tqdm
 from ..loader import MedDiffuseLoader, sample_shape
 from ..models import build_model
 from ..nodes.to_torch import unit_float
+from ..options import Dtype
 from ..shardfmt.manifest import DATASET_JSON, Manifest, read_manifest
 from ..storage import DEFAULT_CACHE_BYTES, Location
 from .objective import Objective, check_trainable, objective_for
@@ -69,7 +70,7 @@ class TrainConfig:
     steps: int | None = None  # optimizer steps to make, whatever the epoch length (overrides ``epochs``)
     cache_dir: str | None = None  # local shard cache for remote datasets (LRU, sha256-verified)
     cache_bytes: int = DEFAULT_CACHE_BYTES
-    loader_dtype: str = "float32"  # uint8/uint16: the loader delivers stored integers, converted on the device
+    loader_dtype: Dtype = "float32"  # uint8/uint16: the loader delivers stored integers, converted on the device
 
 
 def training_device(name: str | None = None) -> torch.device:
@@ -330,7 +331,9 @@ def _with_subset(config: TrainConfig, out: Path, rank: int, world: int) -> Train
 
 
 def _unwrap(model: torch.nn.Module) -> torch.nn.Module:
-    return model.module if hasattr(model, "module") else model
+    """The model inside a DDP wrapper (or the model itself)."""
+    inner = getattr(model, "module", model)
+    return inner if isinstance(inner, torch.nn.Module) else model
 
 
 def _open_key_log(path: Path, checkpointed_bytes: list[int] | None, rank: int) -> Any:
