@@ -25,6 +25,7 @@ from .read import ReadSamples
 from .source import DatasetSource, open_dataset
 from .stages import Decode, Filter, ImageMap, Map
 from .to_torch import ToTorch, unit_float
+from .transport.seeding import WorkerInfo, worker_info
 from .workers import Workers
 
 __all__ = [
@@ -51,10 +52,12 @@ __all__ = [
     "ToTorch",
     "WorkerChain",
     "WorkerDiedError",
+    "WorkerInfo",
     "WorkerOptions",
     "Workers",
     "current_placement",
     "default_graph",
     "open_dataset",
     "unit_float",
+    "worker_info",
 ]

@@ -25,6 +25,7 @@ from .pixels import deliver
 __all__ = ["Batch"]
 
 Sample = dict[str, Any]
+_END = object()
 
 
 class Batch(ChunkNode[Any]):
@@ -32,7 +33,8 @@ class Batch(ChunkNode[Any]):
 
     ``collate_fn(samples)`` replaces the default (numpy arrays, images in the delivery ``dtype``, stacked into
     ``allocate``'s memory where given) with the user's, which gets the samples as ``transform=`` sees them.
-    State: the upstream's after the last chunk yielded.
+    ``before_chunk()`` runs before the first sample of each chunk is pulled (the chain reseeds the worker's
+    generators there). State: the upstream's after the last chunk yielded.
     """
 
     def __init__(
@@ -45,8 +47,10 @@ class Batch(ChunkNode[Any]):
         where: str = "this worker",
         dtype: Dtype = "float32",
         allocate: Callable[[tuple[int, ...], Any], Any] | None = None,
+        before_chunk: Callable[[], None] | None = None,
     ) -> None:
         super().__init__(source)
+        self.before_chunk = before_chunk
         self.batch_size = batch_size
         self.counters = counters if counters is not None else Counters()
         self.collate_fn = collate_fn
@@ -59,7 +63,12 @@ class Batch(ChunkNode[Any]):
         pending: list[Sample | Skipped] = []
         waiting: list[tuple[list[Sample | Skipped], dict[str, Any]]] = []  # all-skipped chunks before a good one
         last_good: list[Sample] = []
-        for item in self.source:
+        while True:
+            if not pending and self.before_chunk is not None:
+                self.before_chunk()  # the worker's generators seeded for this chunk (see transport.seeding)
+            item = next(self.source, _END)
+            if item is _END:
+                break
             if isinstance(item, Skipped):
                 self.counters.skip(item.kind)
             else:

@@ -24,6 +24,7 @@ from .plan import EpochPlan
 from .read import ReadSamples
 from .source import DatasetSource
 from .stages import Decode
+from .transport.seeding import WorkerSeeds
 
 __all__ = ["Stage", "WorkerChain"]
 
@@ -69,16 +70,16 @@ class WorkerChain:
         start: int = 0,
         counters: Counters | None = None,
         allocate: Allocate | None = None,
+        seeds: WorkerSeeds | None = None,
     ) -> BaseNode[Any]:
         """The chain yielding ``worker``'s batches of ``plan`` from its sample ``start`` (a multiple of the batch
         size, or the end of its share); ``allocate(shape, dtype)`` makes batch arrays (shared ones in a worker
-        process)."""
+        process); ``seeds`` reseeds the worker's generators before each batch that passes through user code."""
         counters = counters if counters is not None else Counters()
         where = f"worker {worker}"
         rows = self.fused and takes_plain_samples(self.decode, self.conform.active)  # DecodeBatch's way
-        node: BaseNode[Any] = ReadSamples(
-            self.source, plan, worker, start=start, counters=counters, read=self.read, rows=rows
-        )
+        reader = ReadSamples(self.source, plan, worker, start=start, counters=counters, read=self.read, rows=rows)
+        node: BaseNode[Any] = reader
         if self.fused:
             fit = functools.partial(conform_sample, options=self.conform)
             return DecodeBatch(
@@ -106,4 +107,15 @@ class WorkerChain:
             where=where,
             dtype=self.dtype,
             allocate=allocate,
+            before_chunk=_batch_seeding(seeds, reader, plan.batch_size) if seeds is not None else None,
         )
+
+
+def _batch_seeding(seeds: WorkerSeeds, reader: ReadSamples, batch_size: int) -> Callable[[], None]:
+    """Reseeds before each batch by its number in the worker's share (where the reader stands), so a resumed
+    chain draws what the uninterrupted one drew."""
+
+    def before_chunk() -> None:
+        seeds.start_batch(reader.state_dict()[ReadSamples.POSITION_KEY] // batch_size)
+
+    return before_chunk

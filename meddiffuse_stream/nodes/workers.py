@@ -23,6 +23,7 @@ from .chain import WorkerChain
 from .epochs import EpochSource
 from .plan import EpochPlan
 from .transport.pool import WorkerPool
+from .transport.seeding import WorkerSeeds
 
 __all__ = ["Workers", "resume_position"]
 
@@ -95,8 +96,10 @@ class Workers(BaseNode[Any]):
         if batches == 0 and plan.padded_count():
             self.counters["padded_for_ranks"] += plan.padded_count()
         ahead, self._ahead = self._ahead, None
-        if plan.num_workers == 0:
-            self._inline = self.chain.build(plan, 0, plan.skips(batches)[0], self.counters)
+        if plan.num_workers == 0:  # this process's global generators are the caller's: only worker_info()'s reseeded
+            seeds = WorkerSeeds(0, 0, own_process=False)
+            seeds.start_epoch(plan.seed, plan.rank, plan.epoch, self.chain.source)
+            self._inline = self.chain.build(plan, 0, plan.skips(batches)[0], self.counters, seeds=seeds)
             self._inline.reset(None)
         elif ahead != (plan, batches) or not self.pool.started:
             self.pool.send(plan, plan.skips(batches))

@@ -9,12 +9,15 @@ from torchdata.nodes import BaseNode
 
 from ...counters import Counters
 from ..plan import EpochPlan
+from .seeding import WorkerSeeds
 
 __all__ = ["BuildsWorkerNodes"]
 
 
 class BuildsWorkerNodes(Protocol):
     """A :class:`~meddiffuse_stream.nodes.WorkerChain`, seen from the transport (which must not import it)."""
+
+    source: Any  # what get_worker_info().dataset names
 
     def build(
         self,
@@ -23,4 +26,5 @@ class BuildsWorkerNodes(Protocol):
         start: int = 0,
         counters: Counters | None = None,
         allocate: Callable[..., Any] | None = None,
+        seeds: WorkerSeeds | None = None,
     ) -> BaseNode[Any]: ...

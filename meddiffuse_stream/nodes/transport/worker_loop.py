@@ -18,6 +18,7 @@ from .chain_protocol import BuildsWorkerNodes
 from .heap import keep_freed_memory
 from .lifecycle import die_with_parent, restore_default_signals
 from .messages import MessageKind, WorkerMessage
+from .seeding import WorkerSeeds
 
 __all__ = ["Box", "worker_loop"]
 
@@ -60,7 +61,9 @@ def worker_loop(
     worker_init_fn: Callable[[int], None] | None = None,
 ) -> None:
     """Serve commands ``(generation, plan, start)`` until ``None``: each produces this worker's batches of one
-    epoch from sample ``start``. ``parent_pid`` is set in a process of its own."""
+    epoch from sample ``start``. ``parent_pid`` is set in a process of its own. Each command first seeds the
+    worker's generators (:mod:`.seeding`); ``worker_init_fn`` runs once, before the first command's work, when
+    ``get_worker_info()`` already answers (as in a DataLoader worker)."""
     own_process = parent_pid is not None
     if own_process:
         restore_default_signals()
@@ -78,22 +81,23 @@ def worker_loop(
     chain = copy.deepcopy(chain)
     counters = Counters()
     allocate = getattr(results, "allocate", None)  # a process's batch arrays go in shared segments
+    seeds: WorkerSeeds | None = None
     init_error = None
-    if worker_init_fn is not None:
-        try:
-            worker_init_fn(worker)
-        except Exception as error:  # reported with the first command, naming the worker
-            init_error = f"worker_init_fn failed: {type(error).__name__}: {error}\n" + traceback.format_exc(limit=6)
     while True:
         command = commands.get()
         if command is None:
             return
         current, plan, start = command
+        if seeds is None:  # the first command: seeded, torch's worker info set, then the user's init function
+            seeds = WorkerSeeds(worker, plan.num_workers, own_process)
+            seeds.start_epoch(plan.seed, plan.rank, plan.epoch, chain.source)
+            init_error = _run_init(worker_init_fn, worker)
         if init_error is not None:
             _hand_over(results, WorkerMessage(current, MessageKind.FAILURE, init_error, {}), generation)
             continue
         try:
-            node = chain.build(plan, worker, start, counters, allocate)
+            seeds.start_epoch(plan.seed, plan.rank, plan.epoch, chain.source)
+            node = chain.build(plan, worker, start, counters, allocate, seeds)
             node.reset(None)
             for chunk in node:
                 if generation.value != current:
@@ -110,3 +114,15 @@ def worker_loop(
             if kind == MessageKind.FAILURE:
                 detail += "\n" + traceback.format_exc(limit=6)
             _hand_over(results, WorkerMessage(current, kind, detail, counters.take()), generation)
+
+
+def _run_init(worker_init_fn: Callable[[int], None] | None, worker: int) -> str | None:
+    """Run ``worker_init_fn(worker)`` (with the worker's info and seeds already set, as DataLoader runs it); the
+    failure to report with the first command, naming the worker, or None."""
+    if worker_init_fn is None:
+        return None
+    try:
+        worker_init_fn(worker)
+    except Exception as error:
+        return f"worker_init_fn failed: {type(error).__name__}: {error}\n" + traceback.format_exc(limit=6)
+    return None
