@@ -129,9 +129,9 @@ class MedDiffuseLoader:
         )
         read = ReadOptions(retry or RetryPolicy(), cache_dir, cache_bytes)
         conform = ConformOptions.of(resize, resize_mode, channels)
-        self.counters = Counters()
+        self.counters = counters = Counters()  # the retry hook holds the counters, not the loader: no cycle
         self.dataset: DatasetSource = open_dataset(
-            source, split, storage_options, retry=read.retry, on_retry=lambda _: self.counters.add("retries")
+            source, split, storage_options, retry=read.retry, on_retry=lambda _: counters.add("retries")
         )
         self.source = source
         self.split = self.dataset.split  # None for shards without splits
@@ -335,7 +335,8 @@ class MedDiffuseLoader:
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
         """Continue where ``state`` was taken — by this rank or any other (the position is shared). Resuming in
         the middle of an epoch needs the saved world size, workers, batch size and order settings; a state taken
-        at an epoch's end (or start) resumes with any of them."""
+        at an epoch's end (or start) resumes with any of them. An iterator of this loader that is still running
+        ends (``StopIteration`` at its next step); the next ``iter()`` resumes."""
         version = state.get("version")
         if version not in (1, STATE_VERSION):
             raise ValueError(f"loader state version {version!r} is not {STATE_VERSION} (or 1)")
@@ -354,6 +355,7 @@ class MedDiffuseLoader:
         if self.augment is not None and state.get("augment") is None:
             raise ValueError("this loader state was saved without augment=; construct the loader as saved")
         self._pending = (epoch + 1, 0) if start == plan.num_batches else (epoch, start)
+        self._pass += 1  # a live iterator ends at its next step: the workers are about to be sent elsewhere
         self._restored = True
         self._pending_stage = dict(state["augment"]) if self.augment is not None else None
         if saved_rank == plan.rank:  # another rank's counts are not this rank's

@@ -3,7 +3,9 @@
 Each command ``(generation, plan, start)`` makes a worker produce its batches of one epoch; batches of an older
 generation still in flight are dropped on arrival. ``close()`` returns within about half a second whatever the
 workers are doing: it asks them to stop, waits briefly, then kills what is left (they only read). The pool also
-closes when garbage-collected and at interpreter exit; pickled, it keeps its settings and starts afresh.
+closes when its last reference goes (a ``weakref.finalize``: the loader holds no reference cycle, so that is when
+the loader is dropped, not at the next cyclic collection) and at interpreter exit, never from a forked copy of the
+process; pickled, it keeps its settings and starts afresh.
 """
 
 from __future__ import annotations
@@ -185,6 +187,7 @@ class _Handles:
 
     def __init__(self, method: str) -> None:
         self.method = method
+        self.owner = os.getpid()  # a fork of this process inherits the handles (and this close) but not the workers
         self.generation: Any = None
         self.workers: list[Any] = []
         self.commands: list[Any] = []
@@ -196,6 +199,8 @@ class _Handles:
         self.results.append(results)
 
     def close(self) -> None:
+        if os.getpid() != self.owner:  # a forked copy: the workers and their queues belong to the process that
+            return  # started them (touching them here would stop its workers or fail: "can only test a child")
         self.generation.value += 1  # workers stop producing at their next batch or put
         for commands in self.commands:
             with contextlib.suppress(Exception):
