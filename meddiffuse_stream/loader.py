@@ -28,6 +28,7 @@ from .nodes.decode import DecodeOptions, check_member_keys
 from .nodes.epochs import EpochSource
 from .nodes.graph import Graph, default_graph
 from .nodes.plan import EpochPlan
+from .nodes.present import StandInRows
 from .nodes.source import DatasetSource, open_dataset
 from .nodes.stages import Map
 from .nodes.workers import resume_position
@@ -202,6 +203,7 @@ class MedDiffuseLoader:
         self._restored = False  # the pending start came from load_state_dict or skip (set_epoch keeps it)
         self._pending_stage: dict[str, Any] | None = None
         self._pass = 0
+        self._stand_ins = StandInRows()
         # workers start now: spawning, imports and the first shard fetches overlap the caller's model set-up
         self._graph.workers.prepare()
 
@@ -285,11 +287,16 @@ class MedDiffuseLoader:
         unknowns (a mask dropped silently would train on unknowns as negatives); images alone with labels=False."""
         if self.as_dict or self.collate_fn is not None:
             return batch
+        keep = self._stand_ins.keep(batch, self._graph.workers.plan)  # rows standing in for dropped samples go
         if self.labels.kind == "none":
-            return batch["image"]
-        if self.labels.mask:
-            return batch["image"], batch["label"], batch["label_mask"]
-        return batch["image"], batch["target" if self.augment is not None else "label"]
+            parts: tuple[Any, ...] = (batch["image"],)
+        elif self.labels.mask:
+            parts = (batch["image"], batch["label"], batch["label_mask"])
+        else:
+            parts = (batch["image"], batch["target" if self.augment is not None else "label"])
+        if keep is not None:  # see nodes/present.py
+            parts = tuple(part[keep] for part in parts)
+        return parts[0] if len(parts) == 1 else parts
 
     def close(self) -> None:
         """Stop worker processes and the device stage's thread now (they also stop at garbage collection and at

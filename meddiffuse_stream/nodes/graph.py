@@ -94,7 +94,11 @@ def default_graph(
     gets ``details`` and ``cpu_threads`` (see :class:`DeviceStage`)."""
     parallel = Workers(epochs, chain, options=workers, counters=counters)
     to_torch = ToTorch(
-        parallel, pin_memory=pin_memory, device=None if augment is not None else device, dtype=chain.dtype
+        parallel,
+        pin_memory=pin_memory,
+        device=None if augment is not None else device,
+        dtype=chain.dtype,
+        user_batches=chain.collate_fn is not None,
     )
     device_stage = (
         DeviceStage(to_torch, augment, details=details, cpu_threads=cpu_threads) if augment is not None else None

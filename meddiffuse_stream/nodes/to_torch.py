@@ -49,24 +49,14 @@ def to_device(value: Any, device: torch.device | None, pin: bool = False) -> Any
     return value
 
 
-def _default_convert(value: Any) -> Any:
-    """Numpy arrays inside a user's ``collate_fn`` result become tensors (as DataLoader's default_convert does)."""
-    if isinstance(value, np.ndarray) and value.dtype != np.object_:
-        return torch.from_numpy(value)
-    if isinstance(value, dict):
-        return {k: _default_convert(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)) and not isinstance(value, str):
-        return type(value)(_default_convert(v) for v in value)
-    return value
-
-
 class ToTorch(BaseNode[Any]):
     """Chunk → ``{"image": (B, C, H, W) float32 in [0, 1] (or ``dtype``), "label": int64, "key", "is_padding":
     bool, "position": (epoch, rank, batch index), "roi"? (float32, or uint8 with an integer ``dtype``), "meta"?}``;
-    a user ``collate_fn``'s batches pass with numpy arrays turned into tensors.
+    with ``user_batches`` (a chain with a ``collate_fn``) every batch passes as the ``collate_fn`` made it, as a
+    DataLoader hands it over.
 
-    ``pin_memory`` pins batches (only where CUDA is available, as a DataLoader does); ``device`` copies them there
-    without blocking. State: the upstream's.
+    ``pin_memory`` pins batches' tensors (only where CUDA is available, as a DataLoader does); ``device`` copies
+    them there without blocking. State: the upstream's.
     """
 
     SOURCE_KEY = "source"
@@ -78,10 +68,12 @@ class ToTorch(BaseNode[Any]):
         pin_memory: bool = False,
         device: str | torch.device | None = None,
         dtype: Dtype = "float32",
+        user_batches: bool = False,
     ) -> None:
         super().__init__()
         self.source = source
         self.dtype = dtype
+        self.user_batches = user_batches
         self.device = torch.device(device) if device is not None else None
         self.pin = pin_memory and torch.cuda.is_available()
         if pin_memory and not self.pin:
@@ -96,14 +88,8 @@ class ToTorch(BaseNode[Any]):
 
     def next(self) -> Any:
         chunk = next(self.source)
-        batch = convert_chunk(chunk, self.dtype) if _is_chunk(chunk) else _default_convert(chunk)
+        batch = chunk if self.user_batches else convert_chunk(chunk, self.dtype)
         return to_device(batch, self.device, self.pin) if self.pin or self.device is not None else batch
-
-
-def _is_chunk(chunk: Any) -> bool:
-    if not isinstance(chunk, dict) or "image" not in chunk or "key" not in chunk:
-        return False
-    return "label" in chunk or "is_padding" in chunk  # labels=False: a default chunk without "label"
 
 
 def convert_chunk(chunk: dict[str, Any], dtype: Dtype = "float32") -> dict[str, Any]:

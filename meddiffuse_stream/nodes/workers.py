@@ -125,8 +125,8 @@ class Workers(BaseNode[Any]):
         else:
             chunk, delta = self.pool.receive(self._schedule[self._batches], self.timeout, where, self.counters)
             self.counters.update(delta)
-        if isinstance(chunk, dict):  # where the batch sits: stages that draw per batch seed from it (any rank)
-            chunk["position"] = (self._plan.epoch, self._plan.rank, self._batches)
+        if self.chain.collate_fn is None and isinstance(chunk, dict):  # a collate_fn's batch is the user's, as is
+            chunk["position"] = (self._plan.epoch, self._plan.rank, self._batches)  # stages that draw seed from it
         self._batches += 1
         if self._batches == len(self._schedule):
             if self._inline is None and self.persistent:
