@@ -19,6 +19,8 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import BinaryIO
 
+from .compressed import GzipMemberError, GzipStreamError, gunzip_member, tar_stream
+
 __all__ = [
     "MAX_EXTENDED_HEADER_BYTES",
     "MAX_MEMBERS_PER_SAMPLE",
@@ -54,6 +56,13 @@ class TarProblem:
     reason: str
     key: str | None = None
     fatal: bool = False
+
+
+class _ArchiveEnd:
+    """What the member walk yields at an end-of-archive marker: the sample in progress is whole."""
+
+
+_ARCHIVE_END = _ArchiveEnd()
 
 
 class _Corrupt(ValueError):
@@ -157,16 +166,36 @@ class _Blocks:
 
 def _members(
     raw_stream: BinaryIO, max_member_bytes: int, with_data: bool = True
-) -> Iterator[tuple[str, bytes, int] | TarProblem]:
+) -> Iterator[tuple[str, bytes, int] | TarProblem | _ArchiveEnd]:
+    """Every member of the (possibly gzip-compressed) tar, or the fatal problem that ends it."""
+    try:
+        yield from _tar_members(tar_stream(raw_stream), max_member_bytes, with_data)
+    except GzipStreamError as error:
+        yield TarProblem(f"{error}: the rest of the shard cannot be read", fatal=True)
+
+
+def _tar_members(
+    raw_stream: BinaryIO, max_member_bytes: int, with_data: bool = True
+) -> Iterator[tuple[str, bytes, int] | TarProblem | _ArchiveEnd]:
+    """A zero block marks an archive's end, but the stream is read on: all zeros to its end is the end (tar pads
+    archives with them); a header after them is a second archive (``cat a.tar b.tar``), read like the first;
+    anything else is a fatal problem named here. Never a silent stop with samples left unread."""
     seekable = not with_data and _seekable(raw_stream)
     stream = _Blocks(raw_stream, piece=_BLOCK * 8 if seekable else 1 << 20, seek=seekable)
     long_name: str | None = None
     pax: dict[bytes, bytes] = {}
     offset = 0
+    ended = False  # an end-of-archive marker was seen: what follows is padding or a second archive
     while True:
         header = stream.read_exact(_BLOCK)
         if header == _ZERO_BLOCK:
-            return  # the end-of-archive marker
+            if not ended:
+                yield _ARCHIVE_END  # the sample in progress is whole, whatever follows
+            ended = True
+            offset += _BLOCK
+            continue
+        if ended and not header.strip(b"\0"):
+            return  # the stream's end (zero padding cut short of a block counts as padding)
         if len(header) < _BLOCK:
             where = "without an end-of-archive marker" if not header else "inside a header"
             yield TarProblem(f"truncated tar: the stream ends at byte {offset} {where}", fatal=True)
@@ -267,6 +296,11 @@ def iter_samples(
     seen: set[str] = set()
     sample_bytes = 0
     for item in _members(stream, max_member_bytes, with_data):
+        if item is _ARCHIVE_END:
+            if current is not None:
+                yield current
+            current = None
+            continue
         if isinstance(item, TarProblem):
             if current is not None:
                 if item.key != current.key and (item.key is not None or not item.fatal):
@@ -283,8 +317,26 @@ def iter_samples(
             continue
         name, data, size = item
         key, suffix = split_member_name(name)
+        suffix = suffix.lower()  # ".JPEG", ".CLS": matched as WebDataset matches them
         if key == refused:
             continue  # the rest of a refused sample
+        gzipped = suffix.endswith(".gz") and len(suffix) > 3
+        if gzipped:  # "x.cls.gz" is the member "cls", decompressed within the member limit (as WebDataset does)
+            suffix = suffix[:-3]
+            if with_data:
+                try:
+                    data = gunzip_member(data, max_member_bytes)
+                except GzipMemberError as error:
+                    if current is not None and key == current.key:
+                        current = None
+                    elif current is not None:
+                        yield current
+                        current = None
+                    refused = key
+                    seen.add(key)
+                    yield TarProblem(f"member {name!r} {error}", key)
+                    continue
+                size = len(data)
         if current is not None and key != current.key:
             yield current
             current = None

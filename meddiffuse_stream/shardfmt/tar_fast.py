@@ -110,9 +110,11 @@ def plain_layout(data: bytes, max_member_bytes: int) -> PlainLayout | None:
     found = _locate(blocks)
     if found is None:  # not found at once (e.g. "ustar" inside a member's data): walked header by header
         offsets, sizes, end = _walk(data)
-        if end is None or not offsets:
-            return None
+        if end is None or not offsets or blocks[end // _BLOCK :].any():
+            return None  # anything but zeros after the end block (a second archive): the streaming reader reads on
         found = np.asarray(offsets, np.int64) // _BLOCK, np.asarray(sizes, np.int64)
+    if len(data) % _BLOCK and data[usable * _BLOCK :].strip(b"\0"):
+        return None  # bytes after the last whole block: the streaming reader names them
     at, sizes_ = found
     if sizes_.max() > max_member_bytes:
         return None
@@ -139,8 +141,8 @@ def _locate(blocks: np.ndarray) -> tuple[np.ndarray, np.ndarray] | None:
     sizes = (digits.astype(np.int64) - ord("0")) @ _POWERS_11
     following = at + 1 + (sizes + _BLOCK - 1) // _BLOCK
     end = int(following[-1])
-    if not np.array_equal(at[1:], following[:-1]) or end >= len(blocks) or blocks[end].any():
-        return None
+    if not np.array_equal(at[1:], following[:-1]) or end >= len(blocks) or blocks[end:].any():
+        return None  # also where anything but zeros follows the end block (e.g. a second archive)
     return at, sizes
 
 
@@ -218,6 +220,11 @@ def _group(
     many members or bytes in one sample)."""
     keys = [name[:end] for name, end in zip(names, key_ends, strict=True)]
     suffixes = [name[end + 1 :] for name, end in zip(names, key_ends, strict=True)]
+    joined = "\n".join(suffixes) + "\n"  # what the streaming reader does per member, checked once per shard:
+    if joined != joined.lower():
+        suffixes = [suffix.lower() for suffix in suffixes]  # suffixes match case-insensitively
+    if ".gz\n" in joined.lower():
+        return None  # gzipped members are decompressed there
     first = [0] + [i for i in range(1, len(keys)) if keys[i] != keys[i - 1]]
     bounds = [*first, len(keys)]
     counts = np.diff(bounds)
