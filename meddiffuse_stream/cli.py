@@ -228,7 +228,9 @@ def build_parser() -> argparse.ArgumentParser:
     index = commands.add_parser(
         "index", formatter_class=_HelpFormatter, help="write a shard index for WebDataset shards written by anyone"
     )
-    index.add_argument("src", help="folder or prefix of .tar shards, a glob or a brace pattern (local or URL)")
+    index.add_argument(
+        "src", help="folder or prefix of .tar / .tar.gz / .tgz shards, a glob or a brace pattern (local or URL)"
+    )
     index.add_argument(
         "--out",
         help="where to write it: a .json path or a folder (default SRC/shardindex.json); "
@@ -238,6 +240,9 @@ def build_parser() -> argparse.ArgumentParser:
     index.add_argument("--workers", type=int, default=4, help="shards read at once")
     index.add_argument("--quiet", action="store_true", help="no progress bar")
     index.add_argument("--storage-option", action="append", metavar="NAME=VALUE")
+    index.add_argument(
+        "--link-root", help="follow shards that are symbolic links into this folder (default: SRC's folder only)"
+    )
     index.set_defaults(handler=_run_index)
 
     runner = commands.add_parser(
@@ -409,6 +414,7 @@ def _run_index(args: argparse.Namespace) -> int:
             workers=args.workers,
             storage_options=parse_storage_options(args.storage_option),
             progress=bar.update,  # type: ignore[arg-type]  # tqdm's update returns a bool nobody reads
+            link_root=args.link_root,
         )
     print(summary.table())
     return 0

@@ -55,7 +55,9 @@ STATE_VERSION = 2
 
 class MedDiffuseLoader:
     """Stream ``source`` in batches: a dataset folder (local or any fsspec URL), a folder or prefix of WebDataset
-    ``.tar`` shards, a glob or brace pattern of them, a list of their URLs, or a shard index (``…/x.json``).
+    shards (``.tar``, ``.tar.gz``, ``.tgz``), a glob or brace pattern of them, a list of their URLs, or a shard
+    index (``…/x.json``). Shards that are symbolic links are followed inside ``link_root`` (default: the folder
+    named); ``split`` picks the shards of one split (see :mod:`meddiffuse_stream.nodes.source`).
 
     ``for images, labels in loader`` gives float32 ``(B, C, H, W)`` in [0, 1] and int64 labels; with
     ``as_dict=True`` dicts with ``image``, ``label``, ``key``, ``is_padding`` and, where the dataset has them,
@@ -111,6 +113,7 @@ class MedDiffuseLoader:
         labels: bool = True,
         task: Task | None = None,
         dtype: Dtype = "float32",
+        link_root: str | None = None,
         **dataloader_only: Any,
     ) -> None:
         reject_unknown(dataloader_only)
@@ -132,7 +135,12 @@ class MedDiffuseLoader:
         conform = ConformOptions.of(resize, resize_mode, channels)
         self.counters = counters = Counters()  # the retry hook holds the counters, not the loader: no cycle
         self.dataset: DatasetSource = open_dataset(
-            source, split, storage_options, retry=read.retry, on_retry=lambda _: counters.add("retries")
+            source,
+            split,
+            storage_options,
+            retry=read.retry,
+            on_retry=lambda _: counters.add("retries"),
+            link_root=link_root,
         )
         self.source = source
         self.split = self.dataset.split  # None for shards without splits
@@ -164,8 +172,8 @@ class MedDiffuseLoader:
             num_classes=len(self.dataset.class_names) or None,
             with_roi=as_dict,
             with_meta=as_dict,
-            image_key=image_key,
-            label_key=label_key,
+            image_key=_suffix_case(image_key),
+            label_key=_suffix_case(label_key),
             class_names=self.dataset.class_names,
             labels=self.labels,
         )
@@ -385,6 +393,13 @@ class MedDiffuseLoader:
             return AugmentStage(augment, len(self.dataset.class_names) or 2, seed=seed, device=device)
         except ValueError as error:
             raise ValueError(f"{error}; build it with meddiffuse_stream.augment.AugmentStage(...)") from error
+
+
+def _suffix_case(key: str | None) -> str | None:
+    """A member suffix as the reader keys members (lower case: ``.JPEG`` is ``jpeg``); a JSON field keeps its case."""
+    if key is None or key.startswith("json:"):
+        return key
+    return key.lower()
 
 
 class _EpochSetter:

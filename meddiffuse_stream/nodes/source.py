@@ -2,8 +2,10 @@
 
 Finding the shards (``dataset.json``, a shard index, a folder, glob, brace pattern or URL list) is the shard
 format's business (:mod:`meddiffuse_stream.shardfmt.sources`); here a split is chosen. ``split=None`` means
-``"train"`` where the dataset has splits and every shard where it has none; naming a split of a source that has
-none (a glob, a brace pattern, a URL list, a folder of shards without split names) is an error, not ignored.
+``"train"`` where every shard has a split (recorded, or named in its path: ``train/…``, ``x-val-0.tar``), every
+shard where none has one, and the one split of named shards (a glob, brace pattern or URL list); a source that
+would mix splits — shards with a split beside shards without, or named shards of several splits — is refused,
+naming the splits it saw. Naming a split of a source whose shards carry none is an error, not ignored.
 """
 
 from __future__ import annotations
@@ -13,7 +15,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from ..shardfmt.manifest import ShardInfo
-from ..shardfmt.sources import find_shards
+from ..shardfmt.sources import ShardSet, find_shards
 from ..storage import Location, RetryPolicy
 
 __all__ = ["DatasetSource", "ShardInfo", "open_dataset"]
@@ -52,33 +54,52 @@ def open_dataset(
     *,
     retry: RetryPolicy | None = None,
     on_retry: Callable[[BaseException], None] | None = None,
+    link_root: str | None = None,
 ) -> DatasetSource:
     """The shards of ``split`` of ``source`` (see :func:`~meddiffuse_stream.shardfmt.sources.find_shards`)."""
-    found = find_shards(source, storage_options, retry=retry, on_retry=on_retry)
+    found = find_shards(source, storage_options, retry=retry, on_retry=on_retry, link_root=link_root)
     splits = found.splits
-    if not splits:
-        if split is not None:
+    unsplit = [s for s in found.shards if s.split is None]
+    if split is not None:
+        shards = tuple(s for s in found.shards if s.split == split)
+        if not splits:
             why = (
-                "a glob, brace pattern or list of URLs names its shards itself"
+                "a glob, brace pattern or list of URLs that names shards without a split in their names"
                 if found.named
-                else "its shards carry no split (no train/, val/ folders, no train-/val- name prefixes, no split in "
-                "its index)"
+                else "its shards carry no split (no train/, val/ folders, no train or val in their names, no split "
+                "in its index)"
             )
             raise ValueError(
                 f"split={split!r} has no meaning for {found.where}: {why}; leave split= out to read "
                 "every shard, or point at the split's own shards"
             )
+        if not shards:
+            raise ValueError(f"{found.where}: no shards for split {split!r}; the dataset has {splits}")
+        return _chosen(found, split, shards)
+    if not splits:
         return DatasetSource(
             found.location, None, found.shards, found.class_names, found.has_roi, None, found.origin, *_labels(found)
         )
-    chosen = split or "train"
+    if unsplit or (found.named and len(splits) > 1):
+        other = f" and {len(unsplit)} shard(s) without one (e.g. {unsplit[0].path})" if unsplit else ""
+        raise ValueError(
+            f"{found.where} holds shards of the splits {splits}{other}: split=None would read them as one set "
+            f"(validation data in training). Pass split= one of {splits}, or name only the shards you mean"
+        )
+    if found.named:  # the user named shards of one split: all of them
+        return _chosen(found, splits[0], found.shards, named=True)
+    chosen = "train"
     shards = tuple(s for s in found.shards if s.split == chosen)
     if not shards:
         raise ValueError(f"{found.where}: no shards for split {chosen!r}; the dataset has {splits}")
-    counts = found.manifest.class_counts(chosen) if found.manifest is not None else None
+    return _chosen(found, chosen, shards)
+
+
+def _chosen(found: ShardSet, split: str, shards: tuple[ShardInfo, ...], named: bool = False) -> DatasetSource:
+    counts = found.manifest.class_counts(split) if found.manifest is not None and not named else None
     return DatasetSource(
         found.location,
-        chosen,
+        split,
         shards,
         found.class_names,
         found.has_roi,
@@ -88,6 +109,6 @@ def open_dataset(
     )
 
 
-def _labels(found: Any) -> tuple[str, bool]:
+def _labels(found: ShardSet) -> tuple[str, bool]:
     manifest = found.manifest
     return (manifest.task, manifest.label_mask) if manifest is not None else ("multi_class", False)

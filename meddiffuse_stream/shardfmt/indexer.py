@@ -1,10 +1,12 @@
 """``meddiffuse-stream index``: a shard index for WebDataset shards written by anyone, so loaders need not read them.
 
-Every shard is read once: counted (with the same rules the loader's reader uses, so the counts always agree),
-sized and hashed. The index goes next to the shards (``shardindex.json``, found by a loader pointed at the folder)
-or anywhere else (``--out``, for a bucket you cannot write), with URLs relative to where it is written when the
-shards are below it and absolute otherwise. Damaged shards (cut short, corrupt headers) are named and no index is
-written: an index must describe the shards as they are.
+Every shard is read once: counted (with the same rules the loader's reader uses, so the counts always agree;
+gzip-compressed shards decompressed as they stream), sized and hashed (as stored). Shards that are symbolic links
+are indexed under the link's name, as the loader lists them. The index goes next to the shards
+(``shardindex.json``, found by a loader pointed at the folder) or anywhere else (``--out``, for a bucket you cannot
+write), with URLs relative to where it is written when the shards are below it and absolute otherwise. Damaged
+shards (cut short, corrupt headers) are named and no index is written: an index must describe the shards as they
+are.
 """
 
 from __future__ import annotations
@@ -58,22 +60,24 @@ def build_shard_index(
     workers: int = 4,
     retry: RetryPolicy | None = None,
     progress: Callable[[int], None] | None = None,
+    link_root: str | None = None,
 ) -> IndexSummary:
-    """Read every shard of ``source`` and write its shard index (see the module docstring)."""
+    """Read every shard of ``source`` and write its shard index (see the module docstring); shards that are
+    symbolic links are followed inside ``link_root`` (default: the folder named), as the loader follows them."""
     from .._version import __version__
 
     def locate(url: str) -> Location:
         return Location(url, storage_options, retry=retry)
 
-    root, found, where, named = list_shards(source, locate)
+    root, found, where, named = list_shards(source, locate, link_root)
     if any(path == DATASET_JSON for path, _ in found):
         raise ValueError(
             f"{where} is a meddiffuse-stream dataset: its dataset.json already lists every shard with "
             "its count and sha256, no index is needed"
         )
-    paths = [path for path, _ in found if path.endswith(".tar")]
+    paths = [path for path, _ in found if named or path != SHARD_INDEX]
     if not paths:
-        raise FileNotFoundError(f"{where}: no .tar shards to index")
+        raise FileNotFoundError(f"{where}: no shards (.tar, .tar.gz, .tgz) to index")
 
     def one(path: str) -> tuple[ShardInfo, Any]:
         info, problem, _ = inspect_shard(root, path, digest=True)
@@ -89,7 +93,7 @@ def build_shard_index(
             f"{len(damaged)} damaged shard(s), no index written (fix or remove them first): " + "; ".join(damaged[:5])
         )
     shards = [info for info, _ in results]
-    shards = list(with_path_splits(shards)) if not named else shards
+    shards = list(with_path_splits(shards))  # what the loader would read from the paths, recorded
     folder_url, file_name = _out_target(out, root)
     target = locate(folder_url)
     beside = target.is_local == root.is_local and target.root.rstrip("/") == root.root.rstrip("/")

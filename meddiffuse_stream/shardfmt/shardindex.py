@@ -34,6 +34,7 @@ WIDS_KIND = "wids-shard-index-v1"
 _SHA256 = re.compile(r"^[0-9a-f]{64}$")
 _MD5 = re.compile(r"^[0-9a-f]{32}$")
 _URL = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*://")
+_DEFLATE_RATIO = 1032  # the most deflate compresses: a gzip shard of N bytes holds at most ~1032 N of tar
 
 
 @dataclass(frozen=True)
@@ -107,7 +108,8 @@ def parse_shard_index(data: bytes, where: str, *, confined: bool) -> ShardIndex:
         seen[url] = index
         samples = _count(entry["nsamples"], where, f"{name}.nsamples")
         size = _count(entry.get("filesize"), where, f"{name}.filesize", optional=True)
-        if size is not None and samples * MIN_SAMPLE_BYTES > size:  # type: ignore[operator]
+        stored = size * (_DEFLATE_RATIO if url.endswith((".gz", ".tgz")) else 1) if size is not None else None
+        if stored is not None and samples * MIN_SAMPLE_BYTES > stored:  # type: ignore[operator]
             raise _fail(where, f"{name}.nsamples", f"{samples} samples cannot fit in a shard of {size} bytes")
         sha256 = entry.get("sha256")
         if sha256 is not None and (not isinstance(sha256, str) or not _SHA256.match(sha256)):

@@ -10,10 +10,11 @@
 Without an index, local shards are counted by walking their tar headers (seeking past the data); remote ones
 have to be read whole, and the loader says how many bytes that took and suggests writing an index.
 
-Splits: ``dataset.json`` and indexes written by ``index`` record them. For shards found by a listing the split is
-the first folder (``train/…``) or the name's prefix (``train-000000.tar``) when it is a usual split name
-(``train``, ``val``, ``valid``, ``validation``, ``dev``, ``test``, ``eval``); a glob, brace pattern or URL list
-already names its shards, so it has no splits.
+Shards are ``.tar``, ``.tar.gz`` and ``.tgz`` files; what a listing finds and does not read is named in a warning,
+and shards that are symbolic links are followed inside the folder named (:mod:`.listing`).
+
+Splits: ``dataset.json`` and indexes written by ``index`` record them; otherwise a shard's path names its split
+(``train/…``, ``imagenet-val-000001.tar``: :mod:`.splitnames`), for listed and named shards alike.
 """
 
 from __future__ import annotations
@@ -32,8 +33,11 @@ from typing import Any
 import fsspec
 
 from ..storage import Location, RetryPolicy
+from .compressed import shard_name
+from .listing import follow_link, forget_listings, list_folder, list_glob, warn_skipped
 from .manifest import DATASET_JSON, Manifest, ManifestError, ShardInfo, read_manifest
 from .shardindex import SHARD_INDEX, parse_shard_index
+from .splitnames import KNOWN_SPLITS, split_of_path, with_path_splits
 from .tar import TarProblem, count_samples
 
 __all__ = [
@@ -49,12 +53,10 @@ __all__ = [
     "with_path_splits",
 ]
 
-KNOWN_SPLITS = ("train", "training", "val", "valid", "validation", "dev", "test", "testing", "eval")
 MAX_PATTERN_NAMES = 1_000_000
 _BRACE = re.compile(r"\{([^{}]*)\}")
 _RANGE = re.compile(r"^(\d+)\.\.(\d+)$")
 _GLOB = re.compile(r"[*?\[]")
-_NAME_SPLIT = re.compile(r"^([A-Za-z]+)[-_.]")
 _HASH_PIECE = 8 << 20
 
 
@@ -106,23 +108,6 @@ def expand_braces(pattern: str, limit: int = MAX_PATTERN_NAMES) -> list[str]:
 def is_pattern(source: str) -> bool:
     """Whether ``source`` is a glob or brace pattern (it names shards rather than a folder)."""
     return bool(_GLOB.search(source)) or expand_braces(source) != [source]
-
-
-def split_of_path(path: str) -> str | None:
-    """The split a shard's relative path implies (``train/x.tar``, ``val-000001.tar``), or None."""
-    first, _, rest = path.partition("/")
-    if rest and first in KNOWN_SPLITS:
-        return first
-    match = _NAME_SPLIT.match(posixpath.basename(path))
-    return match.group(1) if match and match.group(1) in KNOWN_SPLITS else None
-
-
-def with_path_splits(shards: list[ShardInfo]) -> tuple[ShardInfo, ...]:
-    """Splits from the paths where every shard has one; otherwise none at all (a half-split folder is ambiguous)."""
-    derived = [s.split or split_of_path(s.path) for s in shards]
-    if all(derived):
-        return tuple(replace(s, split=d) for s, d in zip(shards, derived, strict=True))
-    return tuple(replace(s, split=None) for s in shards)
 
 
 def _fs_path(url: str) -> tuple[str, str]:
@@ -222,45 +207,53 @@ def _count_all(location: Location, paths: list[str], sizes: Mapping[str, int], w
 
 
 def list_shards(
-    source: str | Sequence[str], locate: Callable[[str], Location]
+    source: str | Sequence[str], locate: Callable[[str], Location], link_root: str | None = None
 ) -> tuple[Location, list[tuple[str, int | None]], str, bool]:
     """``(root, [(relative path, size or None)], where, named)`` of a folder, glob, brace pattern or URL list
-    (no counting). For a folder, also entries for ``dataset.json``/``shardindex.json`` when present."""
-    if isinstance(source, str) and not source.endswith(".tar") and not is_pattern(source):
+    (no counting); what a folder listing or a glob finds and does not read is named in a warning (see
+    :mod:`.listing`, which also follows symbolic links inside ``link_root``). For a folder, also entries for
+    ``dataset.json``/``shardindex.json`` when present."""
+    if isinstance(source, str) and not shard_name(source) and not is_pattern(source):
         location = locate(source)
-        files = location.file_sizes()
-        if any(p.startswith(".progress/") for p in files) and DATASET_JSON not in files:
+        listed = list_folder(location, link_root)
+        unfinished = any(p.startswith(".progress/") for p in listed.hidden)
+        if unfinished and DATASET_JSON not in listed.files:
             raise FileNotFoundError(
                 f"{location.url} holds an unfinished conversion (.progress/ without "
                 "dataset.json): re-run meddiffuse-stream shard to finish it"
             )
-        keep = [(p, n) for p, n in files.items() if p in (DATASET_JSON, SHARD_INDEX) or _is_shard(p)]
-        return location, keep, location.url, False
+        warn_skipped(location.url, listed.skipped)
+        return location, list(listed.files.items()), location.url, False
     names = [source] if isinstance(source, str) else [str(u) for u in source]
     urls: list[str] = []
     sizes: dict[str, int | None] = {}
+    skipped: list[tuple[str, str]] = []
     for name in names:
         for url in expand_braces(name):
             if _GLOB.search(url):
                 protocol, path = _fs_path(url)
                 static = path[: _GLOB.search(path).start()].rsplit("/", 1)[0]  # type: ignore[union-attr]
-                folder = static if protocol == "file" else f"{protocol}://{static}"
-                found = locate(folder).glob_sizes(path)
-                matched = [p if protocol == "file" else f"{protocol}://{p}" for p in found if _is_shard(p)]
+                folder = locate(static if protocol == "file" else f"{protocol}://{static}")
+                found, others = list_glob(folder, path, link_root or folder.root)
+                matched = [p if protocol == "file" else f"{protocol}://{p}" for p in found]
                 urls.extend(matched)
-                sizes.update(zip(matched, found.values(), strict=False))
+                sizes.update(zip(matched, found.values(), strict=True))
+                skipped += [(folder.display(p), why) for p, why in others.skipped]
             else:
                 urls.append(url)
+    warn_skipped(str(source), skipped)
     if not urls:
-        raise FileNotFoundError(f"{source!r} matches no .tar shards")
+        raise FileNotFoundError(f"{source!r} matches no shards (.tar, .tar.gz, .tgz)")
     root, relative = _common_root(urls)
     if len(set(relative)) != len(relative):
         raise ValueError(f"{source!r} names a shard twice")
-    return locate(root), [(r, sizes.get(u)) for r, u in zip(relative, urls, strict=True)], str(source), True
-
-
-def _is_shard(path: str) -> bool:
-    return path.endswith(".tar") and not any(part.startswith(".") for part in path.split("/"))
+    location = locate(root)
+    if location.is_local:  # a named link (not found by a glob, which followed its own) stays inside their folder
+        for path, url in zip(relative, urls, strict=True):
+            if url not in sizes and os.path.islink(location.path(path)):
+                if follow_link(location, path, link_root) is None:
+                    raise ValueError(f"{location.display(path)} is a symbolic link to a folder or a special file")
+    return location, [(r, sizes.get(u)) for r, u in zip(relative, urls, strict=True)], str(source), True
 
 
 def find_shards(
@@ -269,8 +262,10 @@ def find_shards(
     *,
     retry: RetryPolicy | None = None,
     on_retry: Callable[[BaseException], None] | None = None,
+    link_root: str | None = None,
 ) -> ShardSet:
-    """Every shard of ``source`` with its sample count (see the module docstring for what ``source`` may be)."""
+    """Every shard of ``source`` with its sample count (see the module docstring for what ``source`` may be);
+    shards that are symbolic links are followed inside ``link_root`` (default: the folder named)."""
 
     def locate(url: str) -> Location:
         return Location(url, storage_options, retry=retry, on_retry=on_retry)
@@ -280,17 +275,19 @@ def find_shards(
         if name == DATASET_JSON:
             return _from_dataset(locate(folder or "."))
         return _from_index_file(locate(folder or "."), name, locate)
-    if isinstance(source, str) and not source.endswith(".tar") and not is_pattern(source):
+    if isinstance(source, str) and not shard_name(source) and not is_pattern(source):
         location = locate(source)
         try:
             return _from_dataset(location)
         except FileNotFoundError:
             pass  # a folder of shards written by anyone: list it
-    location, found, where, named = list_shards(source, locate)
+    location, found, where, named = list_shards(source, locate, link_root)
     sizes = {p: n for p, n in found if n is not None}
-    paths = [p for p, _ in found if _is_shard(p)]
+    paths = [p for p, _ in found if named or p not in (DATASET_JSON, SHARD_INDEX)]  # named: every one, as named
     if not paths:
-        raise FileNotFoundError(f"{where}: no dataset.json and no .tar shards below it: is it a dataset folder?")
+        raise FileNotFoundError(
+            f"{where}: no dataset.json and no shards (.tar, .tar.gz, .tgz) below it: is it a dataset folder?"
+        )
     if not named and SHARD_INDEX in sizes:
         index = parse_shard_index(location.read_bytes(SHARD_INDEX), location.display(SHARD_INDEX), confined=True)
         _check_index_matches(index.shards, sizes, paths, location.display(SHARD_INDEX))
@@ -299,7 +296,7 @@ def find_shards(
     origin = "read to count" if not location.is_local else "counted"
     return ShardSet(
         location,
-        tuple(replace(s, split=None) for s in shards) if named else with_path_splits(shards),
+        with_path_splits(shards),
         origin,
         where,
         named=named,
@@ -307,6 +304,7 @@ def find_shards(
 
 
 def _from_dataset(location: Location) -> ShardSet:
+    forget_listings(location)  # an object store's listing kept from before may not hold dataset.json yet
     manifest = read_manifest(location)
     return ShardSet(
         location, manifest.shards, "dataset.json", manifest.where, manifest.class_names, manifest.has_roi, manifest
@@ -314,6 +312,7 @@ def _from_dataset(location: Location) -> ShardSet:
 
 
 def _from_index_file(folder: Location, name: str, locate: Callable[[str], Location]) -> ShardSet:
+    forget_listings(folder)
     where = folder.display(name)
     index = parse_shard_index(folder.read_bytes(name), where, confined=False)
     urls = [index.resolve_url(s.path, folder.url) for s in index.shards]

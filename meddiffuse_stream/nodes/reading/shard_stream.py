@@ -6,7 +6,8 @@ record, and only then are its samples handed on. So ``on_error="skip"`` skips a 
 ``on_error="raise"`` raises before any of its samples is yielded. Hashing happens on bytes already read (one read
 per shard; a local shard over ``memory_limit`` is hashed in a first pass, then parsed from the page cache); a shard
 from the local cache was verified on its way in and is not hashed again, nor is a local file this process has
-verified and that has not changed since (:mod:`.verified`; counted as ``shards_unchanged``).
+verified and that has not changed since (:mod:`.verified`; counted as ``shards_unchanged``). A gzip-compressed
+shard is kept as stored (and hashed so): it is decompressed once to count its samples, then again as they stream.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from typing import Any, BinaryIO
 import numpy as np
 
 from ...counters import Counters
+from ...shardfmt.compressed import is_gzip
 from ...shardfmt.tar import MAX_MEMBER_BYTES, RawSample, TarProblem, count_samples, iter_samples
 from ...storage import ResumableReader, RetryPolicy, ShardCache, ShardIntegrityError, object_reader
 from ..source import DatasetSource
@@ -193,6 +195,10 @@ class FetchedShard:
         if data is None and spill is None:
             raise RuntimeError(f"{self.what}: parsed twice or after close()")
         try:
+            if data is not None and is_gzip(data[:2]):  # streamed, never decompressed whole into memory
+                found, problem = count_samples(io.BytesIO(data), self.max_member_bytes)
+                _check_count(self.what, found, self.listed, problem is None, self.origin)
+                return LoadedShard(iter_samples(io.BytesIO(data), self.max_member_bytes))
             if data is not None:
                 # the same samples, faster, when nothing is odd; parsed once per process for checked bytes
                 items = plain_samples(data, self.max_member_bytes, self.sha256, rows)
