@@ -1,9 +1,11 @@
 """A bounded local cache of whole shards: content-addressed by sha256, verified on the way in, LRU, persistent.
 
-Entries are named by the sha256 that ``dataset.json`` records, written to a temporary name and renamed only once
-complete (the bytes were verified before they are stored), so an entry is trusted from then on — across restarts
-and between worker processes sharing the folder. Least recently used entries are evicted when the folder grows
-past its size limit.
+Entries are named by the sha256 that ``dataset.json`` (or a shard index) records, written to a temporary name and
+renamed only once complete (the bytes were verified before they are stored), so an entry is trusted from then on —
+across restarts and between worker processes sharing the folder. A stock shard with no recorded sha256 is named by
+the object's identity as its store reports it now (:func:`object_identity`: URL, size and ETag or modification
+time, version): a replaced object has a new identity and is fetched again, never served stale. Least recently used
+entries are evicted when the folder grows past its size limit.
 
 A cache that cannot be written — a full disk, a read-only folder — is not an error: it warns once (per process),
 stops trying, and shards are streamed instead.
@@ -12,14 +14,34 @@ stops trying, and shards are streamed instead.
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import os
 import shutil
 import uuid
 import warnings
 from pathlib import Path
-from typing import BinaryIO
+from typing import Any, BinaryIO
 
-__all__ = ["DEFAULT_CACHE_BYTES", "ShardCache", "ShardIntegrityError"]
+from .location import Location
+
+__all__ = ["DEFAULT_CACHE_BYTES", "ShardCache", "ShardIntegrityError", "object_identity"]
+
+# what stores call an object's version stamp: S3 (ETag, LastModified, VersionId), GCS (etag, generation,
+# updated), Azure (etag, last_modified), local files (ino, mtime, and ctime as fsspec gives it: "created")
+_STAMPS = (
+    "ETag",
+    "etag",
+    "md5Hash",
+    "VersionId",
+    "version_id",
+    "generation",
+    "LastModified",
+    "last_modified",
+    "updated",
+    "mtime",
+    "ino",
+    "created",
+)
 
 DEFAULT_CACHE_BYTES = 50 << 30  # the shard cache's default size limit
 
@@ -29,6 +51,25 @@ _warned: set[str] = set()  # cache folders this process has already warned about
 
 class ShardIntegrityError(OSError):
     """A shard's bytes are not what its dataset lists: another sha256, or another number of samples."""
+
+
+def object_identity(location: Location, relative: str) -> str | None:
+    """A cache name for the object ``relative`` as it is now: the sha256 of its URL, size and version stamps, read
+    fresh (one metadata request, under the location's retry policy); None where the store gives no stamp that
+    changes with the content (such a shard is not cached)."""
+    path = location.path(relative)
+
+    def stat() -> dict[str, Any]:
+        with contextlib.suppress(Exception):
+            location.fs.invalidate_cache(path)  # a listing kept from before must not answer for it
+        return dict(location.fs.info(path))
+
+    info = location.retrying(stat, relative)
+    stamps = [f"{name}={info[name]}" for name in _STAMPS if info.get(name) not in (None, "")]
+    if not stamps:
+        return None
+    text = "|".join([location.display(relative), f"size={info.get('size')}", *stamps])
+    return hashlib.sha256(text.encode()).hexdigest()
 
 
 class ShardCache:

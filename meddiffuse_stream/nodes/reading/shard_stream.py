@@ -25,6 +25,7 @@ from ...counters import Counters
 from ...shardfmt.compressed import is_gzip
 from ...shardfmt.tar import MAX_MEMBER_BYTES, RawSample, TarProblem, count_samples, iter_samples
 from ...storage import ResumableReader, RetryPolicy, ShardCache, ShardIntegrityError, object_reader
+from ...storage.shard_cache import object_identity
 from ..source import DatasetSource
 from .layouts import plain_samples
 from .verified import already_verified, remember_verified
@@ -299,7 +300,12 @@ def _through_cache(
     """
     info = source.shards[index]
     what = source.describe(index)
-    identity = info.sha256 or hashlib.sha256(source.location.display(info.path).encode()).hexdigest()
+    identity = info.sha256 or object_identity(source.location, info.path)
+    if identity is None:  # no stamp that changes with the object: never cached, so never served stale
+        stream = open_shard(source, index, policy=policy, rng=rng, counters=counters)
+        data, spill, _ = _read_bounded(stream, info.bytes, memory_limit)
+        counters.add("shards_unverified")
+        return data, spill
     cached = cache.lookup(identity)
     if cached is not None:
         counters.add("cache_hits")
@@ -311,16 +317,19 @@ def _through_cache(
     counters.add("cache_misses")
     stream = open_shard(source, index, policy=policy, rng=rng, counters=counters)
     data, spill, actual = _read_bounded(stream, info.bytes, memory_limit)
+    # a stock shard's identity was read before its bytes: it is kept only if still the same after them (an object
+    # replaced in between would otherwise be kept under its old identity)
+    keep = info.sha256 is not None or object_identity(source.location, info.path) == identity
     if spill is not None:
         _check(what, info.sha256, actual, source.origin)
         counters.add("shards_verified" if info.sha256 is not None else "shards_unverified")
-        if cache.store_file(identity, spill) is None:
+        if keep and cache.store_file(identity, spill) is None:
             counters.add("cache_write_failures")
         spill.seek(0)
         return None, spill
     assert data is not None
     _check(what, info.sha256, hashlib.sha256(data).hexdigest(), source.origin)
     counters.add("shards_verified" if info.sha256 is not None else "shards_unverified")
-    if cache.store(identity, data) is None:
+    if keep and cache.store(identity, data) is None:
         counters.add("cache_write_failures")
     return data, None
