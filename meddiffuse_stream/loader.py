@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import functools
 import hashlib
+import itertools
 import os
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Any
@@ -26,12 +27,13 @@ from .counters import Counters
 from .nodes.chain import Stage, WorkerChain
 from .nodes.decode import DecodeOptions, check_member_keys
 from .nodes.epochs import EpochSource
+from .nodes.frameworks import BatchSamplerStandIn, EpochSetter, gradient_state_pass
 from .nodes.graph import Graph, default_graph
 from .nodes.plan import EpochPlan
 from .nodes.present import StandInRows
 from .nodes.source import DatasetSource, open_dataset
 from .nodes.stages import Map
-from .nodes.workers import resume_position
+from .nodes.workers import resume_position, version2_uneven_position
 from .options import (
     ConformOptions,
     Dtype,
@@ -50,7 +52,7 @@ from .storage import DEFAULT_CACHE_BYTES, RetryPolicy
 
 __all__ = ["MedDiffuseLoader", "sample_shape"]
 
-STATE_VERSION = 2
+STATE_VERSION = 3  # 3: even_batches=False lays its last step out anew (a version-2 state of one resumes at a boundary)
 
 
 class MedDiffuseLoader:
@@ -241,14 +243,15 @@ class MedDiffuseLoader:
         return self._epochs.plan_for(self._epochs.next_epoch)  # read now: the rank may have changed since
 
     @property
-    def sampler(self) -> _EpochSetter:
+    def sampler(self) -> EpochSetter:
         """What frameworks call ``set_epoch`` on (Lightning does at every epoch start)."""
-        return _EpochSetter(self)
+        return EpochSetter(self)
 
     @property
-    def batch_sampler(self) -> None:
-        """None: batches are cut in the workers (a DataLoader with no batch sampler reports the same)."""
-        return None
+    def batch_sampler(self) -> BatchSamplerStandIn:
+        """Batches are cut in the workers: this stands in with ``batch_size``, ``drop_last``, ``sampler`` and
+        ``len()``; iterating it (``accelerator.skip_first_batches`` does) raises, naming :meth:`skip`."""
+        return BatchSamplerStandIn(self)
 
     def __len__(self) -> int:
         """Batches per pass on this rank."""
@@ -282,13 +285,19 @@ class MedDiffuseLoader:
         stage, self._pending_stage = self._pending_stage, None
         root = self._graph.root
         root.reset(None if pending is None else self._graph.state_at(*pending, None, stage))
-        while True:
-            batch = next(root, None)
-            if batch is None:
-                return
-            yield self._present(batch)
-            if self._pass != token:
-                return  # a newer iter() took over the graph; this iterator is spent
+        plan = self._graph.workers.plan
+        assert plan is not None
+        last = plan.num_batches - 1 - (pending[1] if pending is not None else 0)  # the index of the last batch
+        with gradient_state_pass(plan.last_step_samples) as accelerate:  # see nodes/frameworks.py
+            for index in itertools.count():
+                batch = next(root, None)
+                if batch is None:
+                    return
+                if accelerate is not None:
+                    accelerate.end_of_dataloader = index == last
+                yield self._present(batch)
+                if self._pass != token:
+                    return  # a newer iter() or load_state_dict() took over the graph; this iterator is spent
 
     def _present(self, batch: Any) -> Any:
         """Tuple mode: ``(images, labels)``; ``(images, labels, label_mask)`` for multi-label datasets with
@@ -353,8 +362,8 @@ class MedDiffuseLoader:
         at an epoch's end (or start) resumes with any of them. An iterator of this loader that is still running
         ends (``StopIteration`` at its next step); the next ``iter()`` resumes."""
         version = state.get("version")
-        if version not in (1, STATE_VERSION):
-            raise ValueError(f"loader state version {version!r} is not {STATE_VERSION} (or 1)")
+        if version not in (1, 2, STATE_VERSION):
+            raise ValueError(f"loader state version {version!r} is not {STATE_VERSION} (or 1, 2)")
         if state["dataset"] != self._fingerprint() or state["split"] != self.split:
             raise ValueError(
                 f"this loader state belongs to another dataset or split ({state['split']!r}); "
@@ -365,6 +374,8 @@ class MedDiffuseLoader:
         saved_rank = settings.pop("rank", state.get("rank"))
         if version == 1:  # states before the even_batches setting and the layout check
             settings.update(samples=self.dataset.total, even=True)
+        if version == 2 and settings.get("even") is False and not settings.get("drop_last") and batches:
+            epoch, batches = version2_uneven_position(epoch, batches, settings, saved_rank)
         plan = self._epochs.plan_for(epoch)
         start = resume_position(plan, batches, settings)
         if self.augment is not None and state.get("augment") is None:
@@ -400,20 +411,6 @@ def _suffix_case(key: str | None) -> str | None:
     if key is None or key.startswith("json:"):
         return key
     return key.lower()
-
-
-class _EpochSetter:
-    """``loader.sampler``: only ``set_epoch`` (the order itself is the loader's epoch plan)."""
-
-    def __init__(self, loader: MedDiffuseLoader) -> None:
-        self._loader = loader
-
-    def set_epoch(self, epoch: int) -> None:
-        self._loader.set_epoch(epoch)
-
-    @property
-    def epoch(self) -> int:
-        return self._loader.epoch
 
 
 def sample_shape(source: str | Sequence[str], storage_options: Mapping[str, Any] | None = None) -> tuple[int, int, int]:

@@ -128,3 +128,34 @@ def test_accelerate_under_torchrun_saves_and_loads_state_on_two_ranks(data, tmp_
     for rank in (0, 1):
         assert mid[rank]["trained"] == runs[rank][5:], f"rank {rank} resumed from rank 0's mid-epoch state"
         assert end[rank]["trained"] == runs[rank][13:], f"rank {rank} resumed at epoch 1 from an epoch-end state"
+
+
+def test_accelerate_learns_epoch_ends_skip_names_its_way_and_uneven_evaluation_gathers_every_batch(data, tmp_path):
+    """accumulate() syncs at this loader's last batch as at a DataLoader's (it never saw the end: 7 optimizer steps
+    for a DataLoader's 8, windows across epochs); skip_first_batches names loader.skip(n) (it failed with
+    'NoneType' object is not iterable); even_batches=False with gather_for_metrics at every batch ends (ranks of
+    51 and 52 samples in batches of 3 yielded 17 and 18: the last gather waited forever) and counts every sample
+    once."""
+    out = tmp_path / "epochs"
+    out.mkdir()
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2"]
+    _run([*command, "accelerate_epochs.py", data, str(out)], "Accelerate epochs under torchrun", timeout=240)
+    records = [json.loads((out / f"epochs-rank{r}.json").read_text()) for r in range(2)]
+    for record in records:
+        assert record["batches"] == [13, 13]
+        assert record["ours"] == record["theirs"] == [5, 5], "optimizer steps per epoch as with a DataLoader"
+        assert "call loader.skip(n)" in record["skip"]
+        for ids in record["gathered"]:
+            assert len(ids) == 103 and len(set(ids)) == 103, "gather_for_metrics: every sample once"
+
+
+def test_lightning_ddp_validates_an_even_batches_false_loader_with_a_per_step_synced_metric(data, tmp_path):
+    """self.log(sync_dist=True, on_step=True) is an all-reduce at every validation batch: ranks of 17 and 18
+    batches crashed rank 1 (the launcher exited 0); now both ranks run the same steps and see every sample once."""
+    out = tmp_path / "uneven"
+    out.mkdir()
+    _run([sys.executable, "lightning_uneven.py", data, str(out)], "Lightning DDP with even_batches=False", 240)
+    records = [json.loads((out / f"uneven-rank{r}.json").read_text()) for r in range(2)]
+    assert records[0]["steps"] == records[1]["steps"] == 18
+    keys = records[0]["validated"] + records[1]["validated"]
+    assert len(keys) == len(set(keys)) == 103

@@ -10,8 +10,12 @@ Layout of one epoch:
 1. The split's shards are put in a seeded order (``seed + epoch``) and their samples laid end to end.
 2. Each rank takes an equal, contiguous slice. Without ``drop_last`` the sequence is padded to a multiple of
    ``world_size`` by repeating its first samples (fewer than ``world_size`` repeats per epoch); with it, the
-   remainder is dropped. With ``even=False`` (evaluation) nothing repeats: rank slices differ by at most one
-   sample, so batch counts may differ by one between ranks — fine for metrics, not for a DDP training step.
+   remainder is dropped. With ``even=False`` (evaluation) the repeats all go to the epoch's last step instead,
+   after every real sample of it in rank order: each rank takes ``batch_size`` samples per step from its own
+   contiguous part, and the last step's samples are dealt rank by rank, ``ceil(rest / world_size)`` each, the
+   repeats filling the last ranks' ends. Every rank still yields as many batches of the same sizes (per-batch
+   collectives never wait on a rank that has finished), and gathering a step's rows rank by rank and keeping the
+   first ``rest`` of the last step's (what ``accelerator.gather_for_metrics`` does) counts every sample once.
 3. The rank's slice is cut into batches; batch counts per worker differ by at most one, and each worker takes a
    contiguous run of whole batches (so it reads at most two partial shards), the partial batch last.
 4. Inside its run, a worker's order is a streaming shuffle buffer simulated on sample positions with its own
@@ -100,14 +104,35 @@ class EpochPlan:
         return sum(self.shard_sizes)
 
     @property
+    def tail(self) -> bool:
+        """Whether the repeats sit in the last step, after its real samples (``even=False`` without drop_last)."""
+        return not self.even and not self.drop_last
+
+    def _tail_steps(self) -> tuple[int, int, int]:
+        """``(steps, samples per rank before the last step, samples per rank in it)`` of the tail layout."""
+        steps = math.ceil(self.total / (self.world_size * self.batch_size))
+        if steps == 0:
+            return 0, 0, 0
+        body = self.batch_size * (steps - 1)
+        return steps, body, math.ceil((self.total - self.world_size * body) / self.world_size)
+
+    @property
+    def last_step_samples(self) -> int:
+        """Real samples in the epoch's last step across all ranks (the rest of it repeats): what to keep of it."""
+        if not self.tail:
+            return -1
+        steps, body, _ = self._tail_steps()
+        return self.total - self.world_size * body if steps else 0
+
+    @property
     def per_rank(self) -> int:
         """Samples this rank yields this epoch, padding included."""
         if self.drop_last:
             samples = self.total // self.world_size
             return samples - samples % self.batch_size
-        if not self.even:
-            first, last = self._rank_sequence_bounds()
-            return last - first
+        if self.tail:
+            _, body, last = self._tail_steps()
+            return body + last
         return math.ceil(self.total / self.world_size)
 
     @property
@@ -124,11 +149,14 @@ class EpochPlan:
             return np.arange(len(self.shard_sizes))
         return np.random.default_rng((self.seed, self.epoch)).permutation(len(self.shard_sizes))
 
-    def _rank_sequence_bounds(self) -> tuple[int, int]:
-        if not self.even and not self.drop_last:
-            return self.rank * self.total // self.world_size, (self.rank + 1) * self.total // self.world_size
-        start = self.rank * self.per_rank
-        return start, start + self.per_rank
+    def _rank_positions(self, start: int, stop: int) -> np.ndarray:
+        """Positions in the epoch's sample sequence of this rank's samples ``start:stop`` (``>= total``: repeats)."""
+        index = np.arange(start, stop, dtype=np.int64)
+        if not self.tail:
+            return self.rank * self.per_rank + index
+        _, body, last = self._tail_steps()
+        final = self.world_size * body + self.rank * last + (index - body)  # the last step, dealt rank by rank
+        return np.where(index < body, self.rank * body + index, final)
 
     def batch_counts(self) -> list[int]:
         """Batches each worker produces."""
@@ -144,7 +172,9 @@ class EpochPlan:
         return order
 
     def _partial_worker(self) -> int | None:
-        if self.per_rank % self.batch_size == 0 or self.num_batches == 0:
+        """The worker placed last (its run ends the rank's part): the one with the partial batch, and in the tail
+        layout the one yielding the last batch, which holds the repeats."""
+        if self.num_batches == 0 or (self.per_rank % self.batch_size == 0 and not self.tail):
             return None
         return self.schedule()[-1]
 
@@ -165,11 +195,13 @@ class EpochPlan:
 
     def _worker_positions(self, worker: int) -> np.ndarray:
         """Positions in the epoch's sample sequence that ``worker`` yields, in yield order; ``>= total`` is padding."""
-        first, _ = self._rank_sequence_bounds()
         start, stop = self.worker_span(worker)
-        positions = first + np.arange(start, stop, dtype=np.int64)
+        positions = self._rank_positions(start, stop)
         if self.shuffle:
             generator = np.random.default_rng((self.seed * self.world_size + self.rank, self.epoch, worker, 1))
+            if self.tail:  # the repeats stay at the end of the run: the rank's last batch, after its real samples
+                real, repeats = positions[positions < self.total], positions[positions >= self.total]
+                return np.concatenate([real[buffer_order(len(real), self.buffer_size, generator)], repeats])
             positions = positions[buffer_order(len(positions), self.buffer_size, generator)]
         return positions
 
@@ -208,8 +240,9 @@ class EpochPlan:
 
     def padded_count(self) -> int:
         """Samples this rank yields twice this epoch (padding to equal rank sizes)."""
-        first, last = self._rank_sequence_bounds()
-        return max(0, last - max(first, self.total))
+        if self.drop_last:
+            return 0
+        return int((self._rank_positions(0, self.per_rank) >= self.total).sum())
 
     def skips(self, batches_done: int) -> list[int]:
         """Samples each worker has already delivered once the rank has yielded ``batches_done`` batches."""

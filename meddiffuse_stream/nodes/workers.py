@@ -25,7 +25,7 @@ from .plan import EpochPlan
 from .transport.pool import WorkerPool
 from .transport.seeding import WorkerSeeds
 
-__all__ = ["Workers", "resume_position"]
+__all__ = ["Workers", "resume_position", "version2_uneven_position"]
 
 
 class Workers(BaseNode[Any]):
@@ -171,4 +171,17 @@ def resume_position(plan: EpochPlan, batches: int, layout: dict[str, Any] | None
         f"cannot resume in the middle of epoch {plan.epoch} (batch {batches} of {saved.num_batches}) with another "
         f"layout ({changed}): which samples are left depends on it. Resume with the saved settings, or from a state "
         "taken at an epoch's end (the next epoch then starts in the new layout)"
+    )
+
+
+def version2_uneven_position(epoch: int, batches: int, settings: dict[str, Any], rank: Any) -> tuple[int, int]:
+    """Where a version-2 state of an ``even_batches=False`` loader resumes: the next epoch if it was taken at its
+    epoch's end; mid-epoch it cannot (its ranks took other samples than this version's layout gives them)."""
+    total, world, size = int(settings["samples"]), int(settings["world_size"]), int(settings["batch_size"])
+    rank = int(rank or 0)
+    if batches >= -(-((rank + 1) * total // world - rank * total // world) // size):
+        return epoch + 1, 0
+    raise ValueError(
+        "this state of an even_batches=False loader was saved mid-epoch by an earlier version, whose ranks took "
+        "other samples: resume from a state taken at an epoch's start or end"
     )

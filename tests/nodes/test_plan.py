@@ -120,3 +120,49 @@ def test_absurd_sizes_are_refused_before_anything_is_allocated():
     for sizes in ((10**12,), (MAX_SPLIT_SAMPLES, 1), (-5, 3), (2.5,)):
         with pytest.raises(ValueError, match=r"plan can hold|non-negative integers"):
             EpochPlan(sizes, 4)  # an allocation of 10**12 entries would fail with MemoryError, not this
+
+
+@settings(max_examples=80, deadline=None)
+@given(
+    sizes=st.lists(st.integers(0, 40), min_size=1, max_size=9),
+    world=st.integers(1, 4),
+    workers=st.integers(0, 3),
+    batch=st.integers(1, 9),
+    shuffle=st.booleans(),
+)
+def test_even_false_keeps_steps_in_step_and_its_repeats_at_the_end_of_the_last_step(
+    sizes, world, workers, batch, shuffle
+):
+    """even=False: every rank yields the same batches (count and sizes) — a per-batch collective never waits on a
+    finished rank nor gathers unequal shapes — and the repeats are the last rows of the last step in rank order,
+    so a rank-by-rank gather that keeps ``last_step_samples`` of the last step counts every sample once."""
+    plans = [
+        EpochPlan(
+            tuple(sizes), batch, seed=3, rank=r, world_size=world, num_workers=workers, shuffle=shuffle, even=False
+        )
+        for r in range(world)
+    ]
+    per_rank = [_rank_batches(p) for p in plans]
+    assert len({tuple(len(b) for b in batches) for batches in per_rank}) == 1, "ranks yield other batch shapes"
+    padding = [
+        [list(p.worker_padding(w)) for w in range(p.streams)] for p in plans
+    ]  # per rank, per worker, in yield order
+    steps = len(per_rank[0])
+    gathered: list = []
+    for step in range(steps):
+        rows = []
+        for rank, plan in enumerate(plans):
+            worker = plan.schedule()[step]
+            number = plan.schedule()[:step].count(worker)
+            marks = padding[rank][worker][number * batch : number * batch + len(per_rank[rank][step])]
+            rows += list(zip(per_rank[rank][step], marks, strict=True))
+        if step == steps - 1:
+            keep = plans[0].last_step_samples
+            assert not any(mark for _, mark in rows[:keep]) and all(mark for _, mark in rows[keep:])
+            rows = rows[:keep]
+        else:
+            assert not any(mark for _, mark in rows), "a repeat before the last step"
+        gathered += [ref for ref, _ in rows]
+    every = [(s, i) for s, size in enumerate(sizes) for i in range(size)]
+    assert sorted(gathered) == sorted(every), "gathered rank by rank, every sample exactly once"
+    assert sum(p.padded_count() for p in plans) < world
