@@ -25,7 +25,6 @@ from .pixels import deliver
 __all__ = ["Batch"]
 
 Sample = dict[str, Any]
-_END = object()
 
 
 class Batch(ChunkNode[Any]):
@@ -63,11 +62,13 @@ class Batch(ChunkNode[Any]):
         pending: list[Sample | Skipped] = []
         waiting: list[tuple[list[Sample | Skipped], dict[str, Any]]] = []  # all-skipped chunks before a good one
         last_good: list[Sample] = []
+        upstream = iter(self.source)
         while True:
             if not pending and self.before_chunk is not None:
                 self.before_chunk()  # the worker's generators seeded for this chunk (see transport.seeding)
-            item = next(self.source, _END)
-            if item is _END:
+            try:
+                item = next(upstream)
+            except StopIteration:
                 break
             if isinstance(item, Skipped):
                 self.counters.skip(item.kind)

@@ -111,7 +111,7 @@ def tar_stream(stream: BinaryIO) -> BinaryIO:
     else:
         raw = _Prefixed(head, stream)
     if not is_gzip(head):
-        return raw  # type: ignore[no-any-return]
+        return raw
     return _Stream(raw)  # type: ignore[return-value]
 
 

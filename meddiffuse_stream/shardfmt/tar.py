@@ -296,7 +296,7 @@ def iter_samples(
     seen: set[str] = set()
     sample_bytes = 0
     for item in _members(stream, max_member_bytes, with_data):
-        if item is _ARCHIVE_END:
+        if isinstance(item, _ArchiveEnd):
             if current is not None:
                 yield current
             current = None

@@ -17,7 +17,8 @@ __all__ = ["BuildsWorkerNodes"]
 class BuildsWorkerNodes(Protocol):
     """A :class:`~meddiffuse_stream.nodes.WorkerChain`, seen from the transport (which must not import it)."""
 
-    source: Any  # what get_worker_info().dataset names
+    @property
+    def source(self) -> Any: ...  # what get_worker_info().dataset names
 
     def build(
         self,
