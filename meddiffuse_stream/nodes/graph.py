@@ -44,7 +44,7 @@ class Graph:
             Workers.BATCHES_KEY: batches,
             Workers.LAYOUT_KEY: layout,
         }
-        state = {ToTorch.SOURCE_KEY: workers}
+        state: dict[str, Any] = {ToTorch.SOURCE_KEY: workers}
         if self.device is not None:
             state = {DeviceStage.SOURCE_KEY: state, DeviceStage.STAGE_KEY: stage}
         return state

@@ -19,6 +19,7 @@ import os
 import shutil
 import uuid
 import warnings
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, BinaryIO
 
@@ -123,7 +124,7 @@ class ShardCache:
         finally:
             source.seek(0)
 
-    def _store(self, identity: str, write) -> Path | None:  # type: ignore[no-untyped-def]
+    def _store(self, identity: str, write: Callable[[BinaryIO], object]) -> Path | None:
         if not self.usable:
             return None
         target = self.entry(identity)

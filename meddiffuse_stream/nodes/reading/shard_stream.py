@@ -91,7 +91,7 @@ def open_shard(
 
 
 def _read_all(stream: Any) -> bytes:
-    parts = []
+    parts: list[bytes] = []
     try:
         while chunk := stream.read(-1 if not parts else _PIECE):
             parts.append(chunk)
@@ -202,7 +202,9 @@ class FetchedShard:
                 return LoadedShard(iter_samples(io.BytesIO(data), self.max_member_bytes))
             if data is not None:
                 # the same samples, faster, when nothing is odd; parsed once per process for checked bytes
-                items = plain_samples(data, self.max_member_bytes, self.sha256, rows)
+                items: Sequence[RawSample | TarProblem] | None = plain_samples(
+                    data, self.max_member_bytes, self.sha256, rows
+                )
                 if items is None:
                     items = list(iter_samples(io.BytesIO(data), self.max_member_bytes))
                 del data
