@@ -1,6 +1,8 @@
 """The loader under the real clients: Lightning (1 device with worker processes; 2-process DDP with the loader
-built before fit; checkpoint resume mid-epoch and at an epoch's end on 2 ranks) and Accelerate under torchrun
-(prepare, save_state / load_state on 2 ranks, gather_for_metrics with is_padding)."""
+built before fit; checkpoint resume mid-epoch and at an epoch's end on 2 ranks; an even_batches=False validation
+with a per-step synced metric) and Accelerate under torchrun (prepare, save_state / load_state on 2 ranks,
+gather_for_metrics with is_padding; accumulate() at epoch ends, skip_first_batches, per-batch gathers of an
+even_batches=False evaluation)."""
 
 import json
 import os
