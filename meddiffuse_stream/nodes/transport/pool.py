@@ -133,7 +133,7 @@ class WorkerPool:
             return self._handles
         handles = _Handles(self.method)
         if self.method == "process":
-            context = multiprocessing.get_context(self.mp_context)
+            context: Any = multiprocessing.get_context(self.mp_context)  # a fork, spawn or forkserver context
             handles.generation = context.Value("q", 0, lock=False)
             use_pdeathsig = threading.current_thread() is threading.main_thread()
             for worker in range(self.count):
@@ -161,15 +161,16 @@ class WorkerPool:
         else:
             handles.generation = Box()
             for worker in range(self.count):
-                commands, results = queue.Queue(), queue.Queue(self.prefetch)
+                tasks: queue.Queue[Any] = queue.Queue()
+                done: queue.Queue[Any] = queue.Queue(self.prefetch)
                 thread = threading.Thread(
                     target=worker_loop,
                     name=f"meddiffuse-decode-{worker}",
                     daemon=True,
-                    args=(worker, self.chain, commands, results, handles.generation, None, False, self.worker_init_fn),
+                    args=(worker, self.chain, tasks, done, handles.generation, None, False, self.worker_init_fn),
                 )
                 thread.start()
-                handles.add(thread, commands, results)
+                handles.add(thread, tasks, done)
         self._handles = handles
         self._finalizer = weakref.finalize(self, handles.close)
         close_at_exit(self)

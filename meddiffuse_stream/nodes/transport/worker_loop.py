@@ -65,7 +65,7 @@ def worker_loop(
     worker's generators (:mod:`.seeding`); ``worker_init_fn`` runs once, before the first command's work, when
     ``get_worker_info()`` already answers (as in a DataLoader worker)."""
     own_process = parent_pid is not None
-    if own_process:
+    if parent_pid is not None:
         restore_default_signals()
         die_with_parent(parent_pid, use_pdeathsig)
         object_reader.allow_in_this_process()  # a process of its own may read S3 through obstore (threads may not)
