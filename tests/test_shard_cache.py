@@ -9,6 +9,7 @@ import os
 import shutil
 import subprocess
 import sys
+import threading
 import warnings
 from pathlib import Path
 
@@ -49,6 +50,7 @@ def test_a_read_only_cache_folder_warns_once_and_streams(tmp_path, workers):
         expected = _epoch(loader)
     cache = tmp_path / "cache"
     cache.mkdir()
+    before = set(threading.enumerate())
     with read_only(cache), warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         with MedDiffuseLoader(
@@ -62,6 +64,10 @@ def test_a_read_only_cache_folder_warns_once_and_streams(tmp_path, workers):
         ) as loader:
             assert _epoch(loader) == expected
             counters = dict(loader.counters)
+        # thread workers read the next epoch ahead and close() does not wait for a fetch in flight: let those
+        # fetches end while the folder is still read-only and the warnings still recorded (bounded)
+        for thread in set(threading.enumerate()) - before:
+            thread.join(timeout=60)
     messages = [str(w.message) for w in caught if "cannot be written" in str(w.message)]
     assert len(messages) == 1 and str(cache) in messages[0] and "streamed" in messages[0], messages
     assert counters.get("skipped", 0) == 0 and counters["cache_write_failures"] >= 1
