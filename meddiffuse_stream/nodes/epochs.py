@@ -50,7 +50,7 @@ class EpochSource(BaseNode[EpochPlan]):
     ) -> None:
         super().__init__()
         self.shard_sizes = tuple(int(s) for s in shard_sizes)
-        self.settings = {
+        self.settings: dict[str, Any] = {
             "batch_size": batch_size,
             "seed": seed,
             "num_workers": num_workers,

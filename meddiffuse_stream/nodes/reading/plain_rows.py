@@ -83,14 +83,14 @@ class PlainRows(Sequence[RawSample]):
         self.data = data
         self.layout = layout
         self.keys = layout.keys()
-        self.count = len(self.keys)
+        self.length = len(self.keys)
         self.starts: list[int] = columns.starts.tolist()
         self.ends: list[int] = columns.ends.tolist()
         self.pixels: list[int] = columns.pixels.tolist()
         self.labels: list[int] = columns.labels.tolist()
 
     def __len__(self) -> int:
-        return self.count
+        return self.length
 
     @overload
     def __getitem__(self, index: int) -> RawSample: ...
@@ -100,11 +100,11 @@ class PlainRows(Sequence[RawSample]):
 
     def __getitem__(self, index: int | slice) -> RawSample | list[RawSample]:
         if isinstance(index, slice):
-            return [self[i] for i in range(*index.indices(self.count))]
+            return [self[i] for i in range(*index.indices(self.length))]
         if index < 0:
-            index += self.count
-        if not 0 <= index < self.count:
-            raise IndexError(f"sample {index} of a shard of {self.count}")
+            index += self.length
+        if not 0 <= index < self.length:
+            raise IndexError(f"sample {index} of a shard of {self.length}")
         return self.layout.sample(self.data, index, self.keys[index])  # only this one: its members are copies
 
     def sample(self, index: int, ref: tuple[int, int]) -> RawSample:

@@ -114,7 +114,7 @@ class PlannedSampleReader:
         self._position += len(items)
         return items
 
-    def __iter__(self) -> Iterator[RawSample | Skip]:
+    def __iter__(self) -> Iterator[RawSample | Skip | Row]:
         return self
 
     __next__ = next
@@ -123,8 +123,9 @@ class PlannedSampleReader:
         for shard in getattr(self, "_open", {}).values():
             shard.close()
         self._open: dict[int, _OpenShard] = {}
-        if getattr(self, "_prefetcher", None) is not None:
-            self._prefetcher.close()
+        prefetcher: ShardPrefetcher | None = getattr(self, "_prefetcher", None)
+        if prefetcher is not None:
+            prefetcher.close()
         self._prefetcher: ShardPrefetcher | None = None
 
     def _start_prefetch(self, refs: list[SampleRef]) -> None:
@@ -147,12 +148,13 @@ class PlannedSampleReader:
         try:
             for ref in refs:
                 shard_index = ref[0]
-                shard = opened.get(shard_index)
-                if shard is None:
-                    shard = self._open_shard(shard_index, last_wanted[shard_index])
-                samples = shard.samples
+                open_shard = opened.get(shard_index)
+                if open_shard is None:
+                    open_shard = self._open_shard(shard_index, last_wanted[shard_index])
+                samples = open_shard.samples
+                item: RawSample | Skip | Row
                 if samples is not None:  # in memory: by position, nothing held
-                    if rows and type(samples) is PlainRows and ref[1] < samples.count:
+                    if rows and type(samples) is PlainRows and ref[1] < samples.length:
                         item = (samples, ref[1], ref)
                     else:
                         item = self._take(samples, ref)
@@ -173,6 +175,7 @@ class PlannedSampleReader:
     def _take(self, samples: Sequence[RawSample | TarProblem], ref: SampleRef) -> RawSample | Skip:
         """The planned sample of a shard parsed in memory: what walking to it (:meth:`_read_until`) would give."""
         shard_index, sample_index = ref
+        item: RawSample | TarProblem | None
         if sample_index < len(samples):
             item = samples[sample_index]
             if type(item) is RawSample:

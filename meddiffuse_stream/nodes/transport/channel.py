@@ -131,6 +131,7 @@ class BatchSender:
         try:
             self._connection.send_bytes(message)
             if segments:
+                assert self._socket is not None  # set when the worker started
                 reduction.sendfds(self._socket, [s.descriptor.fd for s in segments])
         except OSError:
             return  # the loader closed its end: nobody reads any more (it stops or kills this worker)

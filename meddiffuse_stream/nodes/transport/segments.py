@@ -72,7 +72,7 @@ def _map(fd: int, nbytes: int, keep_fd: bool) -> Any:
         error = ctypes.get_errno()
         os.close(fd)
         raise OSError(error, f"cannot map a shared batch segment of {nbytes} bytes: {os.strerror(error)}")
-    segment = (ctypes.c_char * nbytes).from_address(address)
+    segment: Any = (ctypes.c_char * nbytes).from_address(address)  # carries its descriptor and address
     segment.descriptor = _Descriptor(fd if keep_fd else None)
     segment.address = address
     if not keep_fd:
