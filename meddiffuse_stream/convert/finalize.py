@@ -14,13 +14,12 @@ from ..shardfmt.parquet import write_sample_index
 from ..storage import Location
 from .base import Discovery
 from .finding_table import finding_lines
+from .ownership import OutState, claim
 
 if TYPE_CHECKING:
     from .build import ShardResult
 
 __all__ = ["ConversionSummary", "remove_orphans", "shape_warnings", "write_dataset_files"]
-
-_SHARD_PATH = re.compile(r"^([a-z][a-z0-9_]*)/\1-\d{6}\.tar$")
 
 
 @dataclass
@@ -67,11 +66,13 @@ class ConversionSummary:
         return "\n".join(lines)
 
 
-def remove_orphans(out: Location, keep: set[str]) -> None:
-    """Delete shards of an earlier plan (and temporary files) that the current plan does not produce."""
+def remove_orphans(out: Location, keep: set[str], state: OutState) -> None:
+    """Delete shards of an earlier plan (and temporary files) that the current plan does not produce — only those
+    a record of ours names: a stranger's file under a shard name is left where it is."""
     for path in out.list_files():
-        if (_SHARD_PATH.match(path) and path not in keep) or ".tar.tmp-" in path:
+        if path not in keep and state.is_owned(path):
             out.remove(path)
+    claim(state, keep, only=True)  # what is ours from now on: the shards dataset.json is about to list
 
 
 def write_dataset_files(

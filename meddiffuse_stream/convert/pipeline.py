@@ -46,12 +46,11 @@ from .base import (
 from .build import ShardResult, ShardTask, build_shard
 from .finalize import ConversionSummary, remove_orphans, write_dataset_files
 from .lock import acquire_lock
+from .ownership import PROGRESS_DIR, check_plan, claim, survey_out
 from .preflight import check_destination, excluded_paths, probe
 from .splits import DEFAULT_SPLITS, assign_splits, patients_in_several_splits
 
-__all__ = ["ConversionError", "ConvertOptions", "ShardResult", "convert_dataset"]
-
-PROGRESS_DIR = ".progress"
+__all__ = ["PROGRESS_DIR", "ConversionError", "ConvertOptions", "ShardResult", "convert_dataset"]
 
 
 @dataclass(frozen=True)
@@ -98,6 +97,7 @@ def convert_dataset(
         probe(src)
     check_destination(out)
     rules = ReadRules(options.frames, options.max_pixels, options.max_file_bytes, excluded_paths(out), options.channels)
+    state = survey_out(out)  # before anything is written: an OUT another tool wrote is refused untouched
     out.makedirs()
     with acquire_lock(out) as lock:
         discovery = source.discover(src, rules)
@@ -108,6 +108,7 @@ def convert_dataset(
             print(f"warning: {warning}", file=sys.stderr)
         tasks = plan_shards(source, discovery, options)
         _warn_of_leaks(discovery, tasks)
+        check_plan(state, [task.name for task in tasks])
         results: dict[str, ShardResult] = {}
         pending = []
         for task in tasks:
@@ -117,13 +118,15 @@ def convert_dataset(
             else:
                 results[task.name] = record
         if pending:
+            state = claim(state, [task.name for task in pending])  # recorded as ours before any is written
             out.remove(DATASET_JSON)  # it may list shards about to be rewritten
         for result in _build_all(source, src, out, pending, discovery.class_names, options, rules, progress):
             out.write_bytes(f"{PROGRESS_DIR}/{_record_name(result.name)}", json.dumps(asdict(result)).encode())
             results[result.name] = result
         ordered = [results[task.name] for task in tasks]
         lock.verify()  # a run that lost OUT to another must not commit
-        remove_orphans(out, {r.name for r in ordered if r.samples})
+        kept = {r.name for r in ordered if r.samples}
+        remove_orphans(out, kept, state)
         summary = write_dataset_files(
             out,
             source_format=source.name,
