@@ -4,11 +4,14 @@
   pixel is decoded; a deflated data set is inflated no further than its header declares.
 * Frames: ``--frames middle`` (the default) keeps frame ``(N - 1) // 2`` of an N-frame file, ``all`` keeps every
   frame as its own sample, ``reject`` refuses multi-frame files.
-* Grey: the Modality LUT (rescale slope/intercept) and then the first VOI LUT or window are applied, as viewers do,
-  and the window's output is mapped onto the full 8 or 16 bits; MONOCHROME1 is inverted. A window a viewer would
-  ignore — width below 1 (LINEAR; 0 or less for LINEAR_EXACT and SIGMOID), such as the ``0/0`` many MR exports
-  carry — is ignored here too and counted in the summary. Without a usable VOI the stored values are kept
-  bit-exactly, shifted into the high bits as PNG does (``significant_bits`` says by how much).
+* Grey (:mod:`.dicom_grey`): the Modality LUT (rescale slope/intercept) and then the first VOI LUT or window are
+  applied, as viewers do, and the window's output is mapped onto the full 8 or 16 bits; MONOCHROME1 is inverted.
+  A rescale that is not finite or is zero is a reject naming the element. A window a viewer would ignore — width
+  below 1 (LINEAR; 0 or less for LINEAR_EXACT and SIGMOID), such as the ``0/0`` many MR exports carry — and one
+  that would map every pixel to one grey level are ignored here too and counted in the summary. Without a usable
+  VOI the stored values are kept bit-exactly, shifted into the high bits as PNG does (``significant_bits``).
+* Enhanced multi-frame files (:mod:`.dicom_groups`): each frame's rescale and window come from its per-frame
+  functional group, else the shared one; ``functional_groups`` records which.
 * Colour: decoded into RGB once, by pydicom's decoder (YBR_FULL, YBR_FULL_422, YBR_ICT, YBR_RCT); PALETTE COLOR
   through its lookup table — 8-bit when the table's 16-bit entries only repeat 8 bits, else 16-bit; 16-bit RGB is
   kept at 16 bits; more than 16 bits per channel is rejected with that reason.
@@ -19,6 +22,8 @@ from __future__ import annotations
 
 import io
 import math
+import re
+import warnings
 import zlib
 from typing import Any
 
@@ -26,8 +31,12 @@ import numpy as np
 
 from .base import DEFAULT_MAX_PIXELS, LoadedImage, RejectError
 from .dicom_colour import colour_pixels
+from .dicom_grey import grey_pixels, voi_of, window_unit
+from .dicom_groups import frame_view
 
-__all__ = ["dicom_from_bytes", "is_dicom", "voi_of"]
+__all__ = ["dicom_from_bytes", "is_dicom", "voi_of", "window_unit"]
+
+_TAG = re.compile(r"\(([0-9A-Fa-f]{4}),([0-9A-Fa-f]{4})\)")
 
 _HEADER_PROBE = 1 << 20  # inflate this much of a deflated data set to read its header
 _SLACK = 16 << 20  # bytes a data set may hold beyond its pixels (overlays, private tags)
@@ -49,19 +58,66 @@ def dicom_from_bytes(
     except (RejectError, MemoryError):
         raise
     except Exception as error:  # pydicom reads damaged elements lazily: any failure there is a damaged file
-        raise RejectError(f"damaged DICOM ({type(error).__name__}: {' '.join(str(error).split())[:300]})") from error
+        raise RejectError(_damage(error)) from error
+
+
+def _damage(error: BaseException) -> str:
+    """A pydicom or numpy failure as a reason: the element it happened in (pydicom names its tag), what went
+    wrong, and what to do."""
+    text = " ".join(str(error).split())[:300]
+    found = _TAG.search(text)
+    element = ""
+    if found:
+        from pydicom.datadict import keyword_for_tag
+
+        keyword = keyword_for_tag(int(found.group(1) + found.group(2), 16)) or "a private element"
+        element = f" in {keyword} ({found.group(1)},{found.group(2)})"
+    return (
+        f"damaged DICOM{element} ({type(error).__name__}: {text}); pydicom could read the file but not use this "
+        "element: correct or remove it (dcmodify, pydicom), or export the image again"
+    )
+
+
+def _positive(ds: Any, keyword: str, tag: str) -> int:
+    """A count the pixel data is laid out by (Rows, Columns): a positive integer, else a reject naming it."""
+    value = ds.get(keyword)
+    try:
+        number = int(value)
+    except (TypeError, ValueError):
+        number = 0
+    if number < 1:
+        raise RejectError(
+            f"DICOM {keyword} {tag} is {'empty' if value in (None, '') else repr(value)[:20]}: the "
+            "pixel data cannot be laid out; correct the element"
+        )
+    return number
 
 
 def _decode(data: bytes, apply_window: bool, frames: str, max_pixels: int) -> LoadedImage:
     ds = _read(data, max_pixels)
     if "PixelData" not in ds:
-        raise RejectError("DICOM without pixel data (PixelData element missing)")
+        for tag, keyword in ((0x7FE00008, "FloatPixelData"), (0x7FE00009, "DoubleFloatPixelData")):
+            if tag in ds:
+                raise RejectError(
+                    f"DICOM with {keyword} ({tag >> 16:04X},{tag & 0xFFFF:04X}): float pixels (a parametric map, "
+                    "say) — the shard format stores 8- or 16-bit integers; export the image with integer PixelData "
+                    "(7FE0,0010)"
+                )
+        kind = getattr(ds.get("SOPClassUID"), "name", "")
+        if "Image Storage" in kind:
+            raise RejectError(
+                f"DICOM without pixel data (PixelData element missing) although its SOP class is {kind}: the pixels "
+                "were stripped or the file is cut short; copy or export it again"
+            )
+        what = f"a {kind}, not an image" if kind else "PixelData element missing"
+        raise RejectError(f"DICOM without pixel data ({what})")
     if "Rows" not in ds or "Columns" not in ds:
         raise RejectError("DICOM pixel data without Rows / Columns")
-    rows, columns = int(ds.Rows), int(ds.Columns)
-    count = int(ds.get("NumberOfFrames", 1) or 1)
+    rows, columns = _positive(ds, "Rows", "(0028,0010)"), _positive(ds, "Columns", "(0028,0011)")
+    count = _frame_count(ds)
     if rows * columns > max_pixels:
         raise RejectError(f"DICOM of {columns}x{rows} pixels is over the limit of {max_pixels} (--max-pixels)")
+    _check_native_length(ds, rows, columns, count)
     indices = _frame_indices(count, frames, rows * columns, max_pixels)
     syntax = ds.file_meta.TransferSyntaxUID
     photometric = str(ds.get("PhotometricInterpretation", "MONOCHROME2")).strip()
@@ -78,13 +134,60 @@ def _decode(data: bytes, apply_window: bool, frames: str, max_pixels: int) -> Lo
         if frames == "middle":
             meta["frame_index"] = indices[0]
     images = []
+    settings = []
     for index in indices:
         pixels, decoded_as = _pixels(ds, syntax, index if count > 1 else None)
         if decoded_as in ("MONOCHROME1", "MONOCHROME2"):
-            images.append(_grey(ds, pixels, decoded_as, apply_window, meta, notes))
+            view, groups = frame_view(ds, index if count > 1 else None)
+            frame_meta = dict(meta)
+            images.append(grey_pixels(view, pixels, decoded_as, apply_window, frame_meta, notes))
+            if groups is not None:
+                frame_meta["functional_groups"] = groups
+                notes.append(f"Enhanced DICOM: rescale and window from the {groups} functional groups")
+            settings.append({k: frame_meta[k] for k in ("rescale", "window") if k in frame_meta})
+            meta.update(frame_meta)
         else:
             images.append(colour_pixels(ds, pixels, decoded_as, meta, notes))
+    if len(settings) > 1 and any(s != settings[0] for s in settings):  # frames that differ: each one's, in order
+        meta.pop("rescale", None)
+        meta.pop("window", None)
+        meta["frame_settings"] = settings
     return LoadedImage(images[0], meta=meta, frames=images if len(images) > 1 else None, notes=sorted(set(notes)))
+
+
+def _frame_count(ds: Any) -> int:
+    value = ds.get("NumberOfFrames", 1)
+    if value in (None, ""):
+        return 1
+    try:
+        count = int(value)
+    except (TypeError, ValueError):
+        raise RejectError(f"DICOM NumberOfFrames (0028,0008) {str(value)[:20]!r} is not a number") from None
+    if count < 1:
+        raise RejectError(f"DICOM NumberOfFrames (0028,0008) is {count}: correct the element")
+    return count
+
+
+def _check_native_length(ds: Any, rows: int, columns: int, count: int) -> None:
+    """Uncompressed pixel data must hold every frame its header declares: missing frames are named as such."""
+    syntax = ds.file_meta.get("TransferSyntaxUID")
+    if syntax is None or getattr(syntax, "is_compressed", True):
+        return
+    samples = int(ds.get("SamplesPerPixel", 1) or 1)
+    if samples == 3 and str(ds.get("PhotometricInterpretation", "")).strip() == "YBR_FULL_422":
+        samples = 2  # two chroma samples shared by each pair of pixels
+    bits = int(ds.get("BitsAllocated", 0) or 0)
+    if bits < 1:
+        return  # the decoder names the missing element
+    need = math.ceil(rows * columns * samples * count * bits / 8)
+    have = len(ds.PixelData or b"")
+    if have < need:
+        frames = f"NumberOfFrames {count} x " if count > 1 else ""
+        raise RejectError(
+            f"DICOM PixelData holds {have} bytes but {frames}Rows {rows} x Columns {columns} x {samples} "
+            f"sample(s) x {bits} bits need {need}: {'frames are missing' if count > 1 else 'the pixels are cut short'}"
+            " (a truncated file, or a wrong NumberOfFrames / Rows / Columns); export the image again"
+        )
 
 
 def _frame_indices(count: int, frames: str, per_frame: int, max_pixels: int) -> list[int]:
@@ -116,7 +219,14 @@ def _read(data: bytes, max_pixels: int) -> Any:
             ds = _read_deflated(data, meta, body_at, max_pixels)
         else:
             try:
-                ds = pydicom.dcmread(io.BytesIO(data))
+                with warnings.catch_warnings(record=True) as heard:
+                    warnings.simplefilter("always")
+                    ds = pydicom.dcmread(io.BytesIO(data))
+                if "PixelData" not in ds and any("End of file reached" in str(w.message) for w in heard):
+                    raise RejectError(
+                        "DICOM cut short: the file ends inside an element, before its pixel data; copy or export it "
+                        "again"
+                    )
             except InvalidDicomError as error:
                 raise RejectError(f"not a DICOM file ({' '.join(str(error).split())})") from error
         if "SOPClassUID" not in ds and "TransferSyntaxUID" not in getattr(ds, "file_meta", {}):
@@ -239,93 +349,3 @@ def _pixels(ds: Any, syntax: Any, index: int | None) -> tuple[np.ndarray, str]:
 def _missing(decoder: Any) -> str:
     missing = getattr(decoder, "missing_dependencies", [])
     return "; ".join(missing) if missing else "a plugin"
-
-
-# --- grey -------------------------------------------------------------------------------------------------------
-
-
-def voi_of(ds: Any) -> tuple[str | None, Any]:
-    """The VOI transform a viewer would apply: ``("lut", item)``, ``("window", (centre, width, function))``, or
-    ``(None, reason)`` — reason ``None`` when the file has no VOI, else why its window is ignored."""
-    sequence = ds.get("VOILUTSequence")
-    if sequence:
-        item = sequence[0]
-        if "LUTDescriptor" in item and "LUTData" in item:
-            return "lut", item
-    if "WindowCenter" not in ds and "WindowWidth" not in ds:
-        return None, None
-    function = str(ds.get("VOILUTFunction", "") or "LINEAR").strip().upper()
-    try:
-        centre, width = float(_first(ds.get("WindowCenter"))), float(_first(ds.get("WindowWidth")))
-    except (TypeError, ValueError):
-        return None, "DICOM window ignored (centre or width missing or not a number): stored range kept"
-    if not (math.isfinite(centre) and math.isfinite(width)):
-        return None, "DICOM window ignored (not finite): stored range kept"
-    if function not in ("LINEAR", "LINEAR_EXACT", "SIGMOID"):
-        return None, f"DICOM window ignored (unknown VOI LUT function {function}): stored range kept"
-    if width < 1 if function == "LINEAR" else width <= 0:
-        return (
-            None,
-            f"DICOM window ignored (width {width:g} {'< 1' if function == 'LINEAR' else '<= 0'}): stored range kept",
-        )
-    return "window", (centre, width, function)
-
-
-def _first(value: Any) -> Any:
-    if value is None or value == "":
-        return None
-    return value[0] if isinstance(value, (list, tuple)) or type(value).__name__ == "MultiValue" else value
-
-
-def window_unit(values: np.ndarray, centre: float, width: float, function: str) -> np.ndarray:
-    """The VOI window of PS3.3 C.11.2.1.2 with output range 0..1."""
-    x = values.astype(np.float64)
-    if function == "SIGMOID":
-        return 1.0 / (1.0 + np.exp(np.clip(-4.0 * (x - centre) / width, -700, 700)))
-    if function == "LINEAR_EXACT":
-        return np.clip((x - centre) / width + 0.5, 0.0, 1.0)
-    low, high = centre - 0.5 - (width - 1) / 2, centre - 0.5 + (width - 1) / 2
-    inside = (x - (centre - 0.5)) / max(width - 1, 1e-12) + 0.5
-    return np.where(x <= low, 0.0, np.where(x > high, 1.0, np.clip(inside, 0.0, 1.0)))
-
-
-def _grey(
-    ds: Any, pixels: np.ndarray, photometric: str, apply_window: bool, meta: dict[str, Any], notes: list[str]
-) -> np.ndarray:
-    bits = meta["bits_stored"] or pixels.dtype.itemsize * 8
-    if bits > 16:
-        raise RejectError(f"{bits} stored bits: the shard format keeps at most 16; rescale the source first")
-    target_bits = 16 if bits > 8 else 8
-    top = 2**target_bits - 1
-    dtype = np.uint16 if target_bits == 16 else np.uint8
-    kind, voi = voi_of(ds) if apply_window else (None, None)
-    if kind is None and voi is not None:
-        notes.append(voi)
-        meta["window_ignored"] = voi.split("(", 1)[1].split(")", 1)[0]
-    if kind is not None:
-        from pydicom.pixels import apply_modality_lut, apply_voi
-
-        values = apply_modality_lut(pixels, ds)  # stored values -> modality units (HU for CT), as viewers do
-        if kind == "lut":
-            out_bits = int(voi.LUTDescriptor[2]) or 16
-            unit = np.clip(apply_voi(values, ds, index=0).astype(np.float64) / (2**out_bits - 1), 0.0, 1.0)
-        else:
-            unit = window_unit(values, *voi)
-            meta["window"] = [voi[0], voi[1], voi[2]]
-        scaled = np.rint(unit * top).astype(dtype)
-        if photometric == "MONOCHROME1":
-            scaled = (top - scaled).astype(dtype)
-        meta.update(window_applied=True, significant_bits=target_bits)
-        return scaled
-    signed = int(ds.get("PixelRepresentation", 0)) == 1
-    stored = pixels.astype(np.int64)
-    if signed:
-        stored = stored + 2 ** (bits - 1)
-        meta["pixel_offset"] = 2 ** (bits - 1)
-    stored = np.clip(stored, 0, 2**bits - 1)
-    if photometric == "MONOCHROME1":
-        stored = (2**bits - 1) - stored
-    if "RescaleSlope" in ds or "RescaleIntercept" in ds:
-        meta["rescale"] = [float(ds.get("RescaleSlope", 1) or 1), float(ds.get("RescaleIntercept", 0) or 0)]
-    meta.update(window_applied=False, significant_bits=bits)
-    return (stored << (target_bits - bits)).astype(dtype)

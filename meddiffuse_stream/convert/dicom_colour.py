@@ -43,6 +43,7 @@ def colour_pixels(ds: Any, pixels: np.ndarray, photometric: str, meta: dict[str,
 def _palette(ds: Any, pixels: np.ndarray, meta: dict[str, Any], notes: list[str]) -> np.ndarray:
     from pydicom.pixels import apply_color_lut
 
+    _check_palette(ds)
     _palette_to_native_order(ds)
     rgb = apply_color_lut(pixels, ds)
     meta["palette_applied"] = True
@@ -54,6 +55,29 @@ def _palette(ds: Any, pixels: np.ndarray, meta: dict[str, Any], notes: list[str]
         return (rgb >> 8).astype(np.uint8)
     notes.append("16-bit palette kept at 16 bits")
     return rgb.astype(np.uint16)
+
+
+def _check_palette(ds: Any) -> None:
+    """Each colour's table must have a three-number descriptor and data (plain or segmented): else a reject
+    naming the element, not a TypeError from deep inside the lookup."""
+    for colour in ("Red", "Green", "Blue"):
+        keyword = f"{colour}PaletteColorLookupTableDescriptor"
+        descriptor = ds.get(keyword)
+        values = list(descriptor) if descriptor is not None and hasattr(descriptor, "__iter__") else []
+        if len(values) != 3 or not all(isinstance(v, int) for v in values):
+            raise RejectError(
+                f"PALETTE COLOR DICOM whose {keyword} is empty or not three numbers: the colours cannot be looked "
+                "up; correct the element or export the image as RGB"
+            )
+        plain, segmented = (
+            ds.get(f"{colour}PaletteColorLookupTableData"),
+            ds.get(f"Segmented{colour}PaletteColorLookupTableData"),
+        )
+        if not plain and not segmented:
+            raise RejectError(
+                f"PALETTE COLOR DICOM without {colour}PaletteColorLookupTableData: the colours cannot be looked up; "
+                "correct the file or export the image as RGB"
+            )
 
 
 def _palette_to_native_order(ds: Any) -> None:
