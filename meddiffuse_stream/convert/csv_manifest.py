@@ -18,7 +18,7 @@ from .base import DEFAULT_RULES, Discovery, ReadRules, Reject, SourceItem
 from .csv_labels import BLANK_CHOICES, MultiLabelColumns
 from .csv_rows import parse_manifest, resolve_labels
 from .files import FileSource, KeyAllocator
-from .scan import FoundFile, check_file, list_remote
+from .scan import FoundFile, check_file, list_remote, relative_under
 
 __all__ = ["CONSUMED_COLUMNS", "CsvSource"]
 
@@ -106,13 +106,7 @@ class CsvSource(FileSource):
             elif isinstance(label, str):
                 rejects.append(Reject(source, label))
             elif full is None:
-                rejects.append(
-                    Reject(
-                        source,
-                        f"line {row.line}: absolute path in a manifest on object storage; "
-                        "give paths relative to the manifest",
-                    )
-                )
+                rejects.append(Reject(source, f"line {row.line}: {_outside(path)}"))
             elif not isinstance(found, FoundFile):
                 rejects.append(Reject(source, f"line {row.line}: {found}"))
             elif full in first_line:
@@ -132,9 +126,24 @@ class CsvSource(FileSource):
 
 
 def _resolve(base: str, path: str, local: bool) -> str | None:
-    if path.startswith("/"):
-        return posixpath.normpath(path) if local else None
-    return posixpath.normpath(posixpath.join(base, path))
+    """The file a row names. Locally any path the user can read (the manifest is theirs, as is the disk); on object
+    storage only below the manifest's own folder, so a manifest cannot make the conversion read another prefix or
+    bucket with the user's credentials (``None`` then)."""
+    if local:
+        return posixpath.normpath(path if path.startswith("/") else posixpath.join(base, path))
+    if path.startswith("/") or "://" in path:
+        return None
+    return relative_under(base, path)
+
+
+def _outside(path: str) -> str:
+    kind = (
+        "an absolute path or URL" if path.startswith("/") or "://" in path else "a path outside the manifest's folder"
+    )
+    return (
+        f"{kind} in a manifest on object storage: not read (it could reach another prefix or bucket); give paths "
+        "below the manifest's folder, without '..' leading out of it"
+    )
 
 
 class _FileLookup:

@@ -1,27 +1,28 @@
 """Reading ordinary image files (PNG, JPEG, TIFF, BMP, GIF) into the arrays the shard format stores.
 
-Depth is kept: 16-bit grey stays 16-bit, 16-bit colour PNG stays 16-bit (decoded by pyspng: Pillow would keep only
-the high byte), and a 16-bit colour TIFF, which Pillow cannot read at full depth, is rejected with that reason.
-Multi-page files (TIFF stacks, APNG, GIF) follow ``--frames``. The pixel limit is checked from each page's header
-before anything is decoded.
+Depth is kept: 16-bit grey stays 16-bit, 16-bit colour PNG stays 16-bit and 16-bit grey+alpha PNG keeps its 16-bit
+grey (decoded by libspng: Pillow would keep only the high byte), and a 16-bit colour TIFF, which Pillow cannot read
+at full depth, is rejected with that reason. EXIF / XMP orientation is applied, as viewers do, and recorded
+(:mod:`.orientation`). Multi-page files (TIFF stacks, APNG, GIF) follow ``--frames``. The pixel limit is checked
+from each page's header before anything is decoded.
 """
 
 from __future__ import annotations
 
 import io
-import struct
 
 import numpy as np
 from PIL import Image
 
+from ..shardfmt.png import decode_png_16, png_16_bit_kind
 from .base import DEFAULT_MAX_PIXELS, DEFAULT_RULES, LoadedImage, ReadRules, RejectError
+from .orientation import apply_orientation, orientation_of
 
 __all__ = ["MAX_IMAGE_PIXELS", "image_from_bytes", "load_file_bytes", "resize_square", "to_channels"]
 
 MAX_IMAGE_PIXELS = DEFAULT_MAX_PIXELS  # kept for callers of the earlier name
 
 _GREY_16 = ("I;16", "I;16B", "I;16L", "I;16N")
-_PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
 
 def image_from_bytes(data: bytes, max_pixels: int | None = None, *, rules: ReadRules = DEFAULT_RULES) -> LoadedImage:
@@ -29,14 +30,15 @@ def image_from_bytes(data: bytes, max_pixels: int | None = None, *, rules: ReadR
     limit = rules.max_pixels if max_pixels is None else max_pixels
     if not data:
         raise RejectError("zero-byte file")
-    if _is_16_bit_colour_png(data):
-        return _png_16_bit_colour(data, limit)
+    kind_16 = png_16_bit_kind(data)
     previous = Image.MAX_IMAGE_PIXELS
     try:
         Image.MAX_IMAGE_PIXELS = None  # opening reads headers only; every page's size is checked below, by our limit
         with Image.open(io.BytesIO(data)) as image:
             _check_size(*image.size, limit)
-            return _frames(image, limit, rules.frames)
+            before = orientation_of(image)
+            loaded = _png_16_bit(data, kind_16) if kind_16 else _frames(image, limit, rules.frames)
+            return _oriented(loaded, before, orientation_of(image) if not kind_16 else before)
     except RejectError:
         raise
     except Image.UnidentifiedImageError as error:
@@ -96,32 +98,34 @@ def _frames(image: Image.Image, limit: int, frames: str) -> LoadedImage:
     return LoadedImage(arrays[0], meta=meta, frames=arrays, notes=[f"multi-page {image.format}: every page kept"])
 
 
-def _is_16_bit_colour_png(data: bytes) -> bool:
-    """IHDR bit depth 16 with colour type 2 (RGB) or 6 (RGBA)."""
-    return (
-        len(data) > 33
-        and data[:8] == _PNG_SIGNATURE
-        and data[12:16] == b"IHDR"
-        and data[24] == 16
-        and (data[25] in (2, 6))
-    )
-
-
-def _png_16_bit_colour(data: bytes, limit: int) -> LoadedImage:
-    width, height = struct.unpack(">II", data[16:24])
-    _check_size(width, height, limit)
+def _png_16_bit(data: bytes, kind: str) -> LoadedImage:
+    """A 16-bit colour or grey+alpha PNG, at 16 bits (the pixel limit was checked from its header)."""
     try:
-        import pyspng
+        array = decode_png_16(data)
     except ImportError as error:
         raise RejectError(
-            "16-bit colour PNG: Pillow would keep only 8 bits of it; install pyspng "
+            f"16-bit PNG ({kind}): Pillow would keep only 8 bits of it; install pyspng "
             "(pip install 'meddiffuse-stream[torch]') to keep all 16"
         ) from error
-    try:
-        array = pyspng.load(data)  # 16-bit colour comes back as RGBA16
     except Exception as error:
-        raise RejectError(f"not a readable image (16-bit colour PNG: {error})") from error
-    return LoadedImage(np.ascontiguousarray(array[..., :3], dtype=np.uint16), meta={"source_mode": "RGB;16"})
+        raise RejectError(f"not a readable image (16-bit PNG: {error})") from error
+    notes = ["16-bit grey+alpha PNG: grey kept at 16 bits, alpha dropped"] if kind == "LA;16" else []
+    return LoadedImage(array, meta={"source_mode": kind}, notes=notes)
+
+
+def _oriented(loaded: LoadedImage, tagged: int, pending: int) -> LoadedImage:
+    """``loaded`` turned as its EXIF / XMP orientation says. ``tagged`` is the tag read when the file was opened,
+    ``pending`` the turn still to do once decoded (1 where the decoder did it already, as Pillow does for TIFF)."""
+    orientation = pending if pending != 1 else tagged
+    if orientation == 1:
+        return loaded
+    if pending != 1:
+        loaded.image = apply_orientation(loaded.image, pending)
+        if loaded.frames is not None:
+            loaded.frames = [apply_orientation(frame, pending) for frame in loaded.frames]
+    loaded.meta["orientation"] = orientation
+    loaded.notes.append("EXIF / XMP orientation applied")
+    return loaded
 
 
 def _to_array(image: Image.Image) -> np.ndarray:

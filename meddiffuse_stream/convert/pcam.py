@@ -170,9 +170,16 @@ class PcamSource(SourceFormat):
                     reason = describe_error(error)
                     yield from (Reject(item.source, reason, item.key) for item in batch)
                     continue
-                value_range = self.float_range or _documented_range(opened[x_name][0]["x"])
+                try:
+                    value_range = self.float_range or _documented_range(opened[x_name][0]["x"])
+                except _BadRange as error:
+                    value_range, bad_range = None, error
+                else:
+                    bad_range = None
                 for item, patch in zip(batch, block, strict=True):
                     try:
+                        if bad_range is not None and np.issubdtype(patch.dtype, np.floating):
+                            raise bad_range
                         image, meta = patch_to_stored(patch, value_range)
                     except RejectError as error:
                         yield Reject(item.source, str(error), item.key)
@@ -185,14 +192,29 @@ class PcamSource(SourceFormat):
 
 
 def _documented_range(dataset: Any) -> tuple[float, float] | None:
+    """The value range the HDF5 dataset documents, checked where it is read: ``RejectError`` (each patch a reject)
+    when it is not two finite numbers."""
     attrs = dataset.attrs
     for name in ("valid_range", "range"):
         if name in attrs and np.size(attrs[name]) == 2:
             low, high = (float(v) for v in np.ravel(attrs[name]))
-            return low, high
+            return _finite_range(low, high, f"the HDF5 attribute {name}")
     if "valid_min" in attrs and "valid_max" in attrs:
-        return float(np.ravel(attrs["valid_min"])[0]), float(np.ravel(attrs["valid_max"])[0])
+        low, high = float(np.ravel(attrs["valid_min"])[0]), float(np.ravel(attrs["valid_max"])[0])
+        return _finite_range(low, high, "the HDF5 attributes valid_min / valid_max")
     return None
+
+
+class _BadRange(RejectError):
+    """A documented range that cannot scale a patch: every float patch of the file is rejected with it."""
+
+
+def _finite_range(low: float, high: float, what: str) -> tuple[float, float]:
+    if not (np.isfinite(low) and np.isfinite(high)):
+        raise _BadRange(
+            f"{what} give(s) {low:g},{high:g}, which is not finite: pass the real range with --float-range LO,HI"
+        )
+    return low, high
 
 
 def patch_to_stored(patch: np.ndarray, value_range: tuple[float, float] | None) -> tuple[np.ndarray, dict[str, Any]]:
@@ -208,9 +230,9 @@ def patch_to_stored(patch: np.ndarray, value_range: tuple[float, float] | None) 
             f"{patch.dtype} patch without a documented value range: pass --float-range LO,HI (e.g. 0,1 or 0,255) "
             "or give the HDF5 dataset a valid_range attribute"
         )
-    low, high = value_range
-    if not high > low:
-        raise RejectError(f"float range {low:g},{high:g} is empty: the high end must be above the low end")
+    low, high = _finite_range(*value_range, "the float range")
+    if not high > low or not np.isfinite(high - low):
+        raise RejectError(f"float range {low:g},{high:g} is empty or too wide: the high end must be above the low end")
     values = patch.astype(np.float64)
     tolerance = (high - low) * 1e-6
     if not np.isfinite(values).all() or values.min() < low - tolerance or values.max() > high + tolerance:
@@ -221,8 +243,16 @@ def patch_to_stored(patch: np.ndarray, value_range: tuple[float, float] | None) 
     unit = np.clip((values - low) / (high - low), 0.0, 1.0)
     as_8_bit = unit * 255
     if np.abs(as_8_bit - np.rint(as_8_bit)).max() < 1e-3:  # floats made from 8-bit values: exact at 8 bits
-        return np.rint(as_8_bit).astype(np.uint8), {"float_range": [low, high]}
-    return np.rint(unit * 65535).astype(np.uint16), {"float_range": [low, high]}
+        stored: np.ndarray = np.rint(as_8_bit).astype(np.uint8)
+    else:
+        stored = np.rint(unit * 65535).astype(np.uint16)
+    if stored.min() == stored.max() and values.min() != values.max():
+        raise RejectError(
+            f"{patch.dtype} patch has values {values.min():g}..{values.max():g}, but its documented range "
+            f"{low:g}..{high:g} is so wide that every pixel would be one grey level: pass the real range with "
+            "--float-range LO,HI"
+        )
+    return stored, {"float_range": [low, high]}
 
 
 def parse_float_range(text: str | None) -> tuple[float, float] | None:
@@ -233,4 +263,6 @@ def parse_float_range(text: str | None) -> tuple[float, float] | None:
         low, high = (float(part) for part in text.split(","))
     except ValueError:
         raise ValueError(f"--float-range {text!r}: expected LO,HI such as 0,1") from None
+    if not (np.isfinite(low) and np.isfinite(high) and np.isfinite(high - low)) or not high > low:
+        raise ValueError(f"--float-range {text!r}: expected two finite numbers LO < HI, such as 0,1")
     return low, high
