@@ -80,6 +80,25 @@ def _tar(members: list[Member]) -> bytes:
     return buffer.getvalue()
 
 
+def _open_tar(members: list[Member]) -> bytes:
+    """Members with no end-of-archive marker after them (the archive is never closed)."""
+    buffer = io.BytesIO()
+    tar = tarfile.TarFile(fileobj=buffer, mode="w", format=tarfile.GNU_FORMAT)
+    for name, data in members:
+        info = tarfile.TarInfo(name)
+        info.size = len(data)
+        tar.addfile(info, io.BytesIO(data))
+    return buffer.getvalue()
+
+
+def _zero_block_inside_a_sample() -> Case:
+    """A zero block between a sample's image and its label, more members after it: the reader stops there (the
+    members after it are #29's to read on); before, the cut sample was reported as "missing label"."""
+    first = _open_tar(_good("a", 5) + _sample("bad", cls=None, json=None))
+    rest = _tar([("bad.cls", b"1"), ("bad.json", b"{}"), *_good("b", 4)])
+    return [(first + b"\0" * 512 + rest, 10), (_tar(_good("c", 7)), 7)], 17, _keys("a", 5) | _keys("c", 7)
+
+
 def _dataset(root: Path, shards: list[tuple[bytes, int]], *, sha: bool = False) -> Path:
     """Shards as given, listed in dataset.json with the sample count each claims."""
     import hashlib
@@ -157,6 +176,9 @@ SHARD_CASES: dict[str, tuple[Callable[[], Case], str | None]] = {
         lambda: ([(_tar(_good("a", 4)), 6), (_tar(_good("c", 7)), 7)], 13, _keys("c", 7)),
         "holds 4 samples, ",
     ),
+    "zero block inside a shard": (_zero_block_inside_a_sample, "tar fault at byte"),
+    "escape sequence in a member name": (lambda: _around(*_sample("bad\x1b[2J\x1b[31m")), "control characters"),
+    "newline in a member name": (lambda: _around(*_sample("bad\nINFO all good")), "control characters"),
     "shard longer than listed": (
         lambda: ([(_tar(_good("a", 6)), 4), (_tar(_good("c", 7)), 7)], 11, _keys("c", 7)),
         "holds 6 samples, ",
@@ -187,6 +209,7 @@ def test_loader_handles_or_reports_every_kind_of_bad_shard_content(tmp_path, kin
         list(loader)
     assert message in str(info.value), str(info.value)
     assert "train-00000" in str(info.value), "the error names the shard"
+    assert str(info.value).isprintable(), "no control character of the shard reaches a message"
     with MedDiffuseLoader(str(root), 4, shuffle=False, as_dict=True, on_error="skip") as loader:
         batches = list(loader)
         counters = dict(loader.counters)

@@ -19,7 +19,7 @@ from typing import Any
 
 from ..storage import Location, RetryPolicy
 from .manifest import DATASET_JSON, ManifestError, ShardInfo
-from .shardindex import SHARD_INDEX, dump_shard_index, parse_shard_index, shard_index_document
+from .shardindex import SHARD_INDEX, confine_to_bucket, dump_shard_index, parse_shard_index, shard_index_document
 from .sources import inspect_shard, list_shards, with_path_splits
 
 __all__ = ["IndexSummary", "build_shard_index"]
@@ -102,6 +102,9 @@ def build_shard_index(
     document = shard_index_document(listed, name=name, created_by=f"meddiffuse-stream {__version__}")
     data = dump_shard_index(document)
     parse_shard_index(data, target.display(file_name), confined=beside)  # what a loader will accept
+    if not target.is_local and not beside:
+        urls = [s.path if "://" in s.path else f"file://{s.path}" for s in listed]
+        confine_to_bucket(urls, target.url, target.display(file_name))
     target.write_bytes(file_name, data)
     splits: dict[str, int] = {}
     for shard in shards:

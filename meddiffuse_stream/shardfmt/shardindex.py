@@ -5,6 +5,11 @@ A shard index lists every shard with its sample count, so a loader can plan an e
 (``{"__kind__": "wids-shard-index-v1", "wids_version": 1, "shardlist": [{"url", "nsamples", "filesize"}]}``),
 so webdataset's ``ShardListDataset`` reads ours and we read its; ``meddiffuse-stream index`` adds ``sha256`` and
 ``split`` to each entry. Relative URLs resolve against ``base`` or the index's own folder.
+
+Confinement: an index found beside the shards names only paths below its folder. An index given as the source
+may use ``base`` and absolute URLs (one written with ``--out`` for a read-only bucket), but an index that lives on
+object storage names only shards in its own bucket, on the same scheme (:func:`confine_to_bucket`): it cannot make
+the loader read another bucket, or a local file, with the user's credentials.
 """
 
 from __future__ import annotations
@@ -27,7 +32,15 @@ from .manifest import (
 )
 from .safejson import loads_limited
 
-__all__ = ["SHARD_INDEX", "WIDS_KIND", "ShardIndex", "dump_shard_index", "parse_shard_index", "shard_index_document"]
+__all__ = [
+    "SHARD_INDEX",
+    "WIDS_KIND",
+    "ShardIndex",
+    "confine_to_bucket",
+    "dump_shard_index",
+    "parse_shard_index",
+    "shard_index_document",
+]
 
 SHARD_INDEX = "shardindex.json"  # the name webdataset's widsindex writes by default
 WIDS_KIND = "wids-shard-index-v1"
@@ -52,6 +65,32 @@ class ShardIndex:
             return url
         root = self.base if self.base is not None else folder
         return posixpath.join(root.rstrip("/"), url) if root else url
+
+
+def confine_to_bucket(urls: Sequence[str], index_url: str, where: str) -> None:
+    """An index on object storage (``index_url``, its folder) may name only objects in its own bucket, on the
+    same scheme: :class:`ManifestError` naming the first entry that leaves it. Local indexes are not checked here
+    (the user's own file, like the command line)."""
+    protocol, _, rest = index_url.partition("://")
+    if not rest or protocol in ("file", "local"):
+        return
+    bucket = rest.split("/", 1)[0]
+    family = {"s3", "s3a"} if protocol in ("s3", "s3a") else {protocol}
+    for position, url in enumerate(urls):
+        scheme, _, path = url.partition("://")
+        parts = path.split("/")
+        if not path or scheme not in family or parts[0] != bucket or ".." in parts or "" in parts[1:]:
+            raise _fail(
+                where,
+                f"shardlist[{position}].url",
+                f"resolves to {_shown(url)}: an index on object storage names only shards in its own bucket "
+                f"({protocol}://{bucket}), never another bucket or a local file (it would read them with your "
+                "credentials); keep the index beside its shards, or on local disk",
+            )
+
+
+def _shown(url: str) -> str:
+    return "".join(c if c.isprintable() else ascii(c)[1:-1] for c in url[:120])
 
 
 def _fail(where: str, field_name: str, message: str) -> ManifestError:

@@ -33,10 +33,11 @@ from typing import Any
 import fsspec
 
 from ..storage import Location, RetryPolicy
+from ..storage.local_files import open_regular
 from .compressed import shard_name
 from .listing import follow_link, forget_listings, list_folder, list_glob, warn_skipped
 from .manifest import DATASET_JSON, Manifest, ManifestError, ShardInfo, read_manifest
-from .shardindex import SHARD_INDEX, parse_shard_index
+from .shardindex import SHARD_INDEX, confine_to_bucket, parse_shard_index
 from .splitnames import KNOWN_SPLITS, split_of_path, with_path_splits
 from .tar import TarProblem, count_samples
 
@@ -153,7 +154,7 @@ def inspect_shard(location: Location, path: str, *, digest: bool) -> tuple[Shard
     """
     sha = hashlib.sha256()
     if location.is_local:
-        with open(location.path(path), "rb") as stream:
+        with open_regular(location.path(path), location.display(path)) as stream:  # a FIFO: refused, never opened
             while digest and (piece := stream.read(_HASH_PIECE)):
                 sha.update(piece)
             stream.seek(0)
@@ -291,6 +292,7 @@ def find_shards(
     if not named and SHARD_INDEX in sizes:
         index = parse_shard_index(location.read_bytes(SHARD_INDEX), location.display(SHARD_INDEX), confined=True)
         _check_index_matches(index.shards, sizes, paths, location.display(SHARD_INDEX))
+        _check_files(location, index.shards, confined=True)
         return ShardSet(location, with_path_splits(list(index.shards)), "shard index", location.display(SHARD_INDEX))
     shards = _count_all(location, paths, sizes, where)
     origin = "read to count" if not location.is_local else "counted"
@@ -303,9 +305,18 @@ def find_shards(
     )
 
 
+def _check_files(location: Location, shards: Sequence[ShardInfo], *, confined: bool) -> None:
+    """Every listed local shard, before any is opened: not a FIFO or device, and (``confined``: listed by a
+    manifest) not a symbolic link out of the dataset's root. Object stores have neither."""
+    if location.is_local:
+        for shard in shards:
+            location.checked_path(shard.path, confined=confined)
+
+
 def _from_dataset(location: Location) -> ShardSet:
     forget_listings(location)  # an object store's listing kept from before may not hold dataset.json yet
     manifest = read_manifest(location)
+    _check_files(location, manifest.shards, confined=True)
     return ShardSet(
         location, manifest.shards, "dataset.json", manifest.where, manifest.class_names, manifest.has_roi, manifest
     )
@@ -316,9 +327,13 @@ def _from_index_file(folder: Location, name: str, locate: Callable[[str], Locati
     where = folder.display(name)
     index = parse_shard_index(folder.read_bytes(name), where, confined=False)
     urls = [index.resolve_url(s.path, folder.url) for s in index.shards]
+    if not folder.is_local:
+        confine_to_bucket(urls, folder.url, where)  # before anything it names is touched
     root, relative = _common_root(urls)
     shards = [replace(s, path=r) for s, r in zip(index.shards, relative, strict=True)]
-    return ShardSet(locate(root), with_path_splits(shards), "shard index", where)
+    location = locate(root)
+    _check_files(location, shards, confined=False)  # the user's own index may name links: no FIFO, though
+    return ShardSet(location, with_path_splits(shards), "shard index", where)
 
 
 def _check_index_matches(listed: Sequence[ShardInfo], sizes: Mapping[str, int], paths: list[str], where: str) -> None:

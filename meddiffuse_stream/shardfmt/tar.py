@@ -29,6 +29,7 @@ __all__ = [
     "TarProblem",
     "count_samples",
     "iter_samples",
+    "printable_name",
     "split_member_name",
 ]
 
@@ -86,7 +87,7 @@ def _number(field_bytes: bytes, what: str) -> int:
     if not text:
         return 0
     if text.translate(None, b"01234567"):  # int(..., 8) would take "+7", "-7", "0o7" and "1_0"
-        raise _Corrupt(f"{what} {text[:16]!r} is not octal")
+        raise _Corrupt(f"{what} field is not octal")  # its bytes are not shown: they may be any file's content
     return int(text, 8)
 
 
@@ -229,7 +230,7 @@ def _tar_members(
                 elif kind == b"x":
                     pax = _pax_records(data[:size])
                     if b"size" in pax and not (pax[b"size"].isdigit() and pax[b"size"].isascii()):
-                        raise _Corrupt(f"PAX size {pax[b'size'][:20]!r} is not a number")
+                        raise _Corrupt("PAX size record is not a number")
                     if b"path" in pax:
                         long_name = pax[b"path"].decode("utf-8", "surrogateescape")
             except _Corrupt as error:
@@ -244,7 +245,7 @@ def _tar_members(
                 return
             if kind != b"5":  # directories are harmless; links and devices are refused
                 what = {b"1": "hard link", b"2": "symbolic link"}.get(kind, f"type {kind!r}")
-                yield TarProblem(f"{what} member {name!r} refused", split_member_name(name)[0])
+                yield TarProblem(f"{what} member {name!r} refused", printable_name(split_member_name(name)[0]))
             continue
         problem = _unsafe_name(name) or (
             f"member {name!r} of {size} bytes is over the {max_member_bytes}-byte limit"
@@ -253,15 +254,31 @@ def _tar_members(
         )
         if problem is not None or not with_data:
             if not stream.skip(padded):
-                yield TarProblem(f"truncated tar inside member {name!r}", split_member_name(name)[0], fatal=True)
+                yield TarProblem(
+                    f"truncated tar inside member {name!r}", printable_name(split_member_name(name)[0]), fatal=True
+                )
                 return
-            yield TarProblem(problem, split_member_name(name)[0]) if problem is not None else (name, b"", size)
+            key = split_member_name(name)[0]
+            yield TarProblem(problem, printable_name(key)) if problem is not None else (name, b"", size)
             continue
         data = stream.read_exact(padded)
         if len(data) < padded:
-            yield TarProblem(f"truncated tar inside member {name!r}", split_member_name(name)[0], fatal=True)
+            yield TarProblem(
+                f"truncated tar inside member {name!r}", printable_name(split_member_name(name)[0]), fatal=True
+            )
             return
         yield name, data[:size], size
+
+
+def printable_name(name: str) -> str:
+    """A member name as messages show it: control characters (newlines, terminal escapes) as ``\\xNN``."""
+    if not any(_is_control(c) for c in name):
+        return name
+    return "".join(ascii(c)[1:-1] if _is_control(c) else c for c in name)
+
+
+def _is_control(character: str) -> bool:
+    return ord(character) < 32 or 127 <= ord(character) < 160
 
 
 def _unsafe_name(name: str) -> str | None:
@@ -270,6 +287,11 @@ def _unsafe_name(name: str) -> str | None:
             name.encode("utf-8")
         except UnicodeEncodeError:
             return f"member name is not UTF-8: {name.encode('utf-8', 'surrogateescape')!r}"
+    if any(_is_control(c) for c in name):
+        return (
+            f"member name '{printable_name(name)}' holds control characters (they could rewrite a terminal or a "
+            "log): refused"
+        )
     if name[:1] == "/" or (".." in name and ".." in name.split("/")):
         return f"unsafe member path {name!r} refused"
     return None

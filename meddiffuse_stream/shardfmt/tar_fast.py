@@ -156,7 +156,9 @@ def _walk(data: bytes) -> tuple[list[int], list[int], int | None]:
     try:
         while offset + _BLOCK <= total:
             if data[offset] == 0:  # an empty name: the end-of-archive block, or not plain
-                return offsets, sizes, offset if data[offset : offset + _BLOCK] == _ZERO_BLOCK else None
+                after = data[offset + _BLOCK : offset + 2 * _BLOCK]
+                ends = data[offset : offset + _BLOCK] == _ZERO_BLOCK and (not after or not any(after))
+                return offsets, sizes, offset if ends else None  # a zero block with more after it is not plain
             size = int(data[offset + 124 : offset + 135], 8)  # checked digit by digit in _plain_headers
             offsets.append(offset)
             sizes.append(size)

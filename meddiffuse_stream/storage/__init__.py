@@ -3,6 +3,7 @@ reads and the local shard cache. Nothing here imports torch or knows the shard f
 
 from __future__ import annotations
 
+from .local_files import OutsideRootError, SpecialFileError
 from .location import Location, atomic_write, bounded_options, parse_storage_options, sha256_of
 from .retry import ResumableReader, RetryPolicy, ShardReadError, is_transient
 from .shard_cache import DEFAULT_CACHE_BYTES, ShardCache, ShardIntegrityError
@@ -10,11 +11,13 @@ from .shard_cache import DEFAULT_CACHE_BYTES, ShardCache, ShardIntegrityError
 __all__ = [
     "DEFAULT_CACHE_BYTES",
     "Location",
+    "OutsideRootError",
     "ResumableReader",
     "RetryPolicy",
     "ShardCache",
     "ShardIntegrityError",
     "ShardReadError",
+    "SpecialFileError",
     "atomic_write",
     "bounded_options",
     "is_transient",

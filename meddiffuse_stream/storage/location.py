@@ -25,6 +25,7 @@ import fsspec
 import numpy as np
 from fsspec.implementations.local import LocalFileSystem
 
+from .local_files import SpecialFileError, check_inside, check_regular, open_regular, special_kind
 from .retry import RetryPolicy
 
 __all__ = [
@@ -169,9 +170,24 @@ class Location:
     def size(self, relative: str) -> int:
         return int(self.retrying(lambda: self.fs.size(self.path(relative)), relative))
 
+    def checked_path(self, relative: str, *, confined: bool = True) -> str:
+        """:meth:`path`, checked on local disk before anything opens it: a FIFO, socket or device is a
+        :class:`~.local_files.SpecialFileError`, and (``confined``) a symbolic link resolving outside the root an
+        :class:`~.local_files.OutsideRootError`. A missing file passes: the read that follows names it."""
+        path = self.path(relative)
+        if self.is_local:
+            shown = self.display(relative)
+            if confined:
+                check_inside(self.root, path, shown)
+            try:
+                check_regular(path, shown)
+            except FileNotFoundError:
+                pass
+        return path
+
     def read_bytes(self, relative: str) -> bytes:
         if self.is_local:  # the variant cache reads many small files: skip fsspec's per-call path handling
-            with open(self.path(relative), "rb") as stream:
+            with open_regular(self.path(relative), self.display(relative)) as stream:
                 return stream.read()
         return bytes(self.retrying(lambda: self.fs.cat_file(self.path(relative)), relative))
 
@@ -213,8 +229,10 @@ class Location:
         """Every file below ``relative``, as paths relative to the root, sorted."""
         return sorted(self.file_sizes(relative))
 
-    def file_sizes(self, relative: str = "") -> dict[str, int]:
-        """``{relative path: bytes}`` for every file below ``relative`` (one listing, also on object stores)."""
+    def file_sizes(self, relative: str = "", *, refuse_special: str | None = None) -> dict[str, int]:
+        """``{relative path: bytes}`` for every file below ``relative`` (one listing, also on object stores).
+        ``refuse_special``: a suffix (``".tar"``): a local FIFO, socket or device named so is a
+        :class:`~.local_files.SpecialFileError` instead of being left out."""
         base = self.path(relative)
         prefix = self.root.rstrip("/") + "/"
 
@@ -224,6 +242,8 @@ class Location:
             return self.fs.find(base, detail=True)  # a missing object-store prefix lists as empty: one request
 
         found = self.retrying(listing, relative)
+        if refuse_special is not None:
+            _refuse_special(found, refuse_special)
         return {
             path[len(prefix) :]: int(info.get("size") or 0)
             for path, info in sorted(found.items())
@@ -235,14 +255,26 @@ class Location:
         found = self.retrying(lambda: self.fs.find(path, detail=True), path)
         return {p: int(info.get("size") or 0) for p, info in found.items() if info.get("type", "file") == "file"}
 
-    def glob_sizes(self, pattern: str) -> dict[str, int]:
-        """``{filesystem path: bytes}`` of the files matching a glob ``pattern`` (one listing)."""
+    def glob_sizes(self, pattern: str, *, refuse_special: str | None = None) -> dict[str, int]:
+        """``{filesystem path: bytes}`` of the files matching a glob ``pattern`` (one listing); ``refuse_special``
+        as for :meth:`file_sizes`."""
         found = self.retrying(lambda: self.fs.glob(pattern, detail=True), pattern)
+        if refuse_special is not None:
+            _refuse_special(found, refuse_special)
         return {
             path: int(info.get("size") or 0)
             for path, info in sorted(found.items())
             if info.get("type", "file") == "file"
         }
+
+
+def _refuse_special(found: Mapping[str, Any], suffix: str) -> None:
+    """A listed FIFO, socket or device whose name ends in ``suffix``: refused by name (local listings carry each
+    entry's mode; object stores have no such entries)."""
+    for path, info in found.items():
+        if info.get("type", "file") not in ("file", "directory") and path.endswith(suffix):
+            kind = special_kind(int(info.get("mode") or 0)) or "not a regular file"
+            raise SpecialFileError(f"{path} is {kind}, not a regular file: not opened (reading it could block)")
 
 
 @contextlib.contextmanager
