@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 from PIL import Image, ImageOps, PngImagePlugin
 
-from meddiffuse_stream.convert import ConvertOptions, CsvSource, convert_dataset
+from meddiffuse_stream.convert import ConversionError, ConvertOptions, CsvSource, convert_dataset
 from meddiffuse_stream.convert.base import RejectError
 from meddiffuse_stream.convert.images import image_from_bytes
 from meddiffuse_stream.convert.pcam import PcamSource, parse_float_range, patch_to_stored
@@ -124,7 +124,7 @@ def test_pcam_float_patches_with_a_range_too_wide_or_not_finite_are_rejected_nev
             dataset.attrs[name] = value
     with h5py.File(f"{prefix}_y.h5", "w") as handle:
         handle.create_dataset("y", data=np.array([0, 1, 0], np.uint8).reshape(3, 1, 1, 1))
-    with pytest.raises(Exception, match="all .* inputs were rejected"):
+    with pytest.raises(ConversionError, match=r"all \d+ inputs were rejected"):
         convert_dataset(PcamSource(), str(src), str(tmp_path / "out"), ConvertOptions(), progress=False)
     reasons = [json.loads(line)["reason"] for line in (tmp_path / "out" / "rejects.jsonl").read_text().splitlines()]
     assert len(reasons) == 3 and all(words in reason for reason in reasons), reasons

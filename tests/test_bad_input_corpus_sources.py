@@ -128,7 +128,6 @@ def test_messages_never_echo_the_bytes_of_a_file_that_is_not_a_shard(tmp_path):
 @pytest.mark.s3
 def test_s3_an_index_cannot_name_another_bucket_a_local_file_or_a_file_url(tmp_path, s3_server, s3_bucket):
     import s3fs
-
     from s3_proxy import fault_proxy
 
     fs = s3fs.S3FileSystem(**s3_server.storage_options)
