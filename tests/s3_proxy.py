@@ -1,7 +1,8 @@
-"""A fault-injecting HTTP proxy in front of the S3 server: answers 503 SlowDown, cuts object bodies short, or
-refuses writes with 403 AccessDenied, as many times as a test asks, and logs every request (so a test can count
-what a client fetched). The Host header is passed on unchanged, so SigV4 signatures made for the proxy's address
-stay valid upstream. ``silent_endpoint`` is a server that accepts connections and never answers."""
+"""A fault-injecting HTTP proxy in front of the S3 server: answers 503 SlowDown, cuts object bodies short, trickles
+them a byte at a time, or refuses writes with 403 AccessDenied, as many times as a test asks, and logs every request
+(so a test can count what a client fetched). The Host header is passed on unchanged, so SigV4 signatures made for
+the proxy's address stay valid upstream. ``silent_endpoint`` is a server that accepts connections and never
+answers."""
 
 from __future__ import annotations
 
@@ -34,6 +35,8 @@ class FaultPlan:
         self.cuts = 0  # object GETs whose body stops halfway (connection closed)
         self.hangs = 0  # object GETs never answered (the connection is held for hang_seconds, then closed)
         self.hang_seconds = 30.0
+        self.trickles = 0  # object GETs whose body comes one byte every trickle_seconds (never a read timeout)
+        self.trickle_seconds = 0.5
         self.deny_writes = False  # PUT/POST/DELETE answered 403 AccessDenied
         self.only_suffix = ""  # faults only for object reads whose key ends so (".tar": shards, not dataset.json)
         self.sent: Counter[str] = Counter()
@@ -53,6 +56,10 @@ class FaultPlan:
                 self.hangs -= 1
                 self.sent["hang"] += 1
                 return "hang"
+            if is_object_read and self.trickles > 0:
+                self.trickles -= 1
+                self.sent["trickle"] += 1
+                return "trickle"
             if is_object_read and self.slowdowns > 0:
                 self.slowdowns -= 1
                 self.sent["slowdown"] += 1
@@ -123,6 +130,21 @@ def _handler(upstream: str, plan: FaultPlan) -> type[BaseHTTPRequestHandler]:
                 self.end_headers()
                 return None
             passed = [(k, v) for k, v in response.getheaders() if k.lower() not in _HOP_BY_HOP | {"content-length"}]
+            if fault == "trickle":
+                self.send_response(response.status)
+                for name, value in passed:
+                    self.send_header(name, value)
+                self.send_header("Content-Length", str(len(data)))
+                self.end_headers()
+                self.close_connection = True
+                for at in range(len(data)):  # until the client gives up and closes the connection
+                    try:
+                        self.wfile.write(data[at : at + 1])
+                        self.wfile.flush()
+                    except OSError:
+                        return None
+                    time.sleep(plan.trickle_seconds)
+                return None
             if fault == "cut" and len(data) > 1:
                 self.send_response(response.status)
                 for name, value in passed:

@@ -164,7 +164,7 @@ class _Recorded:
 
     name = "obstore"
 
-    def __init__(self, bucket, config, connect_timeout, read_timeout):
+    def __init__(self, bucket, config, connect_timeout, read_timeout, min_bytes_per_second=None):
         self.bucket, self.config = bucket, config
         self.timeouts = (connect_timeout, read_timeout)
 

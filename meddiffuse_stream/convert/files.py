@@ -46,5 +46,5 @@ class FileSource(SourceFormat):
         return {**super().cli_fields(args), "apply_window": not args.no_window}
 
     def load_one(self, src: Location, item: SourceItem, rules: ReadRules = DEFAULT_RULES) -> LoadedImage:
-        data = read_input(src, item.ref, rules)
+        data = read_input(src, item.ref, rules, item.size_hint or None)
         return load_file_bytes(data, posixpath.basename(item.ref), apply_window=self.apply_window, rules=rules)

@@ -241,11 +241,12 @@ def check_file(src: Location, path: str, rules: ReadRules) -> FoundFile | str:
     return found or "referenced path is a folder, not a file"
 
 
-def read_input(src: Location, path: str, rules: ReadRules) -> bytes:
+def read_input(src: Location, path: str, rules: ReadRules, size: int | None = None) -> bytes:
     """The bytes of one input file, at most ``rules.max_file_bytes``; a path that became a FIFO or device since
-    the scan is refused from ``fstat`` (opened non-blocking, so opening never hangs)."""
+    the scan is refused from ``fstat`` (opened non-blocking, so opening never hangs). ``size``: what the scan
+    found, which sets a remote read's deadline."""
     if not src.is_local:
-        data = src.read_path(path)  # bounded and retried by the location's RetryPolicy
+        data = src.read_path(path, size)  # bounded (a total deadline) and retried by the location's RetryPolicy
         if len(data) > rules.max_file_bytes:
             raise RejectError(
                 f"file of {len(data)} bytes is over the per-file limit of {rules.max_file_bytes} (--max-file-bytes)"

@@ -189,12 +189,30 @@ class Location:
         if self.is_local:  # the variant cache reads many small files: skip fsspec's per-call path handling
             with open_regular(self.path(relative), self.display(relative)) as stream:
                 return stream.read()
-        return bytes(self.retrying(lambda: self.fs.cat_file(self.path(relative)), relative))
+        return bytes(self.retrying(lambda: self._cat(self.path(relative), relative, None), relative))
 
-    def read_path(self, path: str) -> bytes:
-        """The bytes of ``path`` as this filesystem names it (a path found by a listing below the root)."""
+    def read_path(self, path: str, size: int | None = None) -> bytes:
+        """The bytes of ``path`` as this filesystem names it (a path found by a listing below the root); ``size``
+        when the listing gave it (it sets the read's deadline; else it is asked first)."""
         relative = posixpath.relpath(path, self.root) if path.startswith(self.root.rstrip("/") + "/") else path
-        return bytes(self.retrying(lambda: self.fs.cat_file(path), relative))
+        return bytes(self.retrying(lambda: self._cat(path, relative, size), relative))
+
+    def _cat(self, path: str, relative: str, size: int | None) -> bytes:
+        """One whole-object GET; on an async (object-store) filesystem bounded by the object's total deadline
+        (:meth:`RetryPolicy.object_timeout`), so a body that trickles is an error the policy retries and counts."""
+        if not getattr(self.fs, "async_impl", False) or self.is_local:
+            return self.fs.cat_file(path)
+        from fsspec.exceptions import FSTimeoutError
+
+        from .retry import ObjectDeadlineError
+
+        if size is None:
+            size = int(self.fs.size(path))
+        seconds = self.retry.object_timeout(size)
+        try:
+            return self.fs.cat_file(path, timeout=seconds)
+        except FSTimeoutError:
+            raise ObjectDeadlineError(self.display(relative), seconds, size, self.retry) from None
 
     def _bounded(self, size: int) -> dict[str, float]:
         """An overall time limit for one write (async filesystems take it; others have no such hang)."""

@@ -11,14 +11,18 @@ When: only if the identity, endpoint and region obstore would use are certainly 
 (``storage_options`` or the ``AWS_*`` variables) or anonymous access, and an endpoint or a region. Profiles, config
 files, instance roles and other client settings keep s3fs. ``MEDDIFFUSE_S3_READER=fsspec`` turns obstore off.
 obstore's own retries are off: the loader's :class:`~meddiffuse_stream.storage.retry.RetryPolicy` retries and counts.
+Every GET has the policy's total deadline for the bytes it fetches (obstore's client ``timeout``, one store per
+deadline step of 2**(1/4), so a body that trickles is cut off in time and counted as a retry).
 """
 
 from __future__ import annotations
 
 import importlib.util
+import math
 import os
 import re
 import sys
+import time
 from collections.abc import Iterator, Mapping
 from typing import Any
 
@@ -128,16 +132,24 @@ def reader_for(location: Any) -> ObstoreReader | None:
         return None
     bucket = location.root.split("/", 1)[0]
     policy = location.retry
-    identity = (bucket, repr(sorted(config.items())) + f"|{policy.connect_timeout}|{policy.read_timeout}")
+    timeouts = f"{policy.connect_timeout}|{policy.read_timeout}|{policy.min_bytes_per_second}"
+    identity = (bucket, f"{sorted(config.items())!r}|{timeouts}")
     if identity not in _readers:
-        _readers[identity] = ObstoreReader(bucket, config, policy.connect_timeout, policy.read_timeout)
+        _readers[identity] = ObstoreReader(
+            bucket, config, policy.connect_timeout, policy.read_timeout, policy.min_bytes_per_second
+        )
     return _readers[identity]
 
 
 def store_settings(
-    bucket: str, config: Mapping[str, Any], connect_timeout: float = 10.0, read_timeout: float = 20.0
+    bucket: str,
+    config: Mapping[str, Any],
+    connect_timeout: float = 10.0,
+    read_timeout: float = 20.0,
+    total_timeout: float = 3600.0,
 ) -> dict[str, Any]:
-    """``S3Store`` keyword arguments: addressing as botocore's "auto", the loader's timeouts, retries left to it."""
+    """``S3Store`` keyword arguments: addressing as botocore's "auto", the loader's timeouts (``total_timeout``
+    bounds a whole GET, its body included), retries left to it."""
     config = dict(config)
     endpoint = str(config.get("endpoint", ""))
     if not endpoint and "." not in bucket:  # AWS itself: virtual-hosted; dotted names break its TLS, so path style
@@ -145,8 +157,8 @@ def store_settings(
     client = {
         "allow_http": endpoint.startswith("http://"),
         "connect_timeout": f"{connect_timeout:g}s",
-        "read_timeout": f"{read_timeout:g}s",  # a stalled body is an error, a long one is not
-        "timeout": "1h",
+        "read_timeout": f"{read_timeout:g}s",  # a stalled body is an error
+        "timeout": f"{total_timeout:g}s",  # and so is one that trickles past its deadline
     }
     return {"config": config, "client_options": client, "retry_config": {"max_retries": 0}}
 
@@ -157,38 +169,65 @@ class ObstoreReader:
     name = "obstore"
 
     def __init__(
-        self, bucket: str, config: Mapping[str, Any], connect_timeout: float = 10.0, read_timeout: float = 20.0
+        self,
+        bucket: str,
+        config: Mapping[str, Any],
+        connect_timeout: float = 10.0,
+        read_timeout: float = 20.0,
+        min_bytes_per_second: float = 256 << 10,
     ) -> None:
-        from obstore.store import S3Store
+        from .retry import RetryPolicy
 
         self.bucket = bucket
-        self._store = S3Store(bucket, **store_settings(bucket, config, connect_timeout, read_timeout))
+        self._config = dict(config)
+        self._policy = RetryPolicy(
+            connect_timeout=connect_timeout, read_timeout=read_timeout, min_bytes_per_second=min_bytes_per_second
+        )
+        self._stores: dict[float, Any] = {}  # one per deadline step: a store's client has one total timeout
 
     def __repr__(self) -> str:  # the store holds keys: never shown
         return f"ObstoreReader({self.bucket!r})"
 
+    def _store(self, seconds: float) -> Any:
+        """The store whose total timeout is ``seconds`` rounded up to a step of 2**(1/4) (at most 19 % longer)."""
+        from obstore.store import S3Store
+
+        step = 2 ** (math.ceil(4 * math.log2(max(seconds, 1.0))) / 4)
+        if step not in self._stores:
+            policy = self._policy
+            settings = store_settings(self.bucket, self._config, policy.connect_timeout, policy.read_timeout, step)
+            self._stores[step] = S3Store(self.bucket, **settings)
+        return self._stores[step]
+
     def open(self, path: str, offset: int = 0, size: int | None = None) -> ObjectBody:
-        """``path`` is ``bucket/key`` as fsspec writes it; ``size`` (when known) spares a request past the end."""
+        """``path`` is ``bucket/key`` as fsspec writes it; ``size`` (when known) spares a request past the end and
+        sets the GET's deadline (without it, the object's size is asked first)."""
         import obstore
 
         key = path.split("/", 1)[1]
         if size is not None and offset >= size:
             return ObjectBody(None, path)
-        options: dict[str, Any] = {"range": {"offset": offset}} if offset else {}
         try:
-            return ObjectBody(obstore.get(self._store, key, options=options), path)
+            if size is None:
+                size = int(obstore.head(self._store(self._policy.object_timeout(0)), key)["size"])
+            seconds = self._policy.object_timeout(size - offset)
+            options: dict[str, Any] = {"range": {"offset": offset}} if offset else {}
+            result = obstore.get(self._store(seconds), key, options=options)
         except Exception as error:
             if offset and _status(error) == 416:  # asked to resume at the very end: nothing is left
                 return ObjectBody(None, path)
             raise _translate(error, path) from None
+        deadline = (time.monotonic() + seconds, seconds, size - offset, self._policy)
+        return ObjectBody(result, path, deadline)
 
 
 class ObjectBody:
     """A read-only stream over one GET's body; errors come as the exceptions the retry policy classifies."""
 
-    def __init__(self, result: Any, path: str) -> None:
+    def __init__(self, result: Any, path: str, deadline: tuple[float, float, int, Any] | None = None) -> None:
         self._result = result
         self._path = path
+        self._deadline = deadline  # (monotonic time, seconds, bytes, policy): when the body must be in
         self._chunks: Iterator[Any] | None = None
         self._buffer = b""
         self._at = 0
@@ -211,10 +250,17 @@ class ObjectBody:
                 chunk = next(self._chunks, None)
                 if chunk is None:
                     break
+                if self._deadline is not None and time.monotonic() > self._deadline[0]:
+                    raise TimeoutError("the object's deadline passed between chunks")
                 self._buffer = self._buffer[self._at :] + bytes(chunk)
                 self._at = 0
         except Exception as error:
             self._result = None
+            if self._deadline is not None and time.monotonic() >= self._deadline[0] - 0.5:
+                from .retry import ObjectDeadlineError
+
+                _, seconds, size, policy = self._deadline
+                raise ObjectDeadlineError(f"s3://{self._path}", seconds, size, policy) from None
             raise _translate(error, self._path) from None
         data = self._buffer[self._at : self._at + size]
         self._at += len(data)

@@ -15,7 +15,7 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["ResumableReader", "RetryPolicy", "ShardReadError", "is_transient"]
+__all__ = ["ObjectDeadlineError", "ResumableReader", "RetryPolicy", "ShardReadError", "is_transient"]
 
 # an HTTP status in a message: a whole number, so "in 403.357µs" (a request's duration) is not read as 403
 _STATUS = r"(?<![\d.]){}(?![\d]|\.\d)"
@@ -50,6 +50,18 @@ class ShardReadError(OSError):
     """A shard could not be read after the retry budget; the message names the shard and the last error."""
 
 
+class ObjectDeadlineError(TimeoutError):
+    """An object's body did not arrive within its total deadline (:meth:`RetryPolicy.object_timeout`): a
+    transient failure, retried and counted like any other."""
+
+    def __init__(self, what: str, seconds: float, size: int, policy: RetryPolicy) -> None:
+        super().__init__(
+            f"{what}: {size} bytes did not arrive within the object's deadline of {seconds:.0f} s (connect_timeout "
+            f"{policy.connect_timeout:g} + read_timeout {policy.read_timeout:g} + the size at "
+            f"min_bytes_per_second={policy.min_bytes_per_second:g}); the server sends too slowly"
+        )
+
+
 def is_transient(error: BaseException) -> bool:
     """Whether retrying could help: network trouble and overloaded servers yes, missing or forbidden no."""
     if isinstance(error, (FileNotFoundError, PermissionError, IsADirectoryError, NotADirectoryError)):
@@ -77,11 +89,14 @@ def is_transient(error: BaseException) -> bool:
 class RetryPolicy:
     """How long object storage may keep the loader waiting, and how often a failed request is tried again.
 
-    Every request has a ``connect_timeout`` and a ``read_timeout`` (seconds without a byte); a transient failure
-    is tried again after ``base * 2**attempt`` seconds (capped at ``cap``, ±``jitter``), at most ``attempts``
-    times and never after ``deadline`` seconds: the defaults wait 64–90 s in all before giving up, so an outage of
-    a minute is survived, while an endpoint that accepts connections and never answers fails within two minutes
-    (five 20 s read timeouts and the waits between them).
+    Every request has a ``connect_timeout`` and a ``read_timeout`` (seconds without a byte), and every object
+    read a total deadline (:meth:`object_timeout`: both timeouts plus its size at ``min_bytes_per_second``), so
+    a body that trickles a byte now and then — never idle long enough for the read timeout — is cut off too; a
+    transient failure (a missed deadline included) is tried again after ``base * 2**attempt`` seconds (capped at
+    ``cap``, ±``jitter``), at most ``attempts`` times and never after ``deadline`` seconds: the defaults wait
+    64–90 s in all before giving up, so an outage of a minute is survived, while an endpoint that accepts
+    connections and never answers fails within two minutes (five 20 s read timeouts and the waits between them),
+    and so does one that trickles a shard of a few MB (three 35 s object deadlines).
     """
 
     attempts: int = 13
@@ -91,11 +106,12 @@ class RetryPolicy:
     deadline: float = 90.0
     connect_timeout: float = 10.0
     read_timeout: float = 20.0
+    min_bytes_per_second: float = 256 << 10
 
     def __post_init__(self) -> None:
         if self.attempts < 1:
             raise ValueError(f"RetryPolicy(attempts=...) must be at least 1, got {self.attempts}")
-        for name in ("deadline", "connect_timeout", "read_timeout"):
+        for name in ("deadline", "connect_timeout", "read_timeout", "min_bytes_per_second"):
             if not getattr(self, name) > 0:
                 raise ValueError(f"RetryPolicy({name}=...) must be positive, got {getattr(self, name)}")
 
@@ -104,13 +120,19 @@ class RetryPolicy:
         """The knobs, as a user would change them."""
         return (
             f"RetryPolicy(connect_timeout={self.connect_timeout:g}, read_timeout={self.read_timeout:g}, "
-            f"attempts={self.attempts}, deadline={self.deadline:g})"
+            f"min_bytes_per_second={self.min_bytes_per_second:g}, attempts={self.attempts}, "
+            f"deadline={self.deadline:g})"
         )
 
+    def object_timeout(self, size: int) -> float:
+        """The total deadline for reading one object (or what is left of it) of ``size`` bytes: the connect and
+        read timeouts plus the time at ``min_bytes_per_second`` — 34 s for 1 MB with the defaults."""
+        return self.connect_timeout + self.read_timeout + max(0, size) / self.min_bytes_per_second
+
     def write_timeout(self, size: int) -> float:
-        """A bound on one upload of ``size`` bytes: the timeouts plus the time at 256 KiB/s (S3 clients wait for
-        a PUT's "100 Continue" without a read timeout, so writes get an overall one)."""
-        return self.connect_timeout + self.read_timeout + size / (256 << 10)
+        """A bound on one upload of ``size`` bytes, as :meth:`object_timeout` (S3 clients wait for a PUT's "100
+        Continue" without a read timeout, so writes get an overall one)."""
+        return self.object_timeout(size)
 
     def delay(self, attempt: int, rng: np.random.Generator) -> float:
         nominal = min(self.cap, self.base * 2**attempt)
