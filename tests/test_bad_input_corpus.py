@@ -153,6 +153,7 @@ SHARD_CASES: dict[str, tuple[Callable[[], Case], str | None]] = {
     "inf label": (lambda: _around(*_sample("bad", cls=b"inf")), "is not an integer"),
     "nan in json": (lambda: _around(*_sample("bad", json=b'{"x": NaN}')), "non-finite"),
     "infinity in json": (lambda: _around(*_sample("bad", json=b'{"x": -Infinity}')), "non-finite"),
+    "number overflowing a float in json": (lambda: _around(*_sample("bad", json=b'{"x": 1e400}')), "non-finite"),
     "json not an object": (lambda: _around(*_sample("bad", json=b"[1, 2]")), "expected an object"),
     "huge json": (lambda: _around(*_sample("bad", json=b'{"x": "' + b"a" * (2 << 20) + b'"}')), "byte limit"),
     "member path with ..": (lambda: _around(*_sample("../bad")), "unsafe member path"),

@@ -1,4 +1,4 @@
-"""JSON from untrusted bytes: a size limit, a nesting-depth limit and no NaN, checked before the parser runs.
+"""JSON from untrusted bytes: a size limit, a nesting-depth limit and no NaN or infinity (``1e400`` included).
 
 Python's parser recurses once per nesting level, so 200 KB of ``[[[[…`` ends in a ``RecursionError`` that names
 nothing; here it is a ``ValueError`` saying what was wrong, which callers turn into an error naming file or key.
@@ -25,6 +25,14 @@ def _reject_constant(name: str) -> float:
     raise ValueError(f"non-finite number {name}")
 
 
+def _finite(text: str) -> float:
+    """A JSON number with a fraction or exponent: ``1e400`` overflows to infinity, which is refused like NaN."""
+    value = float(text)
+    if value in (float("inf"), float("-inf")):
+        raise ValueError(f"non-finite number {text[:20]} (it overflows a float)")
+    return value
+
+
 def nesting_depth(data: bytes) -> int:
     """How deeply arrays and objects nest in ``data`` (brackets inside strings do not count)."""
     if data.count(b"[") + data.count(b"{") <= 1:
@@ -44,7 +52,7 @@ def loads_limited(data: bytes | str, *, max_bytes: int, max_depth: int = MAX_JSO
         if depth > max_depth:
             raise ValueError(f"nested {depth} levels deep (the limit is {max_depth})")
     try:
-        return json.loads(raw, parse_constant=_reject_constant)
+        return json.loads(raw, parse_constant=_reject_constant, parse_float=_finite)
     except RecursionError as error:  # unreachable after the depth check; kept so a parser change cannot leak one
         raise ValueError(f"nested too deeply ({error})") from None
     except UnicodeDecodeError as error:
