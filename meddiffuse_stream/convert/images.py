@@ -14,7 +14,7 @@ import io
 import numpy as np
 from PIL import Image
 
-from ..shardfmt.png import decode_png_16, png_16_bit_kind
+from ..shardfmt.depth import DEEP_COLOUR_TIFF, decode_png_16, is_deep_colour_tiff, png_16_bit_kind
 from .base import DEFAULT_MAX_PIXELS, DEFAULT_RULES, LoadedImage, ReadRules, RejectError
 from .orientation import apply_orientation, orientation_of
 
@@ -139,11 +139,8 @@ def _to_array(image: Image.Image) -> np.ndarray:
         return values.astype(np.uint16)
     if mode == "F":
         raise RejectError("floating-point image: convert it to 8 or 16 bit first (no silent rescaling)")
-    if _deep_colour_tiff(image):
-        raise RejectError(
-            "16-bit colour TIFF: Pillow reads only 8 bits of each channel; save it as a 16-bit PNG to keep the depth, "
-            "or as 8-bit if that is enough"
-        )
+    if is_deep_colour_tiff(image):
+        raise RejectError(DEEP_COLOUR_TIFF)
     if mode in ("L", "1", "LA", "La"):
         return np.asarray(image.convert("L"))
     if mode == "P":
@@ -152,14 +149,6 @@ def _to_array(image: Image.Image) -> np.ndarray:
         grey = array[..., 0]
         return grey.copy() if (array == grey[..., None]).all() else array
     return np.asarray(image.convert("RGB"))
-
-
-def _deep_colour_tiff(image: Image.Image) -> bool:
-    if image.format != "TIFF" or image.mode in _GREY_16:
-        return False
-    bits = getattr(image, "tag_v2", {}).get(258)  # BitsPerSample
-    values = bits if isinstance(bits, tuple) else (bits,)
-    return any(isinstance(v, int) and v > 8 for v in values) and len(values) >= 3
 
 
 def to_channels(image: np.ndarray, channels: int) -> np.ndarray:

@@ -20,14 +20,17 @@ import numpy as np
 from PIL import Image
 
 from ..options import LabelOptions
+from ..shardfmt.depth import DEEP_COLOUR_TIFF, is_deep_colour_tiff, png_16_bit_kind
 from ..shardfmt.labels import parse_label_vector, sample_findings
 from ..shardfmt.members import META, READ_IMAGE_SUFFIXES, READ_LABEL_SUFFIXES, ROI
+from ..shardfmt.png import decode_png_16
 from ..shardfmt.safejson import loads_limited
 from ..shardfmt.tar import RawSample
 
 __all__ = [
     "IMAGE_SUFFIXES",
     "LABEL_SUFFIXES",
+    "MAX_LABEL",
     "DecodeOptions",
     "SampleError",
     "check_member_keys",
@@ -38,6 +41,7 @@ __all__ = [
 
 IMAGE_SUFFIXES = READ_IMAGE_SUFFIXES
 LABEL_SUFFIXES = READ_LABEL_SUFFIXES
+MAX_LABEL = (1 << 62) - 1  # a class index, where no class count bounds it: fits int64 with room (and the fast path)
 _PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
 try:  # optional fast path (the "torch" extra installs it)
@@ -90,25 +94,23 @@ def check_member_keys(image_key: str | None, label_key: str | None) -> None:
 
 def _image(data: bytes, key: str, suffix: str, max_pixels: int) -> np.ndarray:
     plain = _plain_8_bit_png(data)  # the common case first: one check per sample
-    deep_colour = not plain and _deep_colour_png(data)
-    if deep_colour and _spng is None:
+    deep = None if plain else png_16_bit_kind(data)  # 16-bit colour or grey+alpha: Pillow would keep 8 bits
+    if deep is not None and _spng is None:
         raise SampleError(
-            f"{key}.{suffix}: a 16-bit colour PNG needs pyspng (pip install 'meddiffuse-stream[torch]');"
+            f"{key}.{suffix}: a 16-bit PNG ({deep}) needs pyspng (pip install 'meddiffuse-stream[torch]');"
             " Pillow would keep only 8 bits of it",
             "unreadable image",
         )
-    if _spng is not None and (plain or deep_colour):
+    if _spng is not None and (plain or deep is not None):
         width, height = struct.unpack(">II", data[16:24])
         if width * height > max_pixels:
             raise SampleError(
                 f"{key}.{suffix}: {width}x{height} is over the pixel limit ({max_pixels})", "too many pixels"
             )
         try:
-            array = _spng.load(data)
+            array = decode_png_16(data) if deep is not None else _spng.load(data)  # as the converter decodes it
         except Exception as error:
             raise SampleError(f"{key}.{suffix}: not a readable image ({error})", "unreadable image") from error
-        if deep_colour:
-            array = array[..., :3]  # libspng returns 16-bit colour as RGBA16
         return array[None] if array.ndim == 2 else np.ascontiguousarray(array.transpose(2, 0, 1))
     try:
         with warnings.catch_warnings():
@@ -120,6 +122,8 @@ def _image(data: bytes, key: str, suffix: str, max_pixels: int) -> np.ndarray:
                         "too many pixels",
                     )
                 image.load()
+                if is_deep_colour_tiff(image):  # refused, as the converter refuses it: never cut to 8 bits
+                    raise SampleError(f"{key}.{suffix}: {DEEP_COLOUR_TIFF}", "unsupported image")
                 if image.mode == "I":  # 32-bit integers (some TIFFs, 16-bit PNGs): kept if they fit 16 bits
                     wide = np.asarray(image)
                     if wide.size and (wide.min() < 0 or wide.max() > 65535):
@@ -175,11 +179,6 @@ def spng_decoder() -> tuple[Callable[[bytes, int], np.ndarray], int] | None:
 def _plain_8_bit_png(data: bytes) -> bool:
     """8-bit grey or RGB, not interlaced: what libspng decodes ~2x faster than PIL (everything else goes to PIL)."""
     return len(data) > 33 and data[:8] == _PNG_SIGNATURE and data[24] == 8 and data[25] in (0, 2) and data[28] == 0
-
-
-def _deep_colour_png(data: bytes) -> bool:
-    """16-bit RGB or RGBA: Pillow reads these as 8-bit RGB, so they go to libspng."""
-    return len(data) > 33 and data[:8] == _PNG_SIGNATURE and data[24] == 16 and data[25] in (2, 6)
 
 
 def _grey_palette(image: Image.Image) -> bool:
@@ -240,10 +239,12 @@ def _label(raw: RawSample, options: DecodeOptions, meta: Any) -> int:
         label = value
     else:
         raise SampleError(f"{where}: label {value!r:.40} is not an integer", "bad label")
-    if label < 0 or (options.num_classes is not None and label >= options.num_classes):
-        raise SampleError(
-            f"{where}: label {label} is outside 0..{(options.num_classes or 1) - 1}", "label out of range"
-        )
+    top = options.num_classes - 1 if options.num_classes is not None else MAX_LABEL
+    if not 0 <= label <= top:  # any width: a label of 300 digits is out of range, never an overflow later
+        digits = str(label)
+        shown = digits if len(digits) <= 24 else f"{digits[:20]}... ({len(digits)} digits)"
+        hint = "" if options.num_classes is not None else " (a class index; num_classes= bounds it tighter)"
+        raise SampleError(f"{where}: label {shown} is outside 0..{top}{hint}", "label out of range")
     return label
 
 

@@ -25,7 +25,7 @@ from ..shardfmt.members import IMAGE, LABEL
 from ..shardfmt.tar import RawSample
 from .chunked import ChunkNode
 from .collate import stack_labels
-from .decode import DecodeOptions, decode_plain_png, spng_decoder
+from .decode import MAX_LABEL, DecodeOptions, decode_plain_png, spng_decoder
 from .errors import LoaderDataError
 from .items import PlannedSample, Skipped
 from .pixels import write_image
@@ -165,7 +165,7 @@ class _Builder:
         self._last_plain: int | None = None  # ...or the slot of the last placed by place_plain()
         self._shape: tuple[int, ...] = ()
         self._first_key: Any = None
-        self._classes = options.num_classes if options.num_classes is not None else 1 << 62
+        self._classes = options.num_classes if options.num_classes is not None else MAX_LABEL + 1
         self._decoder = spng_decoder()
 
     @property
@@ -198,7 +198,7 @@ class _Builder:
         except ValueError:  # a class name, or not a label: decode_sample decides
             return False
         options = self.options
-        if label < 0 or (options.num_classes is not None and label >= options.num_classes):
+        if label < 0 or label >= self._classes:  # out of range, any width: the full decode names it
             return False
         image = decode_plain_png(data, options.max_pixels)
         return image is not None and self._put_plain(slot, image, label, raw.key, planned.padding)

@@ -9,7 +9,9 @@ import zlib
 import numpy as np
 from PIL import Image
 
-__all__ = ["PNG_COMPRESS_LEVEL", "decode_png", "decode_png_16", "encode_png", "png_16_bit_kind"]
+from .depth import decode_png_16, png_16_bit_kind
+
+__all__ = ["PNG_COMPRESS_LEVEL", "decode_png", "encode_png"]
 
 PNG_COMPRESS_LEVEL = 3  # decode speed is the same at every level; 3 writes ~4x faster than 9 for ~3 % more bytes
 
@@ -44,29 +46,6 @@ def _png_rgb16(array: np.ndarray, compress_level: int) -> bytes:
     header = struct.pack(">IIBBBBB", width, height, 16, 2, 0, 0, 0)
     idat = zlib.compress(rows.tobytes(), compress_level)
     return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", idat) + chunk(b"IEND", b"")
-
-
-_SIGNATURE = b"\x89PNG\r\n\x1a\n"
-_KINDS_16 = {2: "RGB;16", 4: "LA;16", 6: "RGBA;16"}
-
-
-def png_16_bit_kind(data: bytes) -> str | None:
-    """``"RGB;16"``, ``"RGBA;16"`` or ``"LA;16"`` for a 16-bit PNG that Pillow would cut to 8 bits (it keeps
-    16-bit grey, but reads 16-bit colour and 16-bit grey+alpha as 8-bit RGB / RGBA); ``None`` otherwise."""
-    if len(data) < 29 or data[:8] != _SIGNATURE or data[12:16] != b"IHDR" or data[24] != 16:
-        return None
-    return _KINDS_16.get(data[25])
-
-
-def decode_png_16(data: bytes) -> np.ndarray:
-    """A PNG :func:`png_16_bit_kind` names, at 16 bits: ``(H, W, 3)`` for colour, ``(H, W)`` grey for grey+alpha
-    (alpha dropped, as for 8-bit grey+alpha). Decoded by libspng (pyspng), to RGBA16 whatever the colour type."""
-    from pyspng import _pyspng_c as spng  # pyspng's load() has no 16-bit formats by name; its C call does
-
-    rgba = spng.spng_decode_image_bytes(data, spng.SPNG_FMT_RGBA16)
-    if png_16_bit_kind(data) == "LA;16":
-        return np.ascontiguousarray(rgba[..., 0], dtype=np.uint16)
-    return np.ascontiguousarray(rgba[..., :3], dtype=np.uint16)
 
 
 def decode_png(data: bytes) -> np.ndarray:
