@@ -76,3 +76,34 @@ def test_obstore_a_trickling_shard_misses_its_deadline_is_retried_and_then_named
     assert first == "ObjectDeadlineError"
     _check(final, endpoint)
     assert retries == 1 and plan.sent["trickle"] == 3  # one read alone, then two attempts through the policy
+
+
+def _keys(loader) -> list[str]:
+    return [key for batch in loader for key in batch["key"]]
+
+
+@pytest.mark.parametrize("workers", [0, 2])  # s3fs in this process; obstore in worker processes
+def test_the_loader_retries_a_trickling_shard_once_and_names_one_that_keeps_trickling(
+    tmp_path, s3_server, s3_bucket, workers
+):
+    from loader_helpers import uneven_dataset
+
+    from meddiffuse_stream import MedDiffuseLoader
+    from meddiffuse_stream.nodes import LoaderDataError
+
+    local = uneven_dataset(tmp_path, samples=16, shard_size=8)
+    s3fs.S3FileSystem(**s3_server.storage_options).put(str(local), f"{s3_bucket}/ds", recursive=True)
+    with MedDiffuseLoader(str(local), 8, as_dict=True, seed=4, num_workers=workers) as loader:
+        expected = _keys(loader)
+    with fault_proxy(s3_server.endpoint) as (endpoint, plan):
+        s3fs.S3FileSystem.clear_instance_cache()
+        options = {**s3_server.storage_options, "client_kwargs": {"endpoint_url": endpoint}}
+        plan.only_suffix, plan.trickles, plan.trickle_seconds = ".tar", 1, 0.5
+        settings = {"as_dict": True, "seed": 4, "num_workers": workers, "retry": POLICY, "storage_options": options}
+        with MedDiffuseLoader(f"{s3_bucket}/ds", 8, **settings) as loader:
+            assert _keys(loader) == expected, "one missed deadline: retried, nothing lost"
+            assert loader.counters["retries"] == 1 and plan.sent["trickle"] == 1, (loader.counters, plan.sent)
+        plan.trickles = 100  # every GET of a shard from now on
+        with MedDiffuseLoader(f"{s3_bucket}/ds", 8, **settings) as loader, pytest.raises(LoaderDataError) as info:
+            list(loader)
+    _check(str(info.value), endpoint)

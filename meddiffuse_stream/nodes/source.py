@@ -34,6 +34,7 @@ class DatasetSource:
     origin: str = "dataset.json"
     task: str = "multi_class"  # dataset.json's: "multi_label" samples carry finding vectors
     label_mask: bool = False  # multi-label samples carry masks (some findings are unknown)
+    confined: bool = True  # listed by a manifest: a local shard must not be a link out of the root (checked on open)
 
     @property
     def total(self) -> int:
@@ -78,7 +79,15 @@ def open_dataset(
         return _chosen(found, split, shards)
     if not splits:
         return DatasetSource(
-            found.location, None, found.shards, found.class_names, found.has_roi, None, found.origin, *_labels(found)
+            found.location,
+            None,
+            found.shards,
+            found.class_names,
+            found.has_roi,
+            None,
+            found.origin,
+            *_labels(found),
+            confined=found.confined,
         )
     if unsplit or (found.named and len(splits) > 1):
         other = f" and {len(unsplit)} shard(s) without one (e.g. {unsplit[0].path})" if unsplit else ""
@@ -106,6 +115,7 @@ def _chosen(found: ShardSet, split: str, shards: tuple[ShardInfo, ...], named: b
         tuple(counts) if counts is not None else None,
         found.origin,
         *_labels(found),
+        confined=found.confined,
     )
 
 

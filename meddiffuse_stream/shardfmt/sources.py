@@ -73,6 +73,7 @@ class ShardSet:
     has_roi: bool = False
     manifest: Manifest | None = None
     named: bool = False  # a glob, brace pattern or URL list: the user chose the shards, there are no splits
+    confined: bool = False  # listed by a manifest (dataset.json, an index beside them): links must stay in the root
 
     @property
     def splits(self) -> list[str]:
@@ -293,7 +294,8 @@ def find_shards(
         index = parse_shard_index(location.read_bytes(SHARD_INDEX), location.display(SHARD_INDEX), confined=True)
         _check_index_matches(index.shards, sizes, paths, location.display(SHARD_INDEX))
         _check_files(location, index.shards, confined=True)
-        return ShardSet(location, with_path_splits(list(index.shards)), "shard index", location.display(SHARD_INDEX))
+        shards = with_path_splits(list(index.shards))
+        return ShardSet(location, shards, "shard index", location.display(SHARD_INDEX), confined=True)
     shards = _count_all(location, paths, sizes, where)
     origin = "read to count" if not location.is_local else "counted"
     return ShardSet(
@@ -318,7 +320,14 @@ def _from_dataset(location: Location) -> ShardSet:
     manifest = read_manifest(location)
     _check_files(location, manifest.shards, confined=True)
     return ShardSet(
-        location, manifest.shards, "dataset.json", manifest.where, manifest.class_names, manifest.has_roi, manifest
+        location,
+        manifest.shards,
+        "dataset.json",
+        manifest.where,
+        manifest.class_names,
+        manifest.has_roi,
+        manifest,
+        confined=True,
     )
 
 

@@ -25,6 +25,8 @@ from ...counters import Counters
 from ...shardfmt.compressed import is_gzip
 from ...shardfmt.tar import MAX_MEMBER_BYTES, RawSample, TarProblem, count_samples, iter_samples
 from ...storage import ResumableReader, RetryPolicy, ShardCache, ShardIntegrityError, object_reader
+from ...storage.local_files import open_regular
+from ...storage.object_stream import open_object
 from ...storage.shard_cache import object_identity
 from ..source import DatasetSource
 from .layouts import plain_samples
@@ -64,29 +66,22 @@ class LoadedShard:
 def open_shard(
     source: DatasetSource, index: int, *, policy: RetryPolicy, rng: np.random.Generator, counters: Counters
 ) -> ResumableReader:
-    """A retrying stream of shard ``index`` from its start (obstore in worker processes where it may, else fsspec)."""
+    """A retrying stream of shard ``index`` from its start (obstore in worker processes where it may, else fsspec),
+    each attempt bounded by the shard's total deadline (:func:`~...storage.object_stream.open_object`)."""
     info = source.shards[index]
     location = source.location
-    path = location.path(info.path)
     fast = object_reader.reader_for(location)
     if fast is not None:
         counters.add(f"shards_via_{fast.name}")
-
-    def open_at(offset: int) -> Any:
-        if fast is not None:
-            return fast.open(path, offset, info.bytes)
-        stream = location.fs.open(path, "rb")
-        if offset:
-            stream.seek(offset)
-        return stream
-
-    return ResumableReader(
-        open_at,
-        what=source.describe(index),
+    return open_object(
+        location,
+        info.path,
+        size=info.bytes,
         policy=policy,
         rng=rng,
         on_retry=lambda _: counters.add("retries"),
-        hint=location.endpoint,
+        what=source.describe(index),
+        fast=fast,
     )
 
 
@@ -252,8 +247,8 @@ def fetch_shard(
     cached = cache is not None and cache.usable  # verified on the way into the cache, counted there
     if cached:
         data, spill = _through_cache(source, index, cache, policy, rng, counters, memory_limit)  # type: ignore[arg-type]
-    elif location.is_local:
-        handle = open(location.path(info.path), "rb")
+    elif location.is_local:  # a FIFO or a link out of the root (swapped in since the plan): refused, never opened
+        handle = open_regular(location.checked_path(info.path, confined=source.confined), what)
         stat = os.fstat(handle.fileno())
         unchanged = info.sha256 is not None and already_verified(stat, info.sha256)  # hashed before, same file
         if stat.st_size > memory_limit:
