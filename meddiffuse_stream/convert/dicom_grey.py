@@ -63,7 +63,7 @@ def checked_rescale(ds: Any, pixels: np.ndarray) -> tuple[float, float] | None:
     return slope, intercept
 
 
-def voi_of(ds: Any, notes: list[str] | None = None) -> tuple[str | None, Any]:
+def voi_of(ds: Any, notes: list[str] | None = None) -> tuple[str | None, Any]:  # Any: a LUT item, a tuple or a note
     """The VOI transform a viewer would apply: ``("lut", item)``, ``("window", (centre, width, function))``, or
     ``(None, reason)`` — reason ``None`` when the file has no VOI, else why its window is ignored. A VOI LUT
     without a usable table is passed over (counted in ``notes``) for the window beside it, as viewers do."""
@@ -154,6 +154,8 @@ def grey_pixels(
     rescale = checked_rescale(ds, pixels)
     if rescale is not None:
         meta["rescale"] = list(rescale)
+    kind: str | None
+    voi: Any
     kind, voi = voi_of(ds, notes) if apply_window else (None, None)
     if kind is not None:
         from pydicom.pixels import apply_voi

@@ -64,5 +64,5 @@ def frame_view(ds: Any, index: int | None) -> tuple[Any, str | None]:
                 if keyword in items[0]:
                     view[keyword] = items[0][keyword]
             used.add(source)
-    source = "per-frame" if "per-frame" in used else "shared" if used else None
-    return view, source
+    applied = "per-frame" if "per-frame" in used else "shared" if used else None
+    return view, applied

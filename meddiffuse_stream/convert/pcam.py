@@ -170,12 +170,11 @@ class PcamSource(SourceFormat):
                     reason = describe_error(error)
                     yield from (Reject(item.source, reason, item.key) for item in batch)
                     continue
+                bad_range: _BadRange | None = None
                 try:
                     value_range = self.float_range or _documented_range(opened[x_name][0]["x"])
                 except _BadRange as error:
                     value_range, bad_range = None, error
-                else:
-                    bad_range = None
                 for item, patch in zip(batch, block, strict=True):
                     try:
                         if bad_range is not None and np.issubdtype(patch.dtype, np.floating):

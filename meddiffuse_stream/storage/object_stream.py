@@ -74,9 +74,10 @@ def open_object(
     known: list[int | None] = [size]
 
     def total() -> int:
-        if known[0] is None:
-            known[0] = location.size(relative)
-        return int(known[0])
+        size = known[0]
+        if size is None:
+            size = known[0] = location.size(relative)
+        return size
 
     def open_at(offset: int) -> Any:
         if fast is not None:
