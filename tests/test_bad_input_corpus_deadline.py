@@ -107,3 +107,19 @@ def test_the_loader_retries_a_trickling_shard_once_and_names_one_that_keeps_tric
         with MedDiffuseLoader(f"{s3_bucket}/ds", 8, **settings) as loader, pytest.raises(LoaderDataError) as info:
             list(loader)
     _check(str(info.value), endpoint)
+
+
+def test_counting_shards_without_an_index_and_hashing_them_are_deadlined_too(trickling, s3_bucket):
+    from meddiffuse_stream import MedDiffuseLoader
+    from meddiffuse_stream.storage import sha256_of
+
+    endpoint, plan, _path, options = trickling
+    with pytest.raises(ShardReadError) as info:  # the constructor reads a shard to count it: no index lists it
+        MedDiffuseLoader(f"{s3_bucket}/slow/shard-*.tar", 4, storage_options=options, retry=POLICY)
+    _check(str(info.value), endpoint)
+    retries: list[BaseException] = []
+    location = Location(f"{s3_bucket}/slow", options, retry=POLICY, on_retry=retries.append)
+    with pytest.raises(ShardReadError) as info:  # a resumed conversion checks its shards' sha256
+        sha256_of(location, "shard-000000.tar")
+    _check(str(info.value), endpoint)
+    assert len(retries) == 1 and plan.sent["trickle"] == 4

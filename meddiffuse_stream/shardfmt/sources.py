@@ -26,14 +26,17 @@ import posixpath
 import re
 import tempfile
 import warnings
+import zlib
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from typing import Any
 
 import fsspec
+import numpy as np
 
 from ..storage import Location, RetryPolicy
 from ..storage.local_files import open_regular
+from ..storage.object_stream import open_object
 from .compressed import shard_name
 from .listing import follow_link, forget_listings, list_folder, list_glob, warn_skipped
 from .manifest import DATASET_JSON, Manifest, ManifestError, ShardInfo, read_manifest
@@ -163,15 +166,11 @@ def inspect_shard(location: Location, path: str, *, digest: bool) -> tuple[Shard
             size = os.fstat(stream.fileno()).st_size
         return ShardInfo(path, count, size, sha.hexdigest() if digest else None), problem, 0
     with tempfile.SpooledTemporaryFile(max_size=256 << 20) as spool:
-
-        def fetch() -> None:
-            spool.seek(0)
-            spool.truncate()
-            with location.open(path) as stream:
-                while piece := stream.read(_HASH_PIECE):
-                    spool.write(piece)
-
-        location.retrying(fetch, path)
+        rng = np.random.default_rng(zlib.crc32(path.encode()))
+        stream = open_object(location, path, size=None, policy=location.retry, rng=rng, on_retry=location.on_retry)
+        with stream:  # resumed where it broke, each attempt under the object's total deadline
+            while piece := stream.read(_HASH_PIECE):
+                spool.write(piece)
         spool.seek(0)
         while piece := spool.read(_HASH_PIECE):
             sha.update(piece)
