@@ -92,11 +92,16 @@ def _open_tar(members: list[Member]) -> bytes:
 
 
 def _zero_block_inside_a_sample() -> Case:
-    """A zero block between a sample's image and its label, more members after it: the reader stops there (the
-    members after it are #29's to read on); before, the cut sample was reported as "missing label"."""
+    """A zero (end-of-archive) block between a sample's image and its label: the reader reads on past it (tar
+    files joined end to end are one shard), but a sample split by it is a tar fault; before, its image alone was
+    reported as "missing label"."""
     first = _open_tar(_good("a", 5) + _sample("bad", cls=None, json=None))
     rest = _tar([("bad.cls", b"1"), ("bad.json", b"{}"), *_good("b", 4)])
-    return [(first + b"\0" * 512 + rest, 10), (_tar(_good("c", 7)), 7)], 17, _keys("a", 5) | _keys("c", 7)
+    return (
+        [(first + b"\0" * 512 + rest, 10), (_tar(_good("c", 7)), 7)],
+        17,
+        _keys("a", 5) | _keys("b", 4) | _keys("c", 7),
+    )
 
 
 def _dataset(root: Path, shards: list[tuple[bytes, int]], *, sha: bool = False) -> Path:
@@ -177,7 +182,7 @@ SHARD_CASES: dict[str, tuple[Callable[[], Case], str | None]] = {
         lambda: ([(_tar(_good("a", 4)), 6), (_tar(_good("c", 7)), 7)], 13, _keys("c", 7)),
         "holds 4 samples, ",
     ),
-    "zero block inside a shard": (_zero_block_inside_a_sample, "tar fault at byte"),
+    "zero block inside a sample": (_zero_block_inside_a_sample, "tar fault: a zero (end-of-archive) block splits"),
     "escape sequence in a member name": (lambda: _around(*_sample("bad\x1b[2J\x1b[31m")), "control characters"),
     "newline in a member name": (lambda: _around(*_sample("bad\nINFO all good")), "control characters"),
     "shard longer than listed": (

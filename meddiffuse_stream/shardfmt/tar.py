@@ -314,15 +314,28 @@ def iter_samples(
     headers, seeking past the data where the stream can (members then hold ``b""``).
     """
     current: RawSample | None = None
+    closed: RawSample | None = None  # the sample an end-of-archive block closed: whole, unless its key goes on
     refused: str | None = None  # the key of the sample a problem stood for: its other members are passed over
     seen: set[str] = set()
     sample_bytes = 0
     for item in _members(stream, max_member_bytes, with_data):
         if isinstance(item, _ArchiveEnd):
             if current is not None:
-                yield current
+                closed = current
             current = None
             continue
+        if closed is not None:
+            if not isinstance(item, TarProblem) and split_member_name(item[0])[0] == closed.key:
+                key = closed.key  # its members on both sides of a zero block: a damaged shard, not two samples
+                closed, refused = None, key
+                yield TarProblem(
+                    f"tar fault: a zero (end-of-archive) block splits sample '{printable_name(key)}', with members "
+                    "on both sides of it; the sample is refused: rewrite the shard as one archive",
+                    printable_name(key),
+                )
+                continue
+            yield closed
+            closed = None
         if isinstance(item, TarProblem):
             if current is not None:
                 if item.key != current.key and (item.key is not None or not item.fatal):
@@ -383,6 +396,8 @@ def iter_samples(
             continue
         current.members[suffix] = data
         sample_bytes += size
+    if closed is not None:
+        yield closed
     if current is not None:
         yield current
 

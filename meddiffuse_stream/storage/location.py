@@ -25,7 +25,7 @@ import fsspec
 import numpy as np
 from fsspec.implementations.local import LocalFileSystem
 
-from .local_files import SpecialFileError, check_inside, check_regular, open_regular, special_kind
+from .local_files import check_inside, check_regular, open_regular
 from .retry import RetryPolicy
 
 __all__ = [
@@ -256,10 +256,8 @@ class Location:
         """Every file below ``relative``, as paths relative to the root, sorted."""
         return sorted(self.file_sizes(relative))
 
-    def file_sizes(self, relative: str = "", *, refuse_special: str | None = None) -> dict[str, int]:
-        """``{relative path: bytes}`` for every file below ``relative`` (one listing, also on object stores).
-        ``refuse_special``: a suffix (``".tar"``): a local FIFO, socket or device named so is a
-        :class:`~.local_files.SpecialFileError` instead of being left out."""
+    def file_sizes(self, relative: str = "") -> dict[str, int]:
+        """``{relative path: bytes}`` for every file below ``relative`` (one listing, also on object stores)."""
         base = self.path(relative)
         prefix = self.root.rstrip("/") + "/"
 
@@ -269,8 +267,6 @@ class Location:
             return self.fs.find(base, detail=True)  # a missing object-store prefix lists as empty: one request
 
         found = self.retrying(listing, relative)
-        if refuse_special is not None:
-            _refuse_special(found, refuse_special)
         return {
             path[len(prefix) :]: int(info.get("size") or 0)
             for path, info in sorted(found.items())
@@ -282,26 +278,14 @@ class Location:
         found = self.retrying(lambda: self.fs.find(path, detail=True), path)
         return {p: int(info.get("size") or 0) for p, info in found.items() if info.get("type", "file") == "file"}
 
-    def glob_sizes(self, pattern: str, *, refuse_special: str | None = None) -> dict[str, int]:
-        """``{filesystem path: bytes}`` of the files matching a glob ``pattern`` (one listing); ``refuse_special``
-        as for :meth:`file_sizes`."""
+    def glob_sizes(self, pattern: str) -> dict[str, int]:
+        """``{filesystem path: bytes}`` of the files matching a glob ``pattern`` (one listing)."""
         found = self.retrying(lambda: self.fs.glob(pattern, detail=True), pattern)
-        if refuse_special is not None:
-            _refuse_special(found, refuse_special)
         return {
             path: int(info.get("size") or 0)
             for path, info in sorted(found.items())
             if info.get("type", "file") == "file"
         }
-
-
-def _refuse_special(found: Mapping[str, Any], suffix: str) -> None:
-    """A listed FIFO, socket or device whose name ends in ``suffix``: refused by name (local listings carry each
-    entry's mode; object stores have no such entries)."""
-    for path, info in found.items():
-        if info.get("type", "file") not in ("file", "directory") and path.endswith(suffix):
-            kind = special_kind(int(info.get("mode") or 0)) or "not a regular file"
-            raise SpecialFileError(f"{path} is {kind}, not a regular file: not opened (reading it could block)")
 
 
 @contextlib.contextmanager
