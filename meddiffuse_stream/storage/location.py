@@ -214,10 +214,15 @@ class Location:
 
         from .retry import ObjectDeadlineError
 
+        asked = size is None
         if size is None:
-            size = int(self.fs.size(path))
+            size = int(self.fs.size(path))  # one HEAD, which s3fs would send anyway for a whole-object read
         seconds = self.retry.object_timeout(size)
-        start, end = span if span is not None else (None, None)
+        # a size just asked: a ranged GET (no second HEAD in the client); one from an earlier listing only sets the
+        # deadline, the whole object is read (it may have changed since)
+        start, end = span if span is not None else (0, size) if asked else (None, None)
+        if start is not None and end is not None and end <= start:
+            return b""
         try:
             return self.fs.cat_file(path, start=start, end=end, timeout=seconds)
         except FSTimeoutError:
