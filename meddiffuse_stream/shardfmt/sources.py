@@ -167,9 +167,9 @@ def inspect_shard(location: Location, path: str, *, digest: bool) -> tuple[Shard
         return ShardInfo(path, count, size, sha.hexdigest() if digest else None), problem, 0
     with tempfile.SpooledTemporaryFile(max_size=256 << 20) as spool:
         rng = np.random.default_rng(zlib.crc32(path.encode()))
-        stream = open_object(location, path, size=None, policy=location.retry, rng=rng, on_retry=location.on_retry)
-        with stream:  # resumed where it broke, each attempt under the object's total deadline
-            while piece := stream.read(_HASH_PIECE):
+        body = open_object(location, path, size=None, policy=location.retry, rng=rng, on_retry=location.on_retry)
+        with body:  # resumed where it broke, each attempt under the object's total deadline
+            while piece := body.read(_HASH_PIECE):
                 spool.write(piece)
         spool.seek(0)
         while piece := spool.read(_HASH_PIECE):
