@@ -10,6 +10,7 @@ import shutil
 import subprocess
 import sys
 import threading
+import time
 import warnings
 from pathlib import Path
 
@@ -43,6 +44,22 @@ def read_only(folder: Path):
         subprocess.run(["chattr", "-i", str(folder)], check=True)
 
 
+def _wait_for_new_threads(before: set[threading.Thread], seconds: float = 60.0) -> None:
+    """Until every thread started since ``before`` (and any they start) has ended; fails naming them if not."""
+    deadline = time.monotonic() + seconds
+    while True:
+        running = [t for t in threading.enumerate() if t not in before and t.is_alive()]
+        if not running:
+            return
+        if time.monotonic() > deadline:
+            raise AssertionError(f"threads still running after close(): {[t.name for t in running]}")
+        for thread in running:
+            try:
+                thread.join(timeout=max(0.0, deadline - time.monotonic()))
+            except RuntimeError:  # started but not yet running: look again shortly
+                time.sleep(0.01)
+
+
 @pytest.mark.parametrize("workers", [0, 2])
 def test_a_read_only_cache_folder_warns_once_and_streams(tmp_path, workers):
     local = uneven_dataset(tmp_path, samples=40, shard_size=8)
@@ -66,8 +83,7 @@ def test_a_read_only_cache_folder_warns_once_and_streams(tmp_path, workers):
             counters = dict(loader.counters)
         # thread workers read the next epoch ahead and close() does not wait for a fetch in flight: let those
         # fetches end while the folder is still read-only and the warnings still recorded (bounded)
-        for thread in set(threading.enumerate()) - before:
-            thread.join(timeout=60)
+        _wait_for_new_threads(before)
     messages = [str(w.message) for w in caught if "cannot be written" in str(w.message)]
     assert len(messages) == 1 and str(cache) in messages[0] and "streamed" in messages[0], messages
     assert counters.get("skipped", 0) == 0 and counters["cache_write_failures"] >= 1
