@@ -2,8 +2,10 @@
 
 For an image x, its variant x̃ and saliency S in [0, 1] (defaults in :class:`MixConfig`, all configurable):
 
-1. Evidence ``E = S > quantile_q(S)`` per image (q = 0.7, strict: ties and zeros are never evidence). A flat map
-   (no pixel above another) means "evidence unknown": W is zero everywhere and the image is not mixed.
+1. Evidence ``E = S > quantile_q(S)`` and ``S >= peak * max(S)`` per image (strict: ties and zeros are never
+   evidence), capped at the ``max_area`` share of the image (its highest pixels). The peak-relative threshold sizes
+   the region to the map: a focused map gives a small region, a spread one a larger one. A flat map (no pixel above
+   another) means "evidence unknown": W is zero everywhere and the image is not mixed.
 2. Protected region ``P = dilate(E, margin)``: W is exactly 0 on P, bit for bit. The margin (default 4 % of the
    image side) keeps the blend away from evidence the map drew a little too tight.
 3. Per-image strength ``a = alpha_max * clamp(1 - mean(S), 0.25, 1) * alpha_scale``: smaller when saliency is
@@ -19,7 +21,9 @@ Ablations: a random rectangle of the same area instead of the evidence, a fixed 
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 from dataclasses import dataclass, fields
+from typing import Any
 
 import numpy as np
 import torch
@@ -46,6 +50,8 @@ class MixConfig:
     """How MedDiffuseMix mixes and checks. ``sigma`` and ``margin`` of ``None`` are sized to the image."""
 
     quantile: float = 0.7
+    peak: float = 0.0  # evidence also needs S >= peak * max(S): 0 turns the peak-relative threshold off
+    max_area: float = 1.0  # the evidence covers at most this share of the image (its highest pixels)
     alpha_max: float = 0.8
     sigma: float | None = None  # None: 2 % of the image side (1.3 px at 64 px, 4.5 px at 224 px)
     margin: int | None = None  # None: 4 % of the image side (3 px at 64 px, 9 px at 224 px)
@@ -61,8 +67,13 @@ class MixConfig:
     retries: int = 2
 
     def __post_init__(self) -> None:
+        _check_types(self)
         if not 0 < self.quantile < 1:
             raise ValueError(f"quantile must be in (0, 1), got {self.quantile}")
+        if not 0 <= self.peak < 1:
+            raise ValueError(f"peak must be in [0, 1), got {self.peak}")
+        if not 0 < self.max_area <= 1:
+            raise ValueError(f"max_area must be in (0, 1], got {self.max_area}")
         if not 0 < self.alpha_max <= 1:
             raise ValueError(f"alpha_max must be in (0, 1], got {self.alpha_max}")
         if self.sigma is not None and self.sigma <= 0:
@@ -86,6 +97,19 @@ class MixConfig:
     def field_names(cls) -> list[str]:
         return [f.name for f in fields(cls)]
 
+    @classmethod
+    def from_mapping(cls, values: Mapping[str, Any], where: str = "mix") -> MixConfig:
+        """The YAML / CLI boundary: unknown names and wrong types are refused here, naming ``where``."""
+        if not isinstance(values, Mapping):
+            raise ValueError(f"{where}: expected a mapping of MixConfig settings, got {values!r}")
+        unknown = sorted(set(values) - set(cls.field_names()))
+        if unknown:
+            raise ValueError(f"{where}: unknown mix setting(s) {unknown}; known: {cls.field_names()}")
+        try:
+            return cls(**values)
+        except (TypeError, ValueError) as error:
+            raise ValueError(f"{where}: {error}") from error
+
     def sigma_for(self, size: int) -> float:
         return self.sigma if self.sigma is not None else max(0.5, 0.02 * size)
 
@@ -95,6 +119,22 @@ class MixConfig:
     def max_step(self, size: int) -> float:
         """Bound on |W(p) - W(neighbour)| with the Gaussian: 2 * alpha_max / (sigma * sqrt(2 pi))."""
         return 2 * self.alpha_max / (self.sigma_for(size) * math.sqrt(2 * math.pi))
+
+
+_KINDS = {"float": (float, int), "int": (int,), "bool": (bool,)}
+
+
+def _check_types(config: MixConfig) -> None:
+    """Each field holds its declared kind (a YAML ``"0.7"`` or ``yes`` for a number is refused, not compared)."""
+    for spec in fields(config):
+        value = getattr(config, spec.name)
+        declared = str(spec.type)
+        if value is None and "None" in declared:
+            continue
+        kind = next(name for name in ("bool", "float", "int") if declared.startswith(name))
+        wrong_bool = isinstance(value, bool) and kind != "bool"
+        if wrong_bool or not isinstance(value, _KINDS[kind]):
+            raise ValueError(f"{spec.name} must be a {kind}, got {value!r}")
 
 
 def per_image_quantile(maps: torch.Tensor, q: float) -> torch.Tensor:
@@ -126,9 +166,15 @@ def dilate(mask: torch.Tensor, radius: int) -> torch.Tensor:
     return F.max_pool2d(mask.float(), 2 * radius + 1, stride=1, padding=radius) > 0
 
 
-def evidence_mask(saliency: torch.Tensor, quantile: float) -> torch.Tensor:
-    """``S > quantile_q(S)``, strictly: on a flat map (or the zeros of a sparse one) nothing is evidence."""
-    return saliency > per_image_quantile(saliency, quantile)
+def evidence_mask(saliency: torch.Tensor, quantile: float, peak: float = 0.0, max_area: float = 1.0) -> torch.Tensor:
+    """``S > quantile_q(S)`` and ``S >= peak * max(S)``, strictly: on a flat map (or the zeros of a sparse one)
+    nothing is evidence; at most ``max_area`` of the image (the highest pixels, ties broken by position)."""
+    mask = saliency > per_image_quantile(saliency, quantile)
+    if peak > 0:
+        mask &= saliency >= peak * saliency.flatten(1).amax(dim=1).view(-1, 1, 1, 1)
+    if max_area < 1:
+        mask &= top_k_mask(saliency, max_area)
+    return mask
 
 
 def is_flat(saliency: torch.Tensor) -> torch.Tensor:
@@ -137,12 +183,12 @@ def is_flat(saliency: torch.Tensor) -> torch.Tensor:
     return flat.amax(dim=1) <= flat.amin(dim=1)
 
 
-def random_mask(saliency: torch.Tensor, quantile: float, rng: np.random.Generator) -> torch.Tensor:
-    """Ablation: a random rectangle covering the same area fraction as the high-saliency mask would."""
+def random_mask(saliency: torch.Tensor, areas: torch.Tensor, rng: np.random.Generator) -> torch.Tensor:
+    """Ablation: per image a random rectangle covering ``areas[i]`` of it (the share its evidence mask covers)."""
     batch, _, height, width = saliency.shape
     mask = torch.zeros_like(saliency, dtype=torch.bool)
-    area = 1 - quantile
     for index in range(batch):
+        area = float(areas[index])
         aspect = rng.uniform(0.5, 2.0)
         box_h = min(height, max(1, round(math.sqrt(area * height * width / aspect))))
         box_w = min(width, max(1, round(area * height * width / box_h)))
@@ -163,9 +209,10 @@ def protected_region(saliency: torch.Tensor, config: MixConfig, rng: np.random.G
     if config.random_mask:
         if rng is None:
             raise ValueError("the random-mask ablation needs a generator")
-        evidence = random_mask(saliency, config.quantile, rng).to(saliency.device)
+        areas = evidence_mask(saliency, config.quantile, config.peak, config.max_area).flatten(1).float().mean(1)
+        evidence = random_mask(saliency, areas.cpu(), rng).to(saliency.device)
     else:
-        evidence = evidence_mask(saliency, config.quantile)
+        evidence = evidence_mask(saliency, config.quantile, config.peak, config.max_area)
     return dilate(evidence, config.margin_for(saliency.shape[-1]))
 
 

@@ -11,8 +11,7 @@ own generator, whose state (with the counters and the teacher's identity) is its
 
 from __future__ import annotations
 
-import threading
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -26,7 +25,9 @@ from .methods import METHODS, PRESETS, BatchInputs, get_method
 from .methods.geometric import apply_standard, draw_standard
 from .mix import MixConfig
 from .providers import SaliencyProvider, VariantProvider, variant_seed_of
-from .saliency import SaliencyExtractor, weights_identity
+from .saliency import SaliencyExtractor
+from .settings import StageSettings
+from .teacher import TeacherHandle
 
 __all__ = ["AUGMENTS", "LABEL_MIXING", "NEEDS_SALIENCY", "NEEDS_VARIANTS", "AugmentStage", "variant_seed_of"]
 
@@ -34,6 +35,22 @@ AUGMENTS = tuple(METHODS)
 LABEL_MIXING = tuple(name for name, spec in METHODS.items() if spec.mixes_labels)
 NEEDS_SALIENCY = tuple(name for name, spec in METHODS.items() if spec.needs_saliency)
 NEEDS_VARIANTS = tuple(name for name, spec in METHODS.items() if spec.needs_variants)
+
+
+def _settings(settings: StageSettings | None, shorthand: Mapping[str, Any]) -> StageSettings:
+    """``settings``, with StageSettings fields given as keywords (``mix_config=`` for ``mix``) replaced in it."""
+    known = {name for name in StageSettings.field_names() if name != "mix"} | {"mix_config"}
+    unknown = sorted(set(shorthand) - known)
+    if unknown:
+        raise TypeError(f"AugmentStage got unexpected keyword(s) {unknown}; settings are {sorted(known)}")
+    changes = {("mix" if name == "mix_config" else name): value for name, value in shorthand.items()}
+    if changes.get("mix", MixConfig()) is None:
+        changes.pop("mix")
+    base = settings if settings is not None else StageSettings()
+    try:
+        return base.with_changes(**changes) if changes else base
+    except ValueError as error:
+        raise ValueError(f"AugmentStage: {error}") from error
 
 
 class AugmentStage:
@@ -54,39 +71,28 @@ class AugmentStage:
         method: str,
         num_classes: int,
         *,
+        settings: StageSettings | None = None,
         teacher: torch.nn.Module | None = None,
-        saliency_method: str = "gradcam-multiscale",
-        saliency_layer: int = 0,
         generator: Any = None,
         variant_cache: VariantCache | str | None = None,
-        variants_per_sample: int = 2,
-        mask_draws: int = 2,
-        original_probability: float = 0.5,
-        compose_standard: bool = False,
-        mix_config: MixConfig | None = None,
-        cache_saliency: bool | None = None,
-        cache_results: bool | None = None,
         seed: int = 0,
         variant_seed: int = 0,
         refresh_every: int = 0,
         device: str | torch.device | None = None,
         storage_options: dict[str, Any] | None = None,
+        **shorthand: Any,
     ) -> None:
         if method in PRESETS:
             raise ValueError(
                 f"{method!r} is a preset: build it with meddiffuse_stream.jobs.stage_factory.build_stage "
-                f"or pass method={PRESETS[method].method!r} with mix_config=MixConfig(...)"
+                f"or pass method={PRESETS[method].method!r} with settings=StageSettings.for_method({method!r})"
             )
         self.spec = get_method(method)
+        self.settings = _settings(settings, shorthand)
         if self.spec.needs_saliency and teacher is None:
             raise ValueError(f"augment={method!r} needs a saliency teacher: pass teacher= (a trained classifier)")
         if self.spec.needs_variants and generator is None and variant_cache is None:
             raise ValueError(f"augment={method!r} needs diffusion variants: pass generator= and/or variant_cache=")
-        for name, value in (("variants_per_sample", variants_per_sample), ("mask_draws", mask_draws)):
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ValueError(f"{name} must be a whole number ≥ 1, got {value!r}")
-        if not 0 <= original_probability < 1:
-            raise ValueError(f"original_probability must be in [0, 1), got {original_probability}")
         self.method = method
         self.num_classes = num_classes
         self.device = torch.device(device) if device is not None else torch.device("cpu")
@@ -96,31 +102,37 @@ class AugmentStage:
             if isinstance(variant_cache, str)
             else variant_cache
         )
-        self.variants_per_sample = variants_per_sample
-        self.mask_draws = mask_draws
-        self.original_probability = original_probability if self.spec.shows_originals else 0.0
-        self.compose_standard = compose_standard
-        self.mix_config = mix_config or MixConfig()
+        self.original_probability = self.settings.original_probability if self.spec.shows_originals else 0.0
         self.seed = seed
         self.variant_seed = variant_seed  # apart from seed: warm-cache must produce the same variants
-        self.refresh_every = refresh_every  # training copies its model into the teacher every N steps (0: frozen)
         frozen = refresh_every <= 0
         # results and maps are cached (by default) only for a frozen teacher: a refreshed one changes identity
         # every N steps, so its entries would never be read again
-        self.cache_results = self.cache is not None and (frozen if cache_results is None else cache_results)
+        chosen = self.settings.cache_results
+        self.cache_results = self.cache is not None and (frozen if chosen is None else chosen)
         self.saliency: SaliencyProvider | None = None
+        self.teacher_handle: TeacherHandle | None = None
         if teacher is not None:
             teacher = teacher.to(self.device)
-            extractor = SaliencyExtractor(teacher, saliency_method, layer=saliency_layer)
-            use_cache = (self.cache is not None and frozen) if cache_saliency is None else cache_saliency
+            extractor = SaliencyExtractor(teacher, self.settings.saliency_method, layer=self.settings.saliency_layer)
+            chosen = self.settings.cache_saliency
+            use_cache = (self.cache is not None and frozen) if chosen is None else chosen
             self.saliency = SaliencyProvider(teacher, extractor, self.cache, self.counters, use_cache)
+            self.teacher_handle = TeacherHandle(self.saliency, refresh_every)
+        elif refresh_every:
+            raise ValueError("refresh_every needs a teacher= to refresh")
         if generator is not None:
             generator = generator.to(self.device)
         self.variants = VariantProvider(generator, self.cache, self.counters, variant_seed)
         self.rng = np.random.default_rng(seed)
-        self._teacher_lock = threading.Lock()
-        self._pending_teacher: dict[str, torch.Tensor] | None = None
         self._apply = self.spec.build(self)
+
+    # the settings as attributes: what methods and callers read
+    mix_config = property(lambda self: self.settings.mix)
+    variants_per_sample = property(lambda self: self.settings.variants_per_sample)
+    mask_draws = property(lambda self: self.settings.mask_draws)
+    compose_standard = property(lambda self: self.settings.compose_standard)
+    refresh_every = property(lambda self: self.teacher_handle.every if self.teacher_handle is not None else 0)
 
     @property
     def teacher(self) -> torch.nn.Module | None:
@@ -132,12 +144,11 @@ class AugmentStage:
 
     def __getstate__(self) -> dict[str, Any]:
         """Picklable and copyable — a loader carrying the stage goes to ``ddp_spawn`` / ``mp.spawn`` ranks: the
-        lock and the method's built functions stay behind and are made again from ``method``."""
-        return {name: value for name, value in self.__dict__.items() if name not in ("_teacher_lock", "_apply", "spec")}
+        method's built functions stay behind and are made again from ``method``."""
+        return {name: value for name, value in self.__dict__.items() if name not in ("_apply", "spec")}
 
     def __setstate__(self, state: dict[str, Any]) -> None:
         self.__dict__.update(state)
-        self._teacher_lock = threading.Lock()
         self.spec = get_method(self.method)
         self._apply = self.spec.build(self)
 
@@ -164,55 +175,31 @@ class AugmentStage:
         self.counters.clear()
         self.counters.update(state["counters"])
 
+    # --- the teacher (its refresh lives in TeacherHandle) ----------------------------------------------------
     def maybe_refresh_teacher(self, model: torch.nn.Module, step: int, every: int | None = None) -> bool:
         """Copy the training model into the teacher every ``every`` steps (default ``refresh_every``; 0: never)."""
-        every = self.refresh_every if every is None else every
-        if every <= 0 or step == 0 or step % every:
-            return False
-        self.update_teacher({k: v.detach().clone() for k, v in model.state_dict().items()})
-        return True
+        return self.teacher_handle is not None and self.teacher_handle.maybe_refresh(model, step, every)
 
     def update_teacher(self, weights: dict[str, torch.Tensor]) -> None:
-        """Refresh the saliency teacher; its identity changes, so no saliency or result of the old one is reused.
-
-        The weights are taken now and applied by the stage before the next batch it augments: on CUDA the stage
-        runs in its own thread, and must never see a teacher half-loaded.
-        """
-        if self.saliency is None:
+        """Refresh the saliency teacher (applied before the next batch); no old map or result is reused after."""
+        if self.teacher_handle is None:
             raise ValueError("this stage has no teacher to update")
-        with self._teacher_lock:
-            self._pending_teacher = {k: v.detach().to("cpu", copy=True) for k, v in weights.items()}
-
-    def _apply_pending_teacher(self) -> None:
-        with self._teacher_lock:
-            weights, self._pending_teacher = self._pending_teacher, None
-        if weights is not None and self.saliency is not None:
-            self.saliency.refresh(weights)
-            self._apply = self.spec.build(self)
+        self.teacher_handle.offer(weights)
 
     @property
     def teacher_identity(self) -> str | None:
         """The identity of the teacher the next batch is augmented with (a pending refresh's, if one waits)."""
-        if self.saliency is None:
-            return None
-        with self._teacher_lock:
-            if self._pending_teacher is not None:
-                return weights_identity(type(self.saliency.teacher).__name__, self._pending_teacher)
-        return self.saliency.teacher_identity
+        return self.teacher_handle.identity if self.teacher_handle is not None else None
 
     def teacher_state(self) -> dict[str, torch.Tensor] | None:
         """A CPU copy of the weights the next batch is augmented with (for checkpoints of refreshed teachers)."""
-        if self.saliency is None:
-            return None
-        with self._teacher_lock:
-            if self._pending_teacher is not None:
-                return dict(self._pending_teacher)
-        return {k: v.detach().to("cpu", copy=True) for k, v in self.saliency.teacher.state_dict().items()}
+        return self.teacher_handle.state() if self.teacher_handle is not None else None
 
     # --- the work --------------------------------------------------------------------------------------------
     def __call__(self, batch: dict[str, Any], *, details: bool = True) -> dict[str, Any]:
         """The augmented batch; with ``details``, the saliency and variant planes the method used, too."""
-        self._apply_pending_teacher()
+        if self.teacher_handle is not None and self.teacher_handle.apply_pending():
+            self._apply = self.spec.build(self)  # methods built around the old teacher's identity
         # a loader with dtype="uint8"/"uint16" delivers stored integers: they become float in [0, 1] here, on the
         # stage's device, after the (smaller) copy
         images = unit_float(batch["image"].to(self.device, non_blocking=True))

@@ -47,13 +47,17 @@ def stage_from_args(args: argparse.Namespace, dataset: str, *, device: str | Non
     """A configured AugmentStage, the method name for model-free methods, or None."""
     from .stage_factory import StageSettings, build_stage
 
-    settings = StageSettings(
-        mix=dict(args.mix),
-        variants_per_sample=args.variants,
-        mask_draws=args.mask_draws,
-        original_probability=args.original_probability,
-        compose_standard=args.compose_standard,
-        saliency_method=args.saliency_method,
+    settings = StageSettings.for_method(
+        args.augment,
+        {
+            "mix": dict(args.mix),
+            "variants_per_sample": args.variants,
+            "mask_draws": args.mask_draws,
+            "original_probability": args.original_probability,
+            "compose_standard": args.compose_standard,
+            "saliency_method": args.saliency_method,
+        },
+        "--mix / augment options",
     )
     return build_stage(
         args.augment,

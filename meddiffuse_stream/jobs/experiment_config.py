@@ -21,7 +21,7 @@ from typing import Any
 import yaml
 
 from ..augment.methods import resolve
-from .stage_factory import StageSettings
+from ..augment.settings import StageSettings
 
 __all__ = ["ExperimentConfig", "MethodConfig", "load_experiment_config"]
 
@@ -36,10 +36,13 @@ class MethodConfig:
 
     def describe(self) -> dict[str, Any]:
         """What ran, as recorded next to each run's metrics."""
-        spec, preset = resolve(self.method)
-        settings = {f.name: getattr(self.settings, f.name) for f in fields(StageSettings)}
-        settings["mix"] = {**preset, **dict(self.settings.mix)}
-        return {"name": self.name, "method": self.method, "base_method": spec.name, "settings": settings}
+        spec, _ = resolve(self.method)
+        return {
+            "name": self.name,
+            "method": self.method,
+            "base_method": spec.name,
+            "settings": self.settings.describe(),
+        }
 
 
 @dataclass(frozen=True)
@@ -94,8 +97,7 @@ class ExperimentConfig:
 
 def _method(entry: Any, where: str) -> MethodConfig:
     if isinstance(entry, str):
-        resolve(entry)
-        return MethodConfig(entry, entry)
+        return MethodConfig(entry, entry, StageSettings.for_method(entry, {}, where))
     if not isinstance(entry, Mapping):
         raise ValueError(f"{where}: expected a method name or a mapping with name/method, got {entry!r}")
     values = dict(entry)
@@ -106,7 +108,7 @@ def _method(entry: Any, where: str) -> MethodConfig:
     name = str(values.pop("name", method))
     if not _NAME.match(name):
         raise ValueError(f"{where}: name {name!r} must be letters, digits and _ . + - (it names a run folder)")
-    return MethodConfig(name, method, StageSettings.from_mapping(values, where))
+    return MethodConfig(name, method, StageSettings.for_method(method, values, where))
 
 
 def _tuple(value: Any) -> tuple:
