@@ -2,8 +2,9 @@
 local img2img pipeline. Nothing is downloaded: every model comes from a local folder, and a missing one is an error
 that says so.
 
-SDEdit: noise the image to ``strength`` (default 0.5) of the schedule, then denoise with DDIM conditioned on the
-image's own label, so the variant keeps the class while its texture and background change.
+SDEdit: noise the image to ``strength · T`` (default 0.5 of the T = 1000 training timesteps), then take exactly
+``steps`` deterministic DDIM steps to the clean image, conditioned on the image's own label, so the variant keeps the
+class while its texture and background change (:func:`sdedit_timesteps`).
 """
 
 from __future__ import annotations
@@ -16,9 +17,10 @@ from typing import Any
 
 import torch
 
-__all__ = ["ClassConditionalGenerator", "PipelineGenerator", "load_generator"]
+__all__ = ["ClassConditionalGenerator", "PipelineGenerator", "load_generator", "sdedit_timesteps"]
 
 GENERATOR_FILE = "meddiffuse_generator.json"
+SAMPLER = "sdedit-ddim-v2"  # v2: noised to strength · T, then exactly ``steps`` DDIM steps
 
 
 def _missing(path: Path, what: str) -> FileNotFoundError:
@@ -34,8 +36,7 @@ class ClassConditionalGenerator:
     kind = "unet-sdedit"
 
     def __init__(self, unet: Any, scheduler: Any, *, strength: float = 0.5, steps: int = 10) -> None:
-        if not 0 < strength <= 1:
-            raise ValueError(f"strength must be in (0, 1], got {strength}")
+        sdedit_timesteps(strength, steps)  # the same checks, at construction
         self.unet = unet
         self.scheduler = scheduler
         self.strength = strength
@@ -73,6 +74,7 @@ class ClassConditionalGenerator:
     def _compute_identity(self) -> str:
         config = {k: v for k, v in dict(self.unet.config).items() if not k.startswith("_")}  # not paths or versions
         digest = hashlib.sha256(json.dumps(config, sort_keys=True, default=str).encode())
+        digest.update(f"{SAMPLER}|steps={self.steps}".encode())  # the sampler and its steps shape every variant
         for tensor in self.unet.state_dict().values():
             digest.update(tensor.detach().cpu().contiguous().numpy().tobytes())
         return f"{self.kind}-{digest.hexdigest()[:12]}"
@@ -103,23 +105,44 @@ class ClassConditionalGenerator:
         self.unet.to(device)
         return self
 
+    def timesteps(self) -> list[int]:
+        """The denoising timesteps, highest first: ``steps`` of them, evenly spaced below ``strength · T``."""
+        return sdedit_timesteps(self.strength, self.steps, self.scheduler.config.num_train_timesteps)
+
     @torch.no_grad()
     def __call__(self, images: torch.Tensor, labels: torch.Tensor, seeds: Sequence[int]) -> torch.Tensor:
-        """Variants of ``images`` in [0, 1]; image i's noise comes from ``seeds[i]`` alone, so a variant does not
-        depend on which batch it was generated in (DDIM with eta 0 draws nothing else)."""
+        """Variants of ``images`` in [0, 1]: noised to ``strength · T``, then ``steps`` deterministic DDIM steps
+        (eta 0) to t = 0. Image i's noise comes from ``seeds[i]`` alone, so a variant does not depend on which batch
+        it was generated in."""
         self.unet.eval()
-        self.scheduler.set_timesteps(self.steps, device=images.device)
-        start = int(self.strength * self.scheduler.config.num_train_timesteps)
-        timesteps = [t for t in self.scheduler.timesteps if int(t) < start] or [self.scheduler.timesteps[-1]]
-        sample = images * 2 - 1
+        timesteps = self.timesteps()
+        cumulative = self.scheduler.alphas_cumprod.to(images.device, torch.float32)
+        sample = images.float() * 2 - 1
         noise = torch.stack(
             [torch.randn(sample.shape[1:], generator=torch.Generator().manual_seed(int(seed))) for seed in seeds]
         ).to(sample)
-        sample = self.scheduler.add_noise(sample, noise, torch.as_tensor([int(timesteps[0])], device=sample.device))
-        for timestep in timesteps:
-            prediction = self.unet(sample, timestep, class_labels=labels).sample
-            sample = self.scheduler.step(prediction, timestep, sample, eta=0.0).prev_sample
-        return ((sample + 1) / 2).clamp(0, 1)
+        start = cumulative[timesteps[0]]
+        sample = start.sqrt() * sample + (1 - start).sqrt() * noise
+        for index, timestep in enumerate(timesteps):
+            alpha = cumulative[timestep]
+            previous = cumulative[timesteps[index + 1]] if index + 1 < len(timesteps) else torch.ones_like(alpha)
+            epsilon = self.unet(sample, timestep, class_labels=labels).sample.float()
+            clean = ((sample - (1 - alpha).sqrt() * epsilon) / alpha.sqrt()).clamp(-1, 1)
+            epsilon = (sample - alpha.sqrt() * clean) / (1 - alpha).sqrt()  # consistent with the clipped estimate
+            sample = previous.sqrt() * clean + (1 - previous).sqrt() * epsilon
+        return ((sample + 1) / 2).clamp(0, 1).to(images.dtype)
+
+
+def sdedit_timesteps(strength: float, steps: int, total: int = 1000) -> list[int]:
+    """SDEdit's schedule: start at ``round(strength · total) - 1`` and take ``steps`` evenly spaced timesteps down
+    to (not including) t = -1; the last step lands on the clean image. ``steps`` is capped at the start level."""
+    if not 0 < strength <= 1:
+        raise ValueError(f"strength must be in (0, 1], got {strength}")
+    if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
+        raise ValueError(f"steps must be a whole number ≥ 1, got {steps!r}")
+    start = max(1, round(strength * total))
+    count = min(steps, start)
+    return [round(start * (count - k) / count) - 1 for k in range(count)]
 
 
 class PipelineGenerator:

@@ -3,7 +3,12 @@
 import pytest
 import torch
 
-from meddiffuse_stream.augment.diffusion import ClassConditionalGenerator, PipelineGenerator, load_generator
+from meddiffuse_stream.augment.diffusion import (
+    ClassConditionalGenerator,
+    PipelineGenerator,
+    load_generator,
+    sdedit_timesteps,
+)
 
 
 @pytest.fixture(scope="module")
@@ -37,3 +42,46 @@ def test_missing_models_are_clear_errors_not_downloads(tmp_path):
         load_generator(tmp_path / "nothing")
     with pytest.raises(FileNotFoundError, match=r"model_index\.json"):
         PipelineGenerator(tmp_path)
+
+
+def test_sdedit_schedule_starts_at_strength_and_takes_the_stated_steps():
+    assert sdedit_timesteps(0.4, 5) == [399, 319, 239, 159, 79]
+    assert sdedit_timesteps(1.0, 4) == [999, 749, 499, 249]
+    assert sdedit_timesteps(0.002, 5) == [1, 0], "never more steps than noise levels"
+    with pytest.raises(ValueError, match="strength"):
+        sdedit_timesteps(0.0, 5)
+    with pytest.raises(ValueError, match="steps"):
+        sdedit_timesteps(0.5, 0)
+
+
+class _Recording(torch.nn.Module):
+    """A UNet stand-in that predicts zero noise and records the timesteps it is asked about."""
+
+    def __init__(self):
+        super().__init__()
+        self.calls = []
+
+    def forward(self, sample, timestep, class_labels=None):
+        self.calls.append(int(timestep))
+        return type("Out", (), {"sample": torch.zeros_like(sample)})()
+
+
+@pytest.mark.parametrize(("strength", "steps"), [(0.4, 5), (0.8, 3), (0.1, 2)])
+def test_variants_honour_strength_and_steps(generator, strength, steps):
+    recording = _Recording()
+    model = ClassConditionalGenerator(recording, generator.scheduler, strength=strength, steps=steps)
+    images = torch.full((2, 1, 8, 8), 0.25)
+    out = model(images, torch.tensor([0, 1]), [1, 2])
+    assert recording.calls == sdedit_timesteps(strength, steps) and len(recording.calls) == steps
+    assert recording.calls[0] == round(strength * 1000) - 1
+    # a model that predicts no noise: the first step's clean estimate is the noised image scaled back, so the
+    # variant moves away from the input by about sqrt(1 - a) / sqrt(a) of unit noise — more with more strength
+    alpha = generator.scheduler.alphas_cumprod[recording.calls[0]]
+    expected = ((1 - alpha).sqrt() / alpha.sqrt()).item() / 2  # in [0, 1] units (half of [-1, 1])
+    moved = (out - images).abs().mean().item()
+    assert 0.3 * min(expected, 0.375) < moved, (moved, expected)
+
+
+def test_identity_depends_on_the_steps(generator):
+    other = ClassConditionalGenerator(generator.unet, generator.scheduler, strength=generator.strength, steps=7)
+    assert other.identity != generator.identity
