@@ -6,7 +6,9 @@ import torch
 import torch.nn.functional as F
 
 from meddiffuse_stream.augment.methods import METHODS, PRESETS, BatchInputs, resolve
-from meddiffuse_stream.augment.methods.generative import genmix
+from meddiffuse_stream.augment.methods.fractals import ifs_fractals
+from meddiffuse_stream.augment.methods.generative import diffusemix, hybrid, hybrid_filter
+from meddiffuse_stream.augment.methods.keep import keepaugment, paste_boxes
 from meddiffuse_stream.augment.methods.label_mixing import cutmix, saliencymix
 from meddiffuse_stream.augment.mix import gaussian_blur
 
@@ -69,13 +71,58 @@ def test_saliencymix_box_covers_the_source_saliency_peak():
             assert out.weight[index, 0].flatten()[peak] == 1
 
 
-def test_genmix_drops_variants_far_from_the_original():
+def test_hybrid_filter_drops_variants_far_from_the_original():
     inputs = _inputs()
     far = 1 - inputs.images
     inputs.variants = lambda rows: far
-    out = genmix(inputs)
+    out = hybrid_filter(inputs)
     assert torch.equal(out.images, inputs.images) and out.weight.sum() == 0
-    assert genmix(_inputs()).weight.sum() > 0
+    assert hybrid_filter(_inputs()).weight.sum() > 0
+
+
+def test_genmix_is_renamed_with_the_reason():
+    with pytest.raises(ValueError, match="renamed to hybrid-filter: the published GenMix"):
+        resolve("genmix")
+
+
+def test_diffusemix_is_a_binary_half_and_half_then_a_fractal_at_0_2():
+    images = torch.rand(8, 1, 32, 32)
+    share = hybrid(images, np.random.default_rng(0))
+    assert set(share.unique().tolist()) == {0.0, 1.0}
+    assert torch.all(share.flatten(1).mean(1) == 0.5), "exactly one half of every image comes from the variant"
+    inputs = _inputs()
+    out = diffusemix(inputs)
+    rng = np.random.default_rng(3)
+    expected_share = hybrid(inputs.images, rng)
+    fractals = ifs_fractals(rng, 6, 32, 32)
+    hybrid_image = (1 - expected_share) * inputs.images + expected_share * inputs.variants(None)
+    assert torch.allclose(out.images, 0.8 * hybrid_image + 0.2 * fractals, atol=1e-6)
+
+
+def test_fractals_are_seeded_self_similar_point_sets_not_noise():
+    first, again = ifs_fractals(np.random.default_rng(1), 4, 32, 32), ifs_fractals(np.random.default_rng(1), 4, 32, 32)
+    assert torch.equal(first, again) and first.shape == (4, 1, 32, 32)
+    assert first.amin() == 0 and first.amax(dim=(1, 2, 3)).eq(1).all()
+    # an attractor leaves much of the square unvisited; smooth noise would cover all of it
+    assert (first.flatten(1) < 0.05).float().mean(1).min() > 0.2
+    assert not torch.equal(first, ifs_fractals(np.random.default_rng(2), 4, 32, 32))
+
+
+def test_keepaugment_pastes_back_the_most_salient_box_and_augments_the_rest():
+    inputs = _inputs()
+    saliency = torch.zeros(6, 1, 32, 32)
+    saliency[:, :, 20:28, 4:12] = 1.0  # the evidence: one 8 px square
+    inputs.saliency = lambda rows: saliency if rows is None else saliency[rows]
+    out = keepaugment(inputs, box=0.375, tau=0.75)
+    kept = out.weight == 0
+    assert kept[:, :, 20:28, 4:12].flatten(1).any(1).all(), "a box of high importance overlaps the evidence"
+    strict = keepaugment(inputs, box=0.375, tau=0.999).weight == 0
+    assert torch.all(strict[:, :, 20:28, 4:12]), "only the most important boxes qualify: the whole evidence is kept"
+    assert torch.equal(out.images[kept], inputs.images[kept])
+    assert kept.flatten(1).float().mean(1).allclose(torch.full((6,), 144 / 1024)), "one 12 px box each"
+    assert not torch.equal(out.images[~kept], inputs.images[~kept]), "the rest is augmented"
+    boxes = paste_boxes(saliency, 12, 0.75, np.random.default_rng(0))
+    assert torch.equal(boxes, paste_boxes(saliency, 12, 0.75, np.random.default_rng(0)))
 
 
 def test_presets_name_a_base_method_and_valid_settings():

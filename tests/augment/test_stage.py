@@ -60,7 +60,14 @@ def _batch(n=4, size=32, seed=0):
 def _stage(method="meddiffusemix", **kwargs):
     settings = dict(teacher=Energy(), saliency_method="gradients", generator=Nudge(), seed=3, original_probability=0.0)
     settings.update(kwargs)
-    if method not in ("meddiffusemix", "diffusemix", "genmix", "dafusion"):
+    if method not in (
+        "meddiffusemix",
+        "meddiffusemix-noise",
+        "meddiffusemix-other-image",
+        "diffusemix",
+        "hybrid-filter",
+        "dafusion",
+    ):
         settings.pop("original_probability")
     return AugmentStage(method, 2, **settings)
 
@@ -365,3 +372,34 @@ def test_inside_a_loader_draws_are_a_function_of_epoch_rank_and_batch():
     assert torch.equal(at((2, 1, 5)), at((2, 1, 5), warm_up=3))
     assert not torch.equal(at((2, 0, 5)), at((2, 1, 5))), "ranks draw differently"
     assert not torch.equal(at((2, 1, 5)), at((3, 1, 5))), "epochs draw differently"
+
+
+def test_controls_mix_the_same_w_with_noise_or_another_image_of_the_class(tmp_path):
+    batch = _batch(n=6)
+    batch["label"] = torch.tensor([1, 1, 1, 0, 0, 1])
+    unchecked = MixConfig(check=False, min_confidence=0.0)
+    outputs = {
+        method: _stage(method, mix_config=unchecked, variant_cache=str(tmp_path / method))(dict(batch))
+        for method in ("meddiffusemix", "meddiffusemix-noise", "meddiffusemix-other-image")
+    }
+    reference = outputs["meddiffusemix"]["mix_weight"]
+    assert reference.amax() > 0
+    for method, out in outputs.items():
+        assert torch.equal(out["mix_weight"], reference), f"{method}: the same W"
+        assert torch.equal(out["protected"], outputs["meddiffusemix"]["protected"])
+        assert torch.equal(out["image"][out["protected"]], batch["image"][out["protected"]])
+    noise = outputs["meddiffusemix-noise"]["image"]
+    assert not torch.equal(noise, outputs["meddiffusemix"]["image"]) and "variant" not in outputs["meddiffusemix-noise"]
+    other = outputs["meddiffusemix-other-image"]["image"]
+    weight = reference[:, 0]
+    for row in range(6):
+        # x_aug = (1 - W) x + W y, so y is recovered where W > 0: it must be another image of the same class
+        where = weight[row] > 0.3
+        donor = (other[row, 0][where] - (1 - weight[row][where]) * batch["image"][row, 0][where]) / weight[row][where]
+        matches = [j for j in range(6) if j != row and torch.allclose(donor, batch["image"][j, 0][where], atol=0.02)]
+        assert matches and all(batch["label"][j] == batch["label"][row] for j in matches)
+    results = [
+        path for path in (tmp_path / "meddiffusemix-other-image").rglob("*.bin") if "meddiffusemix-v2" in str(path)
+    ]
+    assert not results, "its results depend on the batch: never cached (the teacher's maps are)"
+    assert any("meddiffusemix-v2-noise" in str(path) for path in (tmp_path / "meddiffusemix-noise").rglob("*.bin"))

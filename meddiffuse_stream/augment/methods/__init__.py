@@ -13,8 +13,9 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from .context import Augmented, BatchInputs
-from .generative import dafusion, diffusemix, genmix
+from .generative import dafusion, diffusemix, hybrid_filter
 from .geometric import standard
+from .keep import keepaugment
 from .label_mixing import cutmix, mixup, saliencymix
 
 __all__ = [
@@ -37,18 +38,22 @@ def _identity(inputs: BatchInputs) -> Augmented:
     return Augmented(inputs.images, inputs.labels, torch.zeros_like(inputs.images[:, :1]))
 
 
-def _meddiffusemix(stage: Any) -> Apply:
-    from ..meddiffusemix import MedDiffuseMixer
+def _meddiffusemix(donor: str) -> Callable[[Any], Apply]:
+    def build(stage: Any) -> Apply:
+        from ..meddiffusemix import MedDiffuseMixer
 
-    return MedDiffuseMixer(
-        stage.mix_config,
-        stage.saliency,
-        stage.variants,
-        stage.cache,
-        stage.counters,
-        mask_seed=stage.variant_seed,
-        cache_results=stage.cache_results,
-    )
+        return MedDiffuseMixer(
+            stage.mix_config,
+            stage.saliency,
+            stage.variants,
+            stage.cache,
+            stage.counters,
+            mask_seed=stage.variant_seed,
+            cache_results=stage.cache_results,
+            donor=donor,
+        )
+
+    return build
 
 
 def _plain(apply: Apply) -> Callable[[Any], Apply]:
@@ -75,15 +80,27 @@ METHODS: dict[str, MethodSpec] = {
         MethodSpec("mixup", "label-mixing", _plain(mixup), mixes_labels=True),
         MethodSpec("cutmix", "label-mixing", _plain(cutmix), mixes_labels=True),
         MethodSpec("saliencymix", "label-mixing", _plain(saliencymix), needs_saliency=True, mixes_labels=True),
+        MethodSpec("keepaugment", "saliency-kept", _plain(keepaugment), needs_saliency=True),
         MethodSpec("diffusemix", "generative", _plain(diffusemix), needs_variants=True, shows_originals=True),
-        MethodSpec("genmix", "generative", _plain(genmix), needs_variants=True, shows_originals=True),
+        MethodSpec("hybrid-filter", "generative", _plain(hybrid_filter), needs_variants=True, shows_originals=True),
         MethodSpec("dafusion", "generative", _plain(dafusion), needs_variants=True, shows_originals=True),
         MethodSpec(
             "meddiffusemix",
             "meddiffusemix",
-            _meddiffusemix,
+            _meddiffusemix("variant"),
             needs_saliency=True,
             needs_variants=True,
+            shows_originals=True,
+        ),
+        # controls: the same W, another donor in place of the diffusion variant (what diffusion itself adds)
+        MethodSpec(
+            "meddiffusemix-noise", "meddiffusemix", _meddiffusemix("noise"), needs_saliency=True, shows_originals=True
+        ),
+        MethodSpec(
+            "meddiffusemix-other-image",
+            "meddiffusemix",
+            _meddiffusemix("other-image"),
+            needs_saliency=True,
             shows_originals=True,
         ),
     )
@@ -110,7 +127,15 @@ PRESETS: dict[str, Preset] = {
 }
 
 
+RENAMED = {
+    "genmix": "hybrid-filter: the published GenMix edits images with a prompt-guided image-editing model, which "
+    "cannot be run here; what this project called genmix is a filtered DiffuseMix-style hybrid, now `hybrid-filter`"
+}
+
+
 def get_method(name: str) -> MethodSpec:
+    if name in RENAMED:
+        raise ValueError(f"augment method {name!r} was renamed to {RENAMED[name]}")
     if name not in METHODS:
         raise ValueError(
             f"unknown augment method {name!r}; choose from {sorted(METHODS)} or a preset {sorted(PRESETS)}"
