@@ -124,6 +124,13 @@ def build_parser() -> argparse.ArgumentParser:
         choices=sorted(MODALITIES),
         help="domain-shift split: this modality alone is the test split, the others train and val",
     )
+    demo.add_argument(
+        "--shortcut",
+        type=float,
+        help="the shortcut phantom: every packaged scan, splits by scan, a background cue on this share of lesion "
+        "images (and 1 - it of the others) in train/val, reversed in test",
+    )
+    demo.add_argument("--scans-dir", help="shortcut phantom: a folder of further source scans (DICOM or PNG)")
     _common_shard_options(demo)
     demo.set_defaults(handler=_run_demo)
 
@@ -174,7 +181,8 @@ def build_parser() -> argparse.ArgumentParser:
     fit.add_argument(
         "--augment",
         default="standard",
-        help="none, standard, mixup, cutmix, saliencymix, diffusemix, genmix, dafusion or meddiffusemix",
+        help="a method of meddiffuse_stream.augment.METHODS (none, standard, keepaugment, dafusion, meddiffusemix, "
+        "...) or a preset such as meddiffusemix-hard-mask",
     )
     fit.add_argument("--epochs", type=int, default=5)
     fit.add_argument("--steps", type=int, help="optimizer steps to make (overrides --epochs; the last epoch is cut)")
@@ -279,7 +287,14 @@ def _run_shard(args: argparse.Namespace) -> int:
 
 
 def _run_demo(args: argparse.Namespace) -> int:
-    source = DemoSource(n=args.n, size=args.size, seed=args.seed, test_modality=args.test_modality)
+    source = DemoSource(
+        n=args.n,
+        size=args.size,
+        seed=args.seed,
+        test_modality=args.test_modality,
+        shortcut=args.shortcut,
+        scans_dir=args.scans_dir,
+    )
     summary = convert_dataset(
         source,
         None,
