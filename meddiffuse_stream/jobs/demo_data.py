@@ -1,9 +1,12 @@
 """A labelled demo dataset on real anatomy: lesions inserted into crops of real DICOM images, masks exact.
 
 No labelled diagnostic dataset can be installed offline, so the demo is a phantom task: label 1 images carry a
-synthetic lesion (random size, shape, contrast and texture) at a random place, label 0 images carry none. The
-backgrounds are real CR, CT and MR images shipped by ``pydicom`` and ``pydicom-data``; the modality is recorded so a
-model can be trained on some modalities and tested on another (``test_modality``).
+synthetic lesion (random size, shape, contrast and texture) at a random place, label 0 images carry none.
+
+Two designs. With ``shortcut`` (what ``make demo`` builds): backgrounds from every distinct real scan the packages
+ship (:mod:`.demo_scans`, 22 of them, plus ``scans_dir``), splits by source scan, and a background cue correlated
+with the label in train/val and reversed in test (:mod:`.demo_shortcut`). Without it (the first design, kept for
+small fixtures): crops of six CR, CT and MR files, modality recorded, ``test_modality`` alone as the test split.
 """
 
 from __future__ import annotations
@@ -19,6 +22,8 @@ from PIL import Image
 from ..convert.base import DEFAULT_RULES, Discovery, LoadedImage, ReadRules, SourceFormat, SourceItem
 from ..convert.dicom import dicom_from_bytes
 from ..storage import Location
+from .demo_scans import available_scans, load_scan
+from .demo_shortcut import add_cue, cue_present, scan_splits
 
 __all__ = ["MODALITIES", "DemoSource", "render_sample"]
 
@@ -100,12 +105,26 @@ def _lesion(rng: np.random.Generator, size: int) -> tuple[np.ndarray, np.ndarray
 
 
 def render_sample(seed: int, index: int, size: int, modality: str, label: int) -> LoadedImage:
-    """Sample ``index`` of the dataset drawn with ``seed``: the same arguments give the same pixels."""
+    """Sample ``index`` of the dataset drawn with ``seed`` (first design): the same arguments give the same pixels."""
     rng = np.random.default_rng((seed, index, 1))
     names = MODALITIES[modality]
     image = _crop(rng, _background(names[int(rng.integers(0, len(names)))]), size)
+    return _finish(rng, image, size, label, {"modality": modality})
+
+
+def render_shortcut_sample(
+    seed: int, index: int, size: int, scan_path: str, label: int, cue: bool, meta: dict[str, Any]
+) -> LoadedImage:
+    """A shortcut-phantom sample: a crop of the scan, the lesion for label 1, the cue where ``cue``."""
+    rng = np.random.default_rng((seed, index, 1))
+    image = _crop(rng, load_scan(scan_path), size)
+    if cue:
+        image = add_cue(image, np.random.default_rng((seed, index, 2)))
+    return _finish(rng, image, size, label, dict(meta, cue=cue))
+
+
+def _finish(rng: np.random.Generator, image: np.ndarray, size: int, label: int, meta: dict[str, Any]) -> LoadedImage:
     mask = np.zeros((size, size), dtype=np.uint8)
-    meta: dict[str, Any] = {"modality": modality}
     if label == 1:
         profile, mask = _lesion(rng, size)
         contrast = rng.uniform(0.15, 0.35) * (1 if rng.random() < 0.7 else -1)
@@ -118,7 +137,8 @@ def render_sample(seed: int, index: int, size: int, modality: str, label: int) -
 
 @dataclass(frozen=True)
 class DemoSource(SourceFormat):
-    """``n`` samples of ``size``×``size``; with ``test_modality`` that modality alone forms the test split."""
+    """``n`` samples of ``size``×``size``. ``shortcut`` (in [0.5, 1]): the shortcut phantom, split by source scan;
+    else the first design, where ``test_modality`` alone may form the test split."""
 
     name = "demo"
     n: int = 2000
@@ -127,13 +147,18 @@ class DemoSource(SourceFormat):
     test_modality: str | None = None
     val_fraction: float = 0.1
     modalities: tuple[str, ...] = tuple(MODALITIES)
+    shortcut: float | None = None
+    test_fraction: float = 0.2
+    scans_dir: str | None = None
 
     def discover(self, src: Location, rules: ReadRules = DEFAULT_RULES) -> Discovery:
+        if self.n < 1 or self.size < 16:
+            raise ValueError(f"--n must be at least 1 and --size at least 16 (got {self.n}, {self.size})")
+        if self.shortcut is not None:
+            return self._discover_shortcut()
         unknown = [m for m in (*self.modalities, self.test_modality) if m and m not in MODALITIES]
         if unknown:
             raise ValueError(f"unknown modality {unknown[0]!r}; choose from {sorted(MODALITIES)}")
-        if self.n < 1 or self.size < 16:
-            raise ValueError(f"--n must be at least 1 and --size at least 16 (got {self.n}, {self.size})")
         items = []
         for index in range(self.n):
             rng = np.random.default_rng((self.seed, index, 0))
@@ -152,6 +177,39 @@ class DemoSource(SourceFormat):
             )
         return Discovery(CLASS_NAMES, items, [], official_splits=bool(self.test_modality), has_roi=True)
 
+    def _discover_shortcut(self) -> Discovery:
+        if self.test_modality:
+            raise ValueError("--test-modality belongs to the first design; the shortcut phantom splits by scan")
+        if not 0.5 <= float(self.shortcut or 0) <= 1:
+            raise ValueError(f"--shortcut must be in [0.5, 1] (0.5: no shortcut), got {self.shortcut}")
+        scans = available_scans(self.scans_dir)
+        splits = scan_splits([s.name for s in scans], self.seed, self.val_fraction, self.test_fraction)
+        by_split = {name: [s for s in scans if splits[s.name] == name] for name in ("train", "val", "test")}
+        items = []
+        for index in range(self.n):
+            rng = np.random.default_rng((self.seed, index, 0))
+            draw = rng.random()
+            split = (
+                "test"
+                if draw < self.test_fraction
+                else "val"
+                if draw < self.test_fraction + self.val_fraction
+                else "train"
+            )
+            scan = by_split[split][int(rng.integers(0, len(by_split[split])))]
+            label = int(rng.integers(0, 2))
+            cue = cue_present(rng, label, split, float(self.shortcut or 0))
+            key = f"demo_{index:07d}"
+            meta = {"modality": scan.modality, "scan": scan.name, "cue": cue}
+            items.append(SourceItem(key, label, f"demo#{index}", index, scan.name, split, meta, self.size**2))
+        return Discovery(CLASS_NAMES, items, [], official_splits=True, has_roi=True)
+
     def load_many(self, src: Location, items: Sequence[SourceItem], rules: ReadRules = DEFAULT_RULES):
+        paths = {scan.name: scan.path for scan in available_scans(self.scans_dir)} if self.shortcut else {}
         for item in items:
-            yield render_sample(self.seed, item.ref, self.size, item.meta["modality"], item.label)
+            if self.shortcut is None:
+                yield render_sample(self.seed, item.ref, self.size, item.meta["modality"], item.label)
+                continue
+            meta = {"modality": item.meta["modality"], "scan": item.meta["scan"]}
+            path = paths[item.meta["scan"]]
+            yield render_shortcut_sample(self.seed, item.ref, self.size, path, item.label, item.meta["cue"], meta)
