@@ -44,3 +44,36 @@ def test_standard_reports_roi_moved_not_unchanged(demo):
 
 def test_max_batches_bounds_the_pass(demo):
     assert evidence_metrics(demo, "cutmix", batch_size=16, max_batches=2)["samples"] == 32
+
+
+def test_strength_is_measured_beside_the_evidence(demo):
+    metrics = evidence_metrics(demo, "mixup", seed=1)
+    assert metrics["delta_off"] > 2 and 0.3 < metrics["moved_off"] <= 1 and metrics["ssim"] < 0.95
+    assert metrics["protected_share"] is None and metrics["protected_to_lesion"] is None, "mixup protects nothing"
+    assert 0 <= metrics["untouched_share"] < 0.5
+    unchanged = evidence_metrics(demo, None)
+    assert unchanged["delta_off"] is None and unchanged["ssim"] is None, "nothing changed, nothing measured"
+
+
+def test_keepaugment_reports_its_protected_box(demo):
+    torch.manual_seed(0)
+    teacher = SmallCNN(1, 2, width=4).eval()
+    from meddiffuse_stream.augment import AugmentStage
+
+    stage = AugmentStage("keepaugment", 2, teacher=teacher, saliency_method="gradients")
+    metrics = evidence_metrics(demo, stage, teacher=teacher)
+    side = round(0.375 * 32)
+    assert metrics["protected_share"] == pytest.approx(side * side / 32**2)
+    assert metrics["protected_to_lesion"] > 1 and metrics["delta_off"] > 1
+
+
+def test_ssim_is_one_for_identical_images_and_low_for_unrelated_ones():
+    from meddiffuse_stream.jobs.similarity import ssim
+
+    generator = torch.Generator().manual_seed(0)
+    images = torch.rand(3, 1, 32, 32, generator=generator)
+    assert torch.allclose(ssim(images, images), torch.ones(3))
+    assert (ssim(images, torch.rand(3, 1, 32, 32, generator=generator)) < 0.2).all()
+    assert (ssim(images, (images + 0.02).clamp(0, 1)) > 0.9).all()
+    with pytest.raises(ValueError, match="one shape"):
+        ssim(images, images[:, :, :16])

@@ -9,7 +9,17 @@ changed (a sample shown as it is tells nothing about the method):
 - ``saliency_iou``: IoU of the teacher's top-20 % saliency (the fixed top-k rule) before and after;
 - ``label_consistency``: the teacher's accuracy on the augmented images (for label-mixing methods, against the
   dominant label), overall and per class;
-- ``augmented_share``: how many of the samples the method changed at all.
+- ``augmented_share``: how many of the samples the method changed at all;
+
+and how much it changed — the other half of the claim, on the same images:
+
+- ``delta_off``: the mean |Δ| off the lesion, in grey levels of 255 (every changed image's non-ROI pixels);
+- ``moved_off``: the share of those pixels moved by more than 2 grey levels;
+- ``protected_share``: the mean share of the image the method protected (for the methods that have such a region:
+  MedDiffuseMix's W = 0 region, KeepAugment's pasted box); ``protected_to_lesion``: on lesion images, the protected
+  pixels over the lesion pixels (how much more than the evidence is kept);
+- ``untouched_share``: the share of all pixels left as they were (within half an 8-bit step);
+- ``ssim``: the mean SSIM between each changed image and its original (1: identical).
 
 :func:`variant_consistency` measures the generator alone: the teacher's accuracy on raw variants of each class,
 next to its accuracy on the originals; :func:`saliency_coverage` the teacher's maps alone: how much of each lesion
@@ -38,7 +48,14 @@ EVIDENCE_METRICS = (
     "saliency_iou",
     "label_consistency",
     "augmented_share",
+    "delta_off",
+    "moved_off",
+    "protected_share",
+    "protected_to_lesion",
+    "untouched_share",
+    "ssim",
 )
+_MOVED = 2.0 / 255  # "moved" means by more than 2 grey levels
 
 
 class _Sums:
@@ -94,6 +111,7 @@ def evidence_metrics(
             if len(rows) == 0:
                 continue
             _roi_sums(sums, batch, image[rows], original[rows], weight[rows], rows)
+            _change_sums(sums, batch, image[rows], original[rows], rows)
             if teacher is not None and extractor is not None:
                 labels = _dominant_labels(batch).to(device)[rows]
                 predicted = _predict(teacher, image[rows])
@@ -115,6 +133,27 @@ def evidence_metrics(
     }
     metrics["samples"] = seen
     return metrics
+
+
+def _change_sums(sums: _Sums, batch: dict[str, Any], image, original, rows) -> None:
+    """How much the changed images changed, off the lesion and overall, and what the method protected."""
+    from .similarity import ssim
+
+    device = image.device
+    change = (image - original).abs().amax(dim=1, keepdim=True)
+    sums.add("ssim", float(ssim(image, original).sum()), len(rows))
+    sums.add("untouched_share", float((change <= _UNCHANGED).sum()), float(change.numel()))
+    roi = (batch["roi"].to(device)[rows] > 0)[:, :1] if "roi" in batch else torch.zeros_like(change, dtype=torch.bool)
+    off = ~roi
+    sums.add("delta_off", float((change * off).sum()) * 255, float(off.sum()))
+    sums.add("moved_off", float(((change > _MOVED) & off).sum()), float(off.sum()))
+    if "protected" not in batch:
+        return
+    protected = batch["protected"].to(device)[rows].bool()[:, :1]
+    sums.add("protected_share", float(protected.sum()), float(protected.numel()))
+    lesion = roi.flatten(1).any(dim=1)
+    if lesion.any():
+        sums.add("protected_to_lesion", float(protected[lesion].sum()), float(roi[lesion].sum()))
 
 
 def _dominant_labels(batch: dict[str, Any]) -> torch.Tensor:

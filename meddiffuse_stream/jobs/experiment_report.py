@@ -56,7 +56,13 @@ COLUMNS = (
     ("saliency IoU", None, "saliency_iou"),
     ("teacher agrees", None, "label_consistency"),
     ("changed", None, "augmented_share"),
+    ("Δ off lesion (grey)", None, "delta_off"),
+    ("off-lesion px > 2", None, "moved_off"),
+    ("protected", None, "protected_share"),
+    ("protected / lesion", None, "protected_to_lesion"),
+    ("SSIM", None, "ssim"),
 )
+UNBOUNDED = ("delta_off", "protected_to_lesion")  # plotted on their own scale, not [0, 1]
 
 
 def mean_ci(values: list[float | None]) -> tuple[float, float] | None:
@@ -186,6 +192,7 @@ def reading(rows: list[dict[str, Any]], variants: dict[str, Any] | None = None) 
             f"On the images each method changed, MedDiffuseMix left {ours[0]:.1%} of lesion pixels "
             f"untouched ({', '.join(parts) or 'no baseline measured'})."
         )
+        sentences.extend(_strength_sentences(rows, methods, fraction))
     for split, what in (("val", "in-domain (val)"), ("test", "domain-shift (test)")):
         for other in ("none", "standard", "cutmix", "mixup"):  # none: the control no augmentation must beat
             if other in methods:
@@ -201,6 +208,27 @@ def reading(rows: list[dict[str, Any]], variants: dict[str, Any] | None = None) 
                 f"at worst ({worst.split(':', 1)[1]}): what diffusion-only methods train on."
             )
     return "Reading: " + " ".join(sentences)
+
+
+def _strength_sentences(rows: list[dict[str, Any]], methods: list[str], fraction: float) -> list[str]:
+    """The other half of the claim, always beside the evidence: how much each method changed off the lesion."""
+
+    def mean(method: str, metric: str) -> float | None:
+        value = mean_ci(list(_values(rows, method, fraction, None, metric).values()))
+        return None if value is None else value[0]
+
+    delta, moved = mean(REFERENCE, "delta_off"), mean(REFERENCE, "moved_off")
+    if delta is None or moved is None:
+        return []
+    others = [f"{m} {mean(m, 'delta_off'):.1f}" for m in methods if m != REFERENCE and mean(m, "delta_off")]
+    sentence = (
+        f"Off the lesion it moved pixels by {delta:.1f} grey levels on average ({', '.join(others) or 'no baseline'}), "
+        f"{moved:.0%} of them by more than 2 levels"
+    )
+    share, ratio = mean(REFERENCE, "protected_share"), mean(REFERENCE, "protected_to_lesion")
+    if share is not None:
+        sentence += f"; it protected {share:.0%} of the image" + (f" ({ratio:.1f}× the lesion's area)" if ratio else "")
+    return [sentence + "."]
 
 
 def _ablation_sentences(rows: list[dict[str, Any]], methods: list[str], fraction: float) -> list[str]:
@@ -248,7 +276,8 @@ def plots(rows: list[dict[str, Any]], out: Path, variants: dict[str, Any] | None
             axis.bar(range(len(groups)), means, yerr=errors, color="#4c72b0", capsize=2)
             axis.set_xticks(range(len(groups)), labels, rotation=60, ha="right", fontsize=6)
             axis.set_title(title, fontsize=9)
-            axis.set_ylim(0, 1)
+            if metric not in UNBOUNDED:
+                axis.set_ylim(0, 1)
         if extra and variants:
             axis = axes[0][-1]
             names = list(variants["accuracy"])
