@@ -1,8 +1,9 @@
 """Classifiers written here (no timm, no torchvision): a small CNN, ResNet-18 and ViT-tiny.
 
 Each model names the layers saliency methods attribute to (``saliency_layers``, coarsest first; ``saliency_layer`` is
-the first of them): the convolutional stages of the CNNs, and for the ViT the patch tokens entering its last block,
-laid out on the patch grid with the CLS token dropped — the tokens the CLS token attends to last.
+the first of them): the convolutional stages of the CNNs, and for the ViT the patch tokens entering its last two
+blocks, laid out on the patch grid with the CLS token dropped; the ViT also gives attention rollout. ``embed`` gives
+the penultimate features (what the head sees), for feature distances between real and generated images.
 """
 
 from __future__ import annotations
@@ -12,7 +13,18 @@ from pathlib import Path
 import torch
 from torch import nn
 
-__all__ = ["MODELS", "ResNet18", "SmallCNN", "SmallCNN16", "TokenGrid", "ViTTiny", "build_model", "load_weights"]
+__all__ = [
+    "MODELS",
+    "Attention",
+    "Block",
+    "ResNet18",
+    "SmallCNN",
+    "SmallCNN16",
+    "TokenGrid",
+    "ViTTiny",
+    "build_model",
+    "load_weights",
+]
 
 
 class SmallCNN(nn.Module):
@@ -41,8 +53,12 @@ class SmallCNN(nn.Module):
         """The ReLU of each block, coarsest first (at 64 px: 8×8, 16×16, 32×32, 64×64)."""
         return [module for module in self.features if isinstance(module, nn.ReLU)][::-1]
 
+    def embed(self, images: torch.Tensor) -> torch.Tensor:
+        """The penultimate features ``(B, D)``: what the head sees (for feature distances)."""
+        return self.features(images).amax(dim=(2, 3))
+
     def forward(self, images: torch.Tensor) -> torch.Tensor:
-        return self.head(self.features(images).amax(dim=(2, 3)))
+        return self.head(self.embed(images))
 
 
 class _Basic(nn.Module):
@@ -86,8 +102,11 @@ class ResNet18(nn.Module):
         """The output of each stage, coarsest first."""
         return list(self.stages)[::-1]
 
+    def embed(self, images: torch.Tensor) -> torch.Tensor:
+        return self.stages(self.stem(images)).mean(dim=(2, 3))
+
     def forward(self, images: torch.Tensor) -> torch.Tensor:
-        return self.head(self.stages(self.stem(images)).mean(dim=(2, 3)))
+        return self.head(self.embed(images))
 
 
 class TokenGrid(nn.Module):
@@ -102,8 +121,46 @@ class TokenGrid(nn.Module):
         return tokens.transpose(1, 2).reshape(batch, dim, self.grid, self.grid)
 
 
+class Attention(nn.Module):
+    """Multi-head self-attention written out, so its weights can be read (attention rollout)."""
+
+    def __init__(self, dim: int, heads: int) -> None:
+        super().__init__()
+        if dim % heads:
+            raise ValueError(f"ViT dim {dim} is not a multiple of heads {heads}")
+        self.heads = heads
+        self.qkv = nn.Linear(dim, dim * 3)
+        self.proj = nn.Linear(dim, dim)
+        self.last: torch.Tensor | None = None  # (B, heads, N, N) of the last call, when ``keep`` is set
+        self.keep = False
+
+    def forward(self, tokens: torch.Tensor) -> torch.Tensor:
+        batch, count, dim = tokens.shape
+        q, k, v = self.qkv(tokens).view(batch, count, 3, self.heads, dim // self.heads).permute(2, 0, 3, 1, 4)
+        weights = torch.softmax(q @ k.transpose(-2, -1) / (dim // self.heads) ** 0.5, dim=-1)
+        self.last = weights.detach() if self.keep else None
+        return self.proj((weights @ v).transpose(1, 2).reshape(batch, count, dim))
+
+
+class Block(nn.Module):
+    """Pre-norm transformer block: attention, then a GELU MLP of 4x the width, each with a residual."""
+
+    def __init__(self, dim: int, heads: int) -> None:
+        super().__init__()
+        self.norm1, self.norm2 = nn.LayerNorm(dim), nn.LayerNorm(dim)
+        self.attention = Attention(dim, heads)
+        self.mlp = nn.Sequential(nn.Linear(dim, dim * 4), nn.GELU(), nn.Linear(dim * 4, dim))
+
+    def forward(self, tokens: torch.Tensor) -> torch.Tensor:
+        tokens = tokens + self.attention(self.norm1(tokens))
+        return tokens + self.mlp(self.norm2(tokens))
+
+
 class ViTTiny(nn.Module):
-    """A ViT with a CLS token; ``image_size`` must be a multiple of ``patch``."""
+    """A ViT with a CLS token, written here; ``image_size`` must be a multiple of ``patch``.
+
+    Saliency: GradCAM on the patch tokens entering the last two blocks (``saliency_layers``, laid on the patch
+    grid), or attention rollout (:meth:`attention_rollout`: Abnar & Zuidema, 2020)."""
 
     def __init__(
         self,
@@ -118,29 +175,66 @@ class ViTTiny(nn.Module):
         super().__init__()
         if image_size % patch:
             raise ValueError(f"ViT image_size {image_size} is not a multiple of the patch size {patch}")
+        if depth < 2:
+            raise ValueError(f"ViT depth must be at least 2 (GradCAM reads the last two blocks' inputs), got {depth}")
         grid = image_size // patch
-        self.embed = nn.Conv2d(in_channels, dim, patch, patch)
+        self.patchify = nn.Conv2d(in_channels, dim, patch, patch)
         self.cls = nn.Parameter(torch.zeros(1, 1, dim))
         self.position = nn.Parameter(torch.randn(1, grid * grid + 1, dim) * 0.02)
-        make = lambda: nn.TransformerEncoderLayer(dim, heads, dim * 4, 0.0, batch_first=True, norm_first=True)  # noqa: E731
-        self.blocks = nn.ModuleList(make() for _ in range(depth))
-        self.grid = TokenGrid(grid)
+        self.blocks = nn.ModuleList(Block(dim, heads) for _ in range(depth))
+        self.grids = nn.ModuleList([TokenGrid(grid), TokenGrid(grid)])  # inputs of the last block, the one before
         self.norm = nn.LayerNorm(dim)
         self.head = nn.Linear(dim, num_classes)
 
     @property
     def saliency_layer(self) -> nn.Module:
-        return self.grid
+        return self.grids[0]
+
+    @property
+    def saliency_layers(self) -> list[nn.Module]:
+        """The patch tokens entering the last block, then those entering the block before (both on the grid)."""
+        return list(self.grids)
+
+    def _tokens(self, images: torch.Tensor) -> torch.Tensor:
+        patches = self.patchify(images).flatten(2).transpose(1, 2)
+        tokens = torch.cat([self.cls.expand(len(images), -1, -1), patches], dim=1) + self.position
+        depth = len(self.blocks)
+        for index, block in enumerate(self.blocks):
+            if index >= depth - 2:  # in the forward path, so attributions to the grids are real
+                grid = self.grids[depth - 1 - index](tokens[:, 1:])
+                tokens = torch.cat([tokens[:, :1], grid.flatten(2).transpose(1, 2)], dim=1)
+            tokens = block(tokens)
+        return tokens
+
+    def embed(self, images: torch.Tensor) -> torch.Tensor:
+        """The normalised CLS token ``(B, dim)``: the penultimate features."""
+        return self.norm(self._tokens(images)[:, 0])
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
-        patches = self.embed(images).flatten(2).transpose(1, 2)
-        tokens = torch.cat([self.cls.expand(len(images), -1, -1), patches], dim=1) + self.position
-        for block in self.blocks[:-1]:
-            tokens = block(tokens)
-        grid = self.grid(tokens[:, 1:])  # in the forward path, so attributions to it are real
-        tokens = torch.cat([tokens[:, :1], grid.flatten(2).transpose(1, 2)], dim=1)
-        tokens = self.blocks[-1](tokens)
-        return self.head(self.norm(tokens[:, 0]))
+        return self.head(self.embed(images))
+
+    @torch.no_grad()
+    def attention_rollout(self, images: torch.Tensor) -> torch.Tensor:
+        """``(B, 1, h, w)``: how much the CLS token draws on each patch through all blocks — each block's
+        head-averaged attention with the residual as identity (0.5 A + 0.5 I, rows renormalised), multiplied."""
+        for block in self.blocks:
+            block.attention.keep = True
+        try:
+            self._tokens(images)
+            flows = [block.attention.last for block in self.blocks]
+        finally:
+            for block in self.blocks:
+                block.attention.keep = False
+                block.attention.last = None
+        rollout = None
+        for weights in flows:
+            assert weights is not None
+            mixed = 0.5 * weights.mean(dim=1) + 0.5 * torch.eye(weights.shape[-1], device=weights.device)
+            mixed = mixed / mixed.sum(dim=-1, keepdim=True)
+            rollout = mixed if rollout is None else mixed @ rollout
+        assert rollout is not None
+        grid = self.grids[0].grid
+        return rollout[:, 0, 1:].reshape(len(images), 1, grid, grid)
 
 
 class SmallCNN16(SmallCNN):

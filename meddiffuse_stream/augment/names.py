@@ -4,4 +4,4 @@ from __future__ import annotations
 
 __all__ = ["SALIENCY_METHODS"]
 
-SALIENCY_METHODS = ("gradcam", "gradcam-multiscale", "gradients", "integrated-gradients")
+SALIENCY_METHODS = ("gradcam", "gradcam-multiscale", "gradients", "integrated-gradients", "attention-rollout")

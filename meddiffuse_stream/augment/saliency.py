@@ -1,4 +1,5 @@
-"""Batched saliency maps with captum: GradCAM (one layer or two scales), smoothed gradients, integrated gradients.
+"""Batched saliency maps: GradCAM (one layer or two scales), smoothed gradients, integrated gradients (captum), and
+attention rollout for the ViT.
 
 Maps are ``(B, 1, H, W)`` in [0, 1] (per-image min–max), at the image size, computed on the model's device in one
 call per batch. A model names the layers GradCAM may attribute to in ``saliency_layers``, coarsest first (for the
@@ -94,6 +95,8 @@ class SaliencyExtractor:
             raise ValueError(f"saliency method must be one of {METHODS}, got {method!r}")
         layers = saliency_layers(model)
         needed = 2 if method == "gradcam-multiscale" else layer + 1
+        if method == "attention-rollout" and not hasattr(model, "attention_rollout"):
+            raise ValueError(f"{type(model).__name__} has no attention to roll out: attention-rollout needs a ViT")
         if method.startswith("gradcam") and len(layers) < needed:
             raise ValueError(
                 f"{type(model).__name__} names {len(layers)} saliency layer(s); {method} with layer={layer} needs "
@@ -124,6 +127,9 @@ class SaliencyExtractor:
             elif self.method == "gradcam-multiscale":
                 layers = saliency_layers(self.model)[:2]
                 maps = sum(normalise_per_image(self._gradcam(images, labels, layer).float()) for layer in layers)
+            elif self.method == "attention-rollout":  # class-agnostic: where the CLS token looks
+                grid = self.model.attention_rollout(images.detach())
+                maps = torch.nn.functional.interpolate(grid, tuple(images.shape[-2:]), mode="bilinear")
             elif self.method == "gradients":
                 from captum.attr import Saliency
 
