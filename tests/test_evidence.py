@@ -77,3 +77,37 @@ def test_ssim_is_one_for_identical_images_and_low_for_unrelated_ones():
     assert (ssim(images, (images + 0.02).clamp(0, 1)) > 0.9).all()
     with pytest.raises(ValueError, match="one shape"):
         ssim(images, images[:, :, :16])
+
+
+def test_frechet_distance_is_zero_for_one_set_and_grows_with_a_shift():
+    from meddiffuse_stream.jobs.variant_quality import frechet_distance
+
+    generator = torch.Generator().manual_seed(0)
+    features = torch.randn(400, 8, generator=generator)
+    assert frechet_distance(features, features) == pytest.approx(0, abs=1e-6)
+    shifted = frechet_distance(features, features + 1.0)
+    assert shifted == pytest.approx(8.0, rel=1e-6), "a mean shift of 1 in 8 dimensions costs |Δμ|² = 8"
+    wider = frechet_distance(features, features * 2)
+    assert wider > 1 and frechet_distance(features, features * 3) > wider
+
+
+def test_variant_quality_measures_fidelity_distance_and_spread(demo):
+    from meddiffuse_stream.augment import AugmentStage
+    from meddiffuse_stream.jobs.variant_quality import variant_quality
+
+    class Shift:
+        identity, strength = "shift", 0.5
+
+        def to(self, device):
+            return self
+
+        def __call__(self, images, labels, seeds):  # variant v of a sample: brighter by (seed % 7) / 255
+            offsets = torch.tensor([(s % 7) / 255 for s in seeds]).view(-1, 1, 1, 1)
+            return (images + offsets).clamp(0, 1)
+
+    torch.manual_seed(0)
+    stage = AugmentStage("dafusion", 2, generator=Shift(), variants_per_sample=3)
+    report = variant_quality(demo, stage, SmallCNN(1, 2, width=4).eval())
+    assert 0 < report["distance"] <= 6.5 and 0 < report["spread"] <= 6.5 and report["samples"] == 48
+    assert set(report["accuracy"]) <= {"original:lesion", "original:no_lesion", "variant:lesion", "variant:no_lesion"}
+    assert report["frechet"] >= 0 and report["frechet_real"] >= 0

@@ -21,9 +21,8 @@ and how much it changed — the other half of the claim, on the same images:
 - ``untouched_share``: the share of all pixels left as they were (within half an 8-bit step);
 - ``ssim``: the mean SSIM between each changed image and its original (1: identical).
 
-:func:`variant_consistency` measures the generator alone: the teacher's accuracy on raw variants of each class,
-next to its accuracy on the originals; :func:`saliency_coverage` the teacher's maps alone: how much of each lesion
-falls inside the evidence mask and the protected region, per saliency method.
+The generator alone is measured in :mod:`.variant_quality`; :func:`saliency_coverage` measures the teacher's maps
+alone: how much of each lesion falls inside the evidence mask and the protected region, per saliency method.
 """
 
 from __future__ import annotations
@@ -37,7 +36,7 @@ from ..augment.mix import top_fraction_iou
 from ..augment.saliency import SaliencyExtractor
 from ..loader import MedDiffuseLoader
 
-__all__ = ["EVIDENCE_METRICS", "evidence_metrics", "saliency_coverage", "variant_consistency"]
+__all__ = ["EVIDENCE_METRICS", "evidence_metrics", "saliency_coverage"]
 
 _UNCHANGED = 1.0 / 512  # within half an 8-bit step
 EVIDENCE_METRICS = (
@@ -181,42 +180,6 @@ def _roi_sums(sums: _Sums, batch: dict[str, Any], image, original, weight, rows)
         return
     unchanged = (image[lesion] - original[lesion]).abs().amax(dim=1, keepdim=True) <= _UNCHANGED
     sums.add("roi_unchanged", float((unchanged & roi).sum()), float(roi.sum()))
-
-
-def variant_consistency(
-    dataset: str,
-    stage: Any,
-    teacher: torch.nn.Module,
-    *,
-    split: str = "train",
-    batch_size: int = 64,
-    max_batches: int | None = None,
-) -> dict[str, Any]:
-    """The teacher's accuracy per class on the originals and on every cached variant of each (from ``stage``'s
-    variant provider: every variant index 0..M-1)."""
-    from ..augment.cache import content_hashes
-
-    correct: dict[str, list[float]] = defaultdict(lambda: [0.0, 0.0])
-    with MedDiffuseLoader(dataset, batch_size, split=split, as_dict=True, shuffle=False) as loader:
-        names = list(loader.dataset.class_names)
-        for index, batch in enumerate(loader):
-            if max_batches is not None and index >= max_batches:
-                break
-            images = batch["image"].to(stage.device)
-            labels = batch["label"].to(stage.device)
-            contents = content_hashes(images)
-            sets = [("original", images)]
-            for variant in range(stage.variants_per_sample):
-                choices = torch.full((len(images),), variant).numpy()
-                sets.append(("variant", stage.variants.variants(images, labels, batch["key"], contents, choices)))
-            for kind, pictures in sets:
-                predicted = _predict(teacher, pictures)
-                for label in labels.unique().tolist():
-                    of_class = labels == label
-                    entry = correct[f"{kind}:{names[label]}"]
-                    entry[0] += float((predicted[of_class] == label).sum())
-                    entry[1] += float(of_class.sum())
-    return {name: hits / total for name, (hits, total) in sorted(correct.items()) if total}
 
 
 def saliency_coverage(

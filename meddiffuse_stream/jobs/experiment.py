@@ -185,11 +185,11 @@ def _evidence(method: MethodConfig, config: ExperimentConfig, seed: int, teacher
 
 
 def _variant_report(config: ExperimentConfig, teacher: Any, out: Path) -> dict[str, Any] | None:
-    """The generator's label consistency (teacher accuracy on raw variants per class), once per experiment."""
+    """The generator alone: label fidelity, distance, diversity and feature distance of its variants (once)."""
     if teacher is None or not (config.generator or config.variant_cache):
         return None
-    from .evidence import variant_consistency
     from .stage_factory import build_stage
+    from .variant_quality import variant_quality
 
     stage = build_stage(
         "dafusion", config.dataset, generator=config.generator, variant_cache=config.variant_cache, device=config.device
@@ -198,12 +198,14 @@ def _variant_report(config: ExperimentConfig, teacher: Any, out: Path) -> dict[s
     path = out / "variants.json"
     if path.exists():
         stored = json.loads(path.read_text())
-        if stored.get("generator") == identity:
+        if stored.get("generator") == identity and "spread" in stored:
             return stored
     report = {
         "generator": identity,
         "variants_per_sample": stage.variants_per_sample,
-        "accuracy": variant_consistency(
+        "strength": stage.variants.strength,
+        "steps": getattr(stage.generator, "steps", None),
+        **variant_quality(
             config.dataset, stage, teacher, split=config.evidence_split, max_batches=config.evidence_batches
         ),
     }

@@ -117,8 +117,7 @@ def summarise(
     if differences:
         text += "\n" + differences
     if variants:
-        accuracy = ", ".join(f"{k.replace(':', ' ')} {v:.3f}" for k, v in variants["accuracy"].items())
-        text += f"\nTeacher accuracy on originals and on raw variants (generator {variants['generator']}): {accuracy}\n"
+        text += "\n" + _variant_line(variants)
     if saliency:
         text += "\n| saliency method (teacher) | lesion pixels in the mask | in mask + margin | flat maps | seconds |\n"
         text += "|---|---|---|---|---|\n"
@@ -129,6 +128,24 @@ def summarise(
                 f"{'n/a' if kept is None else f'{kept:.3f}'} | {values['flat_maps']} | {values['seconds']} |\n"
             )
     return text + "\n" + reading(rows, variants) + "\n"
+
+
+def _variant_line(variants: dict[str, Any]) -> str:
+    accuracy = ", ".join(f"{k.replace(':', ' ')} {v:.3f}" for k, v in variants["accuracy"].items())
+    line = f"Generator {variants['generator']}"
+    if variants.get("strength") is not None:
+        line += f" (strength {variants['strength']:g}, {variants.get('steps')} DDIM steps)"
+    line += f": teacher accuracy on originals and raw variants {accuracy}"
+    if variants.get("distance") is not None:
+        line += f"; variants differ from their image by {variants['distance']:.1f} grey levels on average"
+    if variants.get("spread") is not None:
+        line += f", from each other by {variants['spread']:.1f} (per-pixel std across variants)"
+    if variants.get("frechet") is not None:
+        line += (
+            f"; Fréchet distance of the teacher's features, variants to originals {variants['frechet']:.2f} "
+            f"(two halves of the originals: {variants['frechet_real']:.2f})"
+        )
+    return line + ".\n"
 
 
 def _paired(rows, method, other, fraction, split) -> tuple[float, float, int] | None:
