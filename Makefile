@@ -33,18 +33,19 @@ lock:
 
 # The main job on the demo data, step by step; make reuses every step whose output is newer than its inputs.
 MDS := $(VENV)/bin/meddiffuse-stream
-demo: setup .demo/models.done .demo/experiment/results.md .demo/preview.png
+demo: setup .demo/models.done .demo/sweep/sweep.csv .demo/experiment/results.md .demo/preview.png
 	@cat .demo/experiment/results.md
-	@echo "plots: .demo/experiment/metrics.png .demo/experiment/evidence.png   preview: .demo/preview.png"
+	@echo "plots: .demo/experiment/metrics.png .demo/experiment/evidence.png .demo/sweep/sweep.png   preview: .demo/preview.png"
 
-# regenerates the README's demo table and picture from the last `make demo`
-readme-results: demo
-	$(PY) tools/update_readme.py
+# copies the last `make demo` (and `make paper`) raw results into docs/results/ and regenerates docs/results.md
+readme-results: setup
+	$(PY) tools/results_docs.py --collect
 
 # order-only (|): a reinstalled .venv (Makefile or pyproject edited) must not remake the data, and with it the
-# teacher, the generator and every cached result keyed by their hashes
+# teacher, the generator and every cached result keyed by their hashes. The shortcut phantom: every packaged scan,
+# split by scan, a background cue on 90 % of lesion images in train/val and 10 % in test (jobs/demo_shortcut.py).
 shards/demo/dataset.json: | $(STAMP)
-	$(MDS) demo-data shards/demo --n 2000 --size 64 --seed 0 --test-modality mr --workers 2 --quiet
+	$(MDS) demo-data shards/demo --n 2000 --size 64 --seed 0 --shortcut 0.9 --workers 2 --quiet
 
 # On 2 cores two single-threaded processes get more done than one on two threads (small convolutions): the teacher
 # and the generator train side by side, the cache is warmed in two parts, the experiment runs two cells at a time.
@@ -56,9 +57,10 @@ DEMO_ENV := OMP_NUM_THREADS=$(DEMO_THREADS)
 	$(DEMO_ENV) $(MDS) train shards/demo --out .demo/teacher --model cnn --augment standard --epochs 14 \
 		--batch-size 32 --lr 0.003 --min-val-auc 0.9 --quiet
 
+# SDEdit at strength 0.5 with 5 DDIM steps (t = 499 -> 0), trained on the noise levels it uses
+GENERATOR_ARGS ?= --epochs 12 --batch-size 32 --width 16 --crop 32 --strength 0.5 --steps 5
 .demo/generator/meddiffuse_generator.json: shards/demo/dataset.json
-	$(DEMO_ENV) $(MDS) train-diffusion shards/demo .demo/generator --epochs 8 --batch-size 32 --width 16 --crop 32 \
-		--strength 0.4 --steps 5 --quiet
+	$(DEMO_ENV) $(MDS) train-diffusion shards/demo .demo/generator $(GENERATOR_ARGS) --quiet
 
 .demo/models.done: shards/demo/dataset.json
 	$(MAKE) -j2 .demo/teacher/metrics.json .demo/generator/meddiffuse_generator.json
@@ -71,6 +73,11 @@ DEMO_ENV := OMP_NUM_THREADS=$(DEMO_THREADS)
 		--index 1 --count 2 --quiet; second=$$?; wait $$first && test $$second -eq 0
 	touch $@
 
+# the protected region's trade-off: MedDiffuseMix over quantile x peak x margin x alpha_max on 512 train images
+.demo/sweep/sweep.csv: .demo/models.done .demo/variants.done tools/mix_sweep.py
+	$(DEMO_ENV) $(PY) tools/mix_sweep.py --dataset shards/demo --teacher .demo/teacher/checkpoint.pt \
+		--generator .demo/generator --variant-cache .demo/variants --out .demo/sweep
+
 .demo/experiment/results.md: .demo/models.done .demo/variants.done tools/demo_experiment.yaml
 	$(MDS) experiment tools/demo_experiment.yaml
 
@@ -78,9 +85,16 @@ DEMO_ENV := OMP_NUM_THREADS=$(DEMO_THREADS)
 	$(MDS) preview shards/demo --augment meddiffusemix -n 8 -o $@ --teacher .demo/teacher/checkpoint.pt \
 		--generator .demo/generator --variant-cache .demo/variants --original-probability 0
 
-# every method and ablation x 5 seeds x train fractions 0.25 / 0.5 / 1.0 on the demo data (hours; resumable)
-paper: .demo/models.done .demo/variants.done
+# a ViT teacher for the paper's transformer runs (the students of tools/paper_vit_experiment.yaml are ViTs too)
+.paper/teacher-vit/metrics.json: shards/demo/dataset.json
+	$(DEMO_ENV) $(MDS) train shards/demo --out .paper/teacher-vit --model vit-tiny --augment standard --epochs 30 \
+		--batch-size 32 --lr 0.001 --quiet
+
+# every method, control and ablation x 10 seeds x train fractions 0.5 / 1.0 with the CNN, then the ViT runs
+# (hours; resumable: a re-run reuses every finished cell)
+paper: .demo/models.done .demo/variants.done .paper/teacher-vit/metrics.json
 	$(MDS) experiment tools/paper_experiment.yaml
+	$(MDS) experiment tools/paper_vit_experiment.yaml
 
 # ruff (lint and format) and the type checker; .pre-commit-config.yaml runs the same on commit
 lint: setup

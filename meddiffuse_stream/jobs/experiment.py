@@ -1,7 +1,9 @@
 """The paper's comparison as an experiment anyone can rerun: methods x seeds x train fractions, from a YAML file.
 
 Writes ``runs/<name>[-f<fraction>]-s<seed>/`` (checkpoint, metrics, ``method.json`` — what ran), evidence metrics
-per method and seed (``evidence/``), the generator's label consistency (``variants.json``), ``results.csv``,
+per method and seed (``evidence/``), the generator's fidelity and diversity (``variants.json``), ``results.csv`` (one
+row per method, seed, fraction and split: the raw results), ``provenance.json`` (commit, inputs by hash, settings,
+wall time),
 ``results.md`` (mean ± 95 % confidence interval per metric, and paired differences against each baseline) and
 ``metrics.png`` / ``evidence.png``. A finished run is reused on a re-run only if it ran exactly the configured
 method and settings on the same dataset, teacher and generator (compared by content: :func:`provenance`).
@@ -322,6 +324,7 @@ def run_experiment(config_path: str | Path, *, progress: bool = True) -> Path:
                         "fraction": fraction,
                         "split": split,
                         "steps": metrics["steps"],
+                        "final_loss": metrics.get("final_loss"),
                         **{m: metrics[split][m] for m in METRICS},
                         **{k: v for k, v in evidence.items() if not isinstance(v, dict)},
                     }
@@ -341,4 +344,10 @@ def run_experiment(config_path: str | Path, *, progress: bool = True) -> Path:
         "jobs": config.jobs,
     }
     (out / "timing.json").write_text(json.dumps(timing, indent=1) + "\n")
+    from .experiment_provenance import write_provenance
+
+    generator = {"identity": variants.get("generator")} if variants else {}
+    write_provenance(
+        out, config_path, config, [provenance(m, config) for m in config.methods], {"timing": timing, **generator}
+    )
     return out

@@ -1,0 +1,116 @@
+#!/usr/bin/env python3
+"""The protected region's trade-off, measured: MedDiffuseMix over a grid of quantile × peak × margin × alpha_max.
+
+For each setting, one pass of the stage over (part of) the train split, on the images it changed: the share of
+lesion pixels kept (``roi_unchanged``) against how much the rest changed (``delta_off``, ``moved_off``), with the
+protected share and its ratio to the lesion. DA-Fusion's change on the same images is the reference row. Writes
+``sweep.csv`` and ``sweep.png`` (ROI kept against Δ off the lesion); ``make demo`` runs it and the docs table is
+generated from the CSV.
+
+    python tools/mix_sweep.py --dataset shards/demo --teacher .demo/teacher/checkpoint.pt \
+        --generator .demo/generator --variant-cache .demo/variants --out .demo/sweep
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import itertools
+import sys
+import time
+from pathlib import Path
+
+COLUMNS = (
+    "roi_unchanged",
+    "delta_off",
+    "moved_off",
+    "protected_share",
+    "protected_to_lesion",
+    "ssim",
+    "augmented_share",
+)
+
+
+def _floats(text: str) -> list[float]:
+    return [float(part) for part in text.split(",") if part]
+
+
+def _ints(text: str) -> list[int]:
+    return [int(part) for part in text.split(",") if part]
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--dataset", required=True)
+    parser.add_argument("--teacher", required=True)
+    parser.add_argument("--teacher-model", default="cnn")
+    parser.add_argument("--generator")
+    parser.add_argument("--variant-cache", required=True)
+    parser.add_argument("--out", required=True)
+    parser.add_argument("--quantile", type=_floats, default=[0.7, 0.9, 0.95])
+    parser.add_argument("--peak", type=_floats, default=[0.0, 0.5])
+    parser.add_argument("--margin", type=_ints, default=[1, 3])
+    parser.add_argument("--alpha-max", type=_floats, default=[0.8, 1.0])
+    parser.add_argument("--batches", type=int, default=8, help="batches of 64 train images per setting")
+    parser.add_argument("--seed", type=int, default=0)
+    args = parser.parse_args(argv)
+
+    from meddiffuse_stream.augment.settings import StageSettings
+    from meddiffuse_stream.jobs.evidence import evidence_metrics
+    from meddiffuse_stream.jobs.stage_factory import build_stage
+
+    common = dict(teacher=args.teacher, teacher_model=args.teacher_model, generator=args.generator)
+    common["variant_cache"] = args.variant_cache
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    rows = []
+    started = time.perf_counter()
+    reference = build_stage("dafusion", args.dataset, **common, seed=args.seed)
+    measured = evidence_metrics(args.dataset, reference, split="train", seed=args.seed, max_batches=args.batches)
+    rows.append({"method": "dafusion", **{c: measured[c] for c in COLUMNS}})
+    grid = list(itertools.product(args.quantile, args.peak, args.margin, args.alpha_max))
+    for number, (quantile, peak, margin, alpha) in enumerate(grid, 1):
+        mix = {"quantile": quantile, "peak": peak, "margin": margin, "alpha_max": alpha}
+        settings = StageSettings.for_method("meddiffusemix", {"mix": mix, "cache_results": False})
+        stage = build_stage("meddiffusemix", args.dataset, **common, seed=args.seed, settings=settings)
+        measured = evidence_metrics(args.dataset, stage, split="train", seed=args.seed, max_batches=args.batches)
+        rows.append({"method": "meddiffusemix", **mix, **{c: measured[c] for c in COLUMNS}})
+        print(f"[{number}/{len(grid)}] {mix}: kept {measured['roi_unchanged']}, Δ {measured['delta_off']}", flush=True)
+    fields = ["method", "quantile", "peak", "margin", "alpha_max", *COLUMNS]
+    with open(out / "sweep.csv", "w", newline="") as stream:
+        writer = csv.DictWriter(stream, fieldnames=fields)
+        writer.writeheader()
+        writer.writerows(rows)
+    _plot(rows, out / "sweep.png")
+    print(f"{len(grid)} settings in {time.perf_counter() - started:.0f} s -> {out / 'sweep.csv'}")
+    return 0
+
+
+def _plot(rows: list[dict], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    figure, axis = plt.subplots(figsize=(6, 4))
+    ours = [r for r in rows if r["method"] == "meddiffusemix" and r["roi_unchanged"] is not None]
+    colours = {0.0: "#4c72b0"}
+    for row in ours:
+        colour = colours.get(row["peak"], "#dd8452")
+        axis.scatter(row["delta_off"], row["roi_unchanged"], color=colour, s=12 + 10 * row["margin"])
+    for row in rows:
+        if row["method"] == "dafusion" and row["delta_off"] is not None:
+            axis.axvline(row["delta_off"], color="#c44e52", linestyle="--", label="DA-Fusion Δ")
+            axis.axvline(row["delta_off"] / 2, color="#c44e52", linestyle=":", label="half of DA-Fusion's Δ")
+    axis.axhline(0.97, color="grey", linestyle=":", label="97 % of lesion pixels kept")
+    axis.set_xlabel("mean |Δ| off the lesion (grey levels)")
+    axis.set_ylabel("lesion pixels kept")
+    axis.set_title("MedDiffuseMix settings (blue: quantile only, orange: + peak; size: margin)", fontsize=8)
+    axis.legend(fontsize=7)
+    figure.tight_layout()
+    figure.savefig(path, dpi=90)
+    plt.close(figure)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
