@@ -58,9 +58,9 @@ DEMO_ENV := OMP_NUM_THREADS=$(DEMO_THREADS)
 		--batch-size 32 --lr 0.003 --min-val-auc 0.9 --quiet
 
 # SDEdit at strength 0.5 with 5 DDIM steps (t = 499 -> 0), trained on the noise levels it uses
-GENERATOR_ARGS ?= --epochs 12 --batch-size 32 --width 16 --crop 32 --strength 0.5 --steps 5
 .demo/generator/meddiffuse_generator.json: shards/demo/dataset.json
-	$(DEMO_ENV) $(MDS) train-diffusion shards/demo .demo/generator $(GENERATOR_ARGS) --quiet
+	$(DEMO_ENV) $(MDS) train-diffusion shards/demo .demo/generator --epochs 12 --batch-size 32 --width 16 --crop 32 \
+		--strength 0.5 --steps 5 --quiet
 
 .demo/models.done: shards/demo/dataset.json
 	$(MAKE) -j2 .demo/teacher/metrics.json .demo/generator/meddiffuse_generator.json
