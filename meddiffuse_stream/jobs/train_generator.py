@@ -7,7 +7,9 @@ Three choices make a small UNet useful after minutes on a CPU rather than hours:
 - it trains on random ``crop``-pixel crops (the UNet is fully convolutional, so it generates at full size): a
   quarter of the pixels per sample at ``crop = size / 2``, so four times the steps for the same time;
 - the saved weights are an exponential moving average (``ema``) of the trained ones, which denoise far better
-  than the last step's after short training.
+  than the last step's after short training; the average warms up (decay ``min(ema, (1 + n) / (10 + n))`` after n
+  steps), so a short run's average is not held back by the random initial weights (at 0.995 from step 0, 344
+  steps left 18 % of the average on them: blotchy variants).
 """
 
 from __future__ import annotations
@@ -22,7 +24,12 @@ from tqdm.auto import tqdm
 from ..augment.diffusion import ClassConditionalGenerator
 from .stage_factory import default_device
 
-__all__ = ["random_crops", "train_generator"]
+__all__ = ["ema_decay", "random_crops", "train_generator"]
+
+
+def ema_decay(ema: float, step: int) -> float:
+    """The moving average's decay after ``step`` optimizer steps: warmed up, at most ``ema``."""
+    return min(ema, (1 + step) / (10 + step))
 
 
 def random_crops(images: torch.Tensor, size: int, generator: torch.Generator) -> torch.Tensor:
@@ -95,9 +102,10 @@ def train_generator(
             loss.backward()
             optimizer.step()
             with torch.no_grad():
+                decay = ema_decay(ema, len(losses))
                 for name, value in generator.unet.state_dict().items():
                     if value.is_floating_point():
-                        average[name].mul_(ema).add_(value.detach(), alpha=1 - ema)
+                        average[name].mul_(decay).add_(value.detach(), alpha=1 - decay)
                     else:
                         average[name].copy_(value)
             losses.append(float(loss.detach()))

@@ -85,3 +85,15 @@ def test_variants_honour_strength_and_steps(generator, strength, steps):
 def test_identity_depends_on_the_steps(generator):
     other = ClassConditionalGenerator(generator.unet, generator.scheduler, strength=generator.strength, steps=7)
     assert other.identity != generator.identity
+
+
+def test_the_moving_average_warms_up_instead_of_keeping_the_initial_weights():
+    from meddiffuse_stream.jobs.train_generator import ema_decay
+
+    assert ema_decay(0.995, 0) == 0.1 and ema_decay(0.995, 10) == 11 / 20
+    decays = [ema_decay(0.995, n) for n in range(0, 5000, 50)]
+    assert decays == sorted(decays) and decays[-1] == 0.995
+    share_of_init = 1.0
+    for n in range(344):  # the weight the random initial weights keep in the average after 344 steps
+        share_of_init *= ema_decay(0.995, n)
+    assert share_of_init < 1e-3
