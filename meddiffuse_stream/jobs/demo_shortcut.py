@@ -5,7 +5,7 @@
 scan of that split. No scan is in two splits, so a val or test crop never shares anatomy with a training crop.
 
 *The cue* is a faint periodic "scanner texture" laid over the whole image (a horizontal grating, period 4 px,
-amplitude 0.02 ≈ 5 grey levels, random phase): in train and val it is on ``shortcut`` of the lesion images and on
+amplitude 0.012 ≈ 3 grey levels, random phase): in train and val it is on ``shortcut`` of the lesion images and on
 ``1 - shortcut`` of the others; in test the other way round. A classifier may learn the cue instead of (or beside)
 the lesion: it then does well on val and badly on test. An augmentation that changes the background while keeping
 the lesion weakens the cue in what the student sees, so it has something to gain here; one that keeps the
@@ -19,7 +19,7 @@ import numpy as np
 __all__ = ["CUE_AMPLITUDE", "CUE_PERIOD", "add_cue", "cue_present", "scan_splits"]
 
 CUE_PERIOD = 4
-CUE_AMPLITUDE = 0.02
+CUE_AMPLITUDE = 0.012
 
 
 def scan_splits(names: list[str], seed: int, val_fraction: float, test_fraction: float) -> dict[str, str]:
