@@ -78,3 +78,17 @@ def test_collect_copies_only_finished_runs(tmp_path):
 @pytest.mark.parametrize("text", ["", "None"])
 def test_empty_cells_read_as_missing(text):
     assert _tool()._number(text) is None
+
+
+def test_the_sweep_table_shows_its_settings_and_puts_the_reference_last():
+    tool = _tool()
+    metrics = {"roi_unchanged": 0.99, "moved_off": 0.5, "protected_share": 0.1, "protected_to_lesion": 2.5}
+    rows = [
+        {"method": "dafusion", "quantile": None, "peak": None, "delta_off": 30.0, "ssim": 0.4, **metrics},
+        {"method": "meddiffusemix", "quantile": 0.9, "peak": 0.5, "delta_off": 12.0, "ssim": 0.7, **metrics},
+        {"method": "meddiffusemix", "quantile": 0.7, "peak": 0.0, "delta_off": 18.0, "ssim": 0.6, **metrics},
+    ]
+    lines = tool.sweep_table(rows).splitlines()
+    assert lines[0].startswith("| quantile | peak | lesion kept")
+    assert lines[2].startswith("| 0.7 | 0.0 | 0.990 | 18.0") and lines[3].startswith("| 0.9 | 0.5 |")
+    assert lines[4].startswith("| dafusion |  | 0.990 | 30.0")

@@ -1,5 +1,6 @@
 #!/usr/bin/env python3
-"""The protected region's trade-off, measured: MedDiffuseMix over a grid of quantile × peak × margin × alpha_max.
+"""The protected region's trade-off, measured: MedDiffuseMix over a grid of MixConfig settings (by default
+quantile × peak × margin × alpha_max).
 
 For each setting, one pass of the stage over (part of) the train split, on the images it changed: the share of
 lesion pixels kept (``roi_unchanged``) against how much the rest changed (``delta_off``, ``moved_off``), with the
@@ -31,12 +32,17 @@ COLUMNS = (
 )
 
 
-def _floats(text: str) -> list[float]:
-    return [float(part) for part in text.split(",") if part]
+GRID = {"quantile": [0.7, 0.9, 0.95], "peak": [0.0, 0.5], "margin": [1, 3], "alpha_max": [0.8, 1.0]}
 
 
-def _ints(text: str) -> list[int]:
-    return [int(part) for part in text.split(",") if part]
+def _axis(text: str) -> tuple[str, list]:
+    """``name=v1,v2,...`` -> (name, values read as YAML: numbers and booleans)."""
+    import yaml
+
+    name, equals, values = text.partition("=")
+    if not equals:
+        raise argparse.ArgumentTypeError(f"{text!r} is not NAME=V1,V2 (e.g. quantile=0.7,0.9)")
+    return name.strip(), [yaml.safe_load(v) for v in values.split(",") if v]
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -47,10 +53,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--generator")
     parser.add_argument("--variant-cache", required=True)
     parser.add_argument("--out", required=True)
-    parser.add_argument("--quantile", type=_floats, default=[0.7, 0.9, 0.95])
-    parser.add_argument("--peak", type=_floats, default=[0.0, 0.5])
-    parser.add_argument("--margin", type=_ints, default=[1, 3])
-    parser.add_argument("--alpha-max", type=_floats, default=[0.8, 1.0])
+    parser.add_argument("--grid", type=_axis, action="append", default=[], help="NAME=V1,V2 (a MixConfig field)")
+    parser.add_argument("--set", type=_axis, action="append", default=[], help="NAME=V: fixed for every setting")
     parser.add_argument("--batches", type=int, default=8, help="batches of 64 train images per setting")
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
@@ -68,17 +72,23 @@ def main(argv: list[str] | None = None) -> int:
     reference = build_stage("dafusion", args.dataset, **common, seed=args.seed)
     measured = evidence_metrics(args.dataset, reference, split="train", seed=args.seed, max_batches=args.batches)
     rows.append({"method": "dafusion", **{c: measured[c] for c in COLUMNS}})
-    grid = list(itertools.product(args.quantile, args.peak, args.margin, args.alpha_max))
-    for number, (quantile, peak, margin, alpha) in enumerate(grid, 1):
-        mix = {"quantile": quantile, "peak": peak, "margin": margin, "alpha_max": alpha}
+    axes = dict(args.grid) or GRID
+    fixed = {name: values[0] for name, values in args.set}
+    grid = [dict(zip(axes, values, strict=True)) for values in itertools.product(*axes.values())]
+    for number, chosen in enumerate(grid, 1):
+        mix = {**fixed, **chosen}
         settings = StageSettings.for_method("meddiffusemix", {"mix": mix, "cache_results": False})
         stage = build_stage("meddiffusemix", args.dataset, **common, seed=args.seed, settings=settings)
         measured = evidence_metrics(args.dataset, stage, split="train", seed=args.seed, max_batches=args.batches)
         rows.append({"method": "meddiffusemix", **mix, **{c: measured[c] for c in COLUMNS}})
         print(f"[{number}/{len(grid)}] {mix}: kept {measured['roi_unchanged']}, Δ {measured['delta_off']}", flush=True)
-    fields = ["method", "quantile", "peak", "margin", "alpha_max", *COLUMNS]
+    fields = [
+        "method",
+        *dict.fromkeys(name for row in rows for name in row if name not in COLUMNS and name != "method"),
+        *COLUMNS,
+    ]
     with open(out / "sweep.csv", "w", newline="") as stream:
-        writer = csv.DictWriter(stream, fieldnames=fields)
+        writer = csv.DictWriter(stream, fieldnames=fields, restval="")
         writer.writeheader()
         writer.writerows(rows)
     _plot(rows, out / "sweep.png")
@@ -96,8 +106,8 @@ def _plot(rows: list[dict], path: Path) -> None:
     ours = [r for r in rows if r["method"] == "meddiffusemix" and r["roi_unchanged"] is not None]
     colours = {0.0: "#4c72b0"}
     for row in ours:
-        colour = colours.get(row["peak"], "#dd8452")
-        axis.scatter(row["delta_off"], row["roi_unchanged"], color=colour, s=12 + 10 * row["margin"])
+        colour = colours.get(row.get("peak", 0.0), "#dd8452")
+        axis.scatter(row["delta_off"], row["roi_unchanged"], color=colour, s=12 + 10 * row.get("margin", 1))
     for row in rows:
         if row["method"] == "dafusion" and row["delta_off"] is not None:
             axis.axvline(row["delta_off"], color="#c44e52", linestyle="--", label="DA-Fusion Δ")

@@ -67,33 +67,26 @@ def _json(path: Path) -> dict[str, Any] | None:
     return json.loads(path.read_text()) if path.exists() else None
 
 
+METRICS = ("roi_unchanged", "delta_off", "moved_off", "protected_share", "protected_to_lesion", "ssim")
+HEADINGS = ("lesion kept", "Δ off lesion (grey)", "off-lesion px > 2", "protected", "protected / lesion", "SSIM")
+
+
 def sweep_table(rows: list[dict[str, Any]]) -> str:
-    """The sweep as a table, MedDiffuseMix settings first by lesion pixels kept, DA-Fusion's row last."""
+    """The sweep as a table: its setting columns, then the metrics; MedDiffuseMix by change, DA-Fusion last."""
 
     def cell(value: Any, digits: int = 3) -> str:
-        return "n/a" if value is None else f"{value:.{digits}f}"
+        return "n/a" if value is None or value == "" else f"{value:.{digits}f}"
 
-    lines = [
-        "| quantile | peak | margin | alpha_max | lesion kept | Δ off lesion (grey) | off-lesion px > 2 | protected "
-        "| protected / lesion | SSIM |",
-        "|---|---|---|---|---|---|---|---|---|---|",
-    ]
+    settings = [k for k in rows[0] if k not in METRICS and k not in ("method", "augmented_share")]
+    lines = ["| " + " | ".join(settings + list(HEADINGS)) + " |", "|---" * (len(settings) + len(HEADINGS)) + "|"]
     ours = sorted((r for r in rows if r["method"] == "meddiffusemix"), key=lambda r: -(r["delta_off"] or 0))
     for row in ours + [r for r in rows if r["method"] != "meddiffusemix"]:
-        settings = (
-            [str(row[k]) for k in ("quantile", "peak", "margin", "alpha_max")]
-            if row["method"] == "meddiffusemix"
-            else [row["method"], "", "", ""]
-        )
-        values = [
-            cell(row["roi_unchanged"]),
-            cell(row["delta_off"], 1),
-            cell(row["moved_off"]),
-            cell(row["protected_share"]),
-            cell(row["protected_to_lesion"], 1),
-            cell(row["ssim"]),
-        ]
-        lines.append("| " + " | ".join(settings + values) + " |")
+        if row["method"] == "meddiffusemix":
+            shown = ["n/a" if row[k] is None else str(row[k]) for k in settings]
+        else:
+            shown = [row["method"]] + [""] * (len(settings) - 1)
+        digits = {"delta_off": 1, "protected_to_lesion": 1}
+        lines.append("| " + " | ".join(shown + [cell(row[m], digits.get(m, 3)) for m in METRICS]) + " |")
     return "\n".join(lines) + "\n"
 
 
