@@ -73,16 +73,30 @@ def test_experiment_writes_csv_table_and_plots_and_reuses_cells(setup, tmp_path)
         "saliency_iou",
         "label_consistency",
         "augmented_share",
+        "delta_off",
+        "moved_off",
+        "protected_share",
+        "protected_to_lesion",
+        "ssim",
+        "final_loss",
     } <= set(rows[0])
     table = (tmp_path / "exp" / "results.md").read_text()
     assert "| meddiffusemix-hard-mask | 2 |" in table and "±" in table and "Reading:" in table
     assert "| meddiffusemix − standard | 1 |" in table
     ran = json.loads((tmp_path / "exp" / "runs" / "meddiffusemix-hard-mask-s0" / "metrics.json").read_text())
     assert ran["config"]["augment"] == "meddiffusemix-hard-mask", "the recorded name is the one that ran"
-    assert ran["method"]["base_method"] == "meddiffusemix" and ran["method"]["settings"]["mix"] == {"soft_mask": False}
+    from meddiffuse_stream.augment import MixConfig
+
+    recorded = ran["method"]["settings"]["mix"]
+    assert ran["method"]["base_method"] == "meddiffusemix" and recorded["soft_mask"] is False
+    assert MixConfig(**recorded) == MixConfig(soft_mask=False), "the whole MixConfig that ran is recorded"
     evidence = json.loads((tmp_path / "exp" / "evidence" / "standard-s0.json").read_text())["metrics"]
     assert evidence["roi_unchanged"] is None and evidence["roi_moved"] is not None, "geometry: moved, not kept"
-    assert json.loads((tmp_path / "exp" / "variants.json").read_text())["accuracy"]
+    variants = json.loads((tmp_path / "exp" / "variants.json").read_text())
+    assert variants["accuracy"] and variants["distance"] > 0 and "frechet" in variants
+    provenance = json.loads((tmp_path / "exp" / "provenance.json").read_text())
+    assert provenance["git"]["commit"] and provenance["timing"]["seconds"] > 0
+    assert provenance["inputs"]["teacher"]["sha256"] and len(provenance["methods"]) >= 3
     for picture in ("metrics.png", "evidence.png"):
         assert Image.open(tmp_path / "exp" / picture).size[0] > 300
     stamp = (tmp_path / "exp" / "runs" / "mixup-s1" / "metrics.json").stat().st_mtime
@@ -230,7 +244,12 @@ def test_experiment_config_is_strict(tmp_path):
     )
     described = config.methods[0].describe()
     assert described["base_method"] == "meddiffusemix" and described["name"] == "mdm-q80"
-    assert described["settings"]["mix"] == {"soft_mask": False, "quantile": 0.8}
+    from meddiffuse_stream.augment import MixConfig
+
+    assert MixConfig(**described["settings"]["mix"]) == MixConfig(soft_mask=False, quantile=0.8)
+    assert config.methods[0].settings.mix == MixConfig(soft_mask=False, quantile=0.8), "typed once, at load"
+    with pytest.raises(ValueError, match="quantile must be a float"):
+        load({"methods": [{"method": "meddiffusemix", "mix": {"quantile": "high"}}]})
     assert described["settings"]["variants_per_sample"] == 3
 
 

@@ -51,7 +51,7 @@ def write_provenance(
 
     document = {
         "written": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-        "git": git_state(Path(config_path).resolve().parent),
+        "git": git_state(Path(__file__).resolve().parent),  # the code that ran (an editable install's checkout)
         "experiment_file": {"path": str(config_path), "sha256": file_digest(config_path)},
         "settings": {
             name: getattr(config, name)
