@@ -80,7 +80,9 @@ def main(argv: list[str] | None = None) -> int:
         settings = StageSettings.for_method("meddiffusemix", {"mix": mix, "cache_results": False})
         stage = build_stage("meddiffusemix", args.dataset, **common, seed=args.seed, settings=settings)
         measured = evidence_metrics(args.dataset, stage, split="train", seed=args.seed, max_batches=args.batches)
-        rows.append({"method": "meddiffusemix", **mix, **{c: measured[c] for c in COLUMNS}})
+        counts = stage.counters.as_dict()
+        checked = {name: counts.get(name, 0) for name in ("accepted", "attenuated", "rejected")}
+        rows.append({"method": "meddiffusemix", **mix, **{c: measured[c] for c in COLUMNS}, **checked})
         print(f"[{number}/{len(grid)}] {mix}: kept {measured['roi_unchanged']}, Δ {measured['delta_off']}", flush=True)
     fields = [
         "method",

@@ -77,7 +77,8 @@ def sweep_table(rows: list[dict[str, Any]]) -> str:
     def cell(value: Any, digits: int = 3) -> str:
         return "n/a" if value is None or value == "" else f"{value:.{digits}f}"
 
-    settings = [k for k in rows[0] if k not in METRICS and k not in ("method", "augmented_share")]
+    ignored = ("method", "augmented_share", "accepted", "attenuated", "rejected")
+    settings = [k for k in rows[0] if k not in METRICS and k not in ignored]
     lines = ["| " + " | ".join(settings + list(HEADINGS)) + " |", "|---" * (len(settings) + len(HEADINGS)) + "|"]
     ours = sorted((r for r in rows if r["method"] == "meddiffusemix"), key=lambda r: -(r["delta_off"] or 0))
     for row in ours + [r for r in rows if r["method"] != "meddiffusemix"]:
