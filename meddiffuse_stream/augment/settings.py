@@ -13,6 +13,7 @@ from typing import Any
 
 from .methods import PRESETS, resolve
 from .mix import MixConfig
+from .names import SALIENCY_METHODS
 
 __all__ = ["StageSettings", "mix_for"]
 
@@ -48,8 +49,6 @@ class StageSettings:
     cache_results: bool | None = None
 
     def __post_init__(self) -> None:
-        from .saliency import METHODS as SALIENCY_METHODS
-
         if not isinstance(self.mix, MixConfig):
             raise ValueError(f"mix must be a MixConfig (build it with StageSettings.for_method), got {self.mix!r}")
         _whole("variants_per_sample", self.variants_per_sample, 1)
