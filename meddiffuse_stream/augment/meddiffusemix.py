@@ -29,7 +29,7 @@ import torch
 from ..counters import Counters
 from .cache import VariantCache, entry_name, host_to
 from .methods.context import Augmented, BatchInputs
-from .mix import MixConfig, is_flat, mix, mix_weight, protected_region, random_field, top_fraction_iou
+from .mix import MixConfig, evidence_iou, is_flat, mix, mix_weight, protected_region, random_field, top_fraction_iou
 from .providers import SaliencyProvider, VariantProvider
 
 __all__ = ["DONORS", "STATUSES", "MedDiffuseMixer", "mask_rng", "noise_donor"]
@@ -219,7 +219,10 @@ class MedDiffuseMixer:
             candidates = out[pending]
             moved = self.saliency.extractor(candidates, labels[pending])
             after = self.saliency.confidence(candidates, labels[pending])
-            iou = top_fraction_iou(saliency[pending], moved, config.iou_top)
+            if config.iou_top is None:
+                iou = evidence_iou(saliency[pending], moved, config)
+            else:
+                iou = top_fraction_iou(saliency[pending], moved, config.iou_top)
             passed = (iou >= config.min_iou) & (before[pending] - after <= config.max_prob_drop)
             status[pending[passed]] = STATUSES.index("accepted" if attempt == 0 else "attenuated")
             pending = pending[~passed]

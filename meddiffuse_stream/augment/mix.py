@@ -32,6 +32,7 @@ import torch.nn.functional as F
 __all__ = [
     "MixConfig",
     "dilate",
+    "evidence_iou",
     "evidence_mask",
     "gaussian_blur",
     "mix",
@@ -61,7 +62,7 @@ class MixConfig:
     field_floor: float = 0.3  # the random field's minimum; 1 turns it off (every draw the same weight)
     min_confidence: float = 0.5  # teacher p(label) below this: the evidence is unknown, the image is not mixed
     check: bool = True
-    iou_top: float = 0.2  # the top 20 % of saliency is "the evidence" for the preservation check
+    iou_top: float | None = 0.2  # the check compares the top 20 % of saliency; None: the evidence masks themselves
     min_iou: float = 0.5
     max_prob_drop: float = 0.1
     retries: int = 2
@@ -88,7 +89,7 @@ class MixConfig:
             raise ValueError(f"field_floor must be in [0, 1], got {self.field_floor}")
         if not 0 <= self.min_confidence < 1:
             raise ValueError(f"min_confidence must be in [0, 1), got {self.min_confidence}")
-        if not 0 < self.iou_top < 1:
+        if self.iou_top is not None and not 0 < self.iou_top < 1:
             raise ValueError(f"iou_top must be in (0, 1), got {self.iou_top}")
         if self.retries < 0:
             raise ValueError(f"retries must be 0 or more, got {self.retries}")
@@ -266,6 +267,16 @@ def top_k_mask(maps: torch.Tensor, fraction: float) -> torch.Tensor:
     order = torch.sort(flat, dim=1, descending=True, stable=True).indices[:, :k]
     chosen = torch.zeros_like(flat, dtype=torch.bool).scatter_(1, order, True)
     return (chosen & (flat > 0)).view_as(maps)
+
+
+def evidence_iou(first: torch.Tensor, second: torch.Tensor, config: MixConfig) -> torch.Tensor:
+    """IoU per image of the two maps' evidence masks (the config's rule; 0 where either is empty): with a region
+    sized to the evidence, a fixed top 20 % would mostly compare background."""
+    a = evidence_mask(first, config.quantile, config.peak, config.max_area)
+    b = evidence_mask(second, config.quantile, config.peak, config.max_area)
+    intersection = (a & b).flatten(1).sum(dim=1).float()
+    union = (a | b).flatten(1).sum(dim=1).float()
+    return torch.where(union > 0, intersection / union.clamp(min=1), torch.zeros_like(union))
 
 
 def top_fraction_iou(first: torch.Tensor, second: torch.Tensor, fraction: float) -> torch.Tensor:

@@ -169,3 +169,16 @@ def test_bad_configuration_is_refused():
         MixConfig(margin=1.5)
     with pytest.raises(ValueError, match="min_confidence"):
         MixConfig(min_confidence=1.0)
+
+
+def test_the_evidence_check_compares_the_evidence_masks_and_cannot_pass_on_empty_maps():
+    from meddiffuse_stream.augment.mix import evidence_iou
+
+    config = MixConfig(quantile=0.9, peak=0.5)
+    blob = _blob()
+    assert torch.allclose(evidence_iou(blob, blob, config), torch.ones(4))
+    moved = blob.roll(shifts=(20, 20), dims=(-2, -1))
+    assert (evidence_iou(blob, moved, config) < 0.1).all(), "evidence that moved fails"
+    zero = torch.zeros_like(blob)
+    assert torch.equal(evidence_iou(zero, zero, config), torch.zeros(4)), "two empty maps do not agree"
+    assert MixConfig(iou_top=None).iou_top is None
