@@ -42,10 +42,10 @@ readme-results: setup
 	$(PY) tools/results_docs.py --collect
 
 # order-only (|): a reinstalled .venv (Makefile or pyproject edited) must not remake the data, and with it the
-# teacher, the generator and every cached result keyed by their hashes. The shortcut phantom: every packaged scan,
-# split by scan, a background cue on 90 % of lesion images in train/val and 10 % in test (jobs/demo_shortcut.py).
+# teacher, the generator and every cached result keyed by their hashes. The shortcut phantom: the packaged CT/MR/CR scans,
+# split by scan, a background cue on 75 % of lesion images (25 % of the others) in train/val, reversed in test.
 shards/demo/dataset.json: | $(STAMP)
-	$(MDS) demo-data shards/demo --n 2000 --size 64 --seed 0 --shortcut 0.9 --workers 2 --quiet
+	$(MDS) demo-data shards/demo --n 2000 --size 64 --seed 0 --shortcut 0.75 --workers 2 --quiet
 
 # On 2 cores two single-threaded processes get more done than one on two threads (small convolutions): the teacher
 # and the generator train side by side, the cache is warmed in two parts, the experiment runs two cells at a time.

@@ -122,7 +122,7 @@ def render_shortcut_sample(
         image = add_cue(image, np.random.default_rng((seed, index, 2)))
     # 22 scans, ultrasound among them, are busier backgrounds than the first design's six: lesions a little
     # stronger and mostly bright (a dark lesion on dark ultrasound clips to black), so a CPU teacher learns them
-    return _finish(rng, image, size, label, dict(meta, cue=cue), contrast_range=(0.2, 0.4), bright_share=0.85)
+    return _finish(rng, image, size, label, dict(meta, cue=cue), contrast_range=(0.3, 0.5), bright_share=0.85)
 
 
 def _finish(
