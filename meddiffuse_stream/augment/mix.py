@@ -34,7 +34,9 @@ __all__ = [
     "dilate",
     "evidence_iou",
     "evidence_mask",
+    "evidence_of",
     "gaussian_blur",
+    "mass_mask",
     "mix",
     "mix_weight",
     "per_image_quantile",
@@ -51,6 +53,7 @@ class MixConfig:
     """How MedDiffuseMix mixes and checks. ``sigma`` and ``margin`` of ``None`` are sized to the image."""
 
     quantile: float = 0.7
+    mass: float = 1.0  # evidence: the fewest top pixels holding this share of the saliency above the map's median
     peak: float = 0.0  # evidence also needs S >= peak * max(S): 0 turns the peak-relative threshold off
     max_area: float = 1.0  # the evidence covers at most this share of the image (its highest pixels)
     alpha_max: float = 0.8
@@ -71,6 +74,8 @@ class MixConfig:
         _check_types(self)
         if not 0 < self.quantile < 1:
             raise ValueError(f"quantile must be in (0, 1), got {self.quantile}")
+        if not 0 < self.mass <= 1:
+            raise ValueError(f"mass must be in (0, 1] (1: no mass rule), got {self.mass}")
         if not 0 <= self.peak < 1:
             raise ValueError(f"peak must be in [0, 1), got {self.peak}")
         if not 0 < self.max_area <= 1:
@@ -167,15 +172,37 @@ def dilate(mask: torch.Tensor, radius: int) -> torch.Tensor:
     return F.max_pool2d(mask.float(), 2 * radius + 1, stride=1, padding=radius) > 0
 
 
-def evidence_mask(saliency: torch.Tensor, quantile: float, peak: float = 0.0, max_area: float = 1.0) -> torch.Tensor:
-    """``S > quantile_q(S)`` and ``S >= peak * max(S)``, strictly: on a flat map (or the zeros of a sparse one)
-    nothing is evidence; at most ``max_area`` of the image (the highest pixels, ties broken by position)."""
+def mass_mask(saliency: torch.Tensor, mass: float) -> torch.Tensor:
+    """The fewest highest pixels of each map that hold ``mass`` of its saliency above the map's median (ties broken
+    by position): a focused map gives a small set, a spread one a large set. Zeros and flat maps give none."""
+    flat = saliency.flatten(1)
+    excess = (flat - flat.median(dim=1, keepdim=True).values).clamp(min=0)
+    total = excess.sum(dim=1, keepdim=True)
+    ordered = torch.sort(excess, dim=1, descending=True, stable=True)
+    before = (ordered.values.cumsum(dim=1) - ordered.values) / total.clamp(min=1e-12)
+    chosen = (before < mass) & (ordered.values > 0)
+    mask = torch.zeros_like(flat, dtype=torch.bool).scatter_(1, ordered.indices, chosen)
+    return mask.view_as(saliency)
+
+
+def evidence_mask(
+    saliency: torch.Tensor, quantile: float, peak: float = 0.0, max_area: float = 1.0, mass: float = 1.0
+) -> torch.Tensor:
+    """``S > quantile_q(S)``, ``S >= peak * max(S)`` and (``mass`` < 1) the mass rule, strictly: on a flat map (or the
+    zeros of a sparse one) nothing is evidence; at most ``max_area`` of the image (the highest pixels)."""
     mask = saliency > per_image_quantile(saliency, quantile)
     if peak > 0:
         mask &= saliency >= peak * saliency.flatten(1).amax(dim=1).view(-1, 1, 1, 1)
+    if mass < 1:
+        mask &= mass_mask(saliency, mass)
     if max_area < 1:
         mask &= top_k_mask(saliency, max_area)
     return mask
+
+
+def evidence_of(saliency: torch.Tensor, config: MixConfig) -> torch.Tensor:
+    """:func:`evidence_mask` with ``config``'s rule."""
+    return evidence_mask(saliency, config.quantile, config.peak, config.max_area, config.mass)
 
 
 def is_flat(saliency: torch.Tensor) -> torch.Tensor:
@@ -210,10 +237,10 @@ def protected_region(saliency: torch.Tensor, config: MixConfig, rng: np.random.G
     if config.random_mask:
         if rng is None:
             raise ValueError("the random-mask ablation needs a generator")
-        areas = evidence_mask(saliency, config.quantile, config.peak, config.max_area).flatten(1).float().mean(1)
+        areas = evidence_of(saliency, config).flatten(1).float().mean(1)
         evidence = random_mask(saliency, areas.cpu(), rng).to(saliency.device)
     else:
-        evidence = evidence_mask(saliency, config.quantile, config.peak, config.max_area)
+        evidence = evidence_of(saliency, config)
     return dilate(evidence, config.margin_for(saliency.shape[-1]))
 
 
@@ -272,8 +299,7 @@ def top_k_mask(maps: torch.Tensor, fraction: float) -> torch.Tensor:
 def evidence_iou(first: torch.Tensor, second: torch.Tensor, config: MixConfig) -> torch.Tensor:
     """IoU per image of the two maps' evidence masks (the config's rule; 0 where either is empty): with a region
     sized to the evidence, a fixed top 20 % would mostly compare background."""
-    a = evidence_mask(first, config.quantile, config.peak, config.max_area)
-    b = evidence_mask(second, config.quantile, config.peak, config.max_area)
+    a, b = evidence_of(first, config), evidence_of(second, config)
     intersection = (a & b).flatten(1).sum(dim=1).float()
     union = (a | b).flatten(1).sum(dim=1).float()
     return torch.where(union > 0, intersection / union.clamp(min=1), torch.zeros_like(union))

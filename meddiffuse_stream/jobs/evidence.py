@@ -196,7 +196,7 @@ def saliency_coverage(
     mask (``S > quantile``) and inside the protected region (the mask and its margin), flat maps, seconds."""
     import time
 
-    from ..augment.mix import MixConfig, dilate, evidence_mask, is_flat
+    from ..augment.mix import MixConfig, dilate, evidence_of, is_flat
 
     config = config or MixConfig()
     extractors = {method: SaliencyExtractor(teacher, method) for method in methods}
@@ -216,7 +216,7 @@ def saliency_coverage(
                 started = time.perf_counter()
                 maps = extractor(images, labels)
                 sums[method][4] += time.perf_counter() - started
-                mask = evidence_mask(maps, config.quantile)
+                mask = evidence_of(maps, config)
                 protected = dilate(mask, config.margin_for(maps.shape[-1]))
                 sums[method][0] += float((mask & roi).sum())
                 sums[method][1] += float((protected & roi).sum())

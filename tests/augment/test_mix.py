@@ -182,3 +182,19 @@ def test_the_evidence_check_compares_the_evidence_masks_and_cannot_pass_on_empty
     zero = torch.zeros_like(blob)
     assert torch.equal(evidence_iou(zero, zero, config), torch.zeros(4)), "two empty maps do not agree"
     assert MixConfig(iou_top=None).iou_top is None
+
+
+def test_the_mass_rule_sizes_the_evidence_to_how_focused_the_map_is():
+    from meddiffuse_stream.augment.mix import mass_mask
+
+    focused = torch.zeros(1, 1, 32, 32)
+    focused[..., 10:14, 10:14] = 1.0  # all the mass in 16 pixels
+    spread = torch.rand(1, 1, 32, 32, generator=torch.Generator().manual_seed(0))
+    assert mass_mask(focused, 0.7).sum() <= 16 and mass_mask(focused, 0.7)[..., 10:14, 10:14].sum() >= 11
+    assert mass_mask(spread, 0.7).sum() > 200, "a spread map needs many pixels for the same share of its mass"
+    assert mass_mask(torch.zeros(1, 1, 8, 8), 0.7).sum() == 0 and mass_mask(torch.ones(1, 1, 8, 8), 0.7).sum() == 0
+    config = MixConfig(mass=0.7, margin=0, soft_mask=False, adaptive_alpha=False, alpha_max=1.0)
+    weight = mix_weight(torch.cat([focused, spread]), config, torch.ones(2))
+    assert torch.all(weight[0][mass_mask(focused, 0.7)[0]] == 0) and (weight[0] == 0).float().mean() < 0.05
+    with pytest.raises(ValueError, match="mass"):
+        MixConfig(mass=0.0)
