@@ -73,7 +73,7 @@ DEMO_ENV := OMP_NUM_THREADS=$(DEMO_THREADS)
 		--index 1 --count 2 --quiet; second=$$?; wait $$first && test $$second -eq 0
 	touch $@
 
-# the protected region's trade-off: MedDiffuseMix over quantile x peak x margin x alpha_max on 512 train images
+# the protected region's trade-off: MedDiffuseMix over mass x margin x field_floor on 512 train images
 .demo/sweep/sweep.csv: .demo/models.done .demo/variants.done tools/mix_sweep.py
 	$(DEMO_ENV) $(PY) tools/mix_sweep.py --dataset shards/demo --teacher .demo/teacher/checkpoint.pt \
 		--generator .demo/generator --variant-cache .demo/variants --out .demo/sweep

@@ -1,6 +1,6 @@
 #!/usr/bin/env python3
 """The protected region's trade-off, measured: MedDiffuseMix over a grid of MixConfig settings (by default
-quantile × peak × margin × alpha_max).
+mass × margin × field_floor; the other settings at their defaults).
 
 For each setting, one pass of the stage over (part of) the train split, on the images it changed: the share of
 lesion pixels kept (``roi_unchanged``) against how much the rest changed (``delta_off``, ``moved_off``), with the
@@ -32,7 +32,7 @@ COLUMNS = (
 )
 
 
-GRID = {"quantile": [0.7, 0.9, 0.95], "peak": [0.0, 0.5], "margin": [1, 3], "alpha_max": [0.8, 1.0]}
+GRID = {"mass": [0.6, 0.7, 0.75, 0.8, 1.0], "margin": [2, 3], "field_floor": [0.85, 1.0]}
 
 
 def _axis(text: str) -> tuple[str, list]:
@@ -56,6 +56,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--grid", type=_axis, action="append", default=[], help="NAME=V1,V2 (a MixConfig field)")
     parser.add_argument("--set", type=_axis, action="append", default=[], help="NAME=V: fixed for every setting")
     parser.add_argument("--batches", type=int, default=8, help="batches of 64 train images per setting")
+    parser.add_argument("--saliency-method", help="default: the stage's default")
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
 
@@ -77,7 +78,10 @@ def main(argv: list[str] | None = None) -> int:
     grid = [dict(zip(axes, values, strict=True)) for values in itertools.product(*axes.values())]
     for number, chosen in enumerate(grid, 1):
         mix = {**fixed, **chosen}
-        settings = StageSettings.for_method("meddiffusemix", {"mix": mix, "cache_results": False})
+        values = {"mix": mix, "cache_results": False}
+        if args.saliency_method:
+            values["saliency_method"] = args.saliency_method
+        settings = StageSettings.for_method("meddiffusemix", values)
         stage = build_stage("meddiffusemix", args.dataset, **common, seed=args.seed, settings=settings)
         measured = evidence_metrics(args.dataset, stage, split="train", seed=args.seed, max_batches=args.batches)
         counts = stage.counters.as_dict()

@@ -2,17 +2,18 @@
 
 For an image x, its variant x̃ and saliency S in [0, 1] (defaults in :class:`MixConfig`, all configurable):
 
-1. Evidence ``E = S > quantile_q(S)`` and ``S >= peak * max(S)`` per image (strict: ties and zeros are never
-   evidence), capped at the ``max_area`` share of the image (its highest pixels). The peak-relative threshold sizes
-   the region to the map: a focused map gives a small region, a spread one a larger one. A flat map (no pixel above
-   another) means "evidence unknown": W is zero everywhere and the image is not mixed.
-2. Protected region ``P = dilate(E, margin)``: W is exactly 0 on P, bit for bit. The margin (default 4 % of the
+1. Evidence: the fewest top pixels holding ``mass`` (0.75) of the map's saliency above its median, above the
+   ``quantile`` (0.7) of the map, optionally ``S >= peak * max(S)`` and at most ``max_area`` of the image (strict:
+   ties and zeros are never evidence). The mass rule sizes the region to the map: a focused map (a small lesion)
+   gives a small region, a spread one a larger one. A flat map (no pixel above another) means "evidence unknown":
+   W is zero everywhere and the image is not mixed.
+2. Protected region ``P = dilate(E, margin)``: W is exactly 0 on P, bit for bit. The margin (default 3 % of the
    image side) keeps the blend away from evidence the map drew a little too tight.
-3. Per-image strength ``a = alpha_max * clamp(1 - mean(S), 0.25, 1) * alpha_scale``: smaller when saliency is
-   spread out, since then less of the image is safely away from the evidence.
+3. Per-image strength ``a = alpha_max * alpha_scale`` (1.0; with ``adaptive_alpha`` also times
+   ``clamp(1 - mean(S), 0.25, 1)``: less when saliency is spread out).
 4. ``W = Blur(a * (1 - S) * F * A, sigma)`` where ``A`` is everything farther than the blur kernel's radius from P,
-   so the blurred weight is still exactly 0 on P (a sum of exact zeros), and ``F`` is an optional smooth random
-   field in [field_floor, 1] that changes which parts of the background are replaced from one draw to the next.
+   so the blurred weight is still exactly 0 on P (a sum of exact zeros), and ``F`` is a smooth random field in
+   [field_floor, 1] (0.85) that changes which parts of the background are replaced most from one draw to the next.
 5. ``x_aug = (1 - W) * x + W * x̃``; wherever ``W == 0`` the pixel is the input's, bit for bit.
 
 Ablations: a random rectangle of the same area instead of the evidence, a fixed ``a``, a hard mask (no blur).
@@ -30,6 +31,7 @@ import torch
 import torch.nn.functional as F
 
 __all__ = [
+    "LEGACY_MIX",
     "MixConfig",
     "dilate",
     "evidence_iou",
@@ -50,23 +52,27 @@ __all__ = [
 
 @dataclass(frozen=True)
 class MixConfig:
-    """How MedDiffuseMix mixes and checks. ``sigma`` and ``margin`` of ``None`` are sized to the image."""
+    """How MedDiffuseMix mixes and checks. ``sigma`` and ``margin`` of ``None`` are sized to the image.
 
-    quantile: float = 0.7
-    mass: float = 1.0  # evidence: the fewest top pixels holding this share of the saliency above the map's median
+    The defaults were chosen from the sweep in docs/results.md (``tools/mix_sweep.py`` on the demo): among the
+    settings that keep ≥ 97 % of lesion pixels, the one that changes the rest the most (with the random field on).
+    ``LEGACY_MIX`` holds the earlier defaults (a region of ~half the image, ~1 grey level of change)."""
+
+    quantile: float = 0.7  # a floor: evidence is above this quantile of the map
+    mass: float = 0.75  # evidence: the fewest top pixels holding this share of the saliency above the map's median
     peak: float = 0.0  # evidence also needs S >= peak * max(S): 0 turns the peak-relative threshold off
     max_area: float = 1.0  # the evidence covers at most this share of the image (its highest pixels)
-    alpha_max: float = 0.8
-    sigma: float | None = None  # None: 2 % of the image side (1.3 px at 64 px, 4.5 px at 224 px)
-    margin: int | None = None  # None: 4 % of the image side (3 px at 64 px, 9 px at 224 px)
-    adaptive_alpha: bool = True
+    alpha_max: float = 1.0
+    sigma: float | None = None  # None: 0.8 % of the image side (0.5 px at 64 px, 1.8 px at 224 px)
+    margin: int | None = None  # None: 3 % of the image side (2 px at 64 px, 7 px at 224 px)
+    adaptive_alpha: bool = False  # True: strength times clamp(1 - mean S, 0.25, 1)
     soft_mask: bool = True
     random_mask: bool = False
-    field_floor: float = 0.3  # the random field's minimum; 1 turns it off (every draw the same weight)
+    field_floor: float = 0.85  # the random field's minimum; 1 turns it off (every draw the same weight)
     min_confidence: float = 0.5  # teacher p(label) below this: the evidence is unknown, the image is not mixed
     check: bool = True
-    iou_top: float | None = 0.2  # the check compares the top 20 % of saliency; None: the evidence masks themselves
-    min_iou: float = 0.5
+    iou_top: float | None = None  # None: the check compares the evidence masks; a share: that top share of S
+    min_iou: float = 0.3
     max_prob_drop: float = 0.1
     retries: int = 2
 
@@ -117,10 +123,10 @@ class MixConfig:
             raise ValueError(f"{where}: {error}") from error
 
     def sigma_for(self, size: int) -> float:
-        return self.sigma if self.sigma is not None else max(0.5, 0.02 * size)
+        return self.sigma if self.sigma is not None else max(0.5, 0.008 * size)
 
     def margin_for(self, size: int) -> int:
-        return int(self.margin) if self.margin is not None else max(1, round(0.04 * size))
+        return int(self.margin) if self.margin is not None else max(1, round(0.03 * size))
 
     def max_step(self, size: int) -> float:
         """Bound on |W(p) - W(neighbour)| with the Gaussian: 2 * alpha_max / (sigma * sqrt(2 pi))."""
@@ -141,6 +147,20 @@ def _check_types(config: MixConfig) -> None:
         wrong_bool = isinstance(value, bool) and kind != "bool"
         if wrong_bool or not isinstance(value, _KINDS[kind]):
             raise ValueError(f"{spec.name} must be a {kind}, got {value!r}")
+
+
+# the defaults before the protected region was sized to the evidence (2026-12-07; sigma and margin as they were at
+# 64 px), for comparison runs (the ``meddiffusemix-legacy`` preset)
+LEGACY_MIX = {
+    "mass": 1.0,
+    "alpha_max": 0.8,
+    "sigma": 1.28,
+    "margin": 3,
+    "adaptive_alpha": True,
+    "field_floor": 0.3,
+    "iou_top": 0.2,
+    "min_iou": 0.5,
+}
 
 
 def per_image_quantile(maps: torch.Tensor, q: float) -> torch.Tensor:

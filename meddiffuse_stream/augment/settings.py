@@ -43,7 +43,7 @@ class StageSettings:
     mask_draws: int = 2  # D: MedDiffuseMix random fields per sample
     original_probability: float = 0.5  # share of samples generative methods show as they are
     compose_standard: bool = False  # flips, rotations and intensity changes after the method
-    saliency_method: str = "gradcam-multiscale"
+    saliency_method: str = "gradients"  # smoothed |dy/dx|: on the demo it locates lesions best (docs/results.md)
     saliency_layer: int = 0
     cache_saliency: bool | None = None  # None: when a cache is given and the teacher is frozen
     cache_results: bool | None = None

@@ -26,7 +26,7 @@ def add_augment_options(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--teacher-model", default="cnn", choices=["cnn", "cnn-small", "resnet18", "vit-tiny"])
     group.add_argument("--generator", help="generator folder (diffusion methods)")
     group.add_argument("--variant-cache", help="variant cache folder or URL")
-    group.add_argument("--saliency-method", default="gradcam-multiscale", choices=SALIENCY_METHODS)
+    group.add_argument("--saliency-method", default="gradients", choices=SALIENCY_METHODS)
     group.add_argument("--variants", type=int, default=2, help="variants per sample the stage chooses from (M)")
     group.add_argument("--mask-draws", type=int, default=2, help="MedDiffuseMix mask draws per sample (D)")
     group.add_argument(

@@ -80,7 +80,7 @@ def evidence_metrics(
     augment: Any,
     *,
     teacher: torch.nn.Module | None = None,
-    saliency_method: str = "gradcam-multiscale",
+    saliency_method: str = "gradients",
     split: str = "train",
     batch_size: int = 64,
     seed: int = 0,

@@ -12,6 +12,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from ..mix import LEGACY_MIX
 from .context import Augmented, BatchInputs
 from .generative import dafusion, diffusemix, hybrid_filter
 from .geometric import standard
@@ -120,16 +121,23 @@ PRESETS: dict[str, Preset] = {
     "meddiffusemix-random-mask": Preset(
         "meddiffusemix", {"random_mask": True}, "a random box of the evidence's area is protected instead"
     ),
-    "meddiffusemix-fixed-alpha": Preset("meddiffusemix", {"adaptive_alpha": False}, "strength not adapted"),
+    "meddiffusemix-adaptive-alpha": Preset(
+        "meddiffusemix", {"adaptive_alpha": True}, "strength lowered where saliency is spread out"
+    ),
     "meddiffusemix-hard-mask": Preset("meddiffusemix", {"soft_mask": False}, "no blur at the mask's edge"),
     "meddiffusemix-no-margin": Preset("meddiffusemix", {"margin": 0}, "no margin around the evidence"),
     "meddiffusemix-no-check": Preset("meddiffusemix", {"check": False}, "no preservation check"),
+    "meddiffusemix-legacy": Preset(
+        "meddiffusemix", dict(LEGACY_MIX), "the earlier defaults: the top 30 % of the map and a margin protected"
+    ),
 }
 
 
 RENAMED = {
+    "meddiffusemix-fixed-alpha": "meddiffusemix: a fixed strength is the default now; the ablation is "
+    "meddiffusemix-adaptive-alpha",
     "genmix": "hybrid-filter: the published GenMix edits images with a prompt-guided image-editing model, which "
-    "cannot be run here; what this project called genmix is a filtered DiffuseMix-style hybrid, now `hybrid-filter`"
+    "cannot be run here; what this project called genmix is a filtered DiffuseMix-style hybrid, now `hybrid-filter`",
 }
 
 
