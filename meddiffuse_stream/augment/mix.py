@@ -12,8 +12,9 @@ For an image x, its variant x̃ and saliency S in [0, 1] (defaults in :class:`Mi
 3. Per-image strength ``a = alpha_max * alpha_scale`` (1.0; with ``adaptive_alpha`` also times
    ``clamp(1 - mean(S), 0.25, 1)``: less when saliency is spread out).
 4. ``W = Blur(a * (1 - S) * F * A, sigma)`` where ``A`` is everything farther than the blur kernel's radius from P,
-   so the blurred weight is still exactly 0 on P (a sum of exact zeros), and ``F`` is a smooth random field in
-   [field_floor, 1] (0.85) that changes which parts of the background are replaced most from one draw to the next.
+   so the blurred weight is still exactly 0 on P (a sum of exact zeros), and ``F`` is an optional smooth random
+   field in [field_floor, 1] that changes which parts of the background are replaced most from one draw to the next
+   (off by default: ``field_floor`` 1; with it on, ``mask_draws`` gives each sample that many weights).
 5. ``x_aug = (1 - W) * x + W * x̃``; wherever ``W == 0`` the pixel is the input's, bit for bit.
 
 Ablations: a random rectangle of the same area instead of the evidence, a fixed ``a``, a hard mask (no blur).
@@ -55,7 +56,8 @@ class MixConfig:
     """How MedDiffuseMix mixes and checks. ``sigma`` and ``margin`` of ``None`` are sized to the image.
 
     The defaults were chosen from the sweep in docs/results.md (``tools/mix_sweep.py`` on the demo): among the
-    settings that keep ≥ 97 % of lesion pixels, the one that changes the rest the most (with the random field on).
+    settings that keep ≥ 97 % of lesion pixels, the one that changes the rest the most (the random field off: it
+    only lowered W).
     ``LEGACY_MIX`` holds the earlier defaults (a region of ~half the image, ~1 grey level of change)."""
 
     quantile: float = 0.7  # a floor: evidence is above this quantile of the map
@@ -68,7 +70,7 @@ class MixConfig:
     adaptive_alpha: bool = False  # True: strength times clamp(1 - mean S, 0.25, 1)
     soft_mask: bool = True
     random_mask: bool = False
-    field_floor: float = 0.85  # the random field's minimum; 1 turns it off (every draw the same weight)
+    field_floor: float = 1.0  # the random field's minimum; 1 turns it off (every draw the same weight)
     min_confidence: float = 0.5  # teacher p(label) below this: the evidence is unknown, the image is not mixed
     check: bool = True
     iou_top: float | None = None  # None: the check compares the evidence masks; a share: that top share of S

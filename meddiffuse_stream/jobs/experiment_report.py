@@ -211,7 +211,8 @@ def reading(rows: list[dict[str, Any]], variants: dict[str, Any] | None = None) 
         )
         sentences.extend(_strength_sentences(rows, methods, fraction))
     for split, what in (("val", "in-domain (val)"), ("test", "domain-shift (test)")):
-        for other in ("none", "standard", "cutmix", "mixup"):  # none: the control no augmentation must beat
+        # none: the control no augmentation must beat; then the saliency-kept and diffusion baselines
+        for other in ("none", "keepaugment", "dafusion", "diffusemix", "standard", "cutmix", "mixup"):
             if other in methods:
                 result = _paired(rows, REFERENCE, other, fraction, split)
                 sentences.append(f"{what} AUC, MedDiffuseMix − {other}: {_verdict(result)}.")
