@@ -213,28 +213,33 @@ class ViTTiny(nn.Module):
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         return self.head(self.embed(images))
 
+    def _blocks(self) -> list[Block]:
+        return [block for block in self.blocks if isinstance(block, Block)]
+
     @torch.no_grad()
     def attention_rollout(self, images: torch.Tensor) -> torch.Tensor:
         """``(B, 1, h, w)``: how much the CLS token draws on each patch through all blocks — each block's
         head-averaged attention with the residual as identity (0.5 A + 0.5 I, rows renormalised), multiplied."""
-        for block in self.blocks:
+        blocks = self._blocks()
+        for block in blocks:
             block.attention.keep = True
         try:
             self._tokens(images)
-            flows = [block.attention.last for block in self.blocks]
+            flows = [block.attention.last for block in blocks]
         finally:
-            for block in self.blocks:
+            for block in blocks:
                 block.attention.keep = False
                 block.attention.last = None
-        rollout = None
+        rollout: torch.Tensor | None = None
         for weights in flows:
             assert weights is not None
-            mixed = 0.5 * weights.mean(dim=1) + 0.5 * torch.eye(weights.shape[-1], device=weights.device)
+            count = int(weights.shape[-1])
+            mixed = 0.5 * weights.mean(dim=1) + 0.5 * torch.eye(count, device=images.device)
             mixed = mixed / mixed.sum(dim=-1, keepdim=True)
             rollout = mixed if rollout is None else mixed @ rollout
         assert rollout is not None
-        grid = self.grids[0].grid
-        return rollout[:, 0, 1:].reshape(len(images), 1, grid, grid)
+        side = round((rollout.shape[-1] - 1) ** 0.5)
+        return rollout[:, 0, 1:].reshape(len(images), 1, side, side)
 
 
 class SmallCNN16(SmallCNN):

@@ -102,8 +102,9 @@ class MedDiffuseMixer:
             self.counters[STATUSES[code]] += 1
         details = {}
         if inputs.details:  # read (or computed) only for callers that show them
+            assert inputs.saliency is not None
             details = {"saliency": inputs.saliency(None), "protected": protected}
-            if self.donor == "variant":
+            if self.donor == "variant" and inputs.variants is not None:
                 details["variant"] = inputs.variants(None)
         return Augmented(out, inputs.labels, weight, details=details)
 

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 
 import torch
 from torch import nn
@@ -128,7 +128,8 @@ class SaliencyExtractor:
                 layers = saliency_layers(self.model)[:2]
                 maps = sum(normalise_per_image(self._gradcam(images, labels, layer).float()) for layer in layers)
             elif self.method == "attention-rollout":  # class-agnostic: where the CLS token looks
-                grid = self.model.attention_rollout(images.detach())
+                rollout: Callable[[torch.Tensor], torch.Tensor] = getattr(self.model, "attention_rollout")  # noqa: B009
+                grid = rollout(images.detach())
                 maps = torch.nn.functional.interpolate(grid, tuple(images.shape[-2:]), mode="bilinear")
             elif self.method == "gradients":
                 from captum.attr import Saliency

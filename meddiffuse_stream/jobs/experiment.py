@@ -190,12 +190,14 @@ def _variant_report(config: ExperimentConfig, teacher: Any, out: Path) -> dict[s
     """The generator alone: label fidelity, distance, diversity and feature distance of its variants (once)."""
     if teacher is None or not (config.generator or config.variant_cache):
         return None
+    from ..augment.stage import AugmentStage
     from .stage_factory import build_stage
     from .variant_quality import variant_quality
 
     stage = build_stage(
         "dafusion", config.dataset, generator=config.generator, variant_cache=config.variant_cache, device=config.device
     )
+    assert isinstance(stage, AugmentStage), "dafusion with a generator or cache is always a stage"
     identity = stage.variants.identity
     path = out / "variants.json"
     if path.exists():
