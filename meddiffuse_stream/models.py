@@ -51,7 +51,8 @@ class SmallCNN(nn.Module):
     @property
     def saliency_layers(self) -> list[nn.Module]:
         """The ReLU of each block, coarsest first (at 64 px: 8×8, 16×16, 32×32, 64×64)."""
-        return [module for module in self.features if isinstance(module, nn.ReLU)][::-1]
+        layers: list[nn.Module] = [module for module in self.features if isinstance(module, nn.ReLU)]
+        return layers[::-1]
 
     def embed(self, images: torch.Tensor) -> torch.Tensor:
         """The penultimate features ``(B, D)``: what the head sees (for feature distances)."""
@@ -272,7 +273,7 @@ def load_weights(model: nn.Module, path: str | Path) -> nn.Module:
 
         state = load_file(str(path))
     else:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-        state = state.get("model", state) if isinstance(state, dict) else state
+        loaded = torch.load(path, map_location="cpu", weights_only=True)
+        state = loaded.get("model", loaded) if isinstance(loaded, dict) else loaded
     model.load_state_dict(state)
     return model

@@ -99,7 +99,9 @@ def cached_batch(
     Everything is rounded to the stored precision (float16) whether or not a cache is set, so a run gives the
     same bytes cold or warm.
     """
-    found_rows, found, missing = [], [], []
+    found_rows: list[int] = []
+    found: list[np.ndarray] = []
+    missing: list[int] = []
     for index, name in enumerate(names):
         entry = cache.get(name) if cache is not None else None
         if entry is not None and entry.shape == tuple(like.shape[1:]):
@@ -114,13 +116,13 @@ def cached_batch(
     out = torch.empty_like(like)
     if found:
         out[torch.as_tensor(found_rows, device=like.device)] = host_to(np.stack(found), like)
-    index = torch.as_tensor(missing, device=like.device)
-    produced = produce(index).to(torch.float16)
-    out[index] = produced.to(like.dtype)
+    rows = torch.as_tensor(missing, device=like.device)
+    produced = produce(rows).to(torch.float16)
+    out[rows] = produced.to(like.dtype)
     if cache is not None:
-        rows = produced.detach().cpu().numpy()
+        stored = produced.detach().cpu().numpy()
         for row, position in enumerate(missing):
-            cache.put(names[position], rows[row])
+            cache.put(names[position], stored[row])
     return out
 
 

@@ -34,6 +34,7 @@ class ClassConditionalGenerator:
     """A ``UNet2DModel`` with ``num_class_embeds`` and a DDIM scheduler."""
 
     kind = "unet-sdedit"
+    _identity: str | None = None  # computed on first use, forgotten when the weights change
 
     def __init__(self, unet: Any, scheduler: Any, *, strength: float = 0.5, steps: int = 10) -> None:
         sdedit_timesteps(strength, steps)  # the same checks, at construction
@@ -64,7 +65,7 @@ class ClassConditionalGenerator:
     def identity(self) -> str:
         """Generator id and version: a hash of the configuration and the weights, computed once (a generator is
         frozen while it serves variants; ``forget_identity()`` after changing its weights)."""
-        if getattr(self, "_identity", None) is None:
+        if self._identity is None:
             self._identity = self._compute_identity()
         return self._identity
 

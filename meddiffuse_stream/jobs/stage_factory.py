@@ -63,7 +63,7 @@ def build_stage(
     if spec.needs_variants and not (generator or variant_cache):
         raise ValueError(f"augment {method!r} needs diffusion variants (--generator and/or --variant-cache)")
     shape = sample_shape(dataset)
-    model = load_teacher(dataset, teacher, teacher_model, shape) if spec.needs_saliency else None
+    model = load_teacher(dataset, teacher, teacher_model, shape) if spec.needs_saliency and teacher else None
     variants = None
     if generator and spec.needs_variants:
         from ..augment.diffusion import load_generator
