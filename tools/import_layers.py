@@ -16,6 +16,7 @@ __all__ = ["FLOORS", "floor_of", "import_graph", "violations"]
 PACKAGE = "meddiffuse_stream"
 # (module prefix, floor): the longest matching prefix decides; "" is the package facade
 FLOORS: tuple[tuple[str, int], ...] = (
+    ("_lazy", 0),
     ("_version", 0),
     ("counters", 0),
     ("user_errors", 0),

@@ -17,6 +17,7 @@ import stat
 from dataclasses import dataclass, field
 
 from ..storage import Location
+from ..storage.local_files import special_kind
 from .base import ReadRules, RejectError
 
 __all__ = [
@@ -73,24 +74,12 @@ def is_excluded(path: str, rules: ReadRules) -> bool:
     return any(path == top or path.startswith(top.rstrip("/") + "/") for top in rules.exclude)
 
 
-def _special_kind(mode: int) -> str:
-    if stat.S_ISFIFO(mode):
-        return "a FIFO (named pipe)"
-    if stat.S_ISSOCK(mode):
-        return "a socket"
-    if stat.S_ISCHR(mode):
-        return "a character device"
-    if stat.S_ISBLK(mode):
-        return "a block device"
-    return "not a regular file"
-
-
 def _classify(st: os.stat_result, rules: ReadRules) -> FoundFile | str:
     if stat.S_ISREG(st.st_mode):
         if st.st_size > rules.max_file_bytes:
             return f"file of {st.st_size} bytes is over the per-file limit of {rules.max_file_bytes} (--max-file-bytes)"
         return FoundFile(st.st_size, f"{st.st_size}:{st.st_mtime_ns}")
-    return f"{_special_kind(st.st_mode)}, not a regular file: not read"
+    return f"{special_kind(st.st_mode) or 'not a regular file'}, not a regular file: not read"
 
 
 def _broken_link_reason(path: str) -> str:
