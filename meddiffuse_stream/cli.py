@@ -15,7 +15,7 @@ from .convert.base import DEFAULT_MAX_FILE_BYTES, DEFAULT_MAX_PIXELS
 from .convert.splits import parse_split_spec
 from .jobs.augment_options import add_augment_options, stage_from_args
 from .jobs.demo_data import MODALITIES, DemoSource
-from .storage import parse_storage_options
+from .storage import StorageError, parse_storage_options
 from .user_errors import one_line_error
 
 __all__ = ["build_parser", "main"]
@@ -444,11 +444,14 @@ def _run_experiment(args: argparse.Namespace) -> int:
     return 0
 
 
+_ONE_LINE = (ConversionError, StorageError, ValueError, FileNotFoundError, PermissionError, NotImplementedError)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return int(args.handler(args))
-    except (ConversionError, ValueError, FileNotFoundError, PermissionError, NotImplementedError) as error:
+    except _ONE_LINE as error:  # a StorageError's chained client exception is for debuggers, not printed
         print(f"meddiffuse-stream {args.command}: error: {' '.join(str(error).split())}", file=sys.stderr)
         return 1
     except Exception as error:  # the environment (disk, network, storage): one line; a bug keeps its traceback
