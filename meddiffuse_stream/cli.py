@@ -58,11 +58,16 @@ def _common_shard_options(parser: argparse.ArgumentParser) -> None:
         help="bytes per shard at most, estimated from the inputs' sizes",
     )
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
+    _storage_option(parser, "SRC and OUT")
+
+
+def _storage_option(parser: argparse.ArgumentParser, what: str) -> None:
+    """``--storage-option NAME=VALUE`` (repeatable) on every command that reads or writes storage."""
     parser.add_argument(
         "--storage-option",
         action="append",
         metavar="NAME=VALUE",
-        help="fsspec option for SRC and OUT, e.g. endpoint_url=http://127.0.0.1:8333 (repeatable); "
+        help=f"fsspec option for {what}, e.g. endpoint_url=http://127.0.0.1:8333 (repeatable); "
         "credentials are better left to AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY",
     )
 
@@ -153,6 +158,7 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--workers", type=int, default=0)
     train.add_argument("--device", help="cpu or cuda (default: cuda when present)")
     train.add_argument("--quiet", action="store_true")
+    _storage_option(train, "the dataset")
     train.set_defaults(handler=_run_train_diffusion)
 
     warm = commands.add_parser(
@@ -169,7 +175,7 @@ def build_parser() -> argparse.ArgumentParser:
     warm.add_argument("--variant-seed", type=int, default=0, help="must match the AugmentStage's variant_seed")
     warm.add_argument("--device", help="cpu or cuda (default: cuda when present)")
     warm.add_argument("--quiet", action="store_true")
-    warm.add_argument("--storage-option", action="append", metavar="NAME=VALUE")
+    _storage_option(warm, "the dataset and the variant cache")
     warm.set_defaults(handler=_run_warm_cache)
 
     fit = commands.add_parser(
@@ -214,6 +220,7 @@ def build_parser() -> argparse.ArgumentParser:
     fit.add_argument("--key-log", action="store_true", help="write the keys each rank trained on")
     fit.add_argument("--min-val-auc", type=float, help="fail (exit 1, model kept) if the val AUC ends below this")
     fit.add_argument("--quiet", action="store_true", help="no progress bar")
+    _storage_option(fit, "the dataset and the variant cache")
     fit.add_argument(
         "--deterministic",
         action="store_true",
@@ -230,6 +237,7 @@ def build_parser() -> argparse.ArgumentParser:
     show.add_argument("-o", "--output", required=True, help="PNG file to write")
     show.add_argument("--split", help="split to show (default train; none for shards without splits)")
     show.add_argument("--seed", type=int, default=0)
+    _storage_option(show, "the dataset and the variant cache")
     add_augment_options(show)
     show.set_defaults(handler=_run_preview)
 
@@ -247,7 +255,7 @@ def build_parser() -> argparse.ArgumentParser:
     index.add_argument("--name", help="dataset name recorded in the index")
     index.add_argument("--workers", type=int, default=4, help="shards read at once")
     index.add_argument("--quiet", action="store_true", help="no progress bar")
-    index.add_argument("--storage-option", action="append", metavar="NAME=VALUE")
+    _storage_option(index, "SRC and OUT")
     index.add_argument(
         "--link-root", help="follow shards that are symbolic links into this folder (default: SRC's folder only)"
     )
@@ -324,6 +332,7 @@ def _run_train_diffusion(args: argparse.Namespace) -> int:
         seed=args.seed,
         num_workers=args.workers,
         device=args.device,
+        storage_options=parse_storage_options(args.storage_option),
         progress=not args.quiet,
     )
     print(
@@ -359,7 +368,10 @@ def _configured_stage(args: argparse.Namespace):
 
     # the device training will use (cuda:LOCAL_RANK under torchrun), not CUDA's current device: every rank's
     # stage would otherwise run on cuda:0
-    stage = stage_from_args(args, args.dataset, device=str(training_device(args.device)))
+    device = str(training_device(args.device))
+    stage = stage_from_args(
+        args, args.dataset, device=device, storage_options=parse_storage_options(args.storage_option)
+    )
     return None if stage is None or isinstance(stage, str) else stage
 
 
@@ -390,6 +402,7 @@ def _run_train(args: argparse.Namespace) -> int:
         deterministic=args.deterministic,
         loader_dtype=args.loader_dtype,
         steps=args.steps,
+        storage_options=parse_storage_options(args.storage_option),
     )
     results = train(config)
     if int(os.environ.get("RANK", "0")) == 0:
@@ -405,9 +418,17 @@ def _run_preview(args: argparse.Namespace) -> int:
     from .jobs.preview import render_preview
     from .loader import MedDiffuseLoader
 
-    stage = stage_from_args(args, args.dataset) or args.augment
+    options = parse_storage_options(args.storage_option)
+    stage = stage_from_args(args, args.dataset, storage_options=options) or args.augment
     with MedDiffuseLoader(
-        args.dataset, args.n, split=args.split, seed=args.seed, augment=stage, as_dict=True, shuffle=True
+        args.dataset,
+        args.n,
+        split=args.split,
+        seed=args.seed,
+        augment=stage,
+        as_dict=True,
+        shuffle=True,
+        storage_options=options,
     ) as loader:
         batch = next(iter(loader))
         names = list(loader.dataset.class_names)
