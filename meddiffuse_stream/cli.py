@@ -13,6 +13,7 @@ from ._version import __version__
 from .convert import FORMATS, FRAME_CHOICES, ConversionError, ConvertOptions, convert_dataset
 from .convert.base import DEFAULT_MAX_FILE_BYTES, DEFAULT_MAX_PIXELS
 from .convert.splits import parse_split_spec
+from .geometry import GEOMETRY_MODES
 from .jobs.augment_options import add_augment_options, stage_from_args
 from .jobs.demo_data import MODALITIES, DemoSource
 from .storage import StorageError, parse_storage_options
@@ -88,7 +89,14 @@ def build_parser() -> argparse.ArgumentParser:
         help="patient-level split fractions, default train=0.8,val=0.1,test=0.1; 'official' keeps the release's",
     )
     shard.add_argument("--extra-splits", metavar="NAMES", help="split names beyond train,val,test, e.g. calib")
-    shard.add_argument("--resize", type=int, help="resize every image (and ROI) to N x N pixels")
+    shard.add_argument("--resize", type=int, help="resize every image (and ROI) to N x N pixels (see --resize-mode)")
+    shard.add_argument(
+        "--resize-mode",
+        choices=GEOMETRY_MODES,
+        default="crop",
+        help="with --resize: crop (cover N x N, cut the centre: no distortion, borders lost), letterbox (fit inside, "
+        "pad with zeros: nothing lost) or stretch (each side to N: the anatomy distorted); as the loader's resize_mode",
+    )
     shard.add_argument(
         "--channels", type=int, choices=[1, 3], help="convert every image to 1 (grey, BT.601 luma) or 3 (RGB) channels"
     )
@@ -280,7 +288,14 @@ def _run_shard(args: argparse.Namespace) -> int:
     splits = parse_split_spec(args.split, extra) if args.split else None
     limits = {"max_pixels": args.max_pixels, "max_file_bytes": args.max_file_bytes}
     options = _options(
-        args, splits=splits, resize=args.resize, name=args.name, frames=args.frames, channels=args.channels, **limits
+        args,
+        splits=splits,
+        resize=args.resize,
+        resize_mode=args.resize_mode,
+        name=args.name,
+        frames=args.frames,
+        channels=args.channels,
+        **limits,
     )
     summary = convert_dataset(
         FORMATS[args.format].from_cli(args),
