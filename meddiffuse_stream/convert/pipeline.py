@@ -45,6 +45,7 @@ from .base import (
     SourceItem,
 )
 from .build import ShardResult, ShardTask, build_shard
+from .class_counts import class_counts, small_class_warnings
 from .finalize import ConversionSummary, remove_orphans, write_dataset_files
 from .lock import acquire_lock
 from .ownership import PROGRESS_DIR, check_plan, claim, survey_out
@@ -106,6 +107,9 @@ def convert_dataset(
         if not discovery.items:
             reasons = "; ".join(sorted({r.reason for r in discovery.rejects})[:3]) or "no inputs found"
             raise ConversionError(f"nothing to convert in {src_url} ({discovery.found} inputs found): {reasons}")
+        if discovery.classes_from:  # a misspelt class folder or label, said before the long part
+            counts = class_counts(discovery.class_names, discovery.items)
+            discovery.warnings.extend(small_class_warnings(counts, discovery.classes_from))
         for warning in discovery.warnings:  # before the long part, so a wrong layout can be stopped at once
             print(f"warning: {warning}", file=sys.stderr)
         tasks = plan_shards(source, discovery, options)
