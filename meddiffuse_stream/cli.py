@@ -13,9 +13,10 @@ from ._version import __version__
 from .convert import FORMATS, FRAME_CHOICES, ConversionError, ConvertOptions, convert_dataset
 from .convert.base import DEFAULT_MAX_FILE_BYTES, DEFAULT_MAX_PIXELS
 from .convert.splits import parse_split_spec
+from .geometry import GEOMETRY_MODES
 from .jobs.augment_options import add_augment_options, stage_from_args
 from .jobs.demo_data import MODALITIES, DemoSource
-from .storage import parse_storage_options
+from .storage import StorageError, parse_storage_options
 from .user_errors import one_line_error
 
 __all__ = ["build_parser", "main"]
@@ -58,11 +59,16 @@ def _common_shard_options(parser: argparse.ArgumentParser) -> None:
         help="bytes per shard at most, estimated from the inputs' sizes",
     )
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
+    _storage_option(parser, "SRC and OUT")
+
+
+def _storage_option(parser: argparse.ArgumentParser, what: str) -> None:
+    """``--storage-option NAME=VALUE`` (repeatable) on every command that reads or writes storage."""
     parser.add_argument(
         "--storage-option",
         action="append",
         metavar="NAME=VALUE",
-        help="fsspec option for SRC and OUT, e.g. endpoint_url=http://127.0.0.1:8333 (repeatable); "
+        help=f"fsspec option for {what}, e.g. endpoint_url=http://127.0.0.1:8333 (repeatable); "
         "credentials are better left to AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY",
     )
 
@@ -83,7 +89,14 @@ def build_parser() -> argparse.ArgumentParser:
         help="patient-level split fractions, default train=0.8,val=0.1,test=0.1; 'official' keeps the release's",
     )
     shard.add_argument("--extra-splits", metavar="NAMES", help="split names beyond train,val,test, e.g. calib")
-    shard.add_argument("--resize", type=int, help="resize every image (and ROI) to N x N pixels")
+    shard.add_argument("--resize", type=int, help="resize every image (and ROI) to N x N pixels (see --resize-mode)")
+    shard.add_argument(
+        "--resize-mode",
+        choices=GEOMETRY_MODES,
+        default="crop",
+        help="with --resize: crop (cover N x N, cut the centre: no distortion, borders lost), letterbox (fit inside, "
+        "pad with zeros: nothing lost) or stretch (each side to N: the anatomy distorted); as the loader's resize_mode",
+    )
     shard.add_argument(
         "--channels", type=int, choices=[1, 3], help="convert every image to 1 (grey, BT.601 luma) or 3 (RGB) channels"
     )
@@ -153,6 +166,7 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--workers", type=int, default=0)
     train.add_argument("--device", help="cpu or cuda (default: cuda when present)")
     train.add_argument("--quiet", action="store_true")
+    _storage_option(train, "the dataset")
     train.set_defaults(handler=_run_train_diffusion)
 
     warm = commands.add_parser(
@@ -169,7 +183,7 @@ def build_parser() -> argparse.ArgumentParser:
     warm.add_argument("--variant-seed", type=int, default=0, help="must match the AugmentStage's variant_seed")
     warm.add_argument("--device", help="cpu or cuda (default: cuda when present)")
     warm.add_argument("--quiet", action="store_true")
-    warm.add_argument("--storage-option", action="append", metavar="NAME=VALUE")
+    _storage_option(warm, "the dataset and the variant cache")
     warm.set_defaults(handler=_run_warm_cache)
 
     fit = commands.add_parser(
@@ -214,6 +228,7 @@ def build_parser() -> argparse.ArgumentParser:
     fit.add_argument("--key-log", action="store_true", help="write the keys each rank trained on")
     fit.add_argument("--min-val-auc", type=float, help="fail (exit 1, model kept) if the val AUC ends below this")
     fit.add_argument("--quiet", action="store_true", help="no progress bar")
+    _storage_option(fit, "the dataset and the variant cache")
     fit.add_argument(
         "--deterministic",
         action="store_true",
@@ -230,6 +245,7 @@ def build_parser() -> argparse.ArgumentParser:
     show.add_argument("-o", "--output", required=True, help="PNG file to write")
     show.add_argument("--split", help="split to show (default train; none for shards without splits)")
     show.add_argument("--seed", type=int, default=0)
+    _storage_option(show, "the dataset and the variant cache")
     add_augment_options(show)
     show.set_defaults(handler=_run_preview)
 
@@ -247,7 +263,7 @@ def build_parser() -> argparse.ArgumentParser:
     index.add_argument("--name", help="dataset name recorded in the index")
     index.add_argument("--workers", type=int, default=4, help="shards read at once")
     index.add_argument("--quiet", action="store_true", help="no progress bar")
-    index.add_argument("--storage-option", action="append", metavar="NAME=VALUE")
+    _storage_option(index, "SRC and OUT")
     index.add_argument(
         "--link-root", help="follow shards that are symbolic links into this folder (default: SRC's folder only)"
     )
@@ -272,7 +288,14 @@ def _run_shard(args: argparse.Namespace) -> int:
     splits = parse_split_spec(args.split, extra) if args.split else None
     limits = {"max_pixels": args.max_pixels, "max_file_bytes": args.max_file_bytes}
     options = _options(
-        args, splits=splits, resize=args.resize, name=args.name, frames=args.frames, channels=args.channels, **limits
+        args,
+        splits=splits,
+        resize=args.resize,
+        resize_mode=args.resize_mode,
+        name=args.name,
+        frames=args.frames,
+        channels=args.channels,
+        **limits,
     )
     summary = convert_dataset(
         FORMATS[args.format].from_cli(args),
@@ -324,6 +347,7 @@ def _run_train_diffusion(args: argparse.Namespace) -> int:
         seed=args.seed,
         num_workers=args.workers,
         device=args.device,
+        storage_options=parse_storage_options(args.storage_option),
         progress=not args.quiet,
     )
     print(
@@ -359,7 +383,10 @@ def _configured_stage(args: argparse.Namespace):
 
     # the device training will use (cuda:LOCAL_RANK under torchrun), not CUDA's current device: every rank's
     # stage would otherwise run on cuda:0
-    stage = stage_from_args(args, args.dataset, device=str(training_device(args.device)))
+    device = str(training_device(args.device))
+    stage = stage_from_args(
+        args, args.dataset, device=device, storage_options=parse_storage_options(args.storage_option)
+    )
     return None if stage is None or isinstance(stage, str) else stage
 
 
@@ -390,6 +417,7 @@ def _run_train(args: argparse.Namespace) -> int:
         deterministic=args.deterministic,
         loader_dtype=args.loader_dtype,
         steps=args.steps,
+        storage_options=parse_storage_options(args.storage_option),
     )
     results = train(config)
     if int(os.environ.get("RANK", "0")) == 0:
@@ -405,9 +433,17 @@ def _run_preview(args: argparse.Namespace) -> int:
     from .jobs.preview import render_preview
     from .loader import MedDiffuseLoader
 
-    stage = stage_from_args(args, args.dataset) or args.augment
+    options = parse_storage_options(args.storage_option)
+    stage = stage_from_args(args, args.dataset, storage_options=options) or args.augment
     with MedDiffuseLoader(
-        args.dataset, args.n, split=args.split, seed=args.seed, augment=stage, as_dict=True, shuffle=True
+        args.dataset,
+        args.n,
+        split=args.split,
+        seed=args.seed,
+        augment=stage,
+        as_dict=True,
+        shuffle=True,
+        storage_options=options,
     ) as loader:
         batch = next(iter(loader))
         names = list(loader.dataset.class_names)
@@ -444,11 +480,14 @@ def _run_experiment(args: argparse.Namespace) -> int:
     return 0
 
 
+_ONE_LINE = (ConversionError, StorageError, ValueError, FileNotFoundError, PermissionError, NotImplementedError)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return int(args.handler(args))
-    except (ConversionError, ValueError, FileNotFoundError, PermissionError, NotImplementedError) as error:
+    except _ONE_LINE as error:  # a StorageError's chained client exception is for debuggers, not printed
         print(f"meddiffuse-stream {args.command}: error: {' '.join(str(error).split())}", file=sys.stderr)
         return 1
     except Exception as error:  # the environment (disk, network, storage): one line; a bug keeps its traceback

@@ -41,6 +41,7 @@ class FaultPlan:
         self.only_suffix = ""  # faults only for object reads whose key ends so (".tar": shards, not dataset.json)
         self.sent: Counter[str] = Counter()
         self.log: list[tuple[str, str, str]] = []  # (method, path, query) of every request, in order
+        self.connections: set[socket.socket] = set()  # open client connections, cut when the proxy goes away
 
     def take(self, method: str, path: str, query: str) -> str | None:
         is_object_read = (
@@ -79,6 +80,16 @@ def _handler(upstream: str, plan: FaultPlan) -> type[BaseHTTPRequestHandler]:
 
         def log_message(self, format: str, *args: object) -> None:
             return None
+
+        def setup(self) -> None:
+            super().setup()
+            with plan.lock:
+                plan.connections.add(self.connection)
+
+        def finish(self) -> None:
+            with plan.lock:
+                plan.connections.discard(self.connection)
+            super().finish()
 
         def _body(self) -> bytes:
             if "chunked" in self.headers.get("Transfer-Encoding", "").lower():
@@ -165,10 +176,11 @@ def _handler(upstream: str, plan: FaultPlan) -> type[BaseHTTPRequestHandler]:
 
 
 @contextlib.contextmanager
-def fault_proxy(upstream: str) -> Iterator[tuple[str, FaultPlan]]:
-    """``(endpoint, plan)`` of a proxy on 127.0.0.1 in front of ``upstream``, for the duration of the block."""
+def fault_proxy(upstream: str, port: int = 0) -> Iterator[tuple[str, FaultPlan]]:
+    """``(endpoint, plan)`` of a proxy on 127.0.0.1 in front of ``upstream``, for the duration of the block;
+    ``port`` brings one back where an earlier one was (a server restart, as its clients see it)."""
     plan = FaultPlan()
-    server = ThreadingHTTPServer(("127.0.0.1", 0), _handler(upstream, plan))
+    server = ThreadingHTTPServer(("127.0.0.1", port), _handler(upstream, plan))
     server.daemon_threads = True
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
@@ -177,6 +189,10 @@ def fault_proxy(upstream: str) -> Iterator[tuple[str, FaultPlan]]:
     finally:
         server.shutdown()
         server.server_close()
+        with plan.lock:  # kept-alive connections die with it, as with a server that stops
+            for connection in plan.connections:
+                with contextlib.suppress(OSError):
+                    connection.shutdown(socket.SHUT_RDWR)
 
 
 @contextlib.contextmanager

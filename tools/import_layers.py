@@ -21,6 +21,7 @@ FLOORS: tuple[tuple[str, int], ...] = (
     ("counters", 0),
     ("user_errors", 0),
     ("storage", 1),
+    ("geometry", 2),
     ("options", 2),
     ("shardfmt", 2),
     ("convert", 3),

@@ -132,6 +132,7 @@ class Discovery:
     notes: dict[str, int] = field(default_factory=dict)  # facts of the scan for the summary (links followed, ...)
     task: str = "multi_class"  # or "multi_label": items carry findings, not a class index
     warnings: list[str] = field(default_factory=list)  # said on stderr at once and kept in the summary
+    classes_from: str = ""  # where class names were found (not declared): "the folder names", "the label column"
 
     @property
     def found(self) -> int:

@@ -1,5 +1,6 @@
-"""Building one shard: load each input, unify channels and size on request, encode, write; every input ends up as
-sample rows or one reject row.
+"""Building one shard: load each input, unify channels and size on request (``--resize N --resize-mode``: the
+loader's geometry, ROI masks following their image), encode, write; every input ends up as sample rows or one
+reject row.
 
 The fields the pipeline writes (``key``, ``split``, ``label``, ``shard``, ``offset``, ``height``, ...) always win
 over a format's own metadata of the same name, so no source column can make ``index.parquet`` lie.
@@ -13,6 +14,7 @@ from typing import Any
 
 import numpy as np
 
+from ..geometry import GeometryMode
 from ..shardfmt.writer import ShardWriter, encode_sample, make_key, shard_name
 from ..storage import Location, atomic_write
 from .base import LoadedImage, ReadRules, Reject, SourceFormat, SourceItem, describe_error
@@ -80,6 +82,7 @@ def build_shard(
     class_names: list[str],
     resize: int | None,
     rules: ReadRules,
+    resize_mode: GeometryMode = "crop",
 ) -> ShardResult:
     """Load, encode and write one shard."""
     rows: list[dict[str, Any]] = []
@@ -93,7 +96,7 @@ def build_shard(
                 rejects.append(loaded.as_row())
                 continue
             try:
-                samples = _samples(source.name, item, loaded, task, class_names, resize, rules.channels)
+                samples = _samples(source.name, item, loaded, task, class_names, (resize, resize_mode), rules.channels)
             except Exception as error:
                 rejects.append(Reject(item.source, describe_error(error), item.key).as_row())
                 continue
@@ -123,19 +126,20 @@ def _samples(
     loaded: LoadedImage,
     task: ShardTask,
     class_names: list[str],
-    resize: int | None,
+    resize: tuple[int | None, GeometryMode],
     channels: int | None,
 ) -> list[tuple[Any, dict[str, Any]]]:
     """Every sample of one input, encoded, before any is written: an input is converted whole or rejected."""
     frames = loaded.frames or [loaded.image]
+    side, mode = resize
     encoded = []
     for index, frame in enumerate(frames):
         image, roi = frame, loaded.roi
         if channels:
             image = to_channels(image, channels)
-        if resize:
-            image = resize_square(image, resize)
-            roi = None if roi is None else resize_square(roi, resize, nearest=True)
+        if side:
+            image = resize_square(image, side, mode=mode)
+            roi = None if roi is None else resize_square(roi, side, nearest=True, mode=mode)
         key = item.key if len(frames) == 1 else make_key(item.key, f"f{index:04d}")
         columns = _columns(item, key, task.split, class_names, image)
         frame_meta = {"frame_index": index} if len(frames) > 1 else {}

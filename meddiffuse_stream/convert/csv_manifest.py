@@ -122,7 +122,9 @@ class CsvSource(FileSource):
                     items.append(SourceItem(key, label, *fields))
                 else:
                     items.append(SourceItem(key, -1, *fields, findings=label))
-        return Discovery(class_names, items, rejects, task="multi_class" if multi is None else "multi_label")
+        found = "the label column" if multi is None and not self.classes else ""  # not declared: checked, listed
+        task = "multi_class" if multi is None else "multi_label"
+        return Discovery(class_names, items, rejects, task=task, classes_from=found)
 
 
 def _resolve(base: str, path: str, local: bool) -> str | None:

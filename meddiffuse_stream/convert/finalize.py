@@ -13,6 +13,7 @@ from ..shardfmt.manifest import REJECTS_JSONL, ShardInfo, build_manifest, split_
 from ..shardfmt.parquet import write_sample_index
 from ..storage import Location
 from .base import Discovery
+from .class_counts import found_classes_line
 from .finding_table import finding_lines
 from .ownership import OutState, claim
 
@@ -38,6 +39,7 @@ class ConversionSummary:
     samples: int = -1  # above ``converted`` when inputs gave several frames (--frames all); -1: as converted
     notes: dict[str, int] = field(default_factory=dict)  # counted facts: windows ignored, frames chosen, links ...
     warnings: list[str] = field(default_factory=list)  # what will bite later: mixed sizes or channel counts
+    classes_found: str = ""  # classes found in folder names or a label column, with their samples
 
     def table(self) -> str:
         """A plain-text summary for the end of a CLI run."""
@@ -50,6 +52,8 @@ class ConversionSummary:
         widths = [max(len(str(x)) for x in column) for column in zip(header, *rows, strict=True)]
         lines = ["  ".join(str(x).ljust(w) for x, w in zip(line, widths, strict=True)) for line in [header, *rows]]
         lines.extend(finding_lines(self.splits))  # multi-label: positives (and unknowns) per finding and split
+        if self.classes_found:
+            lines.append(self.classes_found)
         rate = self.converted / self.seconds if self.seconds > 0 else 0.0
         samples = f" ({self.samples} samples)" if self.samples > self.converted else ""
         lines.append(
@@ -131,7 +135,17 @@ def write_dataset_files(
         samples=len(rows),
         notes=dict(notes),
         warnings=warnings,
+        classes_found=_classes_found(discovery, rows),
     )
+
+
+def _classes_found(discovery: Discovery, rows: list[dict[str, Any]]) -> str:
+    """The summary's line of classes found (not declared), with the samples converted of each."""
+    if not discovery.classes_from or discovery.task != "multi_class":
+        return ""
+    counted = Counter(row.get("label") for row in rows)
+    counts = {name: counted.get(index, 0) for index, name in enumerate(discovery.class_names)}
+    return found_classes_line(counts, discovery.classes_from)
 
 
 def shape_warnings(rows: list[dict[str, Any]]) -> list[str]:

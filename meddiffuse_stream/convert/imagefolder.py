@@ -97,4 +97,11 @@ class ImageFolderSource(FileSource):
                     stamp=found.stamp,
                 )
             )
-        return Discovery(class_names, items, rejects, notes=scan_notes(scan), warnings=_unknown_patients(items))
+        return Discovery(
+            class_names,
+            items,
+            rejects,
+            notes=scan_notes(scan),
+            warnings=_unknown_patients(items),
+            classes_from="the folder names",
+        )

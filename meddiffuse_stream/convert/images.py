@@ -14,6 +14,7 @@ import io
 import numpy as np
 from PIL import Image
 
+from ..geometry import GeometryMode, resize_hwc
 from ..shardfmt.depth import DEEP_COLOUR_TIFF, decode_png_16, is_deep_colour_tiff, png_16_bit_kind
 from .base import DEFAULT_MAX_PIXELS, DEFAULT_RULES, LoadedImage, ReadRules, RejectError
 from .orientation import apply_orientation, orientation_of
@@ -162,17 +163,10 @@ def to_channels(image: np.ndarray, channels: int) -> np.ndarray:
     return image
 
 
-def resize_square(image: np.ndarray, size: int, *, nearest: bool = False) -> np.ndarray:
-    """Resize to ``size``×``size`` with antialiasing (nearest for masks), keeping dtype and bit depth."""
-    if image.shape[0] == size and image.shape[1] == size:
-        return image
-    resample = Image.Resampling.NEAREST if nearest else Image.Resampling.BILINEAR
-    if image.dtype == np.uint16:
-        if image.ndim == 3:  # 16-bit colour: each channel on its own (Pillow has no 16-bit RGB mode)
-            return np.stack([resize_square(image[..., c], size, nearest=nearest) for c in range(3)], axis=2)
-        resized = Image.fromarray(image.astype(np.float32)).resize((size, size), resample)
-        return np.clip(np.rint(np.asarray(resized)), 0, 65535).astype(np.uint16)
-    return np.asarray(Image.fromarray(image).resize((size, size), resample))
+def resize_square(image: np.ndarray, size: int, *, nearest: bool = False, mode: GeometryMode = "stretch") -> np.ndarray:
+    """``size``×``size`` by ``mode`` (:mod:`meddiffuse_stream.geometry`: the loader's crop and letterbox, or
+    stretch), with antialiasing (nearest for masks), keeping dtype and bit depth."""
+    return resize_hwc(image, (size, size), mode, mask=nearest)
 
 
 def load_file_bytes(

@@ -30,6 +30,7 @@ from typing import Any
 import numpy as np
 from tqdm.auto import tqdm
 
+from ..geometry import GEOMETRY_MODES, GeometryMode
 from ..shardfmt.manifest import DATASET_JSON, FORMAT_VERSION
 from ..storage import Location, sha256_of
 from ..user_errors import check_storage_options
@@ -44,6 +45,7 @@ from .base import (
     SourceItem,
 )
 from .build import ShardResult, ShardTask, build_shard
+from .class_counts import class_counts, small_class_warnings
 from .finalize import ConversionSummary, remove_orphans, write_dataset_files
 from .lock import acquire_lock
 from .ownership import PROGRESS_DIR, check_plan, claim, survey_out
@@ -63,6 +65,7 @@ class ConvertOptions:
     shard_size: int = 1000
     shard_bytes: int = 1 << 30  # planned from the inputs' sizes on disk, an upper-bound estimate
     resize: int | None = None
+    resize_mode: GeometryMode = "crop"  # with ``resize``: the loader's crop or letterbox, or stretch
     name: str | None = None
     frames: str = "middle"  # multi-frame DICOM / multi-page images: middle frame, all frames, or reject the input
     channels: int | None = None  # 1 or 3: every sample converted to grey or RGB
@@ -104,6 +107,9 @@ def convert_dataset(
         if not discovery.items:
             reasons = "; ".join(sorted({r.reason for r in discovery.rejects})[:3]) or "no inputs found"
             raise ConversionError(f"nothing to convert in {src_url} ({discovery.found} inputs found): {reasons}")
+        if discovery.classes_from:  # a misspelt class folder or label, said before the long part
+            counts = class_counts(discovery.class_names, discovery.items)
+            discovery.warnings.extend(small_class_warnings(counts, discovery.classes_from))
         for warning in discovery.warnings:  # before the long part, so a wrong layout can be stopped at once
             print(f"warning: {warning}", file=sys.stderr)
         tasks = plan_shards(source, discovery, options)
@@ -157,6 +163,8 @@ def _check_options(options: ConvertOptions, src_url: str, out_url: str) -> None:
         raise ValueError(f"--shard-bytes must be at least 1, got {options.shard_bytes}")
     if options.resize is not None and options.resize < 8:
         raise ValueError(f"--resize must be at least 8 pixels, got {options.resize}")
+    if options.resize_mode not in GEOMETRY_MODES:
+        raise ValueError(f"--resize-mode must be one of {', '.join(GEOMETRY_MODES)}, got {options.resize_mode!r}")
     if options.channels not in (None, 1, 3):
         raise ValueError(f"--channels must be 1 (grey) or 3 (RGB), got {options.channels}")
     if options.frames not in FRAME_CHOICES:
@@ -177,6 +185,8 @@ def plan_shards(source: SourceFormat, discovery: Discovery, options: ConvertOpti
         split_of = assign_splits(discovery.items, fractions, options.seed)
         names = list(fractions)
     decoding = [options.resize, options.frames, options.channels, options.max_pixels, options.max_file_bytes]
+    if options.resize and options.resize_mode != "stretch":  # stretch was the only mode: its plans keep their prints
+        decoding.append(options.resize_mode)
     # multi-label facts join the fingerprint only where they exist: multi-class plans keep their old fingerprints
     labels = [[discovery.task, discovery.label_mask]] if discovery.task != "multi_class" else []
     common = json.dumps(
@@ -275,14 +285,16 @@ def _build_all(
     try:
         if options.workers <= 1 or len(tasks) <= 1:
             for task in tasks:
-                result = build_shard(source, src, out, task, class_names, options.resize, rules)
+                result = build_shard(source, src, out, task, class_names, options.resize, rules, options.resize_mode)
                 bar.update(len(task.items))
                 yield result
             return
         context = multiprocessing.get_context("spawn")  # fork would share fsspec's event loop and sockets
         with concurrent.futures.ProcessPoolExecutor(min(options.workers, len(tasks)), mp_context=context) as pool:
             futures = {
-                pool.submit(build_shard, source, src, out, task, class_names, options.resize, rules): task
+                pool.submit(
+                    build_shard, source, src, out, task, class_names, options.resize, rules, options.resize_mode
+                ): task
                 for task in tasks
             }
             for future in concurrent.futures.as_completed(futures):
@@ -296,4 +308,6 @@ def _options_record(options: ConvertOptions) -> dict[str, Any]:
     record = asdict(options)
     record["splits"] = dict(options.splits) if options.splits else None
     record.pop("workers")  # how fast it was built is not part of what was built
+    if options.resize is None:
+        record["resize_mode"] = None  # nothing was resized
     return record

@@ -7,7 +7,7 @@ import os
 import threading
 from typing import Any
 
-from ..storage import Location
+from ..storage import Location, StorageError
 from .base import ConversionError
 
 __all__ = ["REACH_SECONDS", "check_destination", "excluded_paths", "probe"]
@@ -38,33 +38,28 @@ def probe(location: Location, seconds: float = REACH_SECONDS) -> None:
     outcome: dict[str, Any] = {}
 
     def ask() -> None:
-        try:
-            location.fs.info(location.root)
+        try:  # guarded: the endpoint is marked as answered, and a wrong setting is explained in one line
+            location.guarded(lambda: location.fs.info(location.root), "")
         except FileNotFoundError:
-            pass  # reachable; the path simply does not exist yet
+            pass  # reachable; the path (or an OUT bucket, made later) simply does not exist yet
         except Exception as error:
             outcome["error"] = error
 
     thread = threading.Thread(target=ask, name="storage-probe", daemon=True)  # a daemon: never delays exit
     thread.start()
     thread.join(seconds)
-    endpoint = _endpoint(location)
+    endpoint = f" ({location.endpoint})" if location.settings.endpoint else ""
     if thread.is_alive():
         raise ConversionError(
             f"cannot reach {location.display()}{endpoint} within {seconds:.0f} s: check the endpoint "
             "(--storage-option endpoint_url=..., or AWS_ENDPOINT_URL) and the network"
         )
     error = outcome.get("error")
+    if isinstance(error, StorageError):
+        raise error  # one line already, naming the URL, the endpoint and what to check
     if error is not None:
         text = " ".join(str(error).split())[:200] or type(error).__name__
         raise ConversionError(f"cannot use {location.display()}{endpoint}: {type(error).__name__}: {text}") from error
-
-
-def _endpoint(location: Location) -> str:
-    options = location.storage_options
-    url = options.get("endpoint_url") or (options.get("client_kwargs") or {}).get("endpoint_url")
-    url = url or os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL")
-    return f" (endpoint {url})" if url and location.url.startswith(("s3://", "s3a://")) else ""
 
 
 def excluded_paths(out: Location) -> tuple[str, ...]:

@@ -43,8 +43,15 @@ def add_augment_options(parser: argparse.ArgumentParser) -> None:
     )
 
 
-def stage_from_args(args: argparse.Namespace, dataset: str, *, device: str | None = None):
-    """A configured AugmentStage, the method name for model-free methods, or None."""
+def stage_from_args(
+    args: argparse.Namespace,
+    dataset: str,
+    *,
+    device: str | None = None,
+    storage_options: dict[str, Any] | None = None,
+):
+    """A configured AugmentStage, the method name for model-free methods, or None; ``storage_options`` reach the
+    dataset and the variant cache."""
     from .stage_factory import StageSettings, build_stage
 
     settings = StageSettings.for_method(
@@ -69,4 +76,5 @@ def stage_from_args(args: argparse.Namespace, dataset: str, *, device: str | Non
         seed=args.seed,
         settings=settings,
         device=device,
+        storage_options=storage_options,
     )

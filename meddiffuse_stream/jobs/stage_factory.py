@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 
 from ..augment.methods import PRESETS, resolve
@@ -42,12 +44,13 @@ def build_stage(
     seed: int = 0,
     settings: StageSettings | None = None,
     device: str | None = None,
+    storage_options: dict[str, Any] | None = None,
 ) -> AugmentStage | str | None:
     """``None`` for ``none``, the name itself for methods that need no models and no settings, else a stage.
 
     ``method`` may be a preset (an ablation such as ``meddiffusemix-hard-mask``); ``settings`` (default: the
     method's own, :meth:`StageSettings.for_method`) must then carry its MixConfig settings. The stage runs on
-    ``device`` (default: CUDA when present).
+    ``device`` (default: CUDA when present); ``storage_options`` reach the dataset and the variant cache.
     """
     spec, preset = resolve(method)
     settings = settings if settings is not None else StageSettings.for_method(method)
@@ -62,7 +65,7 @@ def build_stage(
         raise ValueError(f"augment {method!r} needs a saliency teacher checkpoint (--teacher, or teacher: in YAML)")
     if spec.needs_variants and not (generator or variant_cache):
         raise ValueError(f"augment {method!r} needs diffusion variants (--generator and/or --variant-cache)")
-    shape = sample_shape(dataset)
+    shape = sample_shape(dataset, storage_options)
     model = load_teacher(dataset, teacher, teacher_model, shape) if spec.needs_saliency and teacher else None
     variants = None
     if generator and spec.needs_variants:
@@ -76,6 +79,7 @@ def build_stage(
         teacher=model,
         generator=variants,
         variant_cache=variant_cache if spec.needs_variants else None,
+        storage_options=storage_options,
         seed=seed,
         device=default_device(device),
     )

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import io
 from collections import defaultdict
+from collections.abc import Mapping
 from dataclasses import replace
 from typing import Any
 
@@ -36,11 +37,20 @@ def _choose_keys(rows: list[dict[str, Any]], fraction: float, seed: int) -> set[
     return chosen
 
 
-def subset_dataset(source: str, out: str, fraction: float, seed: int = 0, shard_size: int = 1000) -> Manifest:
-    """Write ``out`` with ``fraction`` of ``source``'s train split (whole patients); returns its manifest."""
+def subset_dataset(
+    source: str,
+    out: str,
+    fraction: float,
+    seed: int = 0,
+    shard_size: int = 1000,
+    *,
+    storage_options: Mapping[str, Any] | None = None,
+) -> Manifest:
+    """Write ``out`` with ``fraction`` of ``source``'s train split (whole patients); returns its manifest.
+    ``storage_options`` reach ``source`` (a remote dataset) and ``out`` alike."""
     if not 0 < fraction <= 1:
         raise ValueError(f"--train-fraction must be in (0, 1], got {fraction}")
-    src, dst = Location(source), Location(out)
+    src, dst = Location(source, storage_options), Location(out, storage_options)
     manifest = read_manifest(src)
     rows = read_sample_index(src)
     keep = _choose_keys([r for r in rows if r["split"] == "train"], fraction, seed)

@@ -12,6 +12,7 @@ import json
 import math
 import os
 from collections import deque
+from collections.abc import Mapping
 from dataclasses import dataclass, field, fields, replace
 from datetime import timedelta
 from pathlib import Path
@@ -71,6 +72,7 @@ class TrainConfig:
     cache_dir: str | None = None  # local shard cache for remote datasets (LRU, sha256-verified)
     cache_bytes: int = DEFAULT_CACHE_BYTES
     loader_dtype: Dtype = "float32"  # uint8/uint16: the loader delivers stored integers, converted on the device
+    storage_options: dict[str, Any] = field(default_factory=dict)  # fsspec options for every location opened
 
 
 def training_device(name: str | None = None) -> torch.device:
@@ -128,18 +130,20 @@ def _class_weights(loader: MedDiffuseLoader) -> torch.Tensor:
     return torch.as_tensor(weights, dtype=torch.float32)
 
 
-def _manifest(dataset: str) -> Manifest | None:
+def _manifest(dataset: str, storage_options: Mapping[str, Any] | None = None) -> Manifest | None:
     """The validated ``dataset.json`` (a bad one is an error naming the field); ``None`` for plain shards."""
     try:
-        return read_manifest(Location(dataset))
+        return read_manifest(Location(dataset, storage_options))
     except FileNotFoundError:
         return None  # shards without dataset.json: multi-class, and the loader names what is missing
 
 
-def require_classes(dataset: str, augment: str | None = None) -> Manifest | None:
+def require_classes(
+    dataset: str, augment: str | None = None, storage_options: Mapping[str, Any] | None = None
+) -> Manifest | None:
     """A classifier needs classes to tell apart (two classes, or a finding with positives and negatives); say so
     before anything starts. Returns the dataset's manifest, where it has one."""
-    manifest = _manifest(dataset)
+    manifest = _manifest(dataset, storage_options)
     if manifest is not None:
         check_trainable(manifest, dataset, augment)
     return manifest
@@ -154,7 +158,7 @@ def _objective(manifest: Manifest | None, config: TrainConfig, loader: MedDiffus
 
 def train(config: TrainConfig) -> dict[str, Any]:
     requested = "stage" if config.augment_stage is not None else config.augment_method or config.augment
-    manifest = require_classes(config.dataset, requested)
+    manifest = require_classes(config.dataset, requested, config.storage_options)
     if config.deterministic:
         _make_deterministic()
     device = training_device(config.device)
@@ -164,7 +168,7 @@ def train(config: TrainConfig) -> dict[str, Any]:
     out.mkdir(parents=True, exist_ok=True)
     if config.train_fraction < 1:
         config = _with_subset(config, out, rank, world)
-    channels, size, classes = sample_shape(config.dataset)
+    channels, size, classes = sample_shape(config.dataset, config.storage_options)
     method = config.augment_method or config.augment
     augment = config.augment_stage or (None if method == "none" else method)
     loader = MedDiffuseLoader(
@@ -180,6 +184,7 @@ def train(config: TrainConfig) -> dict[str, Any]:
         cache_bytes=config.cache_bytes,
         device=device,
         dtype=config.loader_dtype,
+        storage_options=config.storage_options,
     )
     torch.manual_seed(config.seed)  # the same initial weights on every rank
     model = build_model(config.model, channels, classes, size).to(device)
@@ -259,7 +264,17 @@ def train(config: TrainConfig) -> dict[str, Any]:
         },
     }
     for split in config.eval_splits:
-        metrics = evaluate(_unwrap(model), config.dataset, split, config.batch_size, device, rank, world, objective)
+        metrics = evaluate(
+            _unwrap(model),
+            config.dataset,
+            split,
+            config.batch_size,
+            device,
+            rank,
+            world,
+            objective,
+            storage_options=config.storage_options,
+        )
         if metrics is not None:
             results[split] = metrics
     if config.key_log:  # what each rank ended with: under DDP every rank must hold the same parameters
@@ -324,7 +339,9 @@ def _with_subset(config: TrainConfig, out: Path, rank: int, world: int) -> Train
 
     subset = out / f"train-subset-f{config.train_fraction:g}-s{config.seed}"
     if rank == 0 and not (subset / DATASET_JSON).exists():
-        subset_dataset(config.dataset, str(subset), config.train_fraction, config.seed)
+        subset_dataset(
+            config.dataset, str(subset), config.train_fraction, config.seed, storage_options=config.storage_options
+        )
     if world > 1:
         dist.barrier()
     return replace(config, dataset=str(subset))
@@ -372,12 +389,29 @@ def _checkpoint(out, model, optimizer, scheduler, scaler, loader, step, rank, wo
 
 @torch.no_grad()
 def evaluate(
-    model, dataset: str, split: str, batch_size: int, device, rank: int, world: int, objective: Objective | None = None
+    model,
+    dataset: str,
+    split: str,
+    batch_size: int,
+    device,
+    rank: int,
+    world: int,
+    objective: Objective | None = None,
+    *,
+    storage_options: Mapping[str, Any] | None = None,
 ) -> dict | None:
     """Metrics on ``split`` (None if the dataset has no such split); ranks share the work, padding removed."""
     try:
         loader = MedDiffuseLoader(
-            dataset, batch_size, split=split, shuffle=False, as_dict=True, rank=rank, world_size=world, device=device
+            dataset,
+            batch_size,
+            split=split,
+            shuffle=False,
+            as_dict=True,
+            rank=rank,
+            world_size=world,
+            device=device,
+            storage_options=storage_options,
         )
     except ValueError:
         return None

@@ -4,6 +4,7 @@ Datasets in the wild mix sizes and grey/RGB images; a batch cannot. ``resize=`` 
 target and cuts the centre (``"crop"``, nothing distorted, borders lost) or fits inside it and pads with zeros
 (``"letterbox"``, nothing lost); ``channels=`` turns RGB into grey (ITU-R 601 luma, as PIL's ``L``) or repeats grey
 three times. Deterministic: no random draw. ROI masks follow their image (nearest neighbour, so they stay binary).
+The geometry is :mod:`meddiffuse_stream.geometry`'s, which the converter's ``--resize-mode`` uses too.
 """
 
 from __future__ import annotations
@@ -11,38 +12,15 @@ from __future__ import annotations
 from typing import Any
 
 import numpy as np
-from PIL import Image
 from torchdata.nodes import BaseNode
 
-from ..options import ConformOptions, ResizeMode
+from ..geometry import resize_planes as resize_image
+from ..options import ConformOptions
 from .stages import _OneToOne
 
 __all__ = ["Conform", "conform_sample", "convert_channels", "resize_image"]
 
 _LUMA = np.array([0.299, 0.587, 0.114], dtype=np.float32)
-
-
-def _scaled(plane: np.ndarray, height: int, width: int, resample: int) -> np.ndarray:
-    return np.asarray(Image.fromarray(plane).resize((width, height), resample))
-
-
-def resize_image(image: np.ndarray, size: tuple[int, int], mode: ResizeMode = "crop", mask: bool = False) -> np.ndarray:
-    """``(C, H, W)`` uint8/uint16 to ``(C, *size)``; bilinear with antialiasing, or nearest for a ``mask``."""
-    channels, height, width = image.shape
-    target_h, target_w = size
-    if (height, width) == (target_h, target_w):
-        return image
-    scale = (max if mode == "crop" else min)(target_h / height, target_w / width)
-    new_h, new_w = max(1, round(height * scale)), max(1, round(width * scale))
-    resample = Image.Resampling.NEAREST if mask else Image.Resampling.BILINEAR
-    planes = np.stack([_scaled(image[c], new_h, new_w, resample) for c in range(channels)]).astype(image.dtype)
-    if mode == "crop":
-        top, left = (new_h - target_h) // 2, (new_w - target_w) // 2
-        return np.ascontiguousarray(planes[:, top : top + target_h, left : left + target_w])
-    out = np.zeros((channels, target_h, target_w), dtype=image.dtype)
-    top, left = (target_h - new_h) // 2, (target_w - new_w) // 2
-    out[:, top : top + new_h, left : left + new_w] = planes
-    return out
 
 
 def convert_channels(image: np.ndarray, channels: int) -> np.ndarray:

@@ -34,7 +34,7 @@ from typing import Any
 import fsspec
 import numpy as np
 
-from ..storage import Location, RetryPolicy
+from ..storage import Location, RetryPolicy, StorageNotFoundError
 from ..storage.local_files import open_regular
 from ..storage.object_stream import open_object
 from .compressed import shard_name
@@ -286,8 +286,12 @@ def find_shards(
     sizes = {p: n for p, n in found if n is not None}
     paths = [p for p, _ in found if named or p not in (DATASET_JSON, SHARD_INDEX)]  # named: every one, as named
     if not paths:
-        raise FileNotFoundError(
-            f"{where}: no dataset.json and no shards (.tar, .tar.gz, .tgz) below it: is it a dataset folder?"
+        nothing = "no dataset.json and no shards (.tar, .tar.gz, .tgz) below it"
+        if location.is_local:
+            raise FileNotFoundError(f"{where}: {nothing}: is it a dataset folder?")
+        raise StorageNotFoundError(
+            f"{where} ({location.endpoint}): {nothing}: check the prefix in the URL, and that "
+            f"{location.settings.endpoint_setting} names the server that holds it"
         )
     if not named and SHARD_INDEX in sizes:
         index = parse_shard_index(location.read_bytes(SHARD_INDEX), location.display(SHARD_INDEX), confined=True)

@@ -3,6 +3,7 @@ reads and the local shard cache. Nothing here imports torch or knows the shard f
 
 from __future__ import annotations
 
+from .errors import StorageAccessError, StorageError, StorageNotFoundError, StorageUnreachableError
 from .local_files import OutsideRootError, SpecialFileError
 from .location import Location, atomic_write, bounded_options, parse_storage_options, sha256_of
 from .retry import ResumableReader, RetryPolicy, ShardReadError, is_transient
@@ -18,6 +19,10 @@ __all__ = [
     "ShardIntegrityError",
     "ShardReadError",
     "SpecialFileError",
+    "StorageAccessError",
+    "StorageError",
+    "StorageNotFoundError",
+    "StorageUnreachableError",
     "atomic_write",
     "bounded_options",
     "is_transient",

@@ -6,7 +6,9 @@ Credentials come from ``storage_options`` or the usual environment variables (``
 Every request to object storage is bounded: S3 clients get the connect and read timeouts of the location's
 :class:`~meddiffuse_stream.storage.retry.RetryPolicy` and no retries of their own (botocore's and s3fs's retry loops
 would otherwise multiply into minutes of silence), and every operation here is retried by that policy instead,
-each retry reported to ``on_retry`` so it can be counted.
+each retry reported to ``on_retry`` so it can be counted. An endpoint that has never answered in this process is
+not retried when it refuses, does not resolve or fails TLS (:mod:`.contact`), and failures of the user's settings
+— credentials, bucket, endpoint — are raised as one-line :class:`~.errors.StorageError` (:mod:`.explain`).
 """
 
 from __future__ import annotations
@@ -19,14 +21,16 @@ import tempfile
 import uuid
 import zlib
 from collections.abc import Callable, Iterator, Mapping
-from typing import Any, BinaryIO
+from typing import Any, BinaryIO, TypeVar
 
 import fsspec
 import numpy as np
 from fsspec.implementations.local import LocalFileSystem
 
+from .contact import has_answered, mark_answered, unreachable_kind
+from .explain import EndpointSettings, explain_failure
 from .local_files import check_inside, check_regular, open_regular
-from .retry import RetryPolicy
+from .retry import RetryPolicy, is_transient
 
 __all__ = [
     "Location",
@@ -39,6 +43,7 @@ __all__ = [
 _HASH_CHUNK = 1 << 20
 _RANGE = 8 << 20
 _S3 = {"s3", "s3a"}
+_T = TypeVar("_T")
 
 
 def bounded_options(url: str, storage_options: Mapping[str, Any], policy: RetryPolicy) -> dict[str, Any]:
@@ -98,12 +103,16 @@ class Location:
         self.root = root.rstrip("/") or root
         if self.protocols & _S3 and "retries" not in (self.storage_options.get("config_kwargs") or {}):
             self.fs.retries = 1  # s3fs's own retry loop (5 tries) off: RetryPolicy retries, and counts
+        self.settings = EndpointSettings.of(sorted(self.protocols)[0], self.storage_options)
 
     def __getstate__(self) -> dict[str, Any]:
-        return {"url": self.url, "storage_options": self.storage_options, "retry": self.retry}
+        answered = not self.is_local and has_answered(self.contact_key)  # a spawned worker knows what we knew
+        return {"url": self.url, "storage_options": self.storage_options, "retry": self.retry, "answered": answered}
 
     def __setstate__(self, state: dict[str, Any]) -> None:
         self.__init__(state["url"], state["storage_options"], retry=state.get("retry"))  # type: ignore[misc]
+        if state.get("answered"):
+            mark_answered(self.contact_key)
 
     def __repr__(self) -> str:  # storage options may hold secrets: never shown
         return f"Location({self.url!r})"
@@ -116,26 +125,51 @@ class Location:
     @property
     def endpoint(self) -> str:
         """Which server requests go to, for messages: the S3 endpoint URL, or the filesystem's default."""
-        if self.is_local:
-            return "local disk"
-        client = self.storage_options.get("client_kwargs") or {}
-        endpoint = self.storage_options.get("endpoint_url") or client.get("endpoint_url")
-        if not endpoint and self.protocols & _S3:
-            endpoint = os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL")
-        protocol = sorted(self.protocols)[0]
-        return f"endpoint {endpoint}" if endpoint else f"the default {protocol} endpoint"
+        return "local disk" if self.is_local else self.settings.shown
+
+    @property
+    def contact_key(self) -> str:
+        """This location's endpoint as :mod:`.contact` remembers it (one per protocol and endpoint URL)."""
+        return f"{self.settings.protocol}|{self.settings.endpoint or 'default'}"
+
+    def transient(self, error: BaseException) -> bool:
+        """Whether the retry policy may try again: :func:`~.retry.is_transient`, except that an endpoint which never
+        answered in this process and now refuses, does not resolve or fails TLS is a setting to fix, not a fault."""
+        if not is_transient(error):
+            return False
+        return unreachable_kind(error) is None or has_answered(self.contact_key)
+
+    def guarded(self, action: Callable[[], _T], relative: str) -> _T:
+        """Run ``action`` (one or more requests to this location's endpoint): an answer marks the endpoint as
+        reached (:mod:`.contact`); a failure of the user's settings becomes a one-line
+        :class:`~.errors.StorageError` naming ``relative``'s URL, with the client's exception chained."""
+        try:
+            result = action()
+        except Exception as error:
+            if not is_transient(error) and unreachable_kind(error) is None:
+                mark_answered(self.contact_key)  # a final HTTP error (403, 404) is an answer too
+            failure = explain_failure(error, self.display(relative), self.settings)
+            if failure is None:
+                raise
+            raise failure from error
+        mark_answered(self.contact_key)
+        return result
 
     def retrying(self, action: Callable[[], Any], relative: str) -> Any:
         """Run a storage call under the retry policy (remote only: local disk has no transient failures)."""
         if self.is_local:
             return action()
         what = self.display(relative)
-        return self.retry.call(
-            action,
-            what=what,
-            rng=np.random.default_rng(zlib.crc32(what.encode())),
-            on_retry=self.on_retry,
-            hint=self.endpoint,
+        return self.guarded(
+            lambda: self.retry.call(
+                action,
+                what=what,
+                rng=np.random.default_rng(zlib.crc32(what.encode())),
+                on_retry=self.on_retry,
+                hint=self.endpoint,
+                transient=self.transient,
+            ),
+            relative,
         )
 
     @property

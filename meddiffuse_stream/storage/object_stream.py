@@ -4,7 +4,9 @@
 location's fsspec filesystem. On object stores every GET is bounded by the policy's total deadline for the bytes
 it fetches (:meth:`~.retry.RetryPolicy.object_timeout`), not only by the read timeout between bytes, so a server
 that trickles the body cannot hold a reader for an hour: the deadline passes, the read is retried (and counted)
-from where it stopped, and after the policy's attempts it is an error naming the endpoint and the settings.
+from where it stopped, and after the policy's attempts it is an error naming the endpoint and the settings. As
+every other request to the location (:meth:`.location.Location.guarded`), an endpoint that never answered is not
+retried when it refuses, and a failure of the user's settings is one line.
 """
 
 from __future__ import annotations
@@ -89,4 +91,15 @@ def open_object(
             stream.seek(offset)
         return stream
 
-    return ResumableReader(open_at, what=shown, policy=policy, rng=rng, on_retry=on_retry, hint=location.endpoint)
+    if location.is_local:
+        return ResumableReader(open_at, what=shown, policy=policy, rng=rng, on_retry=on_retry, hint=location.endpoint)
+    return ResumableReader(
+        open_at,
+        what=shown,
+        policy=policy,
+        rng=rng,
+        on_retry=on_retry,
+        hint=location.endpoint,
+        transient=location.transient,
+        guard=lambda read: location.guarded(read, relative),
+    )

@@ -1,7 +1,9 @@
 """Retries for object storage: exponential backoff with seeded jitter, and a reader that resumes where it broke.
 
 Transient failures (connection refused or reset, timeouts, HTTP 5xx, S3 SlowDown) are retried; everything else —
-missing objects, bad credentials, permissions — fails at once, so a wrong key never turns into a retry storm.
+missing objects, bad credentials, permissions — fails at once, so a wrong key never turns into a retry storm. A
+caller may narrow what is transient (``transient=``): a location refuses to retry an endpoint that never answered
+(:mod:`.contact`).
 """
 
 from __future__ import annotations
@@ -14,6 +16,8 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
+
+from .errors import StorageError
 
 __all__ = ["ObjectDeadlineError", "ResumableReader", "RetryPolicy", "ShardReadError", "is_transient"]
 
@@ -64,7 +68,7 @@ class ObjectDeadlineError(TimeoutError):
 
 def is_transient(error: BaseException) -> bool:
     """Whether retrying could help: network trouble and overloaded servers yes, missing or forbidden no."""
-    if isinstance(error, (FileNotFoundError, PermissionError, IsADirectoryError, NotADirectoryError)):
+    if isinstance(error, (FileNotFoundError, PermissionError, IsADirectoryError, NotADirectoryError, StorageError)):
         return False
     chain: list[BaseException] = []
     current: BaseException | None = error
@@ -148,8 +152,10 @@ class RetryPolicy:
         sleep: Callable[[float], None] = time.sleep,
         clock: Callable[[], float] = time.monotonic,
         hint: str = "",
+        transient: Callable[[BaseException], bool] = is_transient,
     ) -> Any:
-        """Run ``action``, retrying transient failures; raise :class:`ShardReadError` naming ``what`` at the end.
+        """Run ``action``, retrying failures ``transient`` accepts; raise :class:`ShardReadError` naming ``what`` at
+        the end.
 
         ``hint`` (the endpoint, say) is added to that final message, with the settings that bound the wait.
         """
@@ -158,7 +164,7 @@ class RetryPolicy:
             try:
                 return action()
             except Exception as error:
-                if not is_transient(error):
+                if not transient(error):
                     raise
                 pause = self.delay(attempt, rng)
                 elapsed = clock() - started
@@ -176,7 +182,11 @@ class RetryPolicy:
 
 
 class ResumableReader:
-    """A read-only stream over ``open_at(offset)`` that reopens at the current offset after a transient error."""
+    """A read-only stream over ``open_at(offset)`` that reopens at the current offset after a transient error.
+
+    ``guard`` (when given) runs each retried read: a location uses it to note that its endpoint answered and to
+    explain a final failure in one line.
+    """
 
     def __init__(
         self,
@@ -187,8 +197,12 @@ class ResumableReader:
         rng: np.random.Generator,
         on_retry: Callable[[BaseException], None] | None = None,
         hint: str = "",
+        transient: Callable[[BaseException], bool] = is_transient,
+        guard: Callable[[Callable[[], bytes]], bytes] | None = None,
     ) -> None:
         self._open_at = open_at
+        self._transient = transient
+        self._guard = guard
         self._what = what
         self._policy = policy
         self._rng = rng
@@ -207,9 +221,18 @@ class ResumableReader:
             raise
 
     def read(self, size: int = -1) -> bytes:
-        data = self._policy.call(
-            lambda: self._read_once(size), what=self._what, rng=self._rng, on_retry=self._on_retry, hint=self._hint
-        )
+        def retried() -> bytes:
+            data: bytes = self._policy.call(
+                lambda: self._read_once(size),
+                what=self._what,
+                rng=self._rng,
+                on_retry=self._on_retry,
+                hint=self._hint,
+                transient=self._transient,
+            )
+            return data
+
+        data = self._guard(retried) if self._guard is not None else retried()
         self._offset += len(data)
         return data
 
