@@ -87,3 +87,56 @@ def test_shortcut_arguments_are_checked(tmp_path):
         convert_dataset(DemoSource(shortcut=0.3), None, str(tmp_path / "x"), progress=False)
     with pytest.raises(ValueError, match="splits by scan"):
         convert_dataset(DemoSource(shortcut=0.9, test_modality="mr"), None, str(tmp_path / "y"), progress=False)
+
+
+def _fetched_folder(folder, groups):
+    """A folder shaped like tools/fetch_scans.py's output: scans.json and one uint16 .npy per scan."""
+    (folder / "scans").mkdir(parents=True)
+    records = []
+    for number, (scan_id, family, group) in enumerate(groups):
+        rng = np.random.default_rng(number)
+        image = np.cumsum(np.cumsum(rng.normal(size=(96, 112)), axis=0), axis=1)
+        stored = ((image - image.min()) / np.ptp(image) * 4000).astype(np.uint16)
+        np.save(folder / "scans" / f"{scan_id}.npy", stored)
+        records.append({"id": scan_id, "family": family, "group": group})
+    (folder / "scans.json").write_text(json.dumps({"summary": {}, "scans": records}))
+
+
+def test_a_fetched_scan_set_splits_by_group_within_each_modality_and_leaves_other_families_out(tmp_path):
+    groups = [(f"ct{i}", "ct", f"gct{i}") for i in range(5)] + [("ct5", "ct", "gct0")]  # ct0 and ct5: one patient
+    groups += [(f"mr{i}", "mr", f"gmr{i}") for i in range(4)] + [("cr0", "xray", "gcr0"), ("us0", "us", "gus0")]
+    _fetched_folder(tmp_path / "scans", groups)
+    source = DemoSource(n=300, size=32, seed=0, shortcut=0.75, scans_dir=str(tmp_path / "scans"))
+    convert_dataset(source, None, str(tmp_path / "demo"), ConvertOptions(shard_size=100), progress=False)
+    dataset = load_dataset(tmp_path / "demo")
+    check_accounting(dataset)
+    splits_of: dict[str, set[str]] = {}
+    modalities: dict[str, set[str]] = {}
+    used = set()
+    for row in dataset["index"]:
+        meta = json.loads(dataset["samples"][row["key"]]["json"])
+        splits_of.setdefault(row["patient_id"], set()).add(row["split"])
+        modalities.setdefault(row["split"], set()).add(meta["modality"])
+        used.add(meta["scan"])
+    assert all(len(s) == 1 for s in splits_of.values()), "no group in two splits"
+    assert "gct0" in splits_of and "ct5" not in splits_of, "a group's scans share its name as the patient"
+    assert {"ct0", "ct5"} <= used and "us0" not in used, "both scans of a group are drawn; ultrasound is left out"
+    assert all({"ct", "mr"} <= modalities[split] for split in ("train", "val", "test")), modalities
+
+
+def test_group_splits_deal_each_modality_and_need_enough_groups():
+    from meddiffuse_stream.jobs.demo_scans import Scan
+    from meddiffuse_stream.jobs.demo_shortcut import group_splits
+
+    scans = [Scan(f"ct{i}", "ct", "-", f"g{i // 2}") for i in range(20)] + [Scan("cr", "cr", "-")]
+    splits = group_splits(scans, seed=3, val_fraction=0.1, test_fraction=0.2)
+    by_group: dict[str, set[str]] = {}
+    for scan in scans:
+        by_group.setdefault(scan.unit, set()).add(splits[scan.name])
+    assert all(len(s) == 1 for s in by_group.values())
+    dealt = [next(iter(s)) for g, s in sorted(by_group.items()) if g.startswith("g")]
+    assert (dealt.count("test"), dealt.count("val"), dealt.count("train")) == (2, 1, 7)
+    assert splits["cr"] == "train", "a modality with fewer than 3 groups trains only"
+    assert group_splits(scans, 3, 0.1, 0.2) == splits and group_splits(scans, 4, 0.1, 0.2) != splits
+    with pytest.raises(ValueError, match="needs a modality with at least 3 groups"):
+        group_splits(scans[:4], 0, 0.1, 0.2)

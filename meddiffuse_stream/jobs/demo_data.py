@@ -23,7 +23,7 @@ from ..convert.base import DEFAULT_RULES, Discovery, LoadedImage, ReadRules, Sou
 from ..convert.dicom import dicom_from_bytes
 from ..storage import Location
 from .demo_scans import available_scans, load_scan
-from .demo_shortcut import add_cue, cue_present, scan_splits
+from .demo_shortcut import add_cue, cue_present, group_splits
 
 __all__ = ["MODALITIES", "DemoSource", "render_sample"]
 
@@ -58,7 +58,7 @@ def _resize(array: np.ndarray, size: int) -> np.ndarray:
 def _crop(rng: np.random.Generator, image: np.ndarray, size: int) -> np.ndarray:
     """A random square crop with tissue in it (not the empty border), resized to ``size``."""
     height, width = image.shape
-    best, best_std = None, -1.0
+    best, best_std = image[:1, :1], -np.inf  # replaced by the first draw (a flat dark patch scores -1)
     for _ in range(8):
         side = int(rng.uniform(0.2, 0.6) * min(height, width))
         side = max(min(side, min(height, width)), min(size, height, width))
@@ -193,7 +193,7 @@ class DemoSource(SourceFormat):
         if not 0.5 <= float(self.shortcut or 0) <= 1:
             raise ValueError(f"--shortcut must be in [0.5, 1] (0.5: no shortcut), got {self.shortcut}")
         scans = available_scans(self.scans_dir)
-        splits = scan_splits([s.name for s in scans], self.seed, self.val_fraction, self.test_fraction)
+        splits = group_splits(scans, self.seed, self.val_fraction, self.test_fraction)
         by_split = {name: [s for s in scans if splits[s.name] == name] for name in ("train", "val", "test")}
         items = []
         for index in range(self.n):
@@ -211,7 +211,7 @@ class DemoSource(SourceFormat):
             cue = cue_present(rng, label, split, float(self.shortcut or 0))
             key = f"demo_{index:07d}"
             meta = {"modality": scan.modality, "scan": scan.name, "cue": cue}
-            items.append(SourceItem(key, label, f"demo#{index}", index, scan.name, split, meta, self.size**2))
+            items.append(SourceItem(key, label, f"demo#{index}", index, scan.unit, split, meta, self.size**2))
         return Discovery(CLASS_NAMES, items, [], official_splits=True, has_roi=True)
 
     def load_many(self, src: Location, items: Sequence[SourceItem], rules: ReadRules = DEFAULT_RULES):

@@ -5,7 +5,10 @@ test patterns, a face photograph or a segmentation. 22 distinct real scans are a
 thumbnail correlation < 0.95 between any two); :data:`SCANS` lists the 13 CT, MR and CR ones, each once, by the
 file that decodes with the default codecs, and :data:`LEFT_OUT` the nuclear-medicine and ultrasound ones, and why.
 A folder of further scans (``extra``: DICOM or 8/16-bit PNG files, one
-scan each, fetched at set-up time) adds to them. A scan is the unit of the phantom's splits: no scan is in two.
+scan each) adds to them. A folder written by ``tools/fetch_scans.py`` (it holds ``scans.json``: 45 scans in 42
+independent groups from pinned PyPI and npm archives, pydicom's and pydicom-data's among them) replaces them: its
+scans of :data:`FETCHED_FAMILIES` are the backgrounds. A *group* (one patient or acquisition as far as can be told)
+is the unit of the phantom's splits: no group is in two.
 """
 
 from __future__ import annotations
@@ -16,7 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
-__all__ = ["LEFT_OUT", "SCANS", "Scan", "available_scans", "load_scan"]
+__all__ = ["FETCHED_FAMILIES", "LEFT_OUT", "SCANS", "Scan", "available_scans", "fetched_scans", "load_scan"]
 
 # name -> (pydicom test file, modality)
 SCANS: dict[str, tuple[str, str]] = {
@@ -49,11 +52,21 @@ LEFT_OUT: dict[str, tuple[str, str]] = {
 }
 
 
+# the fetched families the phantom draws from: ultrasound, NM and XA are fetched but left out (see LEFT_OUT)
+FETCHED_FAMILIES = ("ct", "mr", "xray")
+
+
 @dataclass(frozen=True)
 class Scan:
     name: str
     modality: str
     path: str
+    group: str = ""  # scans of one patient or acquisition share it; empty: the scan is its own group
+
+    @property
+    def unit(self) -> str:
+        """What the splits deal out: the group, else the scan itself."""
+        return self.group or self.name
 
 
 def _testdata(file: str) -> str:
@@ -65,14 +78,31 @@ def _testdata(file: str) -> str:
     return str(path)
 
 
+def fetched_scans(folder: Path, families: tuple[str, ...] = FETCHED_FAMILIES) -> list[Scan]:
+    """The scans of ``families`` in a folder written by ``tools/fetch_scans.py`` (its ``scans.json``), by id."""
+    import json
+
+    records = json.loads((folder / "scans.json").read_text())["scans"]
+    scans = [
+        Scan(r["id"], r["family"], str((folder / "scans" / f"{r['id']}.npy").resolve()), r["group"])
+        for r in sorted(records, key=lambda r: r["id"])
+        if r["family"] in families
+    ]
+    if not scans:
+        raise ValueError(f"{folder / 'scans.json'} holds no scan of the families {list(families)}")
+    return scans
+
+
 def available_scans(extra: str | None = None) -> list[Scan]:
     """The packaged scans, then one per file in ``extra`` (sorted; its modality is the file's name prefix before
-    the first ``_``, e.g. ``mr_knee_3.dcm``)."""
+    the first ``_``, e.g. ``mr_knee_3.dcm``); a fetched folder (with ``scans.json``) instead: its scans alone."""
     scans = [Scan(name, modality, file) for name, (file, modality) in SCANS.items()]
     if extra:
         folder = Path(extra)
         if not folder.is_dir():
             raise FileNotFoundError(f"--scans-dir {extra}: no such folder (fetch the scans first, or leave it out)")
+        if (folder / "scans.json").exists():
+            return fetched_scans(folder)
         for path in sorted(folder.iterdir()):
             if path.suffix.lower() in (".dcm", ".png"):
                 scans.append(Scan(f"extra_{path.stem}", path.stem.split("_")[0].lower(), str(path)))
@@ -87,7 +117,9 @@ def load_scan(path: str) -> np.ndarray:
     from ..convert.dicom import dicom_from_bytes
 
     location = path if Path(path).is_absolute() else _testdata(path)
-    if location.lower().endswith(".png"):
+    if location.lower().endswith(".npy"):
+        image = np.load(location, allow_pickle=False).astype(np.float32)
+    elif location.lower().endswith(".png"):
         image = np.asarray(Image.open(location)).astype(np.float32)
     else:
         with open(location, "rb") as stream:

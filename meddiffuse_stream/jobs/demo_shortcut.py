@@ -1,8 +1,10 @@
 """The shortcut phantom's design: splits by source scan, and a background cue correlated with the label.
 
-*Splits by scan.* The scans are put in a seeded order and dealt to test, val and train (``test_fraction`` and
-``val_fraction`` of the scans, at least one each); a sample draws its split with those shares of ``n``, then a
-scan of that split. No scan is in two splits, so a val or test crop never shares anatomy with a training crop.
+*Splits by group.* A group is one patient or acquisition (a scan is its own group unless the scan set says
+otherwise). Within each modality, the groups are put in a seeded order and dealt to test, val and train
+(``test_fraction`` and ``val_fraction`` of that modality's groups, at least one each for a modality with three or
+more); a sample draws its split with those shares of ``n``, then a scan of that split. No group is in two splits,
+so a val or test crop never shares a patient with a training crop, and every split holds the main modalities.
 
 *The cue* is a faint periodic "scanner texture" laid over the whole image (a horizontal grating, period 4 px,
 amplitude 0.012 ≈ 3 grey levels, random phase): in train and val it is on ``shortcut`` of the lesion images and on
@@ -14,26 +16,40 @@ background (or copies it from another image of the same class) has not.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import numpy as np
 
-__all__ = ["CUE_AMPLITUDE", "CUE_PERIOD", "add_cue", "cue_present", "scan_splits"]
+from .demo_scans import Scan
+
+__all__ = ["CUE_AMPLITUDE", "CUE_PERIOD", "add_cue", "cue_present", "group_splits"]
 
 CUE_PERIOD = 4
 CUE_AMPLITUDE = 0.012
 
 
-def scan_splits(names: list[str], seed: int, val_fraction: float, test_fraction: float) -> dict[str, str]:
-    """Scan name -> split, a pure function of the names and the seed."""
-    if len(names) < 3:
-        raise ValueError(f"a phantom split by scan needs at least 3 scans, got {len(names)}")
-    order = [names[i] for i in np.random.default_rng((seed, 7)).permutation(len(names))]
-    tests = max(1, round(test_fraction * len(names)))
-    vals = max(1, round(val_fraction * len(names)))
-    if tests + vals >= len(names):
-        raise ValueError(f"{len(names)} scans leave none for train with val {val_fraction} and test {test_fraction}")
-    splits = {name: "test" for name in order[:tests]}
-    splits.update({name: "val" for name in order[tests : tests + vals]})
-    splits.update({name: "train" for name in order[tests + vals :]})
+def group_splits(scans: Sequence[Scan], seed: int, val_fraction: float, test_fraction: float) -> dict[str, str]:
+    """Scan name -> split, dealt by group within each modality: a pure function of the scans and the seed."""
+    splits: dict[str, str] = {}
+    for modality in sorted({scan.modality for scan in scans}):
+        units = sorted({scan.unit for scan in scans if scan.modality == modality})
+        order = [units[i] for i in np.random.default_rng((seed, 7)).permutation(len(units))]
+        tests = max(1, round(test_fraction * len(units))) if len(units) >= 3 else 0
+        vals = max(1, round(val_fraction * len(units))) if len(units) >= 3 else 0
+        if tests + vals >= len(units) > 0 and len(units) >= 3:
+            raise ValueError(
+                f"{len(units)} {modality} groups leave none for train with val {val_fraction} and test {test_fraction}"
+            )
+        dealt = {unit: "test" for unit in order[:tests]}
+        dealt.update({unit: "val" for unit in order[tests : tests + vals]})
+        dealt.update({unit: "train" for unit in order[tests + vals :]})
+        splits.update({scan.name: dealt[scan.unit] for scan in scans if scan.modality == modality})
+    missing = {"train", "val", "test"} - set(splits.values())
+    if missing:
+        raise ValueError(
+            f"a phantom split by group needs a modality with at least 3 groups; {len(scans)} scans leave "
+            f"{sorted(missing)} empty"
+        )
     return splits
 
 
