@@ -33,18 +33,12 @@ from ..counters import Counters
 from .cache import VariantCache, entry_name, host_to
 from .methods.context import Augmented, BatchInputs
 from .mix import MixConfig, evidence_iou, is_flat, mix, mix_weight, protected_region, random_field, top_fraction_iou
+from .mixer_common import STATUSES, mask_rng
 from .providers import SaliencyProvider, VariantProvider
 
 __all__ = ["DONORS", "STATUSES", "MedDiffuseMixer", "mask_rng", "noise_donor"]
 
-STATUSES = ("accepted", "attenuated", "rejected", "no_evidence", "unconfident", "unchecked", "no_donor")
 DONORS = ("variant", "noise", "other-image")
-
-
-def mask_rng(mask_seed: int, key: str, draw: int) -> np.random.Generator:
-    """The generator of sample ``key``'s mask draw ``draw``: independent of the batch it lands in."""
-    digest = hashlib.sha256(f"{mask_seed}|{key}|{draw}".encode()).digest()
-    return np.random.default_rng(int.from_bytes(digest[:8], "little"))
 
 
 def noise_donor(images: torch.Tensor, generators: Sequence[np.random.Generator]) -> torch.Tensor:

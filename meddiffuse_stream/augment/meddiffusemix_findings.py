@@ -23,6 +23,7 @@ import torch
 from .class_saliency import ClassMaps, pair_confidence
 from .methods.context import BatchInputs
 from .mix import evidence_iou, is_flat, mix, mix_weight, protected_region, top_fraction_iou
+from .mixer_common import STATUSES, mask_rng
 
 if TYPE_CHECKING:
     from .meddiffusemix import MedDiffuseMixer
@@ -34,8 +35,6 @@ Result = tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]
 
 def compute_findings(mixer: MedDiffuseMixer, inputs: BatchInputs, rows: torch.Tensor) -> Result:
     """``(images, W, status, protected)`` for ``rows`` of a multi-label batch (see the module's steps)."""
-    from .meddiffusemix import STATUSES, mask_rng
-
     assert inputs.evidence is not None, "multi-label MedDiffuseMix needs a teacher's per-finding saliency"
     config = mixer.config
     images = inputs.images[rows]
@@ -98,8 +97,6 @@ def _mix_and_check(
     fields: torch.Tensor,
     region: torch.Tensor,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    from .meddiffusemix import STATUSES
-
     config = mixer.config
     scale = torch.ones(len(images), device=images.device)
     weight = mix_weight(combined, config, scale, field=fields, protected=region)
