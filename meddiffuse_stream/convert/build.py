@@ -130,18 +130,21 @@ def _samples(
     frames = loaded.frames or [loaded.image]
     encoded = []
     for index, frame in enumerate(frames):
-        image, roi = frame, loaded.roi
+        image, roi, rois = frame, loaded.roi, loaded.rois
         if channels:
             image = to_channels(image, channels)
         if resize:
             image = resize_square(image, resize)
             roi = None if roi is None else resize_square(roi, resize, nearest=True)
+            rois = None if rois is None else resize_square(rois, resize, nearest=True)
         key = item.key if len(frames) == 1 else make_key(item.key, f"f{index:04d}")
         columns = _columns(item, key, task.split, class_names, image)
         frame_meta = {"frame_index": index} if len(frames) > 1 else {}
         meta = {**item.meta, **loaded.meta, **frame_meta, **columns, "dataset": dataset}
         label = item.label if item.findings is None else None
-        sample = encode_sample(key, image, label, meta, roi, findings=item.findings, label_mask=task.label_mask)
+        sample = encode_sample(
+            key, image, label, meta, roi, findings=item.findings, label_mask=task.label_mask, rois=rois
+        )
         encoded.append((sample, {**frame_meta, **columns}))
     return encoded
 

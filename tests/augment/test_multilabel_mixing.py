@@ -113,3 +113,15 @@ def test_methods_that_cannot_keep_findings_are_refused_by_name(method):
         r"standard, mixup, cutmix, saliencymix, keepaugment, meddiffusemix",
     ):
         stage(dict(batch))
+
+
+@pytest.mark.parametrize(("method", "compose"), [("standard", False), ("mixup", True)])
+def test_per_finding_rois_move_with_the_pixels_as_the_roi_does(method, compose):
+    batch, _ = _batch(2)
+    rois = torch.zeros(8, FINDINGS, 16, 16)
+    rois[:, 0, 2:6, 2:6], rois[:, 1, 4:12, 9:11], rois[:, 3, 12:15, 1:15] = 1, 1, 1
+    batch.update(rois=rois, roi=rois.amax(dim=1, keepdim=True))
+    out = AugmentStage(method, FINDINGS, seed=4, compose_standard=compose)(dict(batch))
+    assert torch.equal(out["original_rois"], rois) and torch.equal(out["original_roi"], batch["roi"])
+    assert not torch.equal(out["rois"], rois), "the draw moved them"
+    assert torch.equal(out["roi"][:, 0], out["rois"].amax(dim=1)), "one draw moved both alike"
