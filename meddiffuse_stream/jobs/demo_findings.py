@@ -64,12 +64,12 @@ def _finding(kind: int, rng: np.random.Generator, size: int) -> tuple[np.ndarray
     """Finding ``kind``'s (intensity profile, mask, contrast)."""
     if kind == 0:
         profile, mask = _lesion(rng, size)
-        return profile, mask.astype(bool), float(rng.uniform(0.3, 0.5) * (1 if rng.random() < 0.85 else -1))
+        return profile, mask.astype(bool), float(rng.uniform(0.35, 0.55) * (1 if rng.random() < 0.85 else -1))
     if kind == 1:
         profile, band = _band(rng, size)
-        return profile, band, float(rng.uniform(0.15, 0.3))
-    line = _strip(rng, size, rng.uniform(1.5, 2.5), rng.uniform(0.5, 0.9) * size)
-    return line, line >= 0.5, float(rng.uniform(0.35, 0.55))
+        return profile, band, float(rng.uniform(0.25, 0.4))
+    line = _strip(rng, size, rng.uniform(2.0, 3.0), rng.uniform(0.5, 0.9) * size)
+    return line, line >= 0.5, float(rng.uniform(0.4, 0.6))
 
 
 def render_findings_sample(seed: int, index: int, size: int, scan_path: str, findings: Sequence[int]) -> LoadedImage:
