@@ -11,7 +11,7 @@ from typing import Any
 
 from ._version import __version__
 from .convert import FORMATS, FRAME_CHOICES, ConversionError, ConvertOptions, convert_dataset
-from .convert.base import DEFAULT_MAX_FILE_BYTES, DEFAULT_MAX_PIXELS
+from .convert.base import DEFAULT_MAX_FILE_BYTES, DEFAULT_MAX_PIXELS, SourceFormat
 from .convert.splits import parse_split_spec
 from .geometry import GEOMETRY_MODES
 from .jobs.augment_options import add_augment_options, stage_from_args
@@ -144,6 +144,12 @@ def build_parser() -> argparse.ArgumentParser:
         "images (and 1 - it of the others) in train/val, reversed in test",
     )
     demo.add_argument("--scans-dir", help="shortcut phantom: a folder of further source scans (DICOM or PNG)")
+    demo.add_argument(
+        "--findings",
+        type=int,
+        help="the multi-label phantom: K findings (1-3 of nodule, band_opacity, line_artefact) co-occurring at set "
+        "rates, each with its own ROI (rois.png), split by scan like the shortcut phantom (docs/multilabel.md)",
+    )
     _common_shard_options(demo)
     demo.set_defaults(handler=_run_demo)
 
@@ -310,7 +316,7 @@ def _run_shard(args: argparse.Namespace) -> int:
 
 
 def _run_demo(args: argparse.Namespace) -> int:
-    source = DemoSource(
+    source: SourceFormat = DemoSource(
         n=args.n,
         size=args.size,
         seed=args.seed,
@@ -318,6 +324,14 @@ def _run_demo(args: argparse.Namespace) -> int:
         shortcut=args.shortcut,
         scans_dir=args.scans_dir,
     )
+    if args.findings is not None:
+        if args.shortcut is not None or args.test_modality:
+            raise ValueError("--findings builds the multi-label phantom: leave out --shortcut and --test-modality")
+        from .jobs.demo_findings import FindingsSource
+
+        source = FindingsSource(
+            n=args.n, size=args.size, seed=args.seed, findings=args.findings, scans_dir=args.scans_dir
+        )
     summary = convert_dataset(
         source,
         None,

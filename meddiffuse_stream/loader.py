@@ -70,7 +70,9 @@ class MedDiffuseLoader:
     vector member, e.g. ``label_key="npy"``) gives ``label`` as float32 ``(B, C)`` and, where some findings are
     unknown, ``label_mask`` float32 ``(B, C)`` (1 = known): tuple mode is then ``for images, labels, label_mask in
     loader``. ``labels=False`` reads images alone (self-supervised pretraining, unlabeled shards): tuple mode gives
-    the image tensor, dicts have no ``label``.
+    the image tensor, dicts have no ``label``. Datasets with per-finding ROIs (``rois.png``) add ``rois`` ``(B, C, H,
+    W)`` to the dicts. ``augment=`` on a multi-label dataset yields the stage's ``target`` (and ``target_mask``):
+    label-mixing methods mix finding vectors and masks; the methods that cannot run there are refused by name.
     """
 
     def __init__(
@@ -163,13 +165,10 @@ class MedDiffuseLoader:
             even=even_batches,
         )
         self.labels = LabelOptions.of(labels, task, self.dataset.task, self.dataset.label_mask)
-        if augment is not None and self.labels.kind != "class":
-            raise ValueError(
-                "labels=False and augment= do not go together: the augmentations mix labels"
-                if self.labels.kind == "none"
-                else "augment= on a multi-label dataset: the augmentation stage mixes one-hot labels; multi-label "
-                "augmentation is not in this release (leave augment= out)"
-            )
+        if augment is not None and self.labels.kind == "none":
+            raise ValueError("labels=False and augment= do not go together: the augmentations mix labels")
+        if augment is not None and self.labels.kind == "findings":
+            _refuse_on_findings(augment)
         decode = DecodeOptions(
             num_classes=len(self.dataset.class_names) or None,
             with_roi=as_dict,
@@ -307,8 +306,9 @@ class MedDiffuseLoader:
         keep = self._stand_ins.keep(batch, self._graph.workers.plan)  # rows standing in for dropped samples go
         if self.labels.kind == "none":
             parts: tuple[Any, ...] = (batch["image"],)
-        elif self.labels.mask:
-            parts = (batch["image"], batch["label"], batch["label_mask"])
+        elif self.labels.mask:  # with augment=, the targets and mask the stage made (mixed, for label mixing)
+            name = "target" if self.augment is not None else "label"
+            parts = (batch["image"], batch[name], batch[f"{name}_mask"])
         else:
             parts = (batch["image"], batch["target" if self.augment is not None else "label"])
         if keep is not None:  # see nodes/present.py
@@ -404,6 +404,16 @@ class MedDiffuseLoader:
             return AugmentStage(augment, len(self.dataset.class_names) or 2, seed=seed, device=device)
         except ValueError as error:
             raise ValueError(f"{error}; build it with meddiffuse_stream.augment.AugmentStage(...)") from error
+
+
+def _refuse_on_findings(augment: Any) -> None:
+    """``ValueError`` naming the methods that do not run on multi-label data, if ``augment`` is one of them."""
+    from .augment.methods import multi_label_refusal
+
+    name = augment if isinstance(augment, str) else getattr(augment, "method", None)
+    reason = multi_label_refusal(name) if isinstance(name, str) else None
+    if reason is not None:
+        raise ValueError(reason)
 
 
 def _suffix_case(key: str | None) -> str | None:

@@ -105,6 +105,20 @@ def test_chexpert_masks_read_back_and_tuple_mode_carries_them(chexpert):
     assert "label" not in batch and "label_mask" not in batch and len(batch["key"]) == 8
 
 
+def test_augment_mixes_finding_vectors_and_masks_through_the_loader(chexpert):
+    dataset, _, _ = chexpert
+    with MedDiffuseLoader(str(dataset), 8, augment="mixup", seed=3) as loader:
+        _, targets, target_mask = next(iter(loader))
+    with MedDiffuseLoader(str(dataset), 8, augment="mixup", seed=3, as_dict=True) as loader:
+        batch = next(iter(loader))
+    assert torch.equal(batch["target"], targets) and torch.equal(batch["target_mask"], target_mask)
+    assert targets.shape == target_mask.shape == batch["label"].shape == (8, 14)
+    mask = batch["label_mask"]
+    # every row's mask is its own times its partner's: known only where both images know the finding
+    assert all(any(torch.equal(target_mask[i], mask[i] * mask[j]) for j in range(8)) for i in range(8))
+    assert bool((target_mask <= mask).all()) and bool((target_mask < mask).any())
+
+
 def _wild_shard(path, count=6):
     """A WebDataset shard as found elsewhere: png, a 4-finding .npy vector, and a pickled label beside them."""
     rng = np.random.default_rng(0)
@@ -144,8 +158,8 @@ def test_a_shard_found_elsewhere_reads_without_labels_or_with_its_vector(tmp_pat
 
 def test_what_cannot_go_together_is_said_at_construction(nih):
     dataset, _ = nih
-    with pytest.raises(ValueError, match="multi-label dataset"):
-        MedDiffuseLoader(str(dataset), 4, augment="mixup")
+    with pytest.raises(ValueError, match="'dafusion' does not run on multi-label data: diffusemix, hybrid-filter"):
+        MedDiffuseLoader(str(dataset), 4, augment="dafusion")
     with pytest.raises(ValueError, match="labels=False and augment="):
         MedDiffuseLoader(str(dataset), 4, labels=False, augment="mixup")
     with pytest.raises(TypeError, match="labels must be True or False"):

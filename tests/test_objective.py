@@ -116,5 +116,12 @@ def test_what_cannot_be_trained_is_said_before_training():
         check_trainable(manifest, "ds", None)
     good = _manifest({"Atelectasis": (5, 90, 5), "Edema": (0, 100, 0), "Hernia": (1, 99, 0)})
     check_trainable(good, "ds", "none")
-    with pytest.raises(ValueError, match=r"--augment mixup on a multi-label dataset.*--augment none"):
-        check_trainable(good, "ds", "mixup")
+    for method in ("mixup", "cutmix", "saliencymix", "meddiffusemix", "meddiffusemix-hard-mask", "stage"):
+        check_trainable(good, "ds", method)  # the methods that mix finding vectors, or protect every finding
+    for method in ("dafusion", "diffusemix", "hybrid-filter"):
+        with pytest.raises(
+            ValueError,
+            match=rf"ds: augment '{method}' does not run on multi-label data: "
+            r"diffusemix, hybrid-filter, dafusion are refused there .* conditioned on no finding",
+        ):
+            check_trainable(good, "ds", method)

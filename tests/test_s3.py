@@ -67,3 +67,25 @@ def test_source_on_s3_converts_like_a_local_source(tmp_path, s3_server, s3_bucke
     convert_dataset(BreakHisSource(), str(src), str(tmp_path / "b"), options, progress=False)
     from_s3, from_disk = load_dataset(tmp_path / "a"), load_dataset(tmp_path / "b")
     assert from_s3["info"]["shards"] == from_disk["info"]["shards"]
+
+
+def test_a_conversion_into_a_bucket_not_made_yet_makes_it(tmp_path, s3_server):
+    """The README's quickstart writes to a new bucket: OUT's bucket missing is an empty OUT, made by the writer."""
+    import uuid
+
+    import s3fs
+
+    bucket = f"new{uuid.uuid4().hex[:10]}"
+    fs = s3fs.S3FileSystem(**s3_server.storage_options)
+    assert not fs.exists(bucket)
+    result = subprocess.run(
+        [sys.executable, "-m", "meddiffuse_stream.cli", "demo-data", f"s3://{bucket}/demo", *("--n", "40", "--quiet")],
+        env={**os.environ, **s3_server.env},
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+        timeout=300,
+    )
+    assert result.returncode == 0, result.stderr
+    fs.invalidate_cache()
+    assert json.loads(fs.cat(f"{bucket}/demo/dataset.json"))["splits"]

@@ -135,6 +135,46 @@ def render(document: Path, docs: Path) -> list[str]:
     return rendered
 
 
+# `make demo-multilabel`: the multi-finding phantom's run, its own block (collected and rendered beside the others)
+MULTILABEL = ("multilabel", ".demo/multilabel/experiment", ("make_timing.json",))
+
+
+def collect_multilabel(root: Path, docs: Path) -> list[str]:
+    """Copy the last ``make demo-multilabel``'s raw results (and the target's wall time, ``make_timing.json``) into
+    ``docs/multilabel``; ``["multilabel"]`` if there was one."""
+    name, experiment, extra = MULTILABEL
+    folder = root / experiment
+    if not (folder / "results.csv").exists() or not (folder / "provenance.json").exists():
+        return []
+    target = docs / name
+    target.mkdir(parents=True, exist_ok=True)
+    for file in (*FILES, *extra):
+        if (folder / file).exists():
+            shutil.copyfile(folder / file, target / file)
+    return [name]
+
+
+def render_multilabel(document: Path, docs: Path) -> list[str]:
+    """Replace the multi-label block of ``document`` (its ``results:multilabel`` markers) from ``docs/multilabel``."""
+    name = MULTILABEL[0]
+    start, end = START.format(name=name), END.format(name=name)
+    folder = docs / name
+    text = document.read_text()
+    if start not in text or not (folder / "results.csv").exists():
+        return []
+    block = render_block(folder).strip()
+    timing = _json(folder / "make_timing.json")
+    if timing:
+        block = (
+            f"`make demo-multilabel` took {timing['seconds'] // 60} min {timing['seconds'] % 60} s of wall time "
+            f"({'every step, from a clean tree' if timing['clean'] else 'only the steps not already made'}; "
+            f"{timing['cores']} cores, load average {timing['load']} at the end).\n\n" + block
+        )
+    head, rest = text.split(start, 1)
+    document.write_text(f"{head}{start}\n{block}\n{end}{rest.split(end, 1)[1]}")
+    return [name]
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--collect", action="store_true", help="copy the last runs' raw results into docs/results")
@@ -142,12 +182,12 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     docs = ROOT / "docs" / "results"
     if args.collect:
-        copied = collect(ROOT, docs)
+        copied = collect(ROOT, docs) + collect_multilabel(ROOT, docs)
         if not copied:
             print("no finished run to collect: run `make demo` (and `make paper`) first", file=sys.stderr)
             return 1
         print(f"collected {', '.join(copied)} into {docs}")
-    rendered = render(Path(args.document), docs)
+    rendered = render(Path(args.document), docs) + render_multilabel(Path(args.document), docs)
     print(f"{args.document}: rendered {', '.join(rendered) or 'nothing (no markers or no results)'}")
     return 0
 

@@ -42,6 +42,7 @@ class ClassConditionalGenerator:
         self.scheduler = scheduler
         self.strength = strength
         self.steps = steps
+        self._identity: str | None = None
 
     @classmethod
     def create(cls, image_size: int, channels: int, num_classes: int, *, width: int = 32, **kwargs: Any):
@@ -65,9 +66,10 @@ class ClassConditionalGenerator:
     def identity(self) -> str:
         """Generator id and version: a hash of the configuration and the weights, computed once (a generator is
         frozen while it serves variants; ``forget_identity()`` after changing its weights)."""
-        if self._identity is None:
-            self._identity = self._compute_identity()
-        return self._identity
+        identity = getattr(self, "_identity", None)  # generators unpickled from older versions lack the attribute
+        if identity is None:
+            identity = self._identity = self._compute_identity()
+        return identity
 
     def forget_identity(self) -> None:
         self._identity = None
@@ -106,6 +108,22 @@ class ClassConditionalGenerator:
         self.unet.to(device)
         return self
 
+    def class_labels(self, labels: torch.Tensor) -> torch.Tensor | None:
+        """The class embedding each image is generated with: its class index; on multi-label data (finding vectors
+        ``(B, C)``) the one class a generator trained on a multi-label dataset has — its variants are conditioned
+        on no finding (``train-diffusion`` trains such a generator with a single shared class). A generator of
+        several classes cannot say which one a finding vector is: refused."""
+        classes = self.unet.config.num_class_embeds
+        if labels.dim() == 1 or classes is None:
+            return labels if classes is not None else None
+        if classes != 1:
+            raise ValueError(
+                f"generator {self.identity} is conditioned on {classes} classes, which cannot stand for a finding "
+                "vector: train one on the multi-label dataset (`meddiffuse-stream train-diffusion DATASET OUT` "
+                "trains a single shared class there: variants conditioned on no finding)"
+            )
+        return torch.zeros(len(labels), dtype=torch.long, device=labels.device)
+
     def timesteps(self) -> list[int]:
         """The denoising timesteps, highest first: ``steps`` of them, evenly spaced below ``strength · T``."""
         return sdedit_timesteps(self.strength, self.steps, self.scheduler.config.num_train_timesteps)
@@ -116,6 +134,7 @@ class ClassConditionalGenerator:
         (eta 0) to t = 0. Image i's noise comes from ``seeds[i]`` alone, so a variant does not depend on which batch
         it was generated in."""
         self.unet.eval()
+        conditions = self.class_labels(labels)
         timesteps = self.timesteps()
         cumulative = self.scheduler.alphas_cumprod.to(images.device, torch.float32)
         sample = images.float() * 2 - 1
@@ -127,7 +146,7 @@ class ClassConditionalGenerator:
         for index, timestep in enumerate(timesteps):
             alpha = cumulative[timestep]
             previous = cumulative[timesteps[index + 1]] if index + 1 < len(timesteps) else torch.ones_like(alpha)
-            epsilon = self.unet(sample, timestep, class_labels=labels).sample.float()
+            epsilon = self.unet(sample, timestep, class_labels=conditions).sample.float()
             clean = ((sample - (1 - alpha).sqrt() * epsilon) / alpha.sqrt()).clamp(-1, 1)
             epsilon = (sample - alpha.sqrt() * clean) / (1 - alpha).sqrt()  # consistent with the clipped estimate
             sample = previous.sqrt() * clean + (1 - previous).sqrt() * epsilon

@@ -16,6 +16,9 @@ Per image:
 3. the check: the top-k region of the teacher's saliency on ``x_aug`` must overlap the original's (IoU ≥
    ``min_iou``) and the label's probability may drop by at most ``max_prob_drop``; a failing image is retried with
    half the strength (``retries`` times), then kept as it was (``rejected``).
+
+On multi-label batches steps 1–3 run per finding and the protected region is the union of every finding's
+(:mod:`.meddiffusemix_findings`).
 """
 
 from __future__ import annotations
@@ -30,18 +33,12 @@ from ..counters import Counters
 from .cache import VariantCache, entry_name, host_to
 from .methods.context import Augmented, BatchInputs
 from .mix import MixConfig, evidence_iou, is_flat, mix, mix_weight, protected_region, random_field, top_fraction_iou
+from .mixer_common import STATUSES, mask_rng
 from .providers import SaliencyProvider, VariantProvider
 
 __all__ = ["DONORS", "STATUSES", "MedDiffuseMixer", "mask_rng", "noise_donor"]
 
-STATUSES = ("accepted", "attenuated", "rejected", "no_evidence", "unconfident", "unchecked", "no_donor")
 DONORS = ("variant", "noise", "other-image")
-
-
-def mask_rng(mask_seed: int, key: str, draw: int) -> np.random.Generator:
-    """The generator of sample ``key``'s mask draw ``draw``: independent of the batch it lands in."""
-    digest = hashlib.sha256(f"{mask_seed}|{key}|{draw}".encode()).digest()
-    return np.random.default_rng(int.from_bytes(digest[:8], "little"))
 
 
 def noise_donor(images: torch.Tensor, generators: Sequence[np.random.Generator]) -> torch.Tensor:
@@ -53,10 +50,13 @@ def noise_donor(images: torch.Tensor, generators: Sequence[np.random.Generator])
 
 
 def _partners(labels: torch.Tensor, rows: list[int], rng: np.random.Generator) -> list[int | None]:
-    """For each of ``rows``, another row of the batch with the same label (drawn from ``rng``), else None."""
+    """For each of ``rows``, another row of the batch with the same label — the same class, or on multi-label data
+    the same finding vector — drawn from ``rng``, else None."""
+    flat = labels.view(len(labels), -1)
+    same_as = (flat[:, None, :] == flat[None, :, :]).all(dim=2)  # (B, B): rows with equal labels
     chosen: list[int | None] = []
     for row in rows:
-        same = [other for other in range(len(labels)) if other != row and int(labels[other]) == int(labels[row])]
+        same = [other for other in torch.nonzero(same_as[row]).flatten().tolist() if other != row]
         chosen.append(int(rng.choice(same)) if same else None)
     return chosen
 
@@ -146,7 +146,12 @@ class MedDiffuseMixer:
     def compute(
         self, inputs: BatchInputs, rows: torch.Tensor
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-        """``(images, W, status, protected)`` for ``rows``; W and images rounded to float16 as the cache is."""
+        """``(images, W, status, protected)`` for ``rows``; W and images rounded to float16 as the cache is.
+        Multi-label batches protect the union of every finding's evidence (:mod:`.meddiffusemix_findings`)."""
+        if inputs.multi_label:
+            from .meddiffusemix_findings import compute_findings
+
+            return compute_findings(self, inputs, rows)
         assert inputs.saliency is not None
         config = self.config
         images, labels = inputs.images[rows], inputs.labels[rows]

@@ -62,6 +62,41 @@ class SaliencyProvider:
             self.teacher.train(was_training)
         return probabilities.gather(1, labels.view(-1, 1)).squeeze(1)
 
+    def probabilities(self, images: torch.Tensor) -> torch.Tensor:
+        """A multi-label teacher's probability of every finding, ``(B, C)``: each logit's sigmoid."""
+        with torch.no_grad():
+            was_training = self.teacher.training
+            logits = self.teacher.eval()(images).float()
+            self.teacher.train(was_training)
+        return torch.sigmoid(logits)
+
+    def class_maps(
+        self,
+        images: torch.Tensor,
+        owner: torch.Tensor,
+        classes: torch.Tensor,
+        keys: Sequence[str],
+        contents: Callable[[], list[str]],
+    ) -> torch.Tensor:
+        """Map p of image ``owner[p]`` for finding ``classes[p]``, ``(P, 1, H, W)``, in one batched call (cached
+        per sample and finding when the teacher is frozen)."""
+        if self.cache is None or len(owner) == 0:
+            return self.extractor.for_classes(images, owner, classes)
+        rows, found = owner.tolist(), classes.tolist()
+        hashes = contents()
+        names = [
+            entry_name(keys[r], hashes[r], f"saliency-{self.identity}", 0, f"c{c}")
+            for r, c in zip(rows, found, strict=True)
+        ]
+        like = images.new_empty((len(rows), 1, *images.shape[-2:]))
+        return cached_batch(
+            self.cache,
+            names,
+            lambda missing: self.extractor.for_classes(images, owner[missing], classes[missing]),
+            like,
+            self.counters,
+        )
+
     def maps(
         self, images: torch.Tensor, labels: torch.Tensor, keys: Sequence[str], contents: Callable[[], list[str]]
     ) -> torch.Tensor:

@@ -126,7 +126,8 @@ class SaliencyExtractor:
                 maps = self._gradcam(images, labels, saliency_layers(self.model)[self.layer])
             elif self.method == "gradcam-multiscale":
                 layers = saliency_layers(self.model)[:2]
-                maps = sum(normalise_per_image(self._gradcam(images, labels, layer).float()) for layer in layers)
+                scales = [normalise_per_image(self._gradcam(images, labels, layer).float()) for layer in layers]
+                maps = torch.stack(scales).sum(dim=0)
             elif self.method == "attention-rollout":  # class-agnostic: where the CLS token looks
                 rollout: Callable[[torch.Tensor], torch.Tensor] = getattr(self.model, "attention_rollout")  # noqa: B009
                 grid = rollout(images.detach())
@@ -145,6 +146,18 @@ class SaliencyExtractor:
                 )
                 maps = attribution.abs().sum(dim=1, keepdim=True)
         return normalise_per_image(maps.detach().float())
+
+    def for_classes(self, images: torch.Tensor, owner: torch.Tensor, classes: torch.Tensor) -> torch.Tensor:
+        """Per-class maps, batched: ``(P, 1, H, W)``, map p of image ``owner[p]`` for class ``classes[p]``.
+
+        A multi-label image needs one map per finding; the pairs are stacked into one batch and attributed in
+        one call (each row its own target), so the cost is one backward pass, not a loop over images or classes.
+        Maps are per-row, so the same (image, class) gives the same map whatever else shares the call."""
+        if owner.shape != classes.shape or owner.dim() != 1:
+            raise ValueError(f"owner {tuple(owner.shape)} and classes {tuple(classes.shape)} must be the same (P,)")
+        if len(owner) == 0:
+            return images.new_zeros((0, 1, *images.shape[-2:]))
+        return self(images[owner], classes)
 
     def _gradcam(self, images: torch.Tensor, labels: torch.Tensor, layer: nn.Module) -> torch.Tensor:
         from captum.attr import LayerAttribution, LayerGradCam

@@ -20,13 +20,15 @@ import torch.nn.functional as F
 
 from ..counters import Counters
 from ..nodes.to_torch import unit_float
-from .cache import VariantCache, content_hashes
-from .methods import METHODS, PRESETS, BatchInputs, get_method
+from .cache import VariantCache
+from .mask_planes import MaskPlanes
+from .methods import METHODS, PRESETS, get_method, multi_label_refusal
 from .methods.geometric import apply_standard, draw_standard
 from .mix import MixConfig
 from .providers import SaliencyProvider, VariantProvider, variant_seed_of
 from .saliency import SaliencyExtractor
 from .settings import StageSettings
+from .stage_inputs import Rows, batch_inputs
 from .teacher import TeacherHandle
 
 __all__ = ["AUGMENTS", "LABEL_MIXING", "NEEDS_SALIENCY", "NEEDS_VARIANTS", "AugmentStage", "variant_seed_of"]
@@ -197,14 +199,25 @@ class AugmentStage:
 
     # --- the work --------------------------------------------------------------------------------------------
     def __call__(self, batch: dict[str, Any], *, details: bool = True) -> dict[str, Any]:
-        """The augmented batch; with ``details``, the saliency and variant planes the method used, too."""
+        """The augmented batch; with ``details``, the saliency and variant planes the method used, too.
+
+        Multi-label batches (``label`` float ``(B, C)``) come back with ``target`` ``(B, C)`` — the finding vectors,
+        mixed by label-mixing methods — and, where the batch has a ``label_mask``, ``target_mask`` ``(B, C)``
+        (mixed: a finding is known only where both images know it). Per-finding ROIs (``rois``, ``(B, C, H, W)``)
+        move with the pixels as ``roi`` does."""
         if self.teacher_handle is not None and self.teacher_handle.apply_pending():
             self._apply = self.spec.build(self)  # methods built around the old teacher's identity
         # a loader with dtype="uint8"/"uint16" delivers stored integers: they become float in [0, 1] here, on the
         # stage's device, after the (smaller) copy
         images = unit_float(batch["image"].to(self.device, non_blocking=True))
         labels = batch["label"].to(self.device, non_blocking=True)
-        roi = batch["roi"].to(self.device, non_blocking=True).float() if "roi" in batch else None  # 0/1 masks
+        multi_label = labels.dim() == 2
+        if multi_label and not self.spec.multi_label:
+            raise ValueError(multi_label_refusal(self.method))
+        label_mask = batch.get("label_mask") if multi_label else None
+        if label_mask is not None:
+            label_mask = label_mask.to(self.device, non_blocking=True).to(images.dtype)
+        planes = MaskPlanes.of(batch, self.device)  # roi and rois, 0/1, moved together
         keys: Sequence[str] = batch["key"]
         count = len(images)
         rng = self._generator_for(batch)
@@ -213,38 +226,39 @@ class AugmentStage:
         )
         variant_index = rng.integers(0, self.variants_per_sample, count)
         mask_draw = rng.integers(0, self.mask_draws, count)
-        targets = F.one_hot(labels, self.num_classes).to(images.dtype)
+        targets = labels.to(images.dtype) if multi_label else F.one_hot(labels, self.num_classes).to(images.dtype)
         rows = torch.as_tensor(np.flatnonzero(~keep), device=self.device)
         out, weight = images.clone(), torch.zeros_like(images[:, :1])
-        soft = targets if self.spec.mixes_labels else labels
-        moved_roi, extra, extra_roi = roi, {}, False
+        soft, soft_mask = (targets if self.spec.mixes_labels else labels), label_mask
+        moved, extra, extra_roi = planes.stacked, {}, False
         if len(rows):
-            inputs = self._inputs(
+            picked = Rows(
                 images[rows],
                 labels[rows],
                 targets[rows],
                 [keys[i] for i in rows.tolist()],
                 variant_index[~keep],
                 mask_draw[~keep],
-                None if roi is None else roi[rows],
-                details,
-                rng,
+                None if planes.stacked is None else planes.stacked[rows],
+                None if label_mask is None else label_mask[rows],
             )
+            inputs = batch_inputs(picked, self.saliency, self.variants, self.spec.needs_variants, details, rng)
             result = self._apply(inputs)
             out[rows], weight[rows] = result.images.to(out.dtype), result.weight.to(weight.dtype)
             if self.spec.mixes_labels:
                 soft = result.targets  # label-mixing methods never show originals: rows are all rows
-            if result.roi is not None and roi is not None:
-                moved_roi = roi.clone()
-                moved_roi[rows] = result.roi.to(roi.dtype)
+                soft_mask = result.target_mask if label_mask is not None else None
+            if result.roi is not None and planes.stacked is not None:
+                moved = planes.stacked.clone()
+                moved[rows] = result.roi.to(moved.dtype)
                 extra_roi = True
             extra = {name: self._scatter(plane, rows, images) for name, plane in result.details.items()}
         augmented = torch.as_tensor(~keep, device=self.device)
         if not self.spec.geometric and not self.spec.mixes_labels:
             augmented &= weight.flatten(1).amax(dim=1) > 0
         if self.compose_standard:
-            out, moved_roi = apply_standard(out, draw_standard(count, rng), moved_roi)
-            augmented, extra_roi = torch.ones_like(augmented), roi is not None
+            out, moved = apply_standard(out, draw_standard(count, rng), moved)
+            augmented, extra_roi = torch.ones_like(augmented), planes.stacked is not None
         self.counters["originals"] += int(keep.sum())
         self.counters["batches"] += 1
         result_batch = dict(
@@ -257,10 +271,11 @@ class AugmentStage:
             augmented=augmented,
             shown_original=torch.as_tensor(keep, device=self.device),
         )
-        if extra_roi:  # pixels moved: the ROI moved with them (the ROI as decoded stays beside it)
-            result_batch["roi"], result_batch["original_roi"] = moved_roi, roi
-        elif roi is not None:
-            result_batch["roi"] = roi  # on the stage's device, like every other tensor it returns
+        if label_mask is not None:
+            result_batch["label_mask"], result_batch["target_mask"] = label_mask, soft_mask
+        # pixels moved: the masks moved with them (as decoded they stay beside them as original_roi / original_rois);
+        # else they are returned on the stage's device, like every other tensor
+        result_batch.update(planes.split(moved, moved=extra_roi))
         if details:
             result_batch.update(extra)
         return result_batch
@@ -281,50 +296,3 @@ class AugmentStage:
             return self.rng
         epoch, rank, index = (int(v) for v in position)
         return np.random.default_rng([self.seed, epoch, rank, index])
-
-    def _inputs(self, images, labels, targets, keys, variant_index, mask_draw, roi, details, rng) -> BatchInputs:
-        hashes: list[str] = []
-
-        def contents() -> list[str]:  # hashed once per batch, only if a cache key needs it
-            if not hashes:
-                hashes.extend(content_hashes(images))
-            return hashes
-
-        memo: dict[str, torch.Tensor] = {}
-
-        def saliency(rows: torch.Tensor | None) -> torch.Tensor:
-            if "saliency" not in memo:
-                assert self.saliency is not None
-                memo["saliency"] = self.saliency.maps(images, labels, keys, contents)
-            return memo["saliency"] if rows is None else memo["saliency"][rows]
-
-        def variants(rows: torch.Tensor | None) -> torch.Tensor:
-            if rows is None:
-                if "variants" not in memo:
-                    memo["variants"] = self.variants.variants(images, labels, keys, contents(), variant_index)
-                return memo["variants"]
-            if "variants" in memo:
-                return memo["variants"][rows]
-            picked = rows.tolist()
-            return self.variants.variants(
-                images[rows],
-                labels[rows],
-                [keys[i] for i in picked],
-                [contents()[i] for i in picked],
-                variant_index[picked],
-            )
-
-        return BatchInputs(
-            images,
-            labels,
-            targets,
-            keys,
-            rng,
-            variant_index,
-            mask_draw,
-            roi,
-            saliency=saliency if self.saliency is not None else None,
-            variants=variants if self.spec.needs_variants else None,
-            contents=contents,
-            details=details,
-        )

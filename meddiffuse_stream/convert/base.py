@@ -106,7 +106,8 @@ DEFAULT_RULES = ReadRules()
 
 @dataclass
 class LoadedImage:
-    """Pixels read from one input: ``(H, W)`` uint8/uint16 or ``(H, W, 3)`` uint8/uint16, plus an optional ROI.
+    """Pixels read from one input: ``(H, W)`` uint8/uint16 or ``(H, W, 3)`` uint8/uint16, plus an optional ROI
+    (and, for multi-label inputs, optional per-finding ROIs as one bit mask).
 
     ``frames`` holds every kept frame when an input gives more than one (``--frames all``); ``image`` is then the
     first of them. ``notes`` are short facts counted in the summary (a window ignored, a frame chosen).
@@ -117,6 +118,7 @@ class LoadedImage:
     meta: dict[str, Any] = field(default_factory=dict)
     frames: list[np.ndarray] | None = None
     notes: list[str] = field(default_factory=list)
+    rois: np.ndarray | None = None  # multi-label: (H, W) uint8, bit k = finding k's pixels (the rois.png member)
 
 
 @dataclass

@@ -134,18 +134,21 @@ def _samples(
     side, mode = resize
     encoded = []
     for index, frame in enumerate(frames):
-        image, roi = frame, loaded.roi
+        image, roi, rois = frame, loaded.roi, loaded.rois
         if channels:
             image = to_channels(image, channels)
         if side:
             image = resize_square(image, side, mode=mode)
             roi = None if roi is None else resize_square(roi, side, nearest=True, mode=mode)
+            rois = None if rois is None else resize_square(rois, side, nearest=True, mode=mode)
         key = item.key if len(frames) == 1 else make_key(item.key, f"f{index:04d}")
         columns = _columns(item, key, task.split, class_names, image)
         frame_meta = {"frame_index": index} if len(frames) > 1 else {}
         meta = {**item.meta, **loaded.meta, **frame_meta, **columns, "dataset": dataset}
         label = item.label if item.findings is None else None
-        sample = encode_sample(key, image, label, meta, roi, findings=item.findings, label_mask=task.label_mask)
+        sample = encode_sample(
+            key, image, label, meta, roi, findings=item.findings, label_mask=task.label_mask, rois=rois
+        )
         encoded.append((sample, {**frame_meta, **columns}))
     return encoded
 

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 
 from ..shardfmt.manifest import DATASET_JSON, MAX_MANIFEST_BYTES
 from ..shardfmt.safejson import loads_limited
-from ..storage import Location
+from ..storage import Location, StorageNotFoundError
 from .base import ConversionError
 from .lock import LOCK_NAME
 
@@ -52,7 +52,10 @@ class OutState:
 
 def survey_out(out: Location) -> OutState:
     """List OUT once and decide whether it is ours; raise :class:`ConversionError` naming what it holds if not."""
-    files = tuple(out.list_files())
+    try:
+        files = tuple(out.list_files())
+    except StorageNotFoundError:  # an OUT bucket not made yet is empty: the conversion makes it (or says why not)
+        files = ()
     if not files:
         return OutState(out, files, True, frozenset())
     created_by = _creator(out) if DATASET_JSON in files else None

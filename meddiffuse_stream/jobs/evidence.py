@@ -21,6 +21,10 @@ and how much it changed — the other half of the claim, on the same images:
 - ``untouched_share``: the share of all pixels left as they were (within half an 8-bit step);
 - ``ssim``: the mean SSIM between each changed image and its original (1: identical).
 
+On multi-label data the same metrics are reported per finding as ``<metric>:<finding>``
+(:mod:`.evidence_findings`), the overall ones over the union of the findings' ROIs; ``label_consistency`` is then
+the teacher's per-finding agreement (sigmoid > 0.5) with the known targets.
+
 The generator alone is measured in :mod:`.variant_quality`; :func:`saliency_coverage` measures the teacher's maps
 alone: how much of each lesion falls inside the evidence mask and the protected region, per saliency method.
 """
@@ -35,6 +39,7 @@ import torch
 from ..augment.mix import top_fraction_iou
 from ..augment.saliency import SaliencyExtractor
 from ..loader import MedDiffuseLoader
+from .evidence_findings import finding_metrics, finding_roi_sums, finding_teacher_sums
 
 __all__ = ["EVIDENCE_METRICS", "evidence_metrics", "saliency_coverage"]
 
@@ -111,7 +116,12 @@ def evidence_metrics(
                 continue
             _roi_sums(sums, batch, image[rows], original[rows], weight[rows], rows)
             _change_sums(sums, batch, image[rows], original[rows], rows)
-            if teacher is not None and extractor is not None:
+            multi_label = batch["label"].dim() == 2
+            if multi_label:
+                finding_roi_sums(sums, batch, image[rows], original[rows], weight[rows], rows, names)
+            if multi_label and teacher is not None and extractor is not None:
+                finding_teacher_sums(sums, batch, teacher, extractor, image[rows], original[rows], rows, names)
+            elif teacher is not None and extractor is not None:
                 labels = _dominant_labels(batch).to(device)[rows]
                 predicted = _predict(teacher, image[rows])
                 sums.add("label_consistency", float((predicted == labels).sum()), len(rows))
@@ -130,6 +140,7 @@ def evidence_metrics(
     metrics["label_consistency_per_class"] = {
         name: sums.ratio(f"label_consistency:{name}") for name in names if f"label_consistency:{name}" in sums.values
     }
+    metrics.update(finding_metrics(sums, names))
     metrics["samples"] = seen
     return metrics
 

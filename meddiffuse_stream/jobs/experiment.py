@@ -7,6 +7,11 @@ wall time),
 ``results.md`` (mean ± 95 % confidence interval per metric, and paired differences against each baseline) and
 ``metrics.png`` / ``evidence.png``. A finished run is reused on a re-run only if it ran exactly the configured
 method and settings on the same dataset, teacher and generator (compared by content: :func:`provenance`).
+
+On a multi-label dataset the rows carry the macro AUC as ``roc_auc`` (what the tables and paired differences
+read), ``macro_ap``, ``micro_auc`` and ``auc:<finding>``, and the evidence metrics per finding
+(``roi_unchanged:<finding>``, ...); the report adds a table per finding (:mod:`.experiment_findings`). The
+generator and saliency-coverage reports, written for one class label per image, are skipped there.
 """
 
 from __future__ import annotations
@@ -18,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from .experiment_config import ExperimentConfig, MethodConfig, load_experiment_config
+from .experiment_findings import is_multi_label, split_metrics
 from .experiment_report import plots, summarise
 
 __all__ = ["METRICS", "check_teacher", "provenance", "run_experiment", "summarise"]
@@ -188,8 +194,8 @@ def _evidence(method: MethodConfig, config: ExperimentConfig, seed: int, teacher
 
 def _variant_report(config: ExperimentConfig, teacher: Any, out: Path) -> dict[str, Any] | None:
     """The generator alone: label fidelity, distance, diversity and feature distance of its variants (once)."""
-    if teacher is None or not (config.generator or config.variant_cache):
-        return None
+    if teacher is None or not (config.generator or config.variant_cache) or is_multi_label(config.dataset):
+        return None  # it scores variants by their class label: multi-label variants are conditioned on no finding
     from ..augment.stage import AugmentStage
     from .stage_factory import build_stage
     from .variant_quality import variant_quality
@@ -223,8 +229,8 @@ def _saliency_report(config: ExperimentConfig, teacher: Any, out: Path) -> dict[
     from ..nodes.source import open_dataset
     from .evidence import saliency_coverage
 
-    if teacher is None or not config.saliency_methods:
-        return None
+    if teacher is None or not config.saliency_methods or is_multi_label(config.dataset):
+        return None  # coverage of one class's map; per-finding ROI metrics are in the evidence instead
     if not open_dataset(config.dataset, config.evidence_split).has_roi:
         return None
     identity = model_identity(teacher)
@@ -327,14 +333,15 @@ def run_experiment(config_path: str | Path, *, progress: bool = True) -> Path:
                         "split": split,
                         "steps": metrics["steps"],
                         "final_loss": metrics.get("final_loss"),
-                        **{m: metrics[split][m] for m in METRICS},
+                        **split_metrics(metrics[split], METRICS),
                         **{k: v for k, v in evidence.items() if not isinstance(v, dict)},
                     }
                 )
     if not rows:
         raise ValueError(f"{config_path}: no run reported any of the splits {list(config.report_splits)}")
     with open(out / "results.csv", "w", newline="") as stream:
-        writer = csv.DictWriter(stream, fieldnames=list(rows[0]))
+        # every row's columns (a method that changed no image has no per-finding evidence columns)
+        writer = csv.DictWriter(stream, fieldnames=list(dict.fromkeys(key for row in rows for key in row)))
         writer.writeheader()
         writer.writerows(rows)
     (out / "results.md").write_text(summarise(rows, variants, saliency))

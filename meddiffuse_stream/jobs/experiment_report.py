@@ -10,42 +10,11 @@ import math
 from pathlib import Path
 from typing import Any
 
+from .experiment_findings import findings_section
+from .experiment_stats import REFERENCE, mean_ci
+
 __all__ = ["mean_ci", "plots", "reading", "summarise"]
 
-# two-sided 95 % Student t quantiles for 1..30 degrees of freedom
-_T95 = [
-    12.706,
-    4.303,
-    3.182,
-    2.776,
-    2.571,
-    2.447,
-    2.365,
-    2.306,
-    2.262,
-    2.228,
-    2.201,
-    2.179,
-    2.160,
-    2.145,
-    2.131,
-    2.120,
-    2.110,
-    2.101,
-    2.093,
-    2.086,
-    2.080,
-    2.074,
-    2.069,
-    2.064,
-    2.060,
-    2.056,
-    2.052,
-    2.048,
-    2.045,
-    2.042,
-]
-REFERENCE = "meddiffusemix"
 COLUMNS = (
     ("val AUC", "val", "roc_auc"),
     ("test AUC", "test", "roc_auc"),
@@ -63,19 +32,6 @@ COLUMNS = (
     ("SSIM", None, "ssim"),
 )
 UNBOUNDED = ("delta_off", "protected_to_lesion")  # plotted on their own scale, not [0, 1]
-
-
-def mean_ci(values: list[float | None]) -> tuple[float, float] | None:
-    """(mean, 95 % CI half-width) of the values that are numbers; None if there are none."""
-    numbers = [v for v in values if v is not None and not math.isnan(v)]
-    if not numbers:
-        return None
-    mean = sum(numbers) / len(numbers)
-    if len(numbers) == 1:
-        return mean, math.nan
-    spread = math.sqrt(sum((v - mean) ** 2 for v in numbers) / (len(numbers) - 1))
-    t = _T95[min(len(numbers) - 1, 30) - 1] if len(numbers) <= 31 else 1.96
-    return mean, t * spread / math.sqrt(len(numbers))
 
 
 def _cell(values: list[float | None]) -> str:
@@ -127,7 +83,8 @@ def summarise(
                 f"| {method} | {'n/a' if inside is None else f'{inside:.3f}'} | "
                 f"{'n/a' if kept is None else f'{kept:.3f}'} | {values['flat_maps']} | {values['seconds']} |\n"
             )
-    return text + "\n" + reading(rows, variants) + "\n"
+    findings = findings_section(rows)
+    return text + "\n" + reading(rows, variants) + "\n" + ("\n" + findings if findings else "")
 
 
 def _variant_line(variants: dict[str, Any]) -> str:

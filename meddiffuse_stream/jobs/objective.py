@@ -4,7 +4,9 @@
 scores. ``multi_label``: binary cross-entropy with logits per finding, each term weighted by the label mask so an
 unknown finding (CheXpert's uncertain under ``--uncertain ignore``) adds nothing to the loss, normalised by the
 known labels of the batch; ``--loss weighted`` sets each finding's ``pos_weight`` to negatives / positives of the
-train split (from dataset.json's counts), the usual answer to rare findings. Sigmoid scores.
+train split (from dataset.json's counts), the usual answer to rare findings. Sigmoid scores. An augmentation's
+mixed ``target`` and ``target_mask`` (label-mixing methods on finding vectors) take the place of ``label`` and
+``label_mask``.
 """
 
 from __future__ import annotations
@@ -104,15 +106,23 @@ def objective_for(manifest: Manifest, loss: str, where: str, device: torch.devic
     return Objective(manifest.task, tuple(manifest.class_names), weight)
 
 
+def _multi_label_refusal(augment: str | None) -> str | None:
+    """Why ``augment`` cannot train on a multi-label dataset, or ``None`` (a configured stage, ``"stage"``, was
+    checked by the loader that runs it)."""
+    if augment in (None, "none", "stage"):
+        return None
+    from ..augment.methods import multi_label_refusal
+
+    return multi_label_refusal(augment)
+
+
 def check_trainable(manifest: Manifest, where: str, augment: str | None) -> None:
     """A classifier needs classes to tell apart; say so before anything starts, with what to do."""
     names: Sequence[str] = manifest.class_names
     if manifest.task == "multi_label":
-        if augment not in (None, "none"):
-            raise ValueError(
-                f"{where}: --augment {augment} on a multi-label dataset: the augmentation stage still mixes "
-                "one-hot labels (multi-label augmentation is not in this release); train with --augment none"
-            )
+        refusal = _multi_label_refusal(augment)
+        if refusal is not None:
+            raise ValueError(f"{where}: {refusal}")
         counts = manifest.label_counts("train")
         if counts is not None and not any(c.positive and c.negative for c in counts):
             raise ValueError(

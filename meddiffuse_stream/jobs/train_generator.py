@@ -61,7 +61,9 @@ def train_generator(
     progress: bool = True,
 ) -> dict[str, float]:
     """Denoising (epsilon-prediction) training conditioned on the label; saves the EMA weights with
-    ``save_pretrained``. ``crop`` must be a multiple of 2 (the UNet halves the resolution once)."""
+    ``save_pretrained``. ``crop`` must be a multiple of 2 (the UNet halves the resolution once). On a multi-label
+    dataset a finding vector is no class: the generator gets one shared class (its variants are conditioned on no
+    finding; MedDiffuseMix keeps every finding's evidence from the original)."""
     from ..loader import MedDiffuseLoader
 
     if crop is not None and (crop < 8 or crop % 2):
@@ -74,11 +76,13 @@ def train_generator(
     )
     if len(loader) == 0:
         raise ValueError(f"{dataset}: fewer training samples than one batch of {batch_size}; lower --batch-size")
-    first, _ = next(iter(loader))
+    first = next(iter(loader))[0]
     loader.set_epoch(0)
     torch.manual_seed(seed)
+    multi_label = loader.labels.kind == "findings"
+    classes = 1 if multi_label else len(loader.dataset.class_names)
     generator = ClassConditionalGenerator.create(
-        first.shape[-1], first.shape[1], len(loader.dataset.class_names), width=width, strength=strength, steps=steps
+        first.shape[-1], first.shape[1], classes, width=width, strength=strength, steps=steps
     ).to(target)
     average = {k: v.detach().clone() for k, v in generator.unet.state_dict().items()}
     optimizer = torch.optim.AdamW(generator.unet.parameters(), lr=learning_rate)
@@ -90,7 +94,10 @@ def train_generator(
     generator.unet.train()
     for epoch in range(epochs):
         loader.set_epoch(epoch)
-        for images, labels in loader:
+        for batch in loader:
+            images, labels = batch[0], batch[1]
+            if multi_label:
+                labels = torch.zeros(len(images), dtype=torch.long)
             if crop is not None:
                 images = random_crops(images, crop, draws)
             images, labels = images.to(target, non_blocking=True), labels.to(target, non_blocking=True)

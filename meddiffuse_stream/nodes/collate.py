@@ -42,8 +42,9 @@ def collate(
         chunk["label_mask"] = stack_labels([s["label_mask"] for s in samples], [s["key"] for s in samples])
     chunk["key"] = [s["key"] for s in samples]
     chunk["is_padding"] = np.asarray([bool(s.get("is_padding", False)) for s in samples], dtype=bool)
-    if "roi" in first:
-        chunk["roi"] = np.stack([s.get("roi", np.zeros_like(first["roi"])) for s in samples])
+    for name in ("roi", "rois"):  # the ROI, and per-finding ROIs of multi-label samples
+        if name in first:
+            chunk[name] = np.stack([s.get(name, np.zeros_like(first[name])) for s in samples])
     if "meta" in first:
         chunk["meta"] = [s.get("meta", {}) for s in samples]
     return chunk

@@ -57,6 +57,7 @@ def conform_sample(sample: dict[str, Any], options: ConformOptions) -> dict[str,
         image = convert_channels(image, channels)
     if size is not None:
         image = resize_image(image, size, mode)
-        if "roi" in sample:
-            sample = dict(sample, roi=resize_image(sample["roi"], size, mode, mask=True))
+        for name in ("roi", "rois"):
+            if name in sample:
+                sample = dict(sample, **{name: resize_image(sample[name], size, mode, mask=True)})
     return dict(sample, image=image)

@@ -1,7 +1,8 @@
 """The decode stage: a raw sample's members to arrays — image, label, optional ROI and metadata.
 
 Only known members are decoded: images (``png jpg jpeg webp tif tiff``, 16-bit grey kept), labels (``cls class
-label txt``, or a field of the ``json`` member), ``json`` objects, ``roi.png`` masks; anything else — ``.pyd``,
+label txt``, or a field of the ``json`` member), ``json`` objects, ``roi.png`` masks and ``rois.png`` per-finding
+masks; anything else — ``.pyd``,
 ``.pickle``, whatever its name — is ignored, never unpickled. ``image_key`` and ``label_key`` pick members
 where a sample holds several (the conventions of WebDataset data written by others).
 """
@@ -22,8 +23,9 @@ from PIL import Image
 from ..options import LabelOptions
 from ..shardfmt.depth import DEEP_COLOUR_TIFF, is_deep_colour_tiff, png_16_bit_kind
 from ..shardfmt.labels import parse_label_vector, sample_findings
-from ..shardfmt.members import META, READ_IMAGE_SUFFIXES, READ_LABEL_SUFFIXES, ROI
+from ..shardfmt.members import META, READ_IMAGE_SUFFIXES, READ_LABEL_SUFFIXES, ROI, ROIS, ROIS_MAX_FINDINGS
 from ..shardfmt.png import decode_png_16
+from ..shardfmt.rois import unpack_finding_rois
 from ..shardfmt.safejson import loads_limited
 from ..shardfmt.tar import RawSample
 
@@ -305,6 +307,17 @@ def decode_sample(raw: RawSample, options: DecodeOptions) -> dict[str, Any]:
                 f"{key}.roi.png: mask {roi.shape[1:]} does not match image {sample['image'].shape[1:]}", "roi mismatch"
             )
         sample["roi"] = (roi[:1] > 0).astype(np.uint8)
+    if options.with_roi and ROIS in raw.members:  # per-finding ROIs (multi-label): (C, H, W) 0/1
+        bits = _image(raw.members[ROIS], key, ROIS, options.max_pixels)
+        if bits.shape != (1, *sample["image"].shape[1:]):
+            raise SampleError(
+                f"{key}.{ROIS}: mask {bits.shape} does not match image {sample['image'].shape[1:]}", "roi mismatch"
+            )
+        try:
+            findings = len(options.class_names) or ROIS_MAX_FINDINGS
+            sample["rois"] = unpack_finding_rois(bits[0], findings, f"{key}.{ROIS}")
+        except ValueError as error:
+            raise SampleError(str(error), "roi mismatch") from None
     if meta is not None:
         sample["meta"] = meta
     return sample

@@ -153,6 +153,7 @@ class _Builder:
         self.allocate = allocate
         self.images: np.ndarray | None = None
         self.roi: np.ndarray | None = None
+        self.rois: np.ndarray | None = None  # per-finding ROIs (B, C, H, W), where samples have them
         self.options = options
         self.with_meta = options.with_meta
         self.labels: list[Any] = [0] * count
@@ -253,6 +254,11 @@ class _Builder:
                 self.roi = self.allocate((self.count, *sample["roi"].shape), np.uint8)
                 self.roi[:] = 0  # samples without a mask have an empty one
             self.roi[slot] = sample["roi"]
+        if "rois" in sample:
+            if self.rois is None:
+                self.rois = self.allocate((self.count, *sample["rois"].shape), np.uint8)
+                self.rois[:] = 0
+            self.rois[slot] = sample["rois"]
         if self.with_meta:
             self.meta[slot] = sample.get("meta", {})
         self._last_sample, self._last_plain = sample, None
@@ -275,6 +281,8 @@ class _Builder:
         chunk["is_padding"] = np.array(self.padding, dtype=bool)
         if self.roi is not None:
             chunk["roi"] = self.roi
+        if self.rois is not None:
+            chunk["rois"] = self.rois
         if self.with_meta:
             chunk["meta"] = self.meta
         return chunk

@@ -114,9 +114,10 @@ def convert_chunk(chunk: dict[str, Any], dtype: Dtype = "float32") -> dict[str, 
     batch["key"] = chunk["key"]
     if "is_padding" in chunk:
         batch["is_padding"] = torch.as_tensor(chunk["is_padding"])
-    if "roi" in chunk:
-        roi = np.asarray(chunk["roi"])
-        batch["roi"] = torch.from_numpy(roi.astype(np.float32, copy=False) if dtype == "float32" else roi)
+    for name in ("roi", "rois"):  # rois: per-finding ROIs (B, C, H, W) of multi-label samples
+        if name in chunk:
+            mask = np.asarray(chunk[name])
+            batch[name] = torch.from_numpy(mask.astype(np.float32, copy=False) if dtype == "float32" else mask)
     if "meta" in chunk:
         batch["meta"] = chunk["meta"]
     if "position" in chunk:

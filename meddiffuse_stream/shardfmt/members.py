@@ -17,6 +17,8 @@ __all__ = [
     "READ_LABEL_MASK_SUFFIXES",
     "READ_LABEL_SUFFIXES",
     "ROI",
+    "ROIS",
+    "ROIS_MAX_FINDINGS",
     "member_name",
 ]
 
@@ -24,6 +26,8 @@ IMAGE = "png"  # the image, 8- or 16-bit PNG (grey or RGB)
 LABEL = "cls"  # the class index as ASCII digits
 META = "json"  # per-sample metadata (patient, source, modality, ...)
 ROI = "roi.png"  # an optional region-of-interest mask, 0 / 255
+ROIS = "rois.png"  # optional per-finding ROIs of a multi-label sample: 8-bit grey, bit k set = finding k is there
+ROIS_MAX_FINDINGS = 8  # the bits of one 8-bit pixel
 LABELS = "labels.json"  # multi-label: the finding vector, a JSON list of 0 / 1 in class_names order
 LABEL_MASK = "label_mask.json"  # multi-label with unknowns: 1 = known, 0 = unknown (masked out of the loss)
 

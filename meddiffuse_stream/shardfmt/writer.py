@@ -16,7 +16,7 @@ from typing import Any, BinaryIO
 import numpy as np
 
 from .labels import finding_members
-from .members import IMAGE, LABEL, META, ROI, member_name
+from .members import IMAGE, LABEL, META, ROI, ROIS, member_name
 from .png import encode_png
 
 __all__ = [
@@ -77,9 +77,11 @@ def encode_sample(
     *,
     findings: Sequence[int] | None = None,
     label_mask: bool = False,
+    rois: np.ndarray | None = None,
 ) -> EncodedSample:
     """Encode one sample; ``meta`` goes into ``{key}.json`` and must be JSON-serialisable. A multi-label sample
-    passes ``label=None`` and its ``findings`` (1 / 0 / -1 unknown), with ``label_mask`` in datasets with unknowns."""
+    passes ``label=None`` and its ``findings`` (1 / 0 / -1 unknown), with ``label_mask`` in datasets with unknowns,
+    and may pass ``rois``: ``(H, W)`` uint8 whose bit k marks finding k's pixels (the ``rois.png`` member)."""
     if findings is not None:
         if label is not None:
             raise ValueError(f"sample {key}: a multi-label sample has findings, not a class label ({label!r})")
@@ -96,10 +98,23 @@ def encode_sample(
         *labels,
         (member_name(key, META), json.dumps(dict(meta), sort_keys=True, separators=(",", ":")).encode("utf-8")),
     ]
+    if rois is not None and roi is None:
+        roi = rois > 0  # roi.png is the union of the findings' ROIs: every reader of one mask keeps working
     if roi is not None:
         if roi.shape[:2] != image.shape[:2]:
             raise ValueError(f"sample {key}: ROI mask {roi.shape} does not match image {image.shape[:2]}")
         members.append((member_name(key, ROI), encode_png((roi > 0).astype(np.uint8) * 255)))
+    if rois is not None:
+        if findings is None or rois.shape != image.shape[:2] or rois.dtype != np.uint8:
+            raise ValueError(
+                f"sample {key}: per-finding ROIs are an (H, W) uint8 bit mask of a multi-label sample's image "
+                f"{image.shape[:2]}, got {rois.dtype} {rois.shape}"
+            )
+        if int(rois.max(initial=0)) >> len(findings):
+            raise ValueError(f"sample {key}: ROI bits above its {len(findings)} findings are set")
+        if not np.array_equal(rois > 0, roi > 0):
+            raise ValueError(f"sample {key}: the ROI must be the union of the per-finding ROIs")
+        members.append((member_name(key, ROIS), encode_png(rois)))
     return EncodedSample(key=key, members=tuple(members), label=None if label is None else int(label), meta=meta)
 
 

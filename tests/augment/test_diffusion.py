@@ -97,3 +97,16 @@ def test_the_moving_average_warms_up_instead_of_keeping_the_initial_weights():
     for n in range(344):  # the weight the random initial weights keep in the average after 344 steps
         share_of_init *= ema_decay(0.995, n)
     assert share_of_init < 1e-3
+
+
+def test_multi_label_variants_are_conditioned_on_the_one_shared_class():
+    torch.manual_seed(0)
+    shared = ClassConditionalGenerator.create(16, 1, 1, width=8, strength=0.3, steps=2)
+    findings = torch.tensor([[1.0, 0.0, 1.0], [0.0, 0.0, 0.0]])
+    assert shared.class_labels(findings).tolist() == [0, 0]
+    images = torch.rand(2, 1, 16, 16)
+    assert torch.equal(shared(images, findings, [1, 2]), shared(images, torch.zeros(2, dtype=torch.long), [1, 2]))
+    per_class = ClassConditionalGenerator.create(16, 1, 2, width=8, strength=0.3, steps=2)
+    assert per_class.class_labels(torch.tensor([1, 0])).tolist() == [1, 0]
+    with pytest.raises(ValueError, match="conditioned on 2 classes, which cannot stand for a finding vector"):
+        per_class(images, findings, [1, 2])

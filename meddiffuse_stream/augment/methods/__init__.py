@@ -21,12 +21,14 @@ from .label_mixing import cutmix, mixup, saliencymix
 
 __all__ = [
     "METHODS",
+    "MULTI_LABEL",
     "PRESETS",
     "Augmented",
     "BatchInputs",
     "MethodSpec",
     "Preset",
     "get_method",
+    "multi_label_refusal",
     "resolve",
 ]
 
@@ -71,6 +73,7 @@ class MethodSpec:
     mixes_labels: bool = False  # soft (B, K) targets
     geometric: bool = False  # moves pixels: the ROI moves with them
     shows_originals: bool = False  # the stage shows the original with ``original_probability``
+    multi_label: bool = True  # works on finding vectors (multi-label datasets); see NOT_MULTI_LABEL for why not
 
 
 METHODS: dict[str, MethodSpec] = {
@@ -82,9 +85,20 @@ METHODS: dict[str, MethodSpec] = {
         MethodSpec("cutmix", "label-mixing", _plain(cutmix), mixes_labels=True),
         MethodSpec("saliencymix", "label-mixing", _plain(saliencymix), needs_saliency=True, mixes_labels=True),
         MethodSpec("keepaugment", "saliency-kept", _plain(keepaugment), needs_saliency=True),
-        MethodSpec("diffusemix", "generative", _plain(diffusemix), needs_variants=True, shows_originals=True),
-        MethodSpec("hybrid-filter", "generative", _plain(hybrid_filter), needs_variants=True, shows_originals=True),
-        MethodSpec("dafusion", "generative", _plain(dafusion), needs_variants=True, shows_originals=True),
+        MethodSpec(
+            "diffusemix", "generative", _plain(diffusemix), needs_variants=True, shows_originals=True, multi_label=False
+        ),
+        MethodSpec(
+            "hybrid-filter",
+            "generative",
+            _plain(hybrid_filter),
+            needs_variants=True,
+            shows_originals=True,
+            multi_label=False,
+        ),
+        MethodSpec(
+            "dafusion", "generative", _plain(dafusion), needs_variants=True, shows_originals=True, multi_label=False
+        ),
         MethodSpec(
             "meddiffusemix",
             "meddiffusemix",
@@ -106,6 +120,29 @@ METHODS: dict[str, MethodSpec] = {
         ),
     )
 }
+
+
+MULTI_LABEL = tuple(name for name, spec in METHODS.items() if spec.multi_label)
+# why the others are refused on multi-label datasets (the stage, the loader and `train` say this)
+NOT_MULTI_LABEL = (
+    "their diffusion variant replaces the image (DA-Fusion) or half of it (DiffuseMix, hybrid-filter), evidence "
+    "included, and on a multi-label dataset the generator is conditioned on no finding (one shared class: a "
+    "finding vector is no class), so which findings a variant still shows is unknown while its label would claim "
+    "the original's; MedDiffuseMix uses the same variants only off every finding's evidence"
+)
+
+
+def multi_label_refusal(name: str) -> str | None:
+    """``None`` if method or preset ``name`` works on multi-label data, else the reason naming every method that
+    does not."""
+    spec, _ = resolve(name)
+    if spec.multi_label:
+        return None
+    refused = ", ".join(n for n, s in METHODS.items() if not s.multi_label)
+    return (
+        f"augment {name!r} does not run on multi-label data: {refused} are refused there — {NOT_MULTI_LABEL}. "
+        f"Multi-label methods: {', '.join(MULTI_LABEL)} (and the meddiffusemix presets)"
+    )
 
 
 @dataclass(frozen=True)

@@ -1,6 +1,9 @@
 """Label-mixing baselines: Mixup, CutMix, SaliencyMix — each a pure function of a batch and a seeded generator.
 
-They mix two images of the batch and return soft targets that sum to 1; W is the share of the other image.
+They mix two images of the batch; W is the share of the other image. Targets mix with
+:func:`~meddiffuse_stream.shardfmt.labels.mix_label_vectors`: one-hot class targets become soft targets that sum to
+1, finding vectors mix finding by finding; on multi-label data with unknowns the label masks mix with
+:func:`~meddiffuse_stream.shardfmt.labels.mix_label_masks` (a finding is known only where both images know it).
 """
 
 from __future__ import annotations
@@ -10,6 +13,7 @@ import math
 import numpy as np
 import torch
 
+from ...shardfmt.labels import mix_label_masks, mix_label_vectors
 from .context import Augmented, BatchInputs
 
 __all__ = ["cutmix", "mixup", "saliencymix"]
@@ -19,14 +23,24 @@ def _permutation(rng: np.random.Generator, size: int, device: torch.device) -> t
     return torch.as_tensor(rng.permutation(size), device=device)
 
 
+def _mixed(
+    inputs: BatchInputs, order: torch.Tensor, keep: float | torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Targets ``keep × own + (1 − keep) × partner's`` and, where labels have a mask, the mask both share."""
+    targets = mix_label_vectors(inputs.targets, inputs.targets[order], keep)
+    mask = inputs.label_mask
+    return targets, None if mask is None else mix_label_masks(mask, mask[order])
+
+
 def mixup(inputs: BatchInputs, alpha: float = 0.4) -> Augmented:
     """One λ ~ Beta(alpha, alpha) per batch, mixed with a permutation of the batch."""
-    images, targets = inputs.images, inputs.targets
+    images = inputs.images
     lam = float(inputs.rng.beta(alpha, alpha))
     order = _permutation(inputs.rng, len(images), images.device)
     mixed = lam * images + (1 - lam) * images[order]
     weight = torch.full_like(images[:, :1], 1 - lam)
-    return Augmented(mixed, lam * targets + (1 - lam) * targets[order], weight)
+    targets, mask = _mixed(inputs, order, lam)
+    return Augmented(mixed, targets, weight, target_mask=mask)
 
 
 def _box(rng: np.random.Generator, height: int, width: int, area: float, centre: tuple[int, int] | None = None):
@@ -39,7 +53,7 @@ def _box(rng: np.random.Generator, height: int, width: int, area: float, centre:
 
 def cutmix(inputs: BatchInputs) -> Augmented:
     """A box from a permuted image; λ is the area actually kept (after clipping at the border)."""
-    images, targets = inputs.images, inputs.targets
+    images = inputs.images
     height, width = images.shape[-2:]
     lam = float(inputs.rng.beta(1.0, 1.0))
     order = _permutation(inputs.rng, len(images), images.device)
@@ -48,13 +62,14 @@ def cutmix(inputs: BatchInputs) -> Augmented:
     weight[:, :, top:bottom, left:right] = 1
     mixed = images * (1 - weight) + images[order] * weight
     kept = 1 - (bottom - top) * (right - left) / (height * width)
-    return Augmented(mixed, kept * targets + (1 - kept) * targets[order], weight)
+    targets, mask = _mixed(inputs, order, kept)
+    return Augmented(mixed, targets, weight, target_mask=mask)
 
 
 def saliencymix(inputs: BatchInputs) -> Augmented:
     """Per sample, a box around the source image's saliency peak is pasted at the same place."""
     assert inputs.saliency is not None, "saliencymix needs saliency"
-    images, targets, rng = inputs.images, inputs.targets, inputs.rng
+    images, rng = inputs.images, inputs.rng
     saliency = inputs.saliency(None)
     height, width = images.shape[-2:]
     order = _permutation(rng, len(images), images.device)
@@ -67,5 +82,5 @@ def saliencymix(inputs: BatchInputs) -> Augmented:
         weight[index, :, top:bottom, left:right] = 1
         kept[index] = 1 - (bottom - top) * (right - left) / (height * width)
     mixed = images * (1 - weight) + images[order] * weight
-    soft = kept.view(-1, 1) * targets + (1 - kept.view(-1, 1)) * targets[order]
-    return Augmented(mixed, soft, weight, details={"saliency": saliency})
+    targets, mask = _mixed(inputs, order, kept.view(-1, 1))
+    return Augmented(mixed, targets, weight, details={"saliency": saliency}, target_mask=mask)
