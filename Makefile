@@ -152,6 +152,7 @@ paper: .demo/models.done .demo/variants.done .paper/teacher-vit/metrics.json
 lint: setup
 	$(VENV)/bin/ruff check meddiffuse_stream tools tests k8s
 	$(VENV)/bin/ruff format --check meddiffuse_stream tools tests k8s
+	$(VENV)/bin/mypy
 
 # everything, as CI runs it: the S3 tests start a real SeaweedFS server, the slow ones train with torchrun
 test: lint

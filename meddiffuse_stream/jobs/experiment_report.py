@@ -46,9 +46,11 @@ def _groups(rows: list[dict[str, Any]]) -> list[tuple[str, float]]:
     return list(dict.fromkeys((r["method"], r.get("fraction", 1.0)) for r in rows))
 
 
-def _values(rows, method, fraction, split, metric) -> dict[int, float | None]:
+def _values(
+    rows: list[dict[str, Any]], method: str, fraction: float, split: str | None, metric: str
+) -> dict[int, float | None]:
     """Per seed: the metric of ``split`` (or, for evidence metrics, of any split: they do not depend on it)."""
-    chosen = {}
+    chosen: dict[int, float | None] = {}
     for row in rows:
         same_split = split is None or row["split"] == split
         if row["method"] == method and row.get("fraction", 1.0) == fraction and same_split:
@@ -67,7 +69,8 @@ def summarise(
         steps = _values(rows, method, fraction, None, "steps")
         cells = [_cell(list(_values(rows, method, fraction, split, metric).values())) for _, split, metric in COLUMNS]
         name = method if fraction == 1 else f"{method} ({fraction:g} of train)"
-        lines.append(f"| {name} | {len(seeds)} | {max(steps.values(), default=0)} | " + " | ".join(cells) + " |")
+        most_steps = max((int(v) for v in steps.values() if v is not None), default=0)
+        lines.append(f"| {name} | {len(seeds)} | {most_steps} | " + " | ".join(cells) + " |")
     text = "\n".join(lines) + "\n"
     differences = _differences(rows)
     if differences:
@@ -105,9 +108,15 @@ def _variant_line(variants: dict[str, Any]) -> str:
     return line + ".\n"
 
 
-def _paired(rows, method, other, fraction, split) -> tuple[float, float, int] | None:
+def _paired(
+    rows: list[dict[str, Any]], method: str, other: str, fraction: float, split: str
+) -> tuple[float, float, int] | None:
     mine, theirs = _values(rows, method, fraction, split, "roc_auc"), _values(rows, other, fraction, split, "roc_auc")
-    pairs = [mine[s] - theirs[s] for s in mine if s in theirs and mine[s] is not None and theirs[s] is not None]
+    pairs: list[float | None] = []
+    for seed, value in mine.items():
+        against = theirs.get(seed)
+        if value is not None and against is not None:
+            pairs.append(value - against)
     result = mean_ci(pairs)
     return (result[0], result[1], len(pairs)) if result is not None else None
 
@@ -177,7 +186,7 @@ def reading(rows: list[dict[str, Any]], variants: dict[str, Any] | None = None) 
     if variants:
         variant_rows = {k: v for k, v in variants["accuracy"].items() if k.startswith("variant:")}
         if variant_rows:
-            worst = min(variant_rows, key=variant_rows.get)
+            worst = min(variant_rows, key=lambda name: variant_rows[name])
             sentences.append(
                 f"The teacher recognises the class of raw variants at {min(variant_rows.values()):.1%} "
                 f"at worst ({worst.split(':', 1)[1]}): what diffusion-only methods train on."
@@ -232,7 +241,7 @@ def plots(rows: list[dict[str, Any]], out: Path, variants: dict[str, Any] | None
 
     groups = _groups(rows)
     labels = [m if f == 1 else f"{m} ({f:g})" for m, f in groups]
-    panels = {
+    panels: dict[str, list[tuple[str, str | None, str]]] = {
         "metrics.png": [
             ("val AUC", "val", "roc_auc"),
             ("test AUC", "test", "roc_auc"),

@@ -24,7 +24,10 @@ import re
 import sys
 import time
 from collections.abc import Iterator, Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from obstore._get import GetOptions  # typing only: obstore is the optional s3 extra
 
 __all__ = [
     "MODE_VARIABLE",
@@ -211,7 +214,7 @@ class ObstoreReader:
             if size is None:
                 size = int(obstore.head(self._store(self._policy.object_timeout(0)), key)["size"])
             seconds = self._policy.object_timeout(size - offset)
-            options: dict[str, Any] = {"range": {"offset": offset}} if offset else {}
+            options: GetOptions = {"range": {"offset": offset}} if offset else {}
             result = obstore.get(self._store(seconds), key, options=options)
         except Exception as error:
             if offset and _status(error) == 416:  # asked to resume at the very end: nothing is left
@@ -279,7 +282,7 @@ def _status(error: BaseException) -> int | None:
     return int(found.group(1)) if found else None
 
 
-def _translate(error: BaseException, path: str) -> Exception:
+def _translate(error: BaseException, path: str) -> BaseException:
     """obstore's errors as the builtin kinds :func:`~meddiffuse_stream.storage.retry.is_transient` reads."""
     if not isinstance(error, FileNotFoundError) and not type(error).__module__.startswith("obstore"):
         return error  # not a storage error (a bug, an interrupt): never disguised as a retryable one

@@ -48,9 +48,8 @@ def _warp(images: torch.Tensor, draw: StandardDraw, mode: str) -> torch.Tensor:
 def apply_standard(images: torch.Tensor, draw: StandardDraw, roi: torch.Tensor | None = None):
     """``(images, roi)`` transformed by ``draw``; the ROI by nearest neighbour, so it stays a mask."""
     images = _warp(images, draw, "bilinear")
-    like = {"device": images.device, "dtype": images.dtype}
-    brightness = torch.as_tensor(draw.brightness, **like).view(-1, 1, 1, 1)
-    contrast = torch.as_tensor(draw.contrast, **like).view(-1, 1, 1, 1)
+    brightness = torch.as_tensor(draw.brightness, device=images.device, dtype=images.dtype).view(-1, 1, 1, 1)
+    contrast = torch.as_tensor(draw.contrast, device=images.device, dtype=images.dtype).view(-1, 1, 1, 1)
     mean = images.mean(dim=(1, 2, 3), keepdim=True)
     images = ((images - mean) * contrast + mean + brightness).clamp(0, 1)
     moved = _warp(roi.to(images.dtype), draw, "nearest") if roi is not None else None
