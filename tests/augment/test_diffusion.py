@@ -1,5 +1,7 @@
 """The built-in generator: SDEdit variants, save/load round trip, seeds, and no downloads."""
 
+from types import SimpleNamespace
+
 import pytest
 import torch
 
@@ -60,6 +62,7 @@ class _Recording(torch.nn.Module):
     def __init__(self):
         super().__init__()
         self.calls = []
+        self.config = SimpleNamespace(num_class_embeds=2)  # what the generator reads of a diffusers UNet
 
     def forward(self, sample, timestep, class_labels=None):
         self.calls.append(int(timestep))
