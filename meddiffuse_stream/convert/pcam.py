@@ -52,7 +52,7 @@ def centre_mask(height: int, width: int, size: int = 32) -> np.ndarray:
 def _open_dataset(src: Location, name: str, dataset: str) -> tuple[Any, Any]:
     import h5py
 
-    stream = src.open(name)
+    stream = src.open_seekable(name)  # on object stores: ranged GETs, each retried and deadlined
     try:
         handle = h5py.File(stream, "r")
     except OSError as error:

@@ -6,11 +6,13 @@ between kept and dropped. The other splits' shards are copied unchanged, so eval
 
 from __future__ import annotations
 
+import contextlib
 import io
+import zlib
 from collections import defaultdict
 from collections.abc import Mapping
 from dataclasses import replace
-from typing import Any
+from typing import Any, BinaryIO, cast
 
 import numpy as np
 
@@ -19,6 +21,7 @@ from ..shardfmt.parquet import read_sample_index, write_sample_index
 from ..shardfmt.tar import RawSample, iter_samples
 from ..shardfmt.writer import EncodedSample, ShardWriter, shard_name
 from ..storage import Location
+from ..storage.object_stream import open_object
 
 __all__ = ["subset_dataset"]
 
@@ -83,8 +86,10 @@ def subset_dataset(
             shards.append(shard)
             new_rows.extend(r for r in rows if r["shard"] == shard.path)
             continue
-        with src.open(shard.path) as stream:
-            for item in iter_samples(stream):
+        # a retrying stream whose every GET has the shard's total deadline (a trickling store cannot hold it)
+        rng = np.random.default_rng(zlib.crc32(shard.path.encode()))
+        with contextlib.closing(open_object(src, shard.path, size=shard.bytes, policy=src.retry, rng=rng)) as stream:
+            for item in iter_samples(cast(BinaryIO, stream)):  # read() alone: a shard with its data
                 if isinstance(item, RawSample) and item.key in keep:
                     buffer.append(item)
                     if len(buffer) == shard_size:

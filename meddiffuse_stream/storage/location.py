@@ -30,6 +30,7 @@ from fsspec.implementations.local import LocalFileSystem
 from .contact import has_answered, mark_answered, unreachable_kind
 from .explain import EndpointSettings, explain_failure
 from .local_files import check_inside, check_regular, open_regular
+from .ranged_file import open_ranged
 from .retry import RetryPolicy, is_transient
 
 __all__ = [
@@ -195,6 +196,13 @@ class Location:
     def open(self, relative: str, mode: str = "rb") -> Any:
         """A raw stream (timeouts bound each request; not retried: a stream cannot be replayed)."""
         return self.fs.open(self.path(relative), mode)
+
+    def open_seekable(self, relative: str) -> BinaryIO:
+        """A seekable binary file for readers that jump around (HDF5): on an object store each read is one ranged
+        GET, retried and bounded by its total deadline (:mod:`.ranged_file`); elsewhere the filesystem's own."""
+        if getattr(self.fs, "async_impl", False) and not self.is_local:
+            return open_ranged(self, relative)
+        return self.fs.open(self.path(relative), "rb")
 
     def exists(self, relative: str) -> bool:
         return bool(self.retrying(lambda: self.fs.exists(self.path(relative)), relative))
