@@ -6,6 +6,9 @@ PY := $(VENV)/bin/python
 TORCH_PIN ?= torch==2.13.0
 STAMP := $(VENV)/.installed
 
+# a step that fails (a teacher below --min-val-auc writes its metrics, then exits 1) leaves no target to reuse
+.DELETE_ON_ERROR:
+
 .PHONY: setup demo demo-scans demo-multilabel paper test test-fast lint lock bench-shard bench-loader bench-augment \
 	bench-soak readme-results clean gpu-check gpu-wheels
 
@@ -115,8 +118,9 @@ demo-multilabel: setup
 $(ML_DATA)/dataset.json: $(SCAN_SET)/scans.json | $(STAMP)
 	$(MDS) demo-data $(ML_DATA) --n 1500 --size 64 --seed 0 --findings 3 --scans-dir $(SCAN_SET) --workers 2 --quiet
 
+# 30 epochs: on the fetched scans' varied backgrounds 14 left the macro val AUC at 0.755 (30: 0.869, ~3 min)
 $(ML)/teacher/metrics.json: $(ML_DATA)/dataset.json
-	$(DEMO_ENV) $(MDS) train $(ML_DATA) --out $(ML)/teacher --model cnn --augment standard --epochs 14 \
+	$(DEMO_ENV) $(MDS) train $(ML_DATA) --out $(ML)/teacher --model cnn --augment standard --epochs 30 \
 		--batch-size 32 --lr 0.003 --min-val-auc 0.8 --quiet
 
 $(ML)/generator/meddiffuse_generator.json: $(ML_DATA)/dataset.json

@@ -101,8 +101,8 @@ def render_block(folder: Path) -> str:
     teacher = provenance.get("inputs", {}).get("teacher", {})
     settings = provenance.get("settings", {})
     head = (
-        f"Raw results: [`results.csv`]({folder.name}/results.csv) (one row per method, seed and split), "
-        f"[`provenance.json`]({folder.name}/provenance.json). Commit `{str(git.get('commit'))[:10]}`"
+        f"Raw results: [`results.csv`](results/{folder.name}/results.csv) (one row per method, seed and split), "
+        f"[`provenance.json`](results/{folder.name}/provenance.json). Commit `{str(git.get('commit'))[:10]}`"
         f"{' (with local changes)' if git.get('dirty') else ''}; teacher `{teacher.get('model')}` "
         f"sha256 `{teacher.get('sha256')}`; generator `{provenance.get('identity')}`; students "
         f"`{settings.get('model')}`, {settings.get('steps') or settings.get('epochs')} "
@@ -114,7 +114,7 @@ def render_block(folder: Path) -> str:
         read_rows(folder / "results.csv"), _json(folder / "variants.json"), _json(folder / "saliency.json")
     )
     if (folder / "sweep.csv").exists():
-        body += "\nThe protected region's trade-off ([`sweep.csv`](" + folder.name + "/sweep.csv)):\n\n"
+        body += "\nThe protected region's trade-off ([`sweep.csv`](results/" + folder.name + "/sweep.csv)):\n\n"
         body += sweep_table(read_rows(folder / "sweep.csv"))
     return head + body
 
