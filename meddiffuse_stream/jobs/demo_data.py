@@ -23,7 +23,7 @@ from ..convert.base import DEFAULT_RULES, Discovery, LoadedImage, ReadRules, Sou
 from ..convert.dicom import dicom_from_bytes
 from ..storage import Location
 from .demo_scans import available_scans, load_scan
-from .demo_shortcut import add_cue, cue_present, group_splits
+from .demo_shortcut import add_cue, cue_present, deal_sample, group_splits
 
 __all__ = ["MODALITIES", "DemoSource", "render_sample"]
 
@@ -197,16 +197,7 @@ class DemoSource(SourceFormat):
         by_split = {name: [s for s in scans if splits[s.name] == name] for name in ("train", "val", "test")}
         items = []
         for index in range(self.n):
-            rng = np.random.default_rng((self.seed, index, 0))
-            draw = rng.random()
-            split = (
-                "test"
-                if draw < self.test_fraction
-                else "val"
-                if draw < self.test_fraction + self.val_fraction
-                else "train"
-            )
-            scan = by_split[split][int(rng.integers(0, len(by_split[split])))]
+            rng, split, scan = deal_sample(self.seed, index, by_split, self.val_fraction, self.test_fraction)
             label = int(rng.integers(0, 2))
             cue = cue_present(rng, label, split, float(self.shortcut or 0))
             key = f"demo_{index:07d}"

@@ -30,7 +30,7 @@ from ..shardfmt.rois import pack_finding_rois
 from ..storage import Location
 from .demo_data import _blur, _crop, _lesion
 from .demo_scans import available_scans, load_scan
-from .demo_shortcut import group_splits
+from .demo_shortcut import deal_sample, group_splits
 
 __all__ = ["FINDINGS", "RATES", "FindingsSource", "render_findings_sample"]
 
@@ -115,16 +115,7 @@ class FindingsSource(SourceFormat):
         by_split = {name: [s for s in scans if splits[s.name] == name] for name in ("train", "val", "test")}
         items = []
         for index in range(self.n):
-            rng = np.random.default_rng((self.seed, index, 0))
-            draw = rng.random()
-            split = (
-                "test"
-                if draw < self.test_fraction
-                else "val"
-                if draw < self.test_fraction + self.val_fraction
-                else "train"
-            )
-            scan = by_split[split][int(rng.integers(0, len(by_split[split])))]
+            rng, split, scan = deal_sample(self.seed, index, by_split, self.val_fraction, self.test_fraction)
             present = tuple(int(rng.random() < rate) for rate in RATES[: self.findings])
             meta = {"modality": scan.modality, "scan": scan.name}
             key = f"demo_{index:07d}"

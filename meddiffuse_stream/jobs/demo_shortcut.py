@@ -22,7 +22,7 @@ import numpy as np
 
 from .demo_scans import Scan
 
-__all__ = ["CUE_AMPLITUDE", "CUE_PERIOD", "add_cue", "cue_present", "group_splits"]
+__all__ = ["CUE_AMPLITUDE", "CUE_PERIOD", "add_cue", "cue_present", "deal_sample", "group_splits"]
 
 CUE_PERIOD = 4
 CUE_AMPLITUDE = 0.012
@@ -51,6 +51,17 @@ def group_splits(scans: Sequence[Scan], seed: int, val_fraction: float, test_fra
             f"{sorted(missing)} empty"
         )
     return splits
+
+
+def deal_sample(
+    seed: int, index: int, by_split: dict[str, list[Scan]], val_fraction: float, test_fraction: float
+) -> tuple[np.random.Generator, str, Scan]:
+    """Sample ``index``'s generator (seeded from ``(seed, index)``; later draws of the sample continue it), its
+    split (test, val and train at their shares) and a scan of that split."""
+    rng = np.random.default_rng((seed, index, 0))
+    draw = rng.random()
+    split = "test" if draw < test_fraction else "val" if draw < test_fraction + val_fraction else "train"
+    return rng, split, by_split[split][int(rng.integers(0, len(by_split[split])))]
 
 
 def cue_present(rng: np.random.Generator, label: int, split: str, shortcut: float) -> bool:
