@@ -138,7 +138,13 @@ $(ML)/variants.done: $(ML)/models.done
 		--index 1 --count 2 --quiet; second=$$?; wait $$first && test $$second -eq 0
 	touch $@
 
-$(ML)/experiment/results.md: $(ML)/models.done $(ML)/variants.done tools/multilabel_experiment.yaml
+# the protected region's trade-off per finding (thin findings need more than the single-label default)
+$(ML)/sweep/sweep.csv: $(ML)/models.done $(ML)/variants.done tools/mix_sweep.py
+	$(DEMO_ENV) $(PY) tools/mix_sweep.py --dataset $(ML_DATA) --teacher $(ML)/teacher/checkpoint.pt \
+		--generator $(ML)/generator --variant-cache $(ML)/variants --out $(ML)/sweep \
+		--grid mass=0.75,0.85,0.95 --grid margin=2,3,4 --set field_floor=1.0
+
+$(ML)/experiment/results.md: $(ML)/models.done $(ML)/variants.done $(ML)/sweep/sweep.csv tools/multilabel_experiment.yaml
 	$(MDS) experiment tools/multilabel_experiment.yaml
 
 # a ViT teacher for the paper's transformer runs (the students of tools/paper_vit_experiment.yaml are ViTs too)

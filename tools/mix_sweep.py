@@ -62,6 +62,7 @@ def main(argv: list[str] | None = None) -> int:
 
     from meddiffuse_stream.augment.settings import StageSettings
     from meddiffuse_stream.jobs.evidence import evidence_metrics
+    from meddiffuse_stream.jobs.experiment_findings import is_multi_label
     from meddiffuse_stream.jobs.stage_factory import build_stage
 
     common = dict(teacher=args.teacher, teacher_model=args.teacher_model, generator=args.generator)
@@ -70,9 +71,13 @@ def main(argv: list[str] | None = None) -> int:
     out.mkdir(parents=True, exist_ok=True)
     rows = []
     started = time.perf_counter()
-    reference = build_stage("dafusion", args.dataset, **common, seed=args.seed)
-    measured = evidence_metrics(args.dataset, reference, split="train", seed=args.seed, max_batches=args.batches)
-    rows.append({"method": "dafusion", **{c: measured[c] for c in COLUMNS}})
+    multi_label = is_multi_label(args.dataset)
+    if multi_label:  # DA-Fusion is refused on finding vectors; each finding's ROI kept is reported instead
+        print("multi-label dataset: no DA-Fusion reference row; roi_unchanged:<finding> per finding", flush=True)
+    else:
+        reference = build_stage("dafusion", args.dataset, **common, seed=args.seed)
+        measured = evidence_metrics(args.dataset, reference, split="train", seed=args.seed, max_batches=args.batches)
+        rows.append({"method": "dafusion", **{c: measured[c] for c in COLUMNS}})
     axes = dict(args.grid) or GRID
     fixed = {name: values[0] for name, values in args.set}
     grid = [dict(zip(axes, values, strict=True)) for values in itertools.product(*axes.values())]
@@ -86,7 +91,8 @@ def main(argv: list[str] | None = None) -> int:
         measured = evidence_metrics(args.dataset, stage, split="train", seed=args.seed, max_batches=args.batches)
         counts = stage.counters.as_dict()
         checked = {name: counts.get(name, 0) for name in ("accepted", "attenuated", "rejected")}
-        rows.append({"method": "meddiffusemix", **mix, **{c: measured[c] for c in COLUMNS}, **checked})
+        per_finding = {k: v for k, v in measured.items() if k.startswith("roi_unchanged:")}
+        rows.append({"method": "meddiffusemix", **mix, **{c: measured[c] for c in COLUMNS}, **checked, **per_finding})
         print(f"[{number}/{len(grid)}] {mix}: kept {measured['roi_unchanged']}, Δ {measured['delta_off']}", flush=True)
     fields = [
         "method",

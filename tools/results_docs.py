@@ -78,8 +78,11 @@ def sweep_table(rows: list[dict[str, Any]]) -> str:
         return "n/a" if value is None or value == "" else f"{value:.{digits}f}"
 
     ignored = ("method", "augmented_share", "accepted", "attenuated", "rejected")
-    settings = [k for k in rows[0] if k not in METRICS and k not in ignored]
-    lines = ["| " + " | ".join(settings + list(HEADINGS)) + " |", "|---" * (len(settings) + len(HEADINGS)) + "|"]
+    findings = [k for k in rows[0] if k.startswith("roi_unchanged:")]  # multi-label: each finding's ROI kept
+    settings = [k for k in rows[0] if k not in METRICS and k not in ignored and k not in findings]
+    metrics = [METRICS[0], *findings, *METRICS[1:]]
+    headings = [HEADINGS[0], *(f"{k.split(':', 1)[1]} kept" for k in findings), *HEADINGS[1:]]
+    lines = ["| " + " | ".join(settings + headings) + " |", "|---" * (len(settings) + len(headings)) + "|"]
     ours = sorted((r for r in rows if r["method"] == "meddiffusemix"), key=lambda r: -(r["delta_off"] or 0))
     for row in ours + [r for r in rows if r["method"] != "meddiffusemix"]:
         if row["method"] == "meddiffusemix":
@@ -87,7 +90,7 @@ def sweep_table(rows: list[dict[str, Any]]) -> str:
         else:
             shown = [row["method"]] + [""] * (len(settings) - 1)
         digits = {"delta_off": 1, "protected_to_lesion": 1}
-        lines.append("| " + " | ".join(shown + [cell(row[m], digits.get(m, 3)) for m in METRICS]) + " |")
+        lines.append("| " + " | ".join(shown + [cell(row.get(m), digits.get(m, 3)) for m in metrics]) + " |")
     return "\n".join(lines) + "\n"
 
 
@@ -136,21 +139,21 @@ def render(document: Path, docs: Path) -> list[str]:
 
 
 # `make demo-multilabel`: the multi-finding phantom's run, its own block (collected and rendered beside the others)
-MULTILABEL = ("multilabel", ".demo/multilabel/experiment", ("make_timing.json",))
+MULTILABEL = ("multilabel", ".demo/multilabel/experiment", ("make_timing.json",), ".demo/multilabel/sweep")
 
 
 def collect_multilabel(root: Path, docs: Path) -> list[str]:
     """Copy the last ``make demo-multilabel``'s raw results (and the target's wall time, ``make_timing.json``) into
     ``docs/multilabel``; ``["multilabel"]`` if there was one."""
-    name, experiment, extra = MULTILABEL
+    name, experiment, extra, sweep = MULTILABEL
     folder = root / experiment
     if not (folder / "results.csv").exists() or not (folder / "provenance.json").exists():
         return []
     target = docs / name
     target.mkdir(parents=True, exist_ok=True)
-    for file in (*FILES, *extra):
-        if (folder / file).exists():
-            shutil.copyfile(folder / file, target / file)
+    for source in (*(folder / f for f in (*FILES, *extra)), root / sweep / "sweep.csv", root / sweep / "sweep.png"):
+        if source.exists():
+            shutil.copyfile(source, target / source.name)
     return [name]
 
 
