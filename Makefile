@@ -102,7 +102,7 @@ DEMO_ENV := OMP_NUM_THREADS=$(DEMO_THREADS)
 		--generator .demo/generator --variant-cache .demo/variants --original-probability 0
 
 # The multi-label phantom (docs/multilabel.md): a nodule, a band-like opacity and a line-like artefact at set rates,
-# each with its own ROI, split by scan. Its own target (make demo keeps its time): a multi-label teacher (masked
+# each with its own ROI, split by group. Its own target (make demo keeps its time): a multi-label teacher (masked
 # BCE), a generator with one shared class, the variant cache, then MedDiffuseMix / Mixup / CutMix / none x 3 seeds.
 # The target's wall time goes to .demo/multilabel/experiment/make_timing.json (make readme-results renders it).
 ML := .demo/multilabel

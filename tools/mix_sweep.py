@@ -32,7 +32,7 @@ COLUMNS = (
 )
 
 
-GRID = {"mass": [0.6, 0.7, 0.75, 0.8, 1.0], "margin": [2, 3], "field_floor": [0.85, 1.0]}
+GRID = {"mass": [0.5, 0.55, 0.6, 0.7, 0.75, 0.8, 1.0], "margin": [2, 3], "field_floor": [0.85, 1.0]}
 
 
 def _axis(text: str) -> tuple[str, list]:

@@ -55,9 +55,9 @@ __all__ = [
 class MixConfig:
     """How MedDiffuseMix mixes and checks. ``sigma`` and ``margin`` of ``None`` are sized to the image.
 
-    The defaults were chosen from the sweep in docs/results.md (``tools/mix_sweep.py`` on the demo): among the
-    settings that keep ≥ 97 % of lesion pixels, the one that changes the rest the most (the random field off: it
-    only lowered W).
+    The defaults were chosen with ``tools/mix_sweep.py`` on the demo phantom: among the settings that keep ≥ 97 % of
+    lesion pixels, the one that changed the rest the most (the random field off: it only lowered W).
+    docs/augmentation.md says where that frontier lies on the current phantom and why the defaults stay.
     ``LEGACY_MIX`` holds the earlier defaults (a region of ~half the image, ~1 grey level of change)."""
 
     quantile: float = 0.7  # a floor: evidence is above this quantile of the map
