@@ -33,10 +33,10 @@ from ..counters import Counters
 from .cache import VariantCache, entry_name, host_to
 from .methods.context import Augmented, BatchInputs
 from .mix import MixConfig, evidence_iou, is_flat, mix, mix_weight, protected_region, random_field, top_fraction_iou
-from .mixer_common import STATUSES, mask_rng
+from .mixer_common import STATUSES, MixStatus, mask_rng
 from .providers import SaliencyProvider, VariantProvider
 
-__all__ = ["DONORS", "STATUSES", "MedDiffuseMixer", "mask_rng", "noise_donor"]
+__all__ = ["DONORS", "STATUSES", "MedDiffuseMixer", "MixStatus", "mask_rng", "noise_donor"]
 
 DONORS = ("variant", "noise", "other-image")
 
@@ -158,12 +158,12 @@ class MedDiffuseMixer:
         keys = [inputs.keys[i] for i in rows.tolist()]
         draws = inputs.mask_draw[rows.cpu().numpy()]
         saliency = inputs.saliency(rows)
-        status = torch.full((len(rows),), STATUSES.index("unchecked"), dtype=torch.long, device=images.device)
+        status = torch.full((len(rows),), MixStatus.UNCHECKED, dtype=torch.long, device=images.device)
         confidence = self.saliency.confidence(images, labels)
         unknown = is_flat(saliency)
         unsure = ~unknown & (confidence < config.min_confidence)
-        status[unknown] = STATUSES.index("no_evidence")
-        status[unsure] = STATUSES.index("unconfident")
+        status[unknown] = MixStatus.NO_EVIDENCE
+        status[unsure] = MixStatus.UNCONFIDENT
         weight = torch.zeros_like(images[:, :1])
         protected = torch.zeros_like(images[:, :1], dtype=torch.bool)
         out = images.clone()
@@ -196,7 +196,7 @@ class MedDiffuseMixer:
         batch_rows = rows[todo].tolist()
         partners = _partners(inputs.labels, batch_rows, inputs.rng)
         found = [index for index, partner in enumerate(partners) if partner is not None]
-        status[todo[[i for i, p in enumerate(partners) if p is None]]] = STATUSES.index("no_donor")
+        status[todo[[i for i, p in enumerate(partners) if p is None]]] = MixStatus.NO_DONOR
         donors = inputs.images[[partners[i] for i in found]]
         return donors, todo[found], [generators[i] for i in found]
 
@@ -217,7 +217,7 @@ class MedDiffuseMixer:
         scale = torch.ones(len(images), device=images.device)
         weight = self._weight(saliency, scale, fields, boxes)
         out = mix(images, variants, weight)
-        status = torch.full((len(images),), STATUSES.index("unchecked"), dtype=torch.long, device=images.device)
+        status = torch.full((len(images),), MixStatus.UNCHECKED, dtype=torch.long, device=images.device)
         if not config.check:
             return out, weight, status
         pending = torch.arange(len(images), device=images.device)
@@ -230,7 +230,7 @@ class MedDiffuseMixer:
             else:
                 iou = top_fraction_iou(saliency[pending], moved, config.iou_top)
             passed = (iou >= config.min_iou) & (before[pending] - after <= config.max_prob_drop)
-            status[pending[passed]] = STATUSES.index("accepted" if attempt == 0 else "attenuated")
+            status[pending[passed]] = MixStatus.ACCEPTED if attempt == 0 else MixStatus.ATTENUATED
             pending = pending[~passed]
             if len(pending) == 0:
                 break
@@ -241,7 +241,7 @@ class MedDiffuseMixer:
                 )
                 out[pending] = mix(images[pending], variants[pending], weight[pending])
         if len(pending):
-            status[pending] = STATUSES.index("rejected")
+            status[pending] = MixStatus.REJECTED
             weight[pending] = 0
             out[pending] = images[pending]
         return out, weight, status

@@ -23,7 +23,7 @@ import torch
 from .class_saliency import ClassMaps, pair_confidence
 from .methods.context import BatchInputs
 from .mix import evidence_iou, is_flat, mix, mix_weight, protected_region, top_fraction_iou
-from .mixer_common import STATUSES, mask_rng
+from .mixer_common import MixStatus, mask_rng
 
 if TYPE_CHECKING:
     from .meddiffusemix import MedDiffuseMixer
@@ -42,11 +42,11 @@ def compute_findings(mixer: MedDiffuseMixer, inputs: BatchInputs, rows: torch.Te
     draws = inputs.mask_draw[rows.cpu().numpy()]
     evidence = inputs.evidence(rows)
     combined = evidence.combined()
-    status = torch.full((len(rows),), STATUSES.index("unchecked"), dtype=torch.long, device=images.device)
+    status = torch.full((len(rows),), MixStatus.UNCHECKED, dtype=torch.long, device=images.device)
     unknown = evidence.any(is_flat(evidence.maps)) | ~evidence.has_pairs()
     unsure = ~unknown & evidence.any(evidence.confidence < config.min_confidence)
-    status[unknown] = STATUSES.index("no_evidence")
-    status[unsure] = STATUSES.index("unconfident")
+    status[unknown] = MixStatus.NO_EVIDENCE
+    status[unsure] = MixStatus.UNCONFIDENT
     weight = torch.zeros_like(images[:, :1])
     protected = torch.zeros_like(images[:, :1], dtype=torch.bool)
     out = images.clone()
@@ -101,7 +101,7 @@ def _mix_and_check(
     scale = torch.ones(len(images), device=images.device)
     weight = mix_weight(combined, config, scale, field=fields, protected=region)
     out = mix(images, donors, weight)
-    status = torch.full((len(images),), STATUSES.index("unchecked"), dtype=torch.long, device=images.device)
+    status = torch.full((len(images),), MixStatus.UNCHECKED, dtype=torch.long, device=images.device)
     if not config.check:
         return out, weight, status
     pending = torch.arange(len(images), device=images.device)
@@ -110,7 +110,7 @@ def _mix_and_check(
         passed_pairs = findings_check(mixer, out[pending], subset)
         _count(mixer, "check_failed", subset.classes[~passed_pairs])
         passed = subset.every(passed_pairs)
-        status[pending[passed]] = STATUSES.index("accepted" if attempt == 0 else "attenuated")
+        status[pending[passed]] = MixStatus.ACCEPTED if attempt == 0 else MixStatus.ATTENUATED
         pending = pending[~passed]
         if len(pending) == 0:
             break
@@ -121,7 +121,7 @@ def _mix_and_check(
             )
             out[pending] = mix(images[pending], donors[pending], weight[pending])
     if len(pending):
-        status[pending] = STATUSES.index("rejected")
+        status[pending] = MixStatus.REJECTED
         weight[pending] = 0
         out[pending] = images[pending]
     return out, weight, status

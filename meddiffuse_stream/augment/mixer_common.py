@@ -5,13 +5,27 @@
 
 from __future__ import annotations
 
+import enum
 import hashlib
 
 import numpy as np
 
-__all__ = ["STATUSES", "mask_rng"]
+__all__ = ["STATUSES", "MixStatus", "mask_rng"]
 
-STATUSES = ("accepted", "attenuated", "rejected", "no_evidence", "unconfident", "unchecked", "no_donor")
+
+class MixStatus(enum.IntEnum):
+    """How one sample left the mixer (its value is what the per-sample status tensor holds)."""
+
+    ACCEPTED = 0  # mixed, and the check passed
+    ATTENUATED = 1  # mixed at reduced strength after a failed check
+    REJECTED = 2  # every try failed the check: kept as it was
+    NO_EVIDENCE = 3  # a flat saliency map: evidence unknown, not mixed
+    UNCONFIDENT = 4  # the teacher doubts the label: not mixed
+    UNCHECKED = 5  # mixed without the check (check off)
+    NO_DONOR = 6  # no variant or donor image to mix in
+
+
+STATUSES = tuple(status.name.lower() for status in MixStatus)  # the counter names, by status value
 
 
 def mask_rng(mask_seed: int, key: str, draw: int) -> np.random.Generator:
