@@ -94,6 +94,14 @@ def sweep_table(rows: list[dict[str, Any]]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def _generator(provenance: dict[str, Any]) -> str:
+    """The variant report's generator id; where it did not run (multi-label), the configuration's hash."""
+    if provenance.get("identity"):
+        return f"`{provenance['identity']}`"
+    inputs = provenance.get("inputs", {}).get("generator") or {}
+    return f"config sha256 `{inputs['config_sha256']}`" if inputs.get("config_sha256") else "none"
+
+
 def render_block(folder: Path) -> str:
     """The generated text for one result set: provenance line, results table and reading, sweep."""
     from meddiffuse_stream.jobs.experiment_report import summarise
@@ -107,7 +115,7 @@ def render_block(folder: Path) -> str:
         f"Raw results: [`results.csv`](results/{folder.name}/results.csv) (one row per method, seed and split), "
         f"[`provenance.json`](results/{folder.name}/provenance.json). Commit `{str(git.get('commit'))[:10]}`"
         f"{' (with local changes)' if git.get('dirty') else ''}; teacher `{teacher.get('model')}` "
-        f"sha256 `{teacher.get('sha256')}`; generator `{provenance.get('identity')}`; students "
+        f"sha256 `{teacher.get('sha256')}`; generator {_generator(provenance)}; students "
         f"`{settings.get('model')}`, {settings.get('steps') or settings.get('epochs')} "
         f"{'steps' if settings.get('steps') else 'epochs'}, seeds {settings.get('seeds')}; the experiment's own "
         f"wall time {timing.get('seconds')} s ({timing.get('cells_run_now')} of {timing.get('runs')} cells trained "
