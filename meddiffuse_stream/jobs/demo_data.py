@@ -23,7 +23,7 @@ from ..convert.base import DEFAULT_RULES, Discovery, LoadedImage, ReadRules, Sou
 from ..convert.dicom import dicom_from_bytes
 from ..storage import Location
 from .demo_scans import available_scans, load_scan
-from .demo_shortcut import add_cue, cue_present, deal_sample, group_splits
+from .demo_shortcut import add_cue, cue_present, deal_samples
 
 __all__ = ["MODALITIES", "DemoSource", "render_sample"]
 
@@ -193,11 +193,9 @@ class DemoSource(SourceFormat):
         if not 0.5 <= float(self.shortcut or 0) <= 1:
             raise ValueError(f"--shortcut must be in [0.5, 1] (0.5: no shortcut), got {self.shortcut}")
         scans = available_scans(self.scans_dir)
-        splits = group_splits(scans, self.seed, self.val_fraction, self.test_fraction)
-        by_split = {name: [s for s in scans if splits[s.name] == name] for name in ("train", "val", "test")}
         items = []
-        for index in range(self.n):
-            rng, split, scan = deal_sample(self.seed, index, by_split, self.val_fraction, self.test_fraction)
+        dealt = deal_samples(scans, self.n, self.seed, self.val_fraction, self.test_fraction)
+        for index, rng, split, scan in dealt:
             label = int(rng.integers(0, 2))
             cue = cue_present(rng, label, split, float(self.shortcut or 0))
             key = f"demo_{index:07d}"

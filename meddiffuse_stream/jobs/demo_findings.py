@@ -30,7 +30,7 @@ from ..shardfmt.rois import pack_finding_rois
 from ..storage import Location
 from .demo_data import _blur, _crop, _lesion
 from .demo_scans import available_scans, load_scan
-from .demo_shortcut import deal_sample, group_splits
+from .demo_shortcut import deal_samples
 
 __all__ = ["FINDINGS", "RATES", "FindingsSource", "render_findings_sample"]
 
@@ -111,11 +111,9 @@ class FindingsSource(SourceFormat):
         if not 1 <= self.findings <= len(FINDINGS):
             raise ValueError(f"--findings must be 1..{len(FINDINGS)} (of {', '.join(FINDINGS)}), got {self.findings}")
         scans = available_scans(self.scans_dir)
-        splits = group_splits(scans, self.seed, self.val_fraction, self.test_fraction)
-        by_split = {name: [s for s in scans if splits[s.name] == name] for name in ("train", "val", "test")}
         items = []
-        for index in range(self.n):
-            rng, split, scan = deal_sample(self.seed, index, by_split, self.val_fraction, self.test_fraction)
+        dealt = deal_samples(scans, self.n, self.seed, self.val_fraction, self.test_fraction)
+        for index, rng, split, scan in dealt:
             present = tuple(int(rng.random() < rate) for rate in RATES[: self.findings])
             meta = {"modality": scan.modality, "scan": scan.name}
             key = f"demo_{index:07d}"

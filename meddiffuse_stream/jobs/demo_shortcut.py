@@ -16,13 +16,13 @@ background (or copies it from another image of the same class) has not.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 
 import numpy as np
 
 from .demo_scans import Scan
 
-__all__ = ["CUE_AMPLITUDE", "CUE_PERIOD", "add_cue", "cue_present", "deal_sample", "group_splits"]
+__all__ = ["CUE_AMPLITUDE", "CUE_PERIOD", "add_cue", "cue_present", "deal_samples", "group_splits"]
 
 CUE_PERIOD = 4
 CUE_AMPLITUDE = 0.012
@@ -53,15 +53,19 @@ def group_splits(scans: Sequence[Scan], seed: int, val_fraction: float, test_fra
     return splits
 
 
-def deal_sample(
-    seed: int, index: int, by_split: dict[str, list[Scan]], val_fraction: float, test_fraction: float
-) -> tuple[np.random.Generator, str, Scan]:
-    """Sample ``index``'s generator (seeded from ``(seed, index)``; later draws of the sample continue it), its
-    split (test, val and train at their shares) and a scan of that split."""
-    rng = np.random.default_rng((seed, index, 0))
-    draw = rng.random()
-    split = "test" if draw < test_fraction else "val" if draw < test_fraction + val_fraction else "train"
-    return rng, split, by_split[split][int(rng.integers(0, len(by_split[split])))]
+def deal_samples(
+    scans: Sequence[Scan], n: int, seed: int, val_fraction: float, test_fraction: float
+) -> Iterator[tuple[int, np.random.Generator, str, Scan]]:
+    """``(index, generator, split, scan)`` for each of ``n`` samples: the scans dealt by group
+    (:func:`group_splits`), then per sample a split at the test and val shares and a scan of that split. The
+    generator is seeded from ``(seed, index)``; the sample's later draws continue it."""
+    splits = group_splits(scans, seed, val_fraction, test_fraction)
+    by_split = {name: [s for s in scans if splits[s.name] == name] for name in ("train", "val", "test")}
+    for index in range(n):
+        rng = np.random.default_rng((seed, index, 0))
+        draw = rng.random()
+        split = "test" if draw < test_fraction else "val" if draw < test_fraction + val_fraction else "train"
+        yield index, rng, split, by_split[split][int(rng.integers(0, len(by_split[split])))]
 
 
 def cue_present(rng: np.random.Generator, label: int, split: str, shortcut: float) -> bool:
