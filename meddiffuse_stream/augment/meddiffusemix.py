@@ -53,10 +53,12 @@ def _partners(labels: torch.Tensor, rows: list[int], rng: np.random.Generator) -
     """For each of ``rows``, another row of the batch with the same label — the same class, or on multi-label data
     the same finding vector — drawn from ``rng``, else None."""
     flat = labels.view(len(labels), -1)
-    same_as = (flat[:, None, :] == flat[None, :, :]).all(dim=2)  # (B, B): rows with equal labels
+    same_as = (
+        (flat[:, None, :] == flat[None, :, :]).all(dim=2).tolist()
+    )  # (B, B): rows with equal labels, on the host once
     chosen: list[int | None] = []
     for row in rows:
-        same = [other for other in torch.nonzero(same_as[row]).flatten().tolist() if other != row]
+        same = [other for other, equal in enumerate(same_as[row]) if equal and other != row]
         chosen.append(int(rng.choice(same)) if same else None)
     return chosen
 

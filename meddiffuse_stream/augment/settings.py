@@ -11,7 +11,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field, fields, replace
 from typing import Any
 
-from .methods import PRESETS, resolve
+from .methods import resolve
 from .mix import MixConfig
 from .names import SALIENCY_METHODS
 
@@ -20,8 +20,7 @@ __all__ = ["StageSettings", "mix_for"]
 
 def mix_for(method: str, overrides: Mapping[str, Any] | None = None, where: str = "mix") -> MixConfig:
     """The MixConfig a method or preset runs with: the preset's settings, then ``overrides`` over them."""
-    resolve(method)  # an unknown name is refused with the list of known ones
-    preset = dict(PRESETS[method].mix) if method in PRESETS else {}
+    _, preset = resolve(method)  # an unknown name is refused with the list of known ones
     overrides = dict(overrides or {})
     clash = sorted(name for name, value in overrides.items() if name in preset and preset[name] != value)
     if clash:

@@ -230,7 +230,8 @@ class AugmentStage:
         rows = torch.as_tensor(np.flatnonzero(~keep), device=self.device)
         out, weight = images.clone(), torch.zeros_like(images[:, :1])
         soft, soft_mask = (targets if self.spec.mixes_labels else labels), label_mask
-        moved, extra, extra_roi = planes.stacked, {}, False
+        stacked = planes.stacked  # one concatenation per batch, read below
+        moved, extra, extra_roi = stacked, {}, False
         if len(rows):
             picked = Rows(
                 images[rows],
@@ -239,7 +240,7 @@ class AugmentStage:
                 [keys[i] for i in rows.tolist()],
                 variant_index[~keep],
                 mask_draw[~keep],
-                None if planes.stacked is None else planes.stacked[rows],
+                None if stacked is None else stacked[rows],
                 None if label_mask is None else label_mask[rows],
             )
             inputs = batch_inputs(picked, self.saliency, self.variants, self.spec.needs_variants, details, rng)
@@ -248,8 +249,8 @@ class AugmentStage:
             if self.spec.mixes_labels:
                 soft = result.targets  # label-mixing methods never show originals: rows are all rows
                 soft_mask = result.target_mask if label_mask is not None else None
-            if result.roi is not None and planes.stacked is not None:
-                moved = planes.stacked.clone()
+            if result.roi is not None and stacked is not None:
+                moved = stacked.clone()
                 moved[rows] = result.roi.to(moved.dtype)
                 extra_roi = True
             extra = {name: self._scatter(plane, rows, images) for name, plane in result.details.items()}
@@ -258,7 +259,7 @@ class AugmentStage:
             augmented &= weight.flatten(1).amax(dim=1) > 0
         if self.compose_standard:
             out, moved = apply_standard(out, draw_standard(count, rng), moved)
-            augmented, extra_roi = torch.ones_like(augmented), planes.stacked is not None
+            augmented, extra_roi = torch.ones_like(augmented), stacked is not None
         self.counters["originals"] += int(keep.sum())
         self.counters["batches"] += 1
         result_batch = dict(

@@ -268,7 +268,7 @@ def _etag_of(info: dict[str, Any]) -> str | None:
 def _read_lease(out: Location, path: str) -> tuple[bytes, str | None, float]:
     """Contents, ETag and age in seconds (store's modification time against this machine's clock)."""
     info = out.fs.info(path)
-    raw = out.read_path(path)  # retried, under the object's total deadline
+    raw = out.read_path(path, info.get("size"))  # retried, under the object's total deadline (its size known)
     modified = info.get("LastModified") or info.get("mtime") or info.get("created")
     if isinstance(modified, dt.datetime):
         stamp = modified.timestamp() if modified.tzinfo else modified.replace(tzinfo=dt.timezone.utc).timestamp()

@@ -11,7 +11,6 @@ small fixtures): crops of six CR, CT and MR files, modality recorded, ``test_mod
 
 from __future__ import annotations
 
-import functools
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -20,7 +19,6 @@ import numpy as np
 from PIL import Image
 
 from ..convert.base import DEFAULT_RULES, Discovery, LoadedImage, ReadRules, SourceFormat, SourceItem
-from ..convert.dicom import dicom_from_bytes
 from ..storage import Location
 from .demo_scans import available_scans, load_scan
 from .demo_shortcut import add_cue, cue_present, deal_samples
@@ -35,20 +33,6 @@ MODALITIES: dict[str, tuple[str, ...]] = {
     "mr": ("MR2_UNCR.dcm", "MR_small.dcm"),
 }
 CLASS_NAMES = ["no_lesion", "lesion"]
-
-
-@functools.cache
-def _background(name: str) -> np.ndarray:
-    """A real image as float32 in [0.1, 0.9] (0.5-99.5th percentile window, headroom for lesions), cached."""
-    from pydicom.data import get_testdata_file
-
-    path = get_testdata_file(name)
-    if path is None:
-        raise FileNotFoundError(f"DICOM test file {name} not found: pip install pydicom pydicom-data")
-    with open(path, "rb") as stream:
-        image = dicom_from_bytes(stream.read()).image.astype(np.float32)
-    low, high = np.percentile(image, [0.5, 99.5])
-    return (0.1 + 0.8 * np.clip((image - low) / max(float(high - low), 1e-6), 0, 1)).astype(np.float32)
 
 
 def _resize(array: np.ndarray, size: int) -> np.ndarray:
@@ -108,7 +92,7 @@ def render_sample(seed: int, index: int, size: int, modality: str, label: int) -
     """Sample ``index`` of the dataset drawn with ``seed`` (first design): the same arguments give the same pixels."""
     rng = np.random.default_rng((seed, index, 1))
     names = MODALITIES[modality]
-    image = _crop(rng, _background(names[int(rng.integers(0, len(names)))]), size)
+    image = _crop(rng, load_scan(names[int(rng.integers(0, len(names)))]), size)
     return _finish(rng, image, size, label, {"modality": modality})
 
 

@@ -105,14 +105,14 @@ def encode_sample(
             raise ValueError(f"sample {key}: ROI mask {roi.shape} does not match image {image.shape[:2]}")
         members.append((member_name(key, ROI), encode_png((roi > 0).astype(np.uint8) * 255)))
     if rois is not None:
-        if findings is None or roi is None or rois.shape != image.shape[:2] or rois.dtype != np.uint8:
+        if findings is None or rois.shape != image.shape[:2] or rois.dtype != np.uint8:
             raise ValueError(
                 f"sample {key}: per-finding ROIs are an (H, W) uint8 bit mask of a multi-label sample's image "
                 f"{image.shape[:2]}, with their union as its ROI; got {rois.dtype} {rois.shape}"
-                + ("" if roi is not None else " and no ROI")
             )
         if int(rois.max(initial=0)) >> len(findings):
             raise ValueError(f"sample {key}: ROI bits above its {len(findings)} findings are set")
+        assert roi is not None  # set from rois above when not given
         if not np.array_equal(rois > 0, roi > 0):
             raise ValueError(f"sample {key}: the ROI must be the union of the per-finding ROIs")
         members.append((member_name(key, ROIS), encode_png(rois)))

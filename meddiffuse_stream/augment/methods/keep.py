@@ -28,8 +28,9 @@ def paste_boxes(saliency: torch.Tensor, box: int, tau: float, rng) -> torch.Tens
     threshold = torch.quantile(flat, tau, dim=1, keepdim=True)
     eligible = (flat > threshold) | (flat >= flat.amax(dim=1, keepdim=True))
     mask = torch.zeros_like(saliency, dtype=torch.bool)
+    eligible = eligible.cpu()  # one copy to the host, not one per image
     for index in range(batch):
-        choices = torch.nonzero(eligible[index]).flatten().cpu().numpy()
+        choices = torch.nonzero(eligible[index]).flatten().numpy()
         top, left = divmod(int(rng.choice(choices)), cols)
         mask[index, :, top : top + box, left : left + box] = True
     return mask
