@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
-__all__ = ["SALIENCY_METHODS"]
+__all__ = ["DEFAULT_SALIENCY_METHOD", "SALIENCY_METHODS"]
 
 SALIENCY_METHODS = ("gradcam", "gradcam-multiscale", "gradients", "integrated-gradients", "attention-rollout")
+DEFAULT_SALIENCY_METHOD = "gradients"  # smoothed |dy/dx|: on the demo it locates lesions best (docs/results.md)

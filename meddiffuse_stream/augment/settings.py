@@ -13,7 +13,7 @@ from typing import Any
 
 from .methods import resolve
 from .mix import MixConfig
-from .names import SALIENCY_METHODS
+from .names import DEFAULT_SALIENCY_METHOD, SALIENCY_METHODS
 
 __all__ = ["StageSettings", "mix_for"]
 
@@ -42,7 +42,7 @@ class StageSettings:
     mask_draws: int = 2  # D: MedDiffuseMix random fields per sample
     original_probability: float = 0.5  # share of samples generative methods show as they are
     compose_standard: bool = False  # flips, rotations and intensity changes after the method
-    saliency_method: str = "gradients"  # smoothed |dy/dx|: on the demo it locates lesions best (docs/results.md)
+    saliency_method: str = DEFAULT_SALIENCY_METHOD
     saliency_layer: int = 0
     cache_saliency: bool | None = None  # None: when a cache is given and the teacher is frozen
     cache_results: bool | None = None

@@ -58,7 +58,8 @@ def survey_out(out: Location) -> OutState:
         files = ()
     if not files:
         return OutState(out, files, True, frozenset())
-    created_by = _creator(out) if DATASET_JSON in files else None
+    manifest = _document(out, DATASET_JSON) if DATASET_JSON in files else None  # read once, for both questions
+    created_by = _creator(manifest)
     marked = any(p.startswith(f"{PROGRESS_DIR}/") or p == LOCK_NAME for p in files)
     foreign_manifest = DATASET_JSON in files and not (created_by or "").startswith(_CREATOR)
     if foreign_manifest or not (marked or created_by):
@@ -76,7 +77,7 @@ def survey_out(out: Location) -> OutState:
         )
     owned: set[str] = set()
     if created_by:
-        owned.update(_manifest_shards(out))
+        owned.update(_manifest_shards(manifest))
     for path in files:
         record = _RECORD.match(path)
         if record:
@@ -122,14 +123,12 @@ def _document(out: Location, name: str) -> object:
         return None
 
 
-def _creator(out: Location) -> str | None:
-    document = _document(out, DATASET_JSON)
+def _creator(document: object) -> str | None:
     created_by = document.get("created_by") if isinstance(document, dict) else None
     return created_by if isinstance(created_by, str) else None
 
 
-def _manifest_shards(out: Location) -> set[str]:
-    document = _document(out, DATASET_JSON)
+def _manifest_shards(document: object) -> set[str]:
     shards = document.get("shards") if isinstance(document, dict) else None
     return {s["path"] for s in shards or [] if isinstance(s, dict) and isinstance(s.get("path"), str)}
 

@@ -264,7 +264,7 @@ def _load_verified_record(out: Location, task: ShardTask) -> ShardResult | None:
     if record.samples == 0:
         return record
     try:
-        if out.size(task.name) != record.bytes or sha256_of(out, task.name) != record.sha256:
+        if out.size(task.name) != record.bytes or sha256_of(out, task.name, record.bytes) != record.sha256:
             return None
     except FileNotFoundError:
         return None

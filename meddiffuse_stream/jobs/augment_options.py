@@ -19,14 +19,14 @@ def _setting(text: str) -> tuple[str, Any]:
 
 def add_augment_options(parser: argparse.ArgumentParser) -> None:
     """The models an augmentation may need, and the stage's settings."""
-    from ..augment.names import SALIENCY_METHODS
+    from ..augment.names import DEFAULT_SALIENCY_METHOD, SALIENCY_METHODS
 
     group = parser.add_argument_group("augmentation models and settings")
     group.add_argument("--teacher", help="saliency teacher checkpoint (saliency methods)")
     group.add_argument("--teacher-model", default="cnn", choices=["cnn", "cnn-small", "resnet18", "vit-tiny"])
     group.add_argument("--generator", help="generator folder (diffusion methods)")
     group.add_argument("--variant-cache", help="variant cache folder or URL")
-    group.add_argument("--saliency-method", default="gradients", choices=SALIENCY_METHODS)
+    group.add_argument("--saliency-method", default=DEFAULT_SALIENCY_METHOD, choices=SALIENCY_METHODS)
     group.add_argument("--variants", type=int, default=2, help="variants per sample the stage chooses from (M)")
     group.add_argument("--mask-draws", type=int, default=2, help="MedDiffuseMix mask draws per sample (D)")
     group.add_argument(

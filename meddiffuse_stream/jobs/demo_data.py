@@ -3,10 +3,11 @@
 No labelled diagnostic dataset can be installed offline, so the demo is a phantom task: label 1 images carry a
 synthetic lesion (random size, shape, contrast and texture) at a random place, label 0 images carry none.
 
-Two designs. With ``shortcut`` (what ``make demo`` builds): backgrounds from every distinct real scan the packages
-ship (:mod:`.demo_scans`, 22 of them, plus ``scans_dir``), splits by source scan, and a background cue correlated
-with the label in train/val and reversed in test (:mod:`.demo_shortcut`). Without it (the first design, kept for
-small fixtures): crops of six CR, CT and MR files, modality recorded, ``test_modality`` alone as the test split.
+Two designs. With ``shortcut`` (what ``make demo`` builds): backgrounds from real scans (:mod:`.demo_scans`: the 13
+pydicom ships, or a fetched set in ``scans_dir``), splits by patient or acquisition group, and a background cue
+correlated with the label in train/val and reversed in test (:mod:`.demo_shortcut`). Without it (the first design,
+kept for small fixtures): crops of six CR, CT and MR files, modality recorded, ``test_modality`` alone as the test
+split.
 """
 
 from __future__ import annotations
@@ -104,8 +105,8 @@ def render_shortcut_sample(
     image = _crop(rng, load_scan(scan_path), size)
     if cue:
         image = add_cue(image, np.random.default_rng((seed, index, 2)))
-    # 22 scans, ultrasound among them, are busier backgrounds than the first design's six: lesions a little
-    # stronger and mostly bright (a dark lesion on dark ultrasound clips to black), so a CPU teacher learns them
+    # many real scans are busier backgrounds than the first design's six: lesions a little stronger and mostly
+    # bright (a dark lesion on a dark background clips to black), so a CPU teacher learns them
     return _finish(rng, image, size, label, dict(meta, cue=cue), contrast_range=(0.3, 0.5), bright_share=0.85)
 
 

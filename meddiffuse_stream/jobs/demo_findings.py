@@ -4,11 +4,11 @@
 rates, drawn independently per image (so an image may carry none, one or several, overlapping or not):
 
 - ``nodule`` (35 %): the single-label phantom's lesion — a soft, irregular, textured blob of 4–10 px radius at
-  64 px, contrast 0.3–0.5, bright in 85 %;
+  64 px, contrast 0.35–0.55, bright in 85 %;
 - ``band_opacity`` (30 %): a straight band 5–9 px wide and 40–70 % of the side long at any angle, soft-edged and
-  faintly textured, contrast 0.15–0.3 brighter (an opacity);
+  faintly textured, contrast 0.25–0.4 brighter (an opacity);
 - ``line_artefact`` (30 %): a thin straight bright line (~2 px) over 50–90 % of the side — a wire or a
-  tube-like artefact, contrast 0.35–0.55.
+  tube-like artefact, contrast 0.4–0.6.
 
 Each finding's ROI is where its profile is at least half its peak; the ROIs go into ``{key}.rois.png`` (bit k =
 finding k, :mod:`meddiffuse_stream.shardfmt.rois`) and their union into ``{key}.roi.png``. Backgrounds and splits

@@ -37,6 +37,7 @@ from typing import Any
 import torch
 
 from ..augment.mix import top_fraction_iou
+from ..augment.names import DEFAULT_SALIENCY_METHOD
 from ..augment.saliency import SaliencyExtractor
 from ..loader import MedDiffuseLoader
 from .evidence_findings import finding_metrics, finding_roi_sums, finding_teacher_sums
@@ -85,7 +86,7 @@ def evidence_metrics(
     augment: Any,
     *,
     teacher: torch.nn.Module | None = None,
-    saliency_method: str = "gradients",
+    saliency_method: str = DEFAULT_SALIENCY_METHOD,
     split: str = "train",
     batch_size: int = 64,
     seed: int = 0,

@@ -42,7 +42,6 @@ __all__ = [
 ]
 
 _HASH_CHUNK = 1 << 20
-_RANGE = 8 << 20
 _S3 = {"s3", "s3a"}
 _T = TypeVar("_T")
 
@@ -197,11 +196,11 @@ class Location:
         """A raw stream (timeouts bound each request; not retried: a stream cannot be replayed)."""
         return self.fs.open(self.path(relative), mode)
 
-    def open_seekable(self, relative: str) -> BinaryIO:
+    def open_seekable(self, relative: str, size: int | None = None) -> BinaryIO:
         """A seekable binary file for readers that jump around (HDF5): on an object store each read is one ranged
         GET, retried and bounded by its total deadline (:mod:`.ranged_file`); elsewhere the filesystem's own."""
         if getattr(self.fs, "async_impl", False) and not self.is_local:
-            return open_ranged(self, relative)
+            return open_ranged(self, relative, size)
         return self.fs.open(self.path(relative), "rb")
 
     def exists(self, relative: str) -> bool:
@@ -363,15 +362,11 @@ def atomic_write(location: Location, relative: str) -> Iterator[BinaryIO]:
             os.remove(temporary)
 
 
-def sha256_of(location: Location, relative: str) -> str:
-    """sha256 of a file, streamed in 1 MiB chunks (remotely 8 MiB ranged reads, each retried and deadlined)."""
+def sha256_of(location: Location, relative: str, size: int | None = None) -> str:
+    """sha256 of a file, streamed in 1 MiB chunks (remotely through 8 MiB ranged reads, each retried and
+    deadlined: :meth:`Location.open_seekable`); ``size`` when the caller knows it saves asking."""
     digest = hashlib.sha256()
-    if location.is_local or not getattr(location.fs, "async_impl", False):
-        with location.open(relative) as stream:
-            while chunk := stream.read(_HASH_CHUNK):
-                digest.update(chunk)
-        return digest.hexdigest()
-    size = location.size(relative)
-    for start in range(0, size, _RANGE):
-        digest.update(location.read_range(relative, start, min(size, start + _RANGE)))
+    with location.open_seekable(relative, size) as stream:
+        while chunk := stream.read(_HASH_CHUNK):
+            digest.update(chunk)
     return digest.hexdigest()

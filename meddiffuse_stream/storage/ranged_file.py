@@ -60,6 +60,9 @@ class RangedFile(io.RawIOBase):
         return len(data)
 
 
-def open_ranged(location: Location, relative: str, buffer_bytes: int = RANGE_BUFFER_BYTES) -> io.BufferedReader:
-    """A buffered seekable file over ``relative``; its size is asked once (under the location's retry policy)."""
-    return io.BufferedReader(RangedFile(location, relative, location.size(relative)), buffer_size=buffer_bytes)
+def open_ranged(
+    location: Location, relative: str, size: int | None = None, buffer_bytes: int = RANGE_BUFFER_BYTES
+) -> io.BufferedReader:
+    """A buffered seekable file over ``relative``; its size, unless given, is asked once (under the retry policy)."""
+    size = location.size(relative) if size is None else size
+    return io.BufferedReader(RangedFile(location, relative, size), buffer_size=buffer_bytes)
