@@ -67,6 +67,26 @@ def test_keepaugment_reports_its_protected_box(demo):
     assert metrics["protected_to_lesion"] > 1 and metrics["delta_off"] > 1
 
 
+def test_the_originals_maps_come_from_the_stages_cache_with_the_same_result(demo, tmp_path):
+    from meddiffuse_stream.augment import AugmentStage
+
+    torch.manual_seed(0)
+    teacher = SmallCNN(1, 2, width=4).eval()
+
+    def run(cache):
+        stage = AugmentStage("keepaugment", 2, teacher=teacher, saliency_method="gradients", variant_cache=cache)
+        return evidence_metrics(demo, stage, teacher=teacher, saliency_method="gradients"), stage.counters
+
+    plain, _ = run(None)
+    cached, counters = run(str(tmp_path / "cache"))
+    # the stage made each map once; the evidence pass read the originals' maps back instead of extracting them
+    assert counters["cache_written"] == 48 and counters["cache_hits"] == 48
+    assert cached["saliency_iou"] == pytest.approx(plain["saliency_iou"], abs=0.02)  # float16 storage
+    assert cached["label_consistency"] == plain["label_consistency"]
+    other, counters = run(str(tmp_path / "cache"))
+    assert counters["cache_hits"] == 96 and other["saliency_iou"] == cached["saliency_iou"]
+
+
 def test_ssim_is_one_for_identical_images_and_low_for_unrelated_ones():
     from meddiffuse_stream.jobs.similarity import ssim
 

@@ -58,6 +58,8 @@ def test_experiment_writes_csv_table_and_plots_and_reuses_cells(setup, tmp_path)
     (tmp_path / "exp.yaml").write_text(yaml.safe_dump(config))
     first = _cli("experiment", str(tmp_path / "exp.yaml"))
     assert first.returncode == 0, first.stderr[-3000:]
+    train = json.loads((setup / "demo" / "dataset.json").read_text())["splits"]["train"]["samples"]
+    assert f"teacher saliency: {train} maps cached" in first.stdout, "one extraction per sample, before the runs"
     with open(tmp_path / "exp" / "results.csv") as stream:
         rows = list(csv.DictReader(stream))
     assert len(rows) == 8 and {r["method"] for r in rows} == set(config["methods"])
@@ -102,6 +104,7 @@ def test_experiment_writes_csv_table_and_plots_and_reuses_cells(setup, tmp_path)
     stamp = (tmp_path / "exp" / "runs" / "mixup-s1" / "metrics.json").stat().st_mtime
     again = _cli("experiment", str(tmp_path / "exp.yaml"))
     assert again.returncode == 0 and (tmp_path / "exp" / "runs" / "mixup-s1" / "metrics.json").stat().st_mtime == stamp
+    assert "maps cached" not in again.stdout, "nothing left to run: nothing to warm"
 
 
 def test_train_fraction_cells_train_on_a_patient_level_subset(setup, tmp_path):

@@ -288,6 +288,32 @@ class AugmentStage:
         full[rows] = plane
         return full
 
+    def warm_saliency(self, batch: dict[str, Any]) -> int:
+        """Compute the teacher's maps of a batch as decoded and keep them in the cache (what every later draw of
+        those samples reads); the number of maps made now. Lets runs that share a teacher extract each map once,
+        before they start, instead of each on its first epoch."""
+        if self.saliency is None or self.saliency.cache is None:
+            raise ValueError(f"augment={self.method!r}: no saliency cache to warm (needs a teacher and a cache)")
+        images = unit_float(batch["image"].to(self.device, non_blocking=True))
+        labels = batch["label"].to(self.device, non_blocking=True)
+        label_mask = batch.get("label_mask") if labels.dim() == 2 else None
+        count = len(images)
+        rows = Rows(
+            images,
+            labels,
+            labels.to(images.dtype),
+            list(batch["key"]),
+            np.zeros(count, dtype=np.int64),
+            np.zeros(count, dtype=np.int64),
+            None,
+            None if label_mask is None else label_mask.to(self.device).to(images.dtype),
+        )
+        before = self.counters["cache_misses"]
+        inputs = batch_inputs(rows, self.saliency, self.variants, False, False, self.rng)
+        assert inputs.saliency is not None, "a stage with a saliency provider gives its inputs saliency"
+        inputs.saliency(None)
+        return self.counters["cache_misses"] - before
+
     def _generator_for(self, batch: dict[str, Any]) -> np.random.Generator:
         """The batch's draws: seeded from ``(seed, epoch, rank, batch index)`` when the loader says where the batch
         sits — the same on a resumed run whichever rank's state it loaded, different on every rank — else the

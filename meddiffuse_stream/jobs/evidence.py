@@ -36,9 +36,10 @@ from typing import Any
 
 import torch
 
+from ..augment.cache import content_hashes
 from ..augment.mix import top_fraction_iou
 from ..augment.names import DEFAULT_SALIENCY_METHOD
-from ..augment.saliency import SaliencyExtractor
+from ..augment.saliency import SaliencyExtractor, model_identity
 from ..loader import MedDiffuseLoader
 from .evidence_findings import finding_metrics, finding_roi_sums, finding_teacher_sums
 
@@ -96,6 +97,7 @@ def evidence_metrics(
     """One pass of ``augment`` over ``split`` (all of it unless ``max_batches``); ``None`` where a metric does not
     apply (no ROI in the dataset, no teacher, a method that moves pixels)."""
     extractor = SaliencyExtractor(teacher, saliency_method) if teacher is not None else None
+    shared = _shared_maps(augment, extractor)
     sums = _Sums()
     seen = changed = 0
     with MedDiffuseLoader(
@@ -134,7 +136,14 @@ def evidence_metrics(
                         float(of_class.sum()),
                     )
                 if "original_roi" not in batch:  # IoU compares places: meaningless once pixels moved
-                    iou = top_fraction_iou(extractor(original[rows], labels), extractor(image[rows], labels), 0.2)
+                    shown = original[rows]
+                    keys = [batch["key"][i] for i in rows.tolist()]
+                    before = (
+                        extractor(shown, labels)
+                        if shared is None
+                        else shared.maps(shown, labels, keys, lambda shown=shown: content_hashes(shown))
+                    )
+                    iou = top_fraction_iou(before, extractor(image[rows], labels), 0.2)
                     sums.add("saliency_iou", float(iou.sum()), len(rows))
     metrics: dict[str, Any] = {name: sums.ratio(name) for name in EVIDENCE_METRICS}
     metrics["augmented_share"] = changed / seen if seen else None
@@ -144,6 +153,15 @@ def evidence_metrics(
     metrics.update(finding_metrics(sums, names))
     metrics["samples"] = seen
     return metrics
+
+
+def _shared_maps(augment: Any, extractor: SaliencyExtractor | None) -> Any:
+    """The stage's saliency provider when it caches this teacher's maps by the extractor's method (the originals'
+    maps are then read, not extracted again: the stage read or made them for the same batch), else None."""
+    provider = getattr(augment, "saliency", None)
+    if extractor is None or provider is None or provider.cache is None:
+        return None
+    return provider if provider.identity == f"{extractor.name}-{model_identity(extractor.model)}" else None
 
 
 def _change_sums(sums: _Sums, batch: dict[str, Any], image, original, rows) -> None:

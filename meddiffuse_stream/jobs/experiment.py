@@ -223,6 +223,33 @@ def _variant_report(config: ExperimentConfig, teacher: Any, out: Path) -> dict[s
     return report
 
 
+def _warm_saliency(config: ExperimentConfig, work: list[tuple[MethodConfig, float, int, bool]]) -> int:
+    """The teacher's maps of the train split, extracted once into the variant cache before the cells start, per
+    saliency setting the cells to run use: without it every saliency method's first runs (two at a time with
+    ``jobs: 2``) would each extract them on their first epoch. Returns the number of maps made."""
+    from ..augment.methods import resolve
+    from ..augment.stage import AugmentStage
+    from ..loader import MedDiffuseLoader
+
+    if not (config.teacher and config.variant_cache):
+        return 0
+    warmed: set[tuple[str, int]] = set()
+    made = 0
+    for method, _, seed, _ in work:
+        spec, _ = resolve(method.method)
+        settings = method.settings
+        setting = (settings.saliency_method, settings.saliency_layer)
+        if not spec.needs_saliency or settings.cache_saliency is False or setting in warmed:
+            continue
+        warmed.add(setting)
+        stage = _stage_for(method, config, seed)
+        if not isinstance(stage, AugmentStage) or stage.saliency is None or stage.saliency.cache is None:
+            continue
+        with MedDiffuseLoader(config.dataset, 64, split="train", as_dict=True, shuffle=False) as loader:
+            made += sum(stage.warm_saliency(batch) for batch in loader)
+    return made
+
+
 def _saliency_report(config: ExperimentConfig, teacher: Any, out: Path) -> dict[str, Any] | None:
     """How much of each lesion each saliency method's mask covers, with the experiment's teacher (once)."""
     from ..augment.saliency import model_identity
@@ -317,6 +344,9 @@ def run_experiment(config_path: str | Path, *, progress: bool = True) -> Path:
         if not _finished(out / "runs" / _run_name(m, f, s), provenance(m, config))
         or (f == measured and not _evidence_done(m, config, s, out))
     ]
+    maps = _warm_saliency(config, work)
+    if progress and maps:
+        print(f"teacher saliency: {maps} maps cached for the runs to share", flush=True)
     _run_cells(config, work, progress)
     rows = []
     for method, fraction, seed in cells:

@@ -78,7 +78,9 @@ def build_stage(
         settings=settings,
         teacher=model,
         generator=variants,
-        variant_cache=variant_cache if spec.needs_variants else None,
+        # a saliency method reads the teacher's maps from the cache too (KeepAugment finds the maps MedDiffuseMix
+        # stored for the same teacher and saliency method: one extraction per sample, not one per draw)
+        variant_cache=variant_cache if spec.needs_variants or spec.needs_saliency else None,
         storage_options=storage_options,
         seed=seed,
         device=default_device(device),

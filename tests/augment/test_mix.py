@@ -99,7 +99,7 @@ def test_weight_is_smooth_everywhere(sigma):
 
 def test_defaults_are_sized_to_the_image():
     config = MixConfig()
-    assert config.margin_for(64) == 2 and config.margin_for(224) == 7
+    assert config.margin_for(64) == 1 and config.margin_for(224) == 3 and config.margin_for(16) == 1
     assert config.sigma_for(64) == pytest.approx(0.512) and config.sigma_for(224) == pytest.approx(1.792)
 
 
@@ -129,7 +129,7 @@ def test_the_random_field_changes_where_the_background_is_replaced():
 
 
 def test_random_mask_ablation_is_seeded_and_protects_its_box():
-    config = MixConfig(random_mask=True, soft_mask=False, margin=0)
+    config = MixConfig(random_mask=True, soft_mask=False, margin=0, mass=0.75)
     first = mix_weight(_saliency(), config, torch.ones(4), np.random.default_rng(1))
     again = mix_weight(_saliency(), config, torch.ones(4), np.random.default_rng(1))
     assert torch.equal(first, again)

@@ -403,3 +403,34 @@ def test_controls_mix_the_same_w_with_noise_or_another_image_of_the_class(tmp_pa
     ]
     assert not results, "its results depend on the batch: never cached (the teacher's maps are)"
     assert any("meddiffusemix-v2-noise" in str(path) for path in (tmp_path / "meddiffusemix-noise").rglob("*.bin"))
+
+
+class ForwardCounting(Energy):
+    """Energy, counting forward passes (a saliency extraction runs one)."""
+
+    def __init__(self):
+        super().__init__()
+        self.calls = 0
+
+    def forward(self, x):
+        self.calls += 1
+        return super().forward(x)
+
+
+def test_warmed_saliency_is_what_later_draws_read(tmp_path):
+    teacher = ForwardCounting()
+    warmer = AugmentStage("keepaugment", 2, teacher=teacher, variant_cache=str(tmp_path / "cache"))
+    assert warmer.warm_saliency(_batch()) == 4 and warmer.warm_saliency(_batch()) == 0
+    reader = AugmentStage(
+        "keepaugment", 2, teacher=teacher, variant_cache=str(tmp_path / "cache"), original_probability=0.0
+    )
+    calls = teacher.calls
+    out = reader(_batch())
+    assert teacher.calls == calls and reader.counters["cache_hits"] == 4  # no extraction: every map was cached
+    fresh = AugmentStage("keepaugment", 2, teacher=Energy(), original_probability=0.0)(_batch())
+    assert torch.allclose(out["saliency"], fresh["saliency"], atol=1e-3)  # float16 storage
+
+
+def test_warming_without_a_cache_is_refused():
+    with pytest.raises(ValueError, match="no saliency cache to warm"):
+        AugmentStage("keepaugment", 2, teacher=Energy()).warm_saliency(_batch())
