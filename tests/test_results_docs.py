@@ -83,6 +83,7 @@ def test_empty_cells_read_as_missing(text):
 def test_the_sweep_table_shows_its_settings_and_puts_the_reference_last():
     tool = _tool()
     metrics = {"roi_unchanged": 0.99, "moved_off": 0.5, "protected_share": 0.1, "protected_to_lesion": 2.5}
+    metrics["augmented_share"] = 0.35  # what a confidence gate costs is shown beside what it keeps
     rows = [
         {"method": "dafusion", "quantile": None, "peak": None, "delta_off": 30.0, "ssim": 0.4, **metrics},
         {"method": "meddiffusemix", "quantile": 0.9, "peak": 0.5, "delta_off": 12.0, "ssim": 0.7, **metrics},
@@ -92,3 +93,4 @@ def test_the_sweep_table_shows_its_settings_and_puts_the_reference_last():
     assert lines[0].startswith("| quantile | peak | lesion kept")
     assert lines[2].startswith("| 0.7 | 0.0 | 0.990 | 18.0") and lines[3].startswith("| 0.9 | 0.5 |")
     assert lines[4].startswith("| dafusion |  | 0.990 | 30.0")
+    assert lines[0].endswith("| SSIM | images changed |") and lines[2].endswith("| 0.350 |")

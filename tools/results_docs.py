@@ -67,8 +67,24 @@ def _json(path: Path) -> dict[str, Any] | None:
     return json.loads(path.read_text()) if path.exists() else None
 
 
-METRICS = ("roi_unchanged", "delta_off", "moved_off", "protected_share", "protected_to_lesion", "ssim")
-HEADINGS = ("lesion kept", "Δ off lesion (grey)", "off-lesion px > 2", "protected", "protected / lesion", "SSIM")
+METRICS = (
+    "roi_unchanged",
+    "delta_off",
+    "moved_off",
+    "protected_share",
+    "protected_to_lesion",
+    "ssim",
+    "augmented_share",
+)
+HEADINGS = (
+    "lesion kept",
+    "Δ off lesion (grey)",
+    "off-lesion px > 2",
+    "protected",
+    "protected / lesion",
+    "SSIM",
+    "images changed",
+)
 
 
 def sweep_table(rows: list[dict[str, Any]]) -> str:
@@ -77,7 +93,7 @@ def sweep_table(rows: list[dict[str, Any]]) -> str:
     def cell(value: Any, digits: int = 3) -> str:
         return "n/a" if value is None or value == "" else f"{value:.{digits}f}"
 
-    ignored = ("method", "augmented_share", "accepted", "attenuated", "rejected")
+    ignored = ("method", "accepted", "attenuated", "rejected")
     findings = [k for k in rows[0] if k.startswith("roi_unchanged:")]  # multi-label: each finding's ROI kept
     settings = [k for k in rows[0] if k not in METRICS and k not in ignored and k not in findings]
     metrics = [METRICS[0], *findings, *METRICS[1:]]

@@ -225,8 +225,7 @@ class MedDiffuseMixer:
         pending = torch.arange(len(images), device=images.device)
         for attempt in range(config.retries + 1):
             candidates = out[pending]
-            moved = self.saliency.extractor(candidates, labels[pending])
-            after = self.saliency.confidence(candidates, labels[pending])
+            moved, after = self.saliency.extractor.with_probability(candidates, labels[pending])
             if config.iou_top is None:
                 iou = evidence_iou(saliency[pending], moved, config)
             else:

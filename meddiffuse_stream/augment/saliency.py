@@ -136,8 +136,7 @@ class SaliencyExtractor:
                 from captum.attr import Saliency
 
                 raw = Saliency(self.model).attribute(images, target=labels, abs=True).amax(dim=1, keepdim=True)
-                sigma = self.smooth if self.smooth is not None else 0.03 * images.shape[-1]
-                maps = gaussian_blur(raw.detach().float(), sigma) if sigma > 0 else raw
+                maps = self._smoothed(raw)
             else:
                 from captum.attr import IntegratedGradients
 
@@ -146,6 +145,27 @@ class SaliencyExtractor:
                 )
                 maps = attribution.abs().sum(dim=1, keepdim=True)
         return normalise_per_image(maps.detach().float())
+
+    def _smoothed(self, raw: torch.Tensor) -> torch.Tensor:
+        sigma = self.smooth if self.smooth is not None else 0.03 * raw.shape[-1]
+        return gaussian_blur(raw.detach().float(), sigma) if sigma > 0 else raw
+
+    def with_probability(self, images: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The maps and the model's probability of each label, ``((B, 1, H, W), (B,))``: what a preservation
+        check asks of every candidate. For ``gradients`` one forward pass serves both (the same values as the two
+        calls, bit for bit); the other methods make their maps, then run a forward pass for the probability."""
+        if self.method != "gradients":
+            maps = self(images, labels)
+            with torch.no_grad(), _eval_mode(self.model):
+                logits = self.model(images)
+        else:
+            leaf = images.detach().requires_grad_(True)
+            with _eval_mode(self.model), torch.enable_grad():
+                logits = self.model(leaf)
+                (gradient,) = torch.autograd.grad(logits.gather(1, labels.view(-1, 1)).sum(), leaf)
+            maps = normalise_per_image(self._smoothed(gradient.abs().amax(dim=1, keepdim=True)).detach().float())
+        probability = torch.softmax(logits.detach().float(), dim=1).gather(1, labels.view(-1, 1)).squeeze(1)
+        return maps, probability
 
     def for_classes(self, images: torch.Tensor, owner: torch.Tensor, classes: torch.Tensor) -> torch.Tensor:
         """Per-class maps, batched: ``(P, 1, H, W)``, map p of image ``owner[p]`` for class ``classes[p]``.

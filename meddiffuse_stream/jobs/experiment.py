@@ -338,9 +338,12 @@ def run_experiment(config_path: str | Path, *, progress: bool = True) -> Path:
     saliency = _saliency_report(config, teacher, out)
     cells = [(m, f, s) for f in config.fractions for m in config.methods for s in config.seeds]
     measured = config.fractions[-1]  # evidence does not depend on the train fraction: one cell per method/seed
+    # seeds outermost: a method's first run fills the caches its other seeds read (MedDiffuseMix's checked
+    # results), rather than two runs of one method filling them side by side with ``jobs: 2``
+    by_seed = [(m, f, s) for s in config.seeds for f in config.fractions for m in config.methods]
     work = [
         (m, f, s, f == measured)
-        for m, f, s in cells
+        for m, f, s in by_seed
         if not _finished(out / "runs" / _run_name(m, f, s), provenance(m, config))
         or (f == measured and not _evidence_done(m, config, s, out))
     ]

@@ -94,3 +94,18 @@ def test_embed_is_what_the_head_sees():
     for model in (SmallCNN(1, 2, width=4), _vit(), ResNet18(1, 2)):
         model.eval()
         assert torch.allclose(model.head(model.embed(images)), model(images), atol=1e-6)
+
+
+@pytest.mark.parametrize("method", ["gradients", "gradcam"])
+def test_maps_with_probability_are_the_two_calls_bit_for_bit(method):
+    torch.manual_seed(0)
+    model = SmallCNN(1, 2, width=8)  # in training mode: both paths must evaluate it in eval mode
+    images, labels = torch.rand(5, 1, 32, 32), torch.tensor([0, 1, 1, 0, 1])
+    extractor = SaliencyExtractor(model, method)
+    maps, probability = extractor.with_probability(images, labels)
+    model.eval()
+    with torch.no_grad():
+        expected = torch.softmax(model(images).float(), dim=1).gather(1, labels.view(-1, 1)).squeeze(1)
+    model.train()
+    assert torch.equal(maps, extractor(images, labels)) and torch.equal(probability, expected)
+    assert model.training, "the model's mode is restored"
