@@ -152,8 +152,14 @@ class SaliencyExtractor:
 
     def with_probability(self, images: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """The maps and the model's probability of each label, ``((B, 1, H, W), (B,))``: what a preservation
-        check asks of every candidate. For ``gradients`` one forward pass serves both (the same values as the two
-        calls, bit for bit); the other methods make their maps, then run a forward pass for the probability."""
+        check asks of every candidate (:meth:`with_logits`)."""
+        maps, logits = self.with_logits(images, labels)
+        return maps, torch.softmax(logits.float(), dim=1).gather(1, labels.view(-1, 1)).squeeze(1)
+
+    def with_logits(self, images: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The maps and the model's logits, ``((B, 1, H, W), (B, C))``, in eval mode. For ``gradients`` one
+        forward pass serves both (the same values as the two calls, bit for bit); the other methods make their
+        maps, then run a forward pass for the logits."""
         if self.method != "gradients":
             maps = self(images, labels)
             with torch.no_grad(), _eval_mode(self.model):
@@ -164,8 +170,7 @@ class SaliencyExtractor:
                 logits = self.model(leaf)
                 (gradient,) = torch.autograd.grad(logits.gather(1, labels.view(-1, 1)).sum(), leaf)
             maps = normalise_per_image(self._smoothed(gradient.abs().amax(dim=1, keepdim=True)).detach().float())
-        probability = torch.softmax(logits.detach().float(), dim=1).gather(1, labels.view(-1, 1)).squeeze(1)
-        return maps, probability
+        return maps, logits.detach()
 
     def for_classes(self, images: torch.Tensor, owner: torch.Tensor, classes: torch.Tensor) -> torch.Tensor:
         """Per-class maps, batched: ``(P, 1, H, W)``, map p of image ``owner[p]`` for class ``classes[p]``.

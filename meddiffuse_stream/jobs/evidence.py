@@ -126,7 +126,9 @@ def evidence_metrics(
                 finding_teacher_sums(sums, batch, teacher, extractor, image[rows], original[rows], rows, names)
             elif teacher is not None and extractor is not None:
                 labels = _dominant_labels(batch).to(device)[rows]
-                predicted = _predict(teacher, image[rows])
+                moved = "original_roi" in batch  # IoU compares places: meaningless once pixels moved
+                after, logits = extractor.with_logits(image[rows], labels) if not moved else (None, None)
+                predicted = _predict(teacher, image[rows]) if logits is None else logits.argmax(dim=1)
                 sums.add("label_consistency", float((predicted == labels).sum()), len(rows))
                 for label in labels.unique().tolist():
                     of_class = labels == label
@@ -135,7 +137,7 @@ def evidence_metrics(
                         float((predicted[of_class] == label).sum()),
                         float(of_class.sum()),
                     )
-                if "original_roi" not in batch:  # IoU compares places: meaningless once pixels moved
+                if after is not None:
                     shown = original[rows]
                     keys = [batch["key"][i] for i in rows.tolist()]
                     before = (
@@ -143,7 +145,7 @@ def evidence_metrics(
                         if shared is None
                         else shared.maps(shown, labels, keys, lambda shown=shown: content_hashes(shown))
                     )
-                    iou = top_fraction_iou(before, extractor(image[rows], labels), 0.2)
+                    iou = top_fraction_iou(before, after, 0.2)
                     sums.add("saliency_iou", float(iou.sum()), len(rows))
     metrics: dict[str, Any] = {name: sums.ratio(name) for name in EVIDENCE_METRICS}
     metrics["augmented_share"] = changed / seen if seen else None

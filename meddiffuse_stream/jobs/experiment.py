@@ -70,6 +70,14 @@ def check_teacher(config: ExperimentConfig) -> dict[str, Any] | None:
     return metrics
 
 
+def _lighter(method: MethodConfig) -> int:
+    """Sort key: 0 for methods that run a teacher or read variants (longer runs), 1 for the others."""
+    from ..augment.methods import resolve
+
+    spec, _ = resolve(method.method)
+    return 0 if spec.needs_saliency or spec.needs_variants else 1
+
+
 def _run_name(method: MethodConfig, fraction: float, seed: int) -> str:
     return f"{method.name}-s{seed}" if fraction == 1 else f"{method.name}-f{fraction:g}-s{seed}"
 
@@ -339,8 +347,10 @@ def run_experiment(config_path: str | Path, *, progress: bool = True) -> Path:
     cells = [(m, f, s) for f in config.fractions for m in config.methods for s in config.seeds]
     measured = config.fractions[-1]  # evidence does not depend on the train fraction: one cell per method/seed
     # seeds outermost: a method's first run fills the caches its other seeds read (MedDiffuseMix's checked
-    # results), rather than two runs of one method filling them side by side with ``jobs: 2``
-    by_seed = [(m, f, s) for s in config.seeds for f in config.fractions for m in config.methods]
+    # results), rather than two runs of one method filling them side by side with ``jobs: 2``; within a round the
+    # methods with a teacher or variants (the longer runs) first, so the round ends on short ones
+    heavier_first = sorted(config.methods, key=_lighter)
+    by_seed = [(m, f, s) for s in config.seeds for f in config.fractions for m in heavier_first]
     work = [
         (m, f, s, f == measured)
         for m, f, s in by_seed

@@ -48,10 +48,12 @@ def variant_quality(
     from ..augment.cache import content_hashes
 
     correct: dict[str, list[float]] = defaultdict(lambda: [0.0, 0.0])
-    real, generated = [], []
+    real: list[torch.Tensor] = []
+    generated: list[torch.Tensor] = []
     distance = spread = 0.0
     pixels = 0
     embed = getattr(teacher, "embed", None)
+    head = getattr(teacher, "head", None)  # forward is head(embed(x)) for the models here: one backbone pass
     with MedDiffuseLoader(dataset, batch_size, split=split, as_dict=True, shuffle=False) as loader:
         names = list(loader.dataset.class_names)
         for index, batch in enumerate(loader):
@@ -69,16 +71,20 @@ def variant_quality(
             if len(variants) > 1:
                 spread += float(stacked.std(dim=0).mean(dim=(1, 2, 3)).sum())
             pixels += len(images)
-            for kind, pictures in [("original", images)] + [("variant", v) for v in variants]:
-                predicted = teacher(pictures).argmax(dim=1)
+            for number, (kind, pictures) in enumerate([("original", images)] + [("variant", v) for v in variants]):
+                with torch.no_grad():  # the features of the originals and first variants feed the head once
+                    features = embed(pictures) if embed is not None and head is not None else None
+                    logits = teacher(pictures) if features is None or head is None else head(features)
+                predicted = logits.argmax(dim=1)
                 for label in labels.unique().tolist():
                     of_class = labels == label
                     entry = correct[f"{kind}:{names[label]}"]
                     entry[0] += float((predicted[of_class] == label).sum())
                     entry[1] += float(of_class.sum())
-            if embed is not None:
-                real.append(embed(images).float().cpu())
-                generated.append(embed(variants[0]).float().cpu())
+                if number < 2 and embed is not None:
+                    with torch.no_grad():
+                        found = features if features is not None else embed(pictures)
+                    (real if number == 0 else generated).append(found.float().cpu())
     report: dict[str, Any] = {
         "accuracy": {name: hits / total for name, (hits, total) in sorted(correct.items()) if total},
         "distance": 255 * distance / max(pixels, 1),
