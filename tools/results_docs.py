@@ -67,24 +67,18 @@ def _json(path: Path) -> dict[str, Any] | None:
     return json.loads(path.read_text()) if path.exists() else None
 
 
-METRICS = (
-    "roi_unchanged",
-    "delta_off",
-    "moved_off",
-    "protected_share",
-    "protected_to_lesion",
-    "ssim",
-    "augmented_share",
-)
-HEADINGS = (
-    "lesion kept",
-    "Δ off lesion (grey)",
-    "off-lesion px > 2",
-    "protected",
-    "protected / lesion",
-    "SSIM",
-    "images changed",
-)
+# the sweep's metric columns (tools/mix_sweep.py COLUMNS) and their headings, in table order
+SWEEP_HEADINGS = {
+    "roi_unchanged": "lesion kept",
+    "delta_off": "Δ off lesion (grey)",
+    "moved_off": "off-lesion px > 2",
+    "protected_share": "protected",
+    "protected_to_lesion": "protected / lesion",
+    "ssim": "SSIM",
+    "augmented_share": "images changed",
+}
+METRICS = tuple(SWEEP_HEADINGS)
+HEADINGS = tuple(SWEEP_HEADINGS.values())
 
 
 def sweep_table(rows: list[dict[str, Any]]) -> str:
