@@ -1,7 +1,9 @@
 """The experiment runner and preview on a tiny config: CSV, table, plots, picture; re-runs reuse finished cells."""
 
+import contextlib
 import csv
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -264,3 +266,64 @@ def test_subset_choice_takes_whole_patients():
     patients = {f"p{int(k[1:]) // 3}" for k in chosen}
     assert len(chosen) == 3 * len(patients) and 18 <= len(chosen) <= 20
     assert chosen == _choose_keys(rows, 0.3, seed=1) != _choose_keys(rows, 0.3, seed=2)
+
+
+def _children(pid: int) -> list[int]:
+    found = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+            except OSError:
+                continue
+            if int(fields[1]) == pid:
+                found.append(int(entry.name))
+    return found
+
+
+def _alive(pid: int) -> bool:
+    try:
+        return (Path("/proc") / str(pid) / "stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
+
+
+@pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="reads process parents from /proc")
+def test_cell_workers_exit_when_the_experiment_is_killed(setup, tmp_path):
+    import signal
+    import time
+
+    config = {
+        "dataset": str(setup / "demo"),
+        "out": str(tmp_path / "exp"),
+        "epochs": 400,  # long enough to be killed mid-run
+        "batch_size": 16,
+        "methods": ["none", "standard"],
+        "seeds": [0, 1],
+        "jobs": 2,
+    }
+    (tmp_path / "exp.yaml").write_text(yaml.safe_dump(config))
+    parent = subprocess.Popen(
+        [sys.executable, "-m", "meddiffuse_stream.cli", "experiment", str(tmp_path / "exp.yaml")],
+        cwd=REPO,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    workers: list[int] = []
+    try:
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline and not (tmp_path / "exp" / "runs").exists():
+            time.sleep(0.5)
+        workers = [pid for pid in _children(parent.pid) if "spawn_main" in Path(f"/proc/{pid}/cmdline").read_text()]
+        assert len(workers) == 2, "two cell workers were running"
+        parent.send_signal(signal.SIGTERM)  # the parent alone, as `kill PID` or a pod's PID 1 gets it
+        parent.wait(timeout=30)
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline and any(_alive(pid) for pid in workers):
+            time.sleep(0.5)
+        assert not any(_alive(pid) for pid in workers), "a worker trained on after the experiment was killed"
+    finally:
+        parent.kill()
+        for pid in set(workers) | set(_children(parent.pid)):  # orphans are no longer the parent's children
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)

@@ -303,6 +303,21 @@ def _cell(
     return run.name
 
 
+def _exit_with_parent(parent: int, interval: float = 1.0) -> None:
+    """In each cell worker: exit once the experiment's process is gone (killed by a signal only it received), so
+    no worker trains on, unseen, into the output folder of a run that has ended."""
+    import os
+    import threading
+    import time
+
+    def watch() -> None:
+        while os.getppid() == parent:
+            time.sleep(interval)
+        os._exit(1)
+
+    threading.Thread(target=watch, name="exit-with-parent", daemon=True).start()
+
+
 def _run_cells(config: ExperimentConfig, work: list[tuple[MethodConfig, float, int, bool]], progress: bool) -> None:
     """Sequentially, or ``jobs`` at a time in spawned processes with the cores shared out between them."""
     if config.jobs == 1:
@@ -317,7 +332,9 @@ def _run_cells(config: ExperimentConfig, work: list[tuple[MethodConfig, float, i
 
     threads = max(1, len(os.sched_getaffinity(0)) // config.jobs)
     context = multiprocessing.get_context("spawn")
-    with ProcessPoolExecutor(config.jobs, mp_context=context) as pool:
+    with ProcessPoolExecutor(
+        config.jobs, mp_context=context, initializer=_exit_with_parent, initargs=(os.getpid(),)
+    ) as pool:
         futures = {pool.submit(_cell, config, m, f, s, e, threads): _run_name(m, f, s) for m, f, s, e in work}
         pending, finished = set(futures), 0
         while pending:
