@@ -163,7 +163,8 @@ def _shared_maps(augment: Any, extractor: SaliencyExtractor | None) -> Any:
     provider = getattr(augment, "saliency", None)
     if extractor is None or provider is None or provider.cache is None:
         return None
-    return provider if provider.identity == f"{extractor.name}-{model_identity(extractor.model)}" else None
+    same = provider.extractor.name == extractor.name and provider.teacher_identity == model_identity(extractor.model)
+    return provider if same else None
 
 
 def _change_sums(sums: _Sums, batch: dict[str, Any], image, original, rows) -> None:
